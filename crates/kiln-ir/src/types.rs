@@ -1,0 +1,116 @@
+//! Static types of values: element type plus a shape whose dims may be symbolic or unknown.
+
+use crate::DType;
+use std::fmt;
+
+/// One dimension of a static shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// A known size.
+    Known(usize),
+    /// A named size fixed at run time (ONNX `dim_param`, such as `batch`).
+    Sym(String),
+    /// Nothing is known.
+    Unknown,
+}
+
+impl Dim {
+    /// The size, if known.
+    pub fn known(&self) -> Option<usize> {
+        match self {
+            Dim::Known(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Known(n) => write!(f, "{n}"),
+            Dim::Sym(s) => f.write_str(s),
+            Dim::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+/// What is known statically about a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TypeInfo {
+    /// The element type, if known.
+    pub dtype: Option<DType>,
+    /// The shape, if at least the rank is known.
+    pub shape: Option<Vec<Dim>>,
+}
+
+impl TypeInfo {
+    /// Nothing known.
+    pub fn unknown() -> TypeInfo {
+        TypeInfo::default()
+    }
+
+    /// A fully known type.
+    pub fn known(dtype: DType, shape: &[usize]) -> TypeInfo {
+        TypeInfo { dtype: Some(dtype), shape: Some(shape.iter().map(|&d| Dim::Known(d)).collect()) }
+    }
+
+    /// A type with a known element type and unknown shape.
+    pub fn of_dtype(dtype: DType) -> TypeInfo {
+        TypeInfo { dtype: Some(dtype), shape: None }
+    }
+
+    /// The rank, if known.
+    pub fn rank(&self) -> Option<usize> {
+        self.shape.as_ref().map(|s| s.len())
+    }
+
+    /// The concrete shape, if every dim is known.
+    pub fn concrete_shape(&self) -> Option<Vec<usize>> {
+        self.shape.as_ref()?.iter().map(Dim::known).collect()
+    }
+
+    /// Keeps whatever is more precise of `self` and `other`, dim by dim.
+    /// Returns `None` when the two contradict each other.
+    pub fn merge(&self, other: &TypeInfo) -> Option<TypeInfo> {
+        let dtype = match (self.dtype, other.dtype) {
+            (Some(a), Some(b)) if a != b => return None,
+            (a, b) => a.or(b),
+        };
+        let shape = match (&self.shape, &other.shape) {
+            (Some(a), Some(b)) => {
+                if a.len() != b.len() {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(a.len());
+                for (x, y) in a.iter().zip(b) {
+                    out.push(match (x, y) {
+                        (Dim::Known(p), Dim::Known(q)) if p != q => return None,
+                        (Dim::Known(_), _) => x.clone(),
+                        (_, Dim::Known(_)) => y.clone(),
+                        (Dim::Sym(_), _) => x.clone(),
+                        _ => y.clone(),
+                    });
+                }
+                Some(out)
+            }
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        Some(TypeInfo { dtype, shape })
+    }
+}
+
+impl fmt::Display for TypeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dtype {
+            Some(d) => write!(f, "{d}")?,
+            None => f.write_str("?")?,
+        }
+        match &self.shape {
+            Some(s) => {
+                let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                write!(f, "[{}]", dims.join(","))
+            }
+            None => f.write_str("[..]"),
+        }
+    }
+}
