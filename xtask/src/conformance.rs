@@ -1,0 +1,390 @@
+//! `cargo xtask conformance`: the ONNX backend test suite run through Kiln's importer, pass
+//! pipeline and CPU executor, with counts per directory, a per-op table in
+//! `docs/conformance.md`, `target/conformance/summary.json`, and an allow-list manifest
+//! (`tests/onnx/manifest.txt`) whose tests must keep passing.
+
+use anyhow::{bail, Context, Result};
+use kiln::ir::{DType, Tensor};
+use kiln::onnx::ImportError;
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The suite's directories, in report order.
+const DIRS: [&str; 5] = ["node", "simple", "pytorch-converted", "pytorch-operator", "light"];
+
+const MANIFEST: &str = "tests/onnx/manifest.txt";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only tests whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Only this directory of the suite.
+    #[arg(long)]
+    dir: Option<String>,
+    /// Print one line per test with the reason for anything but a pass.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Skip the pass pipeline (import and execute only).
+    #[arg(long)]
+    no_opt: bool,
+    /// Fail if a test that the manifest lists does not pass.
+    #[arg(long)]
+    check: bool,
+    /// Rewrite the manifest to list exactly the tests that pass.
+    #[arg(long)]
+    update_manifest: bool,
+    /// Write docs/conformance.md (done by default on a full, unfiltered run).
+    #[arg(long)]
+    write_docs: bool,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Pass,
+    Fail,
+    Unsupported,
+    Error,
+    Panic,
+}
+
+struct Outcome {
+    dir: &'static str,
+    name: String,
+    ops: Vec<String>,
+    status: Status,
+    reason: String,
+    millis: u128,
+}
+
+struct Case {
+    dir: &'static str,
+    name: String,
+    model: PathBuf,
+    /// (inputs, expected outputs) per data set.
+    data: Vec<(Vec<PathBuf>, Vec<PathBuf>)>,
+}
+
+fn list_cases(root: &Path, args: &Args) -> Result<Vec<Case>> {
+    let mut cases = vec![];
+    for dir in DIRS {
+        if args.dir.as_deref().is_some_and(|d| d != dir) {
+            continue;
+        }
+        let base = root.join(dir);
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&base)
+            .with_context(|| format!("reading {}", base.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let fname = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let case = if dir == "light" {
+                // light/<name>.onnx with light/<name>_output_0.pb; no inputs.
+                let Some(name) = fname.strip_suffix(".onnx") else { continue };
+                let out = base.join(format!("{name}_output_0.pb"));
+                Case { dir, name: name.to_string(), model: p.clone(), data: vec![(vec![], vec![out])] }
+            } else {
+                if !p.is_dir() {
+                    continue;
+                }
+                let mut data = vec![];
+                let mut sets: Vec<PathBuf> = std::fs::read_dir(&p)?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|s| s.is_dir() && s.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_")))
+                    .collect();
+                sets.sort();
+                for s in sets {
+                    data.push((numbered(&s, "input_"), numbered(&s, "output_")));
+                }
+                Case { dir, name: fname.clone(), model: p.join("model.onnx"), data }
+            };
+            if args.filter.as_deref().is_some_and(|f| !case.name.contains(f)) {
+                continue;
+            }
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
+/// `prefix0.pb`, `prefix1.pb`, ... in numeric order.
+fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            let i = n.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()?;
+            Some((i, e.path()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Whether an error means "Kiln does not implement this" rather than "Kiln got it wrong".
+fn is_unsupported(msg: &str) -> bool {
+    msg.contains("not supported") || msg.contains("not implemented") || msg.contains("unsupported")
+}
+
+fn run_case(case: &Case, opt: bool) -> (Vec<String>, Status, String) {
+    let mut ops = vec![];
+    let mut model = match kiln::onnx::load_model(&case.model) {
+        Ok(m) => m,
+        Err(e) => {
+            let status = match &e {
+                ImportError::Unsupported(list) => {
+                    ops = list.iter().map(|u| u.op.clone()).collect();
+                    Status::Unsupported
+                }
+                e if is_unsupported(&e.to_string()) => Status::Unsupported,
+                _ => Status::Error,
+            };
+            return (ops, status, e.to_string());
+        }
+    };
+    ops = model.graph.op_counts().keys().filter(|k| !matches!(**k, "Input" | "Const")).map(|k| k.to_string()).collect();
+    if opt {
+        if let Err(e) = kiln::optimize(&mut model.graph) {
+            let s = e.to_string();
+            return (ops, if is_unsupported(&s) { Status::Unsupported } else { Status::Error }, s);
+        }
+    }
+    for (inputs, outputs) in &case.data {
+        let read = |paths: &[PathBuf]| -> Result<Vec<Tensor>, String> {
+            paths.iter().map(|p| kiln::onnx::read_tensor_file(p).map_err(|e| format!("{}: {e}", p.display()))).collect()
+        };
+        let (ins, want) = match (read(inputs), read(outputs)) {
+            (Ok(i), Ok(o)) => (i, o),
+            (Err(e), _) | (_, Err(e)) => {
+                let st = if is_unsupported(&e) { Status::Unsupported } else { Status::Error };
+                return (ops, st, e);
+            }
+        };
+        let got = match kiln::run_cpu(&model.graph, &ins) {
+            Ok(g) => g,
+            Err(e) => {
+                let s = e.to_string();
+                return (ops, if is_unsupported(&s) { Status::Unsupported } else { Status::Error }, s);
+            }
+        };
+        if got.len() != want.len() {
+            return (ops, Status::Fail, format!("{} outputs, {} expected", got.len(), want.len()));
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if let Err(why) = compare(g, w) {
+                return (ops, Status::Fail, format!("output {i}: {why}"));
+            }
+        }
+    }
+    (ops, Status::Pass, String::new())
+}
+
+/// Float tolerance `|a-b| <= atol + rtol*|b|` by output type: f32/f64 use the issue's
+/// 1e-4 + 1e-3|b|; f16 and bf16 outputs carry fewer bits and get a stated looser bound.
+fn tolerance(d: DType) -> (f64, f64) {
+    match d {
+        DType::F16 => (1e-3, 1e-2),
+        DType::BF16 => (1e-2, 2e-2),
+        _ => (1e-4, 1e-3),
+    }
+}
+
+fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.dtype() != want.dtype() {
+        return Err(format!("dtype {} but expected {}", got.dtype(), want.dtype()));
+    }
+    if got.shape() != want.shape() {
+        return Err(format!("shape {:?} but expected {:?}", got.shape(), want.shape()));
+    }
+    if want.dtype().is_float() {
+        let (atol, rtol) = tolerance(want.dtype());
+        for (i, (a, b)) in got.to_f64_vec().iter().zip(want.to_f64_vec()).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == &b || (a - b).abs() <= atol + rtol * b.abs();
+            if !ok {
+                return Err(format!("element {i}: {a} but expected {b}"));
+            }
+        }
+    } else if got != want {
+        let (g, w) = (got.to_i64_vec(), want.to_i64_vec());
+        let i = g.iter().zip(&w).position(|(a, b)| a != b).unwrap_or(0);
+        return Err(format!("element {i}: {} but expected {}", g.get(i).copied().unwrap_or(0), w.get(i).copied().unwrap_or(0)));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = crate::data::onnx_test_data()?;
+    let cases = list_cases(&root, &args)?;
+    let started = Instant::now();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = match info.payload().downcast_ref::<&str>() {
+            Some(s) => s.to_string(),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".into()),
+        };
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{loc}")));
+    }));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Outcome>> = Mutex::new(vec![]);
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(case) = cases.get(i) else { break };
+                let t0 = Instant::now();
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt)));
+                let (ops, status, reason) = match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let msg = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+                        (vec![], Status::Panic, msg)
+                    }
+                };
+                let o = Outcome { dir: case.dir, name: case.name.clone(), ops, status, reason, millis: t0.elapsed().as_millis() };
+                if args.verbose {
+                    let why = if o.reason.is_empty() { String::new() } else { format!(": {}", o.reason) };
+                    let why: String = why.chars().take(300).collect();
+                    println!("{:<11} {}/{} ({} ms){why}", format!("{:?}", o.status).to_lowercase(), o.dir, o.name, o.millis);
+                }
+                results.lock().expect("no worker panics while holding the lock").push(o);
+            });
+        }
+    });
+    let _ = std::panic::take_hook();
+    let mut results = results.into_inner().expect("workers are done");
+    results.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
+
+    // Counts per directory.
+    let mut summary: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for d in DIRS {
+        if results.iter().any(|r| r.dir == d) {
+            let m = summary.entry(d).or_default();
+            for k in ["total", "pass", "fail", "unsupported", "error", "panic"] {
+                m.insert(k, 0);
+            }
+        }
+    }
+    for r in &results {
+        let m = summary.get_mut(r.dir).expect("dir registered above");
+        *m.get_mut("total").expect("key") += 1;
+        let key = match r.status {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Unsupported => "unsupported",
+            Status::Error => "error",
+            Status::Panic => "panic",
+        };
+        *m.get_mut(key).expect("key") += 1;
+    }
+    println!("\n{:<18} {:>6} {:>6} {:>6} {:>12} {:>6} {:>6}", "directory", "total", "pass", "fail", "unsupported", "error", "panic");
+    for (d, m) in &summary {
+        println!(
+            "{:<18} {:>6} {:>6} {:>6} {:>12} {:>6} {:>6}",
+            d, m["total"], m["pass"], m["fail"], m["unsupported"], m["error"], m["panic"]
+        );
+    }
+    println!("({} tests in {:.1} s)", results.len(), started.elapsed().as_secs_f64());
+
+    let full_run = args.filter.is_none() && args.dir.is_none();
+    let out_dir = Path::new("target/conformance");
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let details: Vec<_> = results
+        .iter()
+        .map(|r| serde_json::json!({"dir": r.dir, "test": r.name, "status": r.status, "reason": r.reason, "ops": r.ops, "ms": r.millis as u64}))
+        .collect();
+    std::fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&details)?)?;
+    if full_run || args.write_docs {
+        std::fs::write("docs/conformance.md", conformance_md(&results, &summary))?;
+    }
+
+    let passing: BTreeSet<String> =
+        results.iter().filter(|r| r.status == Status::Pass).map(|r| format!("{}/{}", r.dir, r.name)).collect();
+    let ran: BTreeSet<String> = results.iter().map(|r| format!("{}/{}", r.dir, r.name)).collect();
+    if args.update_manifest {
+        if !full_run {
+            bail!("--update-manifest needs a full run (no --filter or --dir)");
+        }
+        let mut text = String::from(
+            "# ONNX backend tests (onnx 1.19.1) that must pass on the CPU reference executor.\n\
+             # Written by `cargo xtask conformance --update-manifest`; CI runs `--check`.\n",
+        );
+        for p in &passing {
+            text.push_str(p);
+            text.push('\n');
+        }
+        std::fs::write(MANIFEST, text)?;
+        println!("wrote {MANIFEST} ({} tests)", passing.len());
+    }
+    if args.check {
+        let manifest = std::fs::read_to_string(MANIFEST).with_context(|| format!("reading {MANIFEST}"))?;
+        let listed: BTreeSet<&str> =
+            manifest.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        let regressed: Vec<&&str> = listed.iter().filter(|t| ran.contains(**t) && !passing.contains(**t)).collect();
+        let not_listed = passing.iter().filter(|p| !listed.contains(p.as_str())).count();
+        let not_run = results.iter().filter(|r| !listed.contains(format!("{}/{}", r.dir, r.name).as_str())).count();
+        println!("manifest: {} tests listed; {not_run} tests not in it (reported as not run); {not_listed} of those now pass", listed.len());
+        if !regressed.is_empty() {
+            for t in &regressed {
+                let r = results.iter().find(|r| format!("{}/{}", r.dir, r.name) == ***t);
+                println!("REGRESSED {t}: {}", r.map(|r| r.reason.as_str()).unwrap_or(""));
+            }
+            bail!("{} manifest tests no longer pass", regressed.len());
+        }
+    }
+    let panics = results.iter().filter(|r| r.status == Status::Panic).count();
+    if panics > 0 {
+        for r in results.iter().filter(|r| r.status == Status::Panic) {
+            println!("PANIC {}/{}: {}", r.dir, r.name, r.reason);
+        }
+        if args.check {
+            bail!("{panics} tests panicked");
+        }
+    }
+    Ok(())
+}
+
+fn conformance_md(results: &[Outcome], summary: &BTreeMap<&str, BTreeMap<&str, usize>>) -> String {
+    let mut s = String::from("# ONNX conformance\n\n");
+    s.push_str("The ONNX backend test suite of onnx 1.19.1, run through Kiln's importer, pass pipeline and CPU reference executor.\n");
+    s.push_str("Regenerate with `cargo xtask conformance` (this file is written by a full run).\n");
+    s.push_str("Floats pass when `|a-b| <= 1e-4 + 1e-3*|b|` (f16 outputs: `1e-3 + 1e-2*|b|`; bf16: `1e-2 + 2e-2*|b|`); integers, booleans and shapes must match exactly.\n\n");
+    s.push_str("| directory | total | pass | fail | unsupported | error | panic |\n|---|---|---|---|---|---|---|\n");
+    for (d, m) in summary {
+        s.push_str(&format!(
+            "| {d} | {} | {} | {} | {} | {} | {} |\n",
+            m["total"], m["pass"], m["fail"], m["unsupported"], m["error"], m["panic"]
+        ));
+    }
+    s.push_str("\n## Node tests by op\n\nA test counts toward every op its model uses.\n\n| op | tests | pass | fail | unsupported | error | panic |\n|---|---|---|---|---|---|---|\n");
+    let mut by_op: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.dir == "node") {
+        let ops: Vec<&str> = if r.ops.is_empty() { vec!["(none imported)"] } else { r.ops.iter().map(String::as_str).collect() };
+        for op in ops {
+            let e = by_op.entry(op).or_default();
+            e[0] += 1;
+            e[1 + r.status as usize] += 1;
+        }
+    }
+    for (op, c) in by_op {
+        s.push_str(&format!("| {op} | {} | {} | {} | {} | {} | {} |\n", c[0], c[1], c[2], c[3], c[4], c[5]));
+    }
+    s
+}
