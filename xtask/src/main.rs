@@ -1,7 +1,10 @@
 //! Kiln's developer tasks, run as `cargo xtask <task>`.
 
+mod bench_cpu;
+mod ci;
 mod conformance;
 mod data;
+mod demo;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +19,12 @@ struct Cli {
 enum Task {
     /// Runs the ONNX backend test suite through the importer and the CPU executor.
     Conformance(conformance::Args),
+    /// Builds kiln, runs a small model with it and checks the result (the README's main job).
+    Demo,
+    /// Runs every check CI runs: format, clippy, tests, conformance manifest.
+    Ci,
+    /// Times Kiln's CPU executor against onnxruntime on the same machine.
+    BenchCpu(bench_cpu::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
 }
@@ -23,6 +32,9 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Conformance(a) => conformance::run(a),
+        Task::Demo => demo::run(),
+        Task::Ci => ci::run(),
+        Task::BenchCpu(a) => bench_cpu::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
     }
 }

@@ -1,1 +1,44 @@
-fn main() {}
+//! The `kiln` command line tool: inspect, optimize and run ONNX models.
+
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: a deep-learning inference compiler")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a model on given or seeded random inputs and writes its outputs as .npy files.
+    Run(run::Args),
+    /// Prints a model's ops, inputs, outputs, parameters and opsets.
+    Inspect(inspect::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Parses `NAME=1x3x224x224`.
+pub(crate) fn parse_shape_arg(s: &str) -> anyhow::Result<(String, Vec<usize>)> {
+    let (name, dims) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("expected NAME=DxDxD, got '{s}'"))?;
+    let dims = if dims.is_empty() {
+        vec![]
+    } else {
+        dims.split(['x', ',']).map(|d| d.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("bad dimension '{d}' in '{s}'"))).collect::<Result<_, _>>()?
+    };
+    Ok((name.to_string(), dims))
+}

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod npy;
+pub mod random;
 
 pub use kiln_cpu as cpu;
 pub use kiln_ir as ir;

@@ -1,10 +1,347 @@
 //! CPU kernels for the pool family.
+//!
+//! The windowed pools first list, once per call, the input cells of every output position of
+//! one `[n, c]` plane (a [`Windows`] table); every plane then reuses the table.
 
-use crate::{bail, OpResult};
+use super::common::{expect_float, from_f32, input, opt_input, strides, to_f32};
+use super::reduce::{max_f32, sum_f32};
+use crate::{bail, OpError, OpResult};
+use kiln_ir::ops::pool::{unpool_size, PoolWindow, WindowDim};
 use kiln_ir::ops::PoolOp;
-use kiln_ir::Tensor;
+use kiln_ir::{Elem, Tensor, TensorData};
 
 pub(super) fn eval(op: &PoolOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
-    let _ = (inputs, num_outputs);
-    bail!("{} is not implemented on the CPU", op.name())
+    let x = input(inputs, 0)?;
+    if x.rank() < 2 {
+        bail!("X must have rank 2 or more, found shape {:?}", x.shape());
+    }
+    match op {
+        PoolOp::MaxPool { window, column_major } => max_pool(x, window, *column_major, num_outputs > 1),
+        PoolOp::AveragePool { window, count_include_pad } => {
+            let w = Windows::new(x.shape(), window)?;
+            let v = to_f32(x);
+            let out = w.map_f32(&v, |cells, padded| {
+                let sum: f32 = cells.iter().sum();
+                sum / if *count_include_pad { padded } else { cells.len() } as f32
+            });
+            Ok(vec![from_f32(w.out_shape, out, expect_float(x, "X")?)?])
+        }
+        PoolOp::LpPool { window, p } => {
+            let w = Windows::new(x.shape(), window)?;
+            let v = to_f32(x);
+            let out = w.map_f32(&v, |cells, _| lp_norm(cells, *p));
+            Ok(vec![from_f32(w.out_shape, out, expect_float(x, "X")?)?])
+        }
+        PoolOp::GlobalAveragePool => global(x, |s| sum_f32(s) / s.len() as f32),
+        PoolOp::GlobalMaxPool => global(x, max_f32),
+        PoolOp::GlobalLpPool { p } => global(x, |s| lp_norm(s, *p)),
+        PoolOp::MaxUnpool { kernel_shape, strides, pads } => {
+            max_unpool(x, input(inputs, 1)?, opt_input(inputs, 2), kernel_shape, strides, pads)
+        }
+        PoolOp::MaxRoiPool { pooled_shape, spatial_scale } => {
+            max_roi_pool(x, input(inputs, 1)?, *pooled_shape, *spatial_scale)
+        }
+    }
+}
+
+fn lp_norm(s: &[f32], p: f32) -> f32 {
+    if p == 2.0 {
+        s.iter().map(|x| x * x).sum::<f32>().sqrt()
+    } else if p == 1.0 {
+        s.iter().map(|x| x.abs()).sum()
+    } else {
+        s.iter().map(|x| x.abs().powf(p)).sum::<f32>().powf(1.0 / p)
+    }
+}
+
+/// The input cells of every output position of one plane.
+struct Windows {
+    /// The output shape `[N, C, out...]`.
+    out_shape: Vec<usize>,
+    /// Number of `[n, c]` planes.
+    planes: usize,
+    /// Input cells per plane.
+    in_plane: usize,
+    /// Output cells per plane.
+    out_plane: usize,
+    /// Row-major offsets of the in-bounds window cells of output position `o`:
+    /// `cells[starts[o]..starts[o + 1]]`.
+    cells: Vec<usize>,
+    /// The same cells as column-major offsets (for MaxPool's `storage_order` = 1).
+    cells_col: Vec<usize>,
+    starts: Vec<usize>,
+    /// Number of window cells within the padded input, per output position.
+    padded: Vec<usize>,
+}
+
+impl Windows {
+    fn new(shape: &[usize], window: &PoolWindow) -> Result<Windows, OpError> {
+        let spatial = &shape[2..];
+        let dims = window.dims(spatial).map_err(OpError)?;
+        // Valid input coords and padded cell counts of every output index, per dim.
+        let taps: Vec<Vec<Vec<usize>>> = dims.iter().map(dim_taps).collect();
+        let pad_counts: Vec<Vec<usize>> = dims.iter().map(dim_padded_counts).collect();
+        let row = strides(spatial);
+        let mut col = vec![1; spatial.len()];
+        for d in 1..spatial.len() {
+            col[d] = col[d - 1] * spatial[d - 1];
+        }
+        let out_sp: Vec<usize> = dims.iter().map(|d| d.output).collect();
+        let out_plane: usize = out_sp.iter().product();
+        let mut w = Windows {
+            out_shape: [&shape[..2], &out_sp[..]].concat(),
+            planes: shape[0] * shape[1],
+            in_plane: spatial.iter().product(),
+            out_plane,
+            cells: vec![],
+            cells_col: vec![],
+            starts: Vec::with_capacity(out_plane + 1),
+            padded: Vec::with_capacity(out_plane),
+        };
+        w.starts.push(0);
+        let k = dims.len();
+        let mut o = vec![0usize; k];
+        for _ in 0..out_plane {
+            w.padded.push((0..k).map(|d| pad_counts[d][o[d]]).product());
+            let lists: Vec<&[usize]> = (0..k).map(|d| &taps[d][o[d]][..]).collect();
+            if lists.iter().all(|l| !l.is_empty()) {
+                let mut j = vec![0usize; k];
+                loop {
+                    let (mut r, mut c) = (0, 0);
+                    for d in 0..k {
+                        r += lists[d][j[d]] * row[d];
+                        c += lists[d][j[d]] * col[d];
+                    }
+                    w.cells.push(r);
+                    w.cells_col.push(c);
+                    if !odometer(&mut j, |d| lists[d].len()) {
+                        break;
+                    }
+                }
+            }
+            w.starts.push(w.cells.len());
+            odometer(&mut o, |d| out_sp[d]);
+        }
+        Ok(w)
+    }
+
+    /// Applies `f(window values, padded count)` to every window of every plane.
+    fn map_f32(&self, v: &[f32], mut f: impl FnMut(&[f32], usize) -> f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.planes * self.out_plane);
+        let mut buf = Vec::new();
+        for plane in v.chunks_exact(self.in_plane.max(1)).take(self.planes) {
+            for o in 0..self.out_plane {
+                buf.clear();
+                buf.extend(self.cells[self.starts[o]..self.starts[o + 1]].iter().map(|&c| plane[c]));
+                out.push(f(&buf, self.padded[o]));
+            }
+        }
+        out
+    }
+}
+
+/// Steps a row-major multi-index; false once it wraps around to all zeros.
+fn odometer(idx: &mut [usize], size: impl Fn(usize) -> usize) -> bool {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < size(d) {
+            return true;
+        }
+        idx[d] = 0;
+    }
+    false
+}
+
+/// The window start of output index `o`, in input coords (negative inside the begin padding).
+fn window_start(d: &WindowDim, o: usize) -> i64 {
+    (o * d.stride) as i64 - d.pad_begin as i64
+}
+
+fn dim_taps(d: &WindowDim) -> Vec<Vec<usize>> {
+    (0..d.output)
+        .map(|o| {
+            let s = window_start(d, o);
+            (0..d.kernel)
+                .map(|j| s + (j * d.dilation) as i64)
+                .filter(|&i| i >= 0 && i < d.input as i64)
+                .map(|i| i as usize)
+                .collect()
+        })
+        .collect()
+}
+
+fn dim_padded_counts(d: &WindowDim) -> Vec<usize> {
+    let hi = (d.input + d.pad_end) as i64;
+    (0..d.output)
+        .map(|o| {
+            let s = window_start(d, o);
+            (0..d.kernel).filter(|&j| s + ((j * d.dilation) as i64) < hi).count()
+        })
+        .collect()
+}
+
+fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: bool) -> OpResult {
+    let w = Windows::new(x.shape(), window)?;
+    let cells_for_index = if column_major { &w.cells_col } else { &w.cells };
+    let mut indices = Vec::with_capacity(if with_indices { w.planes * w.out_plane } else { 0 });
+    let data = kiln_ir::dispatch!(x.data(), v => {
+        let mut out = Vec::with_capacity(w.planes * w.out_plane);
+        for p in 0..w.planes {
+            let plane = &v[p * w.in_plane..(p + 1) * w.in_plane];
+            for o in 0..w.out_plane {
+                let range = w.starts[o]..w.starts[o + 1];
+                let cells = &w.cells[range.clone()];
+                // The first maximum wins; an all-padding window gives the zero of the type.
+                let mut best = Default::default();
+                let mut at = None;
+                for (j, &c) in cells.iter().enumerate() {
+                    if at.is_none() || plane[c] > best {
+                        best = plane[c];
+                        at = Some(j);
+                    }
+                }
+                out.push(best);
+                if with_indices {
+                    let idx = at.map_or(-1, |j| (p * w.in_plane + cells_for_index[range.start + j]) as i64);
+                    indices.push(idx);
+                }
+            }
+        }
+        wrap(out)
+    });
+    let mut res = vec![Tensor::new(w.out_shape.clone(), data)?];
+    if with_indices {
+        res.push(Tensor::from_vec(w.out_shape, indices)?);
+    }
+    Ok(res)
+}
+
+/// Wraps a typed vector, for code inside `dispatch!` where the element type has no name.
+fn wrap<T: Elem>(v: Vec<T>) -> TensorData {
+    T::wrap(v)
+}
+
+/// Pools each `[n, c]` plane to one value.
+fn global(x: &Tensor, f: impl Fn(&[f32]) -> f32) -> OpResult {
+    let dtype = expect_float(x, "X")?;
+    let planes = x.shape()[0] * x.shape()[1];
+    let plane: usize = x.shape()[2..].iter().product();
+    if plane == 0 {
+        bail!("cannot pool empty spatial dims of shape {:?}", x.shape());
+    }
+    let out: Vec<f32> = match x.as_slice::<f32>() {
+        Ok(v) => v.chunks_exact(plane).take(planes).map(&f).collect(),
+        Err(_) => to_f32(x).chunks_exact(plane).take(planes).map(&f).collect(),
+    };
+    let mut shape = x.shape().to_vec();
+    shape[2..].iter_mut().for_each(|d| *d = 1);
+    Ok(vec![from_f32(shape, out, dtype)?])
+}
+
+fn max_unpool(
+    x: &Tensor,
+    indices: &Tensor,
+    output_shape: Option<&Tensor>,
+    kernel_shape: &[usize],
+    strides: &[usize],
+    pads: &[usize],
+) -> OpResult {
+    let k = kernel_shape.len();
+    if x.rank() != k + 2 {
+        bail!("X has {} spatial dims but kernel_shape has {k}", x.rank() - 2);
+    }
+    if indices.shape() != x.shape() {
+        bail!("I must have the shape of X {:?}, found {:?}", x.shape(), indices.shape());
+    }
+    if !indices.dtype().is_int() {
+        bail!("I must be an integer tensor, found {}", indices.dtype());
+    }
+    let mut inferred = x.shape()[..2].to_vec();
+    for d in 0..k {
+        inferred.push(unpool_size(x.shape()[d + 2], kernel_shape[d], strides[d], pads[d], pads[d + k]).map_err(OpError)?);
+    }
+    let shape = match output_shape {
+        None => inferred.clone(),
+        Some(t) => {
+            let s = t.to_i64_vec();
+            if s.len() != x.rank() || s.iter().any(|&d| d < 0) {
+                bail!("output_shape must hold {} sizes, found {s:?}", x.rank());
+            }
+            s.into_iter().map(|d| d as usize).collect()
+        }
+    };
+    let idx = indices.to_i64_vec();
+    let n_inferred: usize = inferred.iter().product();
+    let n_out: usize = shape.iter().product();
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n_inferred) {
+        bail!("index {bad} in I is out of range for an output of {n_inferred} cells");
+    }
+    // Scatter into the inferred shape, then place that in the top-left corner of the output.
+    let in_st = strides_of(&inferred);
+    let out_st = strides_of(&shape);
+    let data = kiln_ir::dispatch!(x.data(), v => {
+        let mut out = vec![Default::default(); n_out];
+        'cells: for (&val, &i) in v.iter().zip(&idx) {
+            let mut rest = i as usize;
+            let mut o = 0;
+            for d in 0..inferred.len() {
+                let c = rest / in_st[d];
+                rest %= in_st[d];
+                if c >= shape[d] {
+                    continue 'cells;
+                }
+                o += c * out_st[d];
+            }
+            out[o] = val;
+        }
+        wrap(out)
+    });
+    Ok(vec![Tensor::new(shape, data)?])
+}
+
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    strides(shape).into_iter().map(|s| s.max(1)).collect()
+}
+
+fn max_roi_pool(x: &Tensor, rois: &Tensor, pooled: [usize; 2], spatial_scale: f32) -> OpResult {
+    let dtype = expect_float(x, "X")?;
+    if x.rank() != 4 {
+        bail!("X must be 4-D, found shape {:?}", x.shape());
+    }
+    if rois.rank() != 2 || rois.shape()[1] != 5 {
+        bail!("rois must have shape [num_rois, 5], found {:?}", rois.shape());
+    }
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let [ph, pw] = pooled;
+    let v = to_f32(x);
+    let r = to_f32(rois);
+    let mut out = Vec::with_capacity(rois.shape()[0] * c * ph * pw);
+    for roi in r.chunks_exact(5) {
+        let b = roi[0] as i64;
+        if b < 0 || b as usize >= n {
+            bail!("RoI batch index {b} is out of range for a batch of {n}");
+        }
+        let scaled = |i: usize| (roi[i] * spatial_scale).round() as i64;
+        let (x1, y1, x2, y2) = (scaled(1), scaled(2), scaled(3), scaled(4));
+        let bin_h = (y2 - y1 + 1).max(1) as f32 / ph as f32;
+        let bin_w = (x2 - x1 + 1).max(1) as f32 / pw as f32;
+        let clip = |v: i64, hi: usize| v.clamp(0, hi as i64) as usize;
+        for ch in 0..c {
+            let plane = &v[(b as usize * c + ch) * h * w..][..h * w];
+            for i in 0..ph {
+                let hs = clip((i as f32 * bin_h).floor() as i64 + y1, h);
+                let he = clip(((i + 1) as f32 * bin_h).ceil() as i64 + y1, h);
+                for j in 0..pw {
+                    let ws = clip((j as f32 * bin_w).floor() as i64 + x1, w);
+                    let we = clip(((j + 1) as f32 * bin_w).ceil() as i64 + x1, w);
+                    let mut m = if he <= hs || we <= ws { 0.0 } else { f32::NEG_INFINITY };
+                    for yy in hs..he {
+                        m = plane[yy * w + ws..yy * w + we].iter().fold(m, |a, &b| a.max(b));
+                    }
+                    out.push(m);
+                }
+            }
+        }
+    }
+    Ok(vec![from_f32(vec![rois.shape()[0], c, ph, pw], out, dtype)?])
 }

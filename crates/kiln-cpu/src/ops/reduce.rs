@@ -368,8 +368,8 @@ fn top_k(x: &Tensor, a: i64, k: usize, largest: bool) -> Result<(Tensor, Tensor)
     Ok((Tensor::new(shape.clone(), values)?, Tensor::from_vec(shape, idx)?))
 }
 
-#[allow(non_snake_case)]
-fn T_wrap<T: Elem>(v: Vec<T>) -> TensorData {
+/// Wraps a typed vector, for code inside `dispatch!` where the element type has no name.
+fn wrap<T: Elem>(v: Vec<T>) -> TensorData {
     T::wrap(v)
 }
 

@@ -379,12 +379,14 @@ impl LayoutOp {
             }
             LayoutOp::Split { axis, split } => {
                 let split = split.clone().or_else(|| ints(1));
+                // A split input whose value is unknown leaves the piece sizes unknown.
+                let split_unknown = split.is_none() && inputs.get(1).is_some_and(|i| i.is_some());
                 let mut outs = vec![TypeInfo { dtype: x.dtype, shape: None }; num_outputs];
                 if let Some(s) = &x.shape {
                     let a = normalize_axis(*axis, s.len())?;
                     let sizes: Option<Vec<usize>> = match (&split, s[a].known()) {
                         (Some(sp), _) => Some(sp.iter().map(|&v| v.max(0) as usize).collect()),
-                        (None, Some(n)) if num_outputs > 0 => {
+                        (None, Some(n)) if num_outputs > 0 && !split_unknown => {
                             let c = n.div_ceil(num_outputs);
                             Some((0..num_outputs).map(|i| c.min(n.saturating_sub(i * c))).collect())
                         }

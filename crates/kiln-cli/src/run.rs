@@ -1,0 +1,119 @@
+//! `kiln run`: load, optimize, execute, write outputs.
+
+use anyhow::{bail, Context, Result};
+use kiln::ir::{Dim, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model (.onnx).
+    model: PathBuf,
+    /// An input as NAME=FILE.npy; inputs not given get seeded random values.
+    #[arg(long = "input", value_name = "NAME=FILE.npy")]
+    inputs: Vec<String>,
+    /// Concrete shape of an input with symbolic or unknown dims, as NAME=1x3x224x224.
+    #[arg(long = "shapes", value_name = "NAME=DIMS")]
+    shapes: Vec<String>,
+    /// Where to write one .npy per output plus outputs.json.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// The device to run on.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// Seed for random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Skip the optimization passes.
+    #[arg(long)]
+    no_opt: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.device == "cuda" {
+        bail!("this build of kiln has no CUDA backend yet: run with --device cpu");
+    }
+    let model_name = a.model.display().to_string();
+    let t0 = Instant::now();
+    let mut model = kiln::load(&a.model).with_context(|| format!("loading {model_name}"))?;
+    if !a.no_opt {
+        kiln::optimize(&mut model.graph).with_context(|| format!("optimizing {model_name}"))?;
+    }
+    let load_time = t0.elapsed();
+    let g = &model.graph;
+
+    let mut given: HashMap<String, Tensor> = HashMap::new();
+    for s in &a.inputs {
+        let (name, file) = s.split_once('=').with_context(|| format!("expected NAME=FILE.npy, got '{s}'"))?;
+        given.insert(name.to_string(), kiln::npy::read(file.as_ref())?);
+    }
+    let shapes: HashMap<String, Vec<usize>> = a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
+    let mut rng = kiln::random::Rng::new(a.seed);
+    let mut inputs = vec![];
+    for &id in &g.inputs {
+        let info = &g.node(id).outputs[0];
+        let t = match given.remove(&info.name) {
+            Some(t) => t,
+            None => {
+                let dtype = info.ty.dtype.with_context(|| format!("input '{}' has no declared element type; give it with --input", info.name))?;
+                let shape = match shapes.get(&info.name) {
+                    Some(s) => s.clone(),
+                    None => info
+                        .ty
+                        .shape
+                        .as_ref()
+                        .with_context(|| format!("input '{}' has no declared shape; give one with --shapes {}=DIMS", info.name, info.name))?
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Known(n) => Ok(*n),
+                            d => Err(anyhow::anyhow!("input '{}' has dim '{d}'; give its shape with --shapes {}=DIMS", info.name, info.name)),
+                        })
+                        .collect::<Result<_>>()?,
+                };
+                kiln::random::random_tensor(dtype, &shape, &mut rng)
+            }
+        };
+        inputs.push(t);
+    }
+    if let Some(name) = given.keys().next() {
+        bail!("the model has no input named '{name}'");
+    }
+
+    let t1 = Instant::now();
+    let outputs = kiln::run_cpu(g, &inputs).with_context(|| format!("running {model_name}"))?;
+    let run_time = t1.elapsed();
+
+    let mut files = BTreeMap::new();
+    if let Some(dir) = &a.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (o, t) in g.outputs.iter().zip(&outputs) {
+        let v = t.to_f64_vec();
+        let (mn, mx) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        println!("{:<24} {:<5} {:<20} min {mn:<12.6} max {mx:<12.6} mean {mean:.6}", o.name, t.dtype().name(), format!("{:?}", t.shape()));
+        if let Some(dir) = &a.output_dir {
+            let safe: String = o.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
+            let mut file = format!("{safe}.npy");
+            let mut k = 1;
+            while files.values().any(|f| f == &file) {
+                file = format!("{safe}_{k}.npy");
+                k += 1;
+            }
+            kiln::npy::write(&dir.join(&file), t)?;
+            files.insert(o.name.clone(), file);
+        }
+    }
+    if let Some(dir) = &a.output_dir {
+        std::fs::write(dir.join("outputs.json"), serde_json::to_string_pretty(&files)?)?;
+    }
+    println!(
+        "load+optimize {:.1} ms, run {:.1} ms on {} ({} nodes)",
+        load_time.as_secs_f64() * 1e3,
+        run_time.as_secs_f64() * 1e3,
+        a.device,
+        g.node_count()
+    );
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask bench-cpu`: Kiln's CPU executor against onnxruntime's CPU provider, side by
+//! side on the same machine, same model, same thread count.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models to time (default: the suite's light_resnet50).
+    models: Vec<PathBuf>,
+    /// Timed runs per system.
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Threads for both systems (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// A Python with onnxruntime: `KILN_PYTHON`, else a venv in ~/.cache/kiln made on first use.
+fn python_with_ort() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_PYTHON") {
+        return Ok(p.into());
+    }
+    let venv = crate::data::cache_dir()?.join("venv");
+    let py = venv.join("bin/python");
+    let has_ort = |py: &PathBuf| Command::new(py).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success());
+    if !has_ort(&py) {
+        eprintln!("installing onnxruntime into {}", venv.display());
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
+            && Command::new(&py).args(["-m", "pip", "install", "-q", "onnxruntime", "numpy"]).status()?.success();
+        if !ok || !has_ort(&py) {
+            bail!("could not install onnxruntime into {}", venv.display());
+        }
+    }
+    Ok(py)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let models = if a.models.is_empty() {
+        vec![crate::data::onnx_test_data()?.join("light/light_resnet50.onnx")]
+    } else {
+        a.models.clone()
+    };
+    let py = python_with_ort()?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py");
+    println!("{:<28} {:>8} {:>14} {:>14} {:>8}", "model", "threads", "kiln ms", "onnxrt ms", "ratio");
+    for m in &models {
+        let mut model = kiln::load(m)?;
+        kiln::optimize(&mut model.graph)?;
+        let g = &model.graph;
+        let mut rng = kiln::random::Rng::new(0);
+        let inputs: Vec<_> = g
+            .inputs
+            .iter()
+            .map(|&id| {
+                let ty = &g.node(id).outputs[0].ty;
+                let shape: Vec<usize> = ty.shape.iter().flatten().map(|d| d.known().unwrap_or(1)).collect();
+                kiln::random::random_tensor(ty.dtype.unwrap_or(kiln::ir::DType::F32), &shape, &mut rng)
+            })
+            .collect();
+        for _ in 0..a.warmup {
+            kiln::run_cpu(g, &inputs)?;
+        }
+        let mut times = vec![];
+        for _ in 0..a.iterations {
+            let t0 = Instant::now();
+            kiln::run_cpu(g, &inputs)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let kiln_ms = times[times.len() / 2];
+        let out = Command::new(&py)
+            .arg(&script)
+            .arg(m)
+            .args([threads.to_string(), a.iterations.to_string(), a.warmup.to_string()])
+            .output()
+            .context("running onnxruntime")?;
+        if !out.status.success() {
+            bail!("onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let ort_ms = j["median_ms"].as_f64().context("onnxruntime printed no median")?;
+        let name = m.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        println!("{name:<28} {threads:>8} {kiln_ms:>14.1} {ort_ms:>14.1} {:>7.2}x", kiln_ms / ort_ms);
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `cargo xtask ci`: everything CI checks, in order, stopping at the first failure.
+
+use anyhow::{bail, Result};
+use std::process::Command;
+
+fn step(name: &str, args: &[&str]) -> Result<()> {
+    println!("\n==> {name}: cargo {}", args.join(" "));
+    let t0 = std::time::Instant::now();
+    if !Command::new(env!("CARGO")).args(args).status()?.success() {
+        bail!("{name} failed");
+    }
+    println!("<== {name} ok ({:.0} s)", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    step("format", &["fmt", "--all", "--", "--check"])?;
+    step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    step("tests", &["test", "--workspace", "--release"])?;
+    step("conformance", &["xtask", "conformance", "--check"])?;
+    Ok(())
+}
