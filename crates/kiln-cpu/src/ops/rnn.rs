@@ -343,8 +343,8 @@ mod tests {
         let id = RnnActivation::Affine { alpha: 1.0, beta: 0.0 };
         let op = RnnOp::Rnn(attrs(RnnDirection::Forward, vec![id], true));
         // Batch-first X [batch 2, seq 3, 1]; the second entry has length 1.
-        let x = (vec![2, 3, 1], vec![1.0, 2.0, 3.0, 10.0, 20.0, 30.0]);
-        let w = (vec![1, 1, 1], vec![1.0]);
+        let x = (vec![2, 3, 1], vec![1.0f32, 2.0, 3.0, 10.0, 20.0, 30.0]);
+        let w = (vec![1, 1, 1], vec![1.0f32]);
         let ts: Vec<Option<Tensor>> = vec![
             Some(Tensor::from_vec(x.0, x.1).unwrap()),
             Some(Tensor::from_vec(w.0.clone(), w.1.clone()).unwrap()),

@@ -243,8 +243,11 @@ impl PoolOp {
                 out.extend(spatial.iter().map(|_| Dim::Known(1)));
             }
             PoolOp::MaxUnpool { kernel_shape, strides, pads } => {
-                if let Some(v) = input_value(inputs, 2) {
-                    return Ok(v.to_i64_vec().into_iter().map(|d| Dim::Known(d.max(0) as usize)).collect());
+                if inputs.get(2).is_some_and(|i| i.is_some()) {
+                    return Ok(match input_value(inputs, 2) {
+                        Some(v) => v.to_i64_vec().into_iter().map(|d| Dim::Known(d.max(0) as usize)).collect(),
+                        None => vec![Dim::Unknown; s.len()],
+                    });
                 }
                 if spatial.len() != kernel_shape.len() {
                     return Err(format!(

@@ -42,12 +42,16 @@ impl Pass for ConstFold {
             }
             let names: Vec<(String, TypeInfo)> = node.outputs.iter().map(|o| (o.name.clone(), o.ty.clone())).collect();
             let node_name = node.name.clone();
-            graph.remove_node(id);
+            // The node's value names move to the constants, so take them off the node first.
+            for o in &mut graph.node_mut(id).outputs {
+                o.name.clear();
+            }
             for (slot, (t, (name, _))) in outs.into_iter().zip(names).enumerate() {
                 let name = if name.is_empty() { format!("{node_name}#{slot}") } else { name };
                 let c = graph.add_const(name, t);
                 graph.replace_uses(Value { node: id, slot }, c);
             }
+            graph.remove_node(id);
             changed = true;
         }
         Ok(changed)
