@@ -28,7 +28,9 @@ fn python_with_ort() -> Result<PathBuf> {
     }
     let venv = crate::data::cache_dir()?.join("venv");
     let py = venv.join("bin/python");
-    let has_ort = |py: &PathBuf| Command::new(py).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success());
+    let has_ort = |py: &PathBuf| {
+        Command::new(py).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success())
+    };
     if !has_ort(&py) {
         eprintln!("installing onnxruntime into {}", venv.display());
         let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()

@@ -104,7 +104,9 @@ fn list_cases(root: &Path, args: &Args) -> Result<Vec<Case>> {
                 let mut sets: Vec<PathBuf> = std::fs::read_dir(&p)?
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|s| s.is_dir() && s.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_")))
+                    .filter(|s| {
+                        s.is_dir() && s.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_"))
+                    })
                     .collect();
                 sets.sort();
                 for s in sets {
@@ -239,7 +241,11 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
     } else if got != want {
         let (g, w) = (got.to_i64_vec(), want.to_i64_vec());
         let i = g.iter().zip(&w).position(|(a, b)| a != b).unwrap_or(0);
-        return Err(format!("element {i}: {} but expected {}", g.get(i).copied().unwrap_or(0), w.get(i).copied().unwrap_or(0)));
+        return Err(format!(
+            "element {i}: {} but expected {}",
+            g.get(i).copied().unwrap_or(0),
+            w.get(i).copied().unwrap_or(0)
+        ));
     }
     Ok(())
 }
@@ -276,11 +282,24 @@ pub fn run(args: Args) -> Result<()> {
                         (vec![], Status::Panic, msg)
                     }
                 };
-                let o = Outcome { dir: case.dir, name: case.name.clone(), ops, status, reason, millis: t0.elapsed().as_millis() };
+                let o = Outcome {
+                    dir: case.dir,
+                    name: case.name.clone(),
+                    ops,
+                    status,
+                    reason,
+                    millis: t0.elapsed().as_millis(),
+                };
                 if args.verbose {
                     let why = if o.reason.is_empty() { String::new() } else { format!(": {}", o.reason) };
                     let why: String = why.chars().take(300).collect();
-                    println!("{:<11} {}/{} ({} ms){why}", format!("{:?}", o.status).to_lowercase(), o.dir, o.name, o.millis);
+                    println!(
+                        "{:<11} {}/{} ({} ms){why}",
+                        format!("{:?}", o.status).to_lowercase(),
+                        o.dir,
+                        o.name,
+                        o.millis
+                    );
                 }
                 results.lock().expect("no worker panics while holding the lock").push(o);
             });
@@ -312,7 +331,10 @@ pub fn run(args: Args) -> Result<()> {
         };
         *m.get_mut(key).expect("key") += 1;
     }
-    println!("\n{:<18} {:>6} {:>6} {:>6} {:>12} {:>6} {:>6}", "directory", "total", "pass", "fail", "unsupported", "error", "panic");
+    println!(
+        "\n{:<18} {:>6} {:>6} {:>6} {:>12} {:>6} {:>6}",
+        "directory", "total", "pass", "fail", "unsupported", "error", "panic"
+    );
     for (d, m) in &summary {
         println!(
             "{:<18} {:>6} {:>6} {:>6} {:>12} {:>6} {:>6}",
@@ -395,7 +417,8 @@ fn conformance_md(results: &[Outcome], summary: &BTreeMap<&str, BTreeMap<&str, u
     s.push_str("\n## Node tests by op\n\nA test counts toward every op its model uses.\n\n| op | tests | pass | fail | unsupported | error | panic |\n|---|---|---|---|---|---|---|\n");
     let mut by_op: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
     for r in results.iter().filter(|r| r.dir == "node") {
-        let ops: Vec<&str> = if r.ops.is_empty() { vec!["(none imported)"] } else { r.ops.iter().map(String::as_str).collect() };
+        let ops: Vec<&str> =
+            if r.ops.is_empty() { vec!["(none imported)"] } else { r.ops.iter().map(String::as_str).collect() };
         for op in ops {
             let e = by_op.entry(op).or_default();
             e[0] += 1;

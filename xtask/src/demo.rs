@@ -20,7 +20,16 @@ pub fn run() -> Result<()> {
     }
     println!("\n$ {kiln} run {model} --input x=tests/models/tiny_cnn.input.x.npy --output-dir {out_dir} --device cpu");
     let ok = Command::new(kiln)
-        .args(["run", model, "--input", "x=tests/models/tiny_cnn.input.x.npy", "--output-dir", out_dir, "--device", "cpu"])
+        .args([
+            "run",
+            model,
+            "--input",
+            "x=tests/models/tiny_cnn.input.x.npy",
+            "--output-dir",
+            out_dir,
+            "--device",
+            "cpu",
+        ])
         .status()?
         .success();
     if !ok {

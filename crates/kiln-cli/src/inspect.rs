@@ -23,10 +23,21 @@ pub fn run(a: Args) -> Result<()> {
             bytes += t.byte_size();
         }
     }
-    let ops: std::collections::BTreeMap<_, _> = g.op_counts().into_iter().filter(|(k, _)| !matches!(*k, "Input" | "Const")).collect();
-    let io = |ids: Vec<(String, String)>| ids.into_iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>();
-    let inputs: Vec<(String, String)> = g.inputs.iter().map(|&i| { let o = &g.node(i).outputs[0]; (o.name.clone(), o.ty.to_string()) }).collect();
-    let outputs: Vec<(String, String)> = g.outputs.iter().map(|o| (o.name.clone(), g.value_info(o.value).ty.to_string())).collect();
+    let ops: std::collections::BTreeMap<_, _> =
+        g.op_counts().into_iter().filter(|(k, _)| !matches!(*k, "Input" | "Const")).collect();
+    let io = |ids: Vec<(String, String)>| {
+        ids.into_iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>()
+    };
+    let inputs: Vec<(String, String)> = g
+        .inputs
+        .iter()
+        .map(|&i| {
+            let o = &g.node(i).outputs[0];
+            (o.name.clone(), o.ty.to_string())
+        })
+        .collect();
+    let outputs: Vec<(String, String)> =
+        g.outputs.iter().map(|o| (o.name.clone(), g.value_info(o.value).ty.to_string())).collect();
     if a.json {
         let j = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -44,8 +55,13 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     println!("model     {}", a.model.display());
-    println!("producer  {} (IR version {})", if model.producer.is_empty() { "?" } else { &model.producer }, model.ir_version);
-    let opsets: Vec<String> = model.opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
+    println!(
+        "producer  {} (IR version {})",
+        if model.producer.is_empty() { "?" } else { &model.producer },
+        model.ir_version
+    );
+    let opsets: Vec<String> =
+        model.opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
     println!("opsets    {}", opsets.join(", "));
     for (n, t) in &inputs {
         println!("input     {n}: {t}");

@@ -38,7 +38,9 @@ pub(crate) fn parse_shape_arg(s: &str) -> anyhow::Result<(String, Vec<usize>)> {
     let dims = if dims.is_empty() {
         vec![]
     } else {
-        dims.split(['x', ',']).map(|d| d.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("bad dimension '{d}' in '{s}'"))).collect::<Result<_, _>>()?
+        dims.split(['x', ','])
+            .map(|d| d.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("bad dimension '{d}' in '{s}'")))
+            .collect::<Result<_, _>>()?
     };
     Ok((name.to_string(), dims))
 }

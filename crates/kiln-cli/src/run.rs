@@ -48,7 +48,8 @@ pub fn run(a: Args) -> Result<()> {
         let (name, file) = s.split_once('=').with_context(|| format!("expected NAME=FILE.npy, got '{s}'"))?;
         given.insert(name.to_string(), kiln::npy::read(file.as_ref())?);
     }
-    let shapes: HashMap<String, Vec<usize>> = a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
+    let shapes: HashMap<String, Vec<usize>> =
+        a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
     let mut rng = kiln::random::Rng::new(a.seed);
     let mut inputs = vec![];
     for &id in &g.inputs {
@@ -56,18 +57,29 @@ pub fn run(a: Args) -> Result<()> {
         let t = match given.remove(&info.name) {
             Some(t) => t,
             None => {
-                let dtype = info.ty.dtype.with_context(|| format!("input '{}' has no declared element type; give it with --input", info.name))?;
+                let dtype = info.ty.dtype.with_context(|| {
+                    format!("input '{}' has no declared element type; give it with --input", info.name)
+                })?;
                 let shape = match shapes.get(&info.name) {
                     Some(s) => s.clone(),
                     None => info
                         .ty
                         .shape
                         .as_ref()
-                        .with_context(|| format!("input '{}' has no declared shape; give one with --shapes {}=DIMS", info.name, info.name))?
+                        .with_context(|| {
+                            format!(
+                                "input '{}' has no declared shape; give one with --shapes {}=DIMS",
+                                info.name, info.name
+                            )
+                        })?
                         .iter()
                         .map(|d| match d {
                             Dim::Known(n) => Ok(*n),
-                            d => Err(anyhow::anyhow!("input '{}' has dim '{d}'; give its shape with --shapes {}=DIMS", info.name, info.name)),
+                            d => Err(anyhow::anyhow!(
+                                "input '{}' has dim '{d}'; give its shape with --shapes {}=DIMS",
+                                info.name,
+                                info.name
+                            )),
                         })
                         .collect::<Result<_>>()?,
                 };
@@ -92,9 +104,18 @@ pub fn run(a: Args) -> Result<()> {
         let v = t.to_f64_vec();
         let (mn, mx) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
         let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-        println!("{:<24} {:<5} {:<20} min {mn:<12.6} max {mx:<12.6} mean {mean:.6}", o.name, t.dtype().name(), format!("{:?}", t.shape()));
+        println!(
+            "{:<24} {:<5} {:<20} min {mn:<12.6} max {mx:<12.6} mean {mean:.6}",
+            o.name,
+            t.dtype().name(),
+            format!("{:?}", t.shape())
+        );
         if let Some(dir) = &a.output_dir {
-            let safe: String = o.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
+            let safe: String = o
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+                .collect();
             let mut file = format!("{safe}.npy");
             let mut k = 1;
             while files.values().any(|f| f == &file) {

@@ -88,7 +88,10 @@ pub fn run_named(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Vec<
         .iter()
         .map(|&id| {
             let name = &graph.node(id).outputs[0].name;
-            inputs.get(name).cloned().ok_or_else(|| CpuError::Input { name: name.clone(), msg: "no value given".into() })
+            inputs
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CpuError::Input { name: name.clone(), msg: "no value given".into() })
         })
         .collect::<Result<Vec<_>, _>>()?;
     run_graph(graph, &ordered)

@@ -24,7 +24,11 @@ impl Graph {
         };
         let value_name = |v: crate::Value| {
             let n = &self.node(v.node).outputs[v.slot].name;
-            if n.is_empty() { format!("%{}#{}", self.node(v.node).name, v.slot) } else { format!("%{n}") }
+            if n.is_empty() {
+                format!("%{}#{}", self.node(v.node).name, v.slot)
+            } else {
+                format!("%{n}")
+            }
         };
         for id in order {
             let node = self.node(id);
@@ -34,11 +38,8 @@ impl Graph {
                 .enumerate()
                 .map(|(i, o)| format!("{}: {}", value_name(crate::Value { node: id, slot: i }), o.ty))
                 .collect();
-            let ins: Vec<String> = self
-                .inputs_of(id)
-                .into_iter()
-                .map(|v| v.map_or_else(|| "_".to_string(), value_name))
-                .collect();
+            let ins: Vec<String> =
+                self.inputs_of(id).into_iter().map(|v| v.map_or_else(|| "_".to_string(), value_name)).collect();
             let body = match &node.op {
                 Op::Input => "Input".to_string(),
                 Op::Const(t) if t.len() <= 8 => {

@@ -227,8 +227,7 @@ impl Graph {
 
     /// The nodes in an order where every node comes after its inputs (ties by id, so stable).
     pub fn topo_order(&self) -> Result<Vec<NodeId>, IrError> {
-        let mut indeg: std::collections::HashMap<NodeId, usize> =
-            self.g.node_indices().map(|n| (n, 0)).collect();
+        let mut indeg: std::collections::HashMap<NodeId, usize> = self.g.node_indices().map(|n| (n, 0)).collect();
         for e in self.g.edge_references() {
             *indeg.get_mut(&e.target()).expect("edge target is a live node") += 1;
         }
@@ -264,8 +263,8 @@ impl Graph {
 
     /// Finds the value with the given name.
     pub fn find_value(&self, name: &str) -> Option<Value> {
-        self.g.node_indices().find_map(|n| {
-            self.g[n].outputs.iter().position(|o| o.name == name).map(|slot| Value { node: n, slot })
-        })
+        self.g
+            .node_indices()
+            .find_map(|n| self.g[n].outputs.iter().position(|o| o.name == name).map(|slot| Value { node: n, slot }))
     }
 }

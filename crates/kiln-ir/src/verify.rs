@@ -31,7 +31,10 @@ impl Graph {
                 }
                 let src = &g[e.source()];
                 if w.src_slot >= src.outputs.len() {
-                    return Err(invalid(node, format!("reads output {} of '{}', which has {}", w.src_slot, src.name, src.outputs.len())));
+                    return Err(invalid(
+                        node,
+                        format!("reads output {} of '{}', which has {}", w.src_slot, src.name, src.outputs.len()),
+                    ));
                 }
             }
             match &node.op {
@@ -42,9 +45,7 @@ impl Graph {
                 }
                 Op::Const(t) => {
                     let ty = &node.outputs[0].ty;
-                    if ty.dtype.is_some_and(|d| d != t.dtype())
-                        || ty.concrete_shape().is_some_and(|s| s != t.shape())
-                    {
+                    if ty.dtype.is_some_and(|d| d != t.dtype()) || ty.concrete_shape().is_some_and(|s| s != t.shape()) {
                         return Err(invalid(node, format!("declared {} but holds {}{:?}", ty, t.dtype(), t.shape())));
                     }
                 }
@@ -62,12 +63,20 @@ impl Graph {
         }
         for &i in &self.inputs {
             if !self.contains(i) || !matches!(self.node(i).op, Op::Input) {
-                return Err(IrError::Invalid { node: self.name.clone(), op: "Graph".into(), msg: "graph input list names a non-input node".into() });
+                return Err(IrError::Invalid {
+                    node: self.name.clone(),
+                    op: "Graph".into(),
+                    msg: "graph input list names a non-input node".into(),
+                });
             }
         }
         for o in &self.outputs {
             if !self.contains(o.value.node) || o.value.slot >= self.node(o.value.node).outputs.len() {
-                return Err(IrError::Invalid { node: self.name.clone(), op: "Graph".into(), msg: format!("output '{}' names no value", o.name) });
+                return Err(IrError::Invalid {
+                    node: self.name.clone(),
+                    op: "Graph".into(),
+                    msg: format!("output '{}' names no value", o.name),
+                });
             }
         }
         Ok(())

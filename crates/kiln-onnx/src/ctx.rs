@@ -142,9 +142,9 @@ impl<'a> NodeCtx<'a> {
     pub fn get_string(&self, name: &str) -> Result<Option<String>, ImportError> {
         match self.typed(name, AttributeType::String)? {
             None => Ok(None),
-            Some(a) => String::from_utf8(a.s.clone())
-                .map(Some)
-                .map_err(|_| self.attr_error(name, "string is not valid UTF-8")),
+            Some(a) => {
+                String::from_utf8(a.s.clone()).map(Some).map_err(|_| self.attr_error(name, "string is not valid UTF-8"))
+            }
         }
     }
 

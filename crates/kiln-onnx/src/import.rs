@@ -53,7 +53,10 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Model, I
             });
         }
     }
-    let gp = model.graph.as_ref().ok_or_else(|| ImportError::Graph { graph: "model".into(), msg: "model has no graph".into() })?;
+    let gp = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| ImportError::Graph { graph: "model".into(), msg: "model has no graph".into() })?;
     let reg = crate::ops::registry();
     let mut unsupported: BTreeMap<(String, String), UnsupportedOp> = BTreeMap::new();
     collect_unsupported(gp, &reg, &opsets, &mut unsupported);
@@ -63,7 +66,12 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Model, I
     let cx = Importer { reg: &reg, opsets: &opsets, opts };
     let graph = cx.import_graph(gp, &[])?;
     graph.verify()?;
-    Ok(Model { graph, opsets, ir_version: model.ir_version, producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string() })
+    Ok(Model {
+        graph,
+        opsets,
+        ir_version: model.ir_version,
+        producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+    })
 }
 
 fn collect_unsupported(
@@ -145,9 +153,13 @@ pub(crate) fn type_info(name: &str, tp: Option<&TypeProto>) -> Result<TypeInfo, 
             });
             Ok(TypeInfo { dtype, shape })
         }
-        Some(type_proto::Value::SequenceType(_)) => Err(format!("value '{name}' is a sequence, which is not supported")),
+        Some(type_proto::Value::SequenceType(_)) => {
+            Err(format!("value '{name}' is a sequence, which is not supported"))
+        }
         Some(type_proto::Value::MapType(_)) => Err(format!("value '{name}' is a map, which is not supported")),
-        Some(type_proto::Value::OptionalType(_)) => Err(format!("value '{name}' is an optional, which is not supported")),
+        Some(type_proto::Value::OptionalType(_)) => {
+            Err(format!("value '{name}' is an optional, which is not supported"))
+        }
         Some(type_proto::Value::SparseTensorType(_)) => {
             Err(format!("value '{name}' is a sparse tensor, which is not supported"))
         }
@@ -211,9 +223,7 @@ impl Importer<'_> {
         }
 
         for o in &gp.output {
-            let v = *scope
-                .get(&o.name)
-                .ok_or_else(|| gerr(format!("output '{}' is never computed", o.name)))?;
+            let v = *scope.get(&o.name).ok_or_else(|| gerr(format!("output '{}' is never computed", o.name)))?;
             g.add_output(o.name.clone(), v);
         }
         Ok(g)
@@ -241,9 +251,9 @@ impl Importer<'_> {
             if name.is_empty() {
                 inputs.push(None);
             } else {
-                let v = *scope
-                    .get(name)
-                    .ok_or_else(|| node_err(format!("input '{name}' is not produced by any node, initializer or graph input")))?;
+                let v = *scope.get(name).ok_or_else(|| {
+                    node_err(format!("input '{name}' is not produced by any node, initializer or graph input"))
+                })?;
                 inputs.push(Some(v));
             }
         }
@@ -256,7 +266,8 @@ impl Importer<'_> {
                 })
             })
             .collect();
-        let input_dtypes: Vec<Option<DType>> = inputs.iter().map(|v| v.and_then(|v| g.value_info(v).ty.dtype)).collect();
+        let input_dtypes: Vec<Option<DType>> =
+            inputs.iter().map(|v| v.and_then(|v| g.value_info(v).ty.dtype)).collect();
 
         // Outer values read by any subgraph of this node become extra inputs, in sorted order.
         let mut captures = BTreeSet::new();
@@ -271,9 +282,9 @@ impl Importer<'_> {
         let op = f(&cx)?;
 
         for c in &captures {
-            let v = *scope
-                .get(c)
-                .ok_or_else(|| node_err(format!("a subgraph reads '{c}', which is not defined in any enclosing scope")))?;
+            let v = *scope.get(c).ok_or_else(|| {
+                node_err(format!("a subgraph reads '{c}', which is not defined in any enclosing scope"))
+            })?;
             inputs.push(Some(v));
         }
         let mut outputs = Vec::with_capacity(n.output.len());

@@ -32,14 +32,24 @@ pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<Model, ImportE
 
 /// Reads and imports a model file; external data is looked up next to it.
 pub fn load_model(path: &Path) -> Result<Model, ImportError> {
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
-    let opts = ImportOptions { base_dir: path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".").to_path_buf() } else { p.to_path_buf() }) };
+    let bytes =
+        std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
+    let opts = ImportOptions {
+        base_dir: path.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".").to_path_buf()
+            } else {
+                p.to_path_buf()
+            }
+        }),
+    };
     import_bytes(&bytes, &opts)
 }
 
 /// Reads a file holding one serialized `TensorProto` (as the ONNX test suite stores data).
 pub fn read_tensor_file(path: &Path) -> Result<Tensor, ImportError> {
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
     let t = proto::TensorProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode(e.to_string()))?;
     tensor_from_proto(&t, path.parent())
 }

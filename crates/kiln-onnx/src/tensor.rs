@@ -66,7 +66,8 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
         shape.push(usize::try_from(d).map_err(|_| err(format!("dimension {d} is too large")))?);
     }
     let n = checked_numel(&shape).ok_or_else(|| err(format!("element count of {:?} overflows", t.dims)))?;
-    let bytes_needed = n.checked_mul(dtype.size()).ok_or_else(|| err(format!("byte size of {:?} overflows", t.dims)))?;
+    let bytes_needed =
+        n.checked_mul(dtype.size()).ok_or_else(|| err(format!("byte size of {:?} overflows", t.dims)))?;
 
     let external;
     let raw: Option<&[u8]> = if t.data_location == DataLocation::External as i32 {
@@ -180,8 +181,17 @@ fn read_external(t: &TensorProto, dir: &Path, bytes_needed: usize) -> Result<Vec
     for kv in &t.external_data {
         match kv.key.as_str() {
             "location" => location = Some(kv.value.as_str()),
-            "offset" => offset = kv.value.parse().map_err(|_| err(format!("external data offset '{}' is not a number", kv.value)))?,
-            "length" => length = Some(kv.value.parse::<u64>().map_err(|_| err(format!("external data length '{}' is not a number", kv.value)))?),
+            "offset" => {
+                offset =
+                    kv.value.parse().map_err(|_| err(format!("external data offset '{}' is not a number", kv.value)))?
+            }
+            "length" => {
+                length = Some(
+                    kv.value
+                        .parse::<u64>()
+                        .map_err(|_| err(format!("external data length '{}' is not a number", kv.value)))?,
+                )
+            }
             _ => {}
         }
     }
@@ -193,20 +203,17 @@ fn read_external(t: &TensorProto, dir: &Path, bytes_needed: usize) -> Result<Vec
     if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(err(format!("external data location '{location}' leaves the model's directory")));
     }
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| err(format!("cannot resolve the model's directory: {e}")))?;
-    let path = dir
-        .join(rel)
-        .canonicalize()
-        .map_err(|e| err(format!("external data file '{location}': {e}")))?;
+    let dir = dir.canonicalize().map_err(|e| err(format!("cannot resolve the model's directory: {e}")))?;
+    let path = dir.join(rel).canonicalize().map_err(|e| err(format!("external data file '{location}': {e}")))?;
     if !path.starts_with(&dir) {
         return Err(err(format!("external data location '{location}' resolves outside the model's directory")));
     }
     let file_len = std::fs::metadata(&path).map_err(|e| err(format!("external data file '{location}': {e}")))?.len();
     let length = length.unwrap_or_else(|| file_len.saturating_sub(offset));
     if length != bytes_needed as u64 {
-        return Err(err(format!("external data length {length} does not match the {bytes_needed} bytes the shape needs")));
+        return Err(err(format!(
+            "external data length {length} does not match the {bytes_needed} bytes the shape needs"
+        )));
     }
     let end = offset.checked_add(length).ok_or_else(|| err("external data range overflows".into()))?;
     if end > file_len {

@@ -62,7 +62,12 @@ pub fn write_bytes(t: &Tensor) -> Result<Vec<u8>, String> {
     fn go<T: npyz::Serialize + npyz::AutoSerialize + Copy>(shape: &[usize], v: &[T]) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(|e| e.to_string())?;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut out)
+            .begin_nd()
+            .map_err(|e| e.to_string())?;
         w.extend(v.iter().copied()).map_err(|e| e.to_string())?;
         w.finish().map_err(|e| e.to_string())?;
         Ok(out)

@@ -126,9 +126,7 @@ fn body_dtype(body: &Graph, i: usize) -> DType {
 }
 
 fn eval_scan(op: &ControlOp, inputs: &[Option<&Tensor>]) -> OpResult {
-    let ControlOp::Scan { body, num_state, num_scan_inputs, batched, .. } = op else {
-        bail!("not a Scan")
-    };
+    let ControlOp::Scan { body, num_state, num_scan_inputs, batched, .. } = op else { bail!("not a Scan") };
     let (n, m) = (*num_state, *num_scan_inputs);
     let first = usize::from(*batched);
     if inputs.len() < first + n + m {
@@ -257,13 +255,7 @@ fn stack(parts: &[Tensor], axis: usize) -> Result<Tensor, OpError> {
     }
     for p in parts {
         if p.shape() != shape || p.dtype() != first.dtype() {
-            bail!(
-                "cannot stack a {} {:?} with a {} {:?}",
-                p.dtype(),
-                p.shape(),
-                first.dtype(),
-                shape
-            );
+            bail!("cannot stack a {} {:?} with a {} {:?}", p.dtype(), p.shape(), first.dtype(), shape);
         }
     }
     let outer: usize = shape[..axis].iter().product();
@@ -273,7 +265,13 @@ fn stack(parts: &[Tensor], axis: usize) -> Result<Tensor, OpError> {
     dispatch!(first.data(), v => stack_typed(v, parts, outer, inner, out_shape))
 }
 
-fn stack_typed<T: Elem>(_: &[T], parts: &[Tensor], outer: usize, inner: usize, shape: Vec<usize>) -> Result<Tensor, OpError> {
+fn stack_typed<T: Elem>(
+    _: &[T],
+    parts: &[Tensor],
+    outer: usize,
+    inner: usize,
+    shape: Vec<usize>,
+) -> Result<Tensor, OpError> {
     let slices = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(outer * inner * parts.len());
     for o in 0..outer {

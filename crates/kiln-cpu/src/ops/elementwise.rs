@@ -366,7 +366,9 @@ fn compare<T: Elem>(op: BinaryOp, a: &[T], ash: &[usize], b: &Tensor) -> Result<
 }
 
 /// Integer ops whose element types provide the bit operators.
-trait Bits: Num + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self> + std::ops::BitXor<Output = Self> {
+trait Bits:
+    Num + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self> + std::ops::BitXor<Output = Self>
+{
     fn shl(self, n: Self) -> Self;
     fn shr(self, n: Self) -> Self;
     fn not(self) -> Self;
@@ -468,9 +470,9 @@ fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, OpError> {
                 bail!("{name}: expected a float input, found {}", x.dtype());
             }
             let test: Box<dyn Fn(f64) -> bool> = match u {
-                UnaryOp::IsInf { detect_negative, detect_positive } => Box::new(move |y: f64| {
-                    y.is_infinite() && if y > 0.0 { detect_positive } else { detect_negative }
-                }),
+                UnaryOp::IsInf { detect_negative, detect_positive } => {
+                    Box::new(move |y: f64| y.is_infinite() && if y > 0.0 { detect_positive } else { detect_negative })
+                }
                 _ => Box::new(|y: f64| y.is_nan()),
             };
             Ok(Tensor::from_vec(shape, x.to_f64_vec().into_iter().map(test).collect::<Vec<bool>>())?)
@@ -495,7 +497,6 @@ fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, OpError> {
 
 /// The unary ops defined on integers (after the float-only ones were ruled out).
 fn int_unary<T: Num>(u: UnaryOp, v: &[T]) -> Option<Vec<T>> {
-    let zero = T::default();
     let f: fn(T) -> T = match u {
         UnaryOp::Abs => |x| if x < T::default() { T::default().sub(x) } else { x },
         UnaryOp::Neg => |x| T::default().sub(x),
@@ -503,10 +504,15 @@ fn int_unary<T: Num>(u: UnaryOp, v: &[T]) -> Option<Vec<T>> {
         UnaryOp::Sign => |x| T::from_i64((x > T::default()) as i64 - (x < T::default()) as i64),
         _ => return None,
     };
-    let _ = zero;
+    apply(v, f)
+}
+
+/// Maps every element; generic so that each op's closure is inlined into its loop.
+fn apply<F: Copy>(v: &[F], f: impl Fn(F) -> F) -> Option<Vec<F>> {
     Some(v.iter().map(|&x| f(x)).collect())
 }
 
+/// A constant in the compute type.
 fn c<F: Float>(x: f64) -> F {
     F::from(x).unwrap_or_else(F::nan)
 }
@@ -525,79 +531,82 @@ fn round_even<F: Float>(x: F) -> F {
 fn float_unary<F: Float>(u: UnaryOp, v: &[F]) -> Option<Vec<F>> {
     let one = F::one();
     let zero = F::zero();
-    let map = |f: &dyn Fn(F) -> F| Some(v.iter().map(|&x| f(x)).collect());
-    // The parameterless, hottest ops get a closure the compiler can inline into the loop.
     match u {
-        UnaryOp::Relu => return Some(v.iter().map(|&x| if x < zero { zero } else { x }).collect()),
-        UnaryOp::Sigmoid => return Some(v.iter().map(|&x| one / (one + (-x).exp())).collect()),
-        UnaryOp::Neg => return Some(v.iter().map(|&x| -x).collect()),
-        UnaryOp::Abs => return Some(v.iter().map(|&x| x.abs()).collect()),
-        _ => {}
-    }
-    match u {
-        UnaryOp::Exp => map(&|x| x.exp()),
-        UnaryOp::Log => map(&|x| x.ln()),
-        UnaryOp::Sqrt => map(&|x| x.sqrt()),
-        UnaryOp::Reciprocal => map(&|x| one / x),
-        UnaryOp::Floor => map(&|x| x.floor()),
-        UnaryOp::Ceil => map(&|x| x.ceil()),
-        UnaryOp::Round => map(&round_even),
-        UnaryOp::Sign => map(&|x| if x > zero { one } else if x < zero { -one } else { x }),
-        UnaryOp::Erf => map(&|x| c(erf(x.to_f64().unwrap_or(f64::NAN)))),
-        UnaryOp::Sin => map(&|x| x.sin()),
-        UnaryOp::Cos => map(&|x| x.cos()),
-        UnaryOp::Tan => map(&|x| x.tan()),
-        UnaryOp::Asin => map(&|x| x.asin()),
-        UnaryOp::Acos => map(&|x| x.acos()),
-        UnaryOp::Atan => map(&|x| x.atan()),
-        UnaryOp::Sinh => map(&|x| x.sinh()),
-        UnaryOp::Cosh => map(&|x| x.cosh()),
-        UnaryOp::Asinh => map(&|x| x.asinh()),
-        UnaryOp::Acosh => map(&|x| x.acosh()),
-        UnaryOp::Atanh => map(&|x| x.atanh()),
-        UnaryOp::Tanh => map(&|x| x.tanh()),
+        UnaryOp::Relu => apply(v, |x| if x < zero { zero } else { x }),
+        UnaryOp::Sigmoid => apply(v, |x| one / (one + (-x).exp())),
+        UnaryOp::Neg => apply(v, |x| -x),
+        UnaryOp::Abs => apply(v, |x| x.abs()),
+        UnaryOp::Exp => apply(v, |x| x.exp()),
+        UnaryOp::Log => apply(v, |x| x.ln()),
+        UnaryOp::Sqrt => apply(v, |x| x.sqrt()),
+        UnaryOp::Reciprocal => apply(v, |x| one / x),
+        UnaryOp::Floor => apply(v, |x| x.floor()),
+        UnaryOp::Ceil => apply(v, |x| x.ceil()),
+        UnaryOp::Round => apply(v, round_even),
+        UnaryOp::Sign => apply(v, |x| {
+            if x > zero {
+                one
+            } else if x < zero {
+                -one
+            } else {
+                x
+            }
+        }),
+        UnaryOp::Erf => apply(v, |x| c(erf(x.to_f64().unwrap_or(f64::NAN)))),
+        UnaryOp::Sin => apply(v, |x| x.sin()),
+        UnaryOp::Cos => apply(v, |x| x.cos()),
+        UnaryOp::Tan => apply(v, |x| x.tan()),
+        UnaryOp::Asin => apply(v, |x| x.asin()),
+        UnaryOp::Acos => apply(v, |x| x.acos()),
+        UnaryOp::Atan => apply(v, |x| x.atan()),
+        UnaryOp::Sinh => apply(v, |x| x.sinh()),
+        UnaryOp::Cosh => apply(v, |x| x.cosh()),
+        UnaryOp::Asinh => apply(v, |x| x.asinh()),
+        UnaryOp::Acosh => apply(v, |x| x.acosh()),
+        UnaryOp::Atanh => apply(v, |x| x.atanh()),
+        UnaryOp::Tanh => apply(v, |x| x.tanh()),
         UnaryOp::LeakyRelu { alpha } => {
             let a: F = c(alpha as f64);
-            map(&|x| if x < zero { a * x } else { x })
+            apply(v, |x| if x < zero { a * x } else { x })
         }
         UnaryOp::Elu { alpha } => {
             let a: F = c(alpha as f64);
-            map(&|x| if x < zero { a * (x.exp() - one) } else { x })
+            apply(v, |x| if x < zero { a * (x.exp() - one) } else { x })
         }
         UnaryOp::Selu { alpha, gamma } => {
             let (a, g): (F, F) = (c(alpha as f64), c(gamma as f64));
-            map(&|x| if x <= zero { g * (a * x.exp() - a) } else { g * x })
+            apply(v, |x| if x <= zero { g * (a * x.exp() - a) } else { g * x })
         }
         UnaryOp::Celu { alpha } => {
             let a: F = c(alpha as f64);
-            map(&|x| x.max(zero) + (a * ((x / a).exp() - one)).min(zero))
+            apply(v, |x| x.max(zero) + (a * ((x / a).exp() - one)).min(zero))
         }
         UnaryOp::HardSigmoid { alpha, beta } => {
             let (a, b): (F, F) = (c(alpha as f64), c(beta as f64));
-            map(&|x| (a * x + b).min(one).max(zero))
+            apply(v, |x| (a * x + b).min(one).max(zero))
         }
         UnaryOp::HardSwish => {
             let (a, b): (F, F) = (c(1.0 / 6.0), c(0.5));
-            map(&|x| x * (a * x + b).min(one).max(zero))
+            apply(v, |x| x * (a * x + b).min(one).max(zero))
         }
         // ln(1 + e^x) without overflow: past 20 the result is x to f64 precision.
-        UnaryOp::Softplus => map(&|x| if x > c(20.0) { x } else { x.exp().ln_1p() }),
-        UnaryOp::Softsign => map(&|x| x / (one + x.abs())),
+        UnaryOp::Softplus => apply(v, |x| if x > c(20.0) { x } else { x.exp().ln_1p() }),
+        UnaryOp::Softsign => apply(v, |x| x / (one + x.abs())),
         UnaryOp::ThresholdedRelu { alpha } => {
             let a: F = c(alpha as f64);
-            map(&|x| if x > a { x } else { zero })
+            apply(v, |x| if x > a { x } else { zero })
         }
         UnaryOp::Gelu { tanh: false } => {
-            map(&|x| c::<F>(0.5) * x * (one + c::<F>(erf(x.to_f64().unwrap_or(f64::NAN) / std::f64::consts::SQRT_2))))
+            apply(v, |x| c::<F>(0.5) * x * (one + c::<F>(erf(x.to_f64().unwrap_or(f64::NAN) / std::f64::consts::SQRT_2))))
         }
         UnaryOp::Gelu { tanh: true } => {
             let k: F = c((2.0 / std::f64::consts::PI).sqrt());
-            map(&|x| c::<F>(0.5) * x * (one + (k * (x + c::<F>(0.044715) * x * x * x)).tanh()))
+            apply(v, |x| c::<F>(0.5) * x * (one + (k * (x + c::<F>(0.044715) * x * x * x)).tanh()))
         }
-        UnaryOp::Mish => map(&|x| x * (if x > c(20.0) { x } else { x.exp().ln_1p() }).tanh()),
+        UnaryOp::Mish => apply(v, |x| x * (if x > c(20.0) { x } else { x.exp().ln_1p() }).tanh()),
         UnaryOp::Shrink { bias, lambd } => {
             let (b, l): (F, F) = (c(bias as f64), c(lambd as f64));
-            map(&|x| {
+            apply(v, |x| {
                 if x < -l {
                     x + b
                 } else if x > l {
@@ -609,9 +618,8 @@ fn float_unary<F: Float>(u: UnaryOp, v: &[F]) -> Option<Vec<F>> {
         }
         UnaryOp::Swish { alpha } => {
             let a: F = c(alpha as f64);
-            map(&|x| x / (one + (-a * x).exp()))
+            apply(v, |x| x / (one + (-a * x).exp()))
         }
-        UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Neg | UnaryOp::Abs => None,
         UnaryOp::Not | UnaryOp::BitwiseNot | UnaryOp::IsNaN | UnaryOp::IsInf { .. } => None,
     }
 }
@@ -644,7 +652,8 @@ fn erf(x: f64) -> f64 {
                     + t * (0.096_784_18
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
-                                + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
         1.0 - t * poly.exp()
     };
     r.copysign(x)
@@ -767,7 +776,11 @@ mod tests {
     #[test]
     fn integer_division() {
         let div = ElementwiseOp::Binary(BinaryOp::Div);
-        check(div.clone(), &[t(&[3], vec![7i32, -7, i32::MIN]), t(&[3], vec![2i32, 2, -1])], t(&[3], vec![3i32, -3, i32::MIN]));
+        check(
+            div.clone(),
+            &[t(&[3], vec![7i32, -7, i32::MIN]), t(&[3], vec![2i32, 2, -1])],
+            t(&[3], vec![3i32, -3, i32::MIN]),
+        );
         let (a, b) = (t(&[2], vec![1i64, 2]), t(&[2], vec![1i64, 0]));
         assert_eq!(eval(&div, &[Some(&a), Some(&b)], 1).unwrap_err().0, "integer division by zero");
     }
@@ -776,7 +789,11 @@ mod tests {
     fn mod_signs() {
         let a = t(&[4], vec![-4i32, 7, 5, -5]);
         let b = t(&[4], vec![3i32, -3, 3, -3]);
-        check(ElementwiseOp::Binary(BinaryOp::Mod { fmod: false }), &[a.clone(), b.clone()], t(&[4], vec![2i32, -2, 2, -2]));
+        check(
+            ElementwiseOp::Binary(BinaryOp::Mod { fmod: false }),
+            &[a.clone(), b.clone()],
+            t(&[4], vec![2i32, -2, 2, -2]),
+        );
         check(ElementwiseOp::Binary(BinaryOp::Mod { fmod: true }), &[a, b], t(&[4], vec![-1i32, 1, 2, -2]));
     }
 
@@ -803,7 +820,12 @@ mod tests {
 
     #[test]
     fn erf_is_accurate() {
-        for (x, want) in [(0.1, 0.112_462_916_018_284_9), (1.0, 0.842_700_792_949_714_9), (-2.5, -0.999_593_047_982_555), (3.5, 0.999_999_256_901_627_7)] {
+        for (x, want) in [
+            (0.1, 0.112_462_916_018_284_9),
+            (1.0, 0.842_700_792_949_714_9),
+            (-2.5, -0.999_593_047_982_555),
+            (3.5, 0.999_999_256_901_627_7),
+        ] {
             assert!((erf(x) - want).abs() < 1e-12, "erf({x}) = {}", erf(x));
         }
     }

@@ -103,7 +103,8 @@ pub(super) fn eval(op: &LayoutOp, inputs: &[Option<&Tensor>], num_outputs: usize
                 bail!("shape {dims:?} has a negative dim");
             }
             let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-            let n = kiln_ir::checked_numel(&shape).ok_or_else(|| OpError::new(format!("shape {shape:?} is too large")))?;
+            let n =
+                kiln_ir::checked_numel(&shape).ok_or_else(|| OpError::new(format!("shape {shape:?} is too large")))?;
             let t = dispatch!(value.data(), v => match v.first() {
                 Some(&f) => Tensor::from_vec(shape, vec![f; n])?,
                 None => bail!("value holds no element"),
@@ -215,7 +216,8 @@ fn range(inputs: &[Option<&Tensor>]) -> OpResult {
             bail!("delta must be non-zero");
         }
         let span = l as i128 - s as i128;
-        let n = if (span > 0) == (d > 0) && span != 0 { (span.abs() + d.abs() as i128 - 1) / d.abs() as i128 } else { 0 };
+        let n =
+            if (span > 0) == (d > 0) && span != 0 { (span.abs() + d.abs() as i128 - 1) / d.abs() as i128 } else { 0 };
         let v: Vec<i64> = (0..n as i64).map(|i| s + i * d).collect();
         Ok(vec![Tensor::from_vec(vec![v.len()], v)?.cast(dtype)])
     } else {
@@ -248,21 +250,54 @@ mod tests {
     #[test]
     fn transpose_odd_sizes() {
         // [2,3,1] -> perm [1,0,2]: a unit dim inside the view must not break merging.
-        check(LayoutOp::Transpose { perm: Some(vec![1, 0, 2]) }, &[f(&[2, 3, 1])], &[3, 2, 1], &[0., 3., 1., 4., 2., 5.]);
+        check(
+            LayoutOp::Transpose { perm: Some(vec![1, 0, 2]) },
+            &[f(&[2, 3, 1])],
+            &[3, 2, 1],
+            &[0., 3., 1., 4., 2., 5.],
+        );
         check(LayoutOp::Transpose { perm: None }, &[f(&[2, 3])], &[3, 2], &[0., 3., 1., 4., 2., 5.]);
+    }
+
+    #[test]
+    fn transpose_matches_naive_on_tiled_sizes() {
+        let shape = [3usize, 50, 37];
+        let x = f(&shape);
+        for perm in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            let mut want = Vec::new();
+            for a in 0..out_shape[0] {
+                for b in 0..out_shape[1] {
+                    for c in 0..out_shape[2] {
+                        let mut src = [0usize; 3];
+                        src[perm[0]] = a;
+                        src[perm[1]] = b;
+                        src[perm[2]] = c;
+                        want.push(((src[0] * shape[1] + src[1]) * shape[2] + src[2]) as f64);
+                    }
+                }
+            }
+            let perm = Some(perm.iter().map(|&p| p as i64).collect());
+            check(LayoutOp::Transpose { perm }, &[x.clone()], &out_shape, &want);
+        }
     }
 
     #[test]
     fn slice_negative_step_and_clamping() {
         let op = LayoutOp::Slice { attrs: None };
         check(op.clone(), &[f(&[5]), i(&[-1]), i(&[i64::MIN]), i(&[0]), i(&[-2])], &[3], &[4., 2., 0.]);
-        check(op.clone(), &[f(&[2, 4]), i(&[1, 10]), i(&[100, 1]), i(&[-1, 0]), i(&[-1, 1])], &[2, 0], &[]);
+        check(op.clone(), &[f(&[2, 4]), i(&[1, 0]), i(&[100, 10]), i(&[-1, 0]), i(&[-1, 1])], &[2, 0], &[]);
         check(op, &[f(&[2, 3]), i(&[1]), i(&[3]), i(&[-1])], &[2, 2], &[1., 2., 4., 5.]);
     }
 
     #[test]
     fn reshape_zero_and_infer() {
-        check(LayoutOp::Reshape { shape: None, allowzero: false }, &[f(&[2, 3, 4]), i(&[0, -1])], &[2, 12], &(0..24).map(|v| v as f64).collect::<Vec<_>>());
+        check(
+            LayoutOp::Reshape { shape: None, allowzero: false },
+            &[f(&[2, 3, 4]), i(&[0, -1])],
+            &[2, 12],
+            &(0..24).map(|v| v as f64).collect::<Vec<_>>(),
+        );
         let args = [f(&[2, 3]), i(&[0, 6])];
         let r = eval(&LayoutOp::Reshape { shape: None, allowzero: true }, &[Some(&args[0]), Some(&args[1])], 1);
         assert!(r.unwrap_err().0.contains("cannot reshape"));
@@ -272,10 +307,30 @@ mod tests {
     fn pad_modes() {
         let x = f(&[3]);
         let pads = i(&[2, 3]);
-        check(LayoutOp::Pad { mode: PadMode::Reflect, pads: None, value: 0.0 }, &[x.clone(), pads.clone()], &[8], &[2., 1., 0., 1., 2., 1., 0., 1.]);
-        check(LayoutOp::Pad { mode: PadMode::Wrap, pads: None, value: 0.0 }, &[x.clone(), pads.clone()], &[8], &[1., 2., 0., 1., 2., 0., 1., 2.]);
-        check(LayoutOp::Pad { mode: PadMode::Edge, pads: None, value: 0.0 }, &[x.clone(), pads.clone()], &[8], &[0., 0., 0., 1., 2., 2., 2., 2.]);
-        check(LayoutOp::Pad { mode: PadMode::Constant, pads: Some(vec![-1, 1]), value: 7.0 }, &[x], &[3], &[1., 2., 7.]);
+        check(
+            LayoutOp::Pad { mode: PadMode::Reflect, pads: None, value: 0.0 },
+            &[x.clone(), pads.clone()],
+            &[8],
+            &[2., 1., 0., 1., 2., 1., 0., 1.],
+        );
+        check(
+            LayoutOp::Pad { mode: PadMode::Wrap, pads: None, value: 0.0 },
+            &[x.clone(), pads.clone()],
+            &[8],
+            &[1., 2., 0., 1., 2., 0., 1., 2.],
+        );
+        check(
+            LayoutOp::Pad { mode: PadMode::Edge, pads: None, value: 0.0 },
+            &[x.clone(), pads.clone()],
+            &[8],
+            &[0., 0., 0., 1., 2., 2., 2., 2.],
+        );
+        check(
+            LayoutOp::Pad { mode: PadMode::Constant, pads: Some(vec![-1, 1]), value: 7.0 },
+            &[x],
+            &[3],
+            &[1., 2., 7.],
+        );
     }
 
     #[test]
@@ -284,7 +339,12 @@ mod tests {
         let out = eval(&LayoutOp::Split { axis: 0, split: None }, &[Some(&args[0])], 3).unwrap();
         let lens: Vec<usize> = out.iter().map(Tensor::len).collect();
         assert_eq!(lens, [2, 2, 1]);
-        check(LayoutOp::Expand, &[f(&[3, 1]), i(&[2, 1, 2])], &[2, 3, 2], &[0., 0., 1., 1., 2., 2., 0., 0., 1., 1., 2., 2.]);
+        check(
+            LayoutOp::Expand,
+            &[f(&[3, 1]), i(&[2, 1, 2])],
+            &[2, 3, 2],
+            &[0., 0., 1., 1., 2., 2., 0., 0., 1., 1., 2., 2.],
+        );
         check(LayoutOp::Tile, &[f(&[2]), i(&[3])], &[6], &[0., 1., 0., 1., 0., 1.]);
     }
 

@@ -119,7 +119,13 @@ fn requantize(
         DType::I16 => (-32768.0, 32767.0),
         d => bail!("the quantized output must be an 8- or 16-bit integer type, found {d}"),
     };
-    let pick = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v.get(i).copied().unwrap_or(v[0]) };
+    let pick = |v: &[f32], i: usize| {
+        if v.len() == 1 {
+            v[0]
+        } else {
+            v.get(i).copied().unwrap_or(v[0])
+        }
+    };
     let y: Vec<f64> = acc
         .iter()
         .enumerate()
@@ -366,8 +372,8 @@ mod tests {
                                 if y < 0 || z < 0 || y >= oh as i64 || z >= ow as i64 {
                                     continue;
                                 }
-                                want[(o * oh + y as usize) * ow + z as usize] += xv[(c * xs[2] + i) * xs[3] + j]
-                                    * wv[((c * 3 + mo) * ws[2] + ki) * ws[3] + kj];
+                                want[(o * oh + y as usize) * ow + z as usize] +=
+                                    xv[(c * xs[2] + i) * xs[3] + j] * wv[((c * 3 + mo) * ws[2] + ki) * ws[3] + kj];
                             }
                         }
                     }
@@ -428,7 +434,7 @@ mod tests {
         let b = Tensor::from_vec(vec![3, 1], vec![255u8, 128, 0]).unwrap();
         let za = Tensor::from_vec(vec![2], vec![1u8, 2]).unwrap();
         let zb = Tensor::scalar(128u8);
-        let want = Tensor::from_vec(vec![2, 1], vec![254 * 127 + (-1) * 0 + 9 * -128, -127 + 0 + 128]).unwrap();
+        let want = Tensor::from_vec(vec![2, 1], vec![254 * 127 + 9 * -128, -127 - 128]).unwrap();
         check(&LinalgOp::MatMulInteger, &[&a, &b, &za, &zb], &want);
     }
 

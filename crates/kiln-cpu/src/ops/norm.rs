@@ -50,18 +50,16 @@ pub(super) fn eval(op: &NormOp, inputs: &[Option<&Tensor>], num_outputs: usize) 
             let bias = opt_input(inputs, 2).map(|b| broadcast_param(b, inner, "B")).transpose()?;
             let axes: Vec<usize> = (a..shape.len()).collect();
             let plan = Plan::new(&shape, &axes, true);
-            let mut means = Vec::with_capacity(plan.bases.len());
-            let mut inv_stds = Vec::with_capacity(plan.bases.len());
-            plan.update(&mut v, |_, s| {
+            let stats = plan.update(&mut v, |_, s| {
                 let (mean, var) = mean_var(s);
                 let inv = 1.0 / (var + epsilon).sqrt();
-                means.push(mean);
-                inv_stds.push(inv);
                 match &bias {
                     Some(b) => s.iter_mut().zip(&scale).zip(b).for_each(|((x, k), b)| *x = (*x - mean) * inv * k + b),
                     None => s.iter_mut().zip(&scale).for_each(|(x, k)| *x = (*x - mean) * inv * k),
                 }
+                (mean, inv)
             });
+            let (means, inv_stds): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
             let stash = stash_dtype(*stash_type).unwrap_or(DType::F32);
             if num_outputs > 1 {
                 extra.push(from_f32(plan.out_shape.clone(), means, stash)?);
@@ -225,7 +223,8 @@ fn batch_norm(
             bmean[ch] = m;
             bvar[ch] = q;
         }
-        let running_mean: Vec<f32> = mean.iter().zip(&bmean).map(|(r, b)| r * momentum + b * (1.0 - momentum)).collect();
+        let running_mean: Vec<f32> =
+            mean.iter().zip(&bmean).map(|(r, b)| r * momentum + b * (1.0 - momentum)).collect();
         let running_var: Vec<f32> = var.iter().zip(&bvar).map(|(r, b)| r * momentum + b * (1.0 - momentum)).collect();
         extra.push(from_f32(vec![c], running_mean, stat_dtype)?);
         extra.push(from_f32(vec![c], running_var, stat_dtype)?);
@@ -268,11 +267,7 @@ fn group_norm(
     let per_group = scale_t.len() == groups && groups != c;
     let want = if per_group { groups } else { c };
     if scale_t.len() != want || bias_t.len() != want {
-        bail!(
-            "scale and bias must hold {want} values, found shapes {:?} and {:?}",
-            scale_t.shape(),
-            bias_t.shape()
-        );
+        bail!("scale and bias must hold {want} values, found shapes {:?} and {:?}", scale_t.shape(), bias_t.shape());
     }
     let (scale, bias) = (to_f32(scale_t), to_f32(bias_t));
     let plane: usize = shape[2..].iter().product();

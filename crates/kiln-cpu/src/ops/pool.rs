@@ -258,7 +258,8 @@ fn max_unpool(
     }
     let mut inferred = x.shape()[..2].to_vec();
     for d in 0..k {
-        inferred.push(unpool_size(x.shape()[d + 2], kernel_shape[d], strides[d], pads[d], pads[d + k]).map_err(OpError)?);
+        inferred
+            .push(unpool_size(x.shape()[d + 2], kernel_shape[d], strides[d], pads[d], pads[d + k]).map_err(OpError)?);
     }
     let shape = match output_shape {
         None => inferred.clone(),

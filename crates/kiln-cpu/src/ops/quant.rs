@@ -52,7 +52,8 @@ fn scale_runs(x: &[usize], s: &[usize], axis_attr: i64, block_size: usize) -> Re
         }
     } else {
         let blocks = dim.div_ceil(block_size);
-        let ok = s.len() == x.len() && s.iter().zip(x).enumerate().all(|(d, (&p, &q))| if d == a { p == blocks } else { p == q });
+        let ok = s.len() == x.len()
+            && s.iter().zip(x).enumerate().all(|(d, (&p, &q))| if d == a { p == blocks } else { p == q });
         if !ok {
             bail!("blocked scale must have shape {x:?} with {blocks} blocks at axis {a}, found {s:?}");
         }

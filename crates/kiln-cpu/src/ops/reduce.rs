@@ -8,7 +8,11 @@ use crate::{bail, OpError, OpResult};
 use kiln_ir::ops::reduce::{reduced_axes, Reducer};
 use kiln_ir::ops::ReduceOp;
 use kiln_ir::{DType, Elem, Tensor, TensorData};
+use rayon::prelude::*;
 use std::cmp::Ordering;
+
+/// Above this many cells, kernels split their work over the rayon pool.
+pub(super) const PAR_MIN: usize = 1 << 15;
 
 pub(super) fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
     let x = input(inputs, 0)?;
@@ -106,9 +110,18 @@ impl Plan {
         self.offsets.len()
     }
 
-    /// Calls `f` with the input cells of every output cell, in output order.
-    pub fn map<T: Copy, U>(&self, v: &[T], mut f: impl FnMut(&[T]) -> U) -> Vec<U> {
+    /// Whether the groups are consecutive slices covering all `len` cells.
+    fn tiles(&self, len: usize) -> bool {
         let n = self.offsets.len();
+        self.contiguous && n > 0 && self.bases.len() * n == len
+    }
+
+    /// Calls `f` with the input cells of every output cell, in output order.
+    pub fn map<T: Copy + Sync, U: Send>(&self, v: &[T], f: impl Fn(&[T]) -> U + Sync) -> Vec<U> {
+        let n = self.offsets.len();
+        if self.tiles(v.len()) {
+            return if v.len() >= PAR_MIN { v.par_chunks(n).map(f).collect() } else { v.chunks(n).map(f).collect() };
+        }
         let mut scratch = Vec::with_capacity(if self.contiguous { 0 } else { n });
         let mut out = Vec::with_capacity(self.bases.len());
         for &b in &self.bases {
@@ -123,22 +136,32 @@ impl Plan {
         out
     }
 
-    /// Calls `f` on the cells of every group in place, `f` also getting the group's number.
-    pub fn update<T: Copy>(&self, v: &mut [T], mut f: impl FnMut(usize, &mut [T])) {
+    /// Calls `f` on the cells of every group in place, `f` also getting the group's number;
+    /// returns what `f` returns, in group order.
+    pub fn update<T: Copy + Send + Sync, U: Send>(
+        &self,
+        v: &mut [T],
+        f: impl Fn(usize, &mut [T]) -> U + Sync,
+    ) -> Vec<U> {
         let n = self.offsets.len();
-        let mut scratch = Vec::with_capacity(if self.contiguous { 0 } else { n });
-        for (g, &b) in self.bases.iter().enumerate() {
-            if self.contiguous {
-                f(g, &mut v[b..b + n]);
+        if self.tiles(v.len()) {
+            return if v.len() >= PAR_MIN {
+                v.par_chunks_mut(n).enumerate().map(|(g, s)| f(g, s)).collect()
             } else {
-                scratch.clear();
-                scratch.extend(self.offsets.iter().map(|&o| v[b + o]));
-                f(g, &mut scratch);
-                for (&o, &x) in self.offsets.iter().zip(&scratch) {
-                    v[b + o] = x;
-                }
+                v.chunks_mut(n).enumerate().map(|(g, s)| f(g, s)).collect()
+            };
+        }
+        let mut scratch = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(self.bases.len());
+        for (g, &b) in self.bases.iter().enumerate() {
+            scratch.clear();
+            scratch.extend(self.offsets.iter().map(|&o| v[b + o]));
+            out.push(f(g, &mut scratch));
+            for (&o, &x) in self.offsets.iter().zip(&scratch) {
+                v[b + o] = x;
             }
         }
+        out
     }
 }
 

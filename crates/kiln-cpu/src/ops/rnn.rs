@@ -40,9 +40,7 @@ impl Cell {
 pub(super) fn eval(op: &RnnOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
     let (attrs, cell) = match op {
         RnnOp::Rnn(a) => (a, Cell::Rnn),
-        RnnOp::Gru { attrs, linear_before_reset } => {
-            (attrs, Cell::Gru { linear_before_reset: *linear_before_reset })
-        }
+        RnnOp::Gru { attrs, linear_before_reset } => (attrs, Cell::Gru { linear_before_reset: *linear_before_reset }),
         RnnOp::Lstm { attrs, input_forget } => (attrs, Cell::Lstm { input_forget: *input_forget }),
     };
     run(attrs, cell, inputs, num_outputs)
@@ -118,7 +116,11 @@ fn run(a: &RecurrentAttrs, cell: Cell, inputs: &[Option<&Tensor>], num_outputs: 
     let lens: Vec<usize> = match opt_input(inputs, 4) {
         Some(t) => {
             if t.shape() != [batch] || !t.dtype().is_int() {
-                bail!("sequence_lens must be an integer tensor of shape [{batch}], found {} {:?}", t.dtype(), t.shape());
+                bail!(
+                    "sequence_lens must be an integer tensor of shape [{batch}], found {} {:?}",
+                    t.dtype(),
+                    t.shape()
+                );
             }
             t.to_i64_vec()
                 .into_iter()
@@ -370,6 +372,10 @@ mod tests {
         let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
         let c = sig(0.5 * 3.0) * 0.0 + sig(0.5) * (2.0f32).tanh();
         let h = sig(1.0) * c.tanh();
-        check(op, &[Some(x), Some(w), Some(r)], &[(vec![1, 1, 1, 1], vec![h]), (vec![1, 1, 1], vec![h]), (vec![1, 1, 1], vec![c])]);
+        check(
+            op,
+            &[Some(x), Some(w), Some(r)],
+            &[(vec![1, 1, 1, 1], vec![h]), (vec![1, 1, 1], vec![h]), (vec![1, 1, 1], vec![c])],
+        );
     }
 }

@@ -81,22 +81,10 @@ impl ControlOp {
                 })
                 .collect(),
             ControlOp::Loop { body, num_carried } => (0..num_outputs)
-                .map(|i| {
-                    if i < *num_carried {
-                        input_ty(inputs, 2 + i)
-                    } else {
-                        body_dtype(body, 1 + i)
-                    }
-                })
+                .map(|i| if i < *num_carried { input_ty(inputs, 2 + i) } else { body_dtype(body, 1 + i) })
                 .collect(),
             ControlOp::Scan { body, num_state, batched, .. } => (0..num_outputs)
-                .map(|i| {
-                    if i < *num_state {
-                        input_ty(inputs, usize::from(*batched) + i)
-                    } else {
-                        body_dtype(body, i)
-                    }
-                })
+                .map(|i| if i < *num_state { input_ty(inputs, usize::from(*batched) + i) } else { body_dtype(body, i) })
                 .collect(),
         })
     }

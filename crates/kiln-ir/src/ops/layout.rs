@@ -275,7 +275,9 @@ impl LayoutOp {
                 let target = shape.clone().or_else(|| ints(1));
                 let out = match target {
                     Some(t) => Some(reshape_dims(x.shape.as_deref(), &t, *allowzero)?),
-                    None => input_ty(inputs, 1).concrete_shape().and_then(|s| s.first().map(|&n| vec![Dim::Unknown; n])),
+                    None => {
+                        input_ty(inputs, 1).concrete_shape().and_then(|s| s.first().map(|&n| vec![Dim::Unknown; n]))
+                    }
                 };
                 vec![same(out)]
             }
@@ -331,7 +333,11 @@ impl LayoutOp {
                             new[a] = true;
                         }
                         let mut it = s.iter();
-                        Some(new.iter().map(|&n| if n { Dim::Known(1) } else { it.next().cloned().unwrap_or(Dim::Unknown) }).collect())
+                        Some(
+                            new.iter()
+                                .map(|&n| if n { Dim::Known(1) } else { it.next().cloned().unwrap_or(Dim::Unknown) })
+                                .collect(),
+                        )
                     }
                     _ => None,
                 };
@@ -359,7 +365,9 @@ impl LayoutOp {
                         let mut total = Some(0usize);
                         for t in &present {
                             match &t.shape {
-                                Some(s) if s.len() != r => return Err(format!("inputs have ranks {r} and {}", s.len())),
+                                Some(s) if s.len() != r => {
+                                    return Err(format!("inputs have ranks {r} and {}", s.len()))
+                                }
                                 Some(s) => {
                                     for (i, d) in s.iter().enumerate() {
                                         if i != a && out[i] == Dim::Unknown {
@@ -453,7 +461,9 @@ impl LayoutOp {
                         Some(k) if i.len() >= 1 && batch_dims + k <= s.len() && *batch_dims < i.len() => {
                             Some(i[..i.len() - 1].iter().chain(&s[batch_dims + k..]).cloned().collect())
                         }
-                        Some(k) => return Err(format!("index tuples of length {k} do not fit data of rank {}", s.len())),
+                        Some(k) => {
+                            return Err(format!("index tuples of length {k} do not fit data of rank {}", s.len()))
+                        }
                         None => None,
                     },
                     _ => None,
@@ -509,7 +519,8 @@ impl LayoutOp {
             LayoutOp::Expand => {
                 let out = match (&x.shape, ints(1)) {
                     (Some(s), Some(t)) => {
-                        let t: Vec<Dim> = t.iter().map(|&v| if v >= 0 { Dim::Known(v as usize) } else { Dim::Unknown }).collect();
+                        let t: Vec<Dim> =
+                            t.iter().map(|&v| if v >= 0 { Dim::Known(v as usize) } else { Dim::Unknown }).collect();
                         Some(broadcast_dims(s, &t)?)
                     }
                     _ => None,
@@ -526,8 +537,12 @@ impl LayoutOp {
             LayoutOp::Size => vec![TypeInfo::known(DType::I64, &[])],
             LayoutOp::ConstantOfShape { value } => {
                 let shape = match ints(0) {
-                    Some(s) => Some(s.iter().map(|&v| if v >= 0 { Dim::Known(v as usize) } else { Dim::Unknown }).collect()),
-                    None => input_ty(inputs, 0).concrete_shape().and_then(|s| s.first().map(|&n| vec![Dim::Unknown; n])),
+                    Some(s) => {
+                        Some(s.iter().map(|&v| if v >= 0 { Dim::Known(v as usize) } else { Dim::Unknown }).collect())
+                    }
+                    None => {
+                        input_ty(inputs, 0).concrete_shape().and_then(|s| s.first().map(|&n| vec![Dim::Unknown; n]))
+                    }
                 };
                 vec![TypeInfo { dtype: Some(value.dtype()), shape }]
             }
@@ -658,7 +673,10 @@ fn reshape_dims(input: Option<&[Dim]>, target: &[i64], allowzero: bool) -> Resul
     for (i, &t) in target.iter().enumerate() {
         out.push(match t {
             0 if !allowzero => match input {
-                Some(s) => s.get(i).cloned().ok_or_else(|| format!("shape entry {i} is 0 but the input has rank {}", s.len()))?,
+                Some(s) => s
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| format!("shape entry {i} is 0 but the input has rank {}", s.len()))?,
                 None => Dim::Unknown,
             },
             -1 => {

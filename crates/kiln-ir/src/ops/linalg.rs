@@ -116,11 +116,8 @@ impl ConvTransposeAttrs {
                     None => (input * s) as i64,
                 };
                 let total = full - target;
-                let begin = if self.auto_pad == AutoPad::SameUpper {
-                    total.div_euclid(2)
-                } else {
-                    total - total.div_euclid(2)
-                };
+                let begin =
+                    if self.auto_pad == AutoPad::SameUpper { total.div_euclid(2) } else { total - total.div_euclid(2) };
                 (target, begin)
             } else {
                 let (pb, pe) = if self.auto_pad == AutoPad::Valid { (0, 0) } else { (pads[i], pads[i + r]) };
@@ -205,11 +202,8 @@ impl EinsumEquation {
                     })
                     .collect();
                 letters.sort_unstable();
-                let once: Vec<char> = letters
-                    .iter()
-                    .copied()
-                    .filter(|c| letters.iter().filter(|d| *d == c).count() == 1)
-                    .collect();
+                let once: Vec<char> =
+                    letters.iter().copied().filter(|c| letters.iter().filter(|d| *d == c).count() == 1).collect();
                 let mut out = vec![];
                 if inputs.iter().flatten().any(|l| *l == EinsumLabel::Ellipsis) {
                     out.push(EinsumLabel::Ellipsis);
@@ -371,7 +365,9 @@ impl LinalgOp {
 
 /// The numpy matmul shape rule.
 fn matmul_shape(a: &TypeInfo, b: &TypeInfo) -> Result<Option<Vec<Dim>>, String> {
-    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else { return Ok(None) };
+    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+        return Ok(None);
+    };
     if sa.is_empty() || sb.is_empty() {
         return Err("MatMul operands must have rank 1 or more".into());
     }
@@ -419,7 +415,9 @@ fn spatial_dims(
 ) -> Result<Vec<Dim>, String> {
     let spatial = &x[2..];
     let r = spatial.len();
-    let Some(kernel) = kernel else { return Ok(vec![Dim::Unknown; r]) };
+    let Some(kernel) = kernel else {
+        return Ok(vec![Dim::Unknown; r]);
+    };
     if kernel.len() != r {
         return Err(format!("input has {r} spatial dims but the kernel has {}", kernel.len()));
     }
@@ -451,9 +449,7 @@ fn conv_shape(attrs: &ConvAttrs, x: &TypeInfo, w: &TypeInfo) -> Result<Option<Ve
         None => Dim::Unknown,
     };
     let kernel = kernel_dims(&attrs.kernel_shape, w, sx.len() - 2);
-    let spatial = spatial_dims(sx, kernel.as_deref(), |s, k| {
-        Ok(attrs.dims(s, k)?.iter().map(|d| d.output).collect())
-    })?;
+    let spatial = spatial_dims(sx, kernel.as_deref(), |s, k| Ok(attrs.dims(s, k)?.iter().map(|d| d.output).collect()))?;
     let mut out = vec![sx[0].clone(), m];
     out.extend(spatial);
     Ok(Some(out))
@@ -475,9 +471,7 @@ fn conv_transpose_shape(attrs: &ConvTransposeAttrs, x: &TypeInfo, w: &TypeInfo) 
         None => Dim::Unknown,
     };
     let kernel = kernel_dims(&attrs.kernel_shape, w, sx.len() - 2);
-    let spatial = spatial_dims(sx, kernel.as_deref(), |s, k| {
-        Ok(attrs.dims(s, k)?.iter().map(|d| d.output).collect())
-    })?;
+    let spatial = spatial_dims(sx, kernel.as_deref(), |s, k| Ok(attrs.dims(s, k)?.iter().map(|d| d.output).collect()))?;
     let mut out = vec![sx[0].clone(), m];
     out.extend(spatial);
     Ok(Some(out))

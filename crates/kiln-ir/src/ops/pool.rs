@@ -94,11 +94,8 @@ impl PoolWindow {
                         "the window spans {span} cells but spatial dim {i} has only {padded} with padding"
                     ));
                 }
-                let mut output = if self.ceil_mode {
-                    (padded - span).div_ceil(stride) + 1
-                } else {
-                    (padded - span) / stride + 1
-                };
+                let mut output =
+                    if self.ceil_mode { (padded - span).div_ceil(stride) + 1 } else { (padded - span) / stride + 1 };
                 // A window that would start in the end padding is dropped.
                 if self.ceil_mode && (output - 1) * stride >= input + pb {
                     output -= 1;
@@ -112,11 +109,7 @@ impl PoolWindow {
     /// Resolves every spatial dim of an input whose spatial sizes are `spatial`.
     pub fn dims(&self, spatial: &[usize]) -> Result<Vec<WindowDim>, String> {
         if spatial.len() != self.rank() {
-            return Err(format!(
-                "input has {} spatial dims but kernel_shape has {}",
-                spatial.len(),
-                self.rank()
-            ));
+            return Err(format!("input has {} spatial dims but kernel_shape has {}", spatial.len(), self.rank()));
         }
         spatial.iter().enumerate().map(|(i, &n)| self.dim(i, n)).collect()
     }
@@ -275,7 +268,13 @@ impl PoolOp {
 }
 
 /// The default output size of MaxUnpool along one spatial dim.
-pub fn unpool_size(input: usize, kernel: usize, stride: usize, pad_begin: usize, pad_end: usize) -> Result<usize, String> {
+pub fn unpool_size(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad_begin: usize,
+    pad_end: usize,
+) -> Result<usize, String> {
     (input.max(1) - 1)
         .checked_mul(stride)
         .and_then(|v| v.checked_add(kernel))

@@ -205,7 +205,8 @@ impl SpatialOp {
             SpatialOp::AffineGrid { .. } => {
                 let shape = input_value(inputs, 1).map(|size| {
                     let s: Vec<i64> = size.to_i64_vec();
-                    let mut out: Vec<Dim> = s.iter().take(1).chain(s.iter().skip(2)).map(|&d| Dim::Known(d.max(0) as usize)).collect();
+                    let mut out: Vec<Dim> =
+                        s.iter().take(1).chain(s.iter().skip(2)).map(|&d| Dim::Known(d.max(0) as usize)).collect();
                     out.push(Dim::Known(s.len().saturating_sub(2)));
                     out
                 });

@@ -20,10 +20,8 @@ impl Pass for DeadCodeElimination {
                 stack.extend(graph.petgraph().neighbors_directed(n, Direction::Incoming));
             }
         }
-        let dead: Vec<_> = graph
-            .node_ids()
-            .filter(|n| !live.contains(n) && !matches!(graph.node(*n).op, Op::Input))
-            .collect();
+        let dead: Vec<_> =
+            graph.node_ids().filter(|n| !live.contains(n) && !matches!(graph.node(*n).op, Op::Input)).collect();
         for &n in &dead {
             graph.remove_node(n);
         }

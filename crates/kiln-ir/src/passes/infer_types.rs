@@ -40,7 +40,8 @@ impl Pass for InferTypes {
                 .iter()
                 .zip(&inferred)
                 .map(|(o, t)| {
-                    o.ty.merge(t).ok_or_else(|| err(format!("value '{}' is declared {} but inferred {}", o.name, o.ty, t)))
+                    o.ty.merge(t)
+                        .ok_or_else(|| err(format!("value '{}' is declared {} but inferred {}", o.name, o.ty, t)))
                 })
                 .collect::<Result<_, _>>()?;
             let node = graph.node_mut(id);

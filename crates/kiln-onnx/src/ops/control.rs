@@ -27,13 +27,21 @@ fn loop_(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     if body.inputs.len() < 2 + num_carried {
         return Err(cx.attr_error(
             "body",
-            format!("expected at least {} inputs (iteration, cond and the carried values), found {}", 2 + num_carried, body.inputs.len()),
+            format!(
+                "expected at least {} inputs (iteration, cond and the carried values), found {}",
+                2 + num_carried,
+                body.inputs.len()
+            ),
         ));
     }
     if body.outputs.len() < 1 + num_carried {
         return Err(cx.attr_error(
             "body",
-            format!("expected at least {} outputs (cond and the carried values), found {}", 1 + num_carried, body.outputs.len()),
+            format!(
+                "expected at least {} outputs (cond and the carried values), found {}",
+                1 + num_carried,
+                body.outputs.len()
+            ),
         ));
     }
     Ok(Op::Control(ControlOp::Loop { body: Box::new(body), num_carried }))
@@ -50,7 +58,9 @@ fn scan(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     let m = m as usize;
     let num_state = formal - m;
     if body.outputs.len() < num_state {
-        return Err(cx.attr_error("body", format!("expected at least {num_state} outputs, found {}", body.outputs.len())));
+        return Err(
+            cx.attr_error("body", format!("expected at least {num_state} outputs, found {}", body.outputs.len()))
+        );
     }
     let k = body.outputs.len() - num_state;
     let list = |name: &str, n: usize, default: i64| -> Result<Vec<i64>, ImportError> {

@@ -108,10 +108,7 @@ fn is_inf(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 }
 
 fn selu(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    Ok(unary(UnaryOp::Selu {
-        alpha: cx.f32_or("alpha", 1.673_263_2)?,
-        gamma: cx.f32_or("gamma", 1.050_701)?,
-    }))
+    Ok(unary(UnaryOp::Selu { alpha: cx.f32_or("alpha", 1.673_263_2)?, gamma: cx.f32_or("gamma", 1.050_701)? }))
 }
 
 fn hard_sigmoid(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {

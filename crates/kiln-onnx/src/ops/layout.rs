@@ -138,7 +138,9 @@ fn split(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     }
     if let Some(s) = &split {
         if s.len() != cx.num_outputs() || s.iter().any(|&v| v < 0) {
-            return Err(cx.attr_error("split", format!("{s:?} does not give one size per output ({})", cx.num_outputs())));
+            return Err(
+                cx.attr_error("split", format!("{s:?} does not give one size per output ({})", cx.num_outputs()))
+            );
         }
     }
     layout(LayoutOp::Split { axis: cx.i64_or("axis", 0)?, split })
@@ -280,8 +282,13 @@ fn reverse_sequence(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     let batch_axis = cx.i64_or("batch_axis", 1)?;
     let time_axis = cx.i64_or("time_axis", 0)?;
     match (batch_axis, time_axis) {
-        (0, 1) | (1, 0) => layout(LayoutOp::ReverseSequence { batch_axis: batch_axis as usize, time_axis: time_axis as usize }),
-        _ => Err(cx.attr_error("batch_axis", format!("batch_axis and time_axis must be 0 and 1 in some order, found {batch_axis} and {time_axis}"))),
+        (0, 1) | (1, 0) => {
+            layout(LayoutOp::ReverseSequence { batch_axis: batch_axis as usize, time_axis: time_axis as usize })
+        }
+        _ => Err(cx.attr_error(
+            "batch_axis",
+            format!("batch_axis and time_axis must be 0 and 1 in some order, found {batch_axis} and {time_axis}"),
+        )),
     }
 }
 

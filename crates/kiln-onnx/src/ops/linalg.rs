@@ -77,7 +77,9 @@ fn auto_pad(cx: &NodeCtx<'_>) -> Result<AutoPad, ImportError> {
         "SAME_UPPER" => Ok(AutoPad::SameUpper),
         "SAME_LOWER" => Ok(AutoPad::SameLower),
         "VALID" => Ok(AutoPad::Valid),
-        other => Err(cx.attr_error("auto_pad", format!("expected NOTSET, SAME_UPPER, SAME_LOWER or VALID, found {other}"))),
+        other => {
+            Err(cx.attr_error("auto_pad", format!("expected NOTSET, SAME_UPPER, SAME_LOWER or VALID, found {other}")))
+        }
     }
 }
 
@@ -103,7 +105,11 @@ struct Geometry {
     group: usize,
 }
 
-fn geometry(cx: &NodeCtx<'_>, weight: usize, extra: &[(&str, usize)]) -> Result<(Geometry, Option<usize>), ImportError> {
+fn geometry(
+    cx: &NodeCtx<'_>,
+    weight: usize,
+    extra: &[(&str, usize)],
+) -> Result<(Geometry, Option<usize>), ImportError> {
     let kernel_shape = sizes(cx, "kernel_shape", 1)?;
     let strides = sizes(cx, "strides", 1)?;
     let dilations = sizes(cx, "dilations", 1)?;

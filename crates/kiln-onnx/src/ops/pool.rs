@@ -52,7 +52,8 @@ fn max_unpool(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 }
 
 fn max_roi_pool(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    let shape = cx.get_ints("pooled_shape")?.ok_or_else(|| cx.attr_error("pooled_shape", "required attribute is missing"))?;
+    let shape =
+        cx.get_ints("pooled_shape")?.ok_or_else(|| cx.attr_error("pooled_shape", "required attribute is missing"))?;
     let pooled_shape = match shape[..] {
         [h, w] if h > 0 && w > 0 => [h as usize, w as usize],
         _ => return Err(cx.attr_error("pooled_shape", format!("expected two positive sizes, found {shape:?}"))),
@@ -71,7 +72,8 @@ fn lp_exponent(cx: &NodeCtx<'_>) -> Result<f32, ImportError> {
 }
 
 fn kernel_shape(cx: &NodeCtx<'_>) -> Result<Vec<usize>, ImportError> {
-    let k = cx.get_ints("kernel_shape")?.ok_or_else(|| cx.attr_error("kernel_shape", "required attribute is missing"))?;
+    let k =
+        cx.get_ints("kernel_shape")?.ok_or_else(|| cx.attr_error("kernel_shape", "required attribute is missing"))?;
     if k.is_empty() || k.iter().any(|&d| d <= 0) {
         return Err(cx.attr_error("kernel_shape", format!("expected positive sizes, found {k:?}")));
     }
@@ -101,7 +103,9 @@ fn window(cx: &NodeCtx<'_>) -> Result<PoolWindow, ImportError> {
         "SAME_LOWER" => AutoPad::SameLower,
         "VALID" => AutoPad::Valid,
         other => {
-            return Err(cx.attr_error("auto_pad", format!("expected NOTSET, SAME_UPPER, SAME_LOWER or VALID, found {other}")))
+            return Err(
+                cx.attr_error("auto_pad", format!("expected NOTSET, SAME_UPPER, SAME_LOWER or VALID, found {other}"))
+            )
         }
     };
     Ok(PoolWindow {

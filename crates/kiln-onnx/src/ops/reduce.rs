@@ -24,11 +24,8 @@ pub(super) fn register(reg: &mut Registry) {
 }
 
 fn reduce(cx: &NodeCtx<'_>, reducer: Reducer) -> Result<Op, ImportError> {
-    let axes = if cx.opset() < reducer.axes_input_since() {
-        Some(cx.get_ints("axes")?.unwrap_or_default())
-    } else {
-        None
-    };
+    let axes =
+        if cx.opset() < reducer.axes_input_since() { Some(cx.get_ints("axes")?.unwrap_or_default()) } else { None };
     Ok(Op::Reduce(ReduceOp::Reduce {
         reducer,
         axes,
@@ -72,5 +69,8 @@ fn top_k(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 }
 
 fn cum_sum(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    Ok(Op::Reduce(ReduceOp::CumSum { exclusive: cx.bool_or("exclusive", false)?, reverse: cx.bool_or("reverse", false)? }))
+    Ok(Op::Reduce(ReduceOp::CumSum {
+        exclusive: cx.bool_or("exclusive", false)?,
+        reverse: cx.bool_or("reverse", false)?,
+    }))
 }

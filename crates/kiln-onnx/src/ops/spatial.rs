@@ -108,7 +108,9 @@ fn resize(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 
 fn upsample(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     let inputs = if cx.opset() < 9 {
-        ResizeInputs::Attr(cx.get_floats("scales")?.ok_or_else(|| cx.attr_error("scales", "required attribute is missing"))?)
+        ResizeInputs::Attr(
+            cx.get_floats("scales")?.ok_or_else(|| cx.attr_error("scales", "required attribute is missing"))?,
+        )
     } else {
         ResizeInputs::Scales
     };
@@ -190,5 +192,9 @@ fn col2im(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
             })
             .collect()
     };
-    Ok(Op::Spatial(SpatialOp::Col2Im { dilations: list("dilations", 1)?, pads: list("pads", 0)?, strides: list("strides", 1)? }))
+    Ok(Op::Spatial(SpatialOp::Col2Im {
+        dilations: list("dilations", 1)?,
+        pads: list("pads", 0)?,
+        strides: list("strides", 1)?,
+    }))
 }

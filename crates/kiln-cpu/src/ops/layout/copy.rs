@@ -36,6 +36,13 @@ pub(super) fn strided<T: Copy>(src: &[T], base: isize, shape: &[usize], strides:
             _ => dims.push((d, s)),
         }
     }
+    // When the innermost output dim is strided in the source but another dim is contiguous
+    // there (a transpose that moves the last axis), copy in cache-sized tiles instead.
+    if let Some(j) = dims.iter().position(|&(_, s)| s == 1) {
+        if dims.last().is_some_and(|&(d, s)| s != 1 && d > 1) && j + 1 < dims.len() {
+            return tiled(src, base, &dims, j, n);
+        }
+    }
     let (len, step) = dims.pop().unwrap_or((1, 1));
     let mut out = Vec::with_capacity(n);
     let mut coord = vec![0usize; dims.len()];
@@ -61,6 +68,54 @@ pub(super) fn strided<T: Copy>(src: &[T], base: isize, shape: &[usize], strides:
             }
             off -= dims[d].1 * dims[d].0 as isize;
             coord[d] = 0;
+        }
+    }
+}
+
+/// [`strided`] for views whose innermost dim is strided while dim `j` is contiguous in the
+/// source: 2D tiles of (dim `j`, last dim) are copied so both sides stay in cache.
+fn tiled<T: Copy>(src: &[T], base: isize, dims: &[(usize, isize)], j: usize, n: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    let r = dims.len();
+    let mut ostr = vec![1usize; r];
+    for d in (0..r - 1).rev() {
+        ostr[d] = ostr[d + 1] * dims[d + 1].0;
+    }
+    let (nj, oj) = (dims[j].0, ostr[j]);
+    let (nl, sl) = dims[r - 1];
+    let mut out = vec![src[base as usize]; n];
+    // The other dims, walked with an odometer.
+    let outer: Vec<usize> = (0..r - 1).filter(|&d| d != j).collect();
+    let mut coord = vec![0usize; outer.len()];
+    let (mut soff, mut ooff) = (base, 0usize);
+    loop {
+        for a0 in (0..nj).step_by(TILE) {
+            for b0 in (0..nl).step_by(TILE) {
+                for a in a0..(a0 + TILE).min(nj) {
+                    let o = ooff + a * oj;
+                    let s = soff + a as isize;
+                    for b in b0..(b0 + TILE).min(nl) {
+                        out[o + b] = src[(s + b as isize * sl) as usize];
+                    }
+                }
+            }
+        }
+        let mut k = outer.len();
+        loop {
+            if k == 0 {
+                return out;
+            }
+            k -= 1;
+            let d = outer[k];
+            coord[k] += 1;
+            soff += dims[d].1;
+            ooff += ostr[d];
+            if coord[k] < dims[d].0 {
+                break;
+            }
+            soff -= dims[d].1 * dims[d].0 as isize;
+            ooff -= ostr[d] * dims[d].0;
+            coord[k] = 0;
         }
     }
 }

@@ -163,7 +163,13 @@ fn combine<T: Elem>(a: T, b: T, r: ScatterReduction) -> T {
 }
 
 /// Writes `updates` (in runs of `chunk`) at `offs` into a copy of `data`.
-fn scatter(data: &Tensor, updates: &Tensor, offs: &[usize], chunk: usize, r: ScatterReduction) -> Result<Tensor, OpError> {
+fn scatter(
+    data: &Tensor,
+    updates: &Tensor,
+    offs: &[usize],
+    chunk: usize,
+    r: ScatterReduction,
+) -> Result<Tensor, OpError> {
     if updates.dtype() != data.dtype() {
         bail!("updates have type {}, data {}", updates.dtype(), data.dtype());
     }
@@ -308,7 +314,13 @@ pub(super) fn unique(axis: Option<i64>, sorted: bool, inputs: &[Option<&Tensor>]
     let (outer, n, inner) = (s[..a].iter().product::<usize>(), s[a], s[a + 1..].iter().product::<usize>());
     /// Groups the slices along the axis: the first index of each group (in output order),
     /// the inverse index of every slice, and the group sizes.
-    fn groups<T: Elem>(v: &[T], outer: usize, n: usize, inner: usize, sorted: bool) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    fn groups<T: Elem>(
+        v: &[T],
+        outer: usize,
+        n: usize,
+        inner: usize,
+        sorted: bool,
+    ) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
         let slices: Vec<Vec<T>> = (0..n).map(|i| take_along(v, outer, n, inner, &[i])).collect();
         let cmp = |p: &usize, q: &usize| {
             slices[*p].iter().zip(&slices[*q]).map(|(x, y)| total(x, y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)

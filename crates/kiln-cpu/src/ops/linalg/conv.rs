@@ -86,7 +86,9 @@ pub(super) fn conv<T: Scalar>(
         }
     } else {
         // Many small products (depthwise convolutions): one task per group.
-        out.par_chunks_mut(mg * p).enumerate().try_for_each_init(Vec::new, |buf, (idx, dst)| run(idx, dst, buf, false))?;
+        out.par_chunks_mut(mg * p)
+            .enumerate()
+            .try_for_each_init(Vec::new, |buf, (idx, dst)| run(idx, dst, buf, false))?;
     }
     Ok((out, shape))
 }
@@ -309,7 +311,10 @@ fn col2im<T: Scalar>(cols: &[T], dims: &[TransposeDim], out: &mut [T]) {
 }
 
 /// X, W and the optional bias of a float convolution, checked to share a float type.
-fn float_operands<'a>(op: &str, inputs: &[Option<&'a Tensor>]) -> Result<(&'a Tensor, &'a Tensor, Option<&'a Tensor>), OpError> {
+fn float_operands<'a>(
+    op: &str,
+    inputs: &[Option<&'a Tensor>],
+) -> Result<(&'a Tensor, &'a Tensor, Option<&'a Tensor>), OpError> {
     let (x, w, b) = (input(inputs, 0)?, input(inputs, 1)?, opt_input(inputs, 2));
     if !x.dtype().is_float() || w.dtype() != x.dtype() || b.is_some_and(|b| b.dtype() != x.dtype()) {
         bail!(
@@ -346,7 +351,12 @@ fn centered_input(x: &Tensor, zp: Option<&Tensor>) -> Result<Vec<i32>, OpError> 
     let z = match zp {
         None => 0,
         Some(z) if z.len() != 1 || z.dtype() != x.dtype() => {
-            bail!("the input's zero point must be one {} value, found {} of shape {:?}", x.dtype(), z.dtype(), z.shape())
+            bail!(
+                "the input's zero point must be one {} value, found {} of shape {:?}",
+                x.dtype(),
+                z.dtype(),
+                z.shape()
+            )
         }
         Some(z) => quantized_i32(z, "the input's zero point")?[0],
     };
@@ -386,7 +396,9 @@ pub(super) fn eval_qlinear_conv(attrs: &ConvAttrs, inputs: &[Option<&Tensor>]) -
     let xi = centered_input(x, opt_input(inputs, 2))?;
     let wi = centered_weight(w, opt_input(inputs, 5))?;
     let bias = match b {
-        Some(b) if b.dtype() != DType::I32 => bail!("QLinearConv: the bias must be i32, found {}", b.dtype()),
+        Some(b) if b.dtype() != DType::I32 => {
+            bail!("QLinearConv: the bias must be i32, found {}", b.dtype())
+        }
         Some(b) => Some(b.as_slice::<i32>()?),
         None => None,
     };

@@ -181,7 +181,9 @@ fn contract<T: Scalar>(a: Operand<T>, b: Operand<T>, keep: &[Label]) -> Result<O
     let order = |op: &Operand<T>, ls: &[&[Label]]| -> Vec<usize> {
         ls.iter().flat_map(|s| s.iter()).filter_map(|&l| pos(op, l)).collect()
     };
-    let size = |op: &Operand<T>, ls: &[Label]| -> usize { ls.iter().filter_map(|&l| pos(op, l)).map(|p| op.shape[p]).product() };
+    let size = |op: &Operand<T>, ls: &[Label]| -> usize {
+        ls.iter().filter_map(|&l| pos(op, l)).map(|p| op.shape[p]).product()
+    };
     let (nb, m, k, n) = (size(&a, &batch), size(&a, &ms), size(&a, &ks), size(&b, &ns));
     let da = permute(&a, &order(&a, &[&batch, &ms, &ks]));
     let db = permute(&b, &order(&b, &[&batch, &ks, &ns]));

@@ -51,7 +51,14 @@ pub(super) trait Scalar: Elem {
 
     /// `dst = alpha * a @ b`, or `dst += alpha * a @ b` when `accumulate`, where `dst` is a
     /// row-major `a.rows x b.cols` matrix. `threads` allows the product to use the thread pool.
-    fn gemm(dst: &mut [Self], a: Mat<'_, Self>, b: Mat<'_, Self>, alpha: Self, accumulate: bool, threads: bool) -> Result<(), OpError> {
+    fn gemm(
+        dst: &mut [Self],
+        a: Mat<'_, Self>,
+        b: Mat<'_, Self>,
+        alpha: Self,
+        accumulate: bool,
+        threads: bool,
+    ) -> Result<(), OpError> {
         check(dst, &a, &b)?;
         let (m, n, k) = (a.rows, b.cols, a.cols);
         if !accumulate {
@@ -148,7 +155,14 @@ trait GemmFloat: Scalar {}
 
 /// Calls `gemm::gemm` for f32 or f64 on views that [`check`] accepted.
 #[allow(unsafe_code)]
-fn gemm_raw<T: GemmFloat>(dst: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, alpha: T, accumulate: bool, par: gemm::Parallelism) {
+fn gemm_raw<T: GemmFloat>(
+    dst: &mut [T],
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    alpha: T,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let s = |x: usize| x as isize;
     // SAFETY: `gemm` reads `lhs[i * lhs_rs + p * lhs_cs]` for i < m, p < k, `rhs[p * rhs_rs +

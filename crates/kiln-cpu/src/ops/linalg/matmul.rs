@@ -148,10 +148,7 @@ fn centered(t: &Tensor, zp: Option<&Tensor>, per_row: bool, what: &str) -> Resul
         let z = zps[0];
         return Ok(v.into_iter().map(|x| x - z).collect());
     }
-    Ok(v.into_iter()
-        .enumerate()
-        .map(|(p, x)| x - zps[if per_row { (p / cols) % rows } else { p % cols }])
-        .collect())
+    Ok(v.into_iter().enumerate().map(|(p, x)| x - zps[if per_row { (p / cols) % rows } else { p % cols }]).collect())
 }
 
 pub(super) fn eval_matmul_integer(inputs: &[Option<&Tensor>]) -> OpResult {
