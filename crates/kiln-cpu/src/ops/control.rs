@@ -15,7 +15,7 @@ pub(super) fn eval(op: &ControlOp, inputs: &[Option<&Tensor>], num_outputs: usiz
             let c = scalar_bool(input(inputs, 0)?, "condition")?;
             let captured = present(&inputs[1..], "captured value")?;
             let branch = if c { then_branch } else { else_branch };
-            let args = branch_args(branch, &[then_branch, else_branch], &captured);
+            let args = branch_args(branch, &[then_branch.as_ref(), else_branch.as_ref()], &captured);
             let out = run_graph(branch, &args)?;
             if out.len() < num_outputs {
                 bail!("the branch returned {} values, the node has {num_outputs} outputs", out.len());
@@ -53,7 +53,7 @@ fn input_name(g: &Graph, i: usize) -> &str {
 ///
 /// The node's captures are the union of what every branch reads, sorted by name; a branch that
 /// defines one of them itself does not take it, so the branch's inputs are matched by name.
-fn branch_args(branch: &Graph, all: &[&Box<Graph>], captured: &[Tensor]) -> Vec<Tensor> {
+fn branch_args(branch: &Graph, all: &[&Graph], captured: &[Tensor]) -> Vec<Tensor> {
     let names: BTreeSet<&str> = all.iter().flat_map(|g| (0..g.inputs.len()).map(|i| input_name(g, i))).collect();
     let names: Vec<&str> = names.into_iter().collect();
     if names.len() != captured.len() {
@@ -149,7 +149,7 @@ fn eval_scan(op: &ControlOp, inputs: &[Option<&Tensor>]) -> OpResult {
         None => bail!("inputs must have a batch axis"),
     };
     if let Some(lens) = opt_input(inputs, 0) {
-        let seq = scanned[0].shape().get(1).copied().unwrap_or(0) as i64;
+        let seq = scanned.first().and_then(|t| t.shape().get(1)).copied().unwrap_or(0) as i64;
         if lens.to_i64_vec().iter().any(|&l| l != seq) {
             bail!("sequence_lens shorter than the sequence ({seq}) are not supported");
         }
@@ -194,7 +194,7 @@ fn scan_once(
         axes.push(a);
     }
     let seq = seq.unwrap_or(0);
-    let num_out = body.outputs.len() - states.len();
+    let num_out = body.outputs.len().saturating_sub(states.len());
     let mut slices: Vec<Vec<Tensor>> = vec![vec![]; num_out];
     for t in 0..seq {
         let mut args = std::mem::take(&mut states);

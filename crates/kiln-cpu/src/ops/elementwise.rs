@@ -596,9 +596,9 @@ fn float_unary<F: Float>(u: UnaryOp, v: &[F]) -> Option<Vec<F>> {
             let a: F = c(alpha as f64);
             apply(v, |x| if x > a { x } else { zero })
         }
-        UnaryOp::Gelu { tanh: false } => {
-            apply(v, |x| c::<F>(0.5) * x * (one + c::<F>(erf(x.to_f64().unwrap_or(f64::NAN) / std::f64::consts::SQRT_2))))
-        }
+        UnaryOp::Gelu { tanh: false } => apply(v, |x| {
+            c::<F>(0.5) * x * (one + c::<F>(erf(x.to_f64().unwrap_or(f64::NAN) / std::f64::consts::SQRT_2)))
+        }),
         UnaryOp::Gelu { tanh: true } => {
             let k: F = c((2.0 / std::f64::consts::PI).sqrt());
             apply(v, |x| c::<F>(0.5) * x * (one + (k * (x + c::<F>(0.044715) * x * x * x)).tanh()))

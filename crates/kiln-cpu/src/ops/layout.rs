@@ -182,7 +182,7 @@ fn reshape_shape(input: &[usize], target: &[i64], allowzero: bool) -> Result<Vec
     let n: usize = input.iter().product();
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || n % known != 0 {
+        if n.checked_rem(known) != Some(0) {
             bail!("cannot reshape {input:?} to {target:?}");
         }
         out[i] = n / known;
@@ -278,7 +278,7 @@ mod tests {
                 }
             }
             let perm = Some(perm.iter().map(|&p| p as i64).collect());
-            check(LayoutOp::Transpose { perm }, &[x.clone()], &out_shape, &want);
+            check(LayoutOp::Transpose { perm }, std::slice::from_ref(&x), &out_shape, &want);
         }
     }
 

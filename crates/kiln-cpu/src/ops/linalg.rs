@@ -438,10 +438,20 @@ mod tests {
         check(&LinalgOp::MatMulInteger, &[&a, &b, &za, &zb], &want);
     }
 
-    /// Prints the time of ResNet-50's two most common convolution shapes (run with
-    /// `--nocapture`); asserts nothing about speed.
+    /// Prints the time of ResNet-50's two most common convolution shapes, and of the bare
+    /// product of the same size (run with `--nocapture`); asserts nothing about speed.
     #[test]
     fn conv_timings() {
+        let best_of = |f: &dyn Fn() -> Tensor| {
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                let out = f();
+                best = best.min(start.elapsed().as_secs_f64());
+                assert_eq!(out.len(), 64 * 56 * 56);
+            }
+            best
+        };
         let cases = [
             ("3x3 1x64x56x56 -> 64", [1, 64, 56, 56], [64, 64, 3, 3], [1, 1, 1, 1]),
             ("1x1 1x256x56x56 -> 64", [1, 256, 56, 56], [64, 256, 1, 1], [0, 0, 0, 0]),
@@ -449,15 +459,17 @@ mod tests {
         for (name, xs, ws, pads) in cases {
             let (x, w, b) = (rand(&xs, 1), rand(&ws, 2), rand(&[ws[0]], 3));
             let op = LinalgOp::Conv(conv_attrs(&[1, 1], &[1, 1], &pads, 1));
-            let flops = 2.0 * (ws.iter().product::<usize>() * xs[2] * xs[3]) as f64;
-            let mut best = f64::INFINITY;
-            for _ in 0..5 {
-                let start = std::time::Instant::now();
-                let out = run(&op, &[Some(&x), Some(&w), Some(&b)]).unwrap();
-                best = best.min(start.elapsed().as_secs_f64());
-                assert_eq!(out[0].shape(), &[1, 64, 56, 56]);
-            }
-            println!("conv {name}: {:.2} ms, {:.1} GFLOP/s", best * 1e3, flops / best / 1e9);
+            let k = ws[1..].iter().product::<usize>();
+            let flops = 2.0 * (ws[0] * k * xs[2] * xs[3]) as f64;
+            let conv = best_of(&|| run(&op, &[Some(&x), Some(&w), Some(&b)]).unwrap().remove(0));
+            let (wm, cols) = (w.clone().reshape(vec![ws[0], k]).unwrap(), rand(&[k, xs[2] * xs[3]], 4));
+            let product = best_of(&|| run(&LinalgOp::MatMul, &[Some(&wm), Some(&cols)]).unwrap().remove(0));
+            println!(
+                "conv {name}: {:.2} ms, {:.1} GFLOP/s (its product alone: {:.2} ms)",
+                conv * 1e3,
+                flops / conv / 1e9,
+                product * 1e3
+            );
         }
     }
 }

@@ -4,13 +4,14 @@
 //! back) and walks its groups of cells with the reduction [`Plan`]s of the reduce family.
 
 use super::common::{axis, expect_float, from_f32, input, opt_input, to_f32};
-use super::reduce::{max_f32, sum_f32, Plan};
+use super::reduce::{max_f32, sum_f32, Plan, PAR_MIN};
 use crate::{bail, OpError, OpResult};
 use kiln_ir::ops::infer::broadcast_shapes;
 use kiln_ir::ops::norm::stash_dtype;
 use kiln_ir::ops::reduce::reduced_axes;
 use kiln_ir::ops::NormOp;
 use kiln_ir::{DType, Tensor};
+use rayon::prelude::*;
 
 pub(super) fn eval(op: &NormOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
     let x = input(inputs, 0)?;
@@ -237,12 +238,18 @@ fn batch_norm(
             extra.push(from_f32(vec![c], src.clone(), stat_dtype)?);
         }
     }
-    for b in 0..n {
-        for ch in 0..c {
-            let a = scale[ch] / (var[ch] + epsilon).sqrt();
-            let k = bias[ch] - mean[ch] * a;
-            let start = (b * c + ch) * plane;
-            v[start..start + plane].iter_mut().for_each(|x| *x = *x * a + k);
+    // y = x * a + k per channel.
+    let a: Vec<f32> = (0..c).map(|ch| scale[ch] / (var[ch] + epsilon).sqrt()).collect();
+    let k: Vec<f32> = (0..c).map(|ch| bias[ch] - mean[ch] * a[ch]).collect();
+    let run = |(i, p): (usize, &mut [f32])| {
+        let (a, k) = (a[i % c], k[i % c]);
+        p.iter_mut().for_each(|x| *x = *x * a + k);
+    };
+    if plane > 0 && c > 0 {
+        if v.len() >= PAR_MIN {
+            v.par_chunks_mut(plane).enumerate().for_each(run);
+        } else {
+            v.chunks_mut(plane).enumerate().for_each(run);
         }
     }
     Ok(extra)

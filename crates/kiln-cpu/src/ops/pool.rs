@@ -4,11 +4,12 @@
 //! one `[n, c]` plane (a [`Windows`] table); every plane then reuses the table.
 
 use super::common::{expect_float, from_f32, input, opt_input, strides, to_f32};
-use super::reduce::{max_f32, sum_f32};
+use super::reduce::{max_f32, sum_f32, PAR_MIN};
 use crate::{bail, OpError, OpResult};
 use kiln_ir::ops::pool::{unpool_size, PoolWindow, WindowDim};
 use kiln_ir::ops::PoolOp;
 use kiln_ir::{Elem, Tensor, TensorData};
+use rayon::prelude::*;
 
 pub(super) fn eval(op: &PoolOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
     let x = input(inputs, 0)?;
@@ -81,6 +82,9 @@ impl Windows {
         // Valid input coords and padded cell counts of every output index, per dim.
         let taps: Vec<Vec<Vec<usize>>> = dims.iter().map(dim_taps).collect();
         let pad_counts: Vec<Vec<usize>> = dims.iter().map(dim_padded_counts).collect();
+        if spatial.contains(&0) {
+            return Err(OpError::new(format!("cannot pool empty spatial dims of shape {shape:?}")));
+        }
         let row = strides(spatial);
         let mut col = vec![1; spatial.len()];
         for d in 1..spatial.len() {
@@ -126,15 +130,20 @@ impl Windows {
     }
 
     /// Applies `f(window values, padded count)` to every window of every plane.
-    fn map_f32(&self, v: &[f32], mut f: impl FnMut(&[f32], usize) -> f32) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.planes * self.out_plane);
-        let mut buf = Vec::new();
-        for plane in v.chunks_exact(self.in_plane.max(1)).take(self.planes) {
-            for o in 0..self.out_plane {
+    fn map_f32(&self, v: &[f32], f: impl Fn(&[f32], usize) -> f32 + Sync) -> Vec<f32> {
+        let mut out = vec![0f32; self.planes * self.out_plane];
+        let run = |(dst, plane): (&mut [f32], &[f32])| {
+            let mut buf = Vec::new();
+            for (o, d) in dst.iter_mut().enumerate() {
                 buf.clear();
                 buf.extend(self.cells[self.starts[o]..self.starts[o + 1]].iter().map(|&c| plane[c]));
-                out.push(f(&buf, self.padded[o]));
+                *d = f(&buf, self.padded[o]);
             }
+        };
+        if out.len() >= PAR_MIN / 8 {
+            out.par_chunks_mut(self.out_plane).zip(v.par_chunks(self.in_plane)).for_each(run);
+        } else {
+            out.chunks_mut(self.out_plane).zip(v.chunks(self.in_plane)).for_each(run);
         }
         out
     }
@@ -183,29 +192,37 @@ fn dim_padded_counts(d: &WindowDim) -> Vec<usize> {
 fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: bool) -> OpResult {
     let w = Windows::new(x.shape(), window)?;
     let cells_for_index = if column_major { &w.cells_col } else { &w.cells };
-    let mut indices = Vec::with_capacity(if with_indices { w.planes * w.out_plane } else { 0 });
+    let mut indices = vec![0i64; w.planes * w.out_plane];
     let data = kiln_ir::dispatch!(x.data(), v => {
-        let mut out = Vec::with_capacity(w.planes * w.out_plane);
-        for p in 0..w.planes {
-            let plane = &v[p * w.in_plane..(p + 1) * w.in_plane];
+        let mut out = vec![Default::default(); w.planes * w.out_plane];
+        let run = |(p, ((dst, idx), plane)): (usize, ((&mut [_], &mut [i64]), &[_]))| {
             for o in 0..w.out_plane {
                 let range = w.starts[o]..w.starts[o + 1];
-                let cells = &w.cells[range.clone()];
                 // The first maximum wins; an all-padding window gives the zero of the type.
                 let mut best = Default::default();
                 let mut at = None;
-                for (j, &c) in cells.iter().enumerate() {
+                for (j, &c) in w.cells[range.clone()].iter().enumerate() {
                     if at.is_none() || plane[c] > best {
                         best = plane[c];
                         at = Some(j);
                     }
                 }
-                out.push(best);
-                if with_indices {
-                    let idx = at.map_or(-1, |j| (p * w.in_plane + cells_for_index[range.start + j]) as i64);
-                    indices.push(idx);
-                }
+                dst[o] = best;
+                idx[o] = at.map_or(-1, |j| (p * w.in_plane + cells_for_index[range.start + j]) as i64);
             }
+        };
+        if out.len() >= PAR_MIN / 8 {
+            out.par_chunks_mut(w.out_plane)
+                .zip(indices.par_chunks_mut(w.out_plane))
+                .zip(v.par_chunks(w.in_plane))
+                .enumerate()
+                .for_each(run);
+        } else {
+            out.chunks_mut(w.out_plane)
+                .zip(indices.chunks_mut(w.out_plane))
+                .zip(v.chunks(w.in_plane))
+                .enumerate()
+                .for_each(run);
         }
         wrap(out)
     });
@@ -222,16 +239,23 @@ fn wrap<T: Elem>(v: Vec<T>) -> TensorData {
 }
 
 /// Pools each `[n, c]` plane to one value.
-fn global(x: &Tensor, f: impl Fn(&[f32]) -> f32) -> OpResult {
+fn global(x: &Tensor, f: impl Fn(&[f32]) -> f32 + Sync) -> OpResult {
     let dtype = expect_float(x, "X")?;
     let planes = x.shape()[0] * x.shape()[1];
     let plane: usize = x.shape()[2..].iter().product();
     if plane == 0 {
         bail!("cannot pool empty spatial dims of shape {:?}", x.shape());
     }
-    let out: Vec<f32> = match x.as_slice::<f32>() {
-        Ok(v) => v.chunks_exact(plane).take(planes).map(&f).collect(),
-        Err(_) => to_f32(x).chunks_exact(plane).take(planes).map(&f).collect(),
+    let run = |v: &[f32]| -> Vec<f32> {
+        if v.len() >= PAR_MIN {
+            v.par_chunks_exact(plane).take(planes).map(&f).collect()
+        } else {
+            v.chunks_exact(plane).take(planes).map(&f).collect()
+        }
+    };
+    let out = match x.as_slice::<f32>() {
+        Ok(v) => run(v),
+        Err(_) => run(&to_f32(x)),
     };
     let mut shape = x.shape().to_vec();
     shape[2..].iter_mut().for_each(|d| *d = 1);

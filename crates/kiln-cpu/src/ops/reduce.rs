@@ -120,7 +120,7 @@ impl Plan {
     pub fn map<T: Copy + Sync, U: Send>(&self, v: &[T], f: impl Fn(&[T]) -> U + Sync) -> Vec<U> {
         let n = self.offsets.len();
         if self.tiles(v.len()) {
-            return if v.len() >= PAR_MIN { v.par_chunks(n).map(f).collect() } else { v.chunks(n).map(f).collect() };
+            return if v.len() >= PAR_MIN { v.par_chunks(n).map(&f).collect() } else { v.chunks(n).map(f).collect() };
         }
         let mut scratch = Vec::with_capacity(if self.contiguous { 0 } else { n });
         let mut out = Vec::with_capacity(self.bases.len());

@@ -104,7 +104,7 @@ fn resize(a: &ResizeAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor, OpError
                 bail!("scales has {} values, expected {n}", scales.len());
             }
             for (i, &d) in axes.iter().enumerate() {
-                if !(scales[i] > 0.0) {
+                if scales[i].is_nan() || scales[i] <= 0.0 {
                     bail!("scales {scales:?} must be positive");
                 }
                 scale[d] = scales[i];
@@ -352,10 +352,13 @@ fn grid_sample(
     let out_dims = &gs[1..gs.len() - 1];
     let npix: usize = out_dims.iter().product();
     let in_pix: usize = dims.iter().product();
+    if in_pix == 0 && nb * ch * npix > 0 {
+        bail!("cannot sample an empty image of shape {xs:?}");
+    }
     let xd = x.to_f64_vec();
     let gd: Vec<f32> = grid.to_f64_vec().into_iter().map(|v| v as f32).collect();
     let dstr = strides(dims);
-    let lo: Vec<f64> = dims.iter().map(|&d| if align { 0.0 } else { -0.5 + 0.0 * d as f64 }).collect();
+    let lo: Vec<f64> = vec![if align { 0.0 } else { -0.5 }; k];
     let hi: Vec<f64> = dims.iter().map(|&d| if align { d as f64 - 1.0 } else { d as f64 - 0.5 }).collect();
     let mut out = vec![0.0; nb * ch * npix];
     let mut coord = vec![0f32; k];

@@ -458,7 +458,7 @@ impl LayoutOp {
                 let idx = input_ty(inputs, 1);
                 let out = match (&x.shape, &idx.shape) {
                     (Some(s), Some(i)) => match i.last().and_then(Dim::known) {
-                        Some(k) if i.len() >= 1 && batch_dims + k <= s.len() && *batch_dims < i.len() => {
+                        Some(k) if batch_dims + k <= s.len() && *batch_dims < i.len() => {
                             Some(i[..i.len() - 1].iter().chain(&s[batch_dims + k..]).cloned().collect())
                         }
                         Some(k) => {
@@ -546,7 +546,14 @@ impl LayoutOp {
                 };
                 vec![TypeInfo { dtype: Some(value.dtype()), shape }]
             }
-            LayoutOp::Range => vec![TypeInfo { dtype: x.dtype, shape: Some(vec![Dim::Unknown]) }],
+            LayoutOp::Range => {
+                let scalar = |i: usize| input_value(inputs, i).and_then(|t| t.to_f64_vec().first().copied());
+                let n = match (scalar(0), scalar(1), scalar(2)) {
+                    (Some(s), Some(l), Some(d)) if d != 0.0 => Dim::Known(((l - s) / d).ceil().max(0.0) as usize),
+                    _ => Dim::Unknown,
+                };
+                vec![TypeInfo { dtype: x.dtype, shape: Some(vec![n]) }]
+            }
             LayoutOp::DepthToSpace { blocksize: b, .. } => {
                 let out = x.shape.as_ref().map(|s| {
                     s.iter()
@@ -693,7 +700,7 @@ fn reshape_dims(input: Option<&[Dim]>, target: &[i64], allowzero: bool) -> Resul
         let total = input.and_then(|s| s.iter().map(Dim::known).product::<Option<usize>>());
         let known: Option<usize> = out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.known()).product();
         if let (Some(total), Some(known)) = (total, known) {
-            if known == 0 || total % known != 0 {
+            if total.checked_rem(known) != Some(0) {
                 return Err(format!("cannot reshape {total} elements to {target:?}"));
             }
             out[i] = Dim::Known(total / known);
@@ -756,4 +763,52 @@ pub fn shape_range(rank: usize, start: i64, end: Option<i64>) -> (usize, usize) 
     let a = fix(start);
     let b = fix(end.unwrap_or(r));
     (a, b.max(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the type rule of `op` on f32 data of `shape` followed by constant i64 inputs
+    /// (`None` for a non-constant input of unknown value) and returns output 0's shape.
+    fn check(op: LayoutOp, shape: &[usize], consts: &[Option<&[i64]>]) -> Option<Vec<Dim>> {
+        let x = TypeInfo::known(DType::F32, shape);
+        let tensors: Vec<Option<Tensor>> =
+            consts.iter().map(|c| c.map(|v| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap())).collect();
+        let tys: Vec<TypeInfo> = tensors
+            .iter()
+            .map(|t| t.as_ref().map_or(TypeInfo::of_dtype(DType::I64), |t| TypeInfo::known(DType::I64, t.shape())))
+            .collect();
+        let mut inputs = vec![Some(InferInput { ty: &x, value: None })];
+        inputs.extend(tys.iter().zip(&tensors).map(|(ty, t)| Some(InferInput { ty, value: t.as_ref() })));
+        op.infer(&inputs, 1).unwrap()[0].shape.clone()
+    }
+
+    fn known(d: &[usize]) -> Option<Vec<Dim>> {
+        Some(d.iter().map(|&n| Dim::Known(n)).collect())
+    }
+
+    #[test]
+    fn reshape_uses_the_constant_shape() {
+        let op = LayoutOp::Reshape { shape: None, allowzero: false };
+        assert_eq!(check(op.clone(), &[2, 3, 4], &[Some(&[0, -1])]), known(&[2, 12]));
+        assert_eq!(check(op, &[2, 3, 4], &[None]), None);
+    }
+
+    #[test]
+    fn slice_clamps_like_the_kernel() {
+        let op = LayoutOp::Slice { attrs: None };
+        let s = check(op.clone(), &[10, 5], &[Some(&[-3, 0]), Some(&[i64::MAX, -1]), None, Some(&[1, 2])]);
+        assert_eq!(s, Some(vec![Dim::Unknown, Dim::Unknown]), "a non-constant axes input leaves dims unknown");
+        let s = check(op, &[10, 5], &[Some(&[-1, 4]), Some(&[i64::MIN, 0]), Some(&[0, 1]), Some(&[-3, -2])]);
+        assert_eq!(s, known(&[4, 2]));
+    }
+
+    #[test]
+    fn squeeze_unsqueeze_gather_shapes() {
+        assert_eq!(check(LayoutOp::Squeeze { axes: None }, &[1, 3, 1], &[Some(&[-1])]), known(&[1, 3]));
+        assert_eq!(check(LayoutOp::Unsqueeze { axes: None }, &[3], &[Some(&[0, -1])]), known(&[1, 3, 1]));
+        assert_eq!(check(LayoutOp::Gather { axis: 1 }, &[2, 3, 4], &[Some(&[0, 1, 2, 0, 1])]), known(&[2, 5, 4]));
+        assert_eq!(check(LayoutOp::Expand, &[3, 1], &[Some(&[2, 1, 4])]), known(&[2, 3, 4]));
+    }
 }

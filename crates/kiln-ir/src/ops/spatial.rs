@@ -188,7 +188,7 @@ impl SpatialOp {
         let x = input_ty(inputs, 0);
         let unknown_dims = |n: usize| Some(vec![Dim::Unknown; n]);
         let out = match self {
-            SpatialOp::Resize(_) => TypeInfo { dtype: x.dtype, shape: x.rank().and_then(unknown_dims) },
+            SpatialOp::Resize(a) => TypeInfo { dtype: x.dtype, shape: resize_shape(a, &x, inputs) },
             SpatialOp::GridSample { .. } => {
                 let grid = input_ty(inputs, 1);
                 let shape = match (&x.shape, &grid.shape) {
@@ -230,5 +230,51 @@ impl SpatialOp {
             }
         };
         Ok(vec![out])
+    }
+}
+
+/// The output shape of Resize where the scales or sizes are constant; otherwise the rank.
+fn resize_shape(a: &ResizeAttrs, x: &TypeInfo, inputs: &[Option<InferInput<'_>>]) -> Option<Vec<Dim>> {
+    let shape = x.shape.clone()?;
+    let r = shape.len();
+    let unknown = Some(vec![Dim::Unknown; r]);
+    let axes: Vec<usize> = match &a.axes {
+        Some(v) => match v.iter().map(|&d| normalize_axis(d, r)).collect::<Result<Vec<_>, _>>() {
+            Ok(axes) => axes,
+            Err(_) => return unknown,
+        },
+        None => (0..r).collect(),
+    };
+    let non_empty = |i: usize| input_value(inputs, i).filter(|t| !t.is_empty());
+    let scales: Option<Vec<f64>> = match &a.inputs {
+        ResizeInputs::RoiScalesSizes => {
+            if let Some(sizes) = non_empty(3) {
+                let sizes = sizes.to_i64_vec();
+                if sizes.len() != axes.len() || a.keep_aspect_ratio_policy != AspectRatioPolicy::Stretch {
+                    return unknown;
+                }
+                let mut out = shape;
+                for (&d, &s) in axes.iter().zip(&sizes) {
+                    out[d] = Dim::Known(s.max(0) as usize);
+                }
+                return Some(out);
+            }
+            non_empty(2).map(|t| t.to_f64_vec())
+        }
+        ResizeInputs::Scales => non_empty(1).map(|t| t.to_f64_vec()),
+        ResizeInputs::Attr(v) => Some(v.iter().map(|&s| s as f64).collect()),
+    };
+    match scales {
+        Some(scales) if scales.len() == axes.len() => {
+            let mut out = shape;
+            for (&d, &s) in axes.iter().zip(&scales) {
+                out[d] = match out[d].known() {
+                    Some(n) if s > 0.0 => Dim::Known((s * n as f64) as usize),
+                    _ => Dim::Unknown,
+                };
+            }
+            Some(out)
+        }
+        _ => unknown,
     }
 }

@@ -108,9 +108,9 @@ fn nd_offsets(data: &[usize], it: &Tensor, batch_dims: usize) -> Result<(Vec<usi
     let batch_stride: usize = data[batch_dims..].iter().product();
     let tuples: usize = is[batch_dims..is.len() - 1].iter().product();
     let mut offs = Vec::with_capacity(idx.len() / k.max(1));
-    let n_tuples = if k == 0 { is[..is.len() - 1].iter().product() } else { idx.len() / k };
+    let n_tuples: usize = is[..is.len() - 1].iter().product();
     for t in 0..n_tuples {
-        let b = if tuples == 0 { 0 } else { t / tuples };
+        let b = t.checked_div(tuples).unwrap_or(0);
         let mut off = b * batch_stride;
         for m in 0..k {
             off += index(idx[t * k + m], data[batch_dims + m], "index")? * st[batch_dims + m];

@@ -1,0 +1,81 @@
+//! The `kiln` binary: what a user sees, including on bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kiln(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/models").join(name).display().to_string()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn run_writes_outputs_and_a_map() {
+    let dir = tmp("run");
+    let input = format!("x={}", fixture("tiny_cnn.input.x.npy"));
+    let (ok, stdout, stderr) =
+        kiln(&["run", &fixture("tiny_cnn.onnx"), "--input", &input, "--output-dir", dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("probs") && stdout.contains("[1, 10]"), "{stdout}");
+    let map: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let file = map["probs"].as_str().unwrap();
+    assert!(dir.join(file).exists());
+}
+
+#[test]
+fn run_makes_seeded_random_inputs() {
+    let a = kiln(&["run", &fixture("tiny_cnn.onnx"), "--seed", "3"]);
+    let b = kiln(&["run", &fixture("tiny_cnn.onnx"), "--seed", "3"]);
+    assert!(a.0 && b.0, "{}", a.2);
+    let stats = |s: &str| s.lines().find(|l| l.starts_with("probs")).unwrap().to_string();
+    assert_eq!(stats(&a.1), stats(&b.1));
+}
+
+#[test]
+fn inspect_json_counts_ops_and_parameters() {
+    let (ok, stdout, stderr) = kiln(&["inspect", &fixture("tiny_cnn.onnx"), "--json"]);
+    assert!(ok, "{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["ops"]["Conv"], 2);
+    assert_eq!(j["nodes"], 11);
+    // 922 float weights plus the two int64s of the reshape target.
+    assert_eq!(j["parameters"], 924);
+    assert_eq!(j["opsets"]["" ], 17);
+}
+
+#[test]
+fn bad_files_give_errors_not_panics() {
+    let dir = tmp("bad");
+    let garbage = dir.join("garbage.onnx");
+    std::fs::write(&garbage, [0xffu8, 0xff, 0xff, 0x01, 0x02]).unwrap();
+    let truncated = dir.join("truncated.onnx");
+    let bytes = std::fs::read(fixture("tiny_cnn.onnx")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for (file, want) in [
+        (garbage.to_str().unwrap(), "malformed model"),
+        (truncated.to_str().unwrap(), "malformed model"),
+        ("/nonexistent/model.onnx", "cannot read"),
+    ] {
+        for cmd in ["run", "inspect"] {
+            let (ok, _, stderr) = kiln(&[cmd, file]);
+            assert!(!ok, "{cmd} {file} succeeded");
+            assert!(stderr.contains(want) && !stderr.contains("panicked"), "{cmd} {file}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn cuda_without_a_backend_says_to_use_the_cpu() {
+    let (ok, _, stderr) = kiln(&["run", &fixture("tiny_cnn.onnx"), "--device", "cuda"]);
+    assert!(!ok);
+    assert!(stderr.contains("--device cpu"), "{stderr}");
+}
