@@ -56,6 +56,9 @@ impl Graph {
                 Op::Layout(o) => format!("{o:?}"),
                 Op::Rnn(o) => format!("{o:?}"),
                 Op::Spatial(o) => format!("{o:?}"),
+                Op::Signal(o) => format!("{o:?}"),
+                Op::Loss(o) => format!("{o:?}"),
+                Op::Attention(o) => format!("{o:?}"),
                 Op::Control(_) => node.op.name().to_string(),
             };
             let args = if ins.is_empty() { String::new() } else { format!("({})", ins.join(", ")) };

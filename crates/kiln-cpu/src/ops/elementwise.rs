@@ -344,12 +344,18 @@ fn arith_typed<T: Num>(k: Arith, a: &[T], ash: &[usize], b: &Tensor) -> Result<T
                 r
             }
         })?,
-        // NaN wins, as with numpy's maximum and minimum (`x != x` only holds for NaN).
-        Arith::Max => zip_map(a, ash, bv, bsh, |x, y| if x > y || x != x { x } else { y })?,
-        Arith::Min => zip_map(a, ash, bv, bsh, |x, y| if x < y || x != x { x } else { y })?,
+        // NaN wins, as with numpy's maximum and minimum.
+        Arith::Max => zip_map(a, ash, bv, bsh, |x, y| if x > y || is_nan(x) { x } else { y })?,
+        Arith::Min => zip_map(a, ash, bv, bsh, |x, y| if x < y || is_nan(x) { x } else { y })?,
         Arith::PRelu => zip_map(a, ash, bv, bsh, |x, s| if x < zero { x.mul(s) } else { x })?,
     };
     Ok(Tensor::from_vec(shape, v)?)
+}
+
+/// Whether `x` is a NaN, for any element type.
+#[allow(clippy::eq_op)] // only NaN differs from itself
+fn is_nan<T: PartialEq>(x: T) -> bool {
+    x != x
 }
 
 fn compare<T: Elem>(op: BinaryOp, a: &[T], ash: &[usize], b: &Tensor) -> Result<Tensor, OpError> {
@@ -684,16 +690,24 @@ fn clip(inputs: &[Option<&Tensor>], min: Option<f32>, max: Option<f32>) -> Resul
     dispatch!(x.data(), v => {
         let lo = clip_bound(opt_input(inputs, 1), min, x.dtype(), "min")?;
         let hi = clip_bound(opt_input(inputs, 2), max, x.dtype(), "max")?;
-        // When min > max every element becomes max, as the spec asks.
-        let out: Vec<_> = v
-            .iter()
-            .map(|&y| {
-                let y = match lo { Some(l) if y < l => l, _ => y };
-                match hi { Some(h) if y > h => h, _ => y }
-            })
-            .collect();
-        Ok(Tensor::from_vec(x.shape().to_vec(), out)?)
+        Ok(Tensor::from_vec(x.shape().to_vec(), clamp(v, lo, hi))?)
     })
+}
+
+/// When min > max every element becomes max, as the spec asks.
+fn clamp<T: Elem>(v: &[T], lo: Option<T>, hi: Option<T>) -> Vec<T> {
+    v.iter()
+        .map(|&y| {
+            let y = match lo {
+                Some(l) if y < l => l,
+                _ => y,
+            };
+            match hi {
+                Some(h) if y > h => h,
+                _ => y,
+            }
+        })
+        .collect()
 }
 
 /// A Clip bound: the scalar input if given, else the attribute, else none.

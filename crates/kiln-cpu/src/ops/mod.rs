@@ -11,6 +11,9 @@ mod quant;
 mod reduce;
 mod rnn;
 mod spatial;
+mod signal;
+mod loss;
+mod attention;
 
 use crate::{OpError, OpResult};
 use kiln_ir::{Op, Tensor};
@@ -29,6 +32,9 @@ pub fn eval_op(op: &Op, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpRes
         Op::Layout(o) => layout::eval(o, inputs, num_outputs),
         Op::Rnn(o) => rnn::eval(o, inputs, num_outputs),
         Op::Spatial(o) => spatial::eval(o, inputs, num_outputs),
+        Op::Signal(o) => signal::eval(o, inputs, num_outputs),
+        Op::Loss(o) => loss::eval(o, inputs, num_outputs),
+        Op::Attention(o) => attention::eval(o, inputs, num_outputs),
         Op::Control(o) => control::eval(o, inputs, num_outputs),
     }
 }

@@ -430,3 +430,134 @@ fn cum_sum(x: &Tensor, a: i64, exclusive: bool, reverse: bool) -> Result<Tensor,
     });
     Ok(Tensor::new(x.shape().to_vec(), data)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t<T: Elem>(shape: &[usize], v: Vec<T>) -> Tensor {
+        Tensor::from_vec(shape.to_vec(), v).unwrap()
+    }
+
+    /// Runs the kernel and compares every output: shape and type exactly, values within
+    /// 1e-5 relative.
+    fn check(op: ReduceOp, inputs: &[Option<Tensor>], expected: &[Tensor]) {
+        let ins: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
+        let out = eval(&op, &ins, expected.len()).unwrap();
+        assert_eq!(out.len(), expected.len());
+        for (o, e) in out.iter().zip(expected) {
+            assert_eq!((o.dtype(), o.shape()), (e.dtype(), e.shape()), "{o:?} vs {e:?}");
+            for (a, b) in o.to_f64_vec().iter().zip(e.to_f64_vec()) {
+                assert!(a == &b || (a - b).abs() <= 1e-5 * b.abs().max(1.0), "{o:?} vs {e:?}");
+            }
+        }
+    }
+
+    fn reduce_op(reducer: Reducer, keepdims: bool) -> ReduceOp {
+        ReduceOp::Reduce { reducer, axes: None, keepdims, noop_with_empty_axes: false }
+    }
+
+    #[test]
+    fn sum_over_a_middle_axis_given_negative() {
+        let x: Vec<f32> = (0..30).map(|i| i as f32).collect();
+        let mut want = vec![0f32; 6];
+        for a in 0..3 {
+            for b in 0..5 {
+                for c in 0..2 {
+                    want[a * 2 + c] += x[(a * 5 + b) * 2 + c];
+                }
+            }
+        }
+        let axes = Some(t(&[1], vec![-2i64]));
+        check(reduce_op(Reducer::Sum, false), &[Some(t(&[3, 5, 2], x)), axes], &[t(&[3, 2], want)]);
+    }
+
+    #[test]
+    fn large_mean_over_last_axis_matches_naive() {
+        let (rows, n) = (50, 783);
+        let x: Vec<f32> = (0..rows * n).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+        let want: Vec<f32> =
+            x.chunks(n).map(|r| (r.iter().map(|&v| v as f64).sum::<f64>() / n as f64) as f32).collect();
+        let axes = Some(t(&[1], vec![1i64]));
+        check(reduce_op(Reducer::Mean, true), &[Some(t(&[rows, n], x)), axes], &[t(&[rows, 1], want)]);
+    }
+
+    #[test]
+    fn empty_reductions_give_the_identity() {
+        let x = Some(t(&[2, 0], Vec::<f32>::new()));
+        let axes = Some(t(&[1], vec![1i64]));
+        let inputs = [x, axes.clone()];
+        check(reduce_op(Reducer::Max, false), &inputs, &[t(&[2], vec![f32::NEG_INFINITY; 2])]);
+        check(reduce_op(Reducer::Prod, false), &inputs, &[t(&[2], vec![1f32; 2])]);
+        check(reduce_op(Reducer::LogSumExp, false), &inputs, &[t(&[2], vec![f32::NEG_INFINITY; 2])]);
+        let xi = Some(t(&[2, 0], Vec::<i32>::new()));
+        check(reduce_op(Reducer::Min, true), &[xi, axes], &[t(&[2, 1], vec![i32::MAX; 2])]);
+    }
+
+    #[test]
+    fn empty_axes_reduce_all_or_nothing() {
+        let x = t(&[2, 2], vec![1i64, 2, 3, 4]);
+        check(reduce_op(Reducer::Sum, false), &[Some(x.clone())], &[t(&[], vec![10i64])]);
+        let noop = ReduceOp::Reduce { reducer: Reducer::Sum, axes: None, keepdims: true, noop_with_empty_axes: true };
+        check(noop, &[Some(x.clone()), Some(t(&[0], Vec::<i64>::new()))], &[x]);
+    }
+
+    #[test]
+    fn log_sum_exp_is_stable_for_large_values() {
+        let x = t(&[1, 2], vec![1000f32, 1000.0]);
+        let want = 1000.0 + 2f32.ln();
+        check(reduce_op(Reducer::LogSumExp, false), &[Some(x)], &[t(&[], vec![want])]);
+    }
+
+    #[test]
+    fn argmax_ties_pick_first_or_last() {
+        let x = t(&[2, 3], vec![2f32, 5.0, 5.0, 1.0, 1.0, 0.0]);
+        let op = |last| ReduceOp::ArgMax { axis: -1, keepdims: true, select_last_index: last };
+        check(op(false), &[Some(x.clone())], &[t(&[2, 1], vec![1i64, 0])]);
+        check(op(true), &[Some(x.clone())], &[t(&[2, 1], vec![2i64, 1])]);
+        let min = ReduceOp::ArgMin { axis: 0, keepdims: false, select_last_index: false };
+        check(min, &[Some(x)], &[t(&[3], vec![1i64, 1, 1])]);
+    }
+
+    #[test]
+    fn top_k_keeps_index_order_for_equal_values() {
+        let x = t(&[2, 4], vec![3i64, 1, 3, 2, 0, 0, 5, 0]);
+        let k = Some(t(&[1], vec![3i64]));
+        let op = |largest| ReduceOp::TopK { axis: 1, largest, sorted: true, k: None };
+        check(
+            op(true),
+            &[Some(x.clone()), k.clone()],
+            &[t(&[2, 3], vec![3i64, 3, 2, 5, 0, 0]), t(&[2, 3], vec![0i64, 2, 3, 2, 0, 1])],
+        );
+        check(
+            op(false),
+            &[Some(x), k],
+            &[t(&[2, 3], vec![1i64, 2, 3, 0, 0, 0]), t(&[2, 3], vec![1i64, 3, 0, 0, 1, 3])],
+        );
+    }
+
+    #[test]
+    fn top_k_along_a_middle_axis() {
+        let x = t(&[1, 3, 2], vec![1f32, 6.0, 3.0, 4.0, 2.0, 5.0]);
+        let op = ReduceOp::TopK { axis: -2, largest: true, sorted: true, k: Some(2) };
+        check(op, &[Some(x)], &[t(&[1, 2, 2], vec![3f32, 6.0, 2.0, 5.0]), t(&[1, 2, 2], vec![1i64, 0, 2, 2])]);
+    }
+
+    #[test]
+    fn cum_sum_exclusive_reverse() {
+        let x = t(&[2, 3], vec![1i32, 2, 3, 4, 5, 6]);
+        let axis = Some(t(&[], vec![1i64]));
+        let op = ReduceOp::CumSum { exclusive: true, reverse: true };
+        check(op, &[Some(x.clone()), axis], &[t(&[2, 3], vec![5i32, 3, 0, 11, 6, 0])]);
+        let op = ReduceOp::CumSum { exclusive: false, reverse: false };
+        check(op, &[Some(x), Some(t(&[1], vec![-2i32]))], &[t(&[2, 3], vec![1i32, 2, 3, 5, 7, 9])]);
+    }
+
+    #[test]
+    fn bad_axes_are_errors() {
+        let x = t(&[2, 2], vec![1f32; 4]);
+        let axes = t(&[1], vec![2i64]);
+        let err = eval(&reduce_op(Reducer::Sum, true), &[Some(&x), Some(&axes)], 1).unwrap_err();
+        assert!(err.0.contains("out of range"), "{err}");
+    }
+}

@@ -531,3 +531,77 @@ fn einsum_shape(eq: &EinsumEquation, inputs: &[Option<InferInput<'_>>]) -> Resul
     }
     Ok(Some(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tensor;
+
+    fn check_infer(op: &LinalgOp, inputs: &[TypeInfo], expected: Result<TypeInfo, &str>) {
+        let ins: Vec<Option<InferInput<'_>>> =
+            inputs.iter().map(|ty| Some(InferInput { ty, value: None::<&Tensor> })).collect();
+        match (op.infer(&ins, 1), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, vec![want]),
+            (Err(e), Err(want)) => assert!(e.contains(want), "{e}"),
+            (got, want) => panic!("{} gave {got:?}, expected {want:?}", op.name()),
+        }
+    }
+
+    fn ty(dims: &[Dim]) -> TypeInfo {
+        TypeInfo { dtype: Some(DType::F32), shape: Some(dims.to_vec()) }
+    }
+
+    #[test]
+    fn einsum_parse_resolves_implicit_output() {
+        let eq = EinsumEquation::parse("...ba, cb").unwrap();
+        assert_eq!(eq.output, vec![EinsumLabel::Ellipsis, EinsumLabel::Letter('a'), EinsumLabel::Letter('c')]);
+        assert!(EinsumEquation::parse("ij->ik").unwrap_err().contains("in no input"));
+        assert!(EinsumEquation::parse("i.j").is_err());
+    }
+
+    #[test]
+    fn matmul_and_conv_shapes() {
+        let (k, s) = (Dim::Known, Dim::Sym("batch".into()));
+        check_infer(
+            &LinalgOp::MatMul,
+            &[ty(&[s.clone(), k(1), k(5), k(3)]), ty(&[k(3)])],
+            Ok(ty(&[s.clone(), k(1), k(5)])),
+        );
+        check_infer(&LinalgOp::MatMul, &[ty(&[k(2), k(3)]), ty(&[k(4), k(2)])], Err("inner dims"));
+        let conv = LinalgOp::Conv(ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![2, 2],
+            dilations: vec![],
+            pads: vec![3, 3, 3, 3],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        });
+        // ResNet's stem: 224 -> 112; an unknown dim stays unknown.
+        let w = ty(&[k(64), k(3), k(7), k(7)]);
+        check_infer(
+            &conv,
+            &[ty(&[s.clone(), k(3), k(224), Dim::Unknown]), w],
+            Ok(ty(&[s, k(64), k(112), Dim::Unknown])),
+        );
+    }
+
+    #[test]
+    fn conv_transpose_output_shape_sets_the_padding() {
+        let attrs = ConvTransposeAttrs {
+            kernel_shape: vec![],
+            strides: vec![3, 2],
+            dilations: vec![],
+            pads: vec![],
+            output_padding: vec![],
+            output_shape: Some(vec![10, 8]),
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let d = attrs.dims(&[3, 3], &[3, 3]).unwrap();
+        assert_eq!((d[0].output, d[0].pad_begin, d[1].output, d[1].pad_begin), (10, 0, 8, 0));
+        let same = ConvTransposeAttrs { auto_pad: AutoPad::SameUpper, output_shape: None, ..attrs };
+        let d = same.dims(&[3, 3], &[3, 3]).unwrap();
+        // Full sizes 9 and 7, targets 9 and 6: one cell cut, at the end for SAME_UPPER.
+        assert_eq!((d[0].output, d[0].pad_begin, d[1].output, d[1].pad_begin), (9, 0, 6, 0));
+    }
+}

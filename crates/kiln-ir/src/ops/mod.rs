@@ -15,6 +15,9 @@ pub mod quant;
 pub mod reduce;
 pub mod rnn;
 pub mod spatial;
+pub mod signal;
+pub mod loss;
+pub mod attention;
 
 pub use control::ControlOp;
 pub use elementwise::ElementwiseOp;
@@ -27,6 +30,9 @@ pub use quant::QuantOp;
 pub use reduce::ReduceOp;
 pub use rnn::RnnOp;
 pub use spatial::SpatialOp;
+pub use signal::SignalOp;
+pub use loss::LossOp;
+pub use attention::AttentionOp;
 
 use crate::{Tensor, TypeInfo};
 
@@ -55,6 +61,12 @@ pub enum Op {
     Rnn(RnnOp),
     /// Image-space resampling and detection ops: Resize, GridSample, RoiAlign, NMS.
     Spatial(SpatialOp),
+    /// Signal processing: DFT, STFT, window functions, MelWeightMatrix.
+    Signal(SignalOp),
+    /// Loss functions: NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss.
+    Loss(LossOp),
+    /// Attention and rotary embeddings: the fused attention op of opset 23 and RotaryEmbedding.
+    Attention(AttentionOp),
     /// Control flow with subgraphs.
     Control(ControlOp),
 }
@@ -74,6 +86,9 @@ impl Op {
             Op::Layout(o) => o.name(),
             Op::Rnn(o) => o.name(),
             Op::Spatial(o) => o.name(),
+            Op::Signal(o) => o.name(),
+            Op::Loss(o) => o.name(),
+            Op::Attention(o) => o.name(),
             Op::Control(o) => o.name(),
         }
     }
@@ -95,6 +110,9 @@ impl Op {
             Op::Layout(o) => o.infer(inputs, num_outputs),
             Op::Rnn(o) => o.infer(inputs, num_outputs),
             Op::Spatial(o) => o.infer(inputs, num_outputs),
+            Op::Signal(o) => o.infer(inputs, num_outputs),
+            Op::Loss(o) => o.infer(inputs, num_outputs),
+            Op::Attention(o) => o.infer(inputs, num_outputs),
             Op::Control(o) => o.infer(inputs, num_outputs),
         }?;
         let mut out = out;

@@ -13,6 +13,9 @@ mod quant;
 mod reduce;
 mod rnn;
 mod spatial;
+mod signal;
+mod loss;
+mod attention;
 
 use crate::{ImportError, NodeCtx};
 use kiln_ir::Op;
@@ -67,6 +70,9 @@ pub fn registry() -> Registry {
     layout::register(&mut reg);
     rnn::register(&mut reg);
     spatial::register(&mut reg);
+    signal::register(&mut reg);
+    loss::register(&mut reg);
+    attention::register(&mut reg);
     control::register(&mut reg);
     reg
 }

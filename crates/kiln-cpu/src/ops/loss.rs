@@ -1,0 +1,10 @@
+//! CPU kernels for the loss family.
+
+use crate::{bail, OpResult};
+use kiln_ir::ops::LossOp;
+use kiln_ir::Tensor;
+
+pub(super) fn eval(op: &LossOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
+    let _ = (inputs, num_outputs);
+    bail!("{} is not implemented on the CPU", op.name())
+}
