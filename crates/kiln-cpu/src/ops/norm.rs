@@ -316,3 +316,123 @@ fn lrn(shape: &[usize], v: &mut [f32], alpha: f32, beta: f32, bias: f32, size: u
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
+        Tensor::from_vec(shape.to_vec(), v).unwrap()
+    }
+
+    /// Runs the kernel and compares every output: shape and type exactly, values within 1e-5.
+    fn check(op: NormOp, inputs: &[Tensor], expected: &[Tensor]) {
+        let ins: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+        let out = eval(&op, &ins, expected.len()).unwrap();
+        assert_eq!(out.len(), expected.len());
+        for (o, e) in out.iter().zip(expected) {
+            assert_eq!((o.dtype(), o.shape()), (e.dtype(), e.shape()), "{o:?} vs {e:?}");
+            for (a, b) in o.to_f64_vec().iter().zip(e.to_f64_vec()) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{o:?} vs {e:?}");
+            }
+        }
+    }
+
+    fn naive_softmax(x: &[f32]) -> Vec<f32> {
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let s: f32 = x.iter().map(|v| (v - m).exp()).sum();
+        x.iter().map(|v| (v - m).exp() / s).collect()
+    }
+
+    #[test]
+    fn softmax_over_a_middle_axis() {
+        let x: Vec<f32> = (0..24).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+        let mut want = vec![0f32; 24];
+        for a in 0..2 {
+            for c in 0..4 {
+                let line: Vec<f32> = (0..3).map(|b| x[(a * 3 + b) * 4 + c]).collect();
+                for (b, v) in naive_softmax(&line).into_iter().enumerate() {
+                    want[(a * 3 + b) * 4 + c] = v;
+                }
+            }
+        }
+        check(NormOp::Softmax { axis: -2, coerce_2d: false }, &[t(&[2, 3, 4], x)], &[t(&[2, 3, 4], want)]);
+    }
+
+    #[test]
+    fn legacy_softmax_flattens_from_the_axis() {
+        let x: Vec<f32> = (0..24).map(|i| i as f32 / 10.0).collect();
+        let want: Vec<f32> = x.chunks(12).flat_map(naive_softmax).collect();
+        check(NormOp::Softmax { axis: 1, coerce_2d: true }, &[t(&[2, 3, 4], x)], &[t(&[2, 3, 4], want)]);
+    }
+
+    #[test]
+    fn log_softmax_and_hardmax() {
+        let x = t(&[1, 3], vec![1000.0, 1000.0, 0.0]);
+        let l = -(2f32.ln());
+        check(NormOp::LogSoftmax { axis: -1, coerce_2d: false }, &[x.clone()], &[t(&[1, 3], vec![l, l, -1000.0 + l])]);
+        check(NormOp::Hardmax { axis: 1, coerce_2d: false }, &[x], &[t(&[1, 3], vec![1.0, 0.0, 0.0])]);
+    }
+
+    #[test]
+    fn layer_norm_with_statistics_outputs() {
+        let x = t(&[2, 2, 2], vec![1.0, 3.0, 5.0, 7.0, 0.0, 0.0, 2.0, 2.0]);
+        let scale = t(&[2, 2], vec![1.0, 1.0, 2.0, 2.0]);
+        let bias = t(&[2], vec![0.5, -0.5]);
+        let op = NormOp::LayerNormalization { axis: -2, epsilon: 0.0, stash_type: 1 };
+        let s1 = 1.0 / 5f32.sqrt();
+        let y = vec![-3.0 * s1 + 0.5, -s1 - 0.5, 2.0 * s1 + 0.5, 6.0 * s1 - 0.5, -0.5, -1.5, 2.5, 1.5];
+        check(
+            op,
+            &[x, scale, bias],
+            &[t(&[2, 2, 2], y), t(&[2, 1, 1], vec![4.0, 1.0]), t(&[2, 1, 1], vec![s1, 1.0])],
+        );
+    }
+
+    #[test]
+    fn batch_norm_inference_and_training() {
+        let x = t(&[2, 2, 1], vec![1.0, 2.0, 3.0, 6.0]);
+        let ones = t(&[2], vec![1.0, 1.0]);
+        let zeros = t(&[2], vec![0.0, 0.0]);
+        let mean = t(&[2], vec![1.0, 2.0]);
+        let var = t(&[2], vec![4.0, 1.0]);
+        let op = NormOp::BatchNormalization { epsilon: 0.0, momentum: 0.5, training_mode: false };
+        let inputs = [x, ones.clone(), zeros, mean, var];
+        check(op, &inputs, &[t(&[2, 2, 1], vec![0.0, 0.0, 1.0, 4.0])]);
+        // Batch statistics: channel 0 has mean 2 and variance 1, channel 1 mean 4 and variance 4.
+        let op = NormOp::BatchNormalization { epsilon: 0.0, momentum: 0.5, training_mode: true };
+        check(
+            op,
+            &inputs,
+            &[t(&[2, 2, 1], vec![-1.0, -1.0, 1.0, 1.0]), t(&[2], vec![1.5, 3.0]), t(&[2], vec![2.5, 2.5])],
+        );
+    }
+
+    #[test]
+    fn group_norm_scales_per_channel_or_per_group() {
+        let x = t(&[1, 4, 1], vec![1.0, 3.0, 10.0, 12.0]);
+        let per_channel = [t(&[4], vec![1.0, 2.0, 3.0, 4.0]), t(&[4], vec![0.0, 0.0, 1.0, 1.0])];
+        let op = NormOp::GroupNormalization { num_groups: 2, epsilon: 0.0, stash_type: 1 };
+        let inputs = [x.clone(), per_channel[0].clone(), per_channel[1].clone()];
+        check(op.clone(), &inputs, &[t(&[1, 4, 1], vec![-1.0, 2.0, -2.0, 5.0])]);
+        let inputs = [x, t(&[2], vec![2.0, 1.0]), t(&[2], vec![0.0, 5.0])];
+        check(op, &inputs, &[t(&[1, 4, 1], vec![-2.0, 2.0, 4.0, 6.0])]);
+    }
+
+    #[test]
+    fn lrn_sums_over_neighbouring_channels() {
+        let x = t(&[1, 3, 1], vec![1.0, 2.0, 3.0]);
+        let op = NormOp::LRN { alpha: 3.0, beta: 1.0, bias: 1.0, size: 3 };
+        // alpha / size = 1; channel c sums the squares of channels c-1..=c+1.
+        check(op, &[x], &[t(&[1, 3, 1], vec![1.0 / 6.0, 2.0 / 15.0, 3.0 / 14.0])]);
+    }
+
+    #[test]
+    fn wrong_parameter_length_is_an_error() {
+        let x = t(&[1, 2, 1], vec![1.0, 2.0]);
+        let p = t(&[3], vec![1.0; 3]);
+        let op = NormOp::InstanceNormalization { epsilon: 1e-5 };
+        let err = eval(&op, &[Some(&x), Some(&p), Some(&p)], 1).unwrap_err();
+        assert!(err.0.contains("one value per channel"), "{err}");
+    }
+}

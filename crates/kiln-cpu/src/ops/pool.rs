@@ -370,3 +370,115 @@ fn max_roi_pool(x: &Tensor, rois: &Tensor, pooled: [usize; 2], spatial_scale: f3
     }
     Ok(vec![from_f32(vec![rois.shape()[0], c, ph, pw], out, dtype)?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::ops::pool::AutoPad;
+
+    fn t<T: Elem>(shape: &[usize], v: Vec<T>) -> Tensor {
+        Tensor::from_vec(shape.to_vec(), v).unwrap()
+    }
+
+    /// Runs the kernel and compares every output: shape and type exactly, values within 1e-5.
+    fn check(op: PoolOp, inputs: &[Tensor], expected: &[Tensor]) {
+        let ins: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+        let out = eval(&op, &ins, expected.len()).unwrap();
+        assert_eq!(out.len(), expected.len());
+        for (o, e) in out.iter().zip(expected) {
+            assert_eq!((o.dtype(), o.shape()), (e.dtype(), e.shape()), "{o:?} vs {e:?}");
+            for (a, b) in o.to_f64_vec().iter().zip(e.to_f64_vec()) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{o:?} vs {e:?}");
+            }
+        }
+    }
+
+    fn window(k: usize, s: usize, p: usize, ceil_mode: bool) -> PoolWindow {
+        PoolWindow {
+            kernel_shape: vec![k, k],
+            strides: vec![s, s],
+            pads: vec![p; 4],
+            auto_pad: AutoPad::NotSet,
+            dilations: vec![1, 1],
+            ceil_mode,
+        }
+    }
+
+    #[test]
+    fn max_pool_indices_row_and_column_major() {
+        let x = t(&[1, 1, 4, 4], (0..16).map(|i| i as f32).collect());
+        let y = t(&[1, 1, 2, 2], vec![5f32, 7.0, 13.0, 15.0]);
+        let op = |column_major| PoolOp::MaxPool { window: window(3, 2, 1, false), column_major };
+        check(op(false), &[x.clone()], &[y.clone(), t(&[1, 1, 2, 2], vec![5i64, 7, 13, 15])]);
+        check(op(true), &[x], &[y, t(&[1, 1, 2, 2], vec![5i64, 13, 7, 15])]);
+    }
+
+    #[test]
+    fn max_pool_on_integers_with_odd_sizes() {
+        let x = t(&[1, 2, 3, 5], (0..30u32).map(|i| (i * 37 % 31) as u8).collect());
+        let op = PoolOp::MaxPool { window: window(2, 2, 0, true), column_major: false };
+        let ins = [Some(&x)];
+        let out = eval(&op, &ins, 1).unwrap();
+        // ceil_mode: 3 rows give 2 windows, 5 columns give 3; windows are clipped at the edge.
+        assert_eq!(out[0].shape(), &[1, 2, 2, 3]);
+        let v = x.as_slice::<u8>().unwrap();
+        let at = |c: usize, h: usize, w: usize| v[(c * 3 + h) * 5 + w];
+        // The last window of channel 1 holds only the corner cell.
+        assert_eq!(out[0].as_slice::<u8>().unwrap()[11], at(1, 2, 4));
+        assert_eq!(out[0].as_slice::<u8>().unwrap()[0], at(0, 0, 0).max(at(0, 0, 1)).max(at(0, 1, 0)).max(at(0, 1, 1)));
+    }
+
+    #[test]
+    fn ceil_mode_drops_a_window_starting_in_the_padding() {
+        let x = t(&[1, 1, 2, 2], vec![1f32, 2.0, 3.0, 4.0]);
+        let op = PoolOp::MaxPool { window: window(1, 2, 0, true), column_major: false };
+        check(op, &[x], &[t(&[1, 1, 1, 1], vec![1f32])]);
+    }
+
+    #[test]
+    fn average_pool_counts_padding_only_when_asked() {
+        let x = t(&[1, 1, 3, 3], vec![1f32; 9]);
+        let op = |count_include_pad| PoolOp::AveragePool { window: window(2, 1, 1, false), count_include_pad };
+        check(op(false), &[x.clone()], &[t(&[1, 1, 4, 4], vec![1f32; 16])]);
+        let mut want = vec![0.5f32; 16];
+        for &i in &[0, 3, 12, 15] {
+            want[i] = 0.25;
+        }
+        for &i in &[5, 6, 9, 10] {
+            want[i] = 1.0;
+        }
+        check(op(true), &[x], &[t(&[1, 1, 4, 4], want)]);
+    }
+
+    #[test]
+    fn same_lower_pads_at_the_beginning() {
+        let x = t(&[1, 1, 1, 4], vec![1f32, 2.0, 3.0, 4.0]);
+        let mut w = window(1, 1, 0, false);
+        w.kernel_shape = vec![1, 2];
+        w.auto_pad = AutoPad::SameLower;
+        let op = PoolOp::LpPool { window: w, p: 1.0 };
+        check(op, &[x], &[t(&[1, 1, 1, 4], vec![1f32, 3.0, 5.0, 7.0])]);
+    }
+
+    #[test]
+    fn global_pools_in_half_precision() {
+        let x = t(&[1, 2, 3], [1f32, 2.0, 6.0, -1.0, -2.0, -3.0].map(kiln_ir::f16::from_f32).to_vec());
+        let want = |v: [f32; 2]| t(&[1, 2, 1], v.map(kiln_ir::f16::from_f32).to_vec());
+        check(PoolOp::GlobalAveragePool, &[x.clone()], &[want([3.0, -2.0])]);
+        check(PoolOp::GlobalMaxPool, &[x], &[want([6.0, -1.0])]);
+    }
+
+    #[test]
+    fn max_unpool_scatters_and_pads_to_output_shape() {
+        let x = t(&[1, 1, 1, 2], vec![5f32, 7.0]);
+        let i = t(&[1, 1, 1, 2], vec![1i64, 2]);
+        let op = PoolOp::MaxUnpool { kernel_shape: vec![2, 2], strides: vec![2, 2], pads: vec![0; 4] };
+        check(op.clone(), &[x.clone(), i.clone()], &[t(&[1, 1, 2, 4], vec![0f32, 5.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0])]);
+        let shape = t(&[4], vec![1i64, 1, 2, 5]);
+        let want = vec![0f32, 5.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        check(op.clone(), &[x.clone(), i, shape], &[t(&[1, 1, 2, 5], want)]);
+        let bad = t(&[1, 1, 1, 2], vec![1i64, 8]);
+        let err = eval(&op, &[Some(&x), Some(&bad)], 1).unwrap_err();
+        assert!(err.0.contains("out of range"), "{err}");
+    }
+}

@@ -1,171 +1,56 @@
 //! Signal processing: DFT, STFT, window functions, MelWeightMatrix.
-//! AffineGrid, RoiAlign, NonMaxSuppression and Col2Im.
+//!
+//! Complex values are stored as a trailing axis of length 2 (real, imaginary); a real signal
+//! may instead have a trailing axis of length 1.
 
 use super::infer::*;
 use crate::{DType, Dim, TypeInfo};
 
-/// How Resize interpolates.
+/// The window functions, which share one signature: a scalar `size` in, `[size]` out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResizeMode {
-    /// The nearest input pixel, chosen by [`NearestMode`].
-    Nearest,
-    /// Linear in each resized axis (bilinear, trilinear).
-    Linear,
-    /// Cubic convolution in each resized axis, with coefficient `cubic_coeff_a`.
-    Cubic,
-}
-
-/// How Resize maps an output coordinate back to an input coordinate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CoordTransform {
-    /// `(x + 0.5) / scale - 0.5`.
-    HalfPixel,
-    /// Like half_pixel, centred when the output size was rounded.
-    HalfPixelSymmetric,
-    /// half_pixel, except that an output of length 1 maps to 0.
-    PytorchHalfPixel,
-    /// `x * (in - 1) / (out - 1)`.
-    AlignCorners,
-    /// `x / scale`.
-    Asymmetric,
-    /// Samples the region of interest, with `extrapolation_value` outside the input.
-    TfCropAndResize,
-}
-
-/// How nearest-mode Resize rounds an input coordinate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NearestMode {
-    /// Round half down.
-    RoundPreferFloor,
-    /// Round half up.
-    RoundPreferCeil,
-    /// Round down.
-    Floor,
-    /// Round up.
-    Ceil,
-}
-
-/// How Resize with `sizes` treats the aspect ratio.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AspectRatioPolicy {
-    /// Each axis takes its own size.
-    Stretch,
-    /// One scale for all axes, the smallest, so that no axis exceeds its size.
-    NotLarger,
-    /// One scale for all axes, the largest, so that no axis falls short of its size.
-    NotSmaller,
-}
-
-/// Where Resize finds its scales and sizes.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ResizeInputs {
-    /// Opset 11 and later: `X, roi, scales, sizes`, all but `X` optional.
-    RoiScalesSizes,
-    /// Resize 10 and Upsample 9: `X, scales`.
-    Scales,
-    /// Upsample 7: the scales are an attribute.
-    Attr(Vec<f32>),
-}
-
-/// The attributes of Resize, with defaults resolved.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ResizeAttrs {
-    /// Interpolation.
-    pub mode: ResizeMode,
-    /// Output to input coordinate mapping.
-    pub coordinate_transformation_mode: CoordTransform,
-    /// Rounding in nearest mode.
-    pub nearest_mode: NearestMode,
-    /// The `A` of cubic convolution.
-    pub cubic_coeff_a: f32,
-    /// Whether weights of taps outside the input are dropped and the rest renormalized.
-    pub exclude_outside: bool,
-    /// The value of samples outside the input for tf_crop_and_resize.
-    pub extrapolation_value: f32,
-    /// Whether downsampling widens the filter to avoid aliasing (linear and cubic only).
-    pub antialias: bool,
-    /// The axes that `roi`, `scales` and `sizes` refer to (may be negative); all when `None`.
-    pub axes: Option<Vec<i64>>,
-    /// The aspect ratio policy with `sizes`.
-    pub keep_aspect_ratio_policy: AspectRatioPolicy,
-    /// Which input form the node uses.
-    pub inputs: ResizeInputs,
-}
-
-/// How GridSample interpolates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GridSampleMode {
-    /// Linear in each axis (opset 16 `bilinear`).
-    Linear,
-    /// The nearest pixel.
-    Nearest,
-    /// Cubic convolution with `A = -0.75` (opset 16 `bicubic`).
-    Cubic,
-}
-
-/// What GridSample reads outside the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GridPadding {
-    /// Zeros.
-    Zeros,
-    /// The nearest border value.
-    Border,
-    /// The input mirrored at its borders.
-    Reflection,
+pub enum WindowFunction {
+    /// `sin^2(pi n / N)`.
+    Hann,
+    /// `25/46 - 21/46 cos(2 pi n / N)`.
+    Hamming,
+    /// `0.42 - 0.5 cos(2 pi n / N) + 0.08 cos(4 pi n / N)`.
+    Blackman,
 }
 
 /// Signal processing: DFT, STFT, window functions, MelWeightMatrix.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SignalOp {
-    /// Resize, and Upsample mapped onto it.
-    Resize(ResizeAttrs),
-    /// Samples `X [N, C, D..]` at the normalized coordinates of `grid [N, D_out.., r]`.
-    GridSample {
-        /// Interpolation.
-        mode: GridSampleMode,
-        /// Values outside the input.
-        padding_mode: GridPadding,
-        /// Whether -1 and 1 are the centres of the corner pixels (else their outer edges).
-        align_corners: bool,
+    /// Discrete Fourier transform along one axis of `input [.., 1 or 2]`, with inputs
+    /// `input, dft_length, axis` (`axis` is an input from opset 20 on).
+    DFT {
+        /// The inverse transform (scaled by `1 / dft_length`).
+        inverse: bool,
+        /// Only the first `dft_length / 2 + 1` frequencies are output.
+        onesided: bool,
+        /// The axis, where the model's opset has it as an attribute; `None` means input 2
+        /// (default -2).
+        axis: Option<i64>,
     },
-    /// Builds the sampling grid of an affine transform `theta [N, r, r+1]` for an output of
-    /// size `size` (input 1).
-    AffineGrid {
-        /// As for GridSample.
-        align_corners: bool,
+    /// Short-time Fourier transform of `signal [batch, length, 1 or 2]` with inputs
+    /// `signal, frame_step, window, frame_length`; output `[batch, frames, bins, 2]`.
+    STFT {
+        /// Only the first `frame_length / 2 + 1` frequencies are output.
+        onesided: bool,
     },
-    /// Pools each region of interest (`rois [R, 4]`, `batch_indices [R]`) of `X` into a fixed
-    /// grid by bilinear sampling.
-    RoiAlign {
-        /// Max pooling of the samples (else average).
-        max: bool,
-        /// Rows of the pooled grid.
-        output_height: usize,
-        /// Columns of the pooled grid.
-        output_width: usize,
-        /// Samples per bin and axis; 0 means adaptive (`ceil(roi size / bins)`).
-        sampling_ratio: usize,
-        /// Multiplies the roi coordinates into input pixels.
-        spatial_scale: f32,
-        /// Whether roi coordinates are shifted by half a pixel (`coordinate_transformation_mode`
-        /// `half_pixel`, the opset 16 default) rather than used as given (`output_half_pixel`).
-        half_pixel: bool,
+    /// A window function of the length given by its scalar input.
+    Window {
+        /// Which function.
+        function: WindowFunction,
+        /// Periodic (`N` is the size) rather than symmetric (`N` is the size minus one).
+        periodic: bool,
+        /// The output element type.
+        output_datatype: DType,
     },
-    /// Greedy non-maximum suppression per batch and class; inputs
-    /// `boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold`.
-    NonMaxSuppression {
-        /// Whether boxes are `[x_center, y_center, width, height]` (else two corners).
-        center_point_box: bool,
-    },
-    /// Rearranges columns `[N, C * prod(block), L]` back into an image (inputs 1 and 2 are the
-    /// image and block shapes), summing overlaps.
-    Col2Im {
-        /// Dilation per spatial axis; all 1 when empty.
-        dilations: Vec<usize>,
-        /// Padding, begins then ends; all 0 when empty.
-        pads: Vec<usize>,
-        /// Stride per spatial axis; all 1 when empty.
-        strides: Vec<usize>,
+    /// The matrix `[dft_length / 2 + 1, num_mel_bins]` that maps a spectrum onto mel bands;
+    /// inputs `num_mel_bins, dft_length, sample_rate, lower_edge_hertz, upper_edge_hertz`.
+    MelWeightMatrix {
+        /// The output element type.
+        output_datatype: DType,
     },
 }
 
@@ -173,108 +58,57 @@ impl SignalOp {
     /// The ONNX op name.
     pub fn name(&self) -> &'static str {
         match self {
-            SignalOp::Resize(_) => "Resize",
-            SignalOp::GridSample { .. } => "GridSample",
-            SignalOp::AffineGrid { .. } => "AffineGrid",
-            SignalOp::RoiAlign { .. } => "RoiAlign",
-            SignalOp::NonMaxSuppression { .. } => "NonMaxSuppression",
-            SignalOp::Col2Im { .. } => "Col2Im",
+            SignalOp::DFT { .. } => "DFT",
+            SignalOp::STFT { .. } => "STFT",
+            SignalOp::Window { function: WindowFunction::Hann, .. } => "HannWindow",
+            SignalOp::Window { function: WindowFunction::Hamming, .. } => "HammingWindow",
+            SignalOp::Window { function: WindowFunction::Blackman, .. } => "BlackmanWindow",
+            SignalOp::MelWeightMatrix { .. } => "MelWeightMatrix",
         }
     }
 
-    /// The type rule: output types from input types.
+    /// The type rule: output types from input types, with sizes where the inputs that set
+    /// them are constant.
     pub fn infer(&self, inputs: &[Option<InferInput<'_>>], num_outputs: usize) -> Result<Vec<TypeInfo>, String> {
         let _ = num_outputs;
         let x = input_ty(inputs, 0);
-        let unknown_dims = |n: usize| Some(vec![Dim::Unknown; n]);
+        let scalar = |i: usize| input_value(inputs, i).and_then(|t| t.to_i64_vec().first().copied());
+        let size = |v: Option<i64>| v.map_or(Dim::Unknown, |n| Dim::Known(n.max(0) as usize));
         let out = match self {
-            SignalOp::Resize(a) => TypeInfo { dtype: x.dtype, shape: resize_shape(a, &x, inputs) },
-            SignalOp::GridSample { .. } => {
-                let grid = input_ty(inputs, 1);
-                let shape = match (&x.shape, &grid.shape) {
-                    (Some(xs), Some(gs)) if xs.len() >= 2 && gs.len() == xs.len() => {
-                        let mut s = vec![xs[0].clone(), xs[1].clone()];
-                        s.extend(gs[1..gs.len() - 1].iter().cloned());
-                        Some(s)
+            SignalOp::DFT { onesided, axis, .. } => {
+                let shape = x.shape.as_ref().map(|s| {
+                    let mut out = s.clone();
+                    let axis = axis.or_else(|| if inputs.get(2).is_some_and(Option::is_some) { scalar(2) } else { Some(-2) });
+                    if let Some(last) = out.last_mut() {
+                        *last = Dim::Known(2);
                     }
-                    (Some(xs), _) => unknown_dims(xs.len()),
-                    _ => None,
-                };
-                TypeInfo { dtype: x.dtype, shape }
-            }
-            SignalOp::AffineGrid { .. } => {
-                let shape = input_value(inputs, 1).map(|size| {
-                    let s: Vec<i64> = size.to_i64_vec();
-                    let mut out: Vec<Dim> =
-                        s.iter().take(1).chain(s.iter().skip(2)).map(|&d| Dim::Known(d.max(0) as usize)).collect();
-                    out.push(Dim::Known(s.len().saturating_sub(2)));
+                    if let Some(a) = axis.and_then(|a| normalize_axis(a, s.len()).ok()) {
+                        let n = match inputs.get(1).is_some_and(Option::is_some) {
+                            true => scalar(1).map(|n| n.max(0) as usize),
+                            false => s[a].known(),
+                        };
+                        out[a] = match n {
+                            Some(n) if *onesided => Dim::Known(n / 2 + 1),
+                            Some(n) => Dim::Known(n),
+                            None => Dim::Unknown,
+                        };
+                    }
                     out
                 });
                 TypeInfo { dtype: x.dtype, shape }
             }
-            SignalOp::RoiAlign { output_height, output_width, .. } => {
-                let rois = input_ty(inputs, 1);
-                let r = rois.shape.as_ref().and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
-                let c = x.shape.as_ref().and_then(|s| s.get(1).cloned()).unwrap_or(Dim::Unknown);
-                TypeInfo {
-                    dtype: x.dtype,
-                    shape: Some(vec![r, c, Dim::Known(*output_height), Dim::Known(*output_width)]),
-                }
+            SignalOp::STFT { .. } => {
+                let batch = x.shape.as_ref().and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
+                TypeInfo { dtype: x.dtype, shape: Some(vec![batch, Dim::Unknown, Dim::Unknown, Dim::Known(2)]) }
             }
-            SignalOp::NonMaxSuppression { .. } => {
-                TypeInfo { dtype: Some(DType::I64), shape: Some(vec![Dim::Unknown, Dim::Known(3)]) }
+            SignalOp::Window { output_datatype, .. } => {
+                TypeInfo { dtype: Some(*output_datatype), shape: Some(vec![size(scalar(0))]) }
             }
-            SignalOp::Col2Im { .. } => {
-                let rank = input_ty(inputs, 1).shape.and_then(|s| s.first().and_then(Dim::known));
-                TypeInfo { dtype: x.dtype, shape: rank.and_then(|r| unknown_dims(r + 2)) }
-            }
+            SignalOp::MelWeightMatrix { output_datatype } => TypeInfo {
+                dtype: Some(*output_datatype),
+                shape: Some(vec![size(scalar(1).map(|n| n / 2 + 1)), size(scalar(0))]),
+            },
         };
         Ok(vec![out])
-    }
-}
-
-/// The output shape of Resize where the scales or sizes are constant; otherwise the rank.
-fn resize_shape(a: &ResizeAttrs, x: &TypeInfo, inputs: &[Option<InferInput<'_>>]) -> Option<Vec<Dim>> {
-    let shape = x.shape.clone()?;
-    let r = shape.len();
-    let unknown = Some(vec![Dim::Unknown; r]);
-    let axes: Vec<usize> = match &a.axes {
-        Some(v) => match v.iter().map(|&d| normalize_axis(d, r)).collect::<Result<Vec<_>, _>>() {
-            Ok(axes) => axes,
-            Err(_) => return unknown,
-        },
-        None => (0..r).collect(),
-    };
-    let non_empty = |i: usize| input_value(inputs, i).filter(|t| !t.is_empty());
-    let scales: Option<Vec<f64>> = match &a.inputs {
-        ResizeInputs::RoiScalesSizes => {
-            if let Some(sizes) = non_empty(3) {
-                let sizes = sizes.to_i64_vec();
-                if sizes.len() != axes.len() || a.keep_aspect_ratio_policy != AspectRatioPolicy::Stretch {
-                    return unknown;
-                }
-                let mut out = shape;
-                for (&d, &s) in axes.iter().zip(&sizes) {
-                    out[d] = Dim::Known(s.max(0) as usize);
-                }
-                return Some(out);
-            }
-            non_empty(2).map(|t| t.to_f64_vec())
-        }
-        ResizeInputs::Scales => non_empty(1).map(|t| t.to_f64_vec()),
-        ResizeInputs::Attr(v) => Some(v.iter().map(|&s| s as f64).collect()),
-    };
-    match scales {
-        Some(scales) if scales.len() == axes.len() => {
-            let mut out = shape;
-            for (&d, &s) in axes.iter().zip(&scales) {
-                out[d] = match out[d].known() {
-                    Some(n) if s > 0.0 => Dim::Known((s * n as f64) as usize),
-                    _ => Dim::Unknown,
-                };
-            }
-            Some(out)
-        }
-        _ => unknown,
     }
 }
