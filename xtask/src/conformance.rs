@@ -4,7 +4,7 @@
 //! (`tests/onnx/manifest.txt`) whose tests must keep passing.
 
 use anyhow::{bail, Context, Result};
-use kiln::ir::{DType, Tensor};
+use kiln::ir::{DType, Data, Tensor, ValueKind};
 use kiln::onnx::ImportError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
@@ -167,19 +167,32 @@ fn run_case(case: &Case, opt: bool) -> (Vec<String>, Status, String) {
             return (ops, if is_unsupported(&s) { Status::Unsupported } else { Status::Error }, s);
         }
     }
+    let in_kinds: Vec<ValueKind> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].kind).collect();
+    let out_kinds: Vec<ValueKind> = model.graph.outputs.iter().map(|o| model.graph.value_info(o.value).kind).collect();
     for (inputs, outputs) in &case.data {
-        let read = |paths: &[PathBuf]| -> Result<Vec<Tensor>, String> {
-            paths.iter().map(|p| kiln::onnx::read_tensor_file(p).map_err(|e| format!("{}: {e}", p.display()))).collect()
+        let read = |paths: &[PathBuf], kinds: &[ValueKind]| -> Result<Vec<Data>, String> {
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let kind = kinds.get(i).copied().unwrap_or_default();
+                    kiln::onnx::read_value_file(p, kind).map_err(|e| format!("{}: {e}", p.display()))
+                })
+                .collect()
         };
-        let inputs = if case.dir == "light" { Ok(light_inputs(&model.graph)) } else { read(inputs) };
-        let (ins, want) = match (inputs, read(outputs)) {
+        let inputs = if case.dir == "light" {
+            Ok(light_inputs(&model.graph).into_iter().map(Data::Tensor).collect())
+        } else {
+            read(inputs, &in_kinds)
+        };
+        let (ins, want) = match (inputs, read(outputs, &out_kinds)) {
             (Ok(i), Ok(o)) => (i, o),
             (Err(e), _) | (_, Err(e)) => {
                 let st = if is_unsupported(&e) { Status::Unsupported } else { Status::Error };
                 return (ops, st, e);
             }
         };
-        let got = match kiln::run_cpu(&model.graph, &ins) {
+        let got = match kiln::cpu::run_graph_data(&model.graph, ins) {
             Ok(g) => g,
             Err(e) => {
                 let s = e.to_string();
@@ -190,7 +203,7 @@ fn run_case(case: &Case, opt: bool) -> (Vec<String>, Status, String) {
             return (ops, Status::Fail, format!("{} outputs, {} expected", got.len(), want.len()));
         }
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            if let Err(why) = compare(g, w) {
+            if let Err(why) = compare_data(g, w) {
                 return (ops, Status::Fail, format!("output {i}: {why}"));
             }
         }
@@ -220,6 +233,20 @@ fn tolerance(d: DType) -> (f64, f64) {
         DType::F16 => (1e-3, 1e-2),
         DType::BF16 => (1e-2, 2e-2),
         _ => (1e-4, 1e-3),
+    }
+}
+
+fn compare_data(got: &Data, want: &Data) -> Result<(), String> {
+    match (got, want) {
+        (Data::Tensor(g), Data::Tensor(w)) => compare(g, w),
+        (Data::Sequence(g), Data::Sequence(w)) => {
+            if g.len() != w.len() {
+                return Err(format!("sequence of {} but expected {}", g.len(), w.len()));
+            }
+            g.iter().zip(w).enumerate().try_for_each(|(i, (a, b))| compare(a, b).map_err(|e| format!("element {i}: {e}")))
+        }
+        (Data::Empty, Data::Empty) => Ok(()),
+        (g, w) => Err(format!("a {} but expected a {}", g.kind_name(), w.kind_name())),
     }
 }
 

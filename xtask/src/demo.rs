@@ -2,7 +2,7 @@
 //! with it on the CPU reference executor, and checks the output against the expected output
 //! that onnx's reference evaluator produced (`tests/models/make_models.py`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::process::Command;
 
 pub fn run() -> Result<()> {

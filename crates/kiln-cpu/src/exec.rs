@@ -2,11 +2,25 @@
 
 use crate::ops::eval_op;
 use crate::CpuError;
-use kiln_ir::{Graph, Op, Tensor, Value};
+use crate::OpError;
+use kiln_ir::{Data, Graph, Op, Tensor, Value};
 use std::collections::HashMap;
 
-/// Runs `graph` on `inputs` (one per graph input, in order) and returns its outputs in order.
+/// Runs `graph` on tensor `inputs` (one per graph input, in order) and returns its outputs,
+/// which must all be tensors.
 pub fn run_graph(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, CpuError> {
+    let outs = run_graph_data(graph, inputs.iter().cloned().map(Data::Tensor).collect())?;
+    outs.into_iter()
+        .zip(&graph.outputs)
+        .map(|(d, o)| match d {
+            Data::Tensor(t) => Ok(t),
+            d => Err(CpuError::Graph(format!("output '{}' is a {}, not a tensor", o.name, d.kind_name()))),
+        })
+        .collect()
+}
+
+/// Runs `graph` on runtime values (tensors, sequences, optionals) and returns its outputs.
+pub fn run_graph_data(graph: &Graph, inputs: Vec<Data>) -> Result<Vec<Data>, CpuError> {
     if inputs.len() != graph.inputs.len() {
         return Err(CpuError::Graph(format!(
             "graph '{}' takes {} inputs, {} given",
@@ -26,26 +40,32 @@ pub fn run_graph(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, CpuErr
     for o in &graph.outputs {
         *remaining.entry(o.value).or_insert(0) += 1;
     }
-    let mut values: HashMap<Value, Tensor> = HashMap::new();
+    let mut values: HashMap<Value, Data> = HashMap::new();
     for (&id, t) in graph.inputs.iter().zip(inputs) {
-        values.insert(Value { node: id, slot: 0 }, t.clone());
+        values.insert(Value { node: id, slot: 0 }, t);
     }
     for id in order {
         let node = graph.node(id);
-        if matches!(node.op, Op::Input) {
+        // Constants are read in place, never copied into the value table.
+        if matches!(node.op, Op::Input | Op::Const(_)) {
             continue;
         }
         let ins = graph.inputs_of(id);
         let outs = {
-            let args: Vec<Option<&Tensor>> = ins.iter().map(|v| v.and_then(|v| values.get(&v))).collect();
-            if let Some(missing) = ins.iter().zip(&args).position(|(v, a)| v.is_some() && a.is_none()) {
-                return Err(CpuError::Graph(format!("node '{}' input {missing} has no value", node.name)));
+            let err = |msg: String| CpuError::Node { node: node.name.clone(), op: node.op.name().to_string(), msg };
+            let mut args: Vec<Option<Arg<'_>>> = Vec::with_capacity(ins.len());
+            for (i, v) in ins.iter().enumerate() {
+                args.push(match v {
+                    None => None,
+                    Some(v) => match &graph.node(v.node).op {
+                        Op::Const(t) => Some(Arg::Const(t)),
+                        _ => Some(Arg::Value(
+                            values.get(v).ok_or_else(|| err(format!("input {i} has no value")))?,
+                        )),
+                    },
+                });
             }
-            eval_op(&node.op, &args, node.outputs.len()).map_err(|e| CpuError::Node {
-                node: node.name.clone(),
-                op: node.op.name().to_string(),
-                msg: e.0,
-            })?
+            eval_args(&node.op, &args, node.outputs.len()).map_err(|e| err(e.0))?
         };
         if outs.len() < node.outputs.len() {
             return Err(CpuError::Node {
@@ -72,13 +92,81 @@ pub fn run_graph(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, CpuErr
     graph
         .outputs
         .iter()
-        .map(|o| {
-            values
+        .map(|o| match &graph.node(o.value.node).op {
+            Op::Const(t) => Ok(Data::Tensor(t.clone())),
+            _ => values
                 .get(&o.value)
                 .cloned()
-                .ok_or_else(|| CpuError::Graph(format!("output '{}' was not computed", o.name)))
+                .ok_or_else(|| CpuError::Graph(format!("output '{}' was not computed", o.name))),
         })
         .collect()
+}
+
+/// An input of a node during a run: a constant borrowed from the graph, or a computed value.
+enum Arg<'a> {
+    Const(&'a Tensor),
+    Value(&'a Data),
+}
+
+/// Evaluates a node on its arguments without copying tensors, except for the constant inputs
+/// of the rare ops that take non-tensor values.
+fn eval_args(op: &Op, args: &[Option<Arg<'_>>], num_outputs: usize) -> Result<Vec<Data>, OpError> {
+    let takes_data = matches!(op, Op::Sequence(_) | Op::Control(_))
+        || matches!(op, Op::Layout(l) if l.is_identity())
+            && !matches!(args.first(), Some(Some(Arg::Const(_) | Arg::Value(Data::Tensor(_)))));
+    if takes_data {
+        let owned: Vec<Option<std::borrow::Cow<'_, Data>>> = args
+            .iter()
+            .map(|a| {
+                a.as_ref().map(|a| match a {
+                    Arg::Const(t) => std::borrow::Cow::Owned(Data::Tensor((*t).clone())),
+                    Arg::Value(d) => std::borrow::Cow::Borrowed(*d),
+                })
+            })
+            .collect();
+        let refs: Vec<Option<&Data>> = owned.iter().map(|a| a.as_deref()).collect();
+        return eval_node(op, &refs, num_outputs);
+    }
+    let mut tensors = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        tensors.push(match a {
+            None | Some(Arg::Value(Data::Empty)) => None,
+            Some(Arg::Const(t)) => Some(*t),
+            Some(Arg::Value(Data::Tensor(t))) => Some(t),
+            Some(Arg::Value(Data::Sequence(_))) => {
+                return Err(OpError::new(format!("input {i} is a sequence; this op takes tensors")))
+            }
+        });
+    }
+    Ok(eval_op(op, &tensors, num_outputs)?.into_iter().map(Data::Tensor).collect())
+}
+
+/// Evaluates one node on runtime values. Sequence ops, control flow and identities take any
+/// value; every other op takes tensors, with an empty optional read as an absent input.
+pub fn eval_node(op: &Op, args: &[Option<&Data>], num_outputs: usize) -> Result<Vec<Data>, OpError> {
+    match op {
+        Op::Sequence(s) => crate::ops::sequence::eval(s, args, num_outputs),
+        Op::Control(c) => crate::ops::control::eval_data(c, args, num_outputs),
+        Op::Layout(l) if l.is_identity() && !matches!(args.first(), Some(Some(Data::Tensor(_)))) => {
+            let mut out = vec![args.first().copied().flatten().cloned().unwrap_or(Data::Empty)];
+            // Dropout's mask output has no meaning for a non-tensor; Identity has one output.
+            out.truncate(num_outputs.max(1));
+            Ok(out)
+        }
+        _ => {
+            let mut tensors = Vec::with_capacity(args.len());
+            for (i, a) in args.iter().enumerate() {
+                tensors.push(match a {
+                    None | Some(Data::Empty) => None,
+                    Some(Data::Tensor(t)) => Some(t),
+                    Some(Data::Sequence(_)) => {
+                        return Err(OpError::new(format!("input {i} is a sequence; this op takes tensors")))
+                    }
+                });
+            }
+            Ok(eval_op(op, &tensors, num_outputs)?.into_iter().map(Data::Tensor).collect())
+        }
+    }
 }
 
 /// Runs `graph` with inputs given by name; every graph input must be named.

@@ -56,6 +56,7 @@ impl Graph {
                 Op::Layout(o) => format!("{o:?}"),
                 Op::Rnn(o) => format!("{o:?}"),
                 Op::Spatial(o) => format!("{o:?}"),
+                Op::Sequence(_) => node.op.name().to_string(),
                 Op::Signal(o) => format!("{o:?}"),
                 Op::Loss(o) => format!("{o:?}"),
                 Op::Attention(o) => format!("{o:?}"),

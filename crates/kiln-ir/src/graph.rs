@@ -1,6 +1,6 @@
 //! The dataflow graph: nodes are ops, edges carry values from an output slot to an input slot.
 
-use crate::{IrError, Op, Tensor, TypeInfo};
+use crate::{IrError, Op, Tensor, TypeInfo, ValueKind};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
@@ -31,14 +31,21 @@ pub struct Edge {
 pub struct ValueInfo {
     /// The value's name (the ONNX tensor name); empty for an unused optional output.
     pub name: String,
-    /// What is known of its type.
+    /// What is known of its type (of the element tensors, for sequences and optionals).
     pub ty: TypeInfo,
+    /// Tensor, sequence or optional.
+    pub kind: ValueKind,
 }
 
 impl ValueInfo {
-    /// A named value of unknown type.
+    /// A named tensor value of unknown type.
     pub fn named(name: impl Into<String>) -> ValueInfo {
-        ValueInfo { name: name.into(), ty: TypeInfo::unknown() }
+        ValueInfo { name: name.into(), ty: TypeInfo::unknown(), kind: ValueKind::Tensor }
+    }
+
+    /// A named tensor value of the given type.
+    pub fn tensor(name: impl Into<String>, ty: TypeInfo) -> ValueInfo {
+        ValueInfo { name: name.into(), ty, kind: ValueKind::Tensor }
     }
 }
 
@@ -89,7 +96,7 @@ impl Graph {
             name: name.clone(),
             op: Op::Input,
             num_inputs: 0,
-            outputs: vec![ValueInfo { name, ty }],
+            outputs: vec![ValueInfo::tensor(name, ty)],
         });
         self.inputs.push(id);
         Value { node: id, slot: 0 }
@@ -103,7 +110,7 @@ impl Graph {
             name: name.clone(),
             op: Op::Const(t),
             num_inputs: 0,
-            outputs: vec![ValueInfo { name, ty }],
+            outputs: vec![ValueInfo::tensor(name, ty)],
         });
         Value { node: id, slot: 0 }
     }

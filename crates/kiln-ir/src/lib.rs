@@ -19,7 +19,7 @@ pub use error::IrError;
 pub use graph::{Edge, Graph, GraphOutput, Node, NodeId, Value, ValueInfo};
 pub use ops::Op;
 pub use tensor::{checked_numel, Elem, Tensor, TensorData, TensorError};
-pub use types::{Dim, TypeInfo};
+pub use types::{Data, Dim, TypeInfo, ValueKind};
 
 /// Re-exported so that users of [`Tensor`] name the same half-precision types.
 pub use half::{bf16, f16};

@@ -34,6 +34,54 @@ impl fmt::Display for Dim {
     }
 }
 
+/// Whether a value is a tensor, a sequence of tensors, or an optional of either.
+///
+/// For sequences and optionals, the value's [`TypeInfo`] describes the element tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ValueKind {
+    /// A tensor.
+    #[default]
+    Tensor,
+    /// A sequence of tensors of one element type.
+    Sequence,
+    /// An optional that may hold a tensor.
+    OptionalTensor,
+    /// An optional that may hold a sequence of tensors.
+    OptionalSequence,
+}
+
+/// A runtime value: a tensor, a sequence of tensors, or an optional without a value.
+///
+/// An optional that holds a value is represented by that value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    /// A tensor.
+    Tensor(crate::Tensor),
+    /// A sequence of tensors.
+    Sequence(Vec<crate::Tensor>),
+    /// An optional without a value.
+    Empty,
+}
+
+impl Data {
+    /// The tensor, if this is one.
+    pub fn as_tensor(&self) -> Option<&crate::Tensor> {
+        match self {
+            Data::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A short description for errors: "tensor", "sequence" or "empty optional".
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Data::Tensor(_) => "tensor",
+            Data::Sequence(_) => "sequence",
+            Data::Empty => "empty optional",
+        }
+    }
+}
+
 /// What is known statically about a value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TypeInfo {

@@ -5,7 +5,7 @@ use crate::ops::Registry;
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::tensor::{dtype_from_onnx, onnx_dtype_name, tensor_from_proto};
 use crate::{ImportError, UnsupportedOp};
-use kiln_ir::{DType, Dim, Graph, Op, Tensor, TypeInfo, Value, ValueInfo};
+use kiln_ir::{DType, Dim, Graph, Op, Tensor, TypeInfo, Value, ValueInfo, ValueKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -125,7 +125,33 @@ fn free_names(g: &GraphProto) -> BTreeSet<String> {
     used.into_iter().filter(|u| !defined.contains(u.as_str())).collect()
 }
 
-/// Converts an ONNX value type; sequences, maps and other non-tensor types are refused.
+/// Converts an ONNX value type: tensors, sequences of tensors and optionals of either.
+/// Maps, sparse tensors and nested sequences are refused.
+pub(crate) fn value_type(name: &str, tp: Option<&TypeProto>) -> Result<(TypeInfo, ValueKind), String> {
+    let Some(tp) = tp else { return Ok((TypeInfo::unknown(), ValueKind::Tensor)) };
+    let tensor_of = |inner: Option<&TypeProto>| -> Result<TypeInfo, String> {
+        match inner.and_then(|t| t.value.as_ref()) {
+            None => Ok(TypeInfo::unknown()),
+            Some(type_proto::Value::TensorType(_)) => type_info(name, inner),
+            Some(_) => Err(format!("value '{name}' nests a non-tensor type, which is not supported")),
+        }
+    };
+    match &tp.value {
+        Some(type_proto::Value::SequenceType(s)) => Ok((tensor_of(s.elem_type.as_deref())?, ValueKind::Sequence)),
+        Some(type_proto::Value::OptionalType(o)) => {
+            let inner = o.elem_type.as_deref();
+            match inner.and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::SequenceType(s)) => {
+                    Ok((tensor_of(s.elem_type.as_deref())?, ValueKind::OptionalSequence))
+                }
+                _ => Ok((tensor_of(inner)?, ValueKind::OptionalTensor)),
+            }
+        }
+        _ => Ok((type_info(name, Some(tp))?, ValueKind::Tensor)),
+    }
+}
+
+/// Converts an ONNX tensor type; any other type is refused.
 pub(crate) fn type_info(name: &str, tp: Option<&TypeProto>) -> Result<TypeInfo, String> {
     let Some(tp) = tp else { return Ok(TypeInfo::unknown()) };
     match &tp.value {
@@ -207,8 +233,9 @@ impl Importer<'_> {
             if scope.contains_key(&i.name) {
                 return Err(gerr(format!("input '{}' is declared twice", i.name)));
             }
-            let ty = type_info(&i.name, i.r#type.as_ref()).map_err(gerr)?;
+            let (ty, kind) = value_type(&i.name, i.r#type.as_ref()).map_err(gerr)?;
             let v = g.add_input(i.name.clone(), ty);
+            g.node_mut(v.node).outputs[0].kind = kind;
             scope.insert(i.name.clone(), v);
         }
         for c in captures {
@@ -292,11 +319,11 @@ impl Importer<'_> {
             if !o.is_empty() && scope.contains_key(o) {
                 return Err(node_err(format!("output '{o}' is already defined")));
             }
-            let ty = match declared.get(o.as_str()) {
-                Some(tp) => type_info(o, Some(tp)).map_err(node_err)?,
-                None => TypeInfo::unknown(),
+            let (ty, kind) = match declared.get(o.as_str()) {
+                Some(tp) => value_type(o, Some(tp)).map_err(node_err)?,
+                None => (TypeInfo::unknown(), ValueKind::Tensor),
             };
-            outputs.push(ValueInfo { name: o.clone(), ty });
+            outputs.push(ValueInfo { name: o.clone(), ty, kind });
         }
         let id = g.add_node(n.name.clone(), op, &inputs, outputs);
         for (slot, o) in n.output.iter().enumerate() {

@@ -328,10 +328,16 @@ fn rotary_embedding(
         Some(p) => {
             let max = match *cos.shape() {
                 [n, w] if w == half => n,
-                _ => bail!("cos_cache must have shape [max_position, {half}] with position_ids, found {:?}", cos.shape()),
+                _ => {
+                    bail!("cos_cache must have shape [max_position, {half}] with position_ids, found {:?}", cos.shape())
+                }
             };
             if p.shape() != [b, s] || !p.dtype().is_int() {
-                bail!("position_ids must be an integer tensor of shape [{b}, {s}], found {} {:?}", p.dtype(), p.shape());
+                bail!(
+                    "position_ids must be an integer tensor of shape [{b}, {s}], found {} {:?}",
+                    p.dtype(),
+                    p.shape()
+                );
             }
             p.to_i64_vec()
                 .into_iter()
@@ -367,4 +373,161 @@ fn rotary_embedding(
         }
     }
     Ok(vec![from_f32(x.shape().to_vec(), v, dtype)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::ops::attention::{AttentionAttrs, QkOutputMode};
+
+    fn attrs() -> AttentionAttrs {
+        AttentionAttrs {
+            q_num_heads: None,
+            kv_num_heads: None,
+            is_causal: false,
+            scale: None,
+            softcap: 0.0,
+            qk_matmul_output_mode: QkOutputMode::Scores,
+            softmax_precision: None,
+        }
+    }
+
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    /// Runs the kernel and compares each output with `expected` (shape, values to 1e-5).
+    fn check(op: AttentionOp, inputs: &[Option<Tensor>], expected: &[(&[usize], &[f32])]) {
+        let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
+        let out = eval(&op, &refs, expected.len()).unwrap();
+        for (i, (o, (shape, want))) in out.iter().zip(expected).enumerate() {
+            assert_eq!(o.shape(), *shape, "output {i}");
+            let got = o.to_f64_vec();
+            let ok = got.iter().zip(*want).all(|(g, w)| (*g as f32 - w).abs() <= 1e-5 || g.is_nan() && w.is_nan());
+            assert!(ok, "output {i}: got {got:?}, want {want:?}");
+        }
+    }
+
+    fn check_err(op: AttentionOp, inputs: &[Option<Tensor>], contains: &str) {
+        let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
+        let err = eval(&op, &refs, 1).unwrap_err();
+        assert!(err.to_string().contains(contains), "{err}");
+    }
+
+    #[test]
+    fn short_mask_is_padded_with_minus_inf() {
+        // One query, three keys; the mask covers only key 0, so Y is V's first row.
+        let q = t(&[1, 1, 1, 2], &[1.0, 0.0]);
+        let k = t(&[1, 1, 3, 2], &[0.0, 0.0, 5.0, 0.0, 9.0, 0.0]);
+        let v = t(&[1, 1, 3, 1], &[1.0, 2.0, 3.0]);
+        let mask = t(&[1, 1], &[0.0]);
+        check(AttentionOp::Attention(attrs()), &[Some(q), Some(k), Some(v), Some(mask)], &[(&[1, 1, 1, 1], &[1.0])]);
+    }
+
+    #[test]
+    fn grouped_heads_repeat_each_kv_head() {
+        // Four query heads over two key/value heads: heads 0 and 1 read kv head 0.
+        let q = t(&[1, 4, 1, 1], &[0.0; 4]);
+        let k = t(&[1, 2, 1, 1], &[0.0; 2]);
+        let v = t(&[1, 2, 1, 1], &[1.0, 2.0]);
+        check(AttentionOp::Attention(attrs()), &[Some(q), Some(k), Some(v)], &[(&[1, 4, 1, 1], &[1.0, 1.0, 2.0, 2.0])]);
+    }
+
+    #[test]
+    fn causal_mask_is_offset_by_the_past() {
+        // Two new queries after one past position: query 0 sees keys 0..=1, query 1 all three.
+        let a = AttentionAttrs { is_causal: true, ..attrs() };
+        let q = t(&[1, 1, 2, 1], &[0.0, 0.0]);
+        let k = t(&[1, 1, 2, 1], &[0.0, 0.0]);
+        let v = t(&[1, 1, 2, 1], &[3.0, 6.0]);
+        let past_k = t(&[1, 1, 1, 1], &[0.0]);
+        let past_v = t(&[1, 1, 1, 1], &[0.0]);
+        check(
+            AttentionOp::Attention(a),
+            &[Some(q), Some(k), Some(v), None, Some(past_k), Some(past_v)],
+            &[(&[1, 1, 2, 1], &[1.5, 3.0]), (&[1, 1, 3, 1], &[0.0; 3]), (&[1, 1, 3, 1], &[0.0, 3.0, 6.0])],
+        );
+    }
+
+    #[test]
+    fn three_d_inputs_split_heads_from_the_hidden_axis() {
+        // Q [batch 1, seq 2, 2 heads * 1]; one key, so Y is V broadcast over the queries, and the
+        // second head of V (hidden index 1) lands in hidden index 1 of Y.
+        let a = AttentionAttrs { q_num_heads: Some(2), kv_num_heads: Some(2), ..attrs() };
+        let q = t(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let k = t(&[1, 1, 2], &[1.0, 1.0]);
+        let v = t(&[1, 1, 2], &[7.0, 8.0]);
+        check(
+            AttentionOp::Attention(a),
+            &[Some(q), Some(k), Some(v)],
+            &[(&[1, 2, 2], &[7.0, 8.0, 7.0, 8.0]), (&[1, 2, 1, 1], &[1.0, 1.0]), (&[1, 2, 1, 1], &[7.0, 8.0])],
+        );
+    }
+
+    #[test]
+    fn qk_output_after_mask_and_softcap() {
+        // scores = 2 * 1 * scale 1 = 2 and 0; mask adds 1 to key 1; softcap 2 gives 2 tanh(x / 2).
+        let a = AttentionAttrs {
+            scale: Some(1.0),
+            softcap: 2.0,
+            qk_matmul_output_mode: QkOutputMode::Softcapped,
+            ..attrs()
+        };
+        let q = t(&[1, 1, 1, 1], &[2.0]);
+        let k = t(&[1, 1, 2, 1], &[1.0, 0.0]);
+        let v = t(&[1, 1, 2, 1], &[0.0, 0.0]);
+        let mask = t(&[2], &[0.0, 1.0]);
+        let (s0, s1) = (2.0 * 1.0f32.tanh(), 2.0 * 0.5f32.tanh());
+        check(
+            AttentionOp::Attention(a),
+            &[Some(q), Some(k), Some(v), Some(mask)],
+            &[
+                (&[1, 1, 1, 1], &[0.0]),
+                (&[1, 1, 2, 1], &[1.0, 0.0]),
+                (&[1, 1, 2, 1], &[0.0, 0.0]),
+                (&[1, 1, 1, 2], &[s0, s1]),
+            ],
+        );
+    }
+
+    #[test]
+    fn bool_mask_and_mismatched_heads() {
+        let q = t(&[1, 3, 1, 1], &[0.0; 3]);
+        let k = t(&[1, 2, 1, 1], &[0.0; 2]);
+        let v = t(&[1, 2, 1, 1], &[0.0; 2]);
+        check_err(AttentionOp::Attention(attrs()), &[Some(q), Some(k.clone()), Some(v.clone())], "not a multiple");
+        let q = t(&[1, 2, 1, 1], &[0.0; 2]);
+        let bad = Tensor::from_vec(vec![3, 1], vec![true, false, true]).unwrap();
+        check_err(AttentionOp::Attention(attrs()), &[Some(q), Some(k), Some(v), Some(bad)], "does not broadcast");
+    }
+
+    fn rope(interleaved: bool, rotary_embedding_dim: usize) -> AttentionOp {
+        AttentionOp::RotaryEmbedding { interleaved, rotary_embedding_dim, num_heads: None }
+    }
+
+    #[test]
+    fn rotary_pairs_and_partial_dim() {
+        // One position rotated by 90 degrees: (x1, x2) -> (-x2, x1); channels past the rotary
+        // dim pass through.
+        let x = t(&[1, 1, 1, 6], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let cos = t(&[1, 1, 2], &[0.0, 1.0]);
+        let sin = t(&[1, 1, 2], &[1.0, 0.0]);
+        let inputs = [Some(x), Some(cos), Some(sin)];
+        // Halves: pairs (0, 2) by 90 degrees and (1, 3) by 0.
+        check(rope(false, 4), &inputs, &[(&[1, 1, 1, 6], &[-3.0, 2.0, 1.0, 4.0, 5.0, 6.0])]);
+        // Interleaved: pairs (0, 1) by 90 degrees and (2, 3) by 0.
+        check(rope(true, 4), &inputs, &[(&[1, 1, 1, 6], &[-2.0, 1.0, 3.0, 4.0, 5.0, 6.0])]);
+    }
+
+    #[test]
+    fn rotary_position_ids_index_the_cache() {
+        let x = t(&[1, 1, 2, 2], &[1.0, 2.0, 1.0, 2.0]);
+        let cos = t(&[3, 1], &[1.0, 0.0, -1.0]);
+        let sin = t(&[3, 1], &[0.0, 1.0, 0.0]);
+        let ids = Tensor::from_vec(vec![1, 2], vec![2i64, 1]).unwrap();
+        let inputs = [Some(x.clone()), Some(cos.clone()), Some(sin.clone()), Some(ids)];
+        check(rope(false, 0), &inputs, &[(&[1, 1, 2, 2], &[-1.0, -2.0, -2.0, 1.0])]);
+        let ids = Tensor::from_vec(vec![1, 2], vec![0i64, 3]).unwrap();
+        check_err(rope(false, 0), &[Some(x), Some(cos), Some(sin), Some(ids)], "position id 3");
+    }
 }

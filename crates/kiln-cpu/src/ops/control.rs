@@ -3,32 +3,73 @@
 //! Captured outer values arrive as the node's trailing inputs, in sorted name order; each
 //! body takes the ones it reads as graph inputs after its formal ones.
 
-use super::common::{axis, input, opt_input};
-use crate::{bail, run_graph, OpError, OpResult};
+use super::common::{axis, opt_input};
+use crate::{bail, run_graph, run_graph_data, OpError, OpResult};
 use kiln_ir::ops::ControlOp;
-use kiln_ir::{dispatch, DType, Elem, Graph, Tensor};
+use kiln_ir::{dispatch, DType, Data, Elem, Graph, Tensor};
 use std::collections::BTreeSet;
 
 pub(super) fn eval(op: &ControlOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
+    let data: Vec<Option<Data>> = inputs.iter().map(|t| t.map(|t| Data::Tensor(t.clone()))).collect();
+    let refs: Vec<Option<&Data>> = data.iter().map(Option::as_ref).collect();
+    eval_data(op, &refs, num_outputs)?
+        .into_iter()
+        .map(|d| match d {
+            Data::Tensor(t) => Ok(t),
+            d => bail!("an output is a {}, not a tensor", d.kind_name()),
+        })
+        .collect()
+}
+
+/// Runs a control-flow op on runtime values: branches and loop bodies may pass sequences and
+/// optionals as well as tensors.
+pub(crate) fn eval_data(op: &ControlOp, inputs: &[Option<&Data>], num_outputs: usize) -> Result<Vec<Data>, OpError> {
     match op {
         ControlOp::If { then_branch, else_branch } => {
-            let c = scalar_bool(input(inputs, 0)?, "condition")?;
-            let captured = present(&inputs[1..], "captured value")?;
+            let c = scalar_bool(tensor_arg(inputs, 0, "condition")?, "condition")?;
+            let captured = present(inputs.get(1..).unwrap_or_default(), "captured value")?;
             let branch = if c { then_branch } else { else_branch };
             let args = branch_args(branch, &[then_branch.as_ref(), else_branch.as_ref()], &captured);
-            let out = run_graph(branch, &args)?;
+            let out = run_graph_data(branch, args)?;
             if out.len() < num_outputs {
                 bail!("the branch returned {} values, the node has {num_outputs} outputs", out.len());
             }
             Ok(out)
         }
         ControlOp::Loop { body, num_carried } => eval_loop(body, *num_carried, inputs),
-        ControlOp::Scan { .. } => eval_scan(op, inputs),
+        ControlOp::Scan { .. } => {
+            let mut tensors = Vec::with_capacity(inputs.len());
+            for (i, d) in inputs.iter().enumerate() {
+                tensors.push(match d {
+                    None | Some(Data::Empty) => None,
+                    Some(Data::Tensor(t)) => Some(t),
+                    Some(Data::Sequence(_)) => bail!("Scan input {i} is a sequence; Scan takes tensors"),
+                });
+            }
+            Ok(eval_scan(op, &tensors)?.into_iter().map(Data::Tensor).collect())
+        }
+    }
+}
+
+/// Input `i` as a tensor.
+fn tensor_arg<'a>(inputs: &[Option<&'a Data>], i: usize, what: &str) -> Result<&'a Tensor, OpError> {
+    match inputs.get(i).copied().flatten() {
+        Some(Data::Tensor(t)) => Ok(t),
+        Some(d) => bail!("{what} is a {}, expected a tensor", d.kind_name()),
+        None => bail!("{what} is missing"),
+    }
+}
+
+/// Input `i` as a tensor, if present.
+fn opt_tensor_arg<'a>(inputs: &[Option<&'a Data>], i: usize, what: &str) -> Result<Option<&'a Tensor>, OpError> {
+    match inputs.get(i).copied().flatten() {
+        None | Some(Data::Empty) => Ok(None),
+        Some(_) => tensor_arg(inputs, i, what).map(Some),
     }
 }
 
 /// Every input of `inputs`, which must all be present.
-fn present(inputs: &[Option<&Tensor>], what: &str) -> Result<Vec<Tensor>, OpError> {
+fn present<T: Clone>(inputs: &[Option<&T>], what: &str) -> Result<Vec<T>, OpError> {
     inputs
         .iter()
         .enumerate()
@@ -53,7 +94,7 @@ fn input_name(g: &Graph, i: usize) -> &str {
 ///
 /// The node's captures are the union of what every branch reads, sorted by name; a branch that
 /// defines one of them itself does not take it, so the branch's inputs are matched by name.
-fn branch_args(branch: &Graph, all: &[&Graph], captured: &[Tensor]) -> Vec<Tensor> {
+fn branch_args<T: Clone>(branch: &Graph, all: &[&Graph], captured: &[T]) -> Vec<T> {
     let names: BTreeSet<&str> = all.iter().flat_map(|g| (0..g.inputs.len()).map(|i| input_name(g, i))).collect();
     let names: Vec<&str> = names.into_iter().collect();
     if names.len() != captured.len() {
@@ -64,16 +105,17 @@ fn branch_args(branch: &Graph, all: &[&Graph], captured: &[Tensor]) -> Vec<Tenso
         .collect()
 }
 
-fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Tensor>]) -> OpResult {
-    let max = match opt_input(inputs, 0) {
+fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Data>]) -> Result<Vec<Data>, OpError> {
+    let max = match opt_tensor_arg(inputs, 0, "trip count M")? {
         Some(t) => match t.to_i64_vec().first() {
             Some(&m) => Some(m),
             None => bail!("trip count M is empty"),
         },
         None => None,
     };
-    let has_cond = opt_input(inputs, 1).is_some();
-    let mut cond = match opt_input(inputs, 1) {
+    let cond_in = opt_tensor_arg(inputs, 1, "cond")?;
+    let has_cond = cond_in.is_some();
+    let mut cond = match cond_in {
         Some(t) => scalar_bool(t, "cond")?,
         None => true,
     };
@@ -83,7 +125,9 @@ fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Tensor>]) -> Op
     if inputs.len() < 2 + num_carried {
         bail!("expected {} inputs, found {}", 2 + num_carried, inputs.len());
     }
-    let mut carried = present(&inputs[2..2 + num_carried], "loop-carried value")?;
+    // An absent loop-carried input is an empty optional.
+    let mut carried: Vec<Data> =
+        inputs[2..2 + num_carried].iter().map(|d| d.cloned().unwrap_or(Data::Empty)).collect();
     let captured = present(&inputs[2 + num_carried..], "captured value")?;
     if body.inputs.len() != 2 + num_carried + captured.len() {
         bail!("the body takes {} inputs, expected {}", body.inputs.len(), 2 + num_carried + captured.len());
@@ -93,29 +137,35 @@ fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Tensor>]) -> Op
     let mut i = 0i64;
     while max.is_none_or(|m| i < m) && cond {
         let mut args = Vec::with_capacity(body.inputs.len());
-        args.push(Tensor::scalar(i));
-        args.push(Tensor::scalar(cond));
+        args.push(Data::Tensor(Tensor::scalar(i)));
+        args.push(Data::Tensor(Tensor::scalar(cond)));
         args.append(&mut carried);
         args.extend(captured.iter().cloned());
-        let mut out = run_graph(body, &args)?.into_iter();
+        let mut out = run_graph_data(body, args)?.into_iter();
         let c = out.next().ok_or_else(|| OpError::new("the body returned no condition"))?;
         if has_cond {
-            cond = scalar_bool(&c, "the body's condition")?;
+            match &c {
+                Data::Tensor(t) => cond = scalar_bool(t, "the body's condition")?,
+                d => bail!("the body's condition is a {}", d.kind_name()),
+            }
         }
         carried = out.by_ref().take(num_carried).collect();
-        for (s, t) in scans.iter_mut().zip(out) {
-            s.push(t);
+        for (k, (s, d)) in scans.iter_mut().zip(out).enumerate() {
+            match d {
+                Data::Tensor(t) => s.push(t),
+                d => bail!("scan output {k} is a {}, expected a tensor", d.kind_name()),
+            }
         }
         i += 1;
     }
     let mut result = carried;
     for (k, s) in scans.iter().enumerate() {
-        result.push(if s.is_empty() {
+        result.push(Data::Tensor(if s.is_empty() {
             let dtype = body_dtype(body, 1 + num_carried + k);
             Tensor::zeros(dtype, vec![0])?
         } else {
             stack(s, 0)?
-        });
+        }));
     }
     Ok(result)
 }

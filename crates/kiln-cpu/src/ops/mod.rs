@@ -1,7 +1,7 @@
 //! Op kernels of the CPU executor, one file per op family, dispatched by [`eval_op`].
 
 pub mod common;
-mod control;
+pub(crate) mod control;
 mod elementwise;
 mod layout;
 mod linalg;
@@ -10,6 +10,7 @@ mod pool;
 mod quant;
 mod reduce;
 mod rnn;
+pub(crate) mod sequence;
 mod spatial;
 mod signal;
 mod loss;
@@ -36,5 +37,6 @@ pub fn eval_op(op: &Op, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpRes
         Op::Loss(o) => loss::eval(o, inputs, num_outputs),
         Op::Attention(o) => attention::eval(o, inputs, num_outputs),
         Op::Control(o) => control::eval(o, inputs, num_outputs),
+        Op::Sequence(o) => Err(OpError::new(format!("{} takes sequences or optionals; run it with eval_node", o.name()))),
     }
 }

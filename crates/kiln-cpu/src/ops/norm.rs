@@ -370,7 +370,11 @@ mod tests {
     fn log_softmax_and_hardmax() {
         let x = t(&[1, 3], vec![1000.0, 1000.0, 0.0]);
         let l = -(2f32.ln());
-        check(NormOp::LogSoftmax { axis: -1, coerce_2d: false }, &[x.clone()], &[t(&[1, 3], vec![l, l, -1000.0 + l])]);
+        check(
+            NormOp::LogSoftmax { axis: -1, coerce_2d: false },
+            std::slice::from_ref(&x),
+            &[t(&[1, 3], vec![l, l, -1000.0 + l])],
+        );
         check(NormOp::Hardmax { axis: 1, coerce_2d: false }, &[x], &[t(&[1, 3], vec![1.0, 0.0, 0.0])]);
     }
 
@@ -382,11 +386,7 @@ mod tests {
         let op = NormOp::LayerNormalization { axis: -2, epsilon: 0.0, stash_type: 1 };
         let s1 = 1.0 / 5f32.sqrt();
         let y = vec![-3.0 * s1 + 0.5, -s1 - 0.5, 2.0 * s1 + 0.5, 6.0 * s1 - 0.5, -0.5, -1.5, 2.5, 1.5];
-        check(
-            op,
-            &[x, scale, bias],
-            &[t(&[2, 2, 2], y), t(&[2, 1, 1], vec![4.0, 1.0]), t(&[2, 1, 1], vec![s1, 1.0])],
-        );
+        check(op, &[x, scale, bias], &[t(&[2, 2, 2], y), t(&[2, 1, 1], vec![4.0, 1.0]), t(&[2, 1, 1], vec![s1, 1.0])]);
     }
 
     #[test]

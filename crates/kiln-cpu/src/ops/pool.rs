@@ -195,22 +195,7 @@ fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: b
     let mut indices = vec![0i64; w.planes * w.out_plane];
     let data = kiln_ir::dispatch!(x.data(), v => {
         let mut out = vec![Default::default(); w.planes * w.out_plane];
-        let run = |(p, ((dst, idx), plane)): (usize, ((&mut [_], &mut [i64]), &[_]))| {
-            for o in 0..w.out_plane {
-                let range = w.starts[o]..w.starts[o + 1];
-                // The first maximum wins; an all-padding window gives the zero of the type.
-                let mut best = Default::default();
-                let mut at = None;
-                for (j, &c) in w.cells[range.clone()].iter().enumerate() {
-                    if at.is_none() || plane[c] > best {
-                        best = plane[c];
-                        at = Some(j);
-                    }
-                }
-                dst[o] = best;
-                idx[o] = at.map_or(-1, |j| (p * w.in_plane + cells_for_index[range.start + j]) as i64);
-            }
-        };
+        let run = |(p, ((dst, idx), plane))| max_pool_plane(&w, cells_for_index, p, plane, dst, idx);
         if out.len() >= PAR_MIN / 8 {
             out.par_chunks_mut(w.out_plane)
                 .zip(indices.par_chunks_mut(w.out_plane))
@@ -231,6 +216,24 @@ fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: b
         res.push(Tensor::from_vec(w.out_shape, indices)?);
     }
     Ok(res)
+}
+
+/// Max-pools plane `p` into `dst`, with the flat input index of each maximum in `idx`.
+fn max_pool_plane<T: Elem>(w: &Windows, index_cells: &[usize], p: usize, plane: &[T], dst: &mut [T], idx: &mut [i64]) {
+    for o in 0..w.out_plane {
+        let range = w.starts[o]..w.starts[o + 1];
+        // The first maximum wins; an all-padding window gives the zero of the type.
+        let mut best = T::default();
+        let mut at = None;
+        for (j, &c) in w.cells[range.clone()].iter().enumerate() {
+            if at.is_none() || plane[c] > best {
+                best = plane[c];
+                at = Some(j);
+            }
+        }
+        dst[o] = best;
+        idx[o] = at.map_or(-1, |j| (p * w.in_plane + index_cells[range.start + j]) as i64);
+    }
 }
 
 /// Wraps a typed vector, for code inside `dispatch!` where the element type has no name.
@@ -409,7 +412,7 @@ mod tests {
         let x = t(&[1, 1, 4, 4], (0..16).map(|i| i as f32).collect());
         let y = t(&[1, 1, 2, 2], vec![5f32, 7.0, 13.0, 15.0]);
         let op = |column_major| PoolOp::MaxPool { window: window(3, 2, 1, false), column_major };
-        check(op(false), &[x.clone()], &[y.clone(), t(&[1, 1, 2, 2], vec![5i64, 7, 13, 15])]);
+        check(op(false), std::slice::from_ref(&x), &[y.clone(), t(&[1, 1, 2, 2], vec![5i64, 7, 13, 15])]);
         check(op(true), &[x], &[y, t(&[1, 1, 2, 2], vec![5i64, 13, 7, 15])]);
     }
 
@@ -439,7 +442,7 @@ mod tests {
     fn average_pool_counts_padding_only_when_asked() {
         let x = t(&[1, 1, 3, 3], vec![1f32; 9]);
         let op = |count_include_pad| PoolOp::AveragePool { window: window(2, 1, 1, false), count_include_pad };
-        check(op(false), &[x.clone()], &[t(&[1, 1, 4, 4], vec![1f32; 16])]);
+        check(op(false), std::slice::from_ref(&x), &[t(&[1, 1, 4, 4], vec![1f32; 16])]);
         let mut want = vec![0.5f32; 16];
         for &i in &[0, 3, 12, 15] {
             want[i] = 0.25;
@@ -464,7 +467,7 @@ mod tests {
     fn global_pools_in_half_precision() {
         let x = t(&[1, 2, 3], [1f32, 2.0, 6.0, -1.0, -2.0, -3.0].map(kiln_ir::f16::from_f32).to_vec());
         let want = |v: [f32; 2]| t(&[1, 2, 1], v.map(kiln_ir::f16::from_f32).to_vec());
-        check(PoolOp::GlobalAveragePool, &[x.clone()], &[want([3.0, -2.0])]);
+        check(PoolOp::GlobalAveragePool, std::slice::from_ref(&x), &[want([3.0, -2.0])]);
         check(PoolOp::GlobalMaxPool, &[x], &[want([6.0, -1.0])]);
     }
 

@@ -109,12 +109,7 @@ fn attention_types(
     // [batch, heads, seq, head_size] of each of Q, K, V, whatever their rank.
     let heads_view = |t: &TypeInfo, heads: Option<usize>| -> [Dim; 4] {
         match rank {
-            Some(3) => [
-                dim(t, 0),
-                heads.map(Dim::Known).unwrap_or(Dim::Unknown),
-                dim(t, 1),
-                div(dim(t, 2), heads),
-            ],
+            Some(3) => [dim(t, 0), heads.map(Dim::Known).unwrap_or(Dim::Unknown), dim(t, 1), div(dim(t, 2), heads)],
             _ => [dim(t, 0), dim(t, 1), dim(t, 2), dim(t, 3)],
         }
     };
@@ -122,7 +117,10 @@ fn attention_types(
     let kh = heads_view(&k, a.kv_num_heads);
     let vh = heads_view(&v, a.kv_num_heads);
     let past_seq = |i: usize| -> Option<Dim> {
-        inputs.get(i).and_then(|x| x.as_ref()).map(|x| x.ty.shape.as_ref().and_then(|s| s.get(2).cloned()).unwrap_or(Dim::Unknown))
+        inputs
+            .get(i)
+            .and_then(|x| x.as_ref())
+            .map(|x| x.ty.shape.as_ref().and_then(|s| s.get(2).cloned()).unwrap_or(Dim::Unknown))
     };
     let total = |seq: &Dim, past: Option<Dim>| match (seq, past) {
         (s, None) => s.clone(),

@@ -50,8 +50,9 @@ impl LossOp {
     /// The reduction of either loss.
     pub fn reduction(&self) -> LossReduction {
         match self {
-            LossOp::NegativeLogLikelihoodLoss { reduction, .. }
-            | LossOp::SoftmaxCrossEntropyLoss { reduction, .. } => *reduction,
+            LossOp::NegativeLogLikelihoodLoss { reduction, .. } | LossOp::SoftmaxCrossEntropyLoss { reduction, .. } => {
+                *reduction
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod quant;
 pub mod reduce;
 pub mod rnn;
+pub mod sequence;
 pub mod spatial;
 pub mod signal;
 pub mod loss;
@@ -29,6 +30,7 @@ pub use pool::PoolOp;
 pub use quant::QuantOp;
 pub use reduce::ReduceOp;
 pub use rnn::RnnOp;
+pub use sequence::SequenceOp;
 pub use spatial::SpatialOp;
 pub use signal::SignalOp;
 pub use loss::LossOp;
@@ -61,6 +63,8 @@ pub enum Op {
     Rnn(RnnOp),
     /// Image-space resampling and detection ops: Resize, GridSample, RoiAlign, NMS.
     Spatial(SpatialOp),
+    /// Sequences and optionals.
+    Sequence(SequenceOp),
     /// Signal processing: DFT, STFT, window functions, MelWeightMatrix.
     Signal(SignalOp),
     /// Loss functions: NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss.
@@ -86,6 +90,7 @@ impl Op {
             Op::Layout(o) => o.name(),
             Op::Rnn(o) => o.name(),
             Op::Spatial(o) => o.name(),
+            Op::Sequence(o) => o.name(),
             Op::Signal(o) => o.name(),
             Op::Loss(o) => o.name(),
             Op::Attention(o) => o.name(),
@@ -110,6 +115,7 @@ impl Op {
             Op::Layout(o) => o.infer(inputs, num_outputs),
             Op::Rnn(o) => o.infer(inputs, num_outputs),
             Op::Spatial(o) => o.infer(inputs, num_outputs),
+            Op::Sequence(o) => o.infer(inputs, num_outputs),
             Op::Signal(o) => o.infer(inputs, num_outputs),
             Op::Loss(o) => o.infer(inputs, num_outputs),
             Op::Attention(o) => o.infer(inputs, num_outputs),
@@ -125,6 +131,8 @@ impl Op {
     pub fn is_pure(&self) -> bool {
         match self {
             Op::Input => false,
+            // Sequences and optionals are not tensors, which is all a constant can hold.
+            Op::Sequence(_) => false,
             Op::Elementwise(o) => o.is_pure(),
             _ => true,
         }
@@ -134,6 +142,7 @@ impl Op {
     pub fn subgraphs(&self) -> Vec<&crate::Graph> {
         match self {
             Op::Control(c) => c.subgraphs(),
+            Op::Sequence(s) => s.subgraphs(),
             _ => vec![],
         }
     }

@@ -73,20 +73,18 @@ impl SignalOp {
         let _ = num_outputs;
         let x = input_ty(inputs, 0);
         let scalar = |i: usize| input_value(inputs, i).and_then(|t| t.to_i64_vec().first().copied());
+        let present = |i: usize| inputs.get(i).is_some_and(Option::is_some);
         let size = |v: Option<i64>| v.map_or(Dim::Unknown, |n| Dim::Known(n.max(0) as usize));
         let out = match self {
             SignalOp::DFT { onesided, axis, .. } => {
                 let shape = x.shape.as_ref().map(|s| {
                     let mut out = s.clone();
-                    let axis = axis.or_else(|| if inputs.get(2).is_some_and(Option::is_some) { scalar(2) } else { Some(-2) });
+                    let axis = axis.or_else(|| if present(2) { scalar(2) } else { Some(-2) });
                     if let Some(last) = out.last_mut() {
                         *last = Dim::Known(2);
                     }
                     if let Some(a) = axis.and_then(|a| normalize_axis(a, s.len()).ok()) {
-                        let n = match inputs.get(1).is_some_and(Option::is_some) {
-                            true => scalar(1).map(|n| n.max(0) as usize),
-                            false => s[a].known(),
-                        };
+                        let n = if present(1) { scalar(1).map(|n| n.max(0) as usize) } else { s[a].known() };
                         out[a] = match n {
                             Some(n) if *onesided => Dim::Known(n / 2 + 1),
                             Some(n) => Dim::Known(n),

@@ -12,6 +12,7 @@ mod pool;
 mod quant;
 mod reduce;
 mod rnn;
+mod sequence;
 mod spatial;
 mod signal;
 mod loss;
@@ -70,6 +71,7 @@ pub fn registry() -> Registry {
     layout::register(&mut reg);
     rnn::register(&mut reg);
     spatial::register(&mut reg);
+    sequence::register(&mut reg);
     signal::register(&mut reg);
     loss::register(&mut reg);
     attention::register(&mut reg);

@@ -18,7 +18,11 @@ pub(super) fn register(reg: &mut Registry) {
 fn dft(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     // Opset 20 moved `axis` from an attribute (default 1) to input 2 (default -2).
     let axis = if cx.opset() < 20 { Some(cx.i64_or("axis", 1)?) } else { None };
-    Ok(Op::Signal(SignalOp::DFT { inverse: cx.bool_or("inverse", false)?, onesided: cx.bool_or("onesided", false)?, axis }))
+    Ok(Op::Signal(SignalOp::DFT {
+        inverse: cx.bool_or("inverse", false)?,
+        onesided: cx.bool_or("onesided", false)?,
+        axis,
+    }))
 }
 
 fn stft(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
