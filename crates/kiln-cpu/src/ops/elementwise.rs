@@ -18,6 +18,10 @@ pub(super) fn eval(op: &ElementwiseOp, inputs: &[Option<&Tensor>], num_outputs: 
         ElementwiseOp::Unary(u) => unary(*u, input(inputs, 0)?)?,
         ElementwiseOp::Binary(b) => binary(*b, input(inputs, 0)?, input(inputs, 1)?)?,
         ElementwiseOp::Variadic(v) => variadic(*v, inputs)?,
+        ElementwiseOp::LegacyBinary { op, axis } => {
+            let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+            binary(*op, a, &align_legacy(a, b, *axis)?)?
+        }
         ElementwiseOp::Where => where_(input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?)?,
         ElementwiseOp::Clip { min, max } => clip(inputs, *min, *max)?,
         ElementwiseOp::Cast { to } => input(inputs, 0)?.cast(*to),
@@ -720,6 +724,18 @@ fn clip_bound<T: Elem>(t: Option<&Tensor>, attr: Option<f32>, dtype: DType, name
         [b] => Ok(Some(*b)),
         _ => bail!("Clip: {name} must be a scalar, found shape {:?}", t.shape()),
     }
+}
+
+/// Reshapes `b` so that numpy broadcasting lines its dims up with `a`'s starting at `axis`,
+/// as broadcasting did before opset 7.
+fn align_legacy(a: &Tensor, b: &Tensor, axis: i64) -> Result<Tensor, OpError> {
+    let ax = if axis < 0 { axis + a.rank() as i64 } else { axis };
+    if ax < 0 || ax as usize + b.rank() > a.rank() {
+        bail!("input 1 of shape {:?} cannot line up with input 0 of shape {:?} at axis {axis}", b.shape(), a.shape());
+    }
+    let mut shape = b.shape().to_vec();
+    shape.resize(a.rank() - ax as usize, 1);
+    Ok(b.clone().reshape(shape)?)
 }
 
 #[cfg(test)]

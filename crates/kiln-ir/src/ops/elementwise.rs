@@ -17,6 +17,14 @@ pub enum ElementwiseOp {
     Binary(BinaryOp),
     /// Any number of inputs broadcast against each other.
     Variadic(VariadicOp),
+    /// A binary op with the broadcasting of opsets before 7: input 1's dims line up with
+    /// input 0's starting at `axis` (numpy broadcasting lines them up at the trailing dims).
+    LegacyBinary {
+        /// The op.
+        op: BinaryOp,
+        /// Where input 1's first dim lines up in input 0.
+        axis: i64,
+    },
     /// `cond ? x : y` with inputs (cond, x, y) broadcast together.
     Where,
     /// Clamps input 0 to `[min, max]`.
@@ -338,6 +346,7 @@ impl ElementwiseOp {
             ElementwiseOp::Unary(u) => u.name(),
             ElementwiseOp::Binary(b) => b.name(),
             ElementwiseOp::Variadic(v) => v.name(),
+            ElementwiseOp::LegacyBinary { op, .. } => op.name(),
             ElementwiseOp::Where => "Where",
             ElementwiseOp::Clip { .. } => "Clip",
             ElementwiseOp::Cast { .. } => "Cast",
@@ -363,6 +372,10 @@ impl ElementwiseOp {
                 (dtype, shape)
             }
             ElementwiseOp::Variadic(_) => (first_dtype(inputs), broadcast_all(inputs)?),
+            ElementwiseOp::LegacyBinary { op, .. } => {
+                let t = input_ty(inputs, 0);
+                (if op.outputs_bool() { Some(DType::Bool) } else { t.dtype }, t.shape)
+            }
             ElementwiseOp::Where => (input_ty(inputs, 1).dtype.or(input_ty(inputs, 2).dtype), broadcast_all(inputs)?),
             // The bounds are scalars, so only the data input shapes the output.
             ElementwiseOp::Clip { .. } => {

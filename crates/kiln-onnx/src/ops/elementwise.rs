@@ -67,7 +67,7 @@ pub(super) fn register(reg: &mut Registry) {
     reg.insert("LessOrEqual", |_| Ok(binary(BinaryOp::LessOrEqual)));
     reg.insert("Greater", |cx| arith(cx, BinaryOp::Greater));
     reg.insert("GreaterOrEqual", |_| Ok(binary(BinaryOp::GreaterOrEqual)));
-    reg.insert("PRelu", |_| Ok(binary(BinaryOp::PRelu)));
+    reg.insert("PRelu", prelu);
     reg.insert("Max", |_| Ok(variadic(VariadicOp::Max)));
     reg.insert("Min", |_| Ok(variadic(VariadicOp::Min)));
     reg.insert("Sum", |_| Ok(variadic(VariadicOp::Sum)));
@@ -95,9 +95,19 @@ fn variadic(v: VariadicOp) -> Op {
 /// broadcasting does not express.
 fn arith(cx: &NodeCtx<'_>, b: BinaryOp) -> Result<Op, ImportError> {
     if cx.opset() < 7 && cx.i64_or("broadcast", 0)? == 1 {
-        cx.reject_attr("axis", "legacy broadcasting along an axis is not supported")?;
+        if let Some(axis) = cx.get_i64("axis")? {
+            return Ok(Op::Elementwise(ElementwiseOp::LegacyBinary { op: b, axis }));
+        }
     }
     Ok(binary(b))
+}
+
+/// Before opset 7 the slope lines up with the channel axis (1), not the trailing dims.
+fn prelu(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
+    if cx.opset() < 7 {
+        return Ok(Op::Elementwise(ElementwiseOp::LegacyBinary { op: BinaryOp::PRelu, axis: 1 }));
+    }
+    Ok(binary(BinaryOp::PRelu))
 }
 
 fn is_inf(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
