@@ -243,7 +243,10 @@ fn compare_data(got: &Data, want: &Data) -> Result<(), String> {
             if g.len() != w.len() {
                 return Err(format!("sequence of {} but expected {}", g.len(), w.len()));
             }
-            g.iter().zip(w).enumerate().try_for_each(|(i, (a, b))| compare(a, b).map_err(|e| format!("element {i}: {e}")))
+            g.iter()
+                .zip(w)
+                .enumerate()
+                .try_for_each(|(i, (a, b))| compare(a, b).map_err(|e| format!("element {i}: {e}")))
         }
         (Data::Empty, Data::Empty) => Ok(()),
         (g, w) => Err(format!("a {} but expected a {}", g.kind_name(), w.kind_name())),

@@ -26,7 +26,8 @@ fn run_writes_outputs_and_a_map() {
         kiln(&["run", &fixture("tiny_cnn.onnx"), "--input", &input, "--output-dir", dir.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("probs") && stdout.contains("[1, 10]"), "{stdout}");
-    let map: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
     let file = map["probs"].as_str().unwrap();
     assert!(dir.join(file).exists());
 }
@@ -49,7 +50,7 @@ fn inspect_json_counts_ops_and_parameters() {
     assert_eq!(j["nodes"], 11);
     // 922 float weights plus the two int64s of the reshape target.
     assert_eq!(j["parameters"], 924);
-    assert_eq!(j["opsets"]["" ], 17);
+    assert_eq!(j["opsets"][""], 17);
 }
 
 #[test]

@@ -59,9 +59,7 @@ pub fn run_graph_data(graph: &Graph, inputs: Vec<Data>) -> Result<Vec<Data>, Cpu
                     None => None,
                     Some(v) => match &graph.node(v.node).op {
                         Op::Const(t) => Some(Arg::Const(t)),
-                        _ => Some(Arg::Value(
-                            values.get(v).ok_or_else(|| err(format!("input {i} has no value")))?,
-                        )),
+                        _ => Some(Arg::Value(values.get(v).ok_or_else(|| err(format!("input {i} has no value")))?)),
                     },
                 });
             }

@@ -153,7 +153,8 @@ fn const_fold_replaces_constant_subgraphs_and_keeps_names() {
 #[test]
 fn pipeline_can_stop_after_n_passes_and_names_a_failing_pass() {
     let (mut g, _) = sample();
-    let reports = PassManager::default_pipeline().stop_after(2).always_verify(true).run(&mut g, &PassContext::default()).unwrap();
+    let reports =
+        PassManager::default_pipeline().stop_after(2).always_verify(true).run(&mut g, &PassContext::default()).unwrap();
     assert_eq!(reports.iter().map(|r| r.pass).collect::<Vec<_>>(), vec!["infer-types", "remove-noops"]);
     // DCE did not run, so the dead node is still there.
     assert!(g.find_value("unused").is_some());

@@ -57,13 +57,18 @@ pub fn read_tensor_file(path: &Path) -> Result<Tensor, ImportError> {
 /// Reads a file holding one serialized value of the given kind: a `TensorProto`, a
 /// `SequenceProto` of tensors, or an `OptionalProto` (as the ONNX test suite stores data).
 pub fn read_value_file(path: &Path, kind: ValueKind) -> Result<Data, ImportError> {
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
     let decode = |e: prost::DecodeError| ImportError::Decode(e.to_string());
     let seq = |s: &proto::SequenceProto| -> Result<Data, ImportError> {
         if !s.sequence_values.is_empty() || !s.map_values.is_empty() || !s.optional_values.is_empty() {
             return Err(ImportError::Tensor { name: s.name.clone(), msg: "nested sequences are not supported".into() });
         }
-        s.tensor_values.iter().map(|t| tensor_from_proto(t, path.parent())).collect::<Result<_, _>>().map(Data::Sequence)
+        s.tensor_values
+            .iter()
+            .map(|t| tensor_from_proto(t, path.parent()))
+            .collect::<Result<_, _>>()
+            .map(Data::Sequence)
     };
     match kind {
         ValueKind::Tensor => {

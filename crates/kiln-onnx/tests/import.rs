@@ -101,10 +101,26 @@ fn initializer_encodings_agree() {
             TensorProto { raw_data: [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat(), ..Default::default() },
             Tensor::from_vec(vec![2], vec![1.5f32, -2.0]).unwrap(),
         ),
-        (7, TensorProto { int64_data: vec![-3, 1 << 40], ..Default::default() }, Tensor::from_vec(vec![2], vec![-3i64, 1 << 40]).unwrap()),
-        (3, TensorProto { int32_data: vec![-3, 127], ..Default::default() }, Tensor::from_vec(vec![2], vec![-3i8, 127]).unwrap()),
-        (2, TensorProto { raw_data: vec![0, 255], ..Default::default() }, Tensor::from_vec(vec![2], vec![0u8, 255]).unwrap()),
-        (9, TensorProto { int32_data: vec![1, 0], ..Default::default() }, Tensor::from_vec(vec![2], vec![true, false]).unwrap()),
+        (
+            7,
+            TensorProto { int64_data: vec![-3, 1 << 40], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![-3i64, 1 << 40]).unwrap(),
+        ),
+        (
+            3,
+            TensorProto { int32_data: vec![-3, 127], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![-3i8, 127]).unwrap(),
+        ),
+        (
+            2,
+            TensorProto { raw_data: vec![0, 255], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![0u8, 255]).unwrap(),
+        ),
+        (
+            9,
+            TensorProto { int32_data: vec![1, 0], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![true, false]).unwrap(),
+        ),
         (
             10,
             TensorProto { int32_data: vec![0x3c00, 0xc000], ..Default::default() },
@@ -115,9 +131,21 @@ fn initializer_encodings_agree() {
             TensorProto { raw_data: vec![0x80, 0x3f, 0x00, 0xc0], ..Default::default() },
             Tensor::from_vec(vec![2], vec![kiln_ir::bf16::from_f32(1.0), kiln_ir::bf16::from_f32(-2.0)]).unwrap(),
         ),
-        (11, TensorProto { double_data: vec![0.25, 8.0], ..Default::default() }, Tensor::from_vec(vec![2], vec![0.25f64, 8.0]).unwrap()),
-        (13, TensorProto { uint64_data: vec![7, u64::MAX], ..Default::default() }, Tensor::from_vec(vec![2], vec![7u64, u64::MAX]).unwrap()),
-        (5, TensorProto { int32_data: vec![-300, 300], ..Default::default() }, Tensor::from_vec(vec![2], vec![-300i16, 300]).unwrap()),
+        (
+            11,
+            TensorProto { double_data: vec![0.25, 8.0], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![0.25f64, 8.0]).unwrap(),
+        ),
+        (
+            13,
+            TensorProto { uint64_data: vec![7, u64::MAX], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![7u64, u64::MAX]).unwrap(),
+        ),
+        (
+            5,
+            TensorProto { int32_data: vec![-300, 300], ..Default::default() },
+            Tensor::from_vec(vec![2], vec![-300i16, 300]).unwrap(),
+        ),
     ];
     for (code, mut t, want) in cases {
         t.name = "w".into();
@@ -198,7 +226,10 @@ fn attribute_of_the_wrong_type_names_it() {
     });
     g.node = vec![n];
     let e = check(&model(g, 17), None).unwrap_err().to_string();
-    assert!(e.contains("'lr'") && e.contains("LeakyRelu") && e.contains("'alpha'") && e.contains("expected FLOAT"), "{e}");
+    assert!(
+        e.contains("'lr'") && e.contains("LeakyRelu") && e.contains("'alpha'") && e.contains("expected FLOAT"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -282,7 +313,12 @@ fn if_branches_capture_outer_values_as_inputs() {
     };
     let mut n = node("If", "if", &["c"], &["y"]);
     for (attr, g) in [("then_branch", branch("then", "Relu")), ("else_branch", branch("else", "Neg"))] {
-        n.attribute.push(AttributeProto { name: attr.into(), r#type: AttributeType::Graph as i32, g: Some(g), ..Default::default() });
+        n.attribute.push(AttributeProto {
+            name: attr.into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(g),
+            ..Default::default()
+        });
     }
     let g = GraphProto {
         name: "main".into(),

@@ -126,8 +126,7 @@ fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Data>]) -> Resu
         bail!("expected {} inputs, found {}", 2 + num_carried, inputs.len());
     }
     // An absent loop-carried input is an empty optional.
-    let mut carried: Vec<Data> =
-        inputs[2..2 + num_carried].iter().map(|d| d.cloned().unwrap_or(Data::Empty)).collect();
+    let mut carried: Vec<Data> = inputs[2..2 + num_carried].iter().map(|d| d.cloned().unwrap_or(Data::Empty)).collect();
     let captured = present(&inputs[2 + num_carried..], "captured value")?;
     if body.inputs.len() != 2 + num_carried + captured.len() {
         bail!("the body takes {} inputs, expected {}", body.inputs.len(), 2 + num_carried + captured.len());

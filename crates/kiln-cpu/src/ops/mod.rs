@@ -1,20 +1,20 @@
 //! Op kernels of the CPU executor, one file per op family, dispatched by [`eval_op`].
 
+mod attention;
 pub mod common;
 pub(crate) mod control;
 mod elementwise;
 mod layout;
 mod linalg;
+mod loss;
 mod norm;
 mod pool;
 mod quant;
 mod reduce;
 mod rnn;
 pub(crate) mod sequence;
-mod spatial;
 mod signal;
-mod loss;
-mod attention;
+mod spatial;
 
 use crate::{OpError, OpResult};
 use kiln_ir::{Op, Tensor};
@@ -37,6 +37,8 @@ pub fn eval_op(op: &Op, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpRes
         Op::Loss(o) => loss::eval(o, inputs, num_outputs),
         Op::Attention(o) => attention::eval(o, inputs, num_outputs),
         Op::Control(o) => control::eval(o, inputs, num_outputs),
-        Op::Sequence(o) => Err(OpError::new(format!("{} takes sequences or optionals; run it with eval_node", o.name()))),
+        Op::Sequence(o) => {
+            Err(OpError::new(format!("{} takes sequences or optionals; run it with eval_node", o.name())))
+        }
     }
 }

@@ -215,7 +215,13 @@ fn concat(parts: &[Tensor], a: usize) -> Result<Tensor, OpError> {
         let same_rank = p.rank() == first.rank();
         let agree = same_rank && (0..p.rank()).all(|d| d == a || p.shape()[d] == first.shape()[d]);
         if p.dtype() != first.dtype() || !agree {
-            bail!("element {i} ({}{:?}) does not match element 0 ({}{:?})", p.dtype(), p.shape(), first.dtype(), first.shape());
+            bail!(
+                "element {i} ({}{:?}) does not match element 0 ({}{:?})",
+                p.dtype(),
+                p.shape(),
+                first.dtype(),
+                first.shape()
+            );
         }
         shape[a] += p.shape()[a];
     }

@@ -4,37 +4,37 @@
 //! attributes, its name and its type rule there. The importer and the executors then get one
 //! match arm each.
 
+pub mod attention;
 pub mod control;
 pub mod elementwise;
 pub mod infer;
 pub mod layout;
 pub mod linalg;
+pub mod loss;
 pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod reduce;
 pub mod rnn;
 pub mod sequence;
-pub mod spatial;
 pub mod signal;
-pub mod loss;
-pub mod attention;
+pub mod spatial;
 
+pub use attention::AttentionOp;
 pub use control::ControlOp;
 pub use elementwise::ElementwiseOp;
 pub use infer::InferInput;
 pub use layout::LayoutOp;
 pub use linalg::LinalgOp;
+pub use loss::LossOp;
 pub use norm::NormOp;
 pub use pool::PoolOp;
 pub use quant::QuantOp;
 pub use reduce::ReduceOp;
 pub use rnn::RnnOp;
 pub use sequence::SequenceOp;
-pub use spatial::SpatialOp;
 pub use signal::SignalOp;
-pub use loss::LossOp;
-pub use attention::AttentionOp;
+pub use spatial::SpatialOp;
 
 use crate::{Tensor, TypeInfo};
 

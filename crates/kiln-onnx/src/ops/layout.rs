@@ -79,7 +79,11 @@ fn dropout(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     if cx.opset() >= 12 && cx.has_input(2) {
         let training = match cx.const_input(2) {
             Some(t) => t.to_i64_vec().first().is_some_and(|&v| v != 0),
-            None => return Err(cx.error("training_mode (input 2) is not a constant: training mode is not supported, only inference")),
+            None => {
+                return Err(cx.error(
+                    "training_mode (input 2) is not a constant: training mode is not supported, only inference",
+                ))
+            }
         };
         // Training with ratio 0 drops nothing, so it is still the identity.
         let zero_ratio = cx.const_input(1).is_some_and(|t| t.to_f64_vec().first() == Some(&0.0));

@@ -3,20 +3,20 @@
 //! Each family file has a `register` function with one `reg.insert` line per op, and
 //! [`registry`] calls every family in order. Nothing registers itself elsewhere.
 
+mod attention;
 mod control;
 mod elementwise;
 mod layout;
 mod linalg;
+mod loss;
 mod norm;
 mod pool;
 mod quant;
 mod reduce;
 mod rnn;
 mod sequence;
-mod spatial;
 mod signal;
-mod loss;
-mod attention;
+mod spatial;
 
 use crate::{ImportError, NodeCtx};
 use kiln_ir::Op;

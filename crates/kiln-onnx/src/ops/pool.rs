@@ -65,7 +65,8 @@ fn max_roi_pool(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 /// The `p` of the Lp pools: a float in opset 1, an integer since.
 fn lp_exponent(cx: &NodeCtx<'_>) -> Result<f32, ImportError> {
     let p = if cx.opset() < 2 { cx.f32_or("p", 2.0)? } else { cx.i64_or("p", 2)? as f32 };
-    if !(p > 0.0) {
+    // NaN is not positive either.
+    if p.is_nan() || p <= 0.0 {
         return Err(cx.attr_error("p", format!("expected a positive exponent, found {p}")));
     }
     Ok(p)

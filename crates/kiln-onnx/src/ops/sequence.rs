@@ -26,7 +26,10 @@ fn sequence_empty(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
 }
 
 fn split_to_sequence(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    Ok(Op::Sequence(SequenceOp::SplitToSequence { axis: cx.i64_or("axis", 0)?, keepdims: cx.bool_or("keepdims", true)? }))
+    Ok(Op::Sequence(SequenceOp::SplitToSequence {
+        axis: cx.i64_or("axis", 0)?,
+        keepdims: cx.bool_or("keepdims", true)?,
+    }))
 }
 
 fn concat_from_sequence(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
