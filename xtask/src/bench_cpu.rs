@@ -19,6 +19,9 @@ pub struct Args {
     /// Threads for both systems (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also print where Kiln's time goes, by op.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// A Python with onnxruntime: `KILN_PYTHON`, else a venv in ~/.cache/kiln made on first use.
@@ -78,6 +81,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let kiln_ms = times[times.len() / 2];
+        if a.profile {
+            print_profile(g, &inputs, a.iterations)?;
+        }
         let out = Command::new(&py)
             .arg(&script)
             .arg(m)
@@ -91,6 +97,35 @@ pub fn run(a: Args) -> Result<()> {
         let ort_ms = j["median_ms"].as_f64().context("onnxruntime printed no median")?;
         let name = m.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         println!("{name:<28} {threads:>8} {kiln_ms:>14.1} {ort_ms:>14.1} {:>7.2}x", kiln_ms / ort_ms);
+    }
+    Ok(())
+}
+
+/// Time per op type over `iterations` runs, largest first.
+fn print_profile(g: &kiln::ir::Graph, inputs: &[kiln::ir::Tensor], iterations: usize) -> Result<()> {
+    let mut per_node = std::collections::HashMap::new();
+    for _ in 0..iterations {
+        let data = inputs.iter().cloned().map(kiln::ir::Data::Tensor).collect();
+        kiln::cpu::run_graph_profiled(g, data, &mut per_node)?;
+    }
+    let mut per_op: std::collections::BTreeMap<&str, (f64, usize)> = std::collections::BTreeMap::new();
+    for (id, d) in &per_node {
+        let e = per_op.entry(g.node(*id).op.name()).or_default();
+        e.0 += d.as_secs_f64() * 1e3 / iterations as f64;
+        e.1 += 1;
+    }
+    let mut nodes: Vec<_> = per_node.iter().collect();
+    nodes.sort_by(|a, b| b.1.cmp(a.1));
+    for (id, d) in nodes.iter().take(12) {
+        let n = g.node(**id);
+        let ins: Vec<String> = g.inputs_of(**id).iter().flatten().map(|v| g.value_info(*v).ty.to_string()).collect();
+        let ms = d.as_secs_f64() * 1e3 / iterations as f64;
+        println!("    {:<10} {ms:>7.2} ms  {} ({})", n.op.name(), n.name, ins.join(", "));
+    }
+    let mut rows: Vec<_> = per_op.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    for (op, (ms, n)) in rows {
+        println!("    {op:<24} {n:>4} nodes {ms:>9.2} ms");
     }
     Ok(())
 }

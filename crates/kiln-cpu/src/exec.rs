@@ -21,6 +21,23 @@ pub fn run_graph(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, CpuErr
 
 /// Runs `graph` on runtime values (tensors, sequences, optionals) and returns its outputs.
 pub fn run_graph_data(graph: &Graph, inputs: Vec<Data>) -> Result<Vec<Data>, CpuError> {
+    run_graph_timed(graph, inputs, None)
+}
+
+/// Runs `graph` like [`run_graph_data`] and adds each node's wall time to `times`, by node.
+pub fn run_graph_profiled(
+    graph: &Graph,
+    inputs: Vec<Data>,
+    times: &mut HashMap<kiln_ir::NodeId, std::time::Duration>,
+) -> Result<Vec<Data>, CpuError> {
+    run_graph_timed(graph, inputs, Some(times))
+}
+
+fn run_graph_timed(
+    graph: &Graph,
+    inputs: Vec<Data>,
+    mut times: Option<&mut HashMap<kiln_ir::NodeId, std::time::Duration>>,
+) -> Result<Vec<Data>, CpuError> {
     if inputs.len() != graph.inputs.len() {
         return Err(CpuError::Graph(format!(
             "graph '{}' takes {} inputs, {} given",
@@ -63,7 +80,12 @@ pub fn run_graph_data(graph: &Graph, inputs: Vec<Data>) -> Result<Vec<Data>, Cpu
                     },
                 });
             }
-            eval_args(&node.op, &args, node.outputs.len()).map_err(|e| err(e.0))?
+            let t0 = times.is_some().then(std::time::Instant::now);
+            let outs = eval_args(&node.op, &args, node.outputs.len()).map_err(|e| err(e.0))?;
+            if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
+                *times.entry(id).or_default() += t0.elapsed();
+            }
+            outs
         };
         if outs.len() < node.outputs.len() {
             return Err(CpuError::Node {

@@ -10,5 +10,5 @@ mod exec;
 pub mod ops;
 
 pub use error::{CpuError, OpError, OpResult};
-pub use exec::{eval_node, run_graph, run_graph_data, run_named, CpuEvaluator};
+pub use exec::{eval_node, run_graph, run_graph_data, run_graph_profiled, run_named, CpuEvaluator};
 pub use ops::eval_op;

@@ -43,3 +43,13 @@ fn optimization_infers_every_shape() {
         }
     }
 }
+
+#[test]
+fn batchnorm_folds_into_the_conv() {
+    let mut m = kiln::load(&fixture("tiny_cnn.onnx")).unwrap();
+    assert_eq!(m.graph.op_counts().get("BatchNormalization"), Some(&1));
+    let reports = kiln::optimize(&mut m.graph).unwrap();
+    assert!(reports.iter().any(|r| r.pass == "fold-batchnorm" && r.changed));
+    assert_eq!(m.graph.op_counts().get("BatchNormalization"), None);
+    assert_eq!(m.graph.op_counts().get("Conv"), Some(&2));
+}

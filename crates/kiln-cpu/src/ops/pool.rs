@@ -190,6 +190,11 @@ fn dim_padded_counts(d: &WindowDim) -> Vec<usize> {
 }
 
 fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: bool) -> OpResult {
+    if !with_indices && x.rank() == 4 {
+        if let Ok(v) = x.as_slice::<f32>() {
+            return max_pool_2d_f32(v, x.shape(), window);
+        }
+    }
     let w = Windows::new(x.shape(), window)?;
     let cells_for_index = if column_major { &w.cells_col } else { &w.cells };
     let mut indices = vec![0i64; w.planes * w.out_plane];
@@ -216,6 +221,46 @@ fn max_pool(x: &Tensor, window: &PoolWindow, column_major: bool, with_indices: b
         res.push(Tensor::from_vec(w.out_shape, indices)?);
     }
     Ok(res)
+}
+
+/// The common case (2-D, f32, no Indices output) without per-window cell tables: each plane
+/// walks its output rows with the valid input rows and columns of every window precomputed.
+/// Same semantics as [`max_pool_plane`]: the first maximum wins, an all-padding window gives 0.
+fn max_pool_2d_f32(v: &[f32], shape: &[usize], window: &PoolWindow) -> OpResult {
+    let dims = window.dims(&shape[2..]).map_err(OpError)?;
+    if shape[2..].contains(&0) {
+        return Err(OpError::new(format!("cannot pool empty spatial dims of shape {shape:?}")));
+    }
+    let (rows, cols) = (dim_taps(&dims[0]), dim_taps(&dims[1]));
+    let (ih, iw) = (shape[2], shape[3]);
+    let (oh, ow) = (dims[0].output, dims[1].output);
+    let planes = shape[0] * shape[1];
+    let mut out = vec![0f32; planes * oh * ow];
+    let run = |(dst, plane): (&mut [f32], &[f32])| {
+        for (r, taps_r) in rows.iter().enumerate() {
+            for (c, taps_c) in cols.iter().enumerate() {
+                let mut best: Option<f32> = None;
+                for &i in taps_r {
+                    let line = &plane[i * iw..(i + 1) * iw];
+                    for &j in taps_c {
+                        let x = line[j];
+                        if best.is_none_or(|b| x > b) {
+                            best = Some(x);
+                        }
+                    }
+                }
+                dst[r * ow + c] = best.unwrap_or(0.0);
+            }
+        }
+    };
+    if out.len() >= PAR_MIN / 8 {
+        out.par_chunks_mut(oh * ow).zip(v.par_chunks(ih * iw)).for_each(run);
+    } else {
+        out.chunks_mut(oh * ow).zip(v.chunks(ih * iw)).for_each(run);
+    }
+    let mut out_shape = shape[..2].to_vec();
+    out_shape.extend([oh, ow]);
+    Ok(vec![Tensor::from_vec(out_shape, out)?])
 }
 
 /// Max-pools plane `p` into `dst`, with the flat input index of each maximum in `idx`.

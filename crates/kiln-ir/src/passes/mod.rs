@@ -2,11 +2,13 @@
 
 mod const_fold;
 mod dce;
+mod fold_batchnorm;
 mod infer_types;
 mod remove_noops;
 
 pub use const_fold::ConstFold;
 pub use dce::DeadCodeElimination;
+pub use fold_batchnorm::FoldBatchNorm;
 pub use infer_types::InferTypes;
 pub use remove_noops::RemoveNoops;
 
@@ -61,6 +63,7 @@ impl PassManager {
             Box::new(InferTypes),
             Box::new(RemoveNoops),
             Box::new(ConstFold),
+            Box::new(FoldBatchNorm),
             Box::new(DeadCodeElimination),
             Box::new(InferTypes),
         ])
