@@ -2,7 +2,7 @@
 //! with it on the CPU reference executor, and checks the output against the expected output
 //! that onnx's reference evaluator produced (`tests/models/make_models.py`).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::process::Command;
 
 pub fn run() -> Result<()> {
@@ -10,11 +10,14 @@ pub fn run() -> Result<()> {
     if !status.success() {
         bail!("building kiln failed");
     }
-    let kiln = "target/release/kiln";
+    // The kiln binary sits next to this xtask binary: both are release builds of one target dir.
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let kiln_path = exe.with_file_name(format!("kiln{}", std::env::consts::EXE_SUFFIX));
+    let kiln = kiln_path.to_str().context("the target directory's path is not UTF-8")?;
     let model = "tests/models/tiny_cnn.onnx";
     let out_dir = "target/demo";
     println!("$ {kiln} inspect {model}");
-    let ok = Command::new(kiln).args(["inspect", model]).status()?.success();
+    let ok = Command::new(kiln).args(["inspect", model]).status().with_context(|| format!("running {kiln}"))?.success();
     if !ok {
         bail!("kiln inspect failed");
     }
