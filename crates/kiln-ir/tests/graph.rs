@@ -193,3 +193,32 @@ fn type_inference_fills_shapes_and_reports_contradictions() {
     let e = InferTypes.run(&mut g, &PassContext::default()).unwrap_err().to_string();
     assert!(e.contains("'sum'") && e.contains("Add"), "{e}");
 }
+
+#[test]
+fn shapes_of_known_values_become_constants() {
+    let mut g = Graph::new("shapes");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 3, 4]));
+    let r = g.add_node("relu", relu(), &[Some(x)], out("r"));
+    let s = g.add_node(
+        "shape",
+        Op::Layout(LayoutOp::Shape { start: 1, end: None }),
+        &[Some(Value { node: r, slot: 0 })],
+        out("s"),
+    );
+    let n = g.add_node("size", Op::Layout(LayoutOp::Size), &[Some(Value { node: r, slot: 0 })], out("n"));
+    g.add_output("s", Value { node: s, slot: 0 });
+    g.add_output("n", Value { node: n, slot: 0 });
+    // Type inference first: the shape of `r` is only known once Relu's rule has run.
+    PassManager::default_pipeline().always_verify(true).run(&mut g, &PassContext::default()).unwrap();
+    let consts: Vec<Tensor> = g
+        .outputs
+        .iter()
+        .map(|o| match &g.node(o.value.node).op {
+            Op::Const(t) => t.clone(),
+            op => panic!("output {} is still a {}", o.name, op.name()),
+        })
+        .collect();
+    assert_eq!(consts[0], Tensor::from_vec(vec![2], vec![3i64, 4]).unwrap());
+    assert_eq!(consts[1], Tensor::scalar(24i64));
+    assert_eq!(g.value_info(g.outputs[0].value).name, "s");
+}

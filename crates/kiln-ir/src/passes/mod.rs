@@ -3,12 +3,14 @@
 mod const_fold;
 mod dce;
 mod fold_batchnorm;
+mod fold_shapes;
 mod infer_types;
 mod remove_noops;
 
 pub use const_fold::ConstFold;
 pub use dce::DeadCodeElimination;
 pub use fold_batchnorm::FoldBatchNorm;
+pub use fold_shapes::FoldShapes;
 pub use infer_types::InferTypes;
 pub use remove_noops::RemoveNoops;
 
@@ -38,6 +40,47 @@ pub trait Pass {
     fn run(&self, graph: &mut Graph, cx: &PassContext<'_>) -> Result<bool, IrError>;
 }
 
+/// Runs a list of passes again and again until none changes the graph (or a round limit is
+/// reached), verifying after each one in debug builds. Shape folding, constant folding and
+/// type inference feed each other this way.
+pub struct Repeat {
+    name: &'static str,
+    max_rounds: usize,
+    passes: Vec<Box<dyn Pass>>,
+}
+
+impl Repeat {
+    /// A named repetition of `passes`, at most `max_rounds` times.
+    pub fn new(name: &'static str, max_rounds: usize, passes: Vec<Box<dyn Pass>>) -> Repeat {
+        Repeat { name, max_rounds, passes }
+    }
+}
+
+impl Pass for Repeat {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&self, graph: &mut Graph, cx: &PassContext<'_>) -> Result<bool, IrError> {
+        let mut any = false;
+        for _ in 0..self.max_rounds {
+            let mut changed = false;
+            for pass in &self.passes {
+                let wrap = |e: IrError| IrError::Pass { pass: pass.name(), source: Box::new(e) };
+                changed |= pass.run(graph, cx).map_err(wrap)?;
+                if cfg!(debug_assertions) {
+                    graph.verify().map_err(wrap)?;
+                }
+            }
+            any |= changed;
+            if !changed {
+                break;
+            }
+        }
+        Ok(any)
+    }
+}
+
 /// What one pass did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassReport {
@@ -62,7 +105,11 @@ impl PassManager {
         PassManager::new(vec![
             Box::new(InferTypes),
             Box::new(RemoveNoops),
-            Box::new(ConstFold),
+            Box::new(Repeat::new(
+                "fold-constants",
+                16,
+                vec![Box::new(FoldShapes), Box::new(ConstFold), Box::new(InferTypes)],
+            )),
             Box::new(FoldBatchNorm),
             Box::new(DeadCodeElimination),
             Box::new(InferTypes),
