@@ -37,19 +37,23 @@ pub fn run(a: Args) -> Result<()> {
     let model_name = a.model.display().to_string();
     let t0 = Instant::now();
     let mut model = kiln::load(&a.model).with_context(|| format!("loading {model_name}"))?;
-    if !a.no_opt {
-        kiln::optimize(&mut model.graph).with_context(|| format!("optimizing {model_name}"))?;
-    }
-    let load_time = t0.elapsed();
-    let g = &model.graph;
 
     let mut given: HashMap<String, Tensor> = HashMap::new();
     for s in &a.inputs {
         let (name, file) = s.split_once('=').with_context(|| format!("expected NAME=FILE.npy, got '{s}'"))?;
         given.insert(name.to_string(), kiln::npy::read(file.as_ref())?);
     }
-    let shapes: HashMap<String, Vec<usize>> =
+    let mut shapes: HashMap<String, Vec<usize>> =
         a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
+    // The run's input shapes are known now, so optimize for exactly them.
+    shapes.extend(given.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())));
+    kiln::specialize(&mut model.graph, &shapes).with_context(|| format!("fixing input shapes of {model_name}"))?;
+    if !a.no_opt {
+        kiln::optimize(&mut model.graph).with_context(|| format!("optimizing {model_name}"))?;
+    }
+    let load_time = t0.elapsed();
+    let g = &model.graph;
+
     let mut rng = kiln::random::Rng::new(a.seed);
     let mut inputs = vec![];
     for &id in &g.inputs {

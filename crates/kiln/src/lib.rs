@@ -28,6 +28,14 @@ pub enum Error {
     /// Running on the CPU failed.
     #[error(transparent)]
     Cpu(#[from] kiln_cpu::CpuError),
+    /// A shape given for an input does not fit the model.
+    #[error("input '{input}': {msg}")]
+    Shape {
+        /// The input.
+        input: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// Reading or writing a `.npy` file failed.
     #[error("{path}: {msg}")]
     Npy {
@@ -41,6 +49,34 @@ pub enum Error {
 /// Imports an ONNX model file (external data is read from its directory).
 pub fn load(path: &Path) -> Result<kiln_onnx::Model, Error> {
     Ok(kiln_onnx::load_model(path)?)
+}
+
+/// Fixes the shapes of graph inputs (by name) before optimizing, as an engine built for one
+/// input shape does: symbolic and unknown dims become concrete, so shape arithmetic folds to
+/// constants and every downstream shape is known. A given shape must agree with the model's
+/// declared rank and known dims.
+pub fn specialize(graph: &mut Graph, shapes: &std::collections::HashMap<String, Vec<usize>>) -> Result<(), Error> {
+    for (name, shape) in shapes {
+        let id = graph
+            .inputs
+            .iter()
+            .copied()
+            .find(|&i| graph.node(i).outputs[0].name == *name)
+            .ok_or_else(|| Error::Shape { input: name.clone(), msg: "the model has no such input".into() })?;
+        let info = &mut graph.node_mut(id).outputs[0];
+        if let Some(declared) = &info.ty.shape {
+            let fits = declared.len() == shape.len()
+                && declared.iter().zip(shape).all(|(d, &s)| d.known().is_none_or(|k| k == s));
+            if !fits {
+                return Err(Error::Shape {
+                    input: name.clone(),
+                    msg: format!("shape {shape:?} does not fit the declared {}", info.ty),
+                });
+            }
+        }
+        info.ty.shape = Some(shape.iter().map(|&d| kiln_ir::Dim::Known(d)).collect());
+    }
+    Ok(())
 }
 
 /// Runs the default pass pipeline (type inference, no-op removal, constant folding with the
