@@ -15,6 +15,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let model = kiln::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    for w in &model.warnings {
+        eprintln!("warning: {w}");
+    }
     let g = &model.graph;
     let (mut params, mut bytes) = (0usize, 0usize);
     for id in g.node_ids() {

@@ -37,6 +37,9 @@ pub fn run(a: Args) -> Result<()> {
     let model_name = a.model.display().to_string();
     let t0 = Instant::now();
     let mut model = kiln::load(&a.model).with_context(|| format!("loading {model_name}"))?;
+    for w in &model.warnings {
+        eprintln!("warning: {w}");
+    }
 
     let mut given: HashMap<String, Tensor> = HashMap::new();
     for s in &a.inputs {

@@ -68,6 +68,18 @@ pub enum ImportError {
         /// What is wrong.
         msg: String,
     },
+    /// The model exceeds one of the [`Limits`](crate::Limits) in its [`ImportOptions`](crate::ImportOptions).
+    #[error("{limit} is {value}, over the limit of {max} (raise {how_to_raise} to accept it)")]
+    Limit {
+        /// What was measured, and where.
+        limit: String,
+        /// The measured value.
+        value: u64,
+        /// The limit it exceeds.
+        max: u64,
+        /// The option field that raises the limit.
+        how_to_raise: String,
+    },
     /// The imported graph fails verification.
     #[error(transparent)]
     Ir(#[from] kiln_ir::IrError),

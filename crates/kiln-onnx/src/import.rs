@@ -1,11 +1,13 @@
 //! Turning a decoded `ModelProto` into a verified IR graph.
 
 use crate::ctx::NodeCtx;
+use crate::limits::Census;
 use crate::ops::Registry;
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto};
 use crate::tensor::{dtype_from_onnx, onnx_dtype_name, tensor_from_proto};
-use crate::{ImportError, UnsupportedOp};
-use kiln_ir::{DType, Dim, Graph, Op, Tensor, TypeInfo, Value, ValueInfo, ValueKind};
+use crate::{ImportError, Limits, UnsupportedOp};
+use kiln_ir::{DType, Dim, Graph, Op, Tensor, TensorData, TypeInfo, Value, ValueInfo, ValueKind};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -18,6 +20,8 @@ pub struct ImportOptions {
     /// The model's directory, where external data is looked up. Without it, external data is
     /// refused.
     pub base_dir: Option<PathBuf>,
+    /// Bounds on the model's size and shape.
+    pub limits: Limits,
 }
 
 /// An imported model: the verified graph plus the model's metadata.
@@ -31,6 +35,9 @@ pub struct Model {
     pub ir_version: i64,
     /// Who wrote the file (`pytorch 2.11`).
     pub producer: String,
+    /// Oddities the model was accepted with, one line each: weights holding NaN or infinity,
+    /// negative declared dims.
+    pub warnings: Vec<String>,
 }
 
 /// Imports a decoded model.
@@ -57,20 +64,25 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Model, I
         .graph
         .as_ref()
         .ok_or_else(|| ImportError::Graph { graph: "model".into(), msg: "model has no graph".into() })?;
+    // Before anything else recurses into the model or allocates for it.
+    let mut census = Census::new(&opts.limits);
+    census.graph(gp, 0)?;
     let reg = crate::ops::registry();
     let mut unsupported: BTreeMap<(String, String), UnsupportedOp> = BTreeMap::new();
     collect_unsupported(gp, &reg, &opsets, &mut unsupported);
     if !unsupported.is_empty() {
         return Err(ImportError::Unsupported(unsupported.into_values().collect()));
     }
-    let cx = Importer { reg: &reg, opsets: &opsets, opts };
+    let cx = Importer { reg: &reg, opsets: &opsets, opts, warnings: RefCell::new(census.warnings) };
     let graph = cx.import_graph(gp, &[])?;
     graph.verify()?;
+    let warnings = cx.warnings.into_inner();
     Ok(Model {
         graph,
         opsets,
         ir_version: model.ir_version,
         producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+        warnings,
     })
 }
 
@@ -196,14 +208,29 @@ struct Importer<'a> {
     reg: &'a Registry,
     opsets: &'a BTreeMap<String, i64>,
     opts: &'a ImportOptions,
+    warnings: RefCell<Vec<String>>,
 }
 
 impl Importer<'_> {
+    /// Notes a weight holding NaN or infinity: legal, and sometimes deliberate (masks), but
+    /// more often the sign of a broken export.
+    fn check_finite(&self, what: &str, t: &Tensor) {
+        let n = non_finite(t);
+        if n > 0 {
+            self.warnings.borrow_mut().push(format!("{what} holds {n} NaN or infinite values of {}", t.len()));
+        }
+    }
+
     /// Imports a graph. `captures` are outer names the graph reads; they become graph inputs
     /// after the formal ones.
     fn import_graph(&self, gp: &GraphProto, captures: &[String]) -> Result<Graph, ImportError> {
         let gname = if gp.name.is_empty() { "main".to_string() } else { gp.name.clone() };
         let gerr = |msg: String| ImportError::Graph { graph: gname.clone(), msg };
+        if gp.output.is_empty() {
+            // A graph that computes nothing cannot be run, and an empty main graph is the
+            // most common shape of a file that is not a model at all.
+            return Err(gerr("graph has no outputs".into()));
+        }
         let mut g = Graph::new(gname.clone());
         let mut scope: HashMap<String, Value> = HashMap::new();
         let declared: HashMap<&str, &TypeProto> = gp
@@ -222,6 +249,7 @@ impl Importer<'_> {
                 return Err(gerr(format!("initializer '{}' is defined twice", t.name)));
             }
             let tensor = tensor_from_proto(t, self.opts.base_dir.as_deref())?;
+            self.check_finite(&format!("initializer '{}'", t.name), &tensor);
             let v = g.add_const(t.name.clone(), tensor);
             scope.insert(t.name.clone(), v);
         }
@@ -307,6 +335,9 @@ impl Importer<'_> {
         let sub = |gp: &GraphProto| self.import_graph(gp, &captures);
         let cx = NodeCtx { node: &n, opset, consts, input_dtypes, subgraph: &sub };
         let op = f(&cx)?;
+        if let Op::Const(t) = &op {
+            self.check_finite(&format!("constant '{}'", n.name), t);
+        }
 
         for c in &captures {
             let v = *scope.get(c).ok_or_else(|| {
@@ -332,5 +363,16 @@ impl Importer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// How many elements of a floating-point tensor are NaN or infinite.
+fn non_finite(t: &Tensor) -> usize {
+    match t.data() {
+        TensorData::F32(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        TensorData::F64(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        TensorData::F16(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        TensorData::BF16(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        _ => 0,
     }
 }

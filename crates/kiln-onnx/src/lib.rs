@@ -7,6 +7,7 @@
 mod ctx;
 mod error;
 mod import;
+mod limits;
 pub mod ops;
 mod tensor;
 
@@ -19,6 +20,7 @@ pub mod proto {
 pub use ctx::NodeCtx;
 pub use error::{ImportError, UnsupportedOp};
 pub use import::{import_model, ImportOptions, Model, MAX_OPSET};
+pub use limits::Limits;
 pub use tensor::{dtype_from_onnx, dtype_to_onnx, tensor_from_proto, tensor_to_proto};
 
 use prost::Message;
@@ -26,14 +28,23 @@ use std::path::Path;
 
 /// Decodes and imports a model from bytes.
 pub fn import_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<Model, ImportError> {
-    let model = proto::ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
+    limits::check("model size in bytes", bytes.len() as u64, opts.limits.max_file_bytes, "max_file_bytes")?;
+    let model = proto::ModelProto::decode(bytes).map_err(decode_error)?;
     import_model(&model, opts)
 }
 
-/// Reads and imports a model file; external data is looked up next to it.
+/// Reads and imports a model file with default options; external data is looked up next to it.
 pub fn load_model(path: &Path) -> Result<Model, ImportError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
+    load_model_with(path, &ImportOptions::default())
+}
+
+/// Reads and imports a model file; `opts.base_dir` is replaced by the file's directory.
+/// The file's size is checked against the limit before it is read.
+pub fn load_model_with(path: &Path, opts: &ImportOptions) -> Result<Model, ImportError> {
+    let io = |e: std::io::Error| ImportError::Io { path: path.display().to_string(), msg: e.to_string() };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    limits::check("model file size in bytes", len, opts.limits.max_file_bytes, "max_file_bytes")?;
+    let bytes = std::fs::read(path).map_err(io)?;
     let opts = ImportOptions {
         base_dir: path.parent().map(|p| {
             if p.as_os_str().is_empty() {
@@ -42,15 +53,30 @@ pub fn load_model(path: &Path) -> Result<Model, ImportError> {
                 p.to_path_buf()
             }
         }),
+        ..opts.clone()
     };
     import_bytes(&bytes, &opts)
+}
+
+/// Turns prost's error into ours. prost stops at 100 nested messages; a model reaches that
+/// only through deeply nested subgraphs, so the message says so instead of listing the
+/// hundred fields on the way down.
+fn decode_error(e: prost::DecodeError) -> ImportError {
+    let msg = e.to_string();
+    if msg.contains("recursion limit") {
+        return ImportError::Decode(
+            "messages nest deeper than the decoder's limit of 100 (subgraphs nested too deep): recursion limit reached"
+                .into(),
+        );
+    }
+    ImportError::Decode(msg)
 }
 
 /// Reads a file holding one serialized `TensorProto` (as the ONNX test suite stores data).
 pub fn read_tensor_file(path: &Path) -> Result<Tensor, ImportError> {
     let bytes =
         std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
-    let t = proto::TensorProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode(e.to_string()))?;
+    let t = proto::TensorProto::decode(bytes.as_slice()).map_err(decode_error)?;
     tensor_from_proto(&t, path.parent())
 }
 
@@ -59,7 +85,7 @@ pub fn read_tensor_file(path: &Path) -> Result<Tensor, ImportError> {
 pub fn read_value_file(path: &Path, kind: ValueKind) -> Result<Data, ImportError> {
     let bytes =
         std::fs::read(path).map_err(|e| ImportError::Io { path: path.display().to_string(), msg: e.to_string() })?;
-    let decode = |e: prost::DecodeError| ImportError::Decode(e.to_string());
+    let decode = decode_error;
     let seq = |s: &proto::SequenceProto| -> Result<Data, ImportError> {
         if !s.sequence_values.is_empty() || !s.map_values.is_empty() || !s.optional_values.is_empty() {
             return Err(ImportError::Tensor { name: s.name.clone(), msg: "nested sequences are not supported".into() });

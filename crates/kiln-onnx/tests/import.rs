@@ -7,7 +7,7 @@ use kiln_onnx::proto::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
     TypeProto, ValueInfoProto,
 };
-use kiln_onnx::{import_bytes, ImportError, ImportOptions};
+use kiln_onnx::{import_bytes, ImportError, ImportOptions, Limits};
 use prost::Message;
 use std::path::Path;
 
@@ -56,7 +56,7 @@ fn model(graph: GraphProto, opset: i64) -> ModelProto {
 
 /// Imports a model from its bytes, as a file would be read.
 fn check(m: &ModelProto, dir: Option<&Path>) -> Result<kiln_onnx::Model, ImportError> {
-    import_bytes(&m.encode_to_vec(), &ImportOptions { base_dir: dir.map(Path::to_path_buf) })
+    import_bytes(&m.encode_to_vec(), &ImportOptions { base_dir: dir.map(Path::to_path_buf), ..Default::default() })
 }
 
 fn relu_graph(initializer: Vec<TensorProto>) -> GraphProto {
@@ -335,4 +335,60 @@ fn if_branches_capture_outer_values_as_inputs() {
         assert_eq!(sub.inputs.len(), 1);
         assert_eq!(sub.node(sub.inputs[0]).outputs[0].name, "x");
     }
+}
+
+/// Imports with one limit changed, expecting that limit's error.
+fn check_limit(m: &ModelProto, limits: Limits, what: &str, field: &str) {
+    let opts = ImportOptions { limits, ..Default::default() };
+    let e = import_bytes(&m.encode_to_vec(), &opts).unwrap_err();
+    assert!(matches!(e, ImportError::Limit { .. }), "{e}");
+    let e = e.to_string();
+    assert!(e.contains(what) && e.contains(&format!("ImportOptions::limits.{field}")), "{e}");
+}
+
+/// A graph holding an If whose then_branch holds an If, `depth` levels down.
+fn nested_ifs(depth: usize) -> GraphProto {
+    let mut g = relu_graph(vec![]);
+    for level in 0..depth {
+        let mut n = node("If", &format!("if{level}"), &["c"], &["y"]);
+        n.attribute.push(AttributeProto {
+            name: "then_branch".into(),
+            r#type: AttributeType::Graph as i32,
+            g: Some(g),
+            ..Default::default()
+        });
+        g = GraphProto { name: format!("g{level}"), node: vec![n], ..Default::default() };
+    }
+    g
+}
+
+#[test]
+fn limits_name_the_option_that_raises_them() {
+    let base = Limits::default();
+    let m = model(relu_graph(vec![]), 17);
+    check_limit(&m, Limits { max_nodes: 0, ..base.clone() }, "graph node count is 1", "max_nodes");
+    check_limit(&m, Limits { max_rank: 1, ..base.clone() }, "rank of value 'x' is 2", "max_rank");
+    check_limit(&m, Limits { max_file_bytes: 10, ..base.clone() }, "model size in bytes", "max_file_bytes");
+    let w = TensorProto { name: "w".into(), dims: vec![4], data_type: 1, raw_data: vec![0; 16], ..Default::default() };
+    let m = model(relu_graph(vec![w]), 17);
+    check_limit(&m, Limits { max_weight_bytes: 15, ..base.clone() }, "total weight bytes is 16", "max_weight_bytes");
+    let m = model(nested_ifs(5), 17);
+    check_limit(
+        &m,
+        Limits { max_depth: 3, ..base.clone() },
+        "subgraph nesting depth below node 'if1' is 4",
+        "max_depth",
+    );
+    check_limit(&m, Limits { max_nodes: 4, ..base }, "graph node count is 5", "max_nodes");
+}
+
+#[test]
+fn nesting_is_checked_before_recursing() {
+    // Deeper than any stack would survive if the importer recursed first; the model is built
+    // in memory, so prost's decoder limit does not apply.
+    let m = model(nested_ifs(10_000), 17);
+    let e = kiln_onnx::import_model(&m, &ImportOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("subgraph nesting depth") && e.contains("max_depth"), "{e}");
+    // Dropping a 10,000-deep message recurses too; leak it rather than overflow the stack.
+    std::mem::forget(m);
 }
