@@ -43,7 +43,9 @@ fn dequantize_linear(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     let output_dtype = output_dtype(cx)?;
     if let Some(d) = output_dtype {
         if !d.is_float() || d.is_low_precision_float() {
-            return Err(cx.attr_error("output_dtype", format!("expected float, float16, bfloat16 or double, found {d}")));
+            return Err(
+                cx.attr_error("output_dtype", format!("expected float, float16, bfloat16 or double, found {d}"))
+            );
         }
     }
     Ok(Op::Quant(QuantOp::DequantizeLinear { axis: cx.i64_or("axis", 1)?, block_size: block_size(cx)?, output_dtype }))
