@@ -31,11 +31,27 @@ pub enum DType {
     U64,
     /// Boolean, one byte per element.
     Bool,
+    /// FLOAT8E4M3FN: 4 exponent and 3 mantissa bits, finite and NaN only.
+    F8E4M3FN,
+    /// FLOAT8E4M3FNUZ: like E4M3FN with bias 8, no negative zero and one NaN.
+    F8E4M3FNUZ,
+    /// FLOAT8E5M2: 5 exponent and 2 mantissa bits, with Inf and NaN.
+    F8E5M2,
+    /// FLOAT8E5M2FNUZ: like E5M2 with bias 16, no Inf, no negative zero and one NaN.
+    F8E5M2FNUZ,
+    /// Unsigned 4-bit integer, one per byte in memory.
+    U4,
+    /// Signed 4-bit integer, one per byte in memory.
+    I4,
+    /// FLOAT4E2M1: 2 exponent and 1 mantissa bit, one per byte in memory.
+    F4E2M1,
+    /// FLOAT8E8M0: an unsigned power-of-two scale.
+    F8E8M0,
 }
 
 impl DType {
     /// Every element type, in declaration order.
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 21] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -49,12 +65,30 @@ impl DType {
         DType::I64,
         DType::U64,
         DType::Bool,
+        DType::F8E4M3FN,
+        DType::F8E4M3FNUZ,
+        DType::F8E5M2,
+        DType::F8E5M2FNUZ,
+        DType::U4,
+        DType::I4,
+        DType::F4E2M1,
+        DType::F8E8M0,
     ];
 
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::I8
+            | DType::U8
+            | DType::Bool
+            | DType::F8E4M3FN
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2
+            | DType::F8E5M2FNUZ
+            | DType::U4
+            | DType::I4
+            | DType::F4E2M1
+            | DType::F8E8M0 => 1,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F64 | DType::I64 | DType::U64 => 8,
@@ -63,7 +97,16 @@ impl DType {
 
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64) || self.is_low_precision_float()
+    }
+
+    /// Whether this is one of the float8, float4 or E8M0 types, which hold values but take no
+    /// part in arithmetic.
+    pub fn is_low_precision_float(self) -> bool {
+        matches!(
+            self,
+            DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1 | DType::F8E8M0
+        )
     }
 
     /// Whether this is an integer type (signed or unsigned).
@@ -73,7 +116,7 @@ impl DType {
 
     /// Whether this is a signed integer type.
     pub fn is_signed_int(self) -> bool {
-        matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+        matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::I4)
     }
 
     /// The short lowercase name used in dumps and on the command line.
@@ -92,6 +135,14 @@ impl DType {
             DType::I64 => "i64",
             DType::U64 => "u64",
             DType::Bool => "bool",
+            DType::F8E4M3FN => "f8e4m3fn",
+            DType::F8E4M3FNUZ => "f8e4m3fnuz",
+            DType::F8E5M2 => "f8e5m2",
+            DType::F8E5M2FNUZ => "f8e5m2fnuz",
+            DType::U4 => "u4",
+            DType::I4 => "i4",
+            DType::F4E2M1 => "f4e2m1",
+            DType::F8E8M0 => "f8e8m0",
         }
     }
 

@@ -8,6 +8,7 @@ mod dtype;
 mod dump;
 mod error;
 mod graph;
+pub mod lowp;
 pub mod ops;
 pub mod passes;
 mod tensor;

@@ -1,5 +1,6 @@
 //! Dense host tensors: the values of constants, weights and the CPU executor.
 
+use crate::lowp::{F4E2M1, F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F8E8M0, I4, U4};
 use crate::DType;
 use half::{bf16, f16};
 use std::fmt;
@@ -21,6 +22,14 @@ pub enum TensorData {
     I64(Vec<i64>),
     U64(Vec<u64>),
     Bool(Vec<bool>),
+    F8E4M3FN(Vec<F8E4M3FN>),
+    F8E4M3FNUZ(Vec<F8E4M3FNUZ>),
+    F8E5M2(Vec<F8E5M2>),
+    F8E5M2FNUZ(Vec<F8E5M2FNUZ>),
+    U4(Vec<U4>),
+    I4(Vec<I4>),
+    F4E2M1(Vec<F4E2M1>),
+    F8E8M0(Vec<F8E8M0>),
 }
 
 /// Applies `$body` to the vector inside a [`TensorData`], binding it as `$v`.
@@ -43,6 +52,14 @@ macro_rules! dispatch {
             $crate::TensorData::I64($v) => $body,
             $crate::TensorData::U64($v) => $body,
             $crate::TensorData::Bool($v) => $body,
+            $crate::TensorData::F8E4M3FN($v) => $body,
+            $crate::TensorData::F8E4M3FNUZ($v) => $body,
+            $crate::TensorData::F8E5M2($v) => $body,
+            $crate::TensorData::F8E5M2FNUZ($v) => $body,
+            $crate::TensorData::U4($v) => $body,
+            $crate::TensorData::I4($v) => $body,
+            $crate::TensorData::F4E2M1($v) => $body,
+            $crate::TensorData::F8E8M0($v) => $body,
         }
     };
 }
@@ -61,8 +78,15 @@ pub trait Elem: Copy + Default + PartialEq + PartialOrd + Send + Sync + fmt::Deb
     fn unwrap(d: TensorData) -> Option<Vec<Self>>;
     /// Converts to f64 (booleans become 0 or 1).
     fn to_f64(self) -> f64;
-    /// Converts from f64 with `as`-cast semantics (saturating for integers, NaN to 0).
+    /// Converts from f64 with `as`-cast semantics (saturating for integers, NaN to 0); the
+    /// low-precision types follow ONNX `Cast` with `saturate=1` (see [`crate::lowp`]), the
+    /// 4-bit integers wrap.
     fn from_f64(v: f64) -> Self;
+    /// ONNX `Cast` with `saturate=0`: differs from [`Elem::from_f64`] only for the float8 and
+    /// E8M0 types, where out-of-range values become Inf or NaN.
+    fn from_f64_unsaturated(v: f64) -> Self {
+        Self::from_f64(v)
+    }
     /// Converts to i64 exactly where possible (floats truncate toward zero).
     fn to_i64(self) -> i64;
     /// Converts from i64 with wrapping semantics for integers.
@@ -70,8 +94,15 @@ pub trait Elem: Copy + Default + PartialEq + PartialOrd + Send + Sync + fmt::Deb
 }
 
 macro_rules! elem {
-    ($t:ty, $d:ident, $to64:expr, $from64:expr, $toi:expr, $fromi:expr) => {
+    ($t:ty, $d:ident, $to64:expr, $from64:expr, $toi:expr, $fromi:expr $(, $unsat:expr)?) => {
         impl Elem for $t {
+            $(
+            #[inline]
+            fn from_f64_unsaturated(v: f64) -> Self {
+                let f: fn(f64) -> $t = $unsat;
+                f(v)
+            }
+            )?
             const DTYPE: DType = DType::$d;
             fn wrap(v: Vec<Self>) -> TensorData {
                 TensorData::$d(v)
@@ -131,6 +162,15 @@ elem!(u32, U32, |x| x as f64, |v| v as u32, |x| x as i64, |v| v as u32);
 elem!(i64, I64, |x| x as f64, |v| v as i64, |x| x, |v| v);
 elem!(u64, U64, |x| x as f64, |v| v as u64, |x| x as i64, |v| v as u64);
 elem!(bool, Bool, |x| x as u8 as f64, |v| v != 0.0, |x| x as i64, |v| v != 0);
+elem!(I4, I4, |x| x.0 as f64, I4::from_f64, |x| x.0 as i64, I4::wrapping);
+elem!(U4, U4, |x| x.0 as f64, U4::from_f64, |x| x.0 as i64, U4::wrapping);
+
+macro_rules! lowp_elem {
+    ($($t:ident),*) => {$(
+        elem!($t, $t, $t::to_f64, $t::from_f64, |x| x.to_f64() as i64, |v| $t::from_f64(v as f64), $t::from_f64_unsaturated);
+    )*};
+}
+lowp_elem!(F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F4E2M1, F8E8M0);
 
 /// Errors from constructing or converting tensors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -269,14 +309,21 @@ impl Tensor {
         dispatch!(&self.data, v => v.iter().map(|x| x.to_i64()).collect())
     }
 
-    /// Converts to another element type with ONNX `Cast` semantics for the common cases:
-    /// floats to integers truncate (saturating), integers wrap between integer types,
-    /// anything to bool is `x != 0`.
+    /// Converts to another element type with ONNX `Cast` semantics and `saturate=1`:
+    /// floats to integers truncate (saturating), integers wrap between integer types (the
+    /// 4-bit ones too), anything to bool is `x != 0`, and values beyond the float8 range clamp
+    /// to its largest finite value.
     pub fn cast(&self, to: DType) -> Tensor {
+        self.cast_with(to, true)
+    }
+
+    /// ONNX `Cast` with an explicit `saturate` attribute, which matters only for the float8
+    /// and E8M0 targets: without it, out-of-range values become Inf (E5M2) or NaN.
+    pub fn cast_with(&self, to: DType, saturate: bool) -> Tensor {
         if self.dtype() == to {
             return self.clone();
         }
-        let data = dispatch!(&self.data, v => TensorData::cast_from(v, to));
+        let data = dispatch!(&self.data, v => TensorData::cast_from(v, to, saturate));
         Tensor { shape: self.shape.clone(), data }
     }
 }
@@ -303,33 +350,51 @@ impl TensorData {
             DType::I64 => TensorData::I64(vec![0; n]),
             DType::U64 => TensorData::U64(vec![0; n]),
             DType::Bool => TensorData::Bool(vec![false; n]),
+            DType::F8E4M3FN => TensorData::F8E4M3FN(vec![F8E4M3FN::default(); n]),
+            DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(vec![F8E4M3FNUZ::default(); n]),
+            DType::F8E5M2 => TensorData::F8E5M2(vec![F8E5M2::default(); n]),
+            DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(vec![F8E5M2FNUZ::default(); n]),
+            DType::U4 => TensorData::U4(vec![U4::default(); n]),
+            DType::I4 => TensorData::I4(vec![I4::default(); n]),
+            DType::F4E2M1 => TensorData::F4E2M1(vec![F4E2M1::default(); n]),
+            DType::F8E8M0 => TensorData::F8E8M0(vec![F8E8M0::default(); n]),
         }
     }
 
-    fn cast_from<T: Elem>(v: &[T], to: DType) -> TensorData {
-        fn conv<T: Elem, U: Elem>(v: &[T]) -> TensorData {
+    fn cast_from<T: Elem>(v: &[T], to: DType, saturate: bool) -> TensorData {
+        fn conv<T: Elem, U: Elem>(v: &[T], saturate: bool) -> TensorData {
             let from = T::DTYPE;
             let to = U::DTYPE;
             if from.is_int() && to.is_int() || from == DType::Bool {
                 U::wrap(v.iter().map(|x| U::from_i64(x.to_i64())).collect())
-            } else {
+            } else if saturate {
                 U::wrap(v.iter().map(|x| U::from_f64(x.to_f64())).collect())
+            } else {
+                U::wrap(v.iter().map(|x| U::from_f64_unsaturated(x.to_f64())).collect())
             }
         }
         match to {
-            DType::F32 => conv::<T, f32>(v),
-            DType::F16 => conv::<T, f16>(v),
-            DType::BF16 => conv::<T, bf16>(v),
-            DType::F64 => conv::<T, f64>(v),
-            DType::I8 => conv::<T, i8>(v),
-            DType::U8 => conv::<T, u8>(v),
-            DType::I16 => conv::<T, i16>(v),
-            DType::U16 => conv::<T, u16>(v),
-            DType::I32 => conv::<T, i32>(v),
-            DType::U32 => conv::<T, u32>(v),
-            DType::I64 => conv::<T, i64>(v),
-            DType::U64 => conv::<T, u64>(v),
-            DType::Bool => conv::<T, bool>(v),
+            DType::F32 => conv::<T, f32>(v, saturate),
+            DType::F16 => conv::<T, f16>(v, saturate),
+            DType::BF16 => conv::<T, bf16>(v, saturate),
+            DType::F64 => conv::<T, f64>(v, saturate),
+            DType::I8 => conv::<T, i8>(v, saturate),
+            DType::U8 => conv::<T, u8>(v, saturate),
+            DType::I16 => conv::<T, i16>(v, saturate),
+            DType::U16 => conv::<T, u16>(v, saturate),
+            DType::I32 => conv::<T, i32>(v, saturate),
+            DType::U32 => conv::<T, u32>(v, saturate),
+            DType::I64 => conv::<T, i64>(v, saturate),
+            DType::U64 => conv::<T, u64>(v, saturate),
+            DType::Bool => conv::<T, bool>(v, saturate),
+            DType::F8E4M3FN => conv::<T, F8E4M3FN>(v, saturate),
+            DType::F8E4M3FNUZ => conv::<T, F8E4M3FNUZ>(v, saturate),
+            DType::F8E5M2 => conv::<T, F8E5M2>(v, saturate),
+            DType::F8E5M2FNUZ => conv::<T, F8E5M2FNUZ>(v, saturate),
+            DType::U4 => conv::<T, U4>(v, saturate),
+            DType::I4 => conv::<T, I4>(v, saturate),
+            DType::F4E2M1 => conv::<T, F4E2M1>(v, saturate),
+            DType::F8E8M0 => conv::<T, F8E8M0>(v, saturate),
         }
     }
 }

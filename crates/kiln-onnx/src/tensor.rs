@@ -3,6 +3,7 @@
 
 use crate::proto::{tensor_proto::DataLocation, TensorProto};
 use crate::ImportError;
+use kiln_ir::lowp::{F4E2M1, F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F8E8M0, I4, U4};
 use kiln_ir::{bf16, checked_numel, f16, DType, Tensor, TensorData};
 use std::path::{Component, Path};
 
@@ -22,6 +23,14 @@ pub fn dtype_from_onnx(code: i32) -> Option<DType> {
         12 => DType::U32,
         13 => DType::U64,
         16 => DType::BF16,
+        17 => DType::F8E4M3FN,
+        18 => DType::F8E4M3FNUZ,
+        19 => DType::F8E5M2,
+        20 => DType::F8E5M2FNUZ,
+        21 => DType::U4,
+        22 => DType::I4,
+        23 => DType::F4E2M1,
+        24 => DType::F8E8M0,
         _ => return None,
     })
 }
@@ -42,6 +51,14 @@ pub fn dtype_to_onnx(d: DType) -> i32 {
         DType::U32 => 12,
         DType::U64 => 13,
         DType::BF16 => 16,
+        DType::F8E4M3FN => 17,
+        DType::F8E4M3FNUZ => 18,
+        DType::F8E5M2 => 19,
+        DType::F8E5M2FNUZ => 20,
+        DType::U4 => 21,
+        DType::I4 => 22,
+        DType::F4E2M1 => 23,
+        DType::F8E8M0 => 24,
     }
 }
 
@@ -66,8 +83,11 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
         shape.push(usize::try_from(d).map_err(|_| err(format!("dimension {d} is too large")))?);
     }
     let n = checked_numel(&shape).ok_or_else(|| err(format!("element count of {:?} overflows", t.dims)))?;
-    let bytes_needed =
-        n.checked_mul(dtype.size()).ok_or_else(|| err(format!("byte size of {:?} overflows", t.dims)))?;
+    let bytes_needed = if is_packed_4bit(dtype) {
+        n.div_ceil(2)
+    } else {
+        n.checked_mul(dtype.size()).ok_or_else(|| err(format!("byte size of {:?} overflows", t.dims)))?
+    };
 
     let external;
     let raw: Option<&[u8]> = if t.data_location == DataLocation::External as i32 {
@@ -90,7 +110,7 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
                     dtype
                 )));
             }
-            decode_raw(dtype, raw)
+            decode_raw(dtype, raw, n)
         }
         None => decode_typed(t, dtype, n).map_err(err)?,
     };
@@ -105,7 +125,44 @@ fn no_typed_data(t: &TensorProto) -> bool {
         && t.uint64_data.is_empty()
 }
 
-fn decode_raw(dtype: DType, raw: &[u8]) -> TensorData {
+/// Whether ONNX stores the type two elements per byte, low nibble first.
+fn is_packed_4bit(dtype: DType) -> bool {
+    matches!(dtype, DType::U4 | DType::I4 | DType::F4E2M1)
+}
+
+/// `n` 4-bit elements from bytes holding two each, low nibble first (an odd count leaves the
+/// last high nibble as padding).
+fn unpack_4bit(bytes: impl Iterator<Item = u8>, n: usize) -> Vec<u8> {
+    bytes.flat_map(|b| [b & 0xF, b >> 4]).take(n).collect()
+}
+
+/// Packs 4-bit elements two per byte, low nibble first, padding an odd count with 0.
+fn pack_4bit(nibbles: impl Iterator<Item = u8>) -> Vec<u8> {
+    let v: Vec<u8> = nibbles.collect();
+    v.chunks(2).map(|c| (c[0] & 0xF) | c.get(1).map_or(0, |h| (h & 0xF) << 4)).collect()
+}
+
+/// Storage of a 4-bit type from its unpacked nibbles.
+fn from_nibbles(dtype: DType, nib: Vec<u8>) -> TensorData {
+    match dtype {
+        DType::U4 => TensorData::U4(nib.into_iter().map(U4).collect()),
+        DType::I4 => TensorData::I4(nib.into_iter().map(|x| I4::wrapping(x as i64)).collect()),
+        _ => TensorData::F4E2M1(nib.into_iter().map(F4E2M1).collect()),
+    }
+}
+
+/// Storage of a one-byte low-precision type from its bit patterns.
+fn from_bytes(dtype: DType, b: impl Iterator<Item = u8>) -> TensorData {
+    match dtype {
+        DType::F8E4M3FN => TensorData::F8E4M3FN(b.map(F8E4M3FN).collect()),
+        DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(b.map(F8E4M3FNUZ).collect()),
+        DType::F8E5M2 => TensorData::F8E5M2(b.map(F8E5M2).collect()),
+        DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(b.map(F8E5M2FNUZ).collect()),
+        _ => TensorData::F8E8M0(b.map(F8E8M0).collect()),
+    }
+}
+
+fn decode_raw(dtype: DType, raw: &[u8], n: usize) -> TensorData {
     fn le<const N: usize, T>(raw: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
         raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect()
     }
@@ -123,6 +180,10 @@ fn decode_raw(dtype: DType, raw: &[u8]) -> TensorData {
         DType::I64 => TensorData::I64(le(raw, i64::from_le_bytes)),
         DType::U64 => TensorData::U64(le(raw, u64::from_le_bytes)),
         DType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F8E8M0 => {
+            from_bytes(dtype, raw.iter().copied())
+        }
+        DType::U4 | DType::I4 | DType::F4E2M1 => from_nibbles(dtype, unpack_4bit(raw.iter().copied(), n)),
     }
 }
 
@@ -153,6 +214,15 @@ fn decode_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, S
             } else {
                 TensorData::U64(t.uint64_data.clone())
             }
+        }
+        // onnx.proto: 4-bit types pack two elements into the low byte of each int32_data entry.
+        DType::U4 | DType::I4 | DType::F4E2M1 => {
+            check(&t.int32_data, n.div_ceil(2), "int32_data")?;
+            from_nibbles(dtype, unpack_4bit(t.int32_data.iter().map(|&x| x as u8), n))
+        }
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F8E8M0 => {
+            check(&t.int32_data, n, "int32_data")?;
+            from_bytes(dtype, t.int32_data.iter().map(|&x| x as u8))
         }
         _ => {
             check(&t.int32_data, n, "int32_data")?;
@@ -229,7 +299,8 @@ fn read_external(t: &TensorProto, dir: &Path, bytes_needed: usize) -> Result<Vec
     Ok(buf)
 }
 
-/// Encodes a tensor as a `TensorProto` with `raw_data` (used to write test data and models).
+/// Encodes a tensor as a `TensorProto` with `raw_data` (used to write test data and models);
+/// the 4-bit types are packed two per byte as ONNX stores them.
 pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
     let mut raw = Vec::with_capacity(t.byte_size());
     match t.data() {
@@ -246,6 +317,14 @@ pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
         TensorData::I64(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
         TensorData::U64(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
         TensorData::Bool(v) => raw.extend(v.iter().map(|&x| x as u8)),
+        TensorData::F8E4M3FN(v) => raw.extend(v.iter().map(|x| x.0)),
+        TensorData::F8E4M3FNUZ(v) => raw.extend(v.iter().map(|x| x.0)),
+        TensorData::F8E5M2(v) => raw.extend(v.iter().map(|x| x.0)),
+        TensorData::F8E5M2FNUZ(v) => raw.extend(v.iter().map(|x| x.0)),
+        TensorData::F8E8M0(v) => raw.extend(v.iter().map(|x| x.0)),
+        TensorData::U4(v) => raw = pack_4bit(v.iter().map(|x| x.0)),
+        TensorData::I4(v) => raw = pack_4bit(v.iter().map(|x| x.0 as u8)),
+        TensorData::F4E2M1(v) => raw = pack_4bit(v.iter().map(|x| x.0)),
     }
     TensorProto {
         name: name.to_string(),
@@ -253,5 +332,45 @@ pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
         data_type: dtype_to_onnx(t.dtype()),
         raw_data: raw,
         ..TensorProto::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `proto` and checks it against `expected`, then checks that encoding round-trips.
+    fn check(proto: TensorProto, expected: &Tensor) {
+        let t = tensor_from_proto(&proto, None).unwrap();
+        assert_eq!(&t, expected);
+        let back = tensor_from_proto(&tensor_to_proto("t", &t), None).unwrap();
+        assert_eq!(&back, expected);
+    }
+
+    fn proto(code: i32, dims: &[i64]) -> TensorProto {
+        TensorProto { name: "t".into(), data_type: code, dims: dims.to_vec(), ..TensorProto::default() }
+    }
+
+    #[test]
+    fn four_bit_odd_lengths_raw_and_int32_data() {
+        let want = Tensor::from_vec(vec![3], vec![I4(-1), I4(7), I4(-8)]).unwrap();
+        check(TensorProto { raw_data: vec![0x7F, 0x08], ..proto(22, &[3]) }, &want);
+        check(TensorProto { int32_data: vec![0x7F, 0x08], ..proto(22, &[3]) }, &want);
+        assert_eq!(tensor_to_proto("t", &want).raw_data, [0x7F, 0x08]);
+        let u = Tensor::from_vec(vec![1], vec![U4(13)]).unwrap();
+        check(TensorProto { raw_data: vec![0x0D], ..proto(21, &[1]) }, &u);
+        let f = Tensor::from_vec(vec![1, 5], [1, 2, 3, 0xF, 7].map(F4E2M1).to_vec()).unwrap();
+        check(TensorProto { raw_data: vec![0x21, 0xF3, 0x07], ..proto(23, &[1, 5]) }, &f);
+        let err = tensor_from_proto(&TensorProto { raw_data: vec![0x21], ..proto(23, &[3]) }, None).unwrap_err();
+        assert!(err.to_string().contains("needs 2"), "{err}");
+    }
+
+    #[test]
+    fn float8_raw_and_int32_data() {
+        let want = Tensor::from_vec(vec![2], vec![F8E5M2(0x7B), F8E5M2(0x80)]).unwrap();
+        check(TensorProto { raw_data: vec![0x7B, 0x80], ..proto(19, &[2]) }, &want);
+        check(TensorProto { int32_data: vec![0x7B, 0x80], ..proto(19, &[2]) }, &want);
+        let e = Tensor::from_vec(vec![1], vec![F8E8M0(127)]).unwrap();
+        check(TensorProto { int32_data: vec![127], ..proto(24, &[1]) }, &e);
     }
 }

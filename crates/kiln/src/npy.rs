@@ -51,7 +51,10 @@ pub fn read_bytes(bytes: &[u8]) -> Result<Tensor, String> {
     t.map_err(|e| e.to_string())
 }
 
-/// Writes a tensor as a `.npy` file (bf16 is written as float32, which NumPy lacks).
+/// Writes a tensor as a `.npy` file.
+///
+/// NumPy has no bf16, float8, float4 or E8M0 type, so those are written as float32 (exactly:
+/// every value fits); the 4-bit integers are written as int8 and uint8.
 pub fn write(path: &Path, t: &Tensor) -> Result<(), Error> {
     let bytes = write_bytes(t).map_err(|m| err(path, m))?;
     std::fs::write(path, bytes).map_err(|e| err(path, e))
@@ -90,6 +93,11 @@ pub fn write_bytes(t: &Tensor) -> Result<Vec<u8>, String> {
         DType::I64 => go(s, t.as_slice::<i64>().map_err(|e| e.to_string())?),
         DType::U64 => go(s, t.as_slice::<u64>().map_err(|e| e.to_string())?),
         DType::Bool => go(s, t.as_slice::<bool>().map_err(|e| e.to_string())?),
+        DType::I4 => go(s, t.cast(DType::I8).as_slice::<i8>().map_err(|e| e.to_string())?),
+        DType::U4 => go(s, t.cast(DType::U8).as_slice::<u8>().map_err(|e| e.to_string())?),
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1 | DType::F8E8M0 => {
+            go(s, t.cast(DType::F32).as_slice::<f32>().map_err(|e| e.to_string())?)
+        }
     }
 }
 
@@ -102,7 +110,12 @@ mod tests {
         for d in DType::ALL {
             let t = Tensor::from_vec(vec![2, 3], (0..6).map(|x| x as f32 - 2.0).collect::<Vec<_>>()).unwrap().cast(d);
             let back = read_bytes(&write_bytes(&t).unwrap()).unwrap();
-            let want = if d == DType::BF16 { t.cast(DType::F32) } else { t };
+            let want = match d {
+                DType::I4 => t.cast(DType::I8),
+                DType::U4 => t.cast(DType::U8),
+                d if d == DType::BF16 || d.is_low_precision_float() => t.cast(DType::F32),
+                _ => t,
+            };
             assert_eq!(back, want, "{d}");
         }
     }

@@ -24,8 +24,8 @@ pub(super) fn eval(op: &ElementwiseOp, inputs: &[Option<&Tensor>], num_outputs: 
         }
         ElementwiseOp::Where => where_(input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?)?,
         ElementwiseOp::Clip { min, max } => clip(inputs, *min, *max)?,
-        ElementwiseOp::Cast { to } => input(inputs, 0)?.cast(*to),
-        ElementwiseOp::CastLike => input(inputs, 0)?.cast(input(inputs, 1)?.dtype()),
+        ElementwiseOp::Cast { to, saturate } => input(inputs, 0)?.cast_with(*to, *saturate),
+        ElementwiseOp::CastLike { saturate } => input(inputs, 0)?.cast_with(input(inputs, 1)?.dtype(), *saturate),
     };
     Ok(vec![out])
 }

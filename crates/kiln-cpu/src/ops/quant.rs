@@ -8,9 +8,9 @@ use kiln_ir::{DType, Elem, Tensor};
 pub(super) fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpResult {
     let _ = num_outputs;
     match *op {
-        QuantOp::QuantizeLinear { axis, block_size, output_dtype } => {
+        QuantOp::QuantizeLinear { axis, block_size, output_dtype, saturate } => {
             let (x, scale, zp) = (input(inputs, 0)?, input(inputs, 1)?, opt_input(inputs, 2));
-            Ok(vec![quantize(x, scale, zp, axis, block_size, output_dtype)?])
+            Ok(vec![quantize(x, scale, zp, axis, block_size, output_dtype, saturate)?])
         }
         QuantOp::DequantizeLinear { axis, block_size, output_dtype } => {
             let (x, scale, zp) = (input(inputs, 0)?, input(inputs, 1)?, opt_input(inputs, 2));
@@ -83,6 +83,7 @@ fn quantize(
     axis: i64,
     block_size: usize,
     output_dtype: Option<DType>,
+    saturate: bool,
 ) -> Result<Tensor, OpError> {
     if !x.dtype().is_float() || !scale.dtype().is_float() {
         bail!("QuantizeLinear: expected float input and scale, found {} and {}", x.dtype(), scale.dtype());
@@ -92,14 +93,19 @@ fn quantize(
         (Some(z), _) => z.dtype(),
         (None, d) => d.unwrap_or(DType::U8),
     };
+    let runs = scale_runs(x.shape(), scale.shape(), axis, block_size)?;
+    if to.is_low_precision_float() {
+        return quantize_float(x, scale, zp, &runs, to, saturate);
+    }
     let (lo, hi) = match to {
         DType::U8 => (0, 255),
         DType::I8 => (-128, 127),
         DType::U16 => (0, 65535),
         DType::I16 => (-32768, 32767),
+        DType::U4 => (0, 15),
+        DType::I4 => (-8, 7),
         d => bail!("QuantizeLinear: output type {d} is not supported"),
     };
-    let runs = scale_runs(x.shape(), scale.shape(), axis, block_size)?;
     let zps = zero_points(zp, scale)?;
     // The reference divides in the input's precision: f64 for f64, f32 otherwise.
     let q: Vec<f64> = if x.dtype() == DType::F64 {
@@ -110,6 +116,53 @@ fn quantize(
         quantize_runs(&runs, &xv, &sv, &zps, lo, hi)
     };
     Ok(Tensor::from_vec(x.shape().to_vec(), q)?.cast(to))
+}
+
+/// Quantization to float8 (x / scale, cast with `saturate`; the zero point is ignored, as the
+/// reference does) and float4 (x / scale + zero_point, cast; float4 always saturates).
+fn quantize_float(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: Option<&Tensor>,
+    runs: &[Run],
+    to: DType,
+    saturate: bool,
+) -> Result<Tensor, OpError> {
+    if !matches!(to, DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1) {
+        bail!("QuantizeLinear: output type {to} is not supported");
+    }
+    let zps = match zp {
+        Some(z) if to == DType::F4E2M1 => {
+            if z.len() != scale.len() {
+                bail!("zero point shape {:?} does not match scale shape {:?}", z.shape(), scale.shape());
+            }
+            to_f32(z)
+        }
+        _ => vec![0.0; scale.len()],
+    };
+    let q: Vec<f64> = if x.dtype() == DType::F64 {
+        let (xv, sv) = (x.to_f64_vec(), scale.to_f64_vec());
+        divide_runs(runs, &xv, &sv, |q, k| q + zps[k] as f64)
+    } else {
+        let (xv, sv) = (to_f32(x), to_f32(scale));
+        divide_runs(runs, &xv, &sv, |q, k| (q as f32 + zps[k]) as f64)
+    };
+    Ok(Tensor::from_vec(x.shape().to_vec(), q)?.cast_with(to, saturate))
+}
+
+/// `then(x / scale, scale index)` for every element, in the input's precision.
+fn divide_runs<F>(runs: &[Run], x: &[F], s: &[F], then: impl Fn(f64, usize) -> f64) -> Vec<f64>
+where
+    F: Copy + std::ops::Div<Output = F> + Into<f64>,
+{
+    let mut out = vec![0.0; x.len()];
+    for r in runs {
+        for i in 0..r.len {
+            let k = r.scale + i * r.step;
+            out[r.start + i] = then((x[r.start + i] / s[k]).into(), k);
+        }
+    }
+    out
 }
 
 /// saturate(round_half_even(x / scale) + zero_point), as f64 holding integers in `[lo, hi]`.
@@ -137,27 +190,35 @@ fn dequantize(
     block_size: usize,
     output_dtype: Option<DType>,
 ) -> Result<Tensor, OpError> {
-    if !x.dtype().is_int() {
-        bail!("DequantizeLinear: expected an integer input, found {}", x.dtype());
+    let low_float = x.dtype().is_low_precision_float() && x.dtype() != DType::F8E8M0;
+    if !x.dtype().is_int() && !low_float {
+        bail!("DequantizeLinear: expected an integer, float8 or float4 input, found {}", x.dtype());
     }
     if !scale.dtype().is_float() {
         bail!("DequantizeLinear: expected a float scale, found {}", scale.dtype());
     }
-    if let Some(z) = zp {
-        if z.dtype() != x.dtype() {
-            bail!("DequantizeLinear: zero point type {} differs from input type {}", z.dtype(), x.dtype());
-        }
-    }
     let runs = scale_runs(x.shape(), scale.shape(), axis, block_size)?;
-    let zps = zero_points(zp, scale)?;
-    let xv = x.to_i64_vec();
+    // As in the reference, a float4 input ignores its zero point and a float8 one must be 0.
+    let zps = match zp {
+        Some(z) if low_float => {
+            if x.dtype() != DType::F4E2M1 && z.to_f64_vec().iter().any(|&v| v != 0.0) {
+                bail!("DequantizeLinear: a float8 zero point must be zero");
+            }
+            vec![0; scale.len()]
+        }
+        Some(z) if z.dtype() != x.dtype() => {
+            bail!("DequantizeLinear: zero point type {} differs from input type {}", z.dtype(), x.dtype())
+        }
+        _ => zero_points(zp, scale)?,
+    };
+    let xv = to_f32(x);
     let sv = to_f32(scale);
     // The reference subtracts in f32 and multiplies by the scale in f32.
     let mut out = vec![0f32; xv.len()];
     for r in &runs {
         for i in 0..r.len {
             let k = r.scale + i * r.step;
-            out[r.start + i] = (xv[r.start + i] as f32 - zps[k] as f32) * sv[k];
+            out[r.start + i] = (xv[r.start + i] - zps[k] as f32) * sv[k];
         }
     }
     let to = output_dtype.unwrap_or(scale.dtype());
@@ -199,7 +260,7 @@ mod tests {
 
     #[test]
     fn quantize_rounds_half_to_even_and_saturates() {
-        let op = QuantOp::QuantizeLinear { axis: 1, block_size: 0, output_dtype: None };
+        let op = QuantOp::QuantizeLinear { axis: 1, block_size: 0, output_dtype: None, saturate: true };
         let x = t(&[6], vec![0.5f32, 1.5, 2.5, -2.5, 1000.0, -1000.0]);
         let expected = t(&[6], vec![10i8, 12, 12, 8, 127, -128]);
         check(op, &[x, Tensor::scalar(1f32), Tensor::scalar(10i8)], &[expected]);

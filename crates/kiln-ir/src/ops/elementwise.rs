@@ -38,9 +38,15 @@ pub enum ElementwiseOp {
     Cast {
         /// The target type.
         to: DType,
+        /// ONNX `saturate`: out-of-range values clamp to the largest finite float8 value
+        /// instead of becoming Inf or NaN.
+        saturate: bool,
     },
     /// Converts input 0 to the element type of input 1.
-    CastLike,
+    CastLike {
+        /// As for [`ElementwiseOp::Cast`].
+        saturate: bool,
+    },
 }
 
 /// Unary math, logic and activation functions.
@@ -350,7 +356,7 @@ impl ElementwiseOp {
             ElementwiseOp::Where => "Where",
             ElementwiseOp::Clip { .. } => "Clip",
             ElementwiseOp::Cast { .. } => "Cast",
-            ElementwiseOp::CastLike => "CastLike",
+            ElementwiseOp::CastLike { .. } => "CastLike",
         }
     }
 
@@ -382,8 +388,8 @@ impl ElementwiseOp {
                 let t = input_ty(inputs, 0);
                 (t.dtype, t.shape)
             }
-            ElementwiseOp::Cast { to } => (Some(*to), input_ty(inputs, 0).shape),
-            ElementwiseOp::CastLike => (input_ty(inputs, 1).dtype, input_ty(inputs, 0).shape),
+            ElementwiseOp::Cast { to, .. } => (Some(*to), input_ty(inputs, 0).shape),
+            ElementwiseOp::CastLike { .. } => (input_ty(inputs, 1).dtype, input_ty(inputs, 0).shape),
         };
         Ok(vec![TypeInfo { dtype, shape }])
     }
@@ -399,7 +405,7 @@ impl ElementwiseOp {
 impl ElementwiseOp {
     /// Whether the op is a Cast, which is a no-op when the input already has the target type.
     pub fn is_noop_cast(&self) -> bool {
-        matches!(self, ElementwiseOp::Cast { .. } | ElementwiseOp::CastLike)
+        matches!(self, ElementwiseOp::Cast { .. } | ElementwiseOp::CastLike { .. })
     }
 }
 
@@ -426,6 +432,6 @@ mod tests {
     fn cast_keeps_symbolic_shape() {
         let x = TypeInfo { dtype: Some(DType::F32), shape: Some(vec![Dim::Sym("n".into()), Dim::Known(3)]) };
         let want = TypeInfo { dtype: Some(DType::I64), shape: x.shape.clone() };
-        check(ElementwiseOp::Cast { to: DType::I64 }, &[x], want);
+        check(ElementwiseOp::Cast { to: DType::I64, saturate: true }, &[x], want);
     }
 }

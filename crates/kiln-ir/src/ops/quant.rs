@@ -17,6 +17,9 @@ pub enum QuantOp {
         block_size: usize,
         /// The output type when no zero point is given (`output_dtype`); u8 when `None`.
         output_dtype: Option<DType>,
+        /// ONNX `saturate`, for float8 outputs: out-of-range values clamp to the largest finite
+        /// value instead of becoming Inf or NaN.
+        saturate: bool,
     },
     /// (x - zero_point) · scale
     DequantizeLinear {

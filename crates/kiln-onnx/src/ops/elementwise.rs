@@ -155,21 +155,30 @@ fn clip(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     Ok(Op::Elementwise(ElementwiseOp::Clip { min, max }))
 }
 
-/// `saturate` only changes casts to float8 types, which Kiln does not support, so it is
-/// validated and otherwise has no effect.
+/// `saturate` only changes casts to the float8 and E8M0 types; `round_mode` only changes casts
+/// to E8M0, and Kiln implements its default, `up`.
 fn cast(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    cx.bool_or("saturate", true)?;
+    let saturate = cast_attrs(cx)?;
     let code = cx.req_i64("to")?;
     let to = i32::try_from(code)
         .ok()
         .and_then(crate::tensor::dtype_from_onnx)
         .ok_or_else(|| cx.attr_error("to", format!("casting to {} is not supported", type_name(code))))?;
-    Ok(Op::Elementwise(ElementwiseOp::Cast { to }))
+    Ok(Op::Elementwise(ElementwiseOp::Cast { to, saturate }))
 }
 
 fn cast_like(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    cx.bool_or("saturate", true)?;
-    Ok(Op::Elementwise(ElementwiseOp::CastLike))
+    let saturate = cast_attrs(cx)?;
+    Ok(Op::Elementwise(ElementwiseOp::CastLike { saturate }))
+}
+
+/// The `saturate` attribute, after checking that `round_mode` is one Kiln implements.
+fn cast_attrs(cx: &NodeCtx<'_>) -> Result<bool, ImportError> {
+    let mode = cx.string_or("round_mode", "up")?;
+    if mode != "up" {
+        return Err(cx.attr_error("round_mode", format!("only 'up' is supported, found '{mode}'")));
+    }
+    cx.bool_or("saturate", true)
 }
 
 fn type_name(code: i64) -> String {

@@ -11,10 +11,9 @@ pub(super) fn register(reg: &mut Registry) {
     reg.insert("DynamicQuantizeLinear", |_| Ok(Op::Quant(QuantOp::DynamicQuantizeLinear)));
 }
 
-/// `saturate` only affects float8 outputs, which Kiln does not support: it is validated and
-/// otherwise has no effect.
+/// `saturate` only affects float8 outputs.
 fn quantize_linear(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
-    cx.bool_or("saturate", true)?;
+    let saturate = cx.bool_or("saturate", true)?;
     // The division is done in f32 (f64 for f64 inputs) whatever `precision` asks.
     if let Some(p) = cx.get_i64("precision")? {
         if p != 0 && p != 1 {
@@ -23,18 +22,30 @@ fn quantize_linear(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     }
     let output_dtype = output_dtype(cx)?;
     if let Some(d) = output_dtype {
-        if !matches!(d, DType::I8 | DType::U8 | DType::I16 | DType::U16) {
-            return Err(cx.attr_error("output_dtype", format!("expected int8, uint8, int16 or uint16, found {d}")));
+        if !is_quant_type(d) {
+            return Err(cx.attr_error(
+                "output_dtype",
+                format!("expected a 4-, 8- or 16-bit integer, a float8 type or float4e2m1, found {d}"),
+            ));
         }
     }
-    Ok(Op::Quant(QuantOp::QuantizeLinear { axis: cx.i64_or("axis", 1)?, block_size: block_size(cx)?, output_dtype }))
+    let (axis, block_size) = (cx.i64_or("axis", 1)?, block_size(cx)?);
+    Ok(Op::Quant(QuantOp::QuantizeLinear { axis, block_size, output_dtype, saturate }))
+}
+
+/// The types QuantizeLinear can produce and DequantizeLinear can read.
+fn is_quant_type(d: DType) -> bool {
+    matches!(d, DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I4 | DType::U4 | DType::F4E2M1)
+        || matches!(d, DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ)
 }
 
 fn dequantize_linear(cx: &NodeCtx<'_>) -> Result<Op, ImportError> {
     let output_dtype = output_dtype(cx)?;
     if let Some(d) = output_dtype {
-        if !d.is_float() {
-            return Err(cx.attr_error("output_dtype", format!("expected a float type, found {d}")));
+        if !d.is_float() || d.is_low_precision_float() {
+            return Err(
+                cx.attr_error("output_dtype", format!("expected float, float16, bfloat16 or double, found {d}"))
+            );
         }
     }
     Ok(Op::Quant(QuantOp::DequantizeLinear { axis: cx.i64_or("axis", 1)?, block_size: block_size(cx)?, output_dtype }))
