@@ -145,7 +145,12 @@ fn eval_args(op: &Op, args: &[Option<Arg<'_>>], num_outputs: usize) -> Result<Ve
             })
             .collect();
         let refs: Vec<Option<&Data>> = owned.iter().map(|a| a.as_deref()).collect();
-        return eval_node(op, &refs, num_outputs);
+        return match op {
+            Op::Sequence(s) => crate::ops::sequence::eval(s, &refs, num_outputs),
+            Op::Control(c) => crate::ops::control::eval_data(c, &refs, num_outputs),
+            // An identity of a sequence or optional passes it through.
+            _ => Ok(vec![refs.first().copied().flatten().cloned().unwrap_or(Data::Empty)]),
+        };
     }
     let mut tensors = Vec::with_capacity(args.len());
     for (i, a) in args.iter().enumerate() {
@@ -164,29 +169,8 @@ fn eval_args(op: &Op, args: &[Option<Arg<'_>>], num_outputs: usize) -> Result<Ve
 /// Evaluates one node on runtime values. Sequence ops, control flow and identities take any
 /// value; every other op takes tensors, with an empty optional read as an absent input.
 pub fn eval_node(op: &Op, args: &[Option<&Data>], num_outputs: usize) -> Result<Vec<Data>, OpError> {
-    match op {
-        Op::Sequence(s) => crate::ops::sequence::eval(s, args, num_outputs),
-        Op::Control(c) => crate::ops::control::eval_data(c, args, num_outputs),
-        Op::Layout(l) if l.is_identity() && !matches!(args.first(), Some(Some(Data::Tensor(_)))) => {
-            let mut out = vec![args.first().copied().flatten().cloned().unwrap_or(Data::Empty)];
-            // Dropout's mask output has no meaning for a non-tensor; Identity has one output.
-            out.truncate(num_outputs.max(1));
-            Ok(out)
-        }
-        _ => {
-            let mut tensors = Vec::with_capacity(args.len());
-            for (i, a) in args.iter().enumerate() {
-                tensors.push(match a {
-                    None | Some(Data::Empty) => None,
-                    Some(Data::Tensor(t)) => Some(t),
-                    Some(Data::Sequence(_)) => {
-                        return Err(OpError::new(format!("input {i} is a sequence; this op takes tensors")))
-                    }
-                });
-            }
-            Ok(eval_op(op, &tensors, num_outputs)?.into_iter().map(Data::Tensor).collect())
-        }
-    }
+    let args: Vec<Option<Arg<'_>>> = args.iter().map(|a| a.map(Arg::Value)).collect();
+    eval_args(op, &args, num_outputs)
 }
 
 /// Runs `graph` with inputs given by name; every graph input must be named.

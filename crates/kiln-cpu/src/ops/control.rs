@@ -29,7 +29,7 @@ pub(crate) fn eval_data(op: &ControlOp, inputs: &[Option<&Data>], num_outputs: u
             let c = scalar_bool(tensor_arg(inputs, 0, "condition")?, "condition")?;
             let captured = present(inputs.get(1..).unwrap_or_default(), "captured value")?;
             let branch = if c { then_branch } else { else_branch };
-            let args = branch_args(branch, &[then_branch.as_ref(), else_branch.as_ref()], &captured);
+            let args = branch_args(branch, &[then_branch.as_ref(), else_branch.as_ref()], &captured)?;
             let out = run_graph_data(branch, args)?;
             if out.len() < num_outputs {
                 bail!("the branch returned {} values, the node has {num_outputs} outputs", out.len());
@@ -94,15 +94,15 @@ fn input_name(g: &Graph, i: usize) -> &str {
 ///
 /// The node's captures are the union of what every branch reads, sorted by name; a branch that
 /// defines one of them itself does not take it, so the branch's inputs are matched by name.
-fn branch_args<T: Clone>(branch: &Graph, all: &[&Graph], captured: &[T]) -> Vec<T> {
+fn branch_args<T: Clone>(branch: &Graph, all: &[&Graph], captured: &[T]) -> Result<Vec<T>, OpError> {
     let names: BTreeSet<&str> = all.iter().flat_map(|g| (0..g.inputs.len()).map(|i| input_name(g, i))).collect();
     let names: Vec<&str> = names.into_iter().collect();
     if names.len() != captured.len() {
-        return captured[..branch.inputs.len().min(captured.len())].to_vec();
+        bail!("the branches read {} outer values but the node passes {}", names.len(), captured.len());
     }
-    (0..branch.inputs.len())
+    Ok((0..branch.inputs.len())
         .filter_map(|i| names.binary_search(&input_name(branch, i)).ok().map(|k| captured[k].clone()))
-        .collect()
+        .collect())
 }
 
 fn eval_loop(body: &Graph, num_carried: usize, inputs: &[Option<&Data>]) -> Result<Vec<Data>, OpError> {

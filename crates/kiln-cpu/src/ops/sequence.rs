@@ -2,8 +2,8 @@
 
 use super::common::axis;
 use crate::{bail, run_graph_data, OpError};
-use kiln_ir::ops::SequenceOp;
-use kiln_ir::{dispatch, Data, Elem, Tensor};
+use kiln_ir::ops::{LayoutOp, SequenceOp};
+use kiln_ir::{Data, Op, Tensor};
 
 type DataResult = Result<Vec<Data>, OpError>;
 
@@ -107,17 +107,13 @@ pub(crate) fn eval(op: &SequenceOp, inputs: &[Option<&Data>], num_outputs: usize
                     (v.into_iter().map(|s| s as usize).collect(), false)
                 }
             };
-            let mut out = vec![];
-            let mut start = 0;
-            for s in sizes {
-                let mut piece = narrow(x, a, start, s)?;
-                if squeeze {
-                    let mut shape = piece.shape().to_vec();
-                    shape.remove(a);
-                    piece = piece.reshape(shape)?;
-                }
-                out.push(piece);
-                start += s;
+            let n = sizes.len();
+            let split = LayoutOp::Split { axis: a as i64, split: Some(sizes.iter().map(|&s| s as i64).collect()) };
+            let mut out = super::eval_op(&Op::Layout(split), &[Some(x)], n)?;
+            if squeeze {
+                let mut shape = x.shape().to_vec();
+                shape.remove(a);
+                out = out.into_iter().map(|p| p.reshape(shape.clone())).collect::<Result<_, _>>()?;
             }
             one(Data::Sequence(out))
         }
@@ -137,7 +133,9 @@ pub(crate) fn eval(op: &SequenceOp, inputs: &[Option<&Data>], num_outputs: usize
             } else {
                 s.to_vec()
             };
-            one(Data::Tensor(concat(&parts, a)?))
+            let refs: Vec<Option<&Tensor>> = parts.iter().map(Some).collect();
+            let mut out = super::eval_op(&Op::Layout(LayoutOp::Concat { axis: a as i64 }), &refs, 1)?;
+            one(Data::Tensor(out.remove(0)))
         }
         SequenceOp::SequenceMap { body, num_formal_inputs } => {
             let n = (*num_formal_inputs).min(inputs.len());
@@ -180,69 +178,4 @@ fn opt_tensor<'a>(inputs: &[Option<&'a Data>], i: usize) -> Result<Option<&'a Te
         None | Some(Data::Empty) => Ok(None),
         Some(_) => tensor(inputs, i, "input").map(Some),
     }
-}
-
-/// `len` entries of axis `a` starting at `start`.
-fn narrow(x: &Tensor, a: usize, start: usize, len: usize) -> Result<Tensor, OpError> {
-    let shape = x.shape();
-    let outer: usize = shape[..a].iter().product();
-    let inner: usize = shape[a + 1..].iter().product();
-    let mut out_shape = shape.to_vec();
-    out_shape[a] = len;
-    fn go<T: Elem>(v: &[T], outer: usize, dim: usize, inner: usize, start: usize, len: usize) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * len * inner);
-        for o in 0..outer {
-            let base = (o * dim + start) * inner;
-            out.extend_from_slice(&v[base..base + len * inner]);
-        }
-        out
-    }
-    let dim = shape[a];
-    let data = dispatch!(x.data(), v => wrap(go(v, outer, dim, inner, start, len)));
-    Ok(Tensor::new(out_shape, data)?)
-}
-
-fn wrap<T: Elem>(v: Vec<T>) -> kiln_ir::TensorData {
-    T::wrap(v)
-}
-
-/// Concatenation along axis `a` of same-typed tensors that agree on every other dim.
-fn concat(parts: &[Tensor], a: usize) -> Result<Tensor, OpError> {
-    let first = &parts[0];
-    let mut shape = first.shape().to_vec();
-    shape[a] = 0;
-    for (i, p) in parts.iter().enumerate() {
-        let same_rank = p.rank() == first.rank();
-        let agree = same_rank && (0..p.rank()).all(|d| d == a || p.shape()[d] == first.shape()[d]);
-        if p.dtype() != first.dtype() || !agree {
-            bail!(
-                "element {i} ({}{:?}) does not match element 0 ({}{:?})",
-                p.dtype(),
-                p.shape(),
-                first.dtype(),
-                first.shape()
-            );
-        }
-        shape[a] += p.shape()[a];
-    }
-    let outer: usize = shape[..a].iter().product();
-    /// Interleaves each part's contiguous run per outer index; `_witness` fixes the type.
-    fn go<T: Elem>(_witness: &[T], parts: &[Tensor], outer: usize, a: usize) -> Result<Vec<T>, OpError> {
-        let mut out = vec![];
-        let slices: Vec<(&[T], usize)> = parts
-            .iter()
-            .map(|p| {
-                let run: usize = p.shape()[a..].iter().product();
-                p.as_slice::<T>().map(|s| (s, run))
-            })
-            .collect::<Result<_, _>>()?;
-        for o in 0..outer {
-            for (s, run) in &slices {
-                out.extend_from_slice(&s[o * run..(o + 1) * run]);
-            }
-        }
-        Ok(out)
-    }
-    let data = dispatch!(first.data(), v => wrap(go(v, parts, outer, a)?));
-    Ok(Tensor::new(shape, data)?)
 }
