@@ -1,5 +1,6 @@
 //! A stable, human-readable text form of a graph, for snapshots and `--dump`.
 
+use crate::ops::FusedOp;
 use crate::{dispatch, Graph, Op};
 use std::fmt::Write;
 
@@ -61,6 +62,9 @@ impl Graph {
                 Op::Loss(o) => format!("{o:?}"),
                 Op::Attention(o) => format!("{o:?}"),
                 Op::Control(_) => node.op.name().to_string(),
+                Op::Fused(FusedOp::Elementwise(e)) => format!("FusedElementwise[{e}]"),
+                Op::Fused(FusedOp::Epilogue { base, expr, .. }) => format!("{base:?}+[{expr}]"),
+                Op::Fused(o) => format!("{o:?}"),
             };
             let args = if ins.is_empty() { String::new() } else { format!("({})", ins.join(", ")) };
             let _ = writeln!(s, "{pad}  {} = {body}{args}  # {}", outs.join(", "), node.name);

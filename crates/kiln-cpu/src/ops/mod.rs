@@ -4,6 +4,7 @@ mod attention;
 pub mod common;
 pub(crate) mod control;
 mod elementwise;
+mod fused;
 mod layout;
 mod linalg;
 mod loss;
@@ -37,6 +38,7 @@ pub fn eval_op(op: &Op, inputs: &[Option<&Tensor>], num_outputs: usize) -> OpRes
         Op::Loss(o) => loss::eval(o, inputs, num_outputs),
         Op::Attention(o) => attention::eval(o, inputs, num_outputs),
         Op::Control(o) => control::eval(o, inputs, num_outputs),
+        Op::Fused(o) => fused::eval(o, inputs, num_outputs),
         Op::Sequence(o) => {
             Err(OpError::new(format!("{} takes sequences or optionals; run it with eval_node", o.name())))
         }

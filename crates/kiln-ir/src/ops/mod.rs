@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod control;
 pub mod elementwise;
+pub mod fused;
 pub mod infer;
 pub mod layout;
 pub mod linalg;
@@ -23,6 +24,7 @@ pub mod spatial;
 pub use attention::AttentionOp;
 pub use control::ControlOp;
 pub use elementwise::ElementwiseOp;
+pub use fused::{Expr, ExprNode, FusedOp};
 pub use infer::InferInput;
 pub use layout::LayoutOp;
 pub use linalg::LinalgOp;
@@ -73,6 +75,8 @@ pub enum Op {
     Attention(AttentionOp),
     /// Control flow with subgraphs.
     Control(ControlOp),
+    /// Ops made by fusion: elementwise expressions, epilogues, packed attention.
+    Fused(FusedOp),
 }
 
 impl Op {
@@ -95,6 +99,7 @@ impl Op {
             Op::Loss(o) => o.name(),
             Op::Attention(o) => o.name(),
             Op::Control(o) => o.name(),
+            Op::Fused(o) => o.name(),
         }
     }
 
@@ -120,6 +125,7 @@ impl Op {
             Op::Loss(o) => o.infer(inputs, num_outputs),
             Op::Attention(o) => o.infer(inputs, num_outputs),
             Op::Control(o) => o.infer(inputs, num_outputs),
+            Op::Fused(o) => o.infer(inputs, num_outputs),
         }?;
         let mut out = out;
         out.resize(num_outputs, TypeInfo::unknown());
