@@ -16,6 +16,7 @@ fn step(name: &str, args: &[&str]) -> Result<()> {
 pub fn run() -> Result<()> {
     step("format", &["fmt", "--all", "--", "--check"])?;
     step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    step("test data", &["xtask", "fetch-data"])?;
     step("tests", &["test", "--workspace", "--release"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;
     Ok(())

@@ -26,6 +26,10 @@ pub struct Data {
     pub konst: Option<Arc<Tensor>>,
     /// Names the value had in the original graph (per output, for a tuple).
     pub names: Vec<String>,
+    /// Whether the value must be stored whatever fusion does: a graph output, or read by an
+    /// original node that is not pointwise (a convolution, a reduction, a view). Fusing such a
+    /// value into a pointwise consumer only computes it twice, so the fusion rules leave it.
+    pub materialized: bool,
 }
 
 impl Data {
@@ -135,7 +139,7 @@ impl egg::Analysis<KNode> for Fuse {
             Head::Const(_) => {
                 let t = a.const_of(n).cloned();
                 let tys = t.as_ref().map(|t| vec![TypeInfo::known(t.dtype(), t.shape())]).unwrap_or_default();
-                Data { tys, konst: t, names: vec![] }
+                Data { tys, konst: t, ..Data::default() }
             }
             Head::Absent | Head::Any => Data::default(),
             Head::Proj(i) => {
@@ -187,7 +191,12 @@ impl egg::Analysis<KNode> for Fuse {
                 changed = true;
             }
         }
-        let from_behind = from.tys.len() < to.tys.len()
+        if from.materialized && !to.materialized {
+            to.materialized = true;
+            changed = true;
+        }
+        let from_behind = (to.materialized && !from.materialized)
+            || from.tys.len() < to.tys.len()
             || (from.konst.is_none() && to.konst.is_some())
             || from.names.len() < to.names.len();
         DidMerge(changed, from_behind)

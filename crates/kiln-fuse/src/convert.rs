@@ -21,6 +21,8 @@ pub struct Lowered {
     pub outputs: Vec<Id>,
     /// The class of each original value.
     pub value_class: HashMap<Value, Id>,
+    /// The class of each original node: its value's, or its tuple's when it has several outputs.
+    pub node_class: HashMap<NodeId, Id>,
 }
 
 /// Puts a graph into a fresh e-graph.
@@ -30,6 +32,7 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
     analysis.input_types = g.inputs.iter().map(|&i| g.node(i).outputs[0].ty.clone()).collect();
     let mut egraph = EGraph::new(analysis);
     let mut value_class: HashMap<Value, Id> = HashMap::new();
+    let mut node_class: HashMap<NodeId, Id> = HashMap::new();
     let input_pos: HashMap<NodeId, usize> = g.inputs.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     for id in order {
         let node = g.node(id);
@@ -54,6 +57,7 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
             }
         };
         let class = egraph.add(enode);
+        node_class.insert(id, class);
         let mut record = |egraph: &mut EGraph, class: Id, slot: usize| {
             let info = &node.outputs[slot];
             let d = &mut egraph[class].data;
@@ -78,9 +82,20 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
             }
         }
     }
-    let outputs = g.outputs.iter().map(|o| value_class[&o.value]).collect();
+    let outputs: Vec<Id> = g.outputs.iter().map(|o| value_class[&o.value]).collect();
+    for &o in &outputs {
+        egraph[o].data.materialized = true;
+    }
+    for id in g.node_ids() {
+        if matches!(g.node(id).op, Op::Elementwise(_)) {
+            continue;
+        }
+        for v in g.inputs_of(id).into_iter().flatten() {
+            egraph[value_class[&v]].data.materialized = true;
+        }
+    }
     egraph.rebuild();
-    Ok(Lowered { egraph, outputs, value_class })
+    Ok(Lowered { egraph, outputs, value_class, node_class })
 }
 
 /// Builds the IR graph of the chosen e-nodes.
@@ -94,7 +109,9 @@ pub fn to_graph(
     let mut g = Graph::new(original.name.clone());
     for &i in &original.inputs {
         let n = original.node(i);
-        b.input_values.push(g.add_input(n.name.clone(), n.outputs[0].ty.clone()));
+        let v = g.add_input(n.name.clone(), n.outputs[0].ty.clone());
+        g.node_mut(v.node).outputs[0] = n.outputs[0].clone();
+        b.input_values.push(v);
         b.used_names.insert(n.outputs[0].name.clone());
     }
     for (o, &class) in original.outputs.iter().zip(&lowered.outputs) {
@@ -125,16 +142,10 @@ struct Builder<'a> {
 impl<'a> Builder<'a> {
     fn new(original: &'a Graph, lowered: &'a Lowered, egraph: &'a EGraph, choice: &'a HashMap<Id, KNode>) -> Self {
         let mut class_nodes: HashMap<Id, Vec<NodeId>> = HashMap::new();
-        let mut value_class = HashMap::new();
-        for (v, &c) in &lowered.value_class {
-            let c = egraph.find(c);
-            value_class.insert(*v, c);
-            let n = original.node(v.node);
-            if !matches!(n.op, Op::Input | Op::Const(_)) {
-                let e = class_nodes.entry(c).or_default();
-                if !e.contains(&v.node) {
-                    e.push(v.node);
-                }
+        let value_class = lowered.value_class.iter().map(|(v, &c)| (*v, egraph.find(c))).collect();
+        for (&n, &c) in &lowered.node_class {
+            if !matches!(original.node(n).op, Op::Input | Op::Const(_)) {
+                class_nodes.entry(egraph.find(c)).or_default().push(n);
             }
         }
         for e in class_nodes.values_mut() {

@@ -75,7 +75,7 @@ impl Searcher<KNode, Fuse> for PointwiseOver {
             }
             for &a in &n.args {
                 let a = eg.find(a);
-                if a == eclass || seen.contains(&a) {
+                if a == eclass || seen.contains(&a) || eg[a].data.materialized {
                     continue;
                 }
                 let hit = eg[a].nodes.iter().any(|m| match self.0 {

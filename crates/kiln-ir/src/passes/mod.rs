@@ -2,14 +2,12 @@
 
 mod const_fold;
 mod dce;
-mod fold_batchnorm;
 mod fold_shapes;
 mod infer_types;
 mod remove_noops;
 
 pub use const_fold::ConstFold;
 pub use dce::DeadCodeElimination;
-pub use fold_batchnorm::FoldBatchNorm;
 pub use fold_shapes::FoldShapes;
 pub use infer_types::InferTypes;
 pub use remove_noops::RemoveNoops;
@@ -110,7 +108,6 @@ impl PassManager {
                 16,
                 vec![Box::new(FoldShapes), Box::new(ConstFold), Box::new(InferTypes)],
             )),
-            Box::new(FoldBatchNorm),
             Box::new(DeadCodeElimination),
             Box::new(InferTypes),
         ])
