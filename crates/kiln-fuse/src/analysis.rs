@@ -55,6 +55,9 @@ pub struct Fuse {
     pub input_types: Vec<TypeInfo>,
     /// How many times each rule produced a new e-node (counted by the appliers and the runner).
     pub fired: HashMap<String, usize>,
+    /// Classes a rule made to compute several old values at once (a packed QKV projection),
+    /// with those values' classes, so that the fused graph can say what such a node covers.
+    pub provenance: Vec<(Id, Vec<Id>)>,
 }
 
 impl Fuse {

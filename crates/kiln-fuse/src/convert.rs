@@ -136,6 +136,8 @@ struct Builder<'a> {
     /// The original nodes whose value (or tuple) lies in each class.
     class_nodes: HashMap<Id, Vec<NodeId>>,
     value_class: HashMap<Value, Id>,
+    /// Classes that compute several old values at once, with those values' classes.
+    packs: HashMap<Id, Vec<Id>>,
     fresh: usize,
 }
 
@@ -148,8 +150,20 @@ impl<'a> Builder<'a> {
                 class_nodes.entry(egraph.find(c)).or_default().push(n);
             }
         }
+        // A class that packs several old values covers the nodes that computed them.
+        let mut packs: HashMap<Id, Vec<Id>> = HashMap::new();
+        for (new, olds) in &egraph.analysis.provenance {
+            let new = egraph.find(*new);
+            for &o in olds {
+                let o = egraph.find(o);
+                packs.entry(new).or_default().push(o);
+                let nodes = class_nodes.get(&o).cloned().unwrap_or_default();
+                class_nodes.entry(new).or_default().extend(nodes);
+            }
+        }
         for e in class_nodes.values_mut() {
             e.sort();
+            e.dedup();
         }
         Builder {
             original,
@@ -160,6 +174,7 @@ impl<'a> Builder<'a> {
             used_names: HashSet::new(),
             class_nodes,
             value_class,
+            packs,
             fresh: 0,
         }
     }
@@ -183,7 +198,9 @@ impl<'a> Builder<'a> {
     /// The original nodes a chosen node computes: from the original nodes of its class down
     /// the original graph, stopping at values the node reads.
     fn covers(&self, class: Id, node: &KNode) -> Vec<String> {
-        let stop: HashSet<Id> = node.args.iter().map(|&a| self.egraph.find(a)).collect();
+        let mut stop: HashSet<Id> = node.args.iter().map(|&a| self.egraph.find(a)).collect();
+        let packed: Vec<Id> = stop.iter().filter_map(|c| self.packs.get(c)).flatten().copied().collect();
+        stop.extend(packed);
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut stack: Vec<NodeId> = self.class_nodes.get(&class).cloned().unwrap_or_default();
         let mut out = vec![];

@@ -288,6 +288,7 @@ impl Applier<KNode, Fuse> for PackQkv {
         let mm = eg.add(mm);
         let add = eg.analysis.node(&Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add)), 1, vec![mm, b], None);
         let qkv = eg.add(add);
+        eg.analysis.provenance.push((qkv, vec![q, k, v]));
         let mut args = vec![qkv];
         args.extend(mask);
         add_equal(eg, root, &Op::Fused(FusedOp::PackedAttention { num_heads: heads, scale }), args, "attention-packed")
