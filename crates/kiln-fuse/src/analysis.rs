@@ -138,7 +138,9 @@ impl egg::Analysis<KNode> for Fuse {
     fn make(egraph: &mut EGraph, n: &KNode, _id: Id) -> Data {
         let a = &egraph.analysis;
         match n.head {
-            Head::Input(i) => Data { tys: vec![a.input_types.get(i as usize).cloned().unwrap_or_default()], ..Data::default() },
+            Head::Input(i) => {
+                Data { tys: vec![a.input_types.get(i as usize).cloned().unwrap_or_default()], ..Data::default() }
+            }
             Head::Const(_) => {
                 let t = a.const_of(n).cloned();
                 let tys = t.as_ref().map(|t| vec![TypeInfo::known(t.dtype(), t.shape())]).unwrap_or_default();
@@ -159,10 +161,8 @@ impl egg::Analysis<KNode> for Fuse {
                         d.tys.first().map(|t| (t.clone(), d.konst.clone()))
                     })
                     .collect();
-                let ins: Vec<Option<InferInput<'_>>> = tys
-                    .iter()
-                    .map(|x| x.as_ref().map(|(ty, v)| InferInput { ty, value: v.as_deref() }))
-                    .collect();
+                let ins: Vec<Option<InferInput<'_>>> =
+                    tys.iter().map(|x| x.as_ref().map(|(ty, v)| InferInput { ty, value: v.as_deref() })).collect();
                 let tys = op.infer(&ins, num_outputs).unwrap_or_else(|_| vec![TypeInfo::unknown(); num_outputs]);
                 Data { tys, ..Data::default() }
             }

@@ -46,9 +46,9 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
                 let mut args = Vec::with_capacity(node.num_inputs);
                 for v in g.inputs_of(id) {
                     args.push(match v {
-                        Some(v) => *value_class
-                            .get(&v)
-                            .ok_or_else(|| FuseError::Graph(format!("node '{}' reads a value not yet made", node.name)))?,
+                        Some(v) => *value_class.get(&v).ok_or_else(|| {
+                            FuseError::Graph(format!("node '{}' reads a value not yet made", node.name))
+                        })?,
                         None => egraph.add(KNode::leaf("Absent", Head::Absent)),
                     });
                 }
@@ -77,7 +77,11 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
             egraph[class].data.names = node.outputs.iter().map(|o| o.name.clone()).collect();
             egraph[class].data.tys = node.outputs.iter().map(|o| o.ty.clone()).collect();
             for slot in 0..node.outputs.len() {
-                let p = egraph.add(KNode { kind: egg::Symbol::from("Proj"), head: Head::Proj(slot as u32), args: vec![class] });
+                let p = egraph.add(KNode {
+                    kind: egg::Symbol::from("Proj"),
+                    head: Head::Proj(slot as u32),
+                    args: vec![class],
+                });
                 record(&mut egraph, p, slot);
             }
         }
@@ -288,8 +292,11 @@ impl<'a> Builder<'a> {
             }
             Head::Any => Err(FuseError::Graph(format!("a rule built a pattern-only {} node", node.kind))),
             Head::Plain | Head::Op(_) => {
-                let (op, num_outputs) =
-                    self.egraph.analysis.op_of(node).ok_or_else(|| FuseError::Graph("op missing from the table".into()))?;
+                let (op, num_outputs) = self
+                    .egraph
+                    .analysis
+                    .op_of(node)
+                    .ok_or_else(|| FuseError::Graph("op missing from the table".into()))?;
                 let op = op.into_owned();
                 let inputs: Vec<Option<Value>> =
                     node.args.iter().map(|&a| self.done.get(&self.egraph.find(a)).copied().flatten()).collect();

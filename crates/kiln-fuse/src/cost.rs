@@ -98,9 +98,7 @@ fn linalg_flops(op: &LinalgOp, ins: &[TypeInfo], out: &TypeInfo) -> f64 {
             2.0 * elems(out) * k.copied().unwrap_or(1.0)
         }
         LinalgOp::Conv(_) | LinalgOp::ConvInteger(_) => 2.0 * elems(out) * w.iter().skip(1).product::<f64>(),
-        LinalgOp::ConvTranspose(_) => {
-            2.0 * ins.first().map(elems).unwrap_or(0.0) * w.iter().skip(1).product::<f64>()
-        }
+        LinalgOp::ConvTranspose(_) => 2.0 * ins.first().map(elems).unwrap_or(0.0) * w.iter().skip(1).product::<f64>(),
         _ => elems(out),
     }
 }

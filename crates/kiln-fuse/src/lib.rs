@@ -93,7 +93,12 @@ struct Phase {
 }
 
 /// Saturates `graph` with `rules` and extracts the cheapest equivalent graph.
-fn run_phase(graph: &Graph, rules: &[Rewrite], opts: &FuseOptions, time_left: Duration) -> Result<(Graph, Phase), FuseError> {
+fn run_phase(
+    graph: &Graph,
+    rules: &[Rewrite],
+    opts: &FuseOptions,
+    time_left: Duration,
+) -> Result<(Graph, Phase), FuseError> {
     let start = Instant::now();
     let mut lowered = convert::to_egraph(graph)?;
     let runner = egg::Runner::default()
@@ -201,8 +206,11 @@ pub fn estimate(g: &Graph, profile: &GpuProfile) -> f64 {
     g.node_ids()
         .map(|id| {
             let n = g.node(id);
-            let ins: Vec<_> =
-                g.inputs_of(id).into_iter().map(|v| v.map(|v| g.value_info(v).ty.clone()).unwrap_or_default()).collect();
+            let ins: Vec<_> = g
+                .inputs_of(id)
+                .into_iter()
+                .map(|v| v.map(|v| g.value_info(v).ty.clone()).unwrap_or_default())
+                .collect();
             let outs: Vec<_> = n.outputs.iter().map(|o| o.ty.clone()).collect();
             cost::node_cost(profile, &n.op, &ins, &outs)
         })

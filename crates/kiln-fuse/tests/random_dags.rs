@@ -32,7 +32,12 @@ struct Builder {
 impl Builder {
     fn node(&mut self, name: &str, attrs: &str, ins: &[Option<Value>], shape: Vec<usize>) -> Val {
         self.n += 1;
-        let id = self.g.add_node(format!("{name}_{}", self.n), op(name, attrs), ins, vec![ValueInfo::named(format!("v{}", self.n))]);
+        let id = self.g.add_node(
+            format!("{name}_{}", self.n),
+            op(name, attrs),
+            ins,
+            vec![ValueInfo::named(format!("v{}", self.n))],
+        );
         let v = Val { v: Value { node: id, slot: 0 }, shape };
         self.pool.push(v.clone());
         v
@@ -93,7 +98,8 @@ impl Builder {
                 let out = vec![s[0], m, s[2], s[3]];
                 let c = self.node("Conv", "1", &[Some(a.v), Some(w), bias], out.clone());
                 if r % 3 == 0 {
-                    let (sc, b, mean) = (self.konst(&[m], 0.2, 1.0), self.konst(&[m], 0.3, 0.0), self.konst(&[m], 0.3, 0.0));
+                    let (sc, b, mean) =
+                        (self.konst(&[m], 0.2, 1.0), self.konst(&[m], 0.3, 0.0), self.konst(&[m], 0.3, 0.0));
                     let var = self.konst(&[m], 0.2, 1.0);
                     self.node("BatchNormalization", "", &[Some(c.v), Some(sc), Some(b), Some(mean), Some(var)], out);
                 }
@@ -115,10 +121,16 @@ impl Builder {
             11 if s.len() == 4 => {
                 // Flatten the spatial dims and restore them, a Reshape pair exporters write.
                 let flat = vec![s[0], s[1], s[2] * s[3]];
-                let shape = self.g.add_const(format!("s{}", self.n), Tensor::from_vec(vec![3], flat.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap());
+                let shape = self.g.add_const(
+                    format!("s{}", self.n),
+                    Tensor::from_vec(vec![3], flat.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap(),
+                );
                 let f = self.node("Reshape", "", &[Some(a.v), Some(shape)], flat);
                 if r % 2 == 0 {
-                    let back = self.g.add_const(format!("b{}", self.n), Tensor::from_vec(vec![4], s.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap());
+                    let back = self.g.add_const(
+                        format!("b{}", self.n),
+                        Tensor::from_vec(vec![4], s.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap(),
+                    );
                     self.node("Reshape", "", &[Some(f.v), Some(back)], s);
                 }
             }
@@ -136,7 +148,8 @@ impl Builder {
 }
 
 fn build(dims: [usize; 4], steps: &[(u8, u32)], outputs: &[u32]) -> Graph {
-    let mut b = Builder { g: Graph::new("random"), rng: Rng::new(dims.iter().sum::<usize>() as u64), pool: vec![], n: 0 };
+    let mut b =
+        Builder { g: Graph::new("random"), rng: Rng::new(dims.iter().sum::<usize>() as u64), pool: vec![], n: 0 };
     let x = b.g.add_input("x", TypeInfo::known(kiln_ir::DType::F32, &dims));
     b.pool.push(Val { v: x, shape: dims.to_vec() });
     for &(c, r) in steps {

@@ -139,7 +139,8 @@ impl Applier<KNode, Fuse> for Sdpa {
             let k = match ks.perm {
                 None => ks.source,
                 Some(p) => {
-                    let t = eg.analysis.node(&Op::Layout(LayoutOp::Transpose { perm: Some(p) }), 1, vec![ks.source], None);
+                    let t =
+                        eg.analysis.node(&Op::Layout(LayoutOp::Transpose { perm: Some(p) }), 1, vec![ks.source], None);
                     eg.add(t)
                 }
             };
@@ -183,7 +184,9 @@ impl Applier<KNode, Fuse> for MergeHeads {
         let (Some(out), Some(att)) = (shape(eg, root), shape(eg, a)) else { return vec![] };
         // The outer transpose brings heads back next to the head dim; the reshape merges them.
         let merged_ok = eg[root].nodes.iter().filter(|n| n.is("Reshape")).any(|n| {
-            nodes_with_ops(eg, n.args[0]).iter().any(|(m, op)| eg.find(m.args[0]) == eg.find(a) && perm(op) == Some(vec![0, 2, 1, 3]))
+            nodes_with_ops(eg, n.args[0])
+                .iter()
+                .any(|(m, op)| eg.find(m.args[0]) == eg.find(a) && perm(op) == Some(vec![0, 2, 1, 3]))
         });
         if !merged_ok || att.len() != 4 || out != [att[0], att[2], att[1] * att[3]] {
             return vec![];
@@ -204,7 +207,11 @@ impl Applier<KNode, Fuse> for MergeHeads {
             }
             let mut args = vec![q3, k3, v3];
             args.extend(n.args.get(3).copied());
-            let op = Op::Attention(AttentionOp::Attention(AttentionAttrs { q_num_heads: Some(hq), kv_num_heads: Some(hq), ..at }));
+            let op = Op::Attention(AttentionOp::Attention(AttentionAttrs {
+                q_num_heads: Some(hq),
+                kv_num_heads: Some(hq),
+                ..at
+            }));
             changed.extend(add_equal(eg, root, &op, args, "attention-heads"));
         }
         changed
@@ -280,7 +287,8 @@ impl Applier<KNode, Fuse> for PackQkv {
             return vec![];
         }
         let scale = scale.unwrap_or(1.0 / ((hidden / heads) as f32).sqrt());
-        let (Some(w), Some(b)) = (concat_last(&[&ws[0], &ws[1], &ws[2]]), concat_last(&[&bs[0], &bs[1], &bs[2]])) else {
+        let (Some(w), Some(b)) = (concat_last(&[&ws[0], &ws[1], &ws[2]]), concat_last(&[&bs[0], &bs[1], &bs[2]]))
+        else {
             return vec![];
         };
         let (w, b) = (add_const(eg, w), add_const(eg, b));

@@ -74,7 +74,14 @@ fn lossless(from: DType, to: DType) -> bool {
 struct LosslessCastChain;
 
 impl Applier<crate::lang::KNode, crate::analysis::Fuse> for LosslessCastChain {
-    fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<crate::lang::KNode>>, _: Symbol) -> Vec<Id> {
+    fn apply_one(
+        &self,
+        eg: &mut EGraph,
+        root: Id,
+        s: &Subst,
+        _: Option<&PatternAst<crate::lang::KNode>>,
+        _: Symbol,
+    ) -> Vec<Id> {
         let y = bound(s, "?y");
         let (Some(to), Some(mid)) = (ty(eg, root).dtype, ty(eg, y).dtype) else { return vec![] };
         if to.size() == 1 && to.is_float() {
@@ -111,7 +118,8 @@ struct ComposeTransposes;
 fn perm_of(op: &Op, rank: usize) -> Option<Vec<usize>> {
     match op {
         Op::Layout(LayoutOp::Transpose { perm: Some(p) }) => {
-            let p: Vec<usize> = p.iter().map(|&d| if d < 0 { (d + rank as i64) as usize } else { d as usize }).collect();
+            let p: Vec<usize> =
+                p.iter().map(|&d| if d < 0 { (d + rank as i64) as usize } else { d as usize }).collect();
             (p.len() == rank && p.iter().all(|&d| d < rank)).then_some(p)
         }
         Op::Layout(LayoutOp::Transpose { perm: None }) => Some((0..rank).rev().collect()),
@@ -120,7 +128,14 @@ fn perm_of(op: &Op, rank: usize) -> Option<Vec<usize>> {
 }
 
 impl Applier<crate::lang::KNode, crate::analysis::Fuse> for ComposeTransposes {
-    fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<crate::lang::KNode>>, _: Symbol) -> Vec<Id> {
+    fn apply_one(
+        &self,
+        eg: &mut EGraph,
+        root: Id,
+        s: &Subst,
+        _: Option<&PatternAst<crate::lang::KNode>>,
+        _: Symbol,
+    ) -> Vec<Id> {
         let y = bound(s, "?y");
         let Some(rank) = ty(eg, root).rank() else { return vec![] };
         let outer: Vec<_> = nodes_with_ops(eg, root)

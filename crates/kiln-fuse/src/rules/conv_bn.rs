@@ -40,7 +40,11 @@ fn tensor_like(like: &Tensor, shape: Vec<usize>, v: Vec<f64>) -> Option<Tensor> 
 /// The per-channel scale and shift of an inference BatchNormalization: `y = x * k + d`.
 fn bn_affine(eg: &EGraph, eps: f32, s: &Subst) -> Option<(Vec<f64>, Vec<f64>, Arc<Tensor>)> {
     let scale = konst(eg, bound(s, "?s"))?;
-    let (b, m, v) = (floats(konst(eg, bound(s, "?b"))?.as_ref())?, floats(konst(eg, bound(s, "?m"))?.as_ref())?, floats(konst(eg, bound(s, "?v"))?.as_ref())?);
+    let (b, m, v) = (
+        floats(konst(eg, bound(s, "?b"))?.as_ref())?,
+        floats(konst(eg, bound(s, "?m"))?.as_ref())?,
+        floats(konst(eg, bound(s, "?v"))?.as_ref())?,
+    );
     let sc = floats(&scale)?;
     let c = sc.len();
     if b.len() != c || m.len() != c || v.len() != c {
@@ -163,7 +167,8 @@ impl Applier<KNode, Fuse> for BatchNormAsAffine {
             Some(dt) => like.cast(dt),
             None => return vec![],
         };
-        let (Some(kt), Some(dt)) = (tensor_like(&dtype_like, shape.clone(), k), tensor_like(&dtype_like, shape, d)) else {
+        let (Some(kt), Some(dt)) = (tensor_like(&dtype_like, shape.clone(), k), tensor_like(&dtype_like, shape, d))
+        else {
             return vec![];
         };
         let (kc, dc) = (add_const(eg, kt), add_const(eg, dt));

@@ -31,7 +31,9 @@ pub(crate) fn matrix_base(op: &Op) -> Option<(LinalgOp, Option<(usize, Expr)>)> 
         Op::Linalg(l @ (LinalgOp::MatMul | LinalgOp::Gemm { .. } | LinalgOp::Conv(_) | LinalgOp::ConvTranspose(_))) => {
             Some((l.clone(), None))
         }
-        Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => Some((base.clone(), Some((*base_inputs, expr.clone())))),
+        Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => {
+            Some((base.clone(), Some((*base_inputs, expr.clone()))))
+        }
         _ => None,
     }
 }

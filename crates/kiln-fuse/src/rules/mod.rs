@@ -90,10 +90,8 @@ pub(crate) fn nodes_with_ops(eg: &EGraph, id: Id) -> Vec<(KNode, Op)> {
 /// The type a new node would have, from its children's data.
 pub(crate) fn infer_node(eg: &EGraph, op: &Op, args: &[Id]) -> Option<TypeInfo> {
     let datas: Vec<_> = args.iter().map(|&a| &eg[a].data).collect();
-    let ins: Vec<Option<InferInput<'_>>> = datas
-        .iter()
-        .map(|d| d.tys.first().map(|t| InferInput { ty: t, value: d.konst.as_deref() }))
-        .collect();
+    let ins: Vec<Option<InferInput<'_>>> =
+        datas.iter().map(|d| d.tys.first().map(|t| InferInput { ty: t, value: d.konst.as_deref() })).collect();
     op.infer(&ins, 1).ok().map(|mut v| v.remove(0))
 }
 

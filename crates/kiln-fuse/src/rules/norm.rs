@@ -5,13 +5,13 @@
 //! computes them (a mean over the last axis, kept as a size-1 dim, of the right thing), because
 //! ReduceMean's axes may be an attribute or an input depending on the opset.
 
-use super::{add_equal, bound, nodes_with_ops, scalar, shape, ty};
+use super::{add_const, add_equal, bound, nodes_with_ops, scalar, shape, ty};
 use crate::analysis::{EGraph, Fuse, Rewrite};
 use crate::lang::KNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol};
 use kiln_ir::ops::elementwise::BinaryOp;
 use kiln_ir::ops::{ElementwiseOp, NormOp};
-use kiln_ir::Op;
+use kiln_ir::{Op, Tensor};
 
 /// The family's rules.
 #[rustfmt::skip]
@@ -20,6 +20,8 @@ pub fn rules() -> Vec<Rewrite> {
         rw!("layernorm";          "(Add (Mul (Div ?d (Sqrt (Add ?var ?eps))) ?g) ?b)"          => { Norm::Layer }),
         rw!("layernorm-gamma-first"; "(Add (Mul ?g (Div ?d (Sqrt (Add ?var ?eps)))) ?b)"    => { Norm::Layer }),
         rw!("layernorm-no-bias";  "(Mul (Div ?d (Sqrt (Add ?var ?eps))) ?g)"                   => { Norm::LayerNoBias }),
+        rw!("layernorm-shift-only"; "(Add (Div ?d (Sqrt (Add ?var ?eps))) ?b)"                 => { Norm::LayerShiftOnly }),
+        rw!("layernorm-bare";     "(Div ?d (Sqrt (Add ?var ?eps)))"                            => { Norm::LayerBare }),
         rw!("rmsnorm";            "(Mul ?g (Mul ?x (Reciprocal (Sqrt (Add ?ms ?eps)))))"       => { Norm::Rms }),
         rw!("rmsnorm-gamma-last"; "(Mul (Mul ?x (Reciprocal (Sqrt (Add ?ms ?eps)))) ?g)"       => { Norm::Rms }),
         rw!("rmsnorm-div";        "(Mul ?g (Div ?x (Sqrt (Add ?ms ?eps))))"                    => { Norm::Rms }),
@@ -42,7 +44,9 @@ fn reduces_last(eg: &EGraph, class: Id, kind: &str, input: Id) -> bool {
 /// The `x` of `d = x - mean(x)` when `class` holds that.
 fn centered(eg: &EGraph, d: Id) -> Option<Id> {
     nodes_with_ops(eg, d).into_iter().find_map(|(n, op)| match op {
-        Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Sub)) if reduces_last(eg, n.args[1], "ReduceMean", n.args[0]) => {
+        Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Sub))
+            if reduces_last(eg, n.args[1], "ReduceMean", n.args[0]) =>
+        {
             Some(n.args[0])
         }
         _ => None,
@@ -57,7 +61,9 @@ fn mean_square(eg: &EGraph, class: Id, v: Id) -> bool {
         let is_square = nodes_with_ops(eg, sq).into_iter().any(|(n, op)| {
             let args: Vec<Id> = n.args.iter().map(|&a| eg.find(a)).collect();
             match op {
-                Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Pow)) => args[0] == v && scalar(eg, args[1]) == Some(2.0),
+                Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Pow)) => {
+                    args[0] == v && scalar(eg, args[1]) == Some(2.0)
+                }
                 Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Mul)) => args[0] == v && args[1] == v,
                 _ => false,
             }
@@ -78,6 +84,10 @@ fn last_dim_vector(eg: &EGraph, p: Id, x: Id) -> bool {
 enum Norm {
     Layer,
     LayerNoBias,
+    /// A shift but no scale (clean-up removed a multiplication by ones).
+    LayerShiftOnly,
+    /// Neither scale nor shift.
+    LayerBare,
     Rms,
     Softmax,
 }
@@ -85,15 +95,25 @@ enum Norm {
 impl Applier<KNode, Fuse> for Norm {
     fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
         match self {
-            Norm::Layer | Norm::LayerNoBias => {
+            Norm::Layer | Norm::LayerNoBias | Norm::LayerShiftOnly | Norm::LayerBare => {
                 let Some(x) = centered(eg, bound(s, "?d")) else { return vec![] };
                 let Some(eps) = scalar(eg, bound(s, "?eps")) else { return vec![] };
                 if !mean_square(eg, bound(s, "?var"), bound(s, "?d")) {
                     return vec![];
                 }
-                let g = bound(s, "?g");
+                let (Some(xs), Some(dtype)) = (shape(eg, x), ty(eg, x).dtype) else { return vec![] };
+                let Some(&hidden) = xs.last() else { return vec![] };
+                // Without a scale, LayerNormalization still takes one: ones.
+                let ones = || Tensor::from_vec(vec![hidden], vec![1.0f32; hidden]).ok().map(|t| t.cast(dtype));
+                let g = match self {
+                    Norm::Layer | Norm::LayerNoBias => bound(s, "?g"),
+                    _ => match ones() {
+                        Some(t) => add_const(eg, t),
+                        None => return vec![],
+                    },
+                };
                 let mut args = vec![x, g];
-                if let Norm::Layer = self {
+                if let Norm::Layer | Norm::LayerShiftOnly = self {
                     args.push(bound(s, "?b"));
                 }
                 if !args[1..].iter().all(|&p| last_dim_vector(eg, p, x)) {

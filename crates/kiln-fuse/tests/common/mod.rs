@@ -77,7 +77,9 @@ fn ints(a: &str) -> Vec<i64> {
 
 /// The op for a name and its brace attributes.
 pub fn op(name: &str, attrs: &str) -> Op {
-    let reduce = |reducer| Op::Reduce(ReduceOp::Reduce { reducer, axes: Some(ints(attrs)), keepdims: true, noop_with_empty_axes: false });
+    let reduce = |reducer| {
+        Op::Reduce(ReduceOp::Reduce { reducer, axes: Some(ints(attrs)), keepdims: true, noop_with_empty_axes: false })
+    };
     match name {
         "Transpose" => Op::Layout(LayoutOp::Transpose { perm: Some(ints(attrs)) }),
         "Unsqueeze" => Op::Layout(LayoutOp::Unsqueeze { axes: Some(ints(attrs)) }),
@@ -88,7 +90,9 @@ pub fn op(name: &str, attrs: &str) -> Op {
         "ReduceSum" => reduce(Reducer::Sum),
         "Softmax" => Op::Norm(NormOp::Softmax { axis: ints(attrs)[0], coerce_2d: false }),
         "LayerNormalization" => Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 }),
-        "BatchNormalization" => Op::Norm(NormOp::BatchNormalization { epsilon: 1e-5, momentum: 0.9, training_mode: false }),
+        "BatchNormalization" => {
+            Op::Norm(NormOp::BatchNormalization { epsilon: 1e-5, momentum: 0.9, training_mode: false })
+        }
         "Conv" => {
             let pad = if attrs.is_empty() { 0 } else { attrs.parse().unwrap() };
             Op::Linalg(LinalgOp::Conv(ConvAttrs {
@@ -153,7 +157,9 @@ pub fn parse(src: &str) -> Graph {
                     Some("rand") => rng.tensor(&s, 0.5).cast(d),
                     Some("pos") => {
                         let t = rng.tensor(&s, 0.5);
-                        Tensor::from_vec(s.clone(), t.to_f64_vec().iter().map(|x| x.abs() as f32 + 0.5).collect()).unwrap().cast(d)
+                        Tensor::from_vec(s.clone(), t.to_f64_vec().iter().map(|x| x.abs() as f32 + 0.5).collect())
+                            .unwrap()
+                            .cast(d)
                     }
                     Some(v) if d == DType::I64 => Tensor::from_vec(s.clone(), ints(v)).unwrap(),
                     Some(v) => {
@@ -184,7 +190,13 @@ pub fn parse(src: &str) -> Graph {
                     .split(',')
                     .map(|a| a.trim())
                     .filter(|a| !a.is_empty())
-                    .map(|a| if a == "_" { None } else { Some(*vals.get(a).unwrap_or_else(|| panic!("unknown value {a}"))) })
+                    .map(|a| {
+                        if a == "_" {
+                            None
+                        } else {
+                            Some(*vals.get(a).unwrap_or_else(|| panic!("unknown value {a}")))
+                        }
+                    })
                     .collect();
                 let id = g.add_node(lhs, op(name, attrs), &ins, vec![kiln_ir::ValueInfo::named(lhs)]);
                 vals.insert(lhs.into(), Value { node: id, slot: 0 });
@@ -230,7 +242,11 @@ pub fn render(g: &Graph) -> String {
         num.insert(id, num.len());
         lines.push(format!("%{} = {head}({})", num[&id], args.join(", ")));
     }
-    let outs: Vec<String> = g.outputs.iter().map(|o| format!("%{}", num.get(&o.value.node).map_or("?".into(), |n| n.to_string()))).collect();
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|o| format!("%{}", num.get(&o.value.node).map_or("?".into(), |n| n.to_string())))
+        .collect();
     lines.push(format!("output {}", outs.join(", ")));
     lines.join("\n")
 }

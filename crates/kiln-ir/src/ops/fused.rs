@@ -220,7 +220,9 @@ impl fmt::Display for Expr {
         fn show(e: &Expr, i: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match &e.nodes[i] {
                 ExprNode::Input(k) => write!(f, "in{k}"),
-                ExprNode::Scalar { value, dtype } if dtype.size() <= 4 && dtype.is_float() => write!(f, "{}", *value as f32),
+                ExprNode::Scalar { value, dtype } if dtype.size() <= 4 && dtype.is_float() => {
+                    write!(f, "{}", *value as f32)
+                }
                 ExprNode::Scalar { value, .. } => write!(f, "{value}"),
                 ExprNode::Op { op, args } => {
                     let infix = match op {
@@ -343,7 +345,9 @@ impl FusedOp {
                         };
                         Some(vec![s[0].clone(), s[1].clone(), last])
                     }
-                    Some(s) => return Err(format!("packed QKV must be [batch, seq, 3 * hidden], found rank {}", s.len())),
+                    Some(s) => {
+                        return Err(format!("packed QKV must be [batch, seq, 3 * hidden], found rank {}", s.len()))
+                    }
                     None => None,
                 };
                 Ok(vec![TypeInfo { dtype: x.dtype, shape }])

@@ -103,9 +103,11 @@ impl PassManager {
         PassManager::new(vec![
             Box::new(InferTypes),
             Box::new(RemoveNoops),
+            // Each round can only fold the shapes the previous one made known, one layer
+            // of a deep model at a time: the limit is a backstop, not a budget.
             Box::new(Repeat::new(
                 "fold-constants",
-                16,
+                1000,
                 vec![Box::new(FoldShapes), Box::new(ConstFold), Box::new(InferTypes)],
             )),
             Box::new(DeadCodeElimination),
