@@ -308,7 +308,7 @@ impl<'a> Builder<'a> {
                     o.op.name() == op.name() && format!("{:?}", o.op) == format!("{op:?}")
                 });
                 let kinds: Vec<ValueKind> = match same {
-                    Some(&n) => self.original.node(n).outputs.iter().map(|o| o.kind.clone()).collect(),
+                    Some(&n) => self.original.node(n).outputs.iter().map(|o| o.kind).collect(),
                     None => vec![],
                 };
                 let (name, covers) = match same {
@@ -327,7 +327,7 @@ impl<'a> Builder<'a> {
                             w => self.fresh_name(w),
                         };
                         let ty = data.tys.get(i).cloned().unwrap_or_else(TypeInfo::unknown);
-                        let kind = kinds.get(i).cloned().unwrap_or(ValueKind::Tensor);
+                        let kind = kinds.get(i).copied().unwrap_or(ValueKind::Tensor);
                         ValueInfo { name, ty, kind }
                     })
                     .collect();

@@ -154,14 +154,14 @@ mod tests {
     fn big_matmul_is_compute_bound_and_small_relu_is_launch_bound() {
         let p = GpuProfile::H100;
         let a = TypeInfo::known(DType::F16, &[4096, 4096]);
-        let t = node_cost(&p, &Op::Linalg(LinalgOp::MatMul), &[a.clone(), a.clone()], &[a.clone()]);
+        let t = node_cost(&p, &Op::Linalg(LinalgOp::MatMul), &[a.clone(), a.clone()], std::slice::from_ref(&a));
         let compute = 2.0 * 4096f64.powi(3) / p.fp16_flops;
         assert!((t - compute - p.launch) / t < 0.01, "{t} vs {compute}");
         let small = TypeInfo::known(DType::F32, &[8]);
         let relu = Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu));
-        let t = node_cost(&p, &relu, &[small.clone()], &[small]);
+        let t = node_cost(&p, &relu, std::slice::from_ref(&small), std::slice::from_ref(&small));
         assert!((t - p.launch) / p.launch < 0.01);
         let view = Op::Layout(LayoutOp::Identity);
-        assert_eq!(node_cost(&p, &view, &[a.clone()], &[a]), 0.0);
+        assert_eq!(node_cost(&p, &view, std::slice::from_ref(&a), std::slice::from_ref(&a)), 0.0);
     }
 }

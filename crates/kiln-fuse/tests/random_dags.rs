@@ -65,14 +65,14 @@ impl Builder {
             0 => drop(self.node(["Relu", "Sigmoid", "Tanh", "Neg", "Abs"][(r % 5) as usize], "", &[Some(a.v)], s)),
             1 | 2 => {
                 // Broadcast against a per-channel or scalar constant.
-                let cshape = if s.len() >= 3 && r % 2 == 0 {
+                let cshape = if s.len() >= 3 && r.is_multiple_of(2) {
                     let mut c = vec![1; s.len() - 1];
                     c[0] = s[1];
                     c
                 } else {
                     vec![]
                 };
-                let c = self.konst(&cshape, 0.5, if r % 3 == 0 { 1.0 } else { 0.0 });
+                let c = self.konst(&cshape, 0.5, if r.is_multiple_of(3) { 1.0 } else { 0.0 });
                 let name = ["Add", "Mul", "Sub"][(r / 7 % 3) as usize];
                 self.node(name, "", &[Some(a.v), Some(c)], s);
             }
@@ -94,10 +94,10 @@ impl Builder {
             6 | 7 if s.len() == 4 => {
                 let m = 1 + (r as usize % 5);
                 let w = self.konst(&[m, s[1], 3, 3], 0.3, 0.0);
-                let bias = (r % 2 == 0).then(|| self.konst(&[m], 0.3, 0.0));
+                let bias = (r.is_multiple_of(2)).then(|| self.konst(&[m], 0.3, 0.0));
                 let out = vec![s[0], m, s[2], s[3]];
                 let c = self.node("Conv", "1", &[Some(a.v), Some(w), bias], out.clone());
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     let (sc, b, mean) =
                         (self.konst(&[m], 0.2, 1.0), self.konst(&[m], 0.3, 0.0), self.konst(&[m], 0.3, 0.0));
                     let var = self.konst(&[m], 0.2, 1.0);
@@ -126,7 +126,7 @@ impl Builder {
                     Tensor::from_vec(vec![3], flat.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap(),
                 );
                 let f = self.node("Reshape", "", &[Some(a.v), Some(shape)], flat);
-                if r % 2 == 0 {
+                if r.is_multiple_of(2) {
                     let back = self.g.add_const(
                         format!("b{}", self.n),
                         Tensor::from_vec(vec![4], s.iter().map(|&d| d as i64).collect::<Vec<i64>>()).unwrap(),
