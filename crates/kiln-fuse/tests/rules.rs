@@ -32,6 +32,30 @@ fn double_negation_goes() {
 }
 
 #[test]
+fn relu_of_relu_is_relu() {
+    check(
+        "input x f32[2,3]
+         a = Relu(x)
+         y = Relu(a)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn multiply_by_minus_one_is_negation() {
+    check(
+        "input x f32[2,3]
+         m = const f32[] -1.0
+         a = Mul(x, m)
+         output a",
+        "%0 = Neg(x)
+         output %0",
+    );
+}
+
+#[test]
 fn multiply_by_one_and_add_zero_go() {
     check(
         "input x f32[2,3]

@@ -14,6 +14,8 @@ pub fn rules() -> Vec<Rewrite> {
     vec![
         rw!("identity";            "(Identity ?x)"                   => "?x"),
         rw!("neg-neg";             "(Neg (Neg ?x))"                  => "?x"),
+        rw!("relu-relu";           "(Relu (Relu ?x))"                => "(Relu ?x)"),
+        rw!("mul-minus-one";       "(Mul ?x ?c)"                     => "(Neg ?x)" if all_equal("?c", -1.0) if keeps_type("?x")),
         rw!("mul-one";             "(Mul ?x ?c)"                     => "?x" if all_equal("?c", 1.0) if keeps_type("?x")),
         rw!("one-mul";             "(Mul ?c ?x)"                     => "?x" if all_equal("?c", 1.0) if keeps_type("?x")),
         rw!("add-zero";            "(Add ?x ?c)"                     => "?x" if all_equal("?c", 0.0) if keeps_type("?x")),
