@@ -58,6 +58,9 @@ pub struct Fuse {
     /// Classes a rule made to compute several old values at once (a packed QKV projection),
     /// with those values' classes, so that the fused graph can say what such a node covers.
     pub provenance: Vec<(Id, Vec<Id>)>,
+    /// Work appliers have done, so that expensive ones (new weights) run once per match
+    /// rather than once per iteration.
+    done: std::collections::HashSet<String>,
 }
 
 impl Fuse {
@@ -124,6 +127,11 @@ impl Fuse {
             Head::Const(i) => self.consts.get(i as usize),
             _ => None,
         }
+    }
+
+    /// Whether this is the first time an applier sees `key` (and remembers it).
+    pub fn first_time(&mut self, key: String) -> bool {
+        self.done.insert(key)
     }
 
     /// Counts one firing of a rule.

@@ -143,6 +143,9 @@ impl Applier<KNode, Fuse> for FoldBatchNorm {
         let Some((k, d, _)) = bn_affine(eg, eps, s) else { return vec![] };
         let mut changed = vec![];
         for (n, op) in nodes_with_ops(eg, bound(s, "?c")) {
+            if !eg.analysis.first_time(format!("conv-bn {} {n:?}", eg.find(root))) {
+                continue;
+            }
             if let Some((op, args)) = fold_into(eg, &n, &op, &k, &d) {
                 changed.extend(add_equal(eg, root, &op, args, "conv-bn"));
             }
@@ -157,6 +160,9 @@ struct BatchNormAsAffine;
 
 impl Applier<KNode, Fuse> for BatchNormAsAffine {
     fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
+        if !eg.analysis.first_time(format!("bn-affine {}", eg.find(root))) {
+            return vec![];
+        }
         let Some(eps) = bn_eps(eg, root, s) else { return vec![] };
         let Some((k, d, like)) = bn_affine(eg, eps, s) else { return vec![] };
         let x = bound(s, "?c");
@@ -214,6 +220,9 @@ impl Applier<KNode, Fuse> for FoldConst {
         let mut changed = vec![];
         for (n, op) in nodes_with_ops(eg, c) {
             if !matches!(op, Op::Linalg(LinalgOp::Conv(_))) {
+                continue;
+            }
+            if !eg.analysis.first_time(format!("{rule} {} {n:?} {}", eg.find(root), eg.find(kid))) {
                 continue;
             }
             if let Some((op, args)) = fold_into(eg, &n, &op, &scale, &shift) {
