@@ -104,6 +104,7 @@ fn build_explains_fusion_and_draws_the_graph() {
 
     let (ok, _, stderr) = kiln(&["build", &model, "--disable-rules", "nonsense"]);
     assert!(!ok && stderr.contains("unknown rule family 'nonsense'"), "{stderr}");
-    let (ok, stdout, stderr) = kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--no-fuse"]);
+    let (ok, stdout, stderr) =
+        kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--no-fuse"]);
     assert!(ok && stdout.contains("47 launch work"), "{stdout}{stderr}");
 }

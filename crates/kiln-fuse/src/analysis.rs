@@ -53,8 +53,6 @@ pub struct Fuse {
     const_index: HashMap<u64, Vec<u32>>,
     /// The graph inputs' types, by input position.
     pub input_types: Vec<TypeInfo>,
-    /// How many times each rule produced a new e-node (counted by the appliers and the runner).
-    pub fired: HashMap<String, usize>,
     /// Classes a rule made to compute several old values at once (a packed QKV projection),
     /// with those values' classes, so that the fused graph can say what such a node covers.
     pub provenance: Vec<(Id, Vec<Id>)>,
@@ -132,11 +130,6 @@ impl Fuse {
     /// Whether this is the first time an applier sees `key` (and remembers it).
     pub fn first_time(&mut self, key: String) -> bool {
         self.done.insert(key)
-    }
-
-    /// Counts one firing of a rule.
-    pub fn count(&mut self, rule: &str) {
-        *self.fired.entry(rule.to_string()).or_default() += 1;
     }
 }
 

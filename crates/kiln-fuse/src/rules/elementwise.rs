@@ -164,7 +164,7 @@ pub(crate) fn compose(
 }
 
 /// Adds `op(args)` to the e-graph and merges it with `class` if it has the class's type.
-pub(crate) fn add_if_same_type(eg: &mut EGraph, class: Id, op: Op, args: Vec<Id>, rule: &str) -> bool {
+pub(crate) fn add_if_same_type(eg: &mut EGraph, class: Id, op: Op, args: Vec<Id>) -> bool {
     let want = ty(eg, class);
     if want.dtype.is_none() || want.concrete_shape().is_none() {
         return false;
@@ -176,7 +176,6 @@ pub(crate) fn add_if_same_type(eg: &mut EGraph, class: Id, op: Op, args: Vec<Id>
     let n = eg.analysis.node(&op, 1, args, None);
     let id = eg.add(n);
     if eg.union(class, id) {
-        eg.analysis.count(rule);
         true
     } else {
         false
@@ -205,7 +204,7 @@ impl Applier<KNode, Fuse> for MergePointwise {
                 }
                 for (ce, cargs) in &producers {
                     let Some((e, args)) = compose(eg, pe, pargs, k, ce, cargs, None) else { continue };
-                    changed |= add_if_same_type(eg, root, Op::Fused(FusedOp::Elementwise(e)), args, "fuse-elementwise");
+                    changed |= add_if_same_type(eg, root, Op::Fused(FusedOp::Elementwise(e)), args);
                 }
             }
         }

@@ -72,7 +72,7 @@ impl Applier<KNode, Fuse> for AbsorbIntoEpilogue {
                     let mut node_args = base_args.clone();
                     node_args.extend_from_slice(&args[1..]);
                     let op = Op::Fused(FusedOp::Epilogue { base: base.clone(), base_inputs: *base_inputs, expr });
-                    changed |= add_if_same_type(eg, root, op, node_args, "gemm-epilogue");
+                    changed |= add_if_same_type(eg, root, op, node_args);
                 }
             }
         }

@@ -97,7 +97,7 @@ pub(crate) fn infer_node(eg: &EGraph, op: &Op, args: &[Id]) -> Option<TypeInfo> 
 
 /// Adds `op(args)` and merges it into `class` when its inferred type equals the class's (the
 /// guard every structural rewrite shares). Returns the classes that changed.
-pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>, rule: &str) -> Vec<Id> {
+pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>) -> Vec<Id> {
     let Some(t) = infer_node(eg, op, &args) else { return vec![] };
     let want = ty(eg, class);
     if want.concrete_shape().is_none() || t != want {
@@ -106,7 +106,6 @@ pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>, rule
     let n = eg.analysis.node(op, 1, args, None);
     let id = eg.add(n);
     if eg.union(class, id) {
-        eg.analysis.count(rule);
         vec![class]
     } else {
         vec![]

@@ -120,7 +120,7 @@ impl Applier<KNode, Fuse> for Norm {
                     return vec![];
                 }
                 let op = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: eps as f32, stash_type: 1 });
-                add_equal(eg, root, &op, args, "layernorm")
+                add_equal(eg, root, &op, args)
             }
             Norm::Rms => {
                 let (x, g) = (bound(s, "?x"), bound(s, "?g"));
@@ -129,7 +129,7 @@ impl Applier<KNode, Fuse> for Norm {
                     return vec![];
                 }
                 let op = Op::Norm(NormOp::RMSNormalization { axis: -1, epsilon: eps as f32, stash_type: 1 });
-                add_equal(eg, root, &op, vec![x, g], "rmsnorm")
+                add_equal(eg, root, &op, vec![x, g])
             }
             Norm::Softmax => {
                 let (e, sum) = (bound(s, "?e"), bound(s, "?sum"));
@@ -150,7 +150,7 @@ impl Applier<KNode, Fuse> for Norm {
                 });
                 let x = shifted.unwrap_or(e);
                 let op = Op::Norm(NormOp::Softmax { axis: -1, coerce_2d: false });
-                add_equal(eg, root, &op, vec![x], "softmax")
+                add_equal(eg, root, &op, vec![x])
             }
         }
     }
