@@ -100,7 +100,7 @@ pub(crate) fn infer_node(eg: &EGraph, op: &Op, args: &[Id]) -> Option<TypeInfo> 
 pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>) -> Vec<Id> {
     let Some(t) = infer_node(eg, op, &args) else { return vec![] };
     let want = ty(eg, class);
-    if want.concrete_shape().is_none() || t != want {
+    if want.dtype.is_none() || want.concrete_shape().is_none() || t != want {
         return vec![];
     }
     let n = eg.analysis.node(op, 1, args, None);
