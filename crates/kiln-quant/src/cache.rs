@@ -50,7 +50,11 @@ impl CalibCache {
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, l)) if l.trim_end() == MAGIC => {}
-            _ => return Err(QuantError::Cache(format!("not a kiln calibration cache: the first line must be '{MAGIC}'"))),
+            _ => {
+                return Err(QuantError::Cache(format!(
+                    "not a kiln calibration cache: the first line must be '{MAGIC}'"
+                )))
+            }
         }
         let mut algo = None;
         let mut version = String::new();
@@ -74,7 +78,9 @@ impl CalibCache {
             let scale: f32 =
                 scale.trim().parse().map_err(|_| QuantError::Cache(format!("line {n}: '{scale}' is not a number")))?;
             if !scale.is_finite() || scale <= 0.0 {
-                return Err(QuantError::Cache(format!("line {n}: the scale of '{name}' must be positive and finite, found {scale}")));
+                return Err(QuantError::Cache(format!(
+                    "line {n}: the scale of '{name}' must be positive and finite, found {scale}"
+                )));
             }
             if scales.insert(name.to_string(), scale).is_some() {
                 return Err(QuantError::Cache(format!("line {n}: '{name}' appears twice")));

@@ -20,7 +20,12 @@ pub struct Histogram {
 impl Histogram {
     /// An empty histogram of `bins` bins over `[0, range]`.
     pub fn new(bins: usize, range: f32) -> Histogram {
-        Histogram { counts: vec![0; bins.max(1)], range: range.max(f32::MIN_POSITIVE), min: f32::INFINITY, max: f32::NEG_INFINITY }
+        Histogram {
+            counts: vec![0; bins.max(1)],
+            range: range.max(f32::MIN_POSITIVE),
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+        }
     }
 
     /// Width of one bin.

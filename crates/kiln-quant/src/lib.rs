@@ -53,12 +53,28 @@ impl Default for CalibOptions {
 
 /// Calibrates `g` over `batches` (inputs in graph-input order) run by `run`: one symmetric INT8
 /// scale (`threshold / 127`) per activation that an INT8 layer reads.
-pub fn calibrate(g: &Graph, batches: &[Vec<Tensor>], opts: CalibOptions, run: &Runner<'_>) -> Result<CalibCache, QuantError> {
+///
+/// Softmax outputs are the exception: they are probabilities, bounded by construction, and
+/// the few large ones carry the signal, so they keep their whole range (min-max) whatever the
+/// calibrator. Entropy calibration would clip them at its smallest candidate threshold (128 of
+/// 2048 bins), which flattens attention.
+pub fn calibrate(
+    g: &Graph,
+    batches: &[Vec<Tensor>],
+    opts: CalibOptions,
+    run: &Runner<'_>,
+) -> Result<CalibCache, QuantError> {
     let hists = collect(g, batches, opts.bins, run)?;
+    let bounded: std::collections::HashSet<String> = calibrated_values(g)
+        .into_iter()
+        .filter(|(_, v)| matches!(g.node(v.node).op, kiln_ir::Op::Norm(kiln_ir::ops::NormOp::Softmax { .. })))
+        .map(|(n, _)| n)
+        .collect();
     let scales = hists
         .into_iter()
         .map(|(name, h)| {
-            let t = threshold(&h, opts.algo);
+            let algo = if bounded.contains(&name) { CalibAlgo::MinMax } else { opts.algo };
+            let t = threshold(&h, algo);
             // An activation that is zero throughout quantizes exactly with any scale.
             (name, if t > 0.0 { t / 127.0 } else { 1.0 })
         })

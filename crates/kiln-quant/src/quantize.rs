@@ -189,7 +189,12 @@ pub fn quantize(
             let sv = out.add_const(format!("{base}.scale"), s.cast(like));
             let op = Op::Quant(QuantOp::DequantizeLinear { axis: axis as i64, block_size: 0, output_dtype: None });
             let ty = TypeInfo::known(like, t.shape());
-            let dq = out.add_node(format!("{base}.dq"), op, &[Some(qv), Some(sv)], vec![ValueInfo::tensor(format!("{base}.dq"), ty)]);
+            let dq = out.add_node(
+                format!("{base}.dq"),
+                op,
+                &[Some(qv), Some(sv)],
+                vec![ValueInfo::tensor(format!("{base}.dq"), ty)],
+            );
             out.set_input(id, 1, Some(Value { node: dq, slot: 0 }));
         }
         report.push(entry(Precision::Int8, None));

@@ -12,6 +12,7 @@ pub use kiln_cpu as cpu;
 pub use kiln_fuse as fuse;
 pub use kiln_ir as ir;
 pub use kiln_onnx as onnx;
+pub use kiln_quant as quant;
 
 use kiln_ir::passes::{PassContext, PassManager, PassReport};
 use kiln_ir::{Graph, Tensor};
