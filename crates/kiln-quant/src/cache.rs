@@ -5,7 +5,7 @@
 //! # kiln calibration cache v1
 //! # algo: entropy
 //! # kiln: 0.1.0
-//! 0.0123	conv1_out
+//! 0.0123<TAB>conv1_out
 //! ```
 //! Each line is the scale, a tab, and the tensor name (the rest of the line). Scales are
 //! written in the shortest form that reads back to the same f32, so a cache round-trips

@@ -6,10 +6,11 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How a threshold is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum CalibAlgo {
     /// The threshold whose quantized distribution is closest to the original in KL divergence,
     /// as TensorRT's entropy calibrator computes it.
+    #[default]
     Entropy,
     /// The largest magnitude seen.
     MinMax,
@@ -17,12 +18,6 @@ pub enum CalibAlgo {
     Percentile(f64),
     /// The threshold with the least mean squared quantization error.
     Mse,
-}
-
-impl Default for CalibAlgo {
-    fn default() -> CalibAlgo {
-        CalibAlgo::Entropy
-    }
 }
 
 impl fmt::Display for CalibAlgo {
