@@ -44,11 +44,29 @@ pub struct Module {
     _ctx: std::sync::Arc<cudarc::driver::CudaContext>,
 }
 
+// SAFETY: a CUmodule is a handle the driver API accepts from any thread once its context is
+// current there, which every use here ensures (`Gpu::load`, `Module::kernel` and `Gpu::launch`
+// bind the context first); the module is never mutated after loading. cudarc makes the same
+// promise for its own module wrapper.
+#[allow(unsafe_code)]
+unsafe impl Send for Module {}
+// SAFETY: as for Send; all methods take `&self` and only read the handle.
+#[allow(unsafe_code)]
+unsafe impl Sync for Module {}
+
 /// A kernel of a loaded [`Module`].
 #[derive(Clone, Copy)]
 pub struct Kernel {
     raw: cudarc::driver::sys::CUfunction,
 }
+
+// SAFETY: a CUfunction is an immutable handle into a loaded module, valid on any thread where
+// the module's context is current (cudarc declares its CudaFunction Send and Sync likewise).
+#[allow(unsafe_code)]
+unsafe impl Send for Kernel {}
+// SAFETY: as for Send.
+#[allow(unsafe_code)]
+unsafe impl Sync for Kernel {}
 
 /// The launch configuration of one kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

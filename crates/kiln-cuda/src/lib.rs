@@ -10,7 +10,10 @@
 pub mod codegen;
 pub mod driver;
 mod error;
+pub mod host;
 pub mod kernels;
+pub mod launch;
+pub mod library;
 pub mod nvrtc;
 
 pub use error::{CudaError, Result};
