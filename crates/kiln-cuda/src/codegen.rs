@@ -599,7 +599,10 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
     let mut defs = String::new();
     writeln!(defs, "#define KILN_NUM_INPUTS {}", inputs.len()).unwrap_or(());
     writeln!(defs, "#define KILN_VEC {vec}").unwrap_or(());
-    defs.push_str(HELPERS);
+    // The helpers only where the expression calls them, so most kernels stay short.
+    if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
+        defs.push_str(HELPERS);
+    }
     defs.push_str(&e.code);
 
     let mut body = String::new();
@@ -770,4 +773,113 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<i64>> {
         acc *= s as i64;
     }
     Ok(strides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
+        ExprNode::Op { op, args: args.to_vec() }
+    }
+
+    /// The one place these tests call the generator: the error of lowering `e` over `inputs`.
+    fn error_of(e: &Expr, inputs: &[DType]) -> String {
+        match elementwise_kernel(e, inputs) {
+            Ok(k) => panic!("{e} over {inputs:?} lowered to {}", k.name),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn unsupported_ops_and_types_are_named() {
+        let not_f32 = Expr::op(ElementwiseOp::Unary(UnaryOp::BitwiseNot), 1);
+        assert_eq!(error_of(&not_f32, &[DType::F32]), "BitwiseNot on f32 has no CUDA lowering");
+        let exp_int = Expr::op(ElementwiseOp::Unary(UnaryOp::Exp), 1);
+        assert_eq!(error_of(&exp_int, &[DType::I32]), "Exp on i32 has no CUDA lowering");
+        let add = Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2);
+        assert_eq!(error_of(&add, &[DType::F8E4M3FN, DType::F8E4M3FN]), "element type f8e4m3fn has no CUDA kernels");
+        assert_eq!(error_of(&add, &[DType::F32, DType::F16]), "Add: inputs must have the same type, found f32 and f16");
+        let legacy = Expr::op(ElementwiseOp::LegacyBinary { op: BinaryOp::Add, axis: 1 }, 2);
+        assert!(error_of(&legacy, &[DType::F32, DType::F32]).contains("legacy broadcasting"));
+        assert!(error_of(&add, &[DType::F32]).contains("reads 2 inputs, 1 were given"));
+        let forward = Expr { nodes: vec![node(ElementwiseOp::Unary(UnaryOp::Relu), &[1]), ExprNode::Input(0)] };
+        assert!(error_of(&forward, &[DType::F32]).contains("does not come before it"));
+        let cond = Expr::op(ElementwiseOp::Where, 3);
+        assert!(error_of(&cond, &[DType::F32; 3]).contains("condition must be bool"));
+        let bits = Expr::op(ElementwiseOp::Binary(BinaryOp::BitwiseAnd), 2);
+        assert_eq!(error_of(&bits, &[DType::F16, DType::F16]), "BitwiseAnd on f16 has no CUDA lowering");
+    }
+
+    #[test]
+    fn types_follow_the_ir() {
+        // A comparison outputs bool; a cast rounds to f16 where it stands.
+        let e = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                node(ElementwiseOp::Cast { to: DType::F16, saturate: true }, &[0]),
+                ExprNode::Scalar { value: 0.1, dtype: DType::F16 },
+                node(ElementwiseOp::Binary(BinaryOp::Less), &[1, 2]),
+            ],
+        };
+        let k = elementwise_kernel(&e, &[DType::F32]).unwrap();
+        assert_eq!(k.output, DType::Bool);
+        assert_eq!(k.vec, 16, "bool output moves 16 elements per 16 bytes");
+        assert!(k.name.starts_with("fused_") && k.name.ends_with("_bool"), "{}", k.name);
+        assert!(k.generated.contains("__half2float(__float2half_rn((float)(t0)))"));
+        // 0.1 as f16 is 0.0999755859375, which is what the kernel must compare with.
+        assert!(k.generated.contains("0.099975586f"), "{}", k.generated);
+    }
+
+    #[test]
+    fn literals_keep_their_type() {
+        assert_eq!(literal(3.0, DType::F32).unwrap(), "3.0f");
+        assert_eq!(literal(1e-5, DType::F32).unwrap(), "1e-5f");
+        assert_eq!(literal(f64::NEG_INFINITY, DType::F16).unwrap(), "-__int_as_float(0x7f800000)");
+        assert_eq!(literal(f64::NAN, DType::F64).unwrap(), "__longlong_as_double(0x7ff8000000000000LL)");
+        assert_eq!(literal(-9.223372036854775808e18, DType::I64).unwrap(), "(-9223372036854775807LL - 1)");
+        assert_eq!(literal(2.0, DType::Bool).unwrap(), "true");
+        assert_eq!(literal(300.0, DType::U8).unwrap(), "(unsigned char)(255)");
+        assert!(literal(1.0, DType::F4E2M1).is_err());
+    }
+
+    #[test]
+    fn collapse_merges_what_every_input_reads_alike() {
+        // [2, 3, 4] + [3, 1]: input 1 is broadcast over dims 0 and 2 but read along dim 1, so
+        // no two neighbouring dims are read alike by both inputs and nothing merges.
+        let out = [2, 3, 4];
+        let a = broadcast_strides(&[2, 3, 4], &out).unwrap();
+        let b = broadcast_strides(&[3, 1], &out).unwrap();
+        assert_eq!(b, vec![0, 1, 0]);
+        let (dims, s) = collapse(&out, &[a, b]).unwrap();
+        assert_eq!(dims, vec![2, 3, 4]);
+        assert_eq!(s, vec![vec![12, 4, 1], vec![0, 1, 0]]);
+        // Same shapes collapse to one dim; size-1 dims vanish.
+        let c = broadcast_strides(&[2, 1, 3, 4], &[2, 1, 3, 4]).unwrap();
+        let (dims, s) = collapse(&[2, 1, 3, 4], &[c.clone(), c]).unwrap();
+        assert_eq!(dims, vec![24]);
+        assert_eq!(s, vec![vec![1], vec![1]]);
+        assert!(broadcast_strides(&[3], &[2, 4]).is_err());
+        assert!(collapse(&[2, 3], &[vec![1]]).is_err());
+    }
+
+    #[test]
+    fn args_choose_the_vector_path_only_when_safe() {
+        let k =
+            elementwise_kernel(&Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2), &[DType::F32, DType::F32]).unwrap();
+        let field = |b: &[u8], at: usize| i32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        // ptrs (2) + out + n + dims (8) + strides (2 x 8) = 28 eight-byte words, then rank, vec, mask.
+        let words = 8 * (2 + 1 + 1 + 8 + 16);
+        let full = vec![4i64, 1];
+        let scalar = vec![0i64, 0];
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), scalar.clone()]).unwrap();
+        assert_eq!(b.len(), words + 16);
+        assert_eq!((field(&b, words), field(&b, words + 4), field(&b, words + 8)), (1, 1, 0b10));
+        // A misaligned pointer or a transposed read takes the strided path.
+        let b = elementwise_args(&k, &[260, 512], 1024, &[3, 4], &[full.clone(), scalar]).unwrap();
+        assert_eq!(field(&b, words + 4), 0);
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![1, 3]]).unwrap();
+        assert_eq!((field(&b, words), field(&b, words + 4)), (2, 0));
+        assert!(elementwise_args(&k, &[256], 1024, &[3, 4], &[vec![4, 1]]).is_err());
+    }
 }
