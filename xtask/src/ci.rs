@@ -16,6 +16,7 @@ fn step(name: &str, args: &[&str]) -> Result<()> {
 pub fn run() -> Result<()> {
     step("format", &["fmt", "--all", "--", "--check"])?;
     step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    println!("\n==> nvrtc: {}", crate::fetch_nvrtc::fetch()?.display());
     step("tests", &["test", "--workspace", "--release"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;
     Ok(())

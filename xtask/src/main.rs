@@ -5,6 +5,7 @@ mod ci;
 mod conformance;
 mod data;
 mod demo;
+mod fetch_nvrtc;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Task {
     BenchCpu(bench_cpu::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
+    /// Downloads the NVRTC wheels into ~/.cache/kiln/nvrtc, so kernels compile without CUDA.
+    FetchNvrtc,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::BenchCpu(a) => bench_cpu::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
+        Task::FetchNvrtc => fetch_nvrtc::run(),
     }
 }

@@ -8,7 +8,7 @@
 //! its soname instead of searching.
 //!
 //! Where NVRTC is looked for, in order: `KILN_NVRTC_DIR`; the pip wheels that `cargo xtask
-//! fetch-nvrtc` unpacks into `~/.cache/kiln/nvrtc`; `/usr/local/cuda`. A folder qualifies when
+//! fetch-nvrtc` unpacks into `~/.cache/kiln/nvrtc` (`$KILN_CACHE/nvrtc` where that is set); `/usr/local/cuda`. A folder qualifies when
 //! it holds `libnvrtc.so.13` (in itself, `nvidia/cu13/lib`, `lib64`, `lib` or
 //! `targets/x86_64-linux/lib`) and `cuda_fp16.h` (in `nvidia/cu13/include`, `include` or
 //! `targets/x86_64-linux/include`).
@@ -59,9 +59,13 @@ fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
-/// `~/.cache/kiln`, where the NVRTC wheels and the CUBIN cache live.
+/// `~/.cache/kiln` (or `KILN_CACHE`, as xtask reads it), where the NVRTC wheels and the CUBIN
+/// cache live.
 pub fn kiln_cache_dir() -> Option<PathBuf> {
-    home().map(|h| h.join(".cache").join("kiln"))
+    match std::env::var_os("KILN_CACHE").filter(|d| !d.is_empty()) {
+        Some(d) => Some(PathBuf::from(d)),
+        None => home().map(|h| h.join(".cache").join("kiln")),
+    }
 }
 
 /// The folders NVRTC is looked for in, in order.
