@@ -15,5 +15,6 @@ pub mod kernels;
 pub mod launch;
 pub mod library;
 pub mod nvrtc;
+pub mod plan;
 
 pub use error::{CudaError, Result};
