@@ -43,6 +43,8 @@ pub fn fetch() -> Result<PathBuf> {
     if !lib.is_file() || !header.is_file() {
         bail!("the wheels in {} hold no {} or no {}", wheels.display(), lib.display(), header.display());
     }
+    // The unpacked tree is all that is used; the wheels would double the disk it takes.
+    std::fs::remove_dir_all(&wheels).with_context(|| format!("removing {}", wheels.display()))?;
     Ok(root)
 }
 
@@ -62,7 +64,9 @@ fn unpack(wheel: &Path, root: &Path) -> Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         // Write then rename, so an interrupted unpack never leaves a truncated library.
-        let tmp = out.with_extension("part");
+        let mut tmp = out.clone().into_os_string();
+        tmp.push(".part");
+        let tmp = PathBuf::from(tmp);
         let mut w = std::fs::File::create(&tmp)?;
         std::io::copy(&mut entry, &mut w)?;
         std::fs::rename(&tmp, &out)?;

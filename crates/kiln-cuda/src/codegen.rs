@@ -695,8 +695,9 @@ pub fn elementwise_args(
         acc *= dims[d] as i64;
     }
     let vec_ok = n_in < 31
-        && (0..n_in).all(|k| (scalar_mask >> k) & 1 == 1 || (strides[k] == contiguous_strides && ptrs[k] % 16 == 0))
-        && out_ptr % 16 == 0;
+        && (0..n_in)
+            .all(|k| (scalar_mask >> k) & 1 == 1 || (strides[k] == contiguous_strides && ptrs[k].is_multiple_of(16)))
+        && out_ptr.is_multiple_of(16);
     let mut b = Vec::new();
     for p in ptrs {
         b.extend(p.to_ne_bytes());
@@ -837,7 +838,7 @@ mod tests {
         assert_eq!(literal(1e-5, DType::F32).unwrap(), "1e-5f");
         assert_eq!(literal(f64::NEG_INFINITY, DType::F16).unwrap(), "-__int_as_float(0x7f800000)");
         assert_eq!(literal(f64::NAN, DType::F64).unwrap(), "__longlong_as_double(0x7ff8000000000000LL)");
-        assert_eq!(literal(-9.223372036854775808e18, DType::I64).unwrap(), "(-9223372036854775807LL - 1)");
+        assert_eq!(literal(i64::MIN as f64, DType::I64).unwrap(), "(-9223372036854775807LL - 1)");
         assert_eq!(literal(2.0, DType::Bool).unwrap(), "true");
         assert_eq!(literal(300.0, DType::U8).unwrap(), "(unsigned char)(255)");
         assert!(literal(1.0, DType::F4E2M1).is_err());

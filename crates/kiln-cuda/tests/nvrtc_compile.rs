@@ -62,10 +62,29 @@ fn op(op: ElementwiseOp, args: &[usize]) -> ExprNode {
 #[test]
 fn generated_elementwise_kernels_compile() {
     let Some(nv) = nvrtc() else { return };
+    let cases = elementwise_cases();
+    // NVRTC programs are independent, so the compiles run on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = cases.len().div_ceil(threads);
+    let results: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases.chunks(chunk).map(|part| s.spawn(|| compile_cases(&nv, part))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (0, vec!["a compile thread panicked".into()])))
+            .collect()
+    });
+    let n: usize = results.iter().map(|r| r.0).sum();
+    let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(n > 100, "only {n} kernels compiled");
+}
+
+/// Generates and compiles each case for every architecture: how many compiled, and the failures.
+fn compile_cases(nv: &Nvrtc, cases: &[(Expr, Vec<DType>)]) -> (usize, Vec<String>) {
     let mut failures = vec![];
     let mut n = 0;
-    for (e, inputs) in elementwise_cases() {
-        let k = match elementwise_kernel(&e, &inputs) {
+    for (e, inputs) in cases {
+        let k = match elementwise_kernel(e, inputs) {
             Ok(k) => k,
             Err(err) => {
                 failures.push(format!("{e} over {inputs:?}: {err}"));
@@ -73,16 +92,14 @@ fn generated_elementwise_kernels_compile() {
             }
         };
         for arch in ARCHS {
-            n += 1;
             match nv.compile(&k.name, &k.source, arch) {
-                Ok(c) if c.has_kernel(&k.name) => {}
+                Ok(c) if c.has_kernel(&k.name) => n += 1,
                 Ok(_) => failures.push(format!("{arch}: {e}: CUBIN lacks {}", k.name)),
                 Err(err) => failures.push(format!("{e} over {inputs:?}: {err}")),
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert!(n > 100, "only {n} kernels compiled");
+    (n, failures)
 }
 
 fn elementwise_cases() -> Vec<(Expr, Vec<DType>)> {
