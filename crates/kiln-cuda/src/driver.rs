@@ -221,3 +221,19 @@ impl Param {
         Param(v.iter().flat_map(|x| x.to_ne_bytes()).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_driver_is_an_error_that_says_what_to_do() {
+        if probe_driver().is_ok() {
+            eprintln!("skipped: a CUDA driver is present, so its absence cannot be checked here");
+            return;
+        }
+        let Err(e) = Gpu::new(0) else { panic!("Gpu::new succeeded without a driver") };
+        assert!(matches!(e, CudaError::NoDriver(_)));
+        assert!(e.to_string().starts_with("no CUDA driver found: run with --device cpu"), "{e}");
+    }
+}

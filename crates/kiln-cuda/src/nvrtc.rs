@@ -245,3 +245,78 @@ impl Nvrtc {
         out.map_err(fail)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC, or `None` where it is absent outside CI (in CI its absence fails the test).
+    fn nvrtc() -> Option<Nvrtc> {
+        match Nvrtc::locate() {
+            Ok(n) => Some(n),
+            Err(e) if std::env::var_os("CI").is_some_and(|v| v == "true") => panic!("CI=true and {e}"),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-cuda-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn layout_needs_both_library_and_headers() {
+        let root = scratch("layout");
+        assert_eq!(layout(&root), None);
+        std::fs::create_dir_all(root.join("nvidia/cu13/lib")).unwrap();
+        std::fs::write(root.join("nvidia/cu13/lib").join(NVRTC_LIB), b"").unwrap();
+        assert_eq!(layout(&root), None, "a library without headers is not enough");
+        std::fs::create_dir_all(root.join("include")).unwrap();
+        std::fs::write(root.join("include/cuda_fp16.h"), b"").unwrap();
+        assert_eq!(layout(&root), Some((root.join("nvidia/cu13/lib"), root.join("include"))));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn compile_errors_carry_the_log_and_bad_archs_are_refused() {
+        let Some(nv) = nvrtc() else { return };
+        let nv = nv.with_cache_dir(None);
+        let err =
+            nv.compile("broken", "extern \"C\" __global__ void k() { undeclared_thing(); }", "sm_90").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("NVRTC failed to compile broken for sm_90"), "{msg}");
+        assert!(msg.contains("undeclared_thing"), "{msg}");
+        for bad in ["90", "sm_", "sm_9-0", "compute_90 -G"] {
+            assert!(matches!(nv.compile("k", "", bad), Err(CudaError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cubins_are_cached_by_source_and_arch() {
+        let Some(nv) = nvrtc() else { return };
+        let dir = scratch("cache");
+        let nv = nv.with_cache_dir(Some(dir.clone()));
+        let src = "extern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }";
+        let first = nv.compile("twice", src, "sm_80").unwrap();
+        assert!(!first.cached && first.has_kernel("twice") && !first.has_kernel("twic"));
+        let again = nv.compile("twice", src, "sm_80").unwrap();
+        assert!(again.cached);
+        assert_eq!(again.image, first.image);
+        // Another architecture or source is another entry.
+        assert!(!nv.compile("twice", src, "sm_90").unwrap().cached);
+        assert!(!nv.compile("twice", &format!("{src}\n"), "sm_80").unwrap().cached);
+        assert_ne!(nv.cache_key(src, "sm_80"), nv.cache_key(src, "sm_90"));
+        // A damaged entry is compiled again rather than handed to the driver.
+        let entry = dir.join(format!("{}-sm_80.cubin", nv.cache_key(src, "sm_80")));
+        std::fs::write(&entry, b"not an elf").unwrap();
+        let fresh = nv.compile("twice", src, "sm_80").unwrap();
+        assert!(!fresh.cached);
+        assert_eq!(std::fs::read(&entry).unwrap(), first.image);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
