@@ -18,10 +18,15 @@ pub fn grid_stride(n: u64) -> LaunchConfig {
     LaunchConfig::linear(n.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32, THREADS)
 }
 
+/// Most threads a per-row block gets. At 256 threads every kernel can launch whatever
+/// registers the compiler gave it (65536 per SM / 256 = 255, the most a thread can have),
+/// which 1024 would not guarantee; a thread then loops over n / 256 elements.
+pub const ROW_THREADS: u64 = 256;
+
 /// One block per row (grid-stride over rows) for rows of `n` elements: enough warps to cover
-/// the row, at most 1024 threads.
+/// the row, at most [`ROW_THREADS`].
 pub fn per_row(rows: u64, n: u64) -> LaunchConfig {
-    let threads = (n.div_ceil(32) * 32).clamp(32, 1024) as u32;
+    let threads = (n.div_ceil(32) * 32).clamp(32, ROW_THREADS) as u32;
     LaunchConfig::linear(rows.clamp(1, MAX_BLOCKS) as u32, threads)
 }
 
@@ -266,7 +271,7 @@ mod tests {
             assert!(c.grid.0 as u64 * THREADS as u64 >= n.min(MAX_BLOCKS * THREADS as u64));
             let r = per_row(n, n);
             assert_eq!(r.block.0 % 32, 0);
-            assert!(r.block.0 <= 1024);
+            assert!(r.block.0 as u64 <= ROW_THREADS);
         }
         assert_eq!(per_row(3, 50).block.0, 64);
     }
