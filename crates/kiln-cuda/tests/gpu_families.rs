@@ -491,6 +491,46 @@ fn layout_kernels_match_cpu() {
             let want = cpu(Op::Layout(LayoutOp::Concat { axis: 1 }), &[&a, &b]);
             check_close(&format!("concat {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
 
+            // Slice rows 1..3 and every second column from the last backwards: one permute
+            // with an offset and a negative stride.
+            let x = rand_tensor(&mut rng, &[3, n], -5.0, 5.0, dt);
+            let cols = n.div_ceil(2);
+            let (sp, rank) = launch::strided_param(&[2, cols], &[n as i64, -2]).unwrap();
+            let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, cols]).unwrap());
+            let offset = (n + n - 1) as i64;
+            let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64((2 * cols) as i64), Param::i32(rank), sp, Param::i64(offset)];
+            run(lib, KernelFamily::Layout, &format!("permute_{w}"), launch::grid_stride((2 * cols) as u64), &p);
+            let ints = |v: &[i64]| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap();
+            let (starts, ends, axes, steps) = (ints(&[1, -1]), ints(&[3, i64::MIN]), ints(&[0, 1]), ints(&[1, -2]));
+            let want = cpu(Op::Layout(LayoutOp::Slice { attrs: None }), &[&x, &starts, &ends, &axes, &steps]);
+            check_close(&format!("slice {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+
+            // Split [2, n, 3] along axis 1 into [2, 1, 3] and [2, n - 1, 3], one copy_rows each.
+            if n > 1 {
+                let x = rand_tensor(&mut rng, &[2, n, 3], -5.0, 5.0, dt);
+                let dx = lib.upload(&x).unwrap();
+                let split = Op::Layout(LayoutOp::Split { axis: 1, split: Some(vec![1, n as i64 - 1]) });
+                let want = eval_op(&split, &[Some(&x)], 2).unwrap();
+                let mut off = 0i64;
+                for part in &want {
+                    let len = (part.shape()[1] * 3) as i64;
+                    let dy = lib.zeros(dt, part.shape()).unwrap();
+                    let p = [
+                        ptr(lib, &dx),
+                        ptr(lib, &dy),
+                        Param::i64(2),
+                        Param::i64(len),
+                        Param::i64((n * 3) as i64),
+                        Param::i64(off),
+                        Param::i64(len),
+                        Param::i64(0),
+                    ];
+                    run(lib, KernelFamily::Layout, &format!("copy_rows_{w}"), launch::grid_stride(2 * len as u64), &p);
+                    check_close(&format!("split {dt} n={n} at {off}"), &lib.download(&dy).unwrap(), part, 0.0, 0.0);
+                    off += len;
+                }
+            }
+
             // Gather along axis 1 with negative indices.
             let x = rand_tensor(&mut rng, &[3, n, 2], -5.0, 5.0, dt);
             let idx: Vec<i64> = (0..7).map(|_| rng.below(2 * n) as i64 - n as i64).collect();
