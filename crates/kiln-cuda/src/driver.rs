@@ -182,6 +182,40 @@ impl Module {
     }
 }
 
+/// What the compiler gave a kernel, as the driver reports it: the numbers `kiln inspect` is
+/// to show, and the limit a launch must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelResources {
+    /// Registers per thread.
+    pub registers: i32,
+    /// Local memory per thread in bytes (spills and local arrays).
+    pub local_bytes: i32,
+    /// Static shared memory per block in bytes.
+    pub shared_bytes: i32,
+    /// The largest block the kernel can be launched with.
+    pub max_threads: i32,
+}
+
+impl Gpu {
+    /// The resources of a loaded kernel.
+    pub fn resources(&self, kernel: Kernel) -> Result<KernelResources> {
+        use cudarc::driver::sys::CUfunction_attribute_enum as A;
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let get = |a: A| {
+            #[allow(unsafe_code)]
+            // SAFETY: the kernel comes from a loaded module (`Module::kernel`), which the
+            // caller keeps alive while it holds the kernel.
+            unsafe { cudarc::driver::result::function::get_function_attribute(kernel.raw, a) }.map_err(drv)
+        };
+        Ok(KernelResources {
+            registers: get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+            local_bytes: get(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+            shared_bytes: get(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+            max_threads: get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        })
+    }
+}
+
 impl Drop for Module {
     fn drop(&mut self) {
         #[allow(unsafe_code)]

@@ -957,3 +957,28 @@ fn packed_attention_reads_qkv_in_place() {
         check_close(&format!("packed attention s={s}"), &lib.download(&dy).unwrap(), &want, 4e-3, 1e-2);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resources
+
+/// Every kernel of every family loads, and can be launched with the largest block the launch
+/// helpers use; prints registers, local memory (spills) and shared memory per kernel.
+#[test]
+fn every_kernel_loads_and_fits_its_launch() {
+    let Some(lib) = lib() else { return };
+    let largest = launch::ROW_THREADS.max(launch::THREADS as u64) as i32;
+    let mut report = vec![];
+    let mut too_big = vec![];
+    for fam in KernelFamily::ALL {
+        for name in fam.kernels() {
+            let (_m, k) = lib.kernel(fam, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let r = lib.gpu().resources(k).unwrap();
+            report.push(format!("{name:32} regs {:3} local {:5} shared {:6} max_threads {}", r.registers, r.local_bytes, r.shared_bytes, r.max_threads));
+            if r.max_threads < largest {
+                too_big.push(format!("{name}: at most {} threads, launched with {largest}", r.max_threads));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(too_big.is_empty(), "{}", too_big.join("\n"));
+}
