@@ -498,7 +498,8 @@ fn layout_kernels_match_cpu() {
             let (sp, rank) = launch::strided_param(&[2, cols], &[n as i64, -2]).unwrap();
             let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, cols]).unwrap());
             let offset = (n + n - 1) as i64;
-            let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64((2 * cols) as i64), Param::i32(rank), sp, Param::i64(offset)];
+            let p =
+                [ptr(lib, &dx), ptr(lib, &dy), Param::i64((2 * cols) as i64), Param::i32(rank), sp, Param::i64(offset)];
             run(lib, KernelFamily::Layout, &format!("permute_{w}"), launch::grid_stride((2 * cols) as u64), &p);
             let ints = |v: &[i64]| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap();
             let (starts, ends, axes, steps) = (ints(&[1, -1]), ints(&[3, i64::MIN]), ints(&[0, 1]), ints(&[1, -2]));
@@ -973,7 +974,10 @@ fn every_kernel_loads_and_fits_its_launch() {
         for name in fam.kernels() {
             let (_m, k) = lib.kernel(fam, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
             let r = lib.gpu().resources(k).unwrap();
-            report.push(format!("{name:32} regs {:3} local {:5} shared {:6} max_threads {}", r.registers, r.local_bytes, r.shared_bytes, r.max_threads));
+            report.push(format!(
+                "{name:32} regs {:3} local {:5} shared {:6} max_threads {}",
+                r.registers, r.local_bytes, r.shared_bytes, r.max_threads
+            ));
             if r.max_threads < largest {
                 too_big.push(format!("{name}: at most {} threads, launched with {largest}", r.max_threads));
             }
