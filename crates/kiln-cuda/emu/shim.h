@@ -1,6 +1,6 @@
 // Host emulation of the CUDA subset kiln's kernels use: one std::thread per CUDA thread,
-// See run.sh for what it can and cannot check.
 // blocks run one after another (so `static` stands in for __shared__).
+// See run.sh for what it can and cannot check.
 #pragma once
 #include <barrier>
 #include <cmath>
