@@ -21,8 +21,21 @@ use std::sync::OnceLock;
 
 /// The NVRTC library file name (CUDA 13).
 pub const NVRTC_LIB: &str = "libnvrtc.so.13";
-/// The NVRTC builtins library that `libnvrtc` opens by name.
-pub const NVRTC_BUILTINS_LIB: &str = "libnvrtc-builtins.so.13.0";
+/// The prefix of the NVRTC builtins library that `libnvrtc` opens by name; the minor version
+/// follows (`libnvrtc-builtins.so.13.0` in the 13.0 wheels, 13.1 in a 13.1 toolkit).
+pub const NVRTC_BUILTINS_PREFIX: &str = "libnvrtc-builtins.so.13.";
+
+/// The builtins library in `lib_dir`, if there is one (the `.alt` variant is not it).
+fn builtins_in(lib_dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(lib_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(NVRTC_BUILTINS_PREFIX)))
+        .collect();
+    found.sort();
+    found.pop()
+}
 
 /// A located and loaded NVRTC.
 #[derive(Debug)]
@@ -99,9 +112,10 @@ fn layout(root: &Path) -> Option<(PathBuf, PathBuf)> {
 static LOADED: OnceLock<std::result::Result<(PathBuf, PathBuf, (i32, i32)), String>> = OnceLock::new();
 
 fn load(lib_dir: &Path) -> std::result::Result<(i32, i32), String> {
-    // The builtins first, so that libnvrtc's own dlopen of them by name finds them loaded.
-    for name in [NVRTC_BUILTINS_LIB, NVRTC_LIB] {
-        let path = lib_dir.join(name);
+    // The builtins first, so that libnvrtc's own dlopen of them by name finds them loaded;
+    // where they are not beside it, libnvrtc finds them through the loader path itself.
+    let libs: Vec<PathBuf> = builtins_in(lib_dir).into_iter().chain([lib_dir.join(NVRTC_LIB)]).collect();
+    for path in libs {
         #[allow(unsafe_code)]
         // SAFETY: opening a shared library runs its initialisers, which for NVRTC have no
         // preconditions. RTLD_GLOBAL makes the soname visible to later dlopen calls by name.
@@ -280,6 +294,19 @@ mod tests {
         std::fs::write(root.join("include/cuda_fp16.h"), b"").unwrap();
         assert_eq!(layout(&root), Some((root.join("nvidia/cu13/lib"), root.join("include"))));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn builtins_are_found_whatever_the_minor_version() {
+        let dir = scratch("builtins");
+        assert_eq!(builtins_in(&dir), None);
+        std::fs::write(dir.join("libnvrtc-builtins.alt.so.13.0"), b"").unwrap();
+        assert_eq!(builtins_in(&dir), None, "the .alt variant is not the one libnvrtc opens");
+        for f in ["libnvrtc-builtins.so.13.1", "libnvrtc-builtins.so.13.1.80"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        assert_eq!(builtins_in(&dir), Some(dir.join("libnvrtc-builtins.so.13.1.80")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
