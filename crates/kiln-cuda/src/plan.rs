@@ -3,8 +3,9 @@
 //! it; nothing here touches a GPU.
 //!
 //! This first planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
-//! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm and
-//! Softmax. Any other node fails the plan with one error naming every such node: nothing falls
+//! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm,
+//! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
+//! packed attention, and the reshapes that only rename memory (views, no step). Any other node fails the plan with one error naming every such node: nothing falls
 //! back to the CPU. Shapes must be static.
 //!
 //! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
@@ -17,7 +18,8 @@ use crate::error::{CudaError, Result};
 use crate::kernels::KernelFamily;
 use crate::launch;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
-use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LinalgOp, NormOp};
+use kiln_ir::ops::reduce::Reducer;
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp};
 use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
@@ -34,6 +36,9 @@ pub enum BufferKind {
     Const(Tensor),
     /// Written by a step.
     Temp,
+    /// The same memory as another buffer under another shape (Reshape, Flatten, Squeeze,
+    /// Unsqueeze, Identity, inference Dropout): no step, no allocation.
+    View(BufferId),
 }
 
 /// One device buffer of the plan: one value of the graph.
@@ -47,10 +52,11 @@ pub struct Buffer {
     pub shape: Vec<usize>,
     /// Where its contents come from.
     pub kind: BufferKind,
-    /// Whether it is a graph output.
+    /// Whether it is a graph output, or the memory of one (the owner of an output view): the
+    /// runtime never frees or reuses it.
     pub output: bool,
-    /// The last step that reads it (`None` if no step does), for the runtime to free or reuse
-    /// its memory after.
+    /// The last step that reads it or any view of it (`None` if no step does), for the runtime
+    /// to free or reuse its memory after.
     pub last_use: Option<usize>,
 }
 
@@ -72,8 +78,13 @@ pub enum Arg {
     Null,
     /// A 64-bit integer.
     I64(i64),
+    /// A 32-bit integer.
+    I32(i32),
     /// A float.
     F32(f32),
+    /// A struct passed by value, field by field in declaration order (the C structs of the
+    /// kernel families: `Strided`, `AttnArgs`, ...).
+    Struct(Vec<Field>),
     /// The `ElemArgs` struct of a generated elementwise kernel: each input with its strides
     /// over the output shape, and the output (see [`crate::codegen::elementwise_args`]).
     Elementwise {
@@ -82,6 +93,26 @@ pub enum Arg {
         /// The output buffer.
         output: BufferId,
     },
+}
+
+/// One field of an [`Arg::Struct`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field {
+    /// A buffer's device address plus a byte offset.
+    Ptr {
+        /// The buffer.
+        buffer: BufferId,
+        /// Bytes past its start.
+        offset_bytes: usize,
+    },
+    /// A null pointer.
+    Null,
+    /// A 64-bit integer.
+    I64(i64),
+    /// A 64-bit float.
+    F64(f64),
+    /// A 32-bit float followed by a 32-bit integer (the tail of `AttnArgs`).
+    F32I32(f32, i32),
 }
 
 /// A kernel launch.
@@ -219,12 +250,18 @@ pub fn plan(g: &Graph) -> Result<Plan> {
             .get(&o.value)
             .ok_or_else(|| CudaError::Invalid(format!("graph output {} is not computed by the plan", o.name)))?;
         p.plan.buffers[b].output = true;
+        if let BufferKind::View(owner) = p.plan.buffers[b].kind {
+            p.plan.buffers[owner].output = true;
+        }
         p.plan.outputs.push(b);
     }
-    // Last uses, for the runtime's memory reuse.
+    // Last uses, for the runtime's memory reuse; reading a view reads its owner's memory.
     for (s, step) in p.plan.steps.iter().enumerate() {
         for b in reads(step) {
             p.plan.buffers[b].last_use = Some(s);
+            if let BufferKind::View(owner) = p.plan.buffers[b].kind {
+                p.plan.buffers[owner].last_use = Some(s);
+            }
         }
     }
     Ok(p.plan)
@@ -247,6 +284,10 @@ fn reads(step: &Step) -> Vec<BufferId> {
             .flat_map(|a| match a {
                 Arg::Buffer(b) => vec![*b],
                 Arg::Elementwise { inputs, .. } => inputs.iter().map(|(b, _)| *b).collect(),
+                Arg::Struct(fields) => fields
+                    .iter()
+                    .filter_map(|f| if let Field::Ptr { buffer, .. } = f { Some(*buffer) } else { None })
+                    .collect(),
                 _ => vec![],
             })
             .collect(),
@@ -321,6 +362,27 @@ impl Planner<'_> {
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
             Op::Norm(NormOp::Softmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, false),
             Op::Norm(NormOp::LogSoftmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, true),
+            Op::Layout(
+                LayoutOp::Reshape { .. }
+                | LayoutOp::Flatten { .. }
+                | LayoutOp::Squeeze { .. }
+                | LayoutOp::Unsqueeze { .. }
+                | LayoutOp::Identity
+                | LayoutOp::Dropout,
+            ) => self.view(id),
+            Op::Layout(LayoutOp::Transpose { perm }) => self.transpose(id, perm.as_deref()),
+            Op::Layout(LayoutOp::Concat { axis }) => self.concat(id, *axis),
+            Op::Layout(LayoutOp::Gather { axis }) => self.gather(id, *axis),
+            Op::Reduce(ReduceOp::Reduce { reducer, axes, noop_with_empty_axes, .. }) => {
+                self.reduce(id, *reducer, axes.as_deref(), *noop_with_empty_axes)
+            }
+            Op::Reduce(ReduceOp::ArgMax { axis, select_last_index, .. }) => {
+                self.arg(id, "argmax", *axis, *select_last_index)
+            }
+            Op::Reduce(ReduceOp::ArgMin { axis, select_last_index, .. }) => {
+                self.arg(id, "argmin", *axis, *select_last_index)
+            }
+            Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
         }
     }
@@ -619,6 +681,295 @@ impl Planner<'_> {
         );
         Ok(())
     }
+
+    /// The axis `axis` of a rank-`rank` tensor, negative counting from the end.
+    fn axis(axis: i64, rank: usize) -> Result<usize> {
+        let r = rank as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if (0..r).contains(&a) {
+            Ok(a as usize)
+        } else {
+            Err(CudaError::Invalid(format!("axis {axis} is out of range for rank {rank}")))
+        }
+    }
+
+    fn kernel(&mut self, id: NodeId, family: KernelFamily, kernel: String, config: LaunchConfig, args: Vec<Arg>) {
+        self.use_family(family);
+        self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Family(family), kernel, config, args }));
+    }
+
+    fn view(&mut self, id: NodeId) -> Result<()> {
+        let x = self.required(id, 0)?;
+        // Views of views point at the memory's owner.
+        let owner = match self.plan.buffers[x].kind {
+            BufferKind::View(o) => o,
+            _ => x,
+        };
+        let y = self.buffer(Value { node: id, slot: 0 }, BufferKind::View(owner))?;
+        let (a, b) = (&self.plan.buffers[x], &self.plan.buffers[y]);
+        if a.dtype != b.dtype || a.shape.iter().product::<usize>() != b.shape.iter().product::<usize>() {
+            return Err(CudaError::Invalid(format!(
+                "a view of {}{:?} cannot be {}{:?}",
+                a.dtype, a.shape, b.dtype, b.shape
+            )));
+        }
+        Ok(())
+    }
+
+    fn width(&self, b: BufferId) -> Result<&'static str> {
+        launch::width_suffix(self.plan.buffers[b].dtype.size())
+    }
+
+    fn transpose(&mut self, id: NodeId, perm: Option<&[i64]>) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let r = shape.len();
+        let perm: Vec<usize> = match perm {
+            Some(p) => p.iter().map(|&a| Self::axis(a, r)).collect::<Result<_>>()?,
+            None => (0..r).rev().collect(),
+        };
+        let strides = crate::codegen::broadcast_strides(&shape, &shape)?;
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let out_strides: Vec<i64> = perm.iter().map(|&p| strides[p]).collect();
+        let w = self.width(x)?;
+        let y = self.out(id, 0)?;
+        let n: usize = out_shape.iter().product();
+        let (param, rank) = launch::strided_param(&out_shape, &out_strides)?;
+        let fields =
+            param.0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))).collect();
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(n as i64), Arg::I32(rank), Arg::Struct(fields), Arg::I64(0)];
+        self.kernel(id, KernelFamily::Layout, format!("permute_{w}"), launch::grid_stride(n as u64), args);
+        Ok(())
+    }
+
+    fn concat(&mut self, id: NodeId, axis: i64) -> Result<()> {
+        let y = self.out(id, 0)?;
+        let shape = self.plan.buffers[y].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let outer: usize = shape[..ax].iter().product();
+        let inner: usize = shape[ax + 1..].iter().product();
+        let total = shape[ax] * inner;
+        let w = self.width(y)?;
+        let mut off = 0usize;
+        for slot in 0..self.g.node(id).num_inputs {
+            let x = self.required(id, slot)?;
+            let len = self.plan.buffers[x].shape.get(ax).copied().unwrap_or(1) * inner;
+            let args = vec![
+                Arg::Buffer(x),
+                Arg::Buffer(y),
+                Arg::I64(outer as i64),
+                Arg::I64(len as i64),
+                Arg::I64(len as i64),
+                Arg::I64(0),
+                Arg::I64(total as i64),
+                Arg::I64(off as i64),
+            ];
+            self.kernel(
+                id,
+                KernelFamily::Layout,
+                format!("copy_rows_{w}"),
+                launch::grid_stride((outer * len) as u64),
+                args,
+            );
+            off += len;
+        }
+        if off != total {
+            return Err(CudaError::Invalid(format!(
+                "inputs cover {off} of {total} elements per row along axis {axis}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn gather(&mut self, id: NodeId, axis: i64) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let idx = self.required(id, 1)?;
+        if self.plan.buffers[idx].dtype != DType::I64 {
+            return Err(CudaError::Unsupported(format!(
+                "Gather indices of {} (the kernel takes i64)",
+                self.plan.buffers[idx].dtype
+            )));
+        }
+        let shape = self.plan.buffers[x].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let outer: usize = shape[..ax].iter().product();
+        let inner: usize = shape[ax + 1..].iter().product();
+        let nidx: usize = self.plan.buffers[idx].shape.iter().product();
+        let w = self.width(x)?;
+        let y = self.out(id, 0)?;
+        let name = format!("{}.index_error", self.g.node(id).name);
+        let err = self.temp(name, DType::I32, vec![1]);
+        let args = vec![
+            Arg::Buffer(x),
+            Arg::Buffer(idx),
+            Arg::Buffer(y),
+            Arg::I64(outer as i64),
+            Arg::I64(shape[ax] as i64),
+            Arg::I64(nidx as i64),
+            Arg::I64(inner as i64),
+            Arg::Buffer(err),
+        ];
+        self.kernel(
+            id,
+            KernelFamily::Layout,
+            format!("gather_{w}"),
+            launch::grid_stride((outer * nidx * inner) as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    /// `[outer, n, inner]` for a reduction over a run of neighbouring axes.
+    fn rows(shape: &[usize], axes: &[usize]) -> Result<(usize, usize, usize)> {
+        let (first, last) = match (axes.iter().min(), axes.iter().max()) {
+            (Some(&a), Some(&b)) => (a, b),
+            _ => return Ok((1, shape.iter().product(), 1)),
+        };
+        if last - first + 1 != axes.len() {
+            return Err(CudaError::Unsupported(format!("a reduction over axes {axes:?}, which are not neighbours")));
+        }
+        Ok((shape[..first].iter().product(), shape[first..=last].iter().product(), shape[last + 1..].iter().product()))
+    }
+
+    fn float_suffix(&self, b: BufferId, what: &str) -> Result<&'static str> {
+        let dt = self.plan.buffers[b].dtype;
+        let ok = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+        let int_ok = matches!(what, "reduce_sum" | "reduce_max" | "reduce_min" | "argmax" | "argmin")
+            && matches!(dt, DType::I32 | DType::I64);
+        if ok || int_ok {
+            crate::codegen::dtype_suffix(dt)
+        } else {
+            Err(CudaError::Unsupported(format!("no {what} kernel for {dt}")))
+        }
+    }
+
+    fn reduce(&mut self, id: NodeId, reducer: Reducer, axes: Option<&[i64]>, noop_with_empty_axes: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let axes: Vec<usize> = match axes {
+            Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
+            Some(_) if noop_with_empty_axes => return self.view(id),
+            Some(_) => (0..shape.len()).collect(),
+            None if self.g.node(id).num_inputs > 1 => {
+                return Err(CudaError::Unsupported("axes given as an input; fold them into the attribute first".into()))
+            }
+            None => (0..shape.len()).collect(),
+        };
+        let name = match reducer {
+            Reducer::Sum => "reduce_sum",
+            Reducer::Mean => "reduce_mean",
+            Reducer::Max => "reduce_max",
+            Reducer::Min => "reduce_min",
+            Reducer::Prod => "reduce_prod",
+            Reducer::L1 => "reduce_l1",
+            Reducer::L2 => "reduce_l2",
+            Reducer::SumSquare => "reduce_sumsquare",
+            Reducer::LogSum => "reduce_logsum",
+            Reducer::LogSumExp => "reduce_logsumexp",
+        };
+        let sfx = self.float_suffix(x, name)?;
+        let (outer, n, inner) = Self::rows(&shape, &axes)?;
+        let y = self.out(id, 0)?;
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];
+        self.kernel(
+            id,
+            KernelFamily::Reduce,
+            format!("{name}_{sfx}"),
+            launch::per_row((outer * inner) as u64, n as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    fn arg(&mut self, id: NodeId, name: &str, axis: i64, select_last_index: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let sfx = self.float_suffix(x, name)?;
+        let (outer, n, inner) = Self::rows(&shape, &[ax])?;
+        let y = self.out(id, 0)?;
+        let args = vec![
+            Arg::Buffer(x),
+            Arg::Buffer(y),
+            Arg::I64(outer as i64),
+            Arg::I64(n as i64),
+            Arg::I64(inner as i64),
+            Arg::I32(select_last_index as i32),
+        ];
+        self.kernel(
+            id,
+            KernelFamily::Reduce,
+            format!("{name}_{sfx}"),
+            launch::per_row((outer * inner) as u64, n as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    fn packed_attention(&mut self, id: NodeId, heads: usize, scale: f32) -> Result<()> {
+        let qkv = self.required(id, 0)?;
+        let mask = self.input(id, 1)?;
+        let (shape, dtype) = (self.plan.buffers[qkv].shape.clone(), self.plan.buffers[qkv].dtype);
+        let [b, s, width] = shape[..] else {
+            return Err(CudaError::Invalid(format!("packed QKV must be [batch, seq, 3 * hidden], found {shape:?}")));
+        };
+        if heads == 0 || width % (3 * heads) != 0 {
+            return Err(CudaError::Invalid(format!("packed QKV width {width} is not 3 x {heads} heads x head size")));
+        }
+        let d = width / (3 * heads);
+        let sfx = self.float_suffix(qkv, "attention")?;
+        let y = self.out(id, 0)?;
+        // The mask, broadcast to [b, heads, s, s] by strides; it must have the QKV's type.
+        let mask_strides = match mask {
+            None => [0i64; 4],
+            Some(m) => {
+                let mb = &self.plan.buffers[m];
+                if mb.dtype != dtype {
+                    return Err(CudaError::Unsupported(format!(
+                        "an attention mask of {} with {dtype} inputs; cast it first",
+                        mb.dtype
+                    )));
+                }
+                let st = crate::codegen::broadcast_strides(&mb.shape, &[b, heads, s, s])?;
+                [st[0], st[1], st[2], st[3]]
+            }
+        };
+        let st = launch::AttnStrides::bshd(heads, s, d, width);
+        let o = launch::AttnStrides::bshd(heads, s, d, heads * d);
+        let esize = dtype.size();
+        let args = launch::AttnArgs {
+            ptrs: [0; 5],
+            batch: b as i64,
+            heads: heads as i64,
+            sq: s as i64,
+            sk: s as i64,
+            q: st,
+            k: st,
+            v: st,
+            o,
+            mask: mask_strides,
+            scale,
+        };
+        let (kernel, config) = args.launch(d, sfx)?;
+        let ptr = |buffer: BufferId, offset_bytes: usize| Field::Ptr { buffer, offset_bytes };
+        let mut fields = vec![
+            ptr(qkv, 0),
+            ptr(qkv, heads * d * esize),
+            ptr(qkv, 2 * heads * d * esize),
+            ptr(y, 0),
+            mask.map_or(Field::Null, |m| ptr(m, 0)),
+        ];
+        fields.extend([b, heads, s, s].map(|v| Field::I64(v as i64)));
+        for t in [st, st, st, o] {
+            fields.extend([t.batch, t.head, t.row].map(Field::I64));
+        }
+        fields.extend(mask_strides.map(Field::I64));
+        fields.push(Field::F32I32(scale, mask.is_some() as i32));
+        self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
+        Ok(())
+    }
 }
 
 /// The parts of an epilogue cuBLASLt can apply.
@@ -688,6 +1039,7 @@ impl fmt::Display for Plan {
                 BufferKind::Input(k) => format!("input {k}"),
                 BufferKind::Const(_) => "const".into(),
                 BufferKind::Temp => "temp".into(),
+                BufferKind::View(o) => format!("view of %{o}"),
             };
             let last = b.last_use.map_or("-".into(), |s| s.to_string());
             let out = if b.output { " output" } else { "" };
@@ -731,6 +1083,23 @@ impl fmt::Display for Plan {
                             Arg::Buffer(b) => buf(*b),
                             Arg::Null => "null".into(),
                             Arg::I64(v) => v.to_string(),
+                            Arg::I32(v) => format!("{v}i32"),
+                            Arg::Struct(fields) => {
+                                let fs: Vec<String> = fields
+                                    .iter()
+                                    .map(|f| match f {
+                                        Field::Ptr { buffer, offset_bytes: 0 } => buf(*buffer),
+                                        Field::Ptr { buffer, offset_bytes } => {
+                                            format!("{}+{offset_bytes}", buf(*buffer))
+                                        }
+                                        Field::Null => "null".into(),
+                                        Field::I64(v) => v.to_string(),
+                                        Field::F64(v) => format!("{v:?}"),
+                                        Field::F32I32(a, b) => format!("{a:?} {b}i32"),
+                                    })
+                                    .collect();
+                                format!("{{{}}}", fs.join(" "))
+                            }
                             Arg::F32(v) => format!("{v:?}"),
                             Arg::Elementwise { inputs, output } => {
                                 let ins: Vec<String> =

@@ -3,11 +3,12 @@
 //! lower. The generated kernels of the plan are compiled with NVRTC where it is present.
 
 use kiln_cuda::nvrtc::Nvrtc;
-use kiln_cuda::plan::{plan, GemmEpilogue, Plan, StepKind};
+use kiln_cuda::plan::{plan, BufferKind, GemmEpilogue, Plan, StepKind};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::layout::LayoutOp;
 use kiln_ir::ops::linalg::LinalgOp;
 use kiln_ir::ops::norm::NormOp;
-use kiln_ir::ops::reduce::ReduceOp;
+use kiln_ir::ops::reduce::{ReduceOp, Reducer};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp};
 use kiln_ir::{DType, Graph, Op, Tensor, TypeInfo, Value, ValueInfo};
 
@@ -136,10 +137,10 @@ fn unsupported_nodes_are_all_named() {
     let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 3]));
     let t = node(
         &mut g,
-        "top",
-        Op::Reduce(ReduceOp::ArgMax { axis: 0, keepdims: true, select_last_index: false }),
+        "hard",
+        Op::Norm(NormOp::Hardmax { axis: 0, coerce_2d: false }),
         &[Some(x)],
-        TypeInfo::known(DType::I64, &[1, 3]),
+        TypeInfo::known(DType::F32, &[2, 3]),
     );
     let n = node(
         &mut g,
@@ -152,7 +153,7 @@ fn unsupported_nodes_are_all_named() {
     g.add_output("n", n);
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
-    assert!(err.contains("top (ArgMax): the launch planner does not lower ArgMax yet"), "{err}");
+    assert!(err.contains("hard (Hardmax): the launch planner does not lower Hardmax yet"), "{err}");
     assert!(err.contains("not (BitwiseNot): BitwiseNot on f32 has no CUDA lowering"), "{err}");
 
     // A dynamic shape is named too.
@@ -168,4 +169,67 @@ fn unsupported_nodes_are_all_named() {
     g.add_output("r", r);
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.contains("has no static type"), "{err}");
+}
+
+/// An encoder's attention half: embedding gather, QKV projection, packed attention with a
+/// key-padding mask, a reshape (a view), a transpose, a mean over the hidden dim, an ArgMax
+/// and a concat.
+fn encoder() -> Graph {
+    let mut g = Graph::new("encoder");
+    let ids = g.add_input("ids", TypeInfo::known(DType::I64, &[2, 50]));
+    let mask = g.add_input("mask", f16(&[2, 1, 1, 50]));
+    let table = konst(&mut g, "table", &[1000, 192]);
+    let x =
+        node(&mut g, "embed", Op::Layout(LayoutOp::Gather { axis: 0 }), &[Some(table), Some(ids)], f16(&[2, 50, 192]));
+    let (w, b) = (konst(&mut g, "w_qkv", &[192, 576]), konst(&mut g, "b_qkv", &[576]));
+    let bias =
+        Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), op(ElementwiseOp::Binary(BinaryOp::Add), &[0, 1])] };
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMul, base_inputs: 2, expr: bias });
+    let qkv = node(&mut g, "qkv", ep, &[Some(x), Some(w), Some(b)], f16(&[2, 50, 576]));
+    let att = Op::Fused(FusedOp::PackedAttention { num_heads: 3, scale: 0.125 });
+    let a = node(&mut g, "attention", att, &[Some(qkv), Some(mask)], f16(&[2, 50, 192]));
+    let flat = Op::Layout(LayoutOp::Reshape { shape: Some(vec![100, 192]), allowzero: false });
+    let f = node(&mut g, "flat", flat, &[Some(a)], f16(&[100, 192]));
+    let t = node(&mut g, "t", Op::Layout(LayoutOp::Transpose { perm: None }), &[Some(f)], f16(&[192, 100]));
+    let mean_op =
+        ReduceOp::Reduce { reducer: Reducer::Mean, axes: Some(vec![-1]), keepdims: true, noop_with_empty_axes: false };
+    let mean = node(&mut g, "mean", Op::Reduce(mean_op), &[Some(f)], f16(&[100, 1]));
+    let arg = ReduceOp::ArgMax { axis: 1, keepdims: false, select_last_index: false };
+    let best = node(&mut g, "best", Op::Reduce(arg), &[Some(t)], TypeInfo::known(DType::I64, &[192]));
+    let cat = node(&mut g, "cat", Op::Layout(LayoutOp::Concat { axis: 1 }), &[Some(f), Some(mean)], f16(&[100, 193]));
+    g.add_output("cat", cat);
+    g.add_output("best", best);
+    g.add_output("flat", f);
+    g
+}
+
+#[test]
+fn encoder_plan_reads_packed_qkv_in_place() {
+    let p = plan(&encoder()).unwrap();
+    insta::assert_snapshot!("encoder_plan", p.to_string());
+    let kernels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    assert_eq!(
+        kernels,
+        [
+            "gather_u16",
+            "attention_d64_f16",
+            "permute_u16",
+            "reduce_mean_f16",
+            "argmax_f16",
+            "copy_rows_u16",
+            "copy_rows_u16"
+        ]
+    );
+    // The reshape is a view of the attention output, which stays alive as the memory of a
+    // graph output and until the concat that reads the view.
+    let flat = p.buffers.iter().position(|b| b.name == "flat").unwrap();
+    let att = p.buffers.iter().position(|b| b.name == "attention").unwrap();
+    assert_eq!(p.buffers[flat].kind, BufferKind::View(att));
+    assert!(p.buffers[att].output);
+    let first_copy = p.steps.iter().position(|s| s.node == "cat").unwrap();
+    assert_eq!(p.buffers[att].last_use, Some(first_copy));
 }
