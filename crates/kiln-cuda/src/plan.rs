@@ -13,7 +13,7 @@
 //! its accumulator.
 
 use crate::codegen::{broadcast_strides, elementwise_kernel, epilogue_kernel, ElementwiseKernel};
-use crate::driver::LaunchConfig;
+use crate::driver::{LaunchConfig, Param};
 use crate::error::{CudaError, Result};
 use crate::kernels::KernelFamily;
 use crate::launch;
@@ -213,6 +213,61 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// The graph outputs' buffers, in signature order.
     pub outputs: Vec<BufferId>,
+    /// Flags kernels raise on bad data (a Gather index out of range): i32 buffers that start
+    /// at zero and must be zero after the run, else the run fails with the message.
+    pub error_flags: Vec<(BufferId, String)>,
+}
+
+impl Plan {
+    /// The bytes of one kernel parameter of `step`, with `addr` giving each buffer's device
+    /// address (a view resolves to its owner here, so `addr` sees owners only).
+    pub fn param(&self, step: &KernelStep, arg: &Arg, addr: &dyn Fn(BufferId) -> u64) -> Result<Param> {
+        let at = |b: BufferId| -> Result<u64> {
+            let buf = self.buffers.get(b).ok_or_else(|| CudaError::Invalid(format!("no buffer %{b}")))?;
+            Ok(match buf.kind {
+                BufferKind::View(owner) => addr(owner),
+                _ => addr(b),
+            })
+        };
+        Ok(match arg {
+            Arg::Buffer(b) => Param::ptr(at(*b)?),
+            Arg::Null => Param::ptr(0),
+            Arg::I64(v) => Param::i64(*v),
+            Arg::I32(v) => Param::i32(*v),
+            Arg::F32(v) => Param::f32(*v),
+            Arg::Struct(fields) => {
+                let mut bytes = vec![];
+                for f in fields {
+                    match f {
+                        Field::Ptr { buffer, offset_bytes } => {
+                            bytes.extend((at(*buffer)? + *offset_bytes as u64).to_ne_bytes())
+                        }
+                        Field::Null => bytes.extend(0u64.to_ne_bytes()),
+                        Field::I64(v) => bytes.extend(v.to_ne_bytes()),
+                        Field::F64(v) => bytes.extend(v.to_ne_bytes()),
+                        Field::F32I32(a, b) => {
+                            bytes.extend(a.to_ne_bytes());
+                            bytes.extend(b.to_ne_bytes());
+                        }
+                    }
+                }
+                Param(bytes)
+            }
+            Arg::Elementwise { inputs, output } => {
+                let ModuleRef::Generated(g) = step.module else {
+                    return Err(CudaError::Invalid(format!(
+                        "{}: elementwise arguments for a family kernel",
+                        step.kernel
+                    )));
+                };
+                let k = self.generated.get(g).ok_or_else(|| CudaError::Invalid(format!("no generated kernel {g}")))?;
+                let ptrs: Vec<u64> = inputs.iter().map(|(b, _)| at(*b)).collect::<Result<_>>()?;
+                let strides: Vec<Vec<i64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+                let shape = &self.buffers[*output].shape;
+                Param(crate::codegen::elementwise_args(k, &ptrs, at(*output)?, shape, &strides)?)
+            }
+        })
+    }
 }
 
 struct Planner<'g> {
@@ -800,6 +855,8 @@ impl Planner<'_> {
         let y = self.out(id, 0)?;
         let name = format!("{}.index_error", self.g.node(id).name);
         let err = self.temp(name, DType::I32, vec![1]);
+        let message = format!("Gather {}: an index is outside [-{}, {})", self.g.node(id).name, shape[ax], shape[ax]);
+        self.plan.error_flags.push((err, message));
         let args = vec![
             Arg::Buffer(x),
             Arg::Buffer(idx),
@@ -1125,5 +1182,41 @@ impl fmt::Display for Plan {
         }
         let outs: Vec<String> = self.outputs.iter().map(|&b| buf(b)).collect();
         writeln!(f, "outputs {}", outs.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::{TypeInfo, ValueInfo};
+
+    #[test]
+    fn attention_struct_matches_the_kernel_signature() {
+        let mut g = Graph::new("att");
+        let x = g.add_input("qkv", TypeInfo::known(DType::F16, &[2, 5, 3 * 2 * 64]));
+        let op = Op::Fused(FusedOp::PackedAttention { num_heads: 2, scale: 0.125 });
+        let id =
+            g.add_node("att", op, &[Some(x)], vec![ValueInfo::tensor("y", TypeInfo::known(DType::F16, &[2, 5, 128]))]);
+        g.add_output("y", Value { node: id, slot: 0 });
+        let p = plan(&g).unwrap();
+        let StepKind::Kernel(k) = &p.steps[0].kind else { panic!("{p}") };
+        let addr = |b: BufferId| 0x1000 * (b as u64 + 1);
+        let got = p.param(k, &k.args[0], &addr).unwrap();
+        let st = launch::AttnStrides::bshd(2, 5, 64, 384);
+        let want = launch::AttnArgs {
+            ptrs: [0x1000, 0x1000 + 128 * 2, 0x1000 + 256 * 2, 0x2000, 0],
+            batch: 2,
+            heads: 2,
+            sq: 5,
+            sk: 5,
+            q: st,
+            k: st,
+            v: st,
+            o: launch::AttnStrides::bshd(2, 5, 64, 128),
+            mask: [0; 4],
+            scale: 0.125,
+        };
+        assert_eq!(got.0, want.param().0);
+        assert_eq!(k.kernel, "attention_d64_f16");
     }
 }

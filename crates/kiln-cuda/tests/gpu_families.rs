@@ -986,3 +986,74 @@ fn every_kernel_loads_and_fits_its_launch() {
     eprintln!("{}", report.join("\n"));
     assert!(too_big.is_empty(), "{}", too_big.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+/// A graph of kernel-only nodes: LayerNorm, a fused GELU, an embedding Gather, Concat,
+/// Softmax, a reshape (a view), Transpose and ReduceSum; with its inputs.
+fn kernel_graph(rng: &mut Rng, dt: DType, n: usize) -> (kiln_ir::Graph, Vec<Tensor>) {
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let mut g = Graph::new("kernels");
+    let x = g.add_input("x", TypeInfo::known(dt, &[3, n]));
+    let ids = g.add_input("ids", TypeInfo::known(DType::I64, &[4]));
+    let scale = g.add_const("scale", rand_tensor(rng, &[n], 0.5, 1.5, dt));
+    let bias = g.add_const("bias", rand_tensor(rng, &[n], -1.0, 1.0, dt));
+    let table = g.add_const("table", rand_tensor(rng, &[7, n], -1.0, 1.0, dt));
+    let add = |g: &mut Graph, name: &str, op: Op, ins: &[Option<Value>], shape: &[usize]| {
+        let id = g.add_node(name, op, ins, vec![ValueInfo::tensor(name, TypeInfo::known(dt, shape))]);
+        Value { node: id, slot: 0 }
+    };
+    let ln = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+    let h = add(&mut g, "ln", ln, &[Some(x), Some(scale), Some(bias)], &[3, n]);
+    let gelu = Op::Fused(FusedOp::Elementwise(Expr::op(ElementwiseOp::Unary(UnaryOp::Gelu { tanh: false }), 1)));
+    let h = add(&mut g, "gelu", gelu, &[Some(h)], &[3, n]);
+    let emb = add(&mut g, "embed", Op::Layout(LayoutOp::Gather { axis: 0 }), &[Some(table), Some(ids)], &[4, n]);
+    let cat = add(&mut g, "cat", Op::Layout(LayoutOp::Concat { axis: 0 }), &[Some(h), Some(emb)], &[7, n]);
+    let sm = add(&mut g, "softmax", Op::Norm(NormOp::Softmax { axis: -1, coerce_2d: false }), &[Some(cat)], &[7, n]);
+    let flat = Op::Layout(LayoutOp::Reshape { shape: Some(vec![7, 1, n as i64]), allowzero: false });
+    let v = add(&mut g, "view", flat, &[Some(sm)], &[7, 1, n]);
+    let t = add(&mut g, "t", Op::Layout(LayoutOp::Transpose { perm: Some(vec![2, 1, 0]) }), &[Some(v)], &[n, 1, 7]);
+    let sum = ReduceOp::Reduce {
+        reducer: Reducer::Sum,
+        axes: Some(vec![0, 1]),
+        keepdims: false,
+        noop_with_empty_axes: false,
+    };
+    let s = add(&mut g, "sum", Op::Reduce(sum), &[Some(t)], &[7]);
+    g.add_output("t", t);
+    g.add_output("sum", s);
+    let xin = rand_tensor(rng, &[3, n], -3.0, 3.0, dt);
+    let idx = Tensor::from_vec(vec![4], vec![0i64, 6, -1, 3]).unwrap();
+    (g, vec![xin, idx])
+}
+
+/// [`kernel_graph`] planned and run on the GPU, against the CPU executor on the same graph.
+#[test]
+fn kernel_only_plan_matches_the_cpu_executor() {
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(11);
+    for dt in [DType::F32, DType::F16] {
+        for n in SIZES {
+            let (g, inputs) = kernel_graph(&mut rng, dt, n);
+            let plan = kiln_cuda::plan::plan(&g).unwrap_or_else(|e| panic!("{e}"));
+            let got = lib.run_plan(&plan, &inputs).unwrap_or_else(|e| panic!("{e}"));
+            let want = kiln_cpu::run_graph(&g, &inputs).unwrap();
+            let (atol, rtol) = tol(dt);
+            check_close(&format!("plan transpose {dt} n={n}"), &got[0], &want[0], atol, rtol);
+            // Sums of n softmax outputs, each rounded.
+            check_close(&format!("plan sum {dt} n={n}"), &got[1], &want[1], atol * 4.0, rtol * 4.0);
+        }
+    }
+    // An index out of range is an error, not garbage.
+    let mut g = Graph::new("bad gather");
+    let ids = g.add_input("ids", TypeInfo::known(DType::I64, &[1]));
+    let table = g.add_const("table", rand_tensor(&mut rng, &[3, 2], -1.0, 1.0, DType::F32));
+    let out = vec![ValueInfo::tensor("e", TypeInfo::known(DType::F32, &[1, 2]))];
+    let id = g.add_node("embed", Op::Layout(LayoutOp::Gather { axis: 0 }), &[Some(table), Some(ids)], out);
+    g.add_output("e", Value { node: id, slot: 0 });
+    let plan = kiln_cuda::plan::plan(&g).unwrap();
+    let err = lib.run_plan(&plan, &[Tensor::from_vec(vec![1], vec![3i64]).unwrap()]).unwrap_err();
+    assert_eq!(err.to_string(), "Gather embed: an index is outside [-3, 3)");
+}
