@@ -686,7 +686,9 @@ pub fn elementwise_args(
         )));
     }
     let n: usize = out_shape.iter().product();
-    let scalar_mask: i32 = (0..n_in).filter(|&k| strides[k].iter().all(|&s| s == 0)).fold(0, |m, k| m | (1 << k));
+    // One bit per input; past 30 inputs the vector path is off and the mask unused.
+    let scalar_mask: i32 =
+        (0..n_in.min(30)).filter(|&k| strides[k].iter().all(|&s| s == 0)).fold(0, |m, k| m | (1 << k));
     // Contiguous: the strides are the row-major strides of the output.
     let mut contiguous_strides = vec![0i64; dims.len()];
     let mut acc = 1i64;
@@ -694,7 +696,7 @@ pub fn elementwise_args(
         contiguous_strides[d] = acc;
         acc *= dims[d] as i64;
     }
-    let vec_ok = n_in < 31
+    let vec_ok = n_in <= 30
         && (0..n_in)
             .all(|k| (scalar_mask >> k) & 1 == 1 || (strides[k] == contiguous_strides && ptrs[k].is_multiple_of(16)))
         && out_ptr.is_multiple_of(16);
@@ -882,5 +884,11 @@ mod tests {
         let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![1, 3]]).unwrap();
         assert_eq!((field(&b, words), field(&b, words + 4)), (2, 0));
         assert!(elementwise_args(&k, &[256], 1024, &[3, 4], &[vec![4, 1]]).is_err());
+        // Forty inputs: the strided path, and no overflow of the scalar mask.
+        let sum = Expr::op(ElementwiseOp::Variadic(VariadicOp::Sum), 40);
+        let k = elementwise_kernel(&sum, &[DType::F32; 40]).unwrap();
+        let b = elementwise_args(&k, &[256; 40], 1024, &[3, 4], &vec![vec![0, 0]; 40]).unwrap();
+        let at = 8 * (40 + 1 + 1 + 8 + 40 * 8);
+        assert_eq!(field(&b, at + 4), 0);
     }
 }
