@@ -26,20 +26,26 @@ pub struct Args {
 
 /// A Python with onnxruntime: `KILN_PYTHON`, else a venv in ~/.cache/kiln made on first use.
 fn python_with_ort() -> Result<PathBuf> {
+    python_with(&["onnxruntime", "numpy"])
+}
+
+/// A Python that can import `packages` (pip specs; the module is the part before `==`):
+/// `KILN_PYTHON`, else a venv in ~/.cache/kiln, made or extended on first use.
+pub fn python_with(packages: &[&str]) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_PYTHON") {
         return Ok(p.into());
     }
     let venv = crate::data::cache_dir()?.join("venv");
     let py = venv.join("bin/python");
-    let has_ort = |py: &PathBuf| {
-        Command::new(py).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success())
-    };
-    if !has_ort(&py) {
-        eprintln!("installing onnxruntime into {}", venv.display());
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
-            && Command::new(&py).args(["-m", "pip", "install", "-q", "onnxruntime", "numpy"]).status()?.success();
-        if !ok || !has_ort(&py) {
-            bail!("could not install onnxruntime into {}", venv.display());
+    let modules: Vec<&str> = packages.iter().map(|p| p.split("==").next().unwrap_or(p)).collect();
+    let import = format!("import {}", modules.join(", "));
+    let has = |py: &PathBuf| Command::new(py).args(["-c", &import]).output().is_ok_and(|o| o.status.success());
+    if !has(&py) {
+        eprintln!("installing {} into {}", packages.join(" "), venv.display());
+        let made = py.exists() || Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success();
+        let ok = made && Command::new(&py).args(["-m", "pip", "install", "-q"]).args(packages).status()?.success();
+        if !ok || !has(&py) {
+            bail!("could not install {} into {}", packages.join(" "), venv.display());
         }
     }
     Ok(py)

@@ -16,7 +16,8 @@ fn step(name: &str, args: &[&str]) -> Result<()> {
 pub fn run() -> Result<()> {
     step("format", &["fmt", "--all", "--", "--check"])?;
     step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    println!("\n==> nvrtc: {}", crate::fetch_nvrtc::fetch()?.display());
+    step("test data", &["xtask", "fetch-data"])?;
+    step("nvrtc", &["xtask", "fetch-nvrtc"])?;
     step("tests", &["test", "--workspace", "--release"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;
     Ok(())

@@ -29,9 +29,12 @@ pub struct Args {
     /// Print one line per test with the reason for anything but a pass.
     #[arg(long, short)]
     verbose: bool,
-    /// Skip the pass pipeline (import and execute only).
+    /// Skip the pass pipeline and fusion (import and execute only).
     #[arg(long)]
     no_opt: bool,
+    /// Run the pass pipeline but not fusion.
+    #[arg(long)]
+    no_fuse: bool,
     /// Fail if a test that the manifest lists does not pass.
     #[arg(long)]
     check: bool,
@@ -144,7 +147,7 @@ fn is_unsupported(msg: &str) -> bool {
     msg.contains("not supported") || msg.contains("not implemented") || msg.contains("unsupported")
 }
 
-fn run_case(case: &Case, opt: bool) -> (Vec<String>, Status, String) {
+fn run_case(case: &Case, opt: bool, fuse: bool) -> (Vec<String>, Status, String) {
     let mut ops = vec![];
     let mut model = match kiln::onnx::load_model(&case.model) {
         Ok(m) => m,
@@ -162,7 +165,8 @@ fn run_case(case: &Case, opt: bool) -> (Vec<String>, Status, String) {
     };
     ops = model.graph.op_counts().keys().filter(|k| !matches!(**k, "Input" | "Const")).map(|k| k.to_string()).collect();
     if opt {
-        if let Err(e) = kiln::optimize(&mut model.graph) {
+        let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
+        if let Err(e) = kiln::optimize_with(&mut model.graph, &opts) {
             let s = e.to_string();
             return (ops, if is_unsupported(&s) { Status::Unsupported } else { Status::Error }, s);
         }
@@ -304,7 +308,7 @@ pub fn run(args: Args) -> Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { break };
                 let t0 = Instant::now();
-                let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt)));
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt, !args.no_fuse)));
                 let (ops, status, reason) = match r {
                     Ok(r) => r,
                     Err(_) => {

@@ -1,6 +1,7 @@
 //! Kiln's developer tasks, run as `cargo xtask <task>`.
 
 mod bench_cpu;
+mod bench_fuse;
 mod ci;
 mod conformance;
 mod data;
@@ -26,6 +27,8 @@ enum Task {
     Ci,
     /// Times Kiln's CPU executor against onnxruntime on the same machine.
     BenchCpu(bench_cpu::Args),
+    /// Times fusion of a 12-layer BERT-base encoder (target: under 2 s).
+    BenchFuse(bench_fuse::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
     /// Downloads the NVRTC wheels into ~/.cache/kiln/nvrtc, so kernels compile without CUDA.
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo::run(),
         Task::Ci => ci::run(),
         Task::BenchCpu(a) => bench_cpu::run(a),
+        Task::BenchFuse(a) => bench_fuse::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
         Task::FetchNvrtc => fetch_nvrtc::run(),
     }

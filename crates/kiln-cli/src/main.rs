@@ -1,5 +1,6 @@
-//! The `kiln` command line tool: inspect, optimize and run ONNX models.
+//! The `kiln` command line tool: build (optimize and fuse), inspect and run ONNX models.
 
+mod build;
 mod inspect;
 mod run;
 
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Optimizes and fuses a model; `--explain` says what fusion did, `--dot` draws the result.
+    Build(build::Args),
     /// Runs a model on given or seeded random inputs and writes its outputs as .npy files.
     Run(run::Args),
     /// Prints a model's ops, inputs, outputs, parameters and opsets.
@@ -23,6 +26,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
+        Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(a),
         Command::Inspect(a) => inspect::run(a),
     };

@@ -25,9 +25,12 @@ pub struct Args {
     /// Seed for random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Skip the optimization passes.
+    /// Skip the optimization passes and fusion.
     #[arg(long)]
     no_opt: bool,
+    /// Run the optimization passes but not fusion.
+    #[arg(long)]
+    no_fuse: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -52,7 +55,8 @@ pub fn run(a: Args) -> Result<()> {
     shapes.extend(given.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())));
     kiln::specialize(&mut model.graph, &shapes).with_context(|| format!("fixing input shapes of {model_name}"))?;
     if !a.no_opt {
-        kiln::optimize(&mut model.graph).with_context(|| format!("optimizing {model_name}"))?;
+        let opts = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
+        kiln::optimize_with(&mut model.graph, &opts).with_context(|| format!("optimizing {model_name}"))?;
     }
     let load_time = t0.elapsed();
     let g = &model.graph;

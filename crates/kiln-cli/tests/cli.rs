@@ -80,3 +80,30 @@ fn cuda_without_a_backend_says_to_use_the_cpu() {
     assert!(!ok);
     assert!(stderr.contains("--device cpu"), "{stderr}");
 }
+
+#[test]
+fn build_explains_fusion_and_draws_the_graph() {
+    let dir = tmp("build");
+    let dot = dir.join("bert.dot");
+    let model = fixture("bert_layer.onnx");
+    let args = ["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--explain", "--dot"];
+    let (ok, stdout, stderr) = kiln(&[&args[..], &[dot.to_str().unwrap()]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("47 -> 7 nodes that launch work"), "{stdout}");
+    assert!(stdout.contains("rules fired:") && stdout.contains("attention-packed"), "{stdout}");
+    assert!(stdout.contains("stopped: simplify: saturated; fuse: saturated"), "{stdout}");
+    let dot = std::fs::read_to_string(dot).unwrap();
+    assert!(dot.starts_with("digraph") && dot.contains("PackedAttention") && dot.contains("covers: MatMul_0"), "{dot}");
+
+    let (ok, stdout, stderr) = kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["launching_after"], 7);
+    assert_eq!(report["after"]["PackedAttention"], 1);
+    assert!(report["rules_fired"].as_array().unwrap().iter().any(|r| r[0] == "layernorm"));
+
+    let (ok, _, stderr) = kiln(&["build", &model, "--disable-rules", "nonsense"]);
+    assert!(!ok && stderr.contains("unknown rule family 'nonsense'"), "{stderr}");
+    let (ok, stdout, stderr) = kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--no-fuse"]);
+    assert!(ok && stdout.contains("47 launch work"), "{stdout}{stderr}");
+}

@@ -631,7 +631,8 @@ impl Planner<'_> {
                     let mut old = vec![acc];
                     old.extend(extra.iter().take(base.saturating_sub(1)));
                     old.extend([acc, cb]);
-                    let (canon, map) = e.substitute(0, &add_c).canonical(&|i| i);
+                    // The accumulator (old input `base`, add_c's in0) stays the kernel's in0.
+                    let (canon, map) = e.substitute(0, &add_c).canonical_pinned(&|i| i, Some(base));
                     ins = map.iter().map(|&i| old[i]).collect();
                     e = canon;
                 }

@@ -60,6 +60,8 @@ pub struct Node {
     pub num_inputs: usize,
     /// Its outputs.
     pub outputs: Vec<ValueInfo>,
+    /// For a node made by fusion, the names of the original nodes it computes; empty otherwise.
+    pub covers: Vec<String>,
 }
 
 /// A named graph output.
@@ -97,6 +99,7 @@ impl Graph {
             op: Op::Input,
             num_inputs: 0,
             outputs: vec![ValueInfo::tensor(name, ty)],
+            covers: vec![],
         });
         self.inputs.push(id);
         Value { node: id, slot: 0 }
@@ -111,6 +114,7 @@ impl Graph {
             op: Op::Const(t),
             num_inputs: 0,
             outputs: vec![ValueInfo::tensor(name, ty)],
+            covers: vec![],
         });
         Value { node: id, slot: 0 }
     }
@@ -123,7 +127,7 @@ impl Graph {
         inputs: &[Option<Value>],
         outputs: Vec<ValueInfo>,
     ) -> NodeId {
-        let id = self.g.add_node(Node { name: name.into(), op, num_inputs: inputs.len(), outputs });
+        let id = self.g.add_node(Node { name: name.into(), op, num_inputs: inputs.len(), outputs, covers: vec![] });
         for (dst_slot, v) in inputs.iter().enumerate() {
             if let Some(v) = v {
                 self.g.add_edge(v.node, id, Edge { src_slot: v.slot, dst_slot });

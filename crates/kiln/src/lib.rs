@@ -1,6 +1,6 @@
 //! Kiln, a deep-learning inference compiler: the facade that ties the stages together.
 //!
-//! `load` imports an ONNX model into the IR, `optimize` runs the pass pipeline, and
+//! `load` imports an ONNX model into the IR, `optimize` runs the pass pipeline and fusion, and
 //! `run_cpu` executes the result on the CPU reference executor. Each stage is also usable
 //! on its own through the re-exported crates.
 #![warn(missing_docs)]
@@ -9,6 +9,7 @@ pub mod npy;
 pub mod random;
 
 pub use kiln_cpu as cpu;
+pub use kiln_fuse as fuse;
 pub use kiln_ir as ir;
 pub use kiln_onnx as onnx;
 
@@ -25,6 +26,9 @@ pub enum Error {
     /// A pass failed.
     #[error(transparent)]
     Ir(#[from] kiln_ir::IrError),
+    /// Fusion failed (a bug: the graph stays valid without it, see `--no-fuse`).
+    #[error(transparent)]
+    Fuse(#[from] kiln_fuse::FuseError),
     /// Running on the CPU failed.
     #[error(transparent)]
     Cpu(#[from] kiln_cpu::CpuError),
@@ -79,11 +83,48 @@ pub fn specialize(graph: &mut Graph, shapes: &std::collections::HashMap<String, 
     Ok(())
 }
 
+/// What [`optimize_with`] does.
+#[derive(Debug, Clone)]
+pub struct OptimizeOptions {
+    /// Whether to fuse after the IR passes (on by default).
+    pub fuse: bool,
+    /// Fusion limits and cost-model target.
+    pub fuse_options: kiln_fuse::FuseOptions,
+}
+
+impl Default for OptimizeOptions {
+    fn default() -> OptimizeOptions {
+        OptimizeOptions { fuse: true, fuse_options: kiln_fuse::FuseOptions::default() }
+    }
+}
+
+/// What optimization did: the IR passes' reports and, when it ran, fusion's.
+#[derive(Debug, Clone)]
+pub struct Optimized {
+    /// One report per IR pass.
+    pub passes: Vec<PassReport>,
+    /// The fusion report.
+    pub fusion: Option<kiln_fuse::FuseReport>,
+}
+
 /// Runs the default pass pipeline (type inference, no-op removal, constant folding with the
-/// CPU executor, dead-code elimination), verifying after every pass.
-pub fn optimize(graph: &mut Graph) -> Result<Vec<PassReport>, Error> {
+/// CPU executor, dead-code elimination), verifying after every pass, then fusion.
+pub fn optimize(graph: &mut Graph) -> Result<Optimized, Error> {
+    optimize_with(graph, &OptimizeOptions::default())
+}
+
+/// As [`optimize`], with options.
+pub fn optimize_with(graph: &mut Graph, opts: &OptimizeOptions) -> Result<Optimized, Error> {
     let cx = PassContext { evaluator: Some(&kiln_cpu::CpuEvaluator), max_folded_bytes: 0 };
-    Ok(PassManager::default_pipeline().run(graph, &cx)?)
+    let passes = PassManager::default_pipeline().run(graph, &cx)?;
+    let fusion = if opts.fuse {
+        let (fused, report) = kiln_fuse::fuse(graph, &opts.fuse_options)?;
+        *graph = fused;
+        Some(report)
+    } else {
+        None
+    };
+    Ok(Optimized { passes, fusion })
 }
 
 /// Runs a graph on the CPU reference executor; inputs in graph-input order.

@@ -140,6 +140,12 @@ impl Expr {
     /// are shared; one-argument `Sum` steps (left by [`Expr::substitute`]) disappear. Two
     /// expressions that compute the same tree over the same inputs come out equal.
     pub fn canonical(&self, same_input: &dyn Fn(usize) -> usize) -> (Expr, Vec<usize>) {
+        self.canonical_pinned(same_input, None)
+    }
+
+    /// As [`Expr::canonical`], with old input `pinned` (when given) always new input 0, as an
+    /// epilogue's accumulator must be.
+    pub fn canonical_pinned(&self, same_input: &dyn Fn(usize) -> usize, pinned: Option<usize>) -> (Expr, Vec<usize>) {
         struct Walk<'a> {
             src: &'a Expr,
             same_input: &'a dyn Fn(usize) -> usize,
@@ -195,7 +201,7 @@ impl Expr {
             out: vec![],
             memo: HashMap::new(),
             dedup: HashMap::new(),
-            inputs: vec![],
+            inputs: pinned.map(|p| vec![same_input(p)]).unwrap_or_default(),
         };
         if !self.nodes.is_empty() {
             let root = w.visit(self.nodes.len() - 1);
@@ -214,6 +220,9 @@ impl fmt::Display for Expr {
         fn show(e: &Expr, i: usize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match &e.nodes[i] {
                 ExprNode::Input(k) => write!(f, "in{k}"),
+                ExprNode::Scalar { value, dtype } if dtype.size() <= 4 && dtype.is_float() => {
+                    write!(f, "{}", *value as f32)
+                }
                 ExprNode::Scalar { value, .. } => write!(f, "{value}"),
                 ExprNode::Op { op, args } => {
                     let infix = match op {
@@ -336,7 +345,9 @@ impl FusedOp {
                         };
                         Some(vec![s[0].clone(), s[1].clone(), last])
                     }
-                    Some(s) => return Err(format!("packed QKV must be [batch, seq, 3 * hidden], found rank {}", s.len())),
+                    Some(s) => {
+                        return Err(format!("packed QKV must be [batch, seq, 3 * hidden], found rank {}", s.len()))
+                    }
                     None => None,
                 };
                 Ok(vec![TypeInfo { dtype: x.dtype, shape }])

@@ -2,14 +2,12 @@
 
 mod const_fold;
 mod dce;
-mod fold_batchnorm;
 mod fold_shapes;
 mod infer_types;
 mod remove_noops;
 
 pub use const_fold::ConstFold;
 pub use dce::DeadCodeElimination;
-pub use fold_batchnorm::FoldBatchNorm;
 pub use fold_shapes::FoldShapes;
 pub use infer_types::InferTypes;
 pub use remove_noops::RemoveNoops;
@@ -105,12 +103,13 @@ impl PassManager {
         PassManager::new(vec![
             Box::new(InferTypes),
             Box::new(RemoveNoops),
+            // Each round can only fold the shapes the previous one made known, one layer
+            // of a deep model at a time: the limit is a backstop, not a budget.
             Box::new(Repeat::new(
                 "fold-constants",
-                16,
+                1000,
                 vec![Box::new(FoldShapes), Box::new(ConstFold), Box::new(InferTypes)],
             )),
-            Box::new(FoldBatchNorm),
             Box::new(DeadCodeElimination),
             Box::new(InferTypes),
         ])

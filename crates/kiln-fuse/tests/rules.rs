@@ -1,0 +1,532 @@
+//! One case per rewrite rule: a start graph and the graph it must become (and, in `check`,
+//! the same numbers on the CPU reference).
+
+mod common;
+use common::check;
+
+// ---- cleanup -------------------------------------------------------------------------------
+
+#[test]
+fn identity_goes() {
+    check(
+        "input x f32[2,3]
+         a = Identity(x)
+         y = Relu(a)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn double_negation_goes() {
+    check(
+        "input x f32[2,3]
+         a = Neg(x)
+         b = Neg(a)
+         y = Relu(b)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn relu_of_relu_is_relu() {
+    check(
+        "input x f32[2,3]
+         a = Relu(x)
+         y = Relu(a)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn multiply_by_minus_one_is_negation() {
+    check(
+        "input x f32[2,3]
+         m = const f32[] -1.0
+         a = Mul(x, m)
+         output a",
+        "%0 = Neg(x)
+         output %0",
+    );
+}
+
+#[test]
+fn multiply_by_one_and_add_zero_go() {
+    check(
+        "input x f32[2,3]
+         one = const f32[] 1.0
+         zero = const f32[3] 0.0
+         a = Mul(one, x)
+         b = Add(a, zero)
+         c = Div(b, one)
+         d = Sub(c, zero)
+         y = Relu(d)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn multiply_by_one_that_broadcasts_stays() {
+    // x * ones[4,2,3] has a bigger shape than x: not a no-op.
+    check(
+        "input x f32[2,3]
+         one = const f32[4,2,3] 1.0
+         y = Mul(x, one)
+         output y",
+        "%0 = Mul(x, const[4, 2, 3])
+         output %0",
+    );
+}
+
+#[test]
+fn transposes_compose_and_cancel() {
+    check(
+        "input x f32[2,3,4]
+         a = Transpose{1,0,2}(x)
+         b = Transpose{1,0,2}(a)
+         c = Transpose{0,2,1}(b)
+         d = Transpose{2,0,1}(c)
+         output d",
+        "%0 = Transpose(x)
+         output %0",
+    );
+}
+
+#[test]
+fn reshape_chain_becomes_one_reshape() {
+    check(
+        "input x f32[2,3,4]
+         s1 = const i64[2] 6,4
+         s2 = const i64[2] 4,6
+         a = Reshape(x, s1)
+         b = Reshape(a, s2)
+         y = Relu(b)
+         output y",
+        "%0 = Reshape(x, const[2])
+         %1 = Relu(%0)
+         output %1",
+    );
+}
+
+#[test]
+fn noop_casts_and_lossless_cast_chains_go() {
+    check(
+        "input x f16[2,3]
+         a = Cast{f32}(x)
+         b = Cast{f16}(a)
+         c = Cast{f16}(b)
+         y = Relu(c)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+#[test]
+fn lossy_cast_chain_stays() {
+    // f32 -> f16 -> f32 rounds: it is not the identity.
+    check(
+        "input x f32[2,3]
+         a = Cast{f16}(x)
+         b = Cast{f32}(a)
+         output b",
+        "%0 = FusedElementwise[Cast<f32>(Cast<f16>(in0))](x)
+         output %0",
+    );
+}
+
+#[test]
+fn squeeze_of_unsqueeze_goes() {
+    check(
+        "input x f32[2,3]
+         a = Unsqueeze{0}(x)
+         b = Squeeze{0}(a)
+         y = Relu(b)
+         output y",
+        "%0 = Relu(x)
+         output %0",
+    );
+}
+
+// ---- constant work -------------------------------------------------------------------------
+
+#[test]
+fn batchnorm_folds_into_conv() {
+    check(
+        "input x f32[1,3,8,8]
+         w = const f32[4,3,3,3] rand
+         s = const f32[4] pos
+         b = const f32[4] rand
+         m = const f32[4] rand
+         v = const f32[4] pos
+         c = Conv{1}(x, w)
+         y = BatchNormalization(c, s, b, m, v)
+         output y",
+        "%0 = Conv(x, const[4, 3, 3, 3], const[4])
+         output %0",
+    );
+}
+
+#[test]
+fn batchnorm_folds_into_gemm() {
+    check(
+        "input x f32[2,5]
+         w = const f32[4,5] rand
+         c0 = const f32[4] rand
+         s = const f32[4] pos
+         b = const f32[4] rand
+         m = const f32[4] rand
+         v = const f32[4] pos
+         g = Gemm{transB}(x, w, c0)
+         y = BatchNormalization(g, s, b, m, v)
+         output y",
+        "%0 = Gemm(x, const[4, 5], const[4])
+         output %0",
+    );
+}
+
+#[test]
+fn lone_batchnorm_becomes_a_multiply_add() {
+    check(
+        "input x f32[1,4,5,5]
+         s = const f32[4] pos
+         b = const f32[4] rand
+         m = const f32[4] rand
+         v = const f32[4] pos
+         y = BatchNormalization(x, s, b, m, v)
+         output y",
+        "%0 = FusedElementwise[((in0 * in1) + in2)](x, const[4, 1, 1], const[4, 1, 1])
+         output %0",
+    );
+}
+
+#[test]
+fn per_channel_scale_and_shift_fold_into_conv() {
+    check(
+        "input x f32[1,3,6,6]
+         w = const f32[4,3,3,3] rand
+         bias = const f32[4] rand
+         k = const f32[4,1,1] rand
+         d = const f32[1,4,1,1] rand
+         c = Conv{1}(x, w, bias)
+         a = Mul(k, c)
+         y = Add(a, d)
+         output y",
+        "%0 = Conv(x, const[4, 3, 3, 3], const[4])
+         output %0",
+    );
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+#[test]
+fn a_chain_of_pointwise_ops_is_one_node() {
+    check(
+        "input x f32[2,3]
+         input y f32[3]
+         half = const f32[] 0.5
+         a = Add(x, y)
+         b = Mul(a, half)
+         c = Tanh(b)
+         d = Sigmoid(c)
+         output d",
+        "%0 = FusedElementwise[Sigmoid(Tanh(((in0 + in1) * 0.5)))](x, y)
+         output %0",
+    );
+}
+
+#[test]
+fn a_shared_intermediate_is_not_recomputed() {
+    // `a` is an output too, so it is stored anyway; fusing its Add into each consumer would
+    // only make both read x and y instead of `a`. The rules leave a stored value alone.
+    check(
+        "input x f32[64,1024]
+         input y f32[64,1024]
+         a = Add(x, y)
+         b = Relu(a)
+         c = Sigmoid(a)
+         output a b c",
+        "%0 = Add(x, y)
+         %1 = Relu(%0)
+         %2 = Sigmoid(%0)
+         output %0, %1, %2",
+    );
+}
+
+#[test]
+fn a_value_read_by_a_matrix_op_is_not_fused_into_pointwise_consumers() {
+    // `a` feeds the MatMul, so it is stored whatever happens: the Relu reads it (inside the
+    // MatMul's epilogue) rather than recomputing x + y.
+    check(
+        "input x f32[4,8]
+         input y f32[4,8]
+         w = const f32[8,8] rand
+         a = Add(x, y)
+         m = MatMul(a, w)
+         r = Relu(a)
+         o = Add(m, r)
+         output o",
+        "%0 = Add(x, y)
+         %1 = MatMulEpilogue[(in0 + Relu(in1))](%0, const[8, 8], %0)
+         output %1",
+    );
+}
+
+// ---- epilogues -----------------------------------------------------------------------------
+
+#[test]
+fn conv_bias_residual_relu_is_one_node() {
+    check(
+        "input x f32[1,4,6,6]
+         w = const f32[4,4,3,3] rand
+         b = const f32[4,1,1] rand
+         c = Conv{1}(x, w)
+         cb = Add(c, b)
+         r = Add(cb, x)
+         y = Relu(r)
+         output y",
+        "%0 = ConvEpilogue[Relu((in0 + in1))](x, const[4, 4, 3, 3], const[4], x)
+         output %0",
+    );
+}
+
+#[test]
+fn matmul_bias_gelu_erf_is_one_node() {
+    check(
+        "input x f32[2,8,16]
+         w = const f32[16,32] rand
+         b = const f32[32] rand
+         sqrt2 = const f32[] 1.4142135
+         one = const f32[] 1.0
+         half = const f32[] 0.5
+         mm = MatMul(x, w)
+         h = Add(b, mm)
+         s = Div(h, sqrt2)
+         e = Erf(s)
+         e1 = Add(e, one)
+         g1 = Mul(h, e1)
+         y = Mul(g1, half)
+         output y",
+        "%0 = MatMulEpilogue[(((in1 + in0) * (Erf(((in1 + in0) / 1.4142135)) + 1)) * 0.5)](x, const[16, 32], const[32])
+         output %0",
+    );
+}
+
+#[test]
+fn conv_silu_is_one_node() {
+    check(
+        "input x f32[1,3,6,6]
+         w = const f32[4,3,3,3] rand
+         c = Conv{1}(x, w)
+         s = Sigmoid(c)
+         y = Mul(c, s)
+         output y",
+        "%0 = ConvEpilogue[(in0 * Sigmoid(in0))](x, const[4, 3, 3, 3])
+         output %0",
+    );
+}
+
+#[test]
+fn gemm_with_clip_and_leaky_relu_epilogues() {
+    check(
+        "input x f32[4,8]
+         w = const f32[8,6] rand
+         a = Gemm(x, w)
+         b = Clip{0,6}(a)
+         y = LeakyRelu{0.1}(b)
+         output y",
+        "%0 = GemmEpilogue[LeakyRelu(Clip<0,6>(in0))](x, const[8, 6])
+         output %0",
+    );
+}
+
+#[test]
+fn a_shared_convolution_is_computed_once() {
+    // Node counting would pick two epilogue nodes, each recomputing the convolution; the
+    // cost model sees the convolution's arithmetic and keeps one Conv with two cheap consumers.
+    let r = check(
+        "input x f32[8,64,56,56]
+         w = const f32[64,64,3,3] rand
+         c = Conv{1}(x, w)
+         a = Relu(c)
+         b = Sigmoid(c)
+         output a b",
+        "%0 = Conv(x, const[64, 64, 3, 3])
+         %1 = Relu(%0)
+         %2 = Sigmoid(%0)
+         output %1, %2",
+    );
+    assert!(r.rules_fired.iter().any(|(n, _)| n == "gemm-epilogue"), "the fused forms were in the e-graph");
+}
+
+#[test]
+fn a_tiny_shared_matmul_is_recomputed_rather_than_stored() {
+    // The opposite trade: when the matrix op is tiny, launches dominate, and two epilogue
+    // nodes (the product computed twice) beat three nodes.
+    check(
+        "input x f32[2,4]
+         w = const f32[4,4] rand
+         c = MatMul(x, w)
+         a = Relu(c)
+         b = Sigmoid(c)
+         output a b",
+        "%0 = MatMulEpilogue[Relu(in0)](x, const[4, 4])
+         %1 = MatMulEpilogue[Sigmoid(in0)](x, const[4, 4])
+         output %0, %1",
+    );
+}
+
+// ---- normalization -------------------------------------------------------------------------
+
+#[test]
+fn decomposed_layernorm_is_one_node() {
+    check(
+        "input x f32[2,4,16]
+         two = const f32[] 2.0
+         eps = const f32[] 0.00001
+         g = const f32[16] rand
+         b = const f32[16] rand
+         mean = ReduceMean{-1}(x)
+         d = Sub(x, mean)
+         sq = Pow(d, two)
+         var = ReduceMean{-1}(sq)
+         ve = Add(var, eps)
+         sd = Sqrt(ve)
+         n = Div(d, sd)
+         ng = Mul(n, g)
+         y = Add(ng, b)
+         output y",
+        "%0 = LayerNormalization(x, const[16], const[16])
+         output %0",
+    );
+}
+
+#[test]
+fn decomposed_layernorm_with_unit_scale_and_zero_shift_is_one_node() {
+    // A freshly initialized LayerNorm exports gamma = 1 and beta = 0; clean-up removes the
+    // multiply and the add before the norm rules look.
+    check(
+        "input x f32[2,4,16]
+         two = const f32[] 2.0
+         eps = const f32[] 0.00001
+         g = const f32[16] 1.0
+         b = const f32[16] 0.0
+         mean = ReduceMean{-1}(x)
+         d = Sub(x, mean)
+         sq = Pow(d, two)
+         var = ReduceMean{-1}(sq)
+         ve = Add(var, eps)
+         sd = Sqrt(ve)
+         n = Div(d, sd)
+         ng = Mul(n, g)
+         y = Add(ng, b)
+         output y",
+        "%0 = LayerNormalization(x, const[16])
+         output %0",
+    );
+}
+
+#[test]
+fn decomposed_rmsnorm_is_one_node() {
+    check(
+        "input x f32[2,4,16]
+         two = const f32[] 2.0
+         eps = const f32[] 0.000001
+         g = const f32[16] rand
+         sq = Pow(x, two)
+         ms = ReduceMean{-1}(sq)
+         a = Add(ms, eps)
+         s = Sqrt(a)
+         r = Reciprocal(s)
+         n = Mul(x, r)
+         y = Mul(g, n)
+         output y",
+        "%0 = RMSNormalization(x, const[16])
+         output %0",
+    );
+}
+
+#[test]
+fn decomposed_softmax_is_softmax() {
+    check(
+        "input x f32[3,10]
+         m = ReduceMax{-1}(x)
+         d = Sub(x, m)
+         e = Exp(d)
+         s = ReduceSum{-1}(e)
+         y = Div(e, s)
+         output y",
+        "%0 = Softmax(x)
+         output %0",
+    );
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+#[test]
+fn scaled_dot_product_attention_is_one_node() {
+    check(
+        "input q f32[2,4,8,16]
+         input k f32[2,4,8,16]
+         input v f32[2,4,8,16]
+         input mask f32[2,1,1,8]
+         scale = const f32[] 4.0
+         kt = Transpose{0,1,3,2}(k)
+         s = MatMul(q, kt)
+         sc = Div(s, scale)
+         sm = Add(sc, mask)
+         p = Softmax{-1}(sm)
+         y = MatMul(p, v)
+         output y",
+        "%0 = Attention(q, k, v, mask)
+         output %0",
+    );
+}
+
+#[test]
+fn attention_with_head_split_and_packed_projections_is_two_nodes() {
+    check(
+        "input x f32[2,8,32]
+         input mask f32[2,1,1,8]
+         wq = const f32[32,32] rand
+         wk = const f32[32,32] rand
+         wv = const f32[32,32] rand
+         bq = const f32[32] rand
+         bk = const f32[32] rand
+         bv = const f32[32] rand
+         hs = const i64[4] 2,8,2,16
+         ms = const i64[3] 2,8,32
+         scale = const f32[] 4.0
+         q0 = MatMul(x, wq)
+         q1 = Add(q0, bq)
+         k0 = MatMul(x, wk)
+         k1 = Add(bk, k0)
+         v0 = MatMul(x, wv)
+         v1 = Add(v0, bv)
+         qr = Reshape(q1, hs)
+         kr = Reshape(k1, hs)
+         vr = Reshape(v1, hs)
+         qh = Transpose{0,2,1,3}(qr)
+         kh = Transpose{0,2,1,3}(kr)
+         vh = Transpose{0,2,1,3}(vr)
+         kt = Transpose{0,1,3,2}(kh)
+         s = MatMul(qh, kt)
+         sc = Div(s, scale)
+         sm = Add(sc, mask)
+         p = Softmax{-1}(sm)
+         c = MatMul(p, vh)
+         ct = Transpose{0,2,1,3}(c)
+         y = Reshape(ct, ms)
+         output y",
+        "%0 = MatMulEpilogue[(in0 + in1)](x, const[32, 96], const[96])
+         %1 = PackedAttention(%0, mask)
+         output %1",
+    );
+}
