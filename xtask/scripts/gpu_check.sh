@@ -68,7 +68,7 @@ run() {
     grep -h -E 'panicked|FAILED|failures:' "$logs"/*.log | head -40 || true
     echo
     cat "$logs/gpu.txt"
-    column -t <<< "$table"
+    column -t <<< "$table" 2>/dev/null || echo "$table"
     exit $status
 }
 
