@@ -5,9 +5,10 @@
 // stored. The loops are here.
 //
 // Broadcasting is by strides: input k is read at sum(coord[d] * strides[k][d]) over the output
-// coordinates, with stride 0 where it is broadcast. When every input is either read in full in
-// the output's order or is a single element, and every pointer is 16-byte aligned, the host
-// sets `vec` and the kernel moves 16 bytes per load and store.
+// coordinates, with stride 0 where it is broadcast. When every input is read in full in the
+// output's order, is a single element, or is one row repeated for every row of the output (a
+// bias), and every pointer is 16-byte aligned, the host sets `vec` and the kernel moves 16
+// bytes per load and store.
 #include "common.cuh"
 
 /*{{DEFS}}*/
@@ -23,7 +24,10 @@ struct ElemArgs {
     int vec;
     // Bit k: input k is a single element.
     int scalar_mask;
-    int pad_;
+    // Bit k: input k is one row of `row_len` elements read again for every row of the output
+    // (a bias); `row_len` is a multiple of KILN_VEC, so no vector straddles two rows.
+    int row_mask;
+    i64 row_len;
 };
 
 // The offset of flat output index `i` in input `k`.

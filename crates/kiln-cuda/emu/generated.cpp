@@ -19,7 +19,7 @@ static void check(const char* what, double got, double want, double tol) {
     if (!ok) { if (fails < 30) printf("FAIL %s: got %g want %g\n", what, got, want); ++fails; }
 }
 int main() {
-    for (i64 n : {1, 3, 50, 783, 4096}) {
+    for (i64 n : {1, 3, 50, 64, 783, 4096}) {
         // SiLU f16, vector path (aligned, contiguous) with a scalar tail.
         std::vector<__half> x(n + 8), y(n + 8);
         for (auto& v : x) v = __float2half_rn(U(-6, 6));
@@ -44,6 +44,14 @@ int main() {
         v.rank = 1; v.dims[0] = 3 * n; v.dims[1] = 1; v.strides[0][0] = 1; v.strides[1][0] = 0; v.strides[2][0] = 1; v.vec = 1; v.scalar_mask = 2;
         launch(dim3{2}, dim3{256}, [&] { B::kernel_brr(v); });
         for (i64 i = 0; i < 3 * n; ++i) check("brr vec", out[i], std::max(0.0f, acc[i] + bias[0]) + res[i], 0);
+        // A bias row over [3, n] on the vector path (n a whole number of 4-float vectors).
+        if (n % 4 == 0) {
+            B::ElemArgs r = a;
+            r.strides[0][0] = n; r.strides[0][1] = 1; r.strides[1][0] = 0; r.strides[1][1] = 1;
+            r.strides[2][0] = n; r.strides[2][1] = 1; r.vec = 1; r.scalar_mask = 0; r.row_mask = 2; r.row_len = n;
+            launch(dim3{2}, dim3{256}, [&] { B::kernel_brr(r); });
+            for (i64 i = 0; i < 3 * n; ++i) check("brr row", out[i], std::max(0.0f, acc[i] + bias[i % n]) + res[i], 0);
+        }
         // Python modulo on i32.
         std::vector<int> p(n), q(n), m(n);
         for (i64 i = 0; i < n; ++i) { p[i] = (int)(rng() % 2001) - 1000; q[i] = ((int)(rng() % 50) + 1) * ((rng() & 1) ? -1 : 1); }

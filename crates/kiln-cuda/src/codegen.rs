@@ -631,7 +631,9 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
         writeln!(
             body,
             "    if ((a.scalar_mask >> {k}) & 1) {{ const {st} s = *(const {st}*)a.in[{k}]; \
-             for (int j = 0; j < KILN_VEC; ++j) r{k}.v[j] = s; }} else r{k} = ((const kiln_vec{k}*)a.in[{k}])[v];"
+             for (int j = 0; j < KILN_VEC; ++j) r{k}.v[j] = s; }}\n    \
+             else if ((a.row_mask >> {k}) & 1) r{k} = ((const kiln_vec{k}*)a.in[{k}])[(v * KILN_VEC) % a.row_len / KILN_VEC];\n    \
+             else r{k} = ((const kiln_vec{k}*)a.in[{k}])[v];"
         )
         .unwrap_or(());
     }
@@ -696,9 +698,20 @@ pub fn elementwise_args(
         contiguous_strides[d] = acc;
         acc *= dims[d] as i64;
     }
+    // A row: read along the last dim only, a whole number of vectors long.
+    let row_len = dims.last().copied().unwrap_or(1);
+    let row_ok = dims.len() >= 2 && row_len.is_multiple_of(kernel.vec);
+    let row_mask: i32 = (0..n_in.min(30))
+        .filter(|&k| {
+            let s = &strides[k];
+            row_ok && s.last() == Some(&1) && s[..s.len() - 1].iter().all(|&x| x == 0)
+        })
+        .fold(0, |m, k| m | (1 << k));
     let vec_ok = n_in <= 30
-        && (0..n_in)
-            .all(|k| (scalar_mask >> k) & 1 == 1 || (strides[k] == contiguous_strides && ptrs[k].is_multiple_of(16)))
+        && (0..n_in).all(|k| {
+            (scalar_mask >> k) & 1 == 1
+                || (ptrs[k].is_multiple_of(16) && (strides[k] == contiguous_strides || (row_mask >> k) & 1 == 1))
+        })
         && out_ptr.is_multiple_of(16);
     let mut b = Vec::new();
     for p in ptrs {
@@ -717,7 +730,8 @@ pub fn elementwise_args(
     b.extend((dims.len() as i32).to_ne_bytes());
     b.extend((vec_ok as i32).to_ne_bytes());
     b.extend(scalar_mask.to_ne_bytes());
-    b.extend(0i32.to_ne_bytes());
+    b.extend(row_mask.to_ne_bytes());
+    b.extend((row_len as i64).to_ne_bytes());
     Ok(b)
 }
 
@@ -876,13 +890,20 @@ mod tests {
         let full = vec![4i64, 1];
         let scalar = vec![0i64, 0];
         let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), scalar.clone()]).unwrap();
-        assert_eq!(b.len(), words + 16);
+        assert_eq!(b.len(), words + 24);
         assert_eq!((field(&b, words), field(&b, words + 4), field(&b, words + 8)), (1, 1, 0b10));
         // A misaligned pointer or a transposed read takes the strided path.
         let b = elementwise_args(&k, &[260, 512], 1024, &[3, 4], &[full.clone(), scalar]).unwrap();
         assert_eq!(field(&b, words + 4), 0);
-        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![1, 3]]).unwrap();
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), vec![1, 3]]).unwrap();
         assert_eq!((field(&b, words), field(&b, words + 4)), (2, 0));
+        // A bias row of 4 (one f32 vector) over [3, 4] keeps the vector path; a row of 6 does
+        // not (a vector would straddle two rows).
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![0, 1]]).unwrap();
+        assert_eq!((field(&b, words + 4), field(&b, words + 8), field(&b, words + 12)), (1, 0, 0b10));
+        assert_eq!(i64::from_ne_bytes(b[words + 16..words + 24].try_into().unwrap()), 4);
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 6], &[vec![6, 1], vec![0, 1]]).unwrap();
+        assert_eq!((field(&b, words + 4), field(&b, words + 12)), (0, 0));
         assert!(elementwise_args(&k, &[256], 1024, &[3, 4], &[vec![4, 1]]).is_err());
         // Forty inputs: the strided path, and no overflow of the scalar mask.
         let sum = Expr::op(ElementwiseOp::Variadic(VariadicOp::Sum), 40);

@@ -194,6 +194,15 @@ fn elementwise_matches_cpu() {
                 atol,
                 rtol,
             );
+            // The same with the residual contiguous: where n is a whole number of vectors (4096)
+            // the bias is read as a repeated row on the vector path.
+            let res_c = rand_tensor(&mut rng, &[3, n], -1.0, 1.0, dt);
+            let drc = lib.upload(&res_c).unwrap();
+            let ins =
+                [(&da, vec![n as i64, 1]), (&db, broadcast_strides(&[n], &[3, n]).unwrap()), (&drc, vec![n as i64, 1])];
+            let got = run_expr(lib, &bias_res_relu, &ins, &[3, n]);
+            let want = cpu(fused(&bias_res_relu), &[&acc, &bias, &res_c]);
+            check_close(&format!("bias row+residual+relu {dt} n={n}"), &got, &want, atol, rtol);
             // Where over a broadcast condition, with a cast of the result to f32.
             let c = Tensor::from_vec(vec![n, 1], (0..n).map(|_| rng.below(2) == 1).collect::<Vec<bool>>()).unwrap();
             let y = rand_tensor(&mut rng, &[1, 4], -1.0, 1.0, dt);
