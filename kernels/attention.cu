@@ -10,7 +10,8 @@
 // A block of 8 warps handles 8 query rows of one (batch, head), one row per warp. It walks the
 // keys in tiles of 32 that the block loads into shared memory together; lane t scores key t of
 // the tile against the row, the warp updates the running maximum and sum, and lane l keeps
-// output dims l, l + 32, ... (D / 32 of them) in f32 registers. Inputs are f16, bf16 or f32;
+// output dims l, l + 32, ... (ceil(D / 32) of them, the last partial for D = 16 or 80) in f32
+// registers. Inputs are f16, bf16 or f32;
 // all arithmetic is f32. A row whose scores are all -inf comes out NaN, as the reference does.
 #include "common.cuh"
 
@@ -37,7 +38,7 @@ template <typename T, int D>
 __device__ __forceinline__ void attention_impl(const AttnArgs a) {
     // K rows padded by one word against bank conflicts when lane t reads row t.
     constexpr int DP = D + (sizeof(T) == 2 ? 2 : 1);
-    constexpr int J = D / 32;
+    constexpr int J = (D + 31) / 32;
     __shared__ T ks[ATTN_KT][DP];
     __shared__ T vs[ATTN_KT][D];
     __shared__ float qs[ATTN_WARPS][D];
@@ -87,24 +88,31 @@ __device__ __forceinline__ void attention_impl(const AttnArgs a) {
         for (int t = 0; t < ATTN_KT; ++t) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
 #pragma unroll
-            for (int j = 0; j < J; ++j) acc[j] += pt * to_f32(vs[t][lane + 32 * j]);
+            for (int j = 0; j < J; ++j)
+                if (D % 32 == 0 || lane + 32 * j < D) acc[j] += pt * to_f32(vs[t][lane + 32 * j]);
         }
         m = m_new;
     }
     if (active) {
         T* o = (T*)a.o + b * a.o_sb + h * a.o_sh + row * a.o_ss;
 #pragma unroll
-        for (int j = 0; j < J; ++j) o[lane + 32 * j] = from_f32<T>(acc[j] / l);
+        for (int j = 0; j < J; ++j)
+            if (D % 32 == 0 || lane + 32 * j < D) o[lane + 32 * j] = from_f32<T>(acc[j] / l);
     }
 }
 
-#define ATTN_KERNELS(T, sfx)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_d64_##sfx(const AttnArgs a) {     \
-        attention_impl<T, 64>(a);                                                                             \
-    }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_d128_##sfx(const AttnArgs a) {    \
-        attention_impl<T, 128>(a);                                                                            \
+// One kernel per head size: 16, 32, 64, 80, 96 and 128 cover the common models.
+#define ATTN_KERNEL(D, T, sfx)                                                                                \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_d##D##_##sfx(const AttnArgs a) {  \
+        attention_impl<T, D>(a);                                                                              \
     }
+#define ATTN_KERNELS(T, sfx) \
+    ATTN_KERNEL(16, T, sfx)  \
+    ATTN_KERNEL(32, T, sfx)  \
+    ATTN_KERNEL(64, T, sfx)  \
+    ATTN_KERNEL(80, T, sfx)  \
+    ATTN_KERNEL(96, T, sfx)  \
+    ATTN_KERNEL(128, T, sfx)
 
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(__half, f16)

@@ -86,7 +86,7 @@ int main() {
     }
     printf("norm done, %d fails\n", fails);
     // Attention [B, H, S, D] f32 with a key-padding mask, and a packed-stride f16 case.
-    for (int D : {64, 128}) for (i64 S : {1, 3, 50}) for (int masked : {0, 1, 2}) {
+    for (int D : {16, 32, 64, 80, 96, 128}) for (i64 S : {1, 3, 50}) for (int masked : {0, 1, 2}) {
         i64 B = 2, H = 2;
         std::vector<float> q(B * H * S * D), k(q.size()), v(q.size()), o(q.size()), m(B * H * S * S);
         for (auto& t : q) t = U(-1, 1); for (auto& t : k) t = U(-1, 1); for (auto& t : v) t = U(-1, 1);
@@ -100,7 +100,9 @@ int main() {
         if (masked == 2) { a.m_sb = H * S * S; a.m_sh = S * S; a.m_sq = S; a.m_sk = 1; }
         a.scale = 1.0f / std::sqrt((float)D); a.has_mask = masked != 0;
         dim3 g{(unsigned)((S + 7) / 8), (unsigned)H, (unsigned)B};
-        if (D == 64) launch(g, dim3{256}, [&] { A::attention_d64_f32(a); }); else launch(g, dim3{256}, [&] { A::attention_d128_f32(a); });
+        auto kernel = D == 16 ? A::attention_d16_f32 : D == 32 ? A::attention_d32_f32 : D == 64 ? A::attention_d64_f32
+                    : D == 80 ? A::attention_d80_f32 : D == 96 ? A::attention_d96_f32 : A::attention_d128_f32;
+        launch(g, dim3{256}, [&] { kernel(a); });
         for (i64 bq = 0; bq < B; ++bq) for (i64 h = 0; h < H; ++h) for (i64 i = 0; i < S; ++i) {
             std::vector<double> sc(S); double mx = -1e300;
             for (i64 j = 0; j < S; ++j) {

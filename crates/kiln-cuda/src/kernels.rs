@@ -9,6 +9,10 @@
 /// The shared header, prepended to every family's source.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
+/// The head sizes the attention kernels are instantiated for (`ATTN_KERNELS` in
+/// `attention.cu`).
+pub const ATTENTION_HEAD_SIZES: [usize; 6] = [16, 32, 64, 80, 96, 128];
+
 /// A family of kernels: one `.cu` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFamily {
@@ -123,7 +127,10 @@ impl KernelFamily {
             }
             KernelFamily::Pool => per(&["maxpool2d", "avgpool2d", "globalmaxpool", "globalavgpool"], &floats),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
-            KernelFamily::Attention => per(&["attention_d64", "attention_d128"], &floats),
+            KernelFamily::Attention => per(
+                &ATTENTION_HEAD_SIZES.map(|d| format!("attention_d{d}")).iter().map(String::as_str).collect::<Vec<_>>(),
+                &floats,
+            ),
         }
     }
 }

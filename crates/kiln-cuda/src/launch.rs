@@ -241,8 +241,9 @@ impl AttnArgs {
 
     /// The kernel for head size `d` and element type suffix `dt`, and its launch.
     pub fn launch(&self, d: usize, dt: &str) -> Result<(String, LaunchConfig)> {
-        if d != 64 && d != 128 {
-            return Err(CudaError::Unsupported(format!("attention kernels take head size 64 or 128, not {d}")));
+        let sizes = crate::kernels::ATTENTION_HEAD_SIZES;
+        if !sizes.contains(&d) {
+            return Err(CudaError::Unsupported(format!("attention kernels take head sizes {sizes:?}, not {d}")));
         }
         if self.heads > MAX_BLOCKS as i64 || self.batch > MAX_BLOCKS as i64 {
             return Err(CudaError::Invalid(format!(
@@ -328,7 +329,8 @@ mod tests {
         let (name, cfg) = a.launch(64, "f16").unwrap();
         assert_eq!(name, "attention_d64_f16");
         assert_eq!(cfg.grid, (1, 2, 1));
-        assert!(a.launch(80, "f16").unwrap_err().to_string().contains("head size 64 or 128"));
+        assert!(a.launch(72, "f16").unwrap_err().to_string().contains("not 72"));
+        assert_eq!(a.launch(16, "bf16").unwrap().0, "attention_d16_bf16");
     }
 
     #[test]

@@ -857,7 +857,7 @@ fn attention_matches_cpu() {
     let mut rng = Rng::new(9);
     let (b, h) = (2usize, 2usize);
     for dt in [DType::F16, DType::F32] {
-        for d in [64usize, 128] {
+        for d in kiln_cuda::kernels::ATTENTION_HEAD_SIZES {
             for s in [1usize, 3, 50, 783] {
                 for mask_kind in [0, 1, 2] {
                     let shape = [b, h, s, d];
