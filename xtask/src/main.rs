@@ -6,6 +6,7 @@ mod ci;
 mod conformance;
 mod data;
 mod demo;
+mod fetch_nvrtc;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Task {
     BenchFuse(bench_fuse::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
+    /// Downloads the NVRTC wheels into ~/.cache/kiln/nvrtc, so kernels compile without CUDA.
+    FetchNvrtc,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Task::BenchCpu(a) => bench_cpu::run(a),
         Task::BenchFuse(a) => bench_fuse::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
+        Task::FetchNvrtc => fetch_nvrtc::run(),
     }
 }
