@@ -42,6 +42,18 @@ impl Data {
     pub fn shape(&self) -> Option<Vec<usize>> {
         self.tys.first().and_then(|t| t.concrete_shape())
     }
+
+    /// The shape when every dim is known or named (a symbolic `batch` equals itself), so that
+    /// two values can be told to have the same shape without knowing their sizes.
+    pub fn static_dims(&self) -> Option<Vec<kiln_ir::Dim>> {
+        let s = self.tys.first()?.shape.clone()?;
+        s.iter().all(|d| !matches!(d, kiln_ir::Dim::Unknown)).then_some(s)
+    }
+
+    /// Whether the type is fully known up to named dims: an element type and [`Data::static_dims`].
+    pub fn is_static(&self) -> bool {
+        self.tys.first().is_some_and(|t| t.dtype.is_some()) && self.static_dims().is_some()
+    }
 }
 
 /// The analysis, and the tables e-node heads index into.

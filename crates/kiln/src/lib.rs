@@ -5,8 +5,11 @@
 //! on its own through the re-exported crates.
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod npy;
 pub mod random;
+
+pub use build::{build, BuildOptions, Built, Int8Options};
 
 pub use kiln_cpu as cpu;
 pub use kiln_fuse as fuse;
@@ -39,6 +42,17 @@ pub enum Error {
         /// The input.
         input: String,
         /// What is wrong.
+        msg: String,
+    },
+    /// Quantization failed: calibration data, cache or graph.
+    #[error(transparent)]
+    Quant(#[from] kiln_quant::QuantError),
+    /// Reading or writing a file failed.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
         msg: String,
     },
     /// Reading or writing a `.npy` file failed.

@@ -44,7 +44,7 @@ struct AbsorbIntoEpilogue;
 impl Applier<KNode, Fuse> for AbsorbIntoEpilogue {
     fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
         let child = eg.find(bound(s, "?in"));
-        if eg[child].data.shape().is_none() || eg[child].data.shape() != eg[root].data.shape() {
+        if eg[child].data.static_dims().is_none() || eg[child].data.static_dims() != eg[root].data.static_dims() {
             return vec![];
         }
         let consumers: Vec<(Expr, Vec<Id>)> = eg[root].nodes.iter().filter_map(|n| pointwise_form(eg, n)).collect();
