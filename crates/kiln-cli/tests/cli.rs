@@ -144,3 +144,42 @@ fn build_int8_calibrates_writes_a_cache_and_reuses_it() {
     let (ok, _, stderr) = kiln(&["build", &model, "--calib", c]);
     assert!(!ok && stderr.contains("go with --int8"), "{stderr}");
 }
+
+#[test]
+fn compare_reports_outputs_and_where_the_error_grows() {
+    let model = fixture("digits_cnn.onnx");
+    let x = fixture("digits_cnn.test_x.npy");
+    let input = format!("x={x}");
+    let (ok, stdout, stderr) = kiln(&["compare", &model, "--input", &input]);
+    assert!(ok, "{stderr}");
+    // FP32 with fusion only reorders float arithmetic: the classes all agree.
+    let logits = stdout.lines().find(|l| l.starts_with("logits")).unwrap();
+    assert!(logits.ends_with("100.00%"), "{stdout}");
+
+    let dir = tmp("compare");
+    let cache = dir.join("c.cache");
+    std::fs::write(&cache, "# kiln calibration cache v1\n# algo: minmax\n0.0079\tx\n0.035\tp1\n0.098\tflat\n").unwrap();
+    let (ok, stdout, stderr) = kiln(&[
+        "compare",
+        &model,
+        "--input",
+        &input,
+        "--int8",
+        "--calib-cache",
+        cache.to_str().unwrap(),
+        "--per-layer",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = &v["outputs"][0];
+    assert_eq!(out["name"], "logits");
+    assert!(out["cosine"].as_f64().unwrap() > 0.99, "{out}");
+    assert!(out["top1"].as_f64().unwrap() > 0.97, "{out}");
+    let layers: Vec<&str> =
+        v["layers"].as_array().unwrap().iter().map(|l| l["metrics"]["name"].as_str().unwrap()).collect();
+    assert_eq!(layers, ["r1", "p1", "r2", "p2", "flat", "logits"]);
+
+    let (ok, _, stderr) = kiln(&["compare", &model]);
+    assert!(!ok && stderr.contains("--shapes x=DIMS"), "{stderr}");
+}

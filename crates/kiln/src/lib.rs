@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod build;
+pub mod compare;
 pub mod npy;
 pub mod random;
 
