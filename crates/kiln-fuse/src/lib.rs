@@ -70,7 +70,10 @@ impl Default for FuseOptions {
 /// first and alone: its rules (`x * 1 = x`) put cycles into the e-graph,
 /// through which the fusion rules would build ever larger copies of the same expression.
 pub fn phases() -> Vec<(&'static str, Vec<&'static str>)> {
-    vec![("simplify", vec!["cleanup"]), ("fuse", vec!["conv_bn", "elementwise", "gemm_epilogue", "norm", "attention"])]
+    vec![
+        ("simplify", vec!["cleanup"]),
+        ("fuse", vec!["conv_bn", "qdq", "elementwise", "gemm_epilogue", "norm", "attention"]),
+    ]
 }
 
 /// The rules of a phase's enabled families.

@@ -759,6 +759,101 @@ fn packed_attention_without_a_mask() {
     );
 }
 
+// ---- explicit quantization -----------------------------------------------------------------
+
+#[test]
+fn dequantized_conv_with_bias_and_relu_is_one_integer_node() {
+    check_fires(
+        &["qdq-conv", "gemm-epilogue"],
+        "input x f32[1,3,6,6]
+         xs = const f32[] 0.02
+         xz = const i8[] 0
+         wq = const i8[4,3,3,3] rand
+         ws = const f32[4] 0.01,0.02,0.015,0.03
+         b = const f32[4] rand
+         xq = QuantizeLinear(x, xs, xz)
+         xd = DequantizeLinear(xq, xs, xz)
+         wd = DequantizeLinear{0}(wq, ws)
+         c = Conv{1}(xd, wd, b)
+         y = Relu(c)
+         output y",
+        "%0 = QuantizeLinear(x, const[], const[])
+         %1 = ConvIntegerEpilogue[Relu(((Cast<f32>(in0) * in1) + in2))](%0, const[4, 3, 3, 3], const[], _, const[4, 1, 1], const[4, 1, 1])
+         output %1",
+    );
+}
+
+#[test]
+fn dequantized_conv_without_bias_and_matmul_run_on_integers() {
+    check_fires(
+        &["qdq-conv-nobias"],
+        "input x f32[1,2,4,4]
+         xs = const f32[] 0.05
+         wq = const i8[2,2,1,1] 10,-20,30,-40
+         ws = const f32[] 0.01
+         xq = QuantizeLinear(x, xs)
+         xd = DequantizeLinear(xq, xs)
+         wd = DequantizeLinear(wq, ws)
+         y = Conv(xd, wd)
+         output y",
+        "%0 = QuantizeLinear(x, const[])
+         %1 = ConvIntegerEpilogue[(Cast<f32>(in0) * 0.0005)](%0, const[2, 2, 1, 1], _, _)
+         output %1",
+    );
+    check_fires(
+        &["qdq-matmul"],
+        "input a f32[3,4]
+         az = const u8[] 128
+         as = const f32[] 0.01
+         bq = const i8[4,2] 1,-2,3,-4,5,-6,7,-8
+         bs = const f32[2] 0.1,0.2
+         aq = QuantizeLinear(a, as, az)
+         ad = DequantizeLinear(aq, as, az)
+         bd = DequantizeLinear(bq, bs)
+         y = MatMul(ad, bd)
+         output y",
+        "%0 = QuantizeLinear(a, const[], const[])
+         %1 = MatMulIntegerEpilogue[(Cast<f32>(in0) * in1)](%0, const[4, 2], const[], _, const[2])
+         output %1",
+    );
+}
+
+#[test]
+fn dequantized_gemm_runs_on_integers() {
+    // transB: the INT8 weight is transposed once at build time; the bias rides in the epilogue.
+    check_fires(
+        &["qdq-gemm"],
+        "input a f32[3,8]
+         as = const f32[] 0.02
+         wq = const i8[5,8] rand
+         ws = const f32[5] 0.01,0.02,0.03,0.04,0.05
+         c = const f32[5] rand
+         aq = QuantizeLinear(a, as)
+         ad = DequantizeLinear(aq, as)
+         wd = DequantizeLinear{0}(wq, ws)
+         y = Gemm{transB}(ad, wd, c)
+         output y",
+        "%0 = QuantizeLinear(a, const[])
+         %1 = MatMulIntegerEpilogue[((Cast<f32>(in0) * in1) + in2)](%0, const[8, 5], _, _, const[5], const[5])
+         output %1",
+    );
+    check_fires(
+        &["qdq-gemm-nobias"],
+        "input a f32[3,8]
+         as = const f32[] 0.02
+         wq = const i8[8,5] rand
+         ws = const f32[] 0.01
+         aq = QuantizeLinear(a, as)
+         ad = DequantizeLinear(aq, as)
+         wd = DequantizeLinear(wq, ws)
+         y = Gemm(ad, wd)
+         output y",
+        "%0 = QuantizeLinear(a, const[])
+         %1 = MatMulIntegerEpilogue[(Cast<f32>(in0) * 0.0002)](%0, const[8, 5], _, _)
+         output %1",
+    );
+}
+
 /// Every registered rule is named by some case of this file (as the first argument of
 /// `check_fires`, which asserts it fired), so a new rule cannot land without its test.
 #[test]

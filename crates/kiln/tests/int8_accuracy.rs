@@ -56,7 +56,15 @@ fn fp32_and_int8(name: &str) -> (f64, f64, usize) {
     let (q, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
     let int8_layers = report.iter().filter(|l| l.precision == kiln::quant::Precision::Int8).count();
     let fp32 = accuracy(&kiln::run_cpu(&g, std::slice::from_ref(&test_x)).unwrap()[0], &labels);
-    let int8 = accuracy(&kiln::run_cpu(&q, &[test_x]).unwrap()[0], &labels);
+    let int8 = accuracy(&kiln::run_cpu(&q, std::slice::from_ref(&test_x)).unwrap()[0], &labels);
+    // Fusion folds the QDQ pairs into integer convolutions and products (the qdq rules) with
+    // their dequantization, bias and activation in the epilogue; the results do not move.
+    let (fused, report) = kiln::fuse::fuse(&q, &Default::default()).unwrap();
+    let counts = fused.op_counts();
+    let integer = counts.get("ConvIntegerEpilogue").unwrap_or(&0) + counts.get("MatMulIntegerEpilogue").unwrap_or(&0);
+    assert_eq!(integer, int8_layers, "every INT8 layer computes on integers after fusion: {report}");
+    let fused_acc = accuracy(&kiln::run_cpu(&fused, &[test_x]).unwrap()[0], &labels);
+    assert!((fused_acc - int8).abs() <= 0.002, "{name}: INT8 {int8} before fusion, {fused_acc} after");
     println!(
         "{name}: FP32 {:.2}%, INT8 {:.2}% on {} held-out examples, {int8_layers} INT8 layers",
         fp32 * 100.0,

@@ -28,9 +28,14 @@ pub fn rules() -> Vec<Rewrite> {
 /// epilogue so far (`None` for a bare matrix op).
 pub(crate) fn matrix_base(op: &Op) -> Option<(LinalgOp, Option<(usize, Expr)>)> {
     match op {
-        Op::Linalg(l @ (LinalgOp::MatMul | LinalgOp::Gemm { .. } | LinalgOp::Conv(_) | LinalgOp::ConvTranspose(_))) => {
-            Some((l.clone(), None))
-        }
+        Op::Linalg(
+            l @ (LinalgOp::MatMul
+            | LinalgOp::Gemm { .. }
+            | LinalgOp::Conv(_)
+            | LinalgOp::ConvTranspose(_)
+            | LinalgOp::MatMulInteger
+            | LinalgOp::ConvInteger(_)),
+        ) => Some((l.clone(), None)),
         Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => {
             Some((base.clone(), Some((*base_inputs, expr.clone()))))
         }

@@ -11,6 +11,7 @@ pub mod conv_bn;
 pub mod elementwise;
 pub mod gemm_epilogue;
 pub mod norm;
+pub mod qdq;
 
 use crate::analysis::{EGraph, Rewrite};
 use crate::lang::KNode;
@@ -33,6 +34,7 @@ pub fn families() -> Vec<(&'static str, fn() -> Vec<Rewrite>)> {
         ("gemm_epilogue", gemm_epilogue::rules),
         ("norm", norm::rules),
         ("attention", attention::rules),
+        ("qdq", qdq::rules),
     ]
 }
 

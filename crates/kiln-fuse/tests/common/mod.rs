@@ -54,6 +54,8 @@ fn dtype(s: &str) -> DType {
         "f64" => DType::F64,
         "i64" => DType::I64,
         "i32" => DType::I32,
+        "i8" => DType::I8,
+        "u8" => DType::U8,
         "bool" => DType::Bool,
         other => panic!("test graph: unknown type {other}"),
     }
@@ -123,6 +125,17 @@ pub fn op(name: &str, attrs: &str) -> Op {
             softmax_precision: None,
         })),
         "PRelu" => Op::Elementwise(ElementwiseOp::Binary(BinaryOp::PRelu)),
+        "QuantizeLinear" => Op::Quant(QuantOp::QuantizeLinear {
+            axis: if attrs.is_empty() { 1 } else { ints(attrs)[0] },
+            block_size: 0,
+            output_dtype: None,
+            saturate: true,
+        }),
+        "DequantizeLinear" => Op::Quant(QuantOp::DequantizeLinear {
+            axis: if attrs.is_empty() { 1 } else { ints(attrs)[0] },
+            block_size: 0,
+            output_dtype: None,
+        }),
         other => kiln_fuse::lang::plain_op(other).unwrap_or_else(|| panic!("test graph: unknown op {other}")),
     }
 }
@@ -155,6 +168,11 @@ pub fn parse(src: &str) -> Graph {
                 let (d, s) = ty_shape(words[2]);
                 let n: usize = s.iter().product();
                 let t = match words.get(3).copied() {
+                    // Integer weights: uniform in [-64, 64].
+                    Some("rand") if !d.is_float() => {
+                        let v: Vec<f32> = rng.tensor(&s, 64.0).to_f64_vec().iter().map(|x| x.round() as f32).collect();
+                        Tensor::from_vec(s.clone(), v).unwrap().cast(d)
+                    }
                     Some("rand") => rng.tensor(&s, 0.5).cast(d),
                     Some("pos") => {
                         let t = rng.tensor(&s, 0.5);

@@ -270,7 +270,7 @@ impl fmt::Display for Expr {
 pub enum FusedOp {
     /// An elementwise expression over the node's inputs, broadcast together.
     Elementwise(Expr),
-    /// A matrix op (MatMul, Gemm, Conv or ConvTranspose) whose output goes straight through an
+    /// A matrix op (MatMul, Gemm, Conv, ConvTranspose or their integer forms) whose output goes straight through an
     /// elementwise epilogue: bias, residual, activation. The node's first `base_inputs` inputs
     /// are the matrix op's; in the epilogue, `in0` is the matrix op's output and `in{k}` for
     /// `k >= 1` is node input `base_inputs + k - 1`. The epilogue never changes the shape.
@@ -304,6 +304,8 @@ impl FusedOp {
                 LinalgOp::Gemm { .. } => "GemmEpilogue",
                 LinalgOp::Conv(_) => "ConvEpilogue",
                 LinalgOp::ConvTranspose(_) => "ConvTransposeEpilogue",
+                LinalgOp::MatMulInteger => "MatMulIntegerEpilogue",
+                LinalgOp::ConvInteger(_) => "ConvIntegerEpilogue",
                 _ => "Epilogue",
             },
             FusedOp::PackedAttention { .. } => "PackedAttention",
