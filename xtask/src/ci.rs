@@ -18,6 +18,7 @@ pub fn run() -> Result<()> {
     step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     step("test data", &["xtask", "fetch-data"])?;
     step("tests", &["test", "--workspace", "--release"])?;
+    step("fuzz", &["xtask", "fuzz", "--seconds", "60", "--install"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;
     Ok(())
 }

@@ -6,6 +6,7 @@ mod ci;
 mod conformance;
 mod data;
 mod demo;
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Task {
     BenchCpu(bench_cpu::Args),
     /// Times fusion of a 12-layer BERT-base encoder (target: under 2 s).
     BenchFuse(bench_fuse::Args),
+    /// Runs each cargo-fuzz target for a while (needs nightly and cargo-fuzz; skips without).
+    Fuzz(fuzz::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
 }
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::BenchCpu(a) => bench_cpu::run(a),
         Task::BenchFuse(a) => bench_fuse::run(a),
+        Task::Fuzz(a) => fuzz::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
     }
 }
