@@ -62,8 +62,8 @@ fn missing_tool(install: bool) -> Option<String> {
     None
 }
 
-fn targets(root: &Path) -> Result<Vec<String>> {
-    let out = cargo().args(["+nightly", "fuzz", "list"]).current_dir(root).output().context("running cargo fuzz list")?;
+fn targets(dir: &Path) -> Result<Vec<String>> {
+    let out = cargo().args(["+nightly", "fuzz", "list"]).current_dir(dir).output().context("running cargo fuzz list")?;
     if !out.status.success() {
         bail!("cargo fuzz list failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -78,18 +78,19 @@ pub fn run(a: Args) -> Result<()> {
         println!("skipping fuzzing: {why}");
         return Ok(());
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let targets = if a.target.is_empty() { targets(&root)? } else { a.target };
+    // Run inside fuzz/, so relative corpus paths and libFuzzer's fuzz-N.log files land there.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let targets = if a.target.is_empty() { targets(&dir)? } else { a.target };
     for t in &targets {
         // The grown corpus comes first, so libFuzzer writes new inputs there and leaves the
         // committed seeds alone.
-        let grown = format!("fuzz/grown/{t}");
-        std::fs::create_dir_all(root.join(&grown))?;
-        let mut args = vec!["+nightly".to_string(), "fuzz".into(), "run".into(), t.clone(), grown, format!("fuzz/corpus/{t}")];
+        let grown = format!("grown/{t}");
+        std::fs::create_dir_all(dir.join(&grown))?;
+        let mut args = vec!["+nightly".to_string(), "fuzz".into(), "run".into(), t.clone(), grown, format!("corpus/{t}")];
         args.extend(["--".into(), format!("-max_total_time={}", a.seconds), "-rss_limit_mb=2048".into(), "-timeout=10".into()]);
         args.extend(a.libfuzzer_args.iter().cloned());
-        println!("\n==> fuzz {t} for {} s: cargo {}", a.seconds, args.join(" "));
-        if !cargo().args(&args).current_dir(&root).status().context("running cargo fuzz")?.success() {
+        println!("\n==> fuzz {t} for {} s: (cd fuzz && cargo {})", a.seconds, args.join(" "));
+        if !cargo().args(&args).current_dir(&dir).status().context("running cargo fuzz")?.success() {
             bail!("fuzz target {t} failed: see the input libFuzzer saved under fuzz/artifacts/{t}/");
         }
     }
