@@ -54,7 +54,8 @@ fn missing_tool(install: bool) -> Option<String> {
     }
     let fuzz = || succeeds(cargo().args(["+nightly", "fuzz", "--version"]));
     if !fuzz() {
-        let installed = install && cargo().args(["install", "cargo-fuzz", "--locked"]).status().is_ok_and(|s| s.success());
+        let installed =
+            install && cargo().args(["install", "cargo-fuzz", "--locked"]).status().is_ok_and(|s| s.success());
         if !installed || !fuzz() {
             return Some("cargo-fuzz is missing or cannot be installed (cargo install cargo-fuzz)".into());
         }
@@ -63,7 +64,8 @@ fn missing_tool(install: bool) -> Option<String> {
 }
 
 fn targets(dir: &Path) -> Result<Vec<String>> {
-    let out = cargo().args(["+nightly", "fuzz", "list"]).current_dir(dir).output().context("running cargo fuzz list")?;
+    let out =
+        cargo().args(["+nightly", "fuzz", "list"]).current_dir(dir).output().context("running cargo fuzz list")?;
     if !out.status.success() {
         bail!("cargo fuzz list failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -86,8 +88,14 @@ pub fn run(a: Args) -> Result<()> {
         // committed seeds alone.
         let grown = format!("grown/{t}");
         std::fs::create_dir_all(dir.join(&grown))?;
-        let mut args = vec!["+nightly".to_string(), "fuzz".into(), "run".into(), t.clone(), grown, format!("corpus/{t}")];
-        args.extend(["--".into(), format!("-max_total_time={}", a.seconds), "-rss_limit_mb=2048".into(), "-timeout=10".into()]);
+        let mut args =
+            vec!["+nightly".to_string(), "fuzz".into(), "run".into(), t.clone(), grown, format!("corpus/{t}")];
+        args.extend([
+            "--".into(),
+            format!("-max_total_time={}", a.seconds),
+            "-rss_limit_mb=2048".into(),
+            "-timeout=10".into(),
+        ]);
         args.extend(a.libfuzzer_args.iter().cloned());
         println!("\n==> fuzz {t} for {} s: (cd fuzz && cargo {})", a.seconds, args.join(" "));
         if !cargo().args(&args).current_dir(&dir).status().context("running cargo fuzz")?.success() {

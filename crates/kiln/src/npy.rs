@@ -33,7 +33,10 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
         _ => return Ok(()),
     };
     let Some(header) = bytes[start..].get(..len) else {
-        return Err(format!("header declares {len} bytes, the file has {} after the header length", bytes.len() - start));
+        return Err(format!(
+            "header declares {len} bytes, the file has {} after the header length",
+            bytes.len() - start
+        ));
     };
     let (mut depth, mut deepest) = (0usize, 0usize);
     for &c in header {
@@ -187,7 +190,7 @@ mod tests {
     #[test]
     fn deeply_nested_header_is_refused() {
         let deep = format!("{{'descr': '<i8', 'fortran_order': False, {}'shape': (2,), }}\n", "[".repeat(100));
-        check_refused(&npy_v1(&deep), "header nests brackets 101 deep, over the limit of 6");
+        check_refused(&npy_v1(&deep), "header nests brackets 102 deep, over the limit of 6");
         let ok = "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n";
         assert_eq!(read_bytes(&npy_v1(ok)).unwrap().shape(), &[2]);
     }

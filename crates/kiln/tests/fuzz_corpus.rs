@@ -29,7 +29,8 @@ fn replay(target: &str, run: fn(&[u8]), ok: fn(&[u8]) -> bool) -> (usize, usize)
         match catch_unwind(AssertUnwindSafe(|| run(&bytes))) {
             Ok(()) => accepted += usize::from(ok(&bytes)),
             Err(p) => {
-                let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                let msg =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
                 panics.push(format!("{}: {}", f.file_name().unwrap().to_string_lossy(), msg.unwrap_or_default()));
             }
         }
