@@ -9,9 +9,8 @@ use kiln::onnx::{ImportOptions, Limits};
 
 /// The importer's limits for an input of `len` bytes: nothing may be allocated that the
 /// input does not pay for, so an out-of-memory report is a real bug, not a big declared
-/// shape. Tensor data must be present in the file, and no encoding expands a byte of it into
-/// more than 8 bytes in memory (a bool in a one-byte varint becomes an `i32` in the decoded
-/// message); a node takes at least 2 bytes.
+/// shape. Tensor data must be present in the file, and no byte of it becomes more than 8 in
+/// memory (an int64 written as a one-byte varint); a node takes at least 2 bytes.
 pub fn limits_for(len: usize) -> Limits {
     let len = len as u64;
     Limits { max_nodes: len / 2 + 1, max_depth: 16, max_rank: 32, max_weight_bytes: 8 * len, max_file_bytes: len }
