@@ -17,6 +17,7 @@ pub fn run() -> Result<()> {
     step("format", &["fmt", "--all", "--", "--check"])?;
     step("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     step("test data", &["xtask", "fetch-data"])?;
+    step("nvrtc", &["xtask", "fetch-nvrtc"])?;
     step("tests", &["test", "--workspace", "--release"])?;
     step("fuzz", &["xtask", "fuzz", "--seconds", "60", "--install"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;

@@ -6,6 +6,7 @@ mod ci;
 mod conformance;
 mod data;
 mod demo;
+mod fetch_nvrtc;
 mod fuzz;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Task {
     Fuzz(fuzz::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
+    /// Downloads the NVRTC wheels into ~/.cache/kiln/nvrtc, so kernels compile without CUDA.
+    FetchNvrtc,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Task::BenchFuse(a) => bench_fuse::run(a),
         Task::Fuzz(a) => fuzz::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
+        Task::FetchNvrtc => fetch_nvrtc::run(),
     }
 }

@@ -1,6 +1,7 @@
 //! The `kiln` command line tool: build (optimize and fuse), inspect and run ONNX models.
 
 mod build;
+mod compare;
 mod inspect;
 mod run;
 
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Optimizes and fuses a model; `--explain` says what fusion did, `--dot` draws the result.
     Build(build::Args),
+    /// Compares the built model with the ONNX model in FP32 on the CPU reference, per output
+    /// and (--per-layer) per layer.
+    Compare(compare::Args),
     /// Runs a model on given or seeded random inputs and writes its outputs as .npy files.
     Run(run::Args),
     /// Prints a model's ops, inputs, outputs, parameters and opsets.
@@ -27,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Build(a) => build::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Run(a) => run::run(a),
         Command::Inspect(a) => inspect::run(a),
     };

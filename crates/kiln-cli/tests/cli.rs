@@ -104,6 +104,82 @@ fn build_explains_fusion_and_draws_the_graph() {
 
     let (ok, _, stderr) = kiln(&["build", &model, "--disable-rules", "nonsense"]);
     assert!(!ok && stderr.contains("unknown rule family 'nonsense'"), "{stderr}");
-    let (ok, stdout, stderr) = kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--no-fuse"]);
+    let (ok, stdout, stderr) =
+        kiln(&["build", &model, "--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--no-fuse"]);
     assert!(ok && stdout.contains("47 launch work"), "{stdout}{stderr}");
+}
+
+#[test]
+fn build_int8_calibrates_writes_a_cache_and_reuses_it() {
+    let dir = tmp("int8");
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    let all = kiln::npy::read(std::path::Path::new(&fixture("digits_cnn.calib.npy"))).unwrap();
+    let per = 64;
+    let v = all.as_slice::<f32>().unwrap();
+    for b in 0..4 {
+        let t = kiln::ir::Tensor::from_vec(vec![50, 1, 8, 8], v[b * 50 * per..(b + 1) * 50 * per].to_vec()).unwrap();
+        kiln::npy::write(&calib.join(format!("batch{b}.npy")), &t).unwrap();
+    }
+    let cache = dir.join("digits.cache");
+    let model = fixture("digits_cnn.onnx");
+    let (c, k) = (calib.to_str().unwrap(), cache.to_str().unwrap());
+    let (ok, stdout, stderr) =
+        kiln(&["build", &model, "--int8", "--calib", c, "--calib-cache", k, "--precision", "fc=fp16"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 of 3 layers in INT8") && stdout.contains("override"), "{stdout}");
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert!(text.starts_with("# kiln calibration cache v1\n# algo: entropy"), "{text}");
+    assert!(text.lines().filter(|l| !l.starts_with('#')).count() == 3, "{text}");
+    // The cache alone, no data.
+    let (ok, stdout, stderr) = kiln(&["build", &model, "--int8", "--calib-cache", k, "--calib-algo", "mse"]);
+    assert!(ok && stdout.contains("3 of 3 layers in INT8"), "{stdout}{stderr}");
+    // Bad calibration choices are named.
+    let (ok, _, stderr) = kiln(&["build", &model, "--int8"]);
+    assert!(!ok && stderr.contains("needs calibration data"), "{stderr}");
+    let (ok, _, stderr) = kiln(&["build", &model, "--int8", "--calib", c, "--calib-algo", "kl"]);
+    assert!(!ok && stderr.contains("unknown calibration algorithm 'kl'"), "{stderr}");
+    let (ok, _, stderr) = kiln(&["build", &model, "--int8", "--calib", c, "--shapes", "x=7x1x8x8"]);
+    assert!(!ok && stderr.contains("does not fit the input shape"), "{stderr}");
+    let (ok, _, stderr) = kiln(&["build", &model, "--calib", c]);
+    assert!(!ok && stderr.contains("go with --int8"), "{stderr}");
+}
+
+#[test]
+fn compare_reports_outputs_and_where_the_error_grows() {
+    let model = fixture("digits_cnn.onnx");
+    let x = fixture("digits_cnn.test_x.npy");
+    let input = format!("x={x}");
+    let (ok, stdout, stderr) = kiln(&["compare", &model, "--input", &input]);
+    assert!(ok, "{stderr}");
+    // FP32 with fusion only reorders float arithmetic: the classes all agree.
+    let logits = stdout.lines().find(|l| l.starts_with("logits")).unwrap();
+    assert!(logits.ends_with("100.00%"), "{stdout}");
+
+    let dir = tmp("compare");
+    let cache = dir.join("c.cache");
+    std::fs::write(&cache, "# kiln calibration cache v1\n# algo: minmax\n0.0079\tx\n0.035\tp1\n0.098\tflat\n").unwrap();
+    let (ok, stdout, stderr) = kiln(&[
+        "compare",
+        &model,
+        "--input",
+        &input,
+        "--int8",
+        "--calib-cache",
+        cache.to_str().unwrap(),
+        "--per-layer",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = &v["outputs"][0];
+    assert_eq!(out["name"], "logits");
+    assert!(out["cosine"].as_f64().unwrap() > 0.99, "{out}");
+    assert!(out["top1"].as_f64().unwrap() > 0.97, "{out}");
+    let layers: Vec<&str> =
+        v["layers"].as_array().unwrap().iter().map(|l| l["metrics"]["name"].as_str().unwrap()).collect();
+    assert_eq!(layers, ["r1", "p1", "r2", "p2", "flat", "logits"]);
+
+    let (ok, _, stderr) = kiln(&["compare", &model]);
+    assert!(!ok && stderr.contains("--shapes x=DIMS"), "{stderr}");
 }

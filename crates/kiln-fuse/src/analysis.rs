@@ -42,6 +42,18 @@ impl Data {
     pub fn shape(&self) -> Option<Vec<usize>> {
         self.tys.first().and_then(|t| t.concrete_shape())
     }
+
+    /// The shape when every dim is known or named (a symbolic `batch` equals itself), so that
+    /// two values can be told to have the same shape without knowing their sizes.
+    pub fn static_dims(&self) -> Option<Vec<kiln_ir::Dim>> {
+        let s = self.tys.first()?.shape.clone()?;
+        s.iter().all(|d| !matches!(d, kiln_ir::Dim::Unknown)).then_some(s)
+    }
+
+    /// Whether the type is fully known up to named dims: an element type and [`Data::static_dims`].
+    pub fn is_static(&self) -> bool {
+        self.tys.first().is_some_and(|t| t.dtype.is_some()) && self.static_dims().is_some()
+    }
 }
 
 /// The analysis, and the tables e-node heads index into.
@@ -53,8 +65,6 @@ pub struct Fuse {
     const_index: HashMap<u64, Vec<u32>>,
     /// The graph inputs' types, by input position.
     pub input_types: Vec<TypeInfo>,
-    /// How many times each rule produced a new e-node (counted by the appliers and the runner).
-    pub fired: HashMap<String, usize>,
     /// Classes a rule made to compute several old values at once (a packed QKV projection),
     /// with those values' classes, so that the fused graph can say what such a node covers.
     pub provenance: Vec<(Id, Vec<Id>)>,
@@ -132,11 +142,6 @@ impl Fuse {
     /// Whether this is the first time an applier sees `key` (and remembers it).
     pub fn first_time(&mut self, key: String) -> bool {
         self.done.insert(key)
-    }
-
-    /// Counts one firing of a rule.
-    pub fn count(&mut self, rule: &str) {
-        *self.fired.entry(rule.to_string()).or_default() += 1;
     }
 }
 

@@ -20,7 +20,7 @@ pub struct FuseReport {
     pub estimate_before_us: f64,
     /// The cost model's estimate after, µs.
     pub estimate_after_us: f64,
-    /// How many new e-nodes each rule added, by rule name.
+    /// How many applications of each rule changed the e-graph, by rule name.
     pub rules_fired: Vec<(String, usize)>,
     /// Rule-application rounds run, over all phases.
     pub iterations: usize,

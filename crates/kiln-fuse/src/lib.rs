@@ -143,7 +143,16 @@ fn run_phase(
         nodes: egraph.total_number_of_nodes(),
         classes: egraph.number_of_classes(),
         stop,
-        fired: egraph.analysis.fired.clone(),
+        fired: {
+            // Applications that changed the e-graph, per rule, as egg counts them.
+            let mut f = std::collections::HashMap::new();
+            for it in &runner.iterations {
+                for (rule, n) in &it.applied {
+                    *f.entry(rule.to_string()).or_default() += n;
+                }
+            }
+            f
+        },
         saturate,
     };
     Ok((out, phase))

@@ -5,13 +5,18 @@
 //! on its own through the re-exported crates.
 #![warn(missing_docs)]
 
+pub mod build;
+pub mod compare;
 pub mod npy;
 pub mod random;
+
+pub use build::{build, BuildOptions, Built, Int8Options};
 
 pub use kiln_cpu as cpu;
 pub use kiln_fuse as fuse;
 pub use kiln_ir as ir;
 pub use kiln_onnx as onnx;
+pub use kiln_quant as quant;
 
 use kiln_ir::passes::{PassContext, PassManager, PassReport};
 use kiln_ir::{Graph, Tensor};
@@ -38,6 +43,17 @@ pub enum Error {
         /// The input.
         input: String,
         /// What is wrong.
+        msg: String,
+    },
+    /// Quantization failed: calibration data, cache or graph.
+    #[error(transparent)]
+    Quant(#[from] kiln_quant::QuantError),
+    /// Reading or writing a file failed.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
         msg: String,
     },
     /// Reading or writing a `.npy` file failed.

@@ -147,7 +147,7 @@ impl Applier<KNode, Fuse> for Sdpa {
             let mut args = vec![q, k, v];
             args.extend(mask);
             let op = Op::Attention(AttentionOp::Attention(attrs(None, scale as f32)));
-            changed.extend(add_equal(eg, root, &op, args, "attention"));
+            changed.extend(add_equal(eg, root, &op, args));
         }
         changed
     }
@@ -212,7 +212,7 @@ impl Applier<KNode, Fuse> for MergeHeads {
                 kv_num_heads: Some(hq),
                 ..at
             }));
-            changed.extend(add_equal(eg, root, &op, args, "attention-heads"));
+            changed.extend(add_equal(eg, root, &op, args));
         }
         changed
     }
@@ -299,6 +299,6 @@ impl Applier<KNode, Fuse> for PackQkv {
         eg.analysis.provenance.push((qkv, vec![q, k, v]));
         let mut args = vec![qkv];
         args.extend(mask);
-        add_equal(eg, root, &Op::Fused(FusedOp::PackedAttention { num_heads: heads, scale }), args, "attention-packed")
+        add_equal(eg, root, &Op::Fused(FusedOp::PackedAttention { num_heads: heads, scale }), args)
     }
 }

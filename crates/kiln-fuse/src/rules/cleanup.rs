@@ -101,12 +101,11 @@ impl Applier<crate::lang::KNode, crate::analysis::Fuse> for LosslessCastChain {
             }
             if from == to && same_type(eg, root, x) {
                 if eg.union(root, x) {
-                    eg.analysis.count("cast-cast");
                     changed.push(root);
                 }
             } else {
                 let cast = Op::Elementwise(ElementwiseOp::Cast { to, saturate: true });
-                changed.extend(add_equal(eg, root, &cast, vec![x], "cast-cast"));
+                changed.extend(add_equal(eg, root, &cast, vec![x]));
             }
         }
         changed
@@ -153,12 +152,11 @@ impl Applier<crate::lang::KNode, crate::analysis::Fuse> for ComposeTransposes {
                 let q: Vec<usize> = p2.iter().map(|&i| p1[i]).collect();
                 if q.iter().enumerate().all(|(i, &d)| i == d) {
                     if same_type(eg, root, x) && eg.union(root, x) {
-                        eg.analysis.count("transpose-transpose");
                         changed.push(root);
                     }
                 } else {
                     let t = Op::Layout(LayoutOp::Transpose { perm: Some(q.iter().map(|&d| d as i64).collect()) });
-                    changed.extend(add_equal(eg, root, &t, vec![x], "transpose-transpose"));
+                    changed.extend(add_equal(eg, root, &t, vec![x]));
                 }
             }
         }

@@ -147,7 +147,7 @@ impl Applier<KNode, Fuse> for FoldBatchNorm {
                 continue;
             }
             if let Some((op, args)) = fold_into(eg, &n, &op, &k, &d) {
-                changed.extend(add_equal(eg, root, &op, args, "conv-bn"));
+                changed.extend(add_equal(eg, root, &op, args));
             }
         }
         changed
@@ -180,7 +180,7 @@ impl Applier<KNode, Fuse> for BatchNormAsAffine {
         let (kc, dc) = (add_const(eg, kt), add_const(eg, dt));
         let mul = eg.analysis.node(&Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Mul)), 1, vec![x, kc], None);
         let mul = eg.add(mul);
-        add_equal(eg, root, &Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add)), vec![mul, dc], "bn-affine")
+        add_equal(eg, root, &Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add)), vec![mul, dc])
     }
 }
 
@@ -226,7 +226,7 @@ impl Applier<KNode, Fuse> for FoldConst {
                 continue;
             }
             if let Some((op, args)) = fold_into(eg, &n, &op, &scale, &shift) {
-                changed.extend(add_equal(eg, root, &op, args, rule));
+                changed.extend(add_equal(eg, root, &op, args));
             }
         }
         changed

@@ -6,7 +6,7 @@
 //! computed twice) is the cost model's call at extraction, not the rule's: a group whose
 //! intermediate is also needed elsewhere costs an extra read and write and loses.
 
-use super::{bound, infer_node, ty};
+use super::{add_equal, bound};
 use crate::analysis::{EGraph, Fuse, Rewrite};
 use crate::lang::KNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, SearchMatches, Searcher, Subst, Symbol, Var};
@@ -163,26 +163,6 @@ pub(crate) fn compose(
     (rest.num_ops() <= MAX_EXPR_OPS && rest_args.len() <= MAX_EXPR_INPUTS).then_some((rest, rest_args))
 }
 
-/// Adds `op(args)` to the e-graph and merges it with `class` if it has the class's type.
-pub(crate) fn add_if_same_type(eg: &mut EGraph, class: Id, op: Op, args: Vec<Id>, rule: &str) -> bool {
-    let want = ty(eg, class);
-    if want.dtype.is_none() || want.concrete_shape().is_none() {
-        return false;
-    }
-    match infer_node(eg, &op, &args) {
-        Some(t) if t == want => {}
-        _ => return false,
-    }
-    let n = eg.analysis.node(&op, 1, args, None);
-    let id = eg.add(n);
-    if eg.union(class, id) {
-        eg.analysis.count(rule);
-        true
-    } else {
-        false
-    }
-}
-
 /// Merges each plain pointwise producer in `?in` into each pointwise consumer in the matched
 /// class.
 struct MergePointwise;
@@ -205,7 +185,7 @@ impl Applier<KNode, Fuse> for MergePointwise {
                 }
                 for (ce, cargs) in &producers {
                     let Some((e, args)) = compose(eg, pe, pargs, k, ce, cargs, None) else { continue };
-                    changed |= add_if_same_type(eg, root, Op::Fused(FusedOp::Elementwise(e)), args, "fuse-elementwise");
+                    changed |= !add_equal(eg, root, &Op::Fused(FusedOp::Elementwise(e)), args).is_empty();
                 }
             }
         }

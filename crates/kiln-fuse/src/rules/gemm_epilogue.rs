@@ -8,8 +8,8 @@
 //! epilogue never broadcasts its output wider. When the matrix op's output is also needed
 //! elsewhere, the fused form would compute it twice, and extraction's cost model refuses it.
 
-use super::bound;
-use super::elementwise::{add_if_same_type, compose, pointwise_form, PointwiseOver, Producer};
+use super::elementwise::{compose, pointwise_form, PointwiseOver, Producer};
+use super::{add_equal, bound};
 use crate::analysis::{EGraph, Fuse, Rewrite};
 use crate::lang::KNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol};
@@ -44,7 +44,7 @@ struct AbsorbIntoEpilogue;
 impl Applier<KNode, Fuse> for AbsorbIntoEpilogue {
     fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
         let child = eg.find(bound(s, "?in"));
-        if eg[child].data.shape().is_none() || eg[child].data.shape() != eg[root].data.shape() {
+        if eg[child].data.static_dims().is_none() || eg[child].data.static_dims() != eg[root].data.static_dims() {
             return vec![];
         }
         let consumers: Vec<(Expr, Vec<Id>)> = eg[root].nodes.iter().filter_map(|n| pointwise_form(eg, n)).collect();
@@ -72,7 +72,7 @@ impl Applier<KNode, Fuse> for AbsorbIntoEpilogue {
                     let mut node_args = base_args.clone();
                     node_args.extend_from_slice(&args[1..]);
                     let op = Op::Fused(FusedOp::Epilogue { base: base.clone(), base_inputs: *base_inputs, expr });
-                    changed |= add_if_same_type(eg, root, op, node_args, "gemm-epilogue");
+                    changed |= !add_equal(eg, root, &op, node_args).is_empty();
                 }
             }
         }

@@ -71,10 +71,9 @@ pub(crate) fn scalar(eg: &EGraph, id: Id) -> Option<f64> {
     konst(eg, id).filter(|t| t.len() == 1 && t.dtype().is_float()).map(|t| t.to_f64_vec()[0])
 }
 
-/// Whether two classes have the same fully known type.
+/// Whether two classes have the same type, known up to named dims.
 pub(crate) fn same_type(eg: &EGraph, a: Id, b: Id) -> bool {
-    let (ta, tb) = (ty(eg, a), ty(eg, b));
-    ta.dtype.is_some() && ta.concrete_shape().is_some() && ta == tb
+    eg[a].data.is_static() && ty(eg, a) == ty(eg, b)
 }
 
 /// The op of an e-node, cloned.
@@ -97,16 +96,15 @@ pub(crate) fn infer_node(eg: &EGraph, op: &Op, args: &[Id]) -> Option<TypeInfo> 
 
 /// Adds `op(args)` and merges it into `class` when its inferred type equals the class's (the
 /// guard every structural rewrite shares). Returns the classes that changed.
-pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>, rule: &str) -> Vec<Id> {
+pub(crate) fn add_equal(eg: &mut EGraph, class: Id, op: &Op, args: Vec<Id>) -> Vec<Id> {
     let Some(t) = infer_node(eg, op, &args) else { return vec![] };
     let want = ty(eg, class);
-    if want.concrete_shape().is_none() || t != want {
+    if !eg[class].data.is_static() || t != want {
         return vec![];
     }
     let n = eg.analysis.node(op, 1, args, None);
     let id = eg.add(n);
     if eg.union(class, id) {
-        eg.analysis.count(rule);
         vec![class]
     } else {
         vec![]

@@ -11,7 +11,7 @@ use crate::lang::KNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol};
 use kiln_ir::ops::elementwise::BinaryOp;
 use kiln_ir::ops::{ElementwiseOp, NormOp};
-use kiln_ir::{Op, Tensor};
+use kiln_ir::{Dim, Op, Tensor};
 
 /// The family's rules.
 #[rustfmt::skip]
@@ -32,9 +32,13 @@ pub fn rules() -> Vec<Rewrite> {
 
 /// Whether `class` holds a `kind` reduction of `input` over its last axis with the dim kept.
 fn reduces_last(eg: &EGraph, class: Id, kind: &str, input: Id) -> bool {
-    let (Some(out), Some(inp)) = (shape(eg, class), shape(eg, input)) else { return false };
-    let Some((&last, lead)) = inp.split_last() else { return false };
-    if out.len() != inp.len() || out[..lead.len()] != *lead || out[lead.len()] != 1 || last == 1 {
+    let (Some(out), Some(inp)) = (eg[class].data.static_dims(), eg[input].data.static_dims()) else { return false };
+    let Some((last, lead)) = inp.split_last() else { return false };
+    if out.len() != inp.len()
+        || out[..lead.len()] != *lead
+        || out[lead.len()] != Dim::Known(1)
+        || *last == Dim::Known(1)
+    {
         return false;
     }
     let input = eg.find(input);
@@ -74,8 +78,10 @@ fn mean_square(eg: &EGraph, class: Id, v: Id) -> bool {
 
 /// Whether `p` is a parameter vector over the last dim of `x`.
 fn last_dim_vector(eg: &EGraph, p: Id, x: Id) -> bool {
-    match (shape(eg, p), shape(eg, x)) {
-        (Some(ps), Some(xs)) => ps.len() == 1 && xs.last() == Some(&ps[0]) && ty(eg, p).dtype == ty(eg, x).dtype,
+    match (shape(eg, p), eg[x].data.static_dims()) {
+        (Some(ps), Some(xs)) => {
+            ps.len() == 1 && xs.last() == Some(&Dim::Known(ps[0])) && ty(eg, p).dtype == ty(eg, x).dtype
+        }
         _ => false,
     }
 }
@@ -101,8 +107,8 @@ impl Applier<KNode, Fuse> for Norm {
                 if !mean_square(eg, bound(s, "?var"), bound(s, "?d")) {
                     return vec![];
                 }
-                let (Some(xs), Some(dtype)) = (shape(eg, x), ty(eg, x).dtype) else { return vec![] };
-                let Some(&hidden) = xs.last() else { return vec![] };
+                let (Some(xs), Some(dtype)) = (eg[x].data.static_dims(), ty(eg, x).dtype) else { return vec![] };
+                let Some(hidden) = xs.last().and_then(|d| d.known()) else { return vec![] };
                 // Without a scale, LayerNormalization still takes one: ones.
                 let ones = || Tensor::from_vec(vec![hidden], vec![1.0f32; hidden]).ok().map(|t| t.cast(dtype));
                 let g = match self {
@@ -120,7 +126,7 @@ impl Applier<KNode, Fuse> for Norm {
                     return vec![];
                 }
                 let op = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: eps as f32, stash_type: 1 });
-                add_equal(eg, root, &op, args, "layernorm")
+                add_equal(eg, root, &op, args)
             }
             Norm::Rms => {
                 let (x, g) = (bound(s, "?x"), bound(s, "?g"));
@@ -129,7 +135,7 @@ impl Applier<KNode, Fuse> for Norm {
                     return vec![];
                 }
                 let op = Op::Norm(NormOp::RMSNormalization { axis: -1, epsilon: eps as f32, stash_type: 1 });
-                add_equal(eg, root, &op, vec![x, g], "rmsnorm")
+                add_equal(eg, root, &op, vec![x, g])
             }
             Norm::Softmax => {
                 let (e, sum) = (bound(s, "?e"), bound(s, "?sum"));
@@ -150,7 +156,7 @@ impl Applier<KNode, Fuse> for Norm {
                 });
                 let x = shifted.unwrap_or(e);
                 let op = Op::Norm(NormOp::Softmax { axis: -1, coerce_2d: false });
-                add_equal(eg, root, &op, vec![x], "softmax")
+                add_equal(eg, root, &op, vec![x])
             }
         }
     }

@@ -82,8 +82,9 @@ pub fn op(name: &str, attrs: &str) -> Op {
     };
     match name {
         "Transpose" => Op::Layout(LayoutOp::Transpose { perm: Some(ints(attrs)) }),
-        "Unsqueeze" => Op::Layout(LayoutOp::Unsqueeze { axes: Some(ints(attrs)) }),
-        "Squeeze" => Op::Layout(LayoutOp::Squeeze { axes: Some(ints(attrs)) }),
+        // Without braces the axes are the second input, as from opset 13.
+        "Unsqueeze" => Op::Layout(LayoutOp::Unsqueeze { axes: (!attrs.is_empty()).then(|| ints(attrs)) }),
+        "Squeeze" => Op::Layout(LayoutOp::Squeeze { axes: (!attrs.is_empty()).then(|| ints(attrs)) }),
         "Flatten" => Op::Layout(LayoutOp::Flatten { axis: ints(attrs)[0] }),
         "ReduceMean" => reduce(Reducer::Mean),
         "ReduceMax" => reduce(Reducer::Max),
@@ -276,6 +277,15 @@ pub fn rel_error(reference: &[Tensor], got: &[Tensor]) -> f64 {
         }
     }
     worst
+}
+
+/// As [`check`], and asserts that each of `rules` changed the e-graph.
+pub fn check_fires(rules: &[&str], src: &str, expected: &str) -> FuseReport {
+    let report = check(src, expected);
+    for r in rules {
+        assert!(report.rules_fired.iter().any(|(n, k)| n == r && *k > 0), "rule {r} did not fire:\n{report}");
+    }
+    report
 }
 
 /// Fuses `src`'s graph and checks the result renders as `expected` and computes the same

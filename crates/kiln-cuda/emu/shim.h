@@ -1,0 +1,80 @@
+// Host emulation of the CUDA subset kiln's kernels use: one std::thread per CUDA thread,
+// blocks run one after another (so `static` stands in for __shared__).
+// See run.sh for what it can and cannot check.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <cstdio>
+#include <cstdlib>
+using std::isinf;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(x)
+#define __align__(n) alignas(n)
+#define __shared__ static
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+struct WarpCtx { std::barrier<> bar{32}; uint64_t slot[32]; };
+inline thread_local WarpCtx* g_warp;
+inline thread_local int g_lane;
+inline std::barrier<>* g_block_bar;
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+template <class T> T shfl_from(T v, int src) {
+    std::memcpy(&g_warp->slot[g_lane], &v, sizeof(T));
+    g_warp->bar.arrive_and_wait();
+    T r; std::memcpy(&r, &g_warp->slot[src & 31], sizeof(T));
+    g_warp->bar.arrive_and_wait();
+    return r;
+}
+template <class T> T __shfl_xor_sync(unsigned, T v, int o) { return shfl_from(v, g_lane ^ o); }
+template <class T> T __shfl_sync(unsigned, T v, int src) { return shfl_from(v, src); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+struct __half { _Float16 v; };
+struct __nv_bfloat16 { uint16_t bits; };
+inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
+inline float __half2float(__half h) { return (float)h.v; }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return __nv_bfloat16{0x7fc0};
+    u += 0x7fff + ((u >> 16) & 1);
+    return __nv_bfloat16{(uint16_t)(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = (uint32_t)b.bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
+
+// Runs `body` for every thread of every block.
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
+    gridDim = grid; blockDim = block;
+    unsigned nthreads = block.x * block.y * block.z;
+    if (nthreads % 32) { fprintf(stderr, "block not a multiple of 32\n"); std::abort(); }
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::barrier<> bar(nthreads);
+        g_block_bar = &bar;
+        std::vector<std::unique_ptr<WarpCtx>> warps;
+        for (unsigned w = 0; w < nthreads / 32; ++w) warps.emplace_back(new WarpCtx());
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < nthreads; ++t) {
+            ts.emplace_back([&, t] {
+                threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                blockIdx = dim3{bx, by, bz};
+                g_warp = warps[t / 32].get();
+                g_lane = t % 32;
+                body();
+            });
+        }
+        for (auto& th : ts) th.join();
+    }
+}

@@ -1,0 +1,49 @@
+//! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
+//! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
+
+use kiln_cuda::codegen::elementwise_kernel;
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
+use kiln_ir::DType;
+
+fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
+    ExprNode::Op { op, args: args.to_vec() }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args().nth(1).ok_or("usage: emu_dump <folder>")?;
+    let silu = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            node(ElementwiseOp::Unary(UnaryOp::Sigmoid), &[0]),
+            node(ElementwiseOp::Binary(BinaryOp::Mul), &[0, 1]),
+        ],
+    };
+    let bias_residual_relu = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            ExprNode::Input(1),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[0, 1]),
+            node(ElementwiseOp::Unary(UnaryOp::Relu), &[2]),
+            ExprNode::Input(2),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+        ],
+    };
+    let pymod = Expr::op(ElementwiseOp::Binary(BinaryOp::Mod { fmod: false }), 2);
+    let cases = [
+        ("silu", silu, vec![DType::F16]),
+        ("brr", bias_residual_relu, vec![DType::F32; 3]),
+        ("pymod", pymod, vec![DType::I32; 2]),
+    ];
+    for (name, e, ins) in cases {
+        let k = elementwise_kernel(&e, &ins)?;
+        let src = k
+            .source
+            .replace("#include <cuda_fp16.h>", "")
+            .replace("#include <cuda_bf16.h>", "")
+            .replace("#pragma once", "")
+            .replace(&k.name, &format!("kernel_{name}"));
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.inc")), src)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,915 @@
+//! Code generation: an [`Expr`] of the fused IR becomes straight-line CUDA C, spliced into the
+//! elementwise template (`kernels/elementwise.cu`) to make one kernel per fused node.
+//!
+//! Every step holds its value in the step's compute type: f32 for f16, bf16 and f32 (so math
+//! on half types is done in f32 and rounded once, at the store), f64 for f64, the type itself
+//! for integers and bool. A `Cast` to f16 or bf16 rounds where it stands, so casts keep their
+//! meaning. An op or type with no CUDA lowering is an error that names it.
+
+use crate::error::{CudaError, Result};
+use crate::kernels::{inline_common, KernelFamily};
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp, VariadicOp};
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, InferInput};
+use kiln_ir::{DType, TypeInfo};
+use sha2::{Digest, Sha256};
+use std::fmt::Write;
+
+/// A generated elementwise kernel, ready for NVRTC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElementwiseKernel {
+    /// The kernel's name, `fused_<hash>_<dtype>` or `epilogue_<hash>_<dtype>`.
+    pub name: String,
+    /// The complete source.
+    pub source: String,
+    /// The generated part alone (the expression and the per-element code), for snapshots.
+    pub generated: String,
+    /// The element type of each input.
+    pub inputs: Vec<DType>,
+    /// The output's element type.
+    pub output: DType,
+    /// Elements per 16-byte vector on the vector path.
+    pub vec: usize,
+}
+
+/// The storage type of an element type in CUDA C.
+pub fn storage_type(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "float",
+        DType::F16 => "__half",
+        DType::BF16 => "__nv_bfloat16",
+        DType::F64 => "double",
+        DType::I8 => "signed char",
+        DType::U8 => "unsigned char",
+        DType::I16 => "short",
+        DType::U16 => "unsigned short",
+        DType::I32 => "int",
+        DType::U32 => "unsigned int",
+        DType::I64 => "long long",
+        DType::U64 => "unsigned long long",
+        DType::Bool => "bool",
+        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+    })
+}
+
+/// The type a value of `dt` is computed in.
+pub fn compute_type(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F16 | DType::BF16 => "float",
+        other => storage_type(other)?,
+    })
+}
+
+/// The short dtype name used in kernel names (`f32`, `f16`, ...).
+pub fn dtype_suffix(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        DType::I8 => "i8",
+        DType::U8 => "u8",
+        DType::I16 => "i16",
+        DType::U16 => "u16",
+        DType::I32 => "i32",
+        DType::U32 => "u32",
+        DType::I64 => "i64",
+        DType::U64 => "u64",
+        DType::Bool => "bool",
+        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+    })
+}
+
+fn storage_size(dt: DType) -> usize {
+    match dt {
+        DType::F64 | DType::I64 | DType::U64 => 8,
+        DType::F32 | DType::I32 | DType::U32 => 4,
+        DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+        _ => 1,
+    }
+}
+
+fn is_floating(dt: DType) -> bool {
+    matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+}
+
+fn is_signed_int(dt: DType) -> bool {
+    matches!(dt, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+}
+
+fn is_unsigned_int(dt: DType) -> bool {
+    matches!(dt, DType::U8 | DType::U16 | DType::U32 | DType::U64)
+}
+
+/// Converts a stored value (C expression `x`) to its compute type.
+fn load_expr(dt: DType, x: &str) -> String {
+    match dt {
+        DType::F16 => format!("__half2float({x})"),
+        DType::BF16 => format!("__bfloat162float({x})"),
+        _ => x.to_string(),
+    }
+}
+
+/// Converts a computed value (C expression `x`) to the storage type of `dt`.
+fn store_expr(dt: DType, x: &str) -> Result<String> {
+    Ok(match dt {
+        DType::F16 => format!("__float2half_rn({x})"),
+        DType::BF16 => format!("__float2bfloat16_rn({x})"),
+        DType::Bool => format!("(bool)({x})"),
+        other => format!("({})({x})", storage_type(other)?),
+    })
+}
+
+/// A literal of `dt`'s compute type with the value `v` as that type holds it.
+pub fn literal(v: f64, dt: DType) -> Result<String> {
+    let f32_lit = |x: f32| {
+        if x.is_nan() {
+            "__int_as_float(0x7fc00000)".to_string()
+        } else if x.is_infinite() {
+            format!("{}__int_as_float(0x7f800000)", if x < 0.0 { "-" } else { "" })
+        } else {
+            format!("{x:?}f")
+        }
+    };
+    Ok(match dt {
+        DType::F32 => f32_lit(v as f32),
+        DType::F16 => f32_lit(half::f16::from_f64(v).to_f32()),
+        DType::BF16 => f32_lit(half::bf16::from_f64(v).to_f32()),
+        DType::F64 => {
+            if v.is_nan() {
+                "__longlong_as_double(0x7ff8000000000000LL)".into()
+            } else if v.is_infinite() {
+                format!("{}__longlong_as_double(0x7ff0000000000000LL)", if v < 0.0 { "-" } else { "" })
+            } else {
+                format!("{v:?}")
+            }
+        }
+        DType::Bool => (if v != 0.0 { "true" } else { "false" }).into(),
+        DType::I64 => {
+            let i = v as i64;
+            if i == i64::MIN {
+                "(-9223372036854775807LL - 1)".into()
+            } else {
+                format!("{i}LL")
+            }
+        }
+        DType::U64 => format!("{}ULL", v as u64),
+        DType::I32 => {
+            let i = v as i32;
+            if i == i32::MIN {
+                "(-2147483647 - 1)".into()
+            } else {
+                format!("{i}")
+            }
+        }
+        DType::U32 => format!("{}u", v as u32),
+        DType::I8 => format!("(signed char)({})", v as i8),
+        DType::U8 => format!("(unsigned char)({})", v as u8),
+        DType::I16 => format!("(short)({})", v as i16),
+        DType::U16 => format!("(unsigned short)({})", v as u16),
+        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+    })
+}
+
+/// The CUDA math function `name` for a float compute type: `expf` for f32, `exp` for f64.
+fn math(name: &str, dt: DType) -> String {
+    if dt == DType::F64 {
+        name.to_string()
+    } else {
+        format!("{name}f")
+    }
+}
+
+/// One generated expression: a `__device__` function `fname` taking the inputs in their
+/// compute types and returning the result in its compute type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExprCode {
+    /// The function's source.
+    pub code: String,
+    /// The result's element type.
+    pub output: DType,
+}
+
+/// Emits `expr` over inputs of the given element types as a straight-line `__device__`
+/// function named `fname`.
+pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprCode> {
+    expr.check().map_err(|e| CudaError::Invalid(format!("bad expression {expr}: {e}")))?;
+    if expr.num_inputs() > inputs.len() {
+        return Err(CudaError::Invalid(format!(
+            "expression {expr} reads {} inputs, {} were given",
+            expr.num_inputs(),
+            inputs.len()
+        )));
+    }
+    let mut body = String::new();
+    let mut types: Vec<DType> = Vec::with_capacity(expr.nodes.len());
+    for (i, node) in expr.nodes.iter().enumerate() {
+        let (dt, value) = match node {
+            ExprNode::Input(k) => (inputs[*k], format!("in{k}")),
+            ExprNode::Scalar { value, dtype } => (*dtype, literal(*value, *dtype)?),
+            ExprNode::Op { op, args } => {
+                let arg_types: Vec<DType> = args.iter().map(|&a| types[a]).collect();
+                let dt = step_type(op, &arg_types)?;
+                let names: Vec<String> = args.iter().map(|a| format!("t{a}")).collect();
+                (dt, emit_op(op, &names, &arg_types, dt)?)
+            }
+        };
+        writeln!(body, "    const {} t{i} = {value};", compute_type(dt)?).unwrap_or(());
+        types.push(dt);
+    }
+    let output = *types.last().ok_or_else(|| CudaError::Invalid("empty expression".into()))?;
+    let params: Vec<String> = inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &dt)| Ok(format!("const {} in{k}", compute_type(dt)?)))
+        .collect::<Result<_>>()?;
+    let mut code = String::new();
+    writeln!(code, "// {expr}").unwrap_or(());
+    writeln!(code, "__device__ __forceinline__ {} {fname}({}) {{", compute_type(output)?, params.join(", "))
+        .unwrap_or(());
+    code.push_str(&body);
+    writeln!(code, "    return t{};", expr.nodes.len() - 1).unwrap_or(());
+    code.push_str("}\n");
+    Ok(ExprCode { code, output })
+}
+
+/// The element type of one step, by the IR's own type rule.
+fn step_type(op: &ElementwiseOp, args: &[DType]) -> Result<DType> {
+    let tys: Vec<TypeInfo> = args.iter().map(|&d| TypeInfo::known(d, &[])).collect();
+    let ins: Vec<Option<InferInput<'_>>> = tys.iter().map(|ty| Some(InferInput { ty, value: None })).collect();
+    let out = op.infer(&ins, 1).map_err(|e| CudaError::Invalid(format!("{}: {e}", op.name())))?;
+    out.first()
+        .and_then(|t| t.dtype)
+        .ok_or_else(|| CudaError::Invalid(format!("{}: the output type is unknown", op.name())))
+}
+
+fn unsupported(op: &ElementwiseOp, dt: DType) -> CudaError {
+    CudaError::Unsupported(format!("{} on {dt} has no CUDA lowering", op.name()))
+}
+
+/// The C expression of one op over argument variables `a` of types `at`, giving type `out`.
+fn emit_op(op: &ElementwiseOp, a: &[String], at: &[DType], out: DType) -> Result<String> {
+    let arity_err = || {
+        CudaError::Invalid(format!(
+            "{} takes a different number of inputs than {} in the expression",
+            op.name(),
+            a.len()
+        ))
+    };
+    let ct = compute_type(out)?;
+    match op {
+        ElementwiseOp::Unary(u) => {
+            let [x] = a else { return Err(arity_err()) };
+            unary(*u, op, x, at[0])
+        }
+        ElementwiseOp::Binary(b) => {
+            let [x, y] = a else { return Err(arity_err()) };
+            binary(*b, op, x, y, at[0], at[1], out)
+        }
+        ElementwiseOp::Variadic(v) => {
+            if a.is_empty() {
+                return Err(arity_err());
+            }
+            let dt = at[0];
+            let fold = |f: &dyn Fn(&str, &str) -> String| a[1..].iter().fold(a[0].clone(), |acc, x| f(&acc, x));
+            Ok(match v {
+                VariadicOp::Sum => format!("({ct})({})", a.join(" + ")),
+                VariadicOp::Mean => {
+                    let n = literal(a.len() as f64, dt)?;
+                    format!("({ct})(({}) / {n})", a.join(" + "))
+                }
+                // NaN wins, as with numpy's maximum and minimum.
+                VariadicOp::Max => fold(&|p, q| format!("(({p} > {q} || {p} != {p}) ? {p} : {q})")),
+                VariadicOp::Min => fold(&|p, q| format!("(({p} < {q} || {p} != {p}) ? {p} : {q})")),
+            })
+        }
+        ElementwiseOp::Where => {
+            let [c, x, y] = a else { return Err(arity_err()) };
+            if at[0] != DType::Bool {
+                return Err(CudaError::Invalid(format!("Where: the condition must be bool, found {}", at[0])));
+            }
+            Ok(format!("({c} ? {x} : {y})"))
+        }
+        ElementwiseOp::Clip { min, max } => {
+            let dt = at[0];
+            let x = a.first().ok_or_else(arity_err)?;
+            let lo = match (a.get(1), min) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(m)) => Some(literal(*m as f64, dt)?),
+                _ => None,
+            };
+            let hi = match (a.get(2), max) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(m)) => Some(literal(*m as f64, dt)?),
+                _ => None,
+            };
+            // Lower bound first, so that min > max gives max, as the spec asks.
+            let mut e = x.clone();
+            if let Some(l) = lo {
+                e = format!("({e} < {l} ? {l} : {e})");
+            }
+            if let Some(h) = hi {
+                e = format!("({e} > {h} ? {h} : {e})");
+            }
+            Ok(e)
+        }
+        ElementwiseOp::Cast { to, .. } => {
+            let x = a.first().ok_or_else(arity_err)?;
+            cast(x, at[0], *to)
+        }
+        ElementwiseOp::CastLike { .. } => {
+            let x = a.first().ok_or_else(arity_err)?;
+            cast(x, at[0], out)
+        }
+        ElementwiseOp::LegacyBinary { .. } => {
+            Err(CudaError::Unsupported("legacy broadcasting has no place in an expression".into()))
+        }
+    }
+}
+
+/// A conversion of `x` (compute type of `from`) to the compute type of `to`, rounding where
+/// `to` is narrower than its compute type.
+fn cast(x: &str, from: DType, to: DType) -> Result<String> {
+    let to_ct = compute_type(to)?;
+    compute_type(from)?;
+    Ok(match to {
+        DType::F16 => format!("__half2float(__float2half_rn((float)({x})))"),
+        DType::BF16 => format!("__bfloat162float(__float2bfloat16_rn((float)({x})))"),
+        DType::Bool => format!("({x} != 0)"),
+        _ if from == DType::Bool => format!("({to_ct})({x} ? 1 : 0)"),
+        // Float to integer: NaN becomes 0 and out-of-range values saturate, as in Rust.
+        _ if is_floating(from) && !is_floating(to) => format!("({x} != {x} ? ({to_ct})0 : ({to_ct})({x}))"),
+        _ => format!("({to_ct})({x})"),
+    })
+}
+
+fn unary(u: UnaryOp, op: &ElementwiseOp, x: &str, dt: DType) -> Result<String> {
+    let ct = compute_type(dt)?;
+    let float = is_floating(dt);
+    let k = |v: f64| literal(v, if dt == DType::F64 { DType::F64 } else { DType::F32 });
+    let f = |name: &str| -> Result<String> {
+        if float {
+            Ok(format!("{}({x})", math(name, dt)))
+        } else {
+            Err(unsupported(op, dt))
+        }
+    };
+    let need_float = || if float { Ok(()) } else { Err(unsupported(op, dt)) };
+    Ok(match u {
+        UnaryOp::Abs if float => f("fabs")?,
+        UnaryOp::Abs if is_signed_int(dt) => format!("({ct})({x} < 0 ? -{x} : {x})"),
+        UnaryOp::Abs if is_unsigned_int(dt) => x.to_string(),
+        UnaryOp::Neg if float => format!("(-{x})"),
+        UnaryOp::Neg if is_signed_int(dt) || is_unsigned_int(dt) => format!("({ct})(0 - {x})"),
+        UnaryOp::Relu if float || is_signed_int(dt) => format!("({x} < 0 ? ({ct})0 : {x})"),
+        UnaryOp::Relu if is_unsigned_int(dt) => x.to_string(),
+        UnaryOp::Sign if float => format!("({x} > 0 ? {} : ({x} < 0 ? {} : {x}))", k(1.0)?, k(-1.0)?),
+        UnaryOp::Sign if is_signed_int(dt) || is_unsigned_int(dt) => format!("({ct})(({x} > 0) - ({x} < 0))"),
+        UnaryOp::Exp => f("exp")?,
+        UnaryOp::Log => f("log")?,
+        UnaryOp::Sqrt => f("sqrt")?,
+        UnaryOp::Floor => f("floor")?,
+        UnaryOp::Ceil => f("ceil")?,
+        // rint rounds half to even, as numpy's round does.
+        UnaryOp::Round => f("rint")?,
+        UnaryOp::Erf => f("erf")?,
+        UnaryOp::Sin => f("sin")?,
+        UnaryOp::Cos => f("cos")?,
+        UnaryOp::Tan => f("tan")?,
+        UnaryOp::Asin => f("asin")?,
+        UnaryOp::Acos => f("acos")?,
+        UnaryOp::Atan => f("atan")?,
+        UnaryOp::Sinh => f("sinh")?,
+        UnaryOp::Cosh => f("cosh")?,
+        UnaryOp::Asinh => f("asinh")?,
+        UnaryOp::Acosh => f("acosh")?,
+        UnaryOp::Atanh => f("atanh")?,
+        UnaryOp::Tanh => f("tanh")?,
+        UnaryOp::Reciprocal => {
+            need_float()?;
+            format!("({} / {x})", k(1.0)?)
+        }
+        UnaryOp::Not if dt == DType::Bool => format!("(!{x})"),
+        UnaryOp::BitwiseNot if is_signed_int(dt) || is_unsigned_int(dt) => format!("({ct})(~{x})"),
+        UnaryOp::IsNaN if float => format!("({x} != {x})"),
+        UnaryOp::IsInf { detect_negative, detect_positive } if float => {
+            format!("(isinf({x}) && ({x} > 0 ? {detect_positive} : {detect_negative}))")
+        }
+        UnaryOp::LeakyRelu { alpha } => {
+            need_float()?;
+            format!("({x} < 0 ? {} * {x} : {x})", k(alpha as f64)?)
+        }
+        UnaryOp::Elu { alpha } => {
+            need_float()?;
+            format!("({x} < 0 ? {} * ({}({x}) - {}) : {x})", k(alpha as f64)?, math("exp", dt), k(1.0)?)
+        }
+        UnaryOp::Selu { alpha, gamma } => {
+            need_float()?;
+            let (a, g) = (k(alpha as f64)?, k(gamma as f64)?);
+            format!("({x} <= 0 ? {g} * ({a} * {}({x}) - {a}) : {g} * {x})", math("exp", dt))
+        }
+        UnaryOp::Celu { alpha } => {
+            need_float()?;
+            let a = k(alpha as f64)?;
+            format!(
+                "({}({x}, {z}) + {}({a} * ({}({x} / {a}) - {one}), {z}))",
+                math("fmax", dt),
+                math("fmin", dt),
+                math("exp", dt),
+                z = k(0.0)?,
+                one = k(1.0)?
+            )
+        }
+        UnaryOp::Sigmoid => {
+            need_float()?;
+            format!("({one} / ({one} + {}(-{x})))", math("exp", dt), one = k(1.0)?)
+        }
+        UnaryOp::HardSigmoid { alpha, beta } => {
+            need_float()?;
+            format!(
+                "{}({}({} * {x} + {}, {}), {})",
+                math("fmax", dt),
+                math("fmin", dt),
+                k(alpha as f64)?,
+                k(beta as f64)?,
+                k(1.0)?,
+                k(0.0)?
+            )
+        }
+        UnaryOp::HardSwish => {
+            need_float()?;
+            format!(
+                "({x} * {}({}({} * {x} + {}, {}), {}))",
+                math("fmax", dt),
+                math("fmin", dt),
+                k(1.0 / 6.0)?,
+                k(0.5)?,
+                k(1.0)?,
+                k(0.0)?
+            )
+        }
+        // ln(1 + e^x) without overflow: past 20 the result is x.
+        UnaryOp::Softplus => {
+            need_float()?;
+            format!("({x} > {} ? {x} : {}({}({x})))", k(20.0)?, math("log1p", dt), math("exp", dt))
+        }
+        UnaryOp::Softsign => {
+            need_float()?;
+            format!("({x} / ({} + {}({x})))", k(1.0)?, math("fabs", dt))
+        }
+        UnaryOp::ThresholdedRelu { alpha } => {
+            need_float()?;
+            format!("({x} > {} ? {x} : {})", k(alpha as f64)?, k(0.0)?)
+        }
+        UnaryOp::Gelu { tanh: false } => {
+            need_float()?;
+            format!(
+                "({} * {x} * ({} + {}({x} * {})))",
+                k(0.5)?,
+                k(1.0)?,
+                math("erf", dt),
+                k(std::f64::consts::FRAC_1_SQRT_2)?
+            )
+        }
+        UnaryOp::Gelu { tanh: true } => {
+            need_float()?;
+            format!(
+                "({} * {x} * ({} + {}({} * ({x} + {} * {x} * {x} * {x}))))",
+                k(0.5)?,
+                k(1.0)?,
+                math("tanh", dt),
+                k((2.0 / std::f64::consts::PI).sqrt())?,
+                k(0.044715)?
+            )
+        }
+        UnaryOp::Mish => {
+            need_float()?;
+            format!(
+                "({x} * {}({x} > {} ? {x} : {}({}({x}))))",
+                math("tanh", dt),
+                k(20.0)?,
+                math("log1p", dt),
+                math("exp", dt)
+            )
+        }
+        UnaryOp::Shrink { bias, lambd } => {
+            need_float()?;
+            let (b, l) = (k(bias as f64)?, k(lambd as f64)?);
+            format!("({x} < -{l} ? {x} + {b} : ({x} > {l} ? {x} - {b} : {}))", k(0.0)?)
+        }
+        UnaryOp::Swish { alpha } => {
+            need_float()?;
+            format!("({x} / ({} + {}(-{} * {x})))", k(1.0)?, math("exp", dt), k(alpha as f64)?)
+        }
+        _ => return Err(unsupported(op, dt)),
+    })
+}
+
+fn binary(b: BinaryOp, op: &ElementwiseOp, x: &str, y: &str, xt: DType, yt: DType, out: DType) -> Result<String> {
+    let ct = compute_type(out)?;
+    let float = is_floating(xt);
+    let int = is_signed_int(xt) || is_unsigned_int(xt);
+    let width = storage_size(xt) * 8;
+    if !matches!(b, BinaryOp::Pow) && xt != yt {
+        return Err(CudaError::Invalid(format!("{}: inputs must have the same type, found {xt} and {yt}", b.name())));
+    }
+    Ok(match b {
+        BinaryOp::Add if float || int => format!("({ct})({x} + {y})"),
+        BinaryOp::Sub if float || int => format!("({ct})({x} - {y})"),
+        BinaryOp::Mul if float || int => format!("({ct})({x} * {y})"),
+        // Integer division by zero is the caller's to rule out; the CPU reference refuses it.
+        BinaryOp::Div if float || int => format!("({ct})({x} / {y})"),
+        BinaryOp::Pow if float && is_floating(yt) => format!("{}({x}, ({ct})({y}))", math("pow", xt)),
+        BinaryOp::Pow if float && !is_floating(yt) && yt != DType::Bool => {
+            format!("{}({x}, ({ct})({y}))", math("pow", xt))
+        }
+        BinaryOp::Pow if int && (is_signed_int(yt) || is_unsigned_int(yt)) => {
+            format!("({ct})kiln_ipow((long long)({x}), (long long)({y}))")
+        }
+        BinaryOp::Pow if int && is_floating(yt) => format!("({ct})pow((double)({x}), (double)({y}))"),
+        BinaryOp::Mod { fmod: true } if float => format!("{}({x}, {y})", math("fmod", xt)),
+        BinaryOp::Mod { fmod: true } if int => format!("({ct})({x} % {y})"),
+        // Python's modulo: the result takes the sign of the divisor.
+        BinaryOp::Mod { fmod: false } if float => format!("kiln_pymod({x}, {y})"),
+        BinaryOp::Mod { fmod: false } if int => format!("({ct})kiln_pymod({x}, {y})"),
+        BinaryOp::BitShift { left } if is_unsigned_int(xt) || is_signed_int(xt) => {
+            let sh = if left { "<<" } else { ">>" };
+            // Shifting by the bit width or more gives 0, as numpy does.
+            format!("(({y}) < 0 || ({y}) >= {width} ? ({ct})0 : ({ct})({x} {sh} {y}))")
+        }
+        BinaryOp::BitwiseAnd if int => format!("({ct})({x} & {y})"),
+        BinaryOp::BitwiseOr if int => format!("({ct})({x} | {y})"),
+        BinaryOp::BitwiseXor if int => format!("({ct})({x} ^ {y})"),
+        BinaryOp::And if xt == DType::Bool => format!("({x} && {y})"),
+        BinaryOp::Or if xt == DType::Bool => format!("({x} || {y})"),
+        BinaryOp::Xor if xt == DType::Bool => format!("({x} != {y})"),
+        BinaryOp::Equal => format!("({x} == {y})"),
+        BinaryOp::Less => format!("({x} < {y})"),
+        BinaryOp::LessOrEqual => format!("({x} <= {y})"),
+        BinaryOp::Greater => format!("({x} > {y})"),
+        BinaryOp::GreaterOrEqual => format!("({x} >= {y})"),
+        BinaryOp::PRelu if float || is_signed_int(xt) => format!("({x} < 0 ? ({ct})({x} * {y}) : {x})"),
+        _ => return Err(unsupported(op, xt)),
+    })
+}
+
+/// Helpers the generated code may call, defined once per kernel.
+const HELPERS: &str = r#"// Integer power by squaring; negative exponents give 0 unless the base is 1 or -1.
+__device__ __forceinline__ long long kiln_ipow(long long b, long long e) {
+    if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
+    unsigned long long r = 1, p = (unsigned long long)b;
+    while (e) { if (e & 1) r *= p; p *= p; e >>= 1; }
+    return (long long)r;
+}
+// The remainder with the sign of the divisor (Python's %).
+template <typename T> __device__ __forceinline__ T kiln_pymod(T a, T b) {
+    const T r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ float kiln_pymod(float a, float b) {
+    const float r = fmodf(a, b);
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ double kiln_pymod(double a, double b) {
+    const double r = fmod(a, b);
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+"#;
+
+/// Generates the kernel of a `FusedElementwise` node with inputs of the given types.
+pub fn elementwise_kernel(expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {
+    generate("fused", expr, inputs)
+}
+
+/// Generates the epilogue kernel of a matrix op: `in0` is the accumulator (the matrix op's
+/// output, of type `acc`), the other inputs are the epilogue's (bias, residual).
+pub fn epilogue_kernel(expr: &Expr, acc: DType, extra: &[DType]) -> Result<ElementwiseKernel> {
+    let mut inputs = vec![acc];
+    inputs.extend_from_slice(extra);
+    generate("epilogue", expr, &inputs)
+}
+
+fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {
+    if inputs.is_empty() {
+        return Err(CudaError::Invalid(format!("{prefix} kernel for {expr} has no inputs")));
+    }
+    let e = expr_function(expr, inputs, "kiln_expr")?;
+    let out = e.output;
+    let min_size = inputs.iter().chain(std::iter::once(&out)).map(|&d| storage_size(d)).min().unwrap_or(1);
+    let vec = 16 / min_size;
+    let mut defs = String::new();
+    writeln!(defs, "#define KILN_NUM_INPUTS {}", inputs.len()).unwrap_or(());
+    writeln!(defs, "#define KILN_VEC {vec}").unwrap_or(());
+    // The helpers only where the expression calls them, so most kernels stay short.
+    if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
+        defs.push_str(HELPERS);
+    }
+    defs.push_str(&e.code);
+
+    let mut body = String::new();
+    // One element on the strided path.
+    body.push_str("__device__ __forceinline__ void kiln_element(const ElemArgs& a, i64 i) {\n");
+    let mut args = vec![];
+    for (k, &dt) in inputs.iter().enumerate() {
+        let st = storage_type(dt)?;
+        let load = load_expr(dt, &format!("((const {st}*)a.in[{k}])[kiln_offset(a, {k}, i)]"));
+        writeln!(body, "    const {} x{k} = {load};", compute_type(dt)?).unwrap_or(());
+        args.push(format!("x{k}"));
+    }
+    let out_st = storage_type(out)?;
+    writeln!(body, "    (({out_st}*)a.out)[i] = {};", store_expr(out, &format!("kiln_expr({})", args.join(", ")))?)
+        .unwrap_or(());
+    body.push_str("}\n");
+    // KILN_VEC elements on the vector path, each tensor moved in 16-byte pieces.
+    for (k, &dt) in inputs.iter().enumerate() {
+        writeln!(body, "struct __align__(16) kiln_vec{k} {{ {} v[KILN_VEC]; }};", storage_type(dt)?).unwrap_or(());
+    }
+    writeln!(body, "struct __align__(16) kiln_vec_out {{ {out_st} v[KILN_VEC]; }};").unwrap_or(());
+    body.push_str("__device__ __forceinline__ void kiln_vector(const ElemArgs& a, i64 v) {\n");
+    for (k, &dt) in inputs.iter().enumerate() {
+        let st = storage_type(dt)?;
+        writeln!(body, "    kiln_vec{k} r{k};").unwrap_or(());
+        writeln!(
+            body,
+            "    if ((a.scalar_mask >> {k}) & 1) {{ const {st} s = *(const {st}*)a.in[{k}]; \
+             for (int j = 0; j < KILN_VEC; ++j) r{k}.v[j] = s; }}\n    \
+             else if ((a.row_mask >> {k}) & 1) r{k} = ((const kiln_vec{k}*)a.in[{k}])[(v * KILN_VEC) % a.row_len / KILN_VEC];\n    \
+             else r{k} = ((const kiln_vec{k}*)a.in[{k}])[v];"
+        )
+        .unwrap_or(());
+    }
+    body.push_str("    kiln_vec_out o;\n#pragma unroll\n    for (int j = 0; j < KILN_VEC; ++j)\n");
+    let vargs: Vec<String> = inputs.iter().enumerate().map(|(k, &dt)| load_expr(dt, &format!("r{k}.v[j]"))).collect();
+    writeln!(body, "        o.v[j] = {};", store_expr(out, &format!("kiln_expr({})", vargs.join(", ")))?).unwrap_or(());
+    body.push_str("    ((kiln_vec_out*)a.out)[v] = o;\n}\n");
+
+    let generated = format!("{defs}\n{body}");
+    let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let name = format!("{prefix}_{hash}_{}", dtype_suffix(out)?);
+    let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
+    let template = KernelFamily::Elementwise.raw_source();
+    let source = inline_common(&template.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
+    Ok(ElementwiseKernel {
+        name,
+        source,
+        generated: format!("{defs}\n{body}"),
+        inputs: inputs.to_vec(),
+        output: out,
+        vec,
+    })
+}
+
+/// The bytes of the `ElemArgs` kernel parameter for given buffers and a broadcast.
+///
+/// `out_shape` is the output's shape; `strides[k]` the strides in elements of input `k` over
+/// those dims (0 where broadcast), `ptrs` the inputs' device addresses.
+pub fn elementwise_args(
+    kernel: &ElementwiseKernel,
+    ptrs: &[u64],
+    out_ptr: u64,
+    out_shape: &[usize],
+    strides: &[Vec<i64>],
+) -> Result<Vec<u8>> {
+    let n_in = kernel.inputs.len();
+    if ptrs.len() != n_in || strides.len() != n_in {
+        return Err(CudaError::Invalid(format!(
+            "{} takes {n_in} inputs, got {} pointers and {} stride lists",
+            kernel.name,
+            ptrs.len(),
+            strides.len()
+        )));
+    }
+    // Dims of size 1 carry nothing; merge neighbours that every input reads alike.
+    let (dims, strides) = collapse(out_shape, strides)?;
+    if dims.len() > MAX_RANK {
+        return Err(CudaError::Invalid(format!(
+            "{}: rank {} after collapsing exceeds {MAX_RANK}",
+            kernel.name,
+            dims.len()
+        )));
+    }
+    let n: usize = out_shape.iter().product();
+    // One bit per input; past 30 inputs the vector path is off and the mask unused.
+    let scalar_mask: i32 =
+        (0..n_in.min(30)).filter(|&k| strides[k].iter().all(|&s| s == 0)).fold(0, |m, k| m | (1 << k));
+    // Contiguous: the strides are the row-major strides of the output.
+    let mut contiguous_strides = vec![0i64; dims.len()];
+    let mut acc = 1i64;
+    for d in (0..dims.len()).rev() {
+        contiguous_strides[d] = acc;
+        acc *= dims[d] as i64;
+    }
+    // A row: read along the last dim only, a whole number of vectors long.
+    let row_len = dims.last().copied().unwrap_or(1);
+    let row_ok = dims.len() >= 2 && row_len.is_multiple_of(kernel.vec);
+    let row_mask: i32 = (0..n_in.min(30))
+        .filter(|&k| {
+            let s = &strides[k];
+            row_ok && s.last() == Some(&1) && s[..s.len() - 1].iter().all(|&x| x == 0)
+        })
+        .fold(0, |m, k| m | (1 << k));
+    let vec_ok = n_in <= 30
+        && (0..n_in).all(|k| {
+            (scalar_mask >> k) & 1 == 1
+                || (ptrs[k].is_multiple_of(16) && (strides[k] == contiguous_strides || (row_mask >> k) & 1 == 1))
+        })
+        && out_ptr.is_multiple_of(16);
+    let mut b = Vec::new();
+    for p in ptrs {
+        b.extend(p.to_ne_bytes());
+    }
+    b.extend(out_ptr.to_ne_bytes());
+    b.extend((n as i64).to_ne_bytes());
+    for d in 0..MAX_RANK {
+        b.extend((*dims.get(d).unwrap_or(&1) as i64).to_ne_bytes());
+    }
+    for s in &strides {
+        for d in 0..MAX_RANK {
+            b.extend(s.get(d).copied().unwrap_or(0).to_ne_bytes());
+        }
+    }
+    b.extend((dims.len() as i32).to_ne_bytes());
+    b.extend((vec_ok as i32).to_ne_bytes());
+    b.extend(scalar_mask.to_ne_bytes());
+    b.extend(row_mask.to_ne_bytes());
+    b.extend((row_len as i64).to_ne_bytes());
+    Ok(b)
+}
+
+/// The largest rank the strided kernels take (`KILN_MAX_RANK` in `common.cuh`).
+pub const MAX_RANK: usize = 8;
+
+/// Drops dims of size 1 and merges neighbouring dims that every input reads contiguously
+/// across (or broadcasts across), so a broadcast over many dims fits [`MAX_RANK`].
+pub fn collapse(shape: &[usize], strides: &[Vec<i64>]) -> Result<(Vec<usize>, Vec<Vec<i64>>)> {
+    if let Some(s) = strides.iter().find(|s| s.len() != shape.len()) {
+        return Err(CudaError::Invalid(format!("strides {s:?} do not match the output rank {}", shape.len())));
+    }
+    let mut dims: Vec<usize> = vec![];
+    let mut out: Vec<Vec<i64>> = vec![vec![]; strides.len()];
+    for (d, &size) in shape.iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let mergeable = !dims.is_empty()
+            && strides.iter().zip(&out).all(|(s, o)| {
+                let prev = *o.last().unwrap_or(&0);
+                prev == s[d] * size as i64
+            });
+        if mergeable {
+            let last = dims.len() - 1;
+            dims[last] *= size;
+            for (o, s) in out.iter_mut().zip(strides) {
+                let l = o.len() - 1;
+                o[l] = s[d];
+            }
+        } else {
+            dims.push(size);
+            for (o, s) in out.iter_mut().zip(strides) {
+                o.push(s[d]);
+            }
+        }
+    }
+    Ok((dims, out))
+}
+
+/// The strides of a row-major tensor of shape `shape` read broadcast over `out` (numpy rules:
+/// trailing dims line up; 0 where the tensor has size 1 or lacks the dim).
+pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<i64>> {
+    if shape.len() > out.len() {
+        return Err(CudaError::Invalid(format!("shape {shape:?} does not broadcast to {out:?}")));
+    }
+    let lead = out.len() - shape.len();
+    let mut strides = vec![0i64; out.len()];
+    let mut acc = 1i64;
+    for d in (0..shape.len()).rev() {
+        let (s, o) = (shape[d], out[lead + d]);
+        if s != 1 && s != o {
+            return Err(CudaError::Invalid(format!("shape {shape:?} does not broadcast to {out:?}")));
+        }
+        strides[lead + d] = if s == 1 { 0 } else { acc };
+        acc *= s as i64;
+    }
+    Ok(strides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
+        ExprNode::Op { op, args: args.to_vec() }
+    }
+
+    /// The one place these tests call the generator: the error of lowering `e` over `inputs`.
+    fn error_of(e: &Expr, inputs: &[DType]) -> String {
+        match elementwise_kernel(e, inputs) {
+            Ok(k) => panic!("{e} over {inputs:?} lowered to {}", k.name),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn unsupported_ops_and_types_are_named() {
+        let not_f32 = Expr::op(ElementwiseOp::Unary(UnaryOp::BitwiseNot), 1);
+        assert_eq!(error_of(&not_f32, &[DType::F32]), "BitwiseNot on f32 has no CUDA lowering");
+        let exp_int = Expr::op(ElementwiseOp::Unary(UnaryOp::Exp), 1);
+        assert_eq!(error_of(&exp_int, &[DType::I32]), "Exp on i32 has no CUDA lowering");
+        let add = Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2);
+        assert_eq!(error_of(&add, &[DType::F8E4M3FN, DType::F8E4M3FN]), "element type f8e4m3fn has no CUDA kernels");
+        assert_eq!(error_of(&add, &[DType::F32, DType::F16]), "Add: inputs must have the same type, found f32 and f16");
+        let legacy = Expr::op(ElementwiseOp::LegacyBinary { op: BinaryOp::Add, axis: 1 }, 2);
+        assert!(error_of(&legacy, &[DType::F32, DType::F32]).contains("legacy broadcasting"));
+        assert!(error_of(&add, &[DType::F32]).contains("reads 2 inputs, 1 were given"));
+        let forward = Expr { nodes: vec![node(ElementwiseOp::Unary(UnaryOp::Relu), &[1]), ExprNode::Input(0)] };
+        assert!(error_of(&forward, &[DType::F32]).contains("does not come before it"));
+        let cond = Expr::op(ElementwiseOp::Where, 3);
+        assert!(error_of(&cond, &[DType::F32; 3]).contains("condition must be bool"));
+        let bits = Expr::op(ElementwiseOp::Binary(BinaryOp::BitwiseAnd), 2);
+        assert_eq!(error_of(&bits, &[DType::F16, DType::F16]), "BitwiseAnd on f16 has no CUDA lowering");
+    }
+
+    #[test]
+    fn types_follow_the_ir() {
+        // A comparison outputs bool; a cast rounds to f16 where it stands.
+        let e = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                node(ElementwiseOp::Cast { to: DType::F16, saturate: true }, &[0]),
+                ExprNode::Scalar { value: 0.1, dtype: DType::F16 },
+                node(ElementwiseOp::Binary(BinaryOp::Less), &[1, 2]),
+            ],
+        };
+        let k = elementwise_kernel(&e, &[DType::F32]).unwrap();
+        assert_eq!(k.output, DType::Bool);
+        assert_eq!(k.vec, 16, "bool output moves 16 elements per 16 bytes");
+        assert!(k.name.starts_with("fused_") && k.name.ends_with("_bool"), "{}", k.name);
+        assert!(k.generated.contains("__half2float(__float2half_rn((float)(t0)))"));
+        // 0.1 as f16 is 0.0999755859375, which is what the kernel must compare with.
+        assert!(k.generated.contains("0.099975586f"), "{}", k.generated);
+    }
+
+    #[test]
+    fn literals_keep_their_type() {
+        assert_eq!(literal(3.0, DType::F32).unwrap(), "3.0f");
+        assert_eq!(literal(1e-5, DType::F32).unwrap(), "1e-5f");
+        assert_eq!(literal(f64::NEG_INFINITY, DType::F16).unwrap(), "-__int_as_float(0x7f800000)");
+        assert_eq!(literal(f64::NAN, DType::F64).unwrap(), "__longlong_as_double(0x7ff8000000000000LL)");
+        assert_eq!(literal(i64::MIN as f64, DType::I64).unwrap(), "(-9223372036854775807LL - 1)");
+        assert_eq!(literal(2.0, DType::Bool).unwrap(), "true");
+        assert_eq!(literal(300.0, DType::U8).unwrap(), "(unsigned char)(255)");
+        assert!(literal(1.0, DType::F4E2M1).is_err());
+    }
+
+    #[test]
+    fn collapse_merges_what_every_input_reads_alike() {
+        // [2, 3, 4] + [3, 1]: input 1 is broadcast over dims 0 and 2 but read along dim 1, so
+        // no two neighbouring dims are read alike by both inputs and nothing merges.
+        let out = [2, 3, 4];
+        let a = broadcast_strides(&[2, 3, 4], &out).unwrap();
+        let b = broadcast_strides(&[3, 1], &out).unwrap();
+        assert_eq!(b, vec![0, 1, 0]);
+        let (dims, s) = collapse(&out, &[a, b]).unwrap();
+        assert_eq!(dims, vec![2, 3, 4]);
+        assert_eq!(s, vec![vec![12, 4, 1], vec![0, 1, 0]]);
+        // Same shapes collapse to one dim; size-1 dims vanish.
+        let c = broadcast_strides(&[2, 1, 3, 4], &[2, 1, 3, 4]).unwrap();
+        let (dims, s) = collapse(&[2, 1, 3, 4], &[c.clone(), c]).unwrap();
+        assert_eq!(dims, vec![24]);
+        assert_eq!(s, vec![vec![1], vec![1]]);
+        assert!(broadcast_strides(&[3], &[2, 4]).is_err());
+        assert!(collapse(&[2, 3], &[vec![1]]).is_err());
+    }
+
+    #[test]
+    fn args_choose_the_vector_path_only_when_safe() {
+        let k =
+            elementwise_kernel(&Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2), &[DType::F32, DType::F32]).unwrap();
+        let field = |b: &[u8], at: usize| i32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        // ptrs (2) + out + n + dims (8) + strides (2 x 8) = 28 eight-byte words, then rank, vec, mask.
+        let words = 8 * (2 + 1 + 1 + 8 + 16);
+        let full = vec![4i64, 1];
+        let scalar = vec![0i64, 0];
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), scalar.clone()]).unwrap();
+        assert_eq!(b.len(), words + 24);
+        assert_eq!((field(&b, words), field(&b, words + 4), field(&b, words + 8)), (1, 1, 0b10));
+        // A misaligned pointer or a transposed read takes the strided path.
+        let b = elementwise_args(&k, &[260, 512], 1024, &[3, 4], &[full.clone(), scalar]).unwrap();
+        assert_eq!(field(&b, words + 4), 0);
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), vec![1, 3]]).unwrap();
+        assert_eq!((field(&b, words), field(&b, words + 4)), (2, 0));
+        // A bias row of 4 (one f32 vector) over [3, 4] keeps the vector path; a row of 6 does
+        // not (a vector would straddle two rows).
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![0, 1]]).unwrap();
+        assert_eq!((field(&b, words + 4), field(&b, words + 8), field(&b, words + 12)), (1, 0, 0b10));
+        assert_eq!(i64::from_ne_bytes(b[words + 16..words + 24].try_into().unwrap()), 4);
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 6], &[vec![6, 1], vec![0, 1]]).unwrap();
+        assert_eq!((field(&b, words + 4), field(&b, words + 12)), (0, 0));
+        assert!(elementwise_args(&k, &[256], 1024, &[3, 4], &[vec![4, 1]]).is_err());
+        // Forty inputs: the strided path, and no overflow of the scalar mask.
+        let sum = Expr::op(ElementwiseOp::Variadic(VariadicOp::Sum), 40);
+        let k = elementwise_kernel(&sum, &[DType::F32; 40]).unwrap();
+        let b = elementwise_args(&k, &[256; 40], 1024, &[3, 4], &vec![vec![0, 0]; 40]).unwrap();
+        let at = 8 * (40 + 1 + 1 + 8 + 40 * 8);
+        assert_eq!(field(&b, at + 4), 0);
+    }
+}

@@ -1,0 +1,347 @@
+//! Launch configurations and the parameter structs of the kernel families, kept next to each
+//! other so that the host side of a kernel's signature lives in one place.
+//!
+//! Everything here is pure: it builds bytes and grid sizes, and runs without a GPU. The
+//! structs mirror the C structs of the `.cu` files field by field (all fields 8 bytes, or two
+//! 4-byte fields in a row, so no padding differs between Rust and C).
+
+use crate::driver::{LaunchConfig, Param};
+use crate::error::{CudaError, Result};
+
+/// Threads per block of the grid-stride kernels.
+pub const THREADS: u32 = 256;
+/// Blocks are capped here; a grid-stride loop covers the rest.
+pub const MAX_BLOCKS: u64 = 65_535;
+
+/// A grid-stride launch over `n` elements.
+pub fn grid_stride(n: u64) -> LaunchConfig {
+    LaunchConfig::linear(n.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32, THREADS)
+}
+
+/// Most threads a per-row block gets. At 256 threads every kernel can launch whatever
+/// registers the compiler gave it (65536 per SM / 256 = 255, the most a thread can have),
+/// which 1024 would not guarantee; a thread then loops over n / 256 elements.
+pub const ROW_THREADS: u64 = 256;
+
+/// One block per row (grid-stride over rows) for rows of `n` elements: enough warps to cover
+/// the row, at most [`ROW_THREADS`].
+pub fn per_row(rows: u64, n: u64) -> LaunchConfig {
+    let threads = (n.div_ceil(32) * 32).clamp(32, ROW_THREADS) as u32;
+    LaunchConfig::linear(rows.clamp(1, MAX_BLOCKS) as u32, threads)
+}
+
+/// The batched tiled transpose: 32x32 tiles of 32x8 threads.
+pub fn transpose2d(batch: u64, rows: u64, cols: u64) -> Result<LaunchConfig> {
+    let (gx, gy) = (cols.div_ceil(32).max(1), rows.div_ceil(32).max(1));
+    if gx > u32::MAX as u64 || gy > MAX_BLOCKS {
+        return Err(CudaError::Invalid(format!("transpose of {rows} x {cols} is too large for one launch")));
+    }
+    Ok(LaunchConfig {
+        grid: (gx as u32, gy as u32, batch.clamp(1, MAX_BLOCKS) as u32),
+        block: (32, 8, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// Collapses a strided view for the `permute_*` kernel: `Strided { dims[8], strides[8] }`.
+pub fn strided_param(dims: &[usize], strides: &[i64]) -> Result<(Param, i32)> {
+    let (dims, s) = crate::codegen::collapse(dims, &[strides.to_vec()])?;
+    if dims.len() > crate::codegen::MAX_RANK {
+        return Err(CudaError::Invalid(format!(
+            "rank {} exceeds {} after collapsing",
+            dims.len(),
+            crate::codegen::MAX_RANK
+        )));
+    }
+    let mut v = vec![1i64; 16];
+    for (d, &n) in dims.iter().enumerate() {
+        v[d] = n as i64;
+        v[8 + d] = s[0][d];
+    }
+    Ok((Param::i64s(&v), dims.len() as i32))
+}
+
+/// Element width name of a `permute_*`, `pad_*`, ... kernel for elements of `size` bytes.
+pub fn width_suffix(size: usize) -> Result<&'static str> {
+    Ok(match size {
+        1 => "u8",
+        2 => "u16",
+        4 => "u32",
+        8 => "u64",
+        n => return Err(CudaError::Unsupported(format!("no data-movement kernel moves {n}-byte elements"))),
+    })
+}
+
+/// Pooling parameters (`PoolArgs` in `pool.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolArgs {
+    /// N * C.
+    pub planes: i64,
+    /// Input height and width.
+    pub ih: i64,
+    /// Input width.
+    pub iw: i64,
+    /// Output height.
+    pub oh: i64,
+    /// Output width.
+    pub ow: i64,
+    /// Kernel height.
+    pub kh: i64,
+    /// Kernel width.
+    pub kw: i64,
+    /// Stride along H.
+    pub sh: i64,
+    /// Stride along W.
+    pub sw: i64,
+    /// Dilation along H.
+    pub dh: i64,
+    /// Dilation along W.
+    pub dw: i64,
+    /// Padding before H.
+    pub ph0: i64,
+    /// Padding before W.
+    pub pw0: i64,
+    /// Padding after H.
+    pub ph1: i64,
+    /// Padding after W.
+    pub pw1: i64,
+    /// AveragePool's count_include_pad.
+    pub count_include_pad: bool,
+}
+
+impl PoolArgs {
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        Param::i64s(&[
+            self.planes,
+            self.ih,
+            self.iw,
+            self.oh,
+            self.ow,
+            self.kh,
+            self.kw,
+            self.sh,
+            self.sw,
+            self.dh,
+            self.dw,
+            self.ph0,
+            self.pw0,
+            self.ph1,
+            self.pw1,
+            self.count_include_pad as i64,
+        ])
+    }
+}
+
+/// Resize parameters (`ResizeArgs` in `resize.cu`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResizeArgs {
+    /// N * C.
+    pub planes: i64,
+    /// Input height.
+    pub ih: i64,
+    /// Input width.
+    pub iw: i64,
+    /// Output height.
+    pub oh: i64,
+    /// Output width.
+    pub ow: i64,
+    /// Scale along H (output / input unless given).
+    pub scale_h: f64,
+    /// Scale along W.
+    pub scale_w: f64,
+    /// `COORD_*` in `resize.cu`.
+    pub coord_mode: i64,
+    /// `NEAREST_*` in `resize.cu`.
+    pub nearest_mode: i64,
+}
+
+impl ResizeArgs {
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        let mut b = Param::i64s(&[self.planes, self.ih, self.iw, self.oh, self.ow]).0;
+        b.extend(self.scale_h.to_ne_bytes());
+        b.extend(self.scale_w.to_ne_bytes());
+        b.extend(self.coord_mode.to_ne_bytes());
+        b.extend(self.nearest_mode.to_ne_bytes());
+        Param(b)
+    }
+}
+
+/// The strides of one attention operand in elements over (batch, head, row); the head dim is
+/// contiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AttnStrides {
+    /// Between batches.
+    pub batch: i64,
+    /// Between heads.
+    pub head: i64,
+    /// Between rows (sequence positions).
+    pub row: i64,
+}
+
+impl AttnStrides {
+    /// `[B, H, S, D]`, contiguous.
+    pub fn bhsd(heads: usize, seq: usize, d: usize) -> AttnStrides {
+        AttnStrides { batch: (heads * seq * d) as i64, head: (seq * d) as i64, row: d as i64 }
+    }
+    /// `[B, S, H * D]` with rows `row_width` elements apart: heads merged (the output of
+    /// PackedAttention), or one third of the packed QKV projection when `row_width` is
+    /// `3 * H * D` (offset the pointer by `H * D` or `2 * H * D` for K and V).
+    pub fn bshd(heads: usize, seq: usize, d: usize, row_width: usize) -> AttnStrides {
+        let _ = heads;
+        AttnStrides { batch: (seq * row_width) as i64, head: d as i64, row: row_width as i64 }
+    }
+}
+
+/// Attention parameters (`AttnArgs` in `attention.cu`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnArgs {
+    /// Q, K, V, output and mask addresses (mask 0 when absent).
+    pub ptrs: [u64; 5],
+    /// Batch size.
+    pub batch: i64,
+    /// Heads.
+    pub heads: i64,
+    /// Query rows.
+    pub sq: i64,
+    /// Keys.
+    pub sk: i64,
+    /// Q's strides.
+    pub q: AttnStrides,
+    /// K's strides.
+    pub k: AttnStrides,
+    /// V's strides.
+    pub v: AttnStrides,
+    /// The output's strides.
+    pub o: AttnStrides,
+    /// The mask's strides over (batch, head, query row, key), 0 where broadcast.
+    pub mask: [i64; 4],
+    /// The factor of Q K^T.
+    pub scale: f32,
+}
+
+/// Query rows per block of the attention kernels (`ATTN_WARPS`).
+pub const ATTN_ROWS_PER_BLOCK: u64 = 8;
+
+impl AttnArgs {
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        let mut v: Vec<i64> = self.ptrs.iter().map(|&p| p as i64).collect();
+        v.extend([self.batch, self.heads, self.sq, self.sk]);
+        for s in [self.q, self.k, self.v, self.o] {
+            v.extend([s.batch, s.head, s.row]);
+        }
+        v.extend(self.mask);
+        let mut b = Param::i64s(&v).0;
+        b.extend(self.scale.to_ne_bytes());
+        b.extend(((self.ptrs[4] != 0) as i32).to_ne_bytes());
+        Param(b)
+    }
+
+    /// The kernel for head size `d` and element type suffix `dt`, and its launch.
+    pub fn launch(&self, d: usize, dt: &str) -> Result<(String, LaunchConfig)> {
+        let sizes = crate::kernels::ATTENTION_HEAD_SIZES;
+        if !sizes.contains(&d) {
+            return Err(CudaError::Unsupported(format!("attention kernels take head sizes {sizes:?}, not {d}")));
+        }
+        if self.heads > MAX_BLOCKS as i64 || self.batch > MAX_BLOCKS as i64 {
+            return Err(CudaError::Invalid(format!(
+                "attention over {} batches x {} heads is too large",
+                self.batch, self.heads
+            )));
+        }
+        let cfg = LaunchConfig {
+            grid: ((self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK).max(1) as u32, self.heads as u32, self.batch as u32),
+            block: (ATTN_ROWS_PER_BLOCK as u32 * 32, 1, 1),
+            shared_bytes: 0,
+        };
+        Ok((format!("attention_d{d}_{dt}"), cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_cover_odd_sizes() {
+        for n in [1u64, 3, 50, 783, 4096, 1 << 40] {
+            let c = grid_stride(n);
+            assert!(c.grid.0 >= 1 && (c.grid.0 as u64) <= MAX_BLOCKS);
+            assert!(c.grid.0 as u64 * THREADS as u64 >= n.min(MAX_BLOCKS * THREADS as u64));
+            let r = per_row(n, n);
+            assert_eq!(r.block.0 % 32, 0);
+            assert!(r.block.0 as u64 <= ROW_THREADS);
+        }
+        assert_eq!(per_row(3, 50).block.0, 64);
+    }
+
+    #[test]
+    fn struct_params_have_the_c_sizes() {
+        let p = PoolArgs {
+            planes: 1,
+            ih: 1,
+            iw: 1,
+            oh: 1,
+            ow: 1,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph0: 0,
+            pw0: 0,
+            ph1: 0,
+            pw1: 0,
+            count_include_pad: false,
+        };
+        assert_eq!(p.param().0.len(), 16 * 8);
+        let r = ResizeArgs {
+            planes: 1,
+            ih: 1,
+            iw: 1,
+            oh: 1,
+            ow: 1,
+            scale_h: 1.0,
+            scale_w: 1.0,
+            coord_mode: 0,
+            nearest_mode: 0,
+        };
+        assert_eq!(r.param().0.len(), 9 * 8);
+        let s = AttnStrides::bhsd(2, 3, 64);
+        let a = AttnArgs {
+            ptrs: [1, 2, 3, 4, 0],
+            batch: 1,
+            heads: 2,
+            sq: 3,
+            sk: 3,
+            q: s,
+            k: s,
+            v: s,
+            o: s,
+            mask: [0; 4],
+            scale: 0.125,
+        };
+        // 5 pointers, 4 sizes, 12 strides, 4 mask strides, then a float and an int.
+        assert_eq!(a.param().0.len(), 25 * 8 + 8);
+        let (name, cfg) = a.launch(64, "f16").unwrap();
+        assert_eq!(name, "attention_d64_f16");
+        assert_eq!(cfg.grid, (1, 2, 1));
+        assert!(a.launch(72, "f16").unwrap_err().to_string().contains("not 72"));
+        assert_eq!(a.launch(16, "bf16").unwrap().0, "attention_d16_bf16");
+    }
+
+    #[test]
+    fn strided_param_collapses_contiguous_runs() {
+        // A [2, 3, 4] tensor read in order collapses to one dim of 24.
+        let (p, rank) = strided_param(&[2, 3, 4], &[12, 4, 1]).unwrap();
+        assert_eq!(rank, 1);
+        assert_eq!(&p.0[..8], &24i64.to_ne_bytes());
+        // A transpose does not collapse.
+        let (_, rank) = strided_param(&[4, 3], &[1, 4]).unwrap();
+        assert_eq!(rank, 2);
+        assert!(width_suffix(3).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The kernel library on one GPU: families compiled for the device's architecture on first
+//! use and loaded once, generated kernels likewise, and tensors on the device.
+
+use crate::codegen::ElementwiseKernel;
+use crate::driver::{Buffer, Gpu, Kernel, Module};
+use crate::error::{CudaError, Result};
+use crate::host::{tensor_bytes, tensor_from_bytes};
+use crate::kernels::KernelFamily;
+use crate::nvrtc::Nvrtc;
+use crate::plan::{BufferKind, ModuleRef, Plan, StepKind};
+use kiln_ir::{DType, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Compiled and loaded kernels of one GPU.
+pub struct KernelLibrary {
+    gpu: Arc<Gpu>,
+    nvrtc: Nvrtc,
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+}
+
+/// A tensor in device memory: a buffer, its element type and shape (row-major).
+pub struct DeviceTensor {
+    /// The memory.
+    pub buf: Buffer,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl KernelLibrary {
+    /// A library for `gpu`, compiling with `nvrtc`.
+    pub fn new(gpu: Arc<Gpu>, nvrtc: Nvrtc) -> KernelLibrary {
+        KernelLibrary { gpu, nvrtc, modules: Mutex::new(HashMap::new()) }
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn module(&self, key: &str, name: &str, source: &str) -> Result<Arc<Module>> {
+        let mut m = self.modules.lock().map_err(|_| CudaError::Driver("kernel library lock poisoned".into()))?;
+        if let Some(module) = m.get(key) {
+            return Ok(module.clone());
+        }
+        let cubin = self.nvrtc.compile(name, source, self.gpu.arch())?;
+        let module = Arc::new(self.gpu.load(&cubin.image)?);
+        m.insert(key.to_string(), module.clone());
+        Ok(module)
+    }
+
+    /// A kernel of a family, such as `layernorm_f16` of [`KernelFamily::Norm`].
+    pub fn kernel(&self, family: KernelFamily, name: &str) -> Result<(Arc<Module>, Kernel)> {
+        let module = self.module(family.name(), family.name(), &family.source())?;
+        let k = module.kernel(name)?;
+        Ok((module, k))
+    }
+
+    /// A generated kernel.
+    pub fn generated(&self, k: &ElementwiseKernel) -> Result<(Arc<Module>, Kernel)> {
+        let module = self.module(&k.name, &k.name, &k.source)?;
+        let kernel = module.kernel(&k.name)?;
+        Ok((module, kernel))
+    }
+
+    /// Copies a host tensor to the device.
+    pub fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        Ok(DeviceTensor { buf: self.gpu.upload(&tensor_bytes(t)?)?, dtype: t.dtype(), shape: t.shape().to_vec() })
+    }
+
+    /// A zeroed device tensor.
+    pub fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<DeviceTensor> {
+        let n: usize = shape.iter().product();
+        Ok(DeviceTensor { buf: self.gpu.zeros(n * dtype.size())?, dtype, shape: shape.to_vec() })
+    }
+
+    /// Copies a device tensor back.
+    pub fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        tensor_from_bytes(t.dtype, &t.shape, &self.gpu.download(&t.buf)?)
+    }
+
+    /// The device address of a tensor's first element.
+    pub fn addr(&self, t: &DeviceTensor) -> u64 {
+        self.gpu.addr(&t.buf, 0)
+    }
+}
+
+impl KernelLibrary {
+    /// Runs a plan whose steps are all kernel launches, synchronously, and returns its outputs.
+    ///
+    /// This is the reference path for testing plans against the CPU executor; the runtime owns
+    /// real execution (memory reuse, streams, CUDA graphs). GEMM steps need cuBLASLt, which is
+    /// the runtime's, so a plan with one is refused.
+    pub fn run_plan(&self, plan: &Plan, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let mut mem: Vec<Option<DeviceTensor>> = Vec::with_capacity(plan.buffers.len());
+        for b in &plan.buffers {
+            let t = match &b.kind {
+                BufferKind::Input(i) => {
+                    let t = inputs
+                        .get(*i)
+                        .ok_or_else(|| CudaError::Invalid(format!("input {i} ({}) is missing", b.name)))?;
+                    if t.dtype() != b.dtype || t.shape() != b.shape.as_slice() {
+                        return Err(CudaError::Invalid(format!(
+                            "input {i} ({}) is {}{:?}, the plan was made for {}{:?}",
+                            b.name,
+                            t.dtype(),
+                            t.shape(),
+                            b.dtype,
+                            b.shape
+                        )));
+                    }
+                    Some(self.upload(t)?)
+                }
+                BufferKind::Const(t) => Some(self.upload(t)?),
+                BufferKind::Temp => Some(self.zeros(b.dtype, &b.shape)?),
+                BufferKind::View(_) => None,
+            };
+            mem.push(t);
+        }
+        let addrs: Vec<u64> = mem.iter().map(|m| m.as_ref().map_or(0, |t| self.addr(t))).collect();
+        let addr = |b: usize| addrs[b];
+        for step in &plan.steps {
+            let k = match &step.kind {
+                StepKind::Kernel(k) => k,
+                StepKind::Gemm(_) => {
+                    return Err(CudaError::Unsupported(format!(
+                        "node {}: GEMM steps run through cuBLASLt in the runtime, not in run_plan",
+                        step.node
+                    )))
+                }
+            };
+            let (_module, kernel) = match &k.module {
+                ModuleRef::Family(f) => self.kernel(*f, &k.kernel)?,
+                ModuleRef::Generated(i) => self.generated(
+                    plan.generated.get(*i).ok_or_else(|| CudaError::Invalid(format!("no generated kernel {i}")))?,
+                )?,
+            };
+            let params = k.args.iter().map(|a| plan.param(k, a, &addr)).collect::<Result<Vec<_>>>()?;
+            self.gpu
+                .launch(kernel, k.config, &params)
+                .map_err(|e| CudaError::Driver(format!("node {}: {e}", step.node)))?;
+        }
+        for (flag, message) in &plan.error_flags {
+            if let Some(t) = &mem[*flag] {
+                if self.download(t)?.to_i64_vec().iter().any(|&v| v != 0) {
+                    return Err(CudaError::Invalid(message.clone()));
+                }
+            }
+        }
+        plan.outputs
+            .iter()
+            .map(|&o| {
+                let b = &plan.buffers[o];
+                let owner = match b.kind {
+                    BufferKind::View(owner) => owner,
+                    _ => o,
+                };
+                let t = mem[owner]
+                    .as_ref()
+                    .ok_or_else(|| CudaError::Invalid(format!("output {} has no memory", b.name)))?;
+                let bytes = self.gpu.download(&t.buf)?;
+                tensor_from_bytes(b.dtype, &b.shape, &bytes)
+            })
+            .collect()
+    }
+}

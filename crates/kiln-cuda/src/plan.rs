@@ -1,0 +1,1223 @@
+//! The launch plan: an optimized graph as an ordered list of kernel launches and library calls,
+//! each with its buffers, launch configuration and parameters. The runtime serializes and runs
+//! it; nothing here touches a GPU.
+//!
+//! This first planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
+//! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm,
+//! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
+//! packed attention, and the reshapes that only rename memory (views, no step). Any other node fails the plan with one error naming every such node: nothing falls
+//! back to the CPU. Shapes must be static.
+//!
+//! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
+//! field of the GEMM call; any other epilogue is a generated kernel launched after the GEMM on
+//! its accumulator.
+
+use crate::codegen::{broadcast_strides, elementwise_kernel, epilogue_kernel, ElementwiseKernel};
+use crate::driver::{LaunchConfig, Param};
+use crate::error::{CudaError, Result};
+use crate::kernels::KernelFamily;
+use crate::launch;
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::reduce::Reducer;
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp};
+use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
+use std::collections::HashMap;
+use std::fmt::{self, Write};
+
+/// Index of a buffer in [`Plan::buffers`].
+pub type BufferId = usize;
+
+/// Where a buffer's contents come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufferKind {
+    /// Graph input `i`.
+    Input(usize),
+    /// A constant, uploaded once.
+    Const(Tensor),
+    /// Written by a step.
+    Temp,
+    /// The same memory as another buffer under another shape (Reshape, Flatten, Squeeze,
+    /// Unsqueeze, Identity, inference Dropout): no step, no allocation.
+    View(BufferId),
+}
+
+/// One device buffer of the plan: one value of the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// The value's name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape.
+    pub shape: Vec<usize>,
+    /// Where its contents come from.
+    pub kind: BufferKind,
+    /// Whether it is a graph output, or the memory of one (the owner of an output view): the
+    /// runtime never frees or reuses it.
+    pub output: bool,
+    /// The last step that reads it or any view of it (`None` if no step does), for the runtime
+    /// to free or reuse its memory after.
+    pub last_use: Option<usize>,
+}
+
+/// The kernel module a launch comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModuleRef {
+    /// A kernel family, compiled whole.
+    Family(KernelFamily),
+    /// A generated kernel (index into [`Plan::generated`]).
+    Generated(usize),
+}
+
+/// One kernel parameter, resolved by the runtime into bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    /// A buffer's device address.
+    Buffer(BufferId),
+    /// A null pointer (an absent optional tensor).
+    Null,
+    /// A 64-bit integer.
+    I64(i64),
+    /// A 32-bit integer.
+    I32(i32),
+    /// A float.
+    F32(f32),
+    /// A struct passed by value, field by field in declaration order (the C structs of the
+    /// kernel families: `Strided`, `AttnArgs`, ...).
+    Struct(Vec<Field>),
+    /// The `ElemArgs` struct of a generated elementwise kernel: each input with its strides
+    /// over the output shape, and the output (see [`crate::codegen::elementwise_args`]).
+    Elementwise {
+        /// Inputs with their broadcast strides.
+        inputs: Vec<(BufferId, Vec<i64>)>,
+        /// The output buffer.
+        output: BufferId,
+    },
+}
+
+/// One field of an [`Arg::Struct`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field {
+    /// A buffer's device address plus a byte offset.
+    Ptr {
+        /// The buffer.
+        buffer: BufferId,
+        /// Bytes past its start.
+        offset_bytes: usize,
+    },
+    /// A null pointer.
+    Null,
+    /// A 64-bit integer.
+    I64(i64),
+    /// A 64-bit float.
+    F64(f64),
+    /// A 32-bit float followed by a 32-bit integer (the tail of `AttnArgs`).
+    F32I32(f32, i32),
+}
+
+/// A kernel launch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelStep {
+    /// The kernel's module.
+    pub module: ModuleRef,
+    /// The kernel's name in it.
+    pub kernel: String,
+    /// Grid, block and shared memory.
+    pub config: LaunchConfig,
+    /// Its parameters, in order.
+    pub args: Vec<Arg>,
+}
+
+/// What cuBLASLt applies to the product before writing it (`CUBLASLT_EPILOGUE_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GemmEpilogue {
+    /// Nothing.
+    None,
+    /// `+ bias[n]`.
+    Bias(BufferId),
+    /// `relu(x)`.
+    Relu,
+    /// `relu(x + bias[n])`.
+    ReluBias(BufferId),
+    /// `gelu_tanh(x)`.
+    Gelu,
+    /// `gelu_tanh(x + bias[n])`.
+    GeluBias(BufferId),
+}
+
+/// A (strided batched) matrix product through cuBLASLt, in row-major terms:
+/// `D[b] = alpha * op(A[b]) op(B[b]) + beta * C[b]`, then the epilogue. The runtime maps it to
+/// cuBLASLt's column-major convention by computing `D^T = op(B)^T op(A)^T`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmStep {
+    /// A, B, optional C and D.
+    pub a: BufferId,
+    /// B.
+    pub b: BufferId,
+    /// C, read with `beta` (same shape as D).
+    pub c: Option<BufferId>,
+    /// D.
+    pub d: BufferId,
+    /// Rows of D.
+    pub m: usize,
+    /// Columns of D.
+    pub n: usize,
+    /// The shared dim.
+    pub k: usize,
+    /// Batch count.
+    pub batch: usize,
+    /// Elements between batches of A, B and D (0: the same matrix for every batch).
+    pub batch_strides: [usize; 3],
+    /// Whether A is stored `[k, m]`.
+    pub trans_a: bool,
+    /// Whether B is stored `[n, k]`.
+    pub trans_b: bool,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of C.
+    pub beta: f32,
+    /// Element type of A, B, C and D; accumulation is f32.
+    pub dtype: DType,
+    /// The fused epilogue.
+    pub epilogue: GemmEpilogue,
+}
+
+/// What one step does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    /// A kernel launch.
+    Kernel(KernelStep),
+    /// A cuBLASLt matmul.
+    Gemm(GemmStep),
+}
+
+/// One step of the plan, for one graph node (a node may take two: GEMM then epilogue).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The node's name.
+    pub node: String,
+    /// What to do.
+    pub kind: StepKind,
+}
+
+/// The launch plan of a graph.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Plan {
+    /// Every buffer, inputs first in signature order.
+    pub buffers: Vec<Buffer>,
+    /// Generated kernels, to compile for the target.
+    pub generated: Vec<ElementwiseKernel>,
+    /// The kernel families the plan launches from, to compile for the target.
+    pub families: Vec<KernelFamily>,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+    /// The graph outputs' buffers, in signature order.
+    pub outputs: Vec<BufferId>,
+    /// Flags kernels raise on bad data (a Gather index out of range): i32 buffers that start
+    /// at zero and must be zero after the run, else the run fails with the message.
+    pub error_flags: Vec<(BufferId, String)>,
+}
+
+impl Plan {
+    /// The bytes of one kernel parameter of `step`, with `addr` giving each buffer's device
+    /// address (a view resolves to its owner here, so `addr` sees owners only).
+    pub fn param(&self, step: &KernelStep, arg: &Arg, addr: &dyn Fn(BufferId) -> u64) -> Result<Param> {
+        let at = |b: BufferId| -> Result<u64> {
+            let buf = self.buffers.get(b).ok_or_else(|| CudaError::Invalid(format!("no buffer %{b}")))?;
+            Ok(match buf.kind {
+                BufferKind::View(owner) => addr(owner),
+                _ => addr(b),
+            })
+        };
+        Ok(match arg {
+            Arg::Buffer(b) => Param::ptr(at(*b)?),
+            Arg::Null => Param::ptr(0),
+            Arg::I64(v) => Param::i64(*v),
+            Arg::I32(v) => Param::i32(*v),
+            Arg::F32(v) => Param::f32(*v),
+            Arg::Struct(fields) => {
+                let mut bytes = vec![];
+                for f in fields {
+                    match f {
+                        Field::Ptr { buffer, offset_bytes } => {
+                            bytes.extend((at(*buffer)? + *offset_bytes as u64).to_ne_bytes())
+                        }
+                        Field::Null => bytes.extend(0u64.to_ne_bytes()),
+                        Field::I64(v) => bytes.extend(v.to_ne_bytes()),
+                        Field::F64(v) => bytes.extend(v.to_ne_bytes()),
+                        Field::F32I32(a, b) => {
+                            bytes.extend(a.to_ne_bytes());
+                            bytes.extend(b.to_ne_bytes());
+                        }
+                    }
+                }
+                Param(bytes)
+            }
+            Arg::Elementwise { inputs, output } => {
+                let ModuleRef::Generated(g) = step.module else {
+                    return Err(CudaError::Invalid(format!(
+                        "{}: elementwise arguments for a family kernel",
+                        step.kernel
+                    )));
+                };
+                let k = self.generated.get(g).ok_or_else(|| CudaError::Invalid(format!("no generated kernel {g}")))?;
+                let ptrs: Vec<u64> = inputs.iter().map(|(b, _)| at(*b)).collect::<Result<_>>()?;
+                let strides: Vec<Vec<i64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+                let shape = &self.buffers[*output].shape;
+                Param(crate::codegen::elementwise_args(k, &ptrs, at(*output)?, shape, &strides)?)
+            }
+        })
+    }
+}
+
+struct Planner<'g> {
+    g: &'g Graph,
+    plan: Plan,
+    values: HashMap<Value, BufferId>,
+}
+
+/// Plans `g`, or fails naming every node that has no GPU lowering.
+pub fn plan(g: &Graph) -> Result<Plan> {
+    let order = g.topo_order().map_err(|e| CudaError::Invalid(e.to_string()))?;
+    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new() };
+    for (i, &id) in g.inputs.iter().enumerate() {
+        p.buffer(Value { node: id, slot: 0 }, BufferKind::Input(i))?;
+    }
+    let mut unsupported = vec![];
+    for id in order {
+        let node = g.node(id);
+        match p.node(id) {
+            Ok(()) => {}
+            Err(CudaError::Unsupported(why)) => unsupported.push(format!("{} ({}): {why}", node.name, node.op.name())),
+            Err(e) => return Err(CudaError::Invalid(format!("node {} ({}): {e}", node.name, node.op.name()))),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(CudaError::Unsupported(format!(
+            "{} node(s) have no CUDA lowering: {}",
+            unsupported.len(),
+            unsupported.join("; ")
+        )));
+    }
+    for o in &g.outputs {
+        let b = *p
+            .values
+            .get(&o.value)
+            .ok_or_else(|| CudaError::Invalid(format!("graph output {} is not computed by the plan", o.name)))?;
+        p.plan.buffers[b].output = true;
+        if let BufferKind::View(owner) = p.plan.buffers[b].kind {
+            p.plan.buffers[owner].output = true;
+        }
+        p.plan.outputs.push(b);
+    }
+    // Last uses, for the runtime's memory reuse; reading a view reads its owner's memory.
+    for (s, step) in p.plan.steps.iter().enumerate() {
+        for b in reads(step) {
+            p.plan.buffers[b].last_use = Some(s);
+            if let BufferKind::View(owner) = p.plan.buffers[b].kind {
+                p.plan.buffers[owner].last_use = Some(s);
+            }
+        }
+    }
+    Ok(p.plan)
+}
+
+/// The buffers a step reads.
+fn reads(step: &Step) -> Vec<BufferId> {
+    match &step.kind {
+        StepKind::Gemm(g) => {
+            let mut r = vec![g.a, g.b];
+            r.extend(g.c);
+            if let GemmEpilogue::Bias(b) | GemmEpilogue::ReluBias(b) | GemmEpilogue::GeluBias(b) = g.epilogue {
+                r.push(b);
+            }
+            r
+        }
+        StepKind::Kernel(k) => k
+            .args
+            .iter()
+            .flat_map(|a| match a {
+                Arg::Buffer(b) => vec![*b],
+                Arg::Elementwise { inputs, .. } => inputs.iter().map(|(b, _)| *b).collect(),
+                Arg::Struct(fields) => fields
+                    .iter()
+                    .filter_map(|f| if let Field::Ptr { buffer, .. } = f { Some(*buffer) } else { None })
+                    .collect(),
+                _ => vec![],
+            })
+            .collect(),
+    }
+}
+
+impl Planner<'_> {
+    fn buffer(&mut self, v: Value, kind: BufferKind) -> Result<BufferId> {
+        let info = self.g.value_info(v);
+        let (Some(dtype), Some(shape)) = (info.ty.dtype, info.ty.concrete_shape()) else {
+            return Err(CudaError::Unsupported(format!("value {} has no static type ({})", info.name, info.ty)));
+        };
+        crate::codegen::storage_type(dtype)?;
+        let id = self.plan.buffers.len();
+        self.plan.buffers.push(Buffer { name: info.name.clone(), dtype, shape, kind, output: false, last_use: None });
+        self.values.insert(v, id);
+        Ok(id)
+    }
+
+    fn temp(&mut self, name: String, dtype: DType, shape: Vec<usize>) -> BufferId {
+        self.plan.buffers.push(Buffer { name, dtype, shape, kind: BufferKind::Temp, output: false, last_use: None });
+        self.plan.buffers.len() - 1
+    }
+
+    fn input(&self, id: NodeId, slot: usize) -> Result<Option<BufferId>> {
+        match self.g.inputs_of(id).get(slot).copied().flatten() {
+            None => Ok(None),
+            Some(v) => self.values.get(&v).copied().map(Some).ok_or_else(|| {
+                CudaError::Unsupported(format!("input {slot} comes from a node the plan could not lower"))
+            }),
+        }
+    }
+
+    fn required(&self, id: NodeId, slot: usize) -> Result<BufferId> {
+        self.input(id, slot)?.ok_or_else(|| CudaError::Invalid(format!("input {slot} is missing")))
+    }
+
+    fn use_family(&mut self, f: KernelFamily) {
+        if !self.plan.families.contains(&f) {
+            self.plan.families.push(f);
+        }
+    }
+
+    fn step(&mut self, id: NodeId, kind: StepKind) {
+        self.plan.steps.push(Step { node: self.g.node(id).name.clone(), kind });
+    }
+
+    fn node(&mut self, id: NodeId) -> Result<()> {
+        let node = self.g.node(id);
+        match &node.op {
+            Op::Input => Ok(()),
+            Op::Const(t) => {
+                self.buffer(Value { node: id, slot: 0 }, BufferKind::Const(t.clone()))?;
+                Ok(())
+            }
+            Op::Elementwise(e) => {
+                let n = node.num_inputs;
+                let ins: Vec<BufferId> = (0..n).map(|s| self.required(id, s)).collect::<Result<_>>().map_err(|_| {
+                    CudaError::Unsupported("an absent optional input cannot be lowered; fold it first".into())
+                })?;
+                self.elementwise(id, &Expr::op(e.clone(), n), &ins)
+            }
+            Op::Fused(FusedOp::Elementwise(expr)) => {
+                let ins: Vec<BufferId> = (0..node.num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+                self.elementwise(id, expr, &ins)
+            }
+            Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => self.matmul(id, base, *base_inputs, Some(expr)),
+            Op::Linalg(base @ (LinalgOp::MatMul | LinalgOp::Gemm { .. })) => {
+                self.matmul(id, base, node.num_inputs, None)
+            }
+            Op::Norm(NormOp::LayerNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, false),
+            Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
+            Op::Norm(NormOp::Softmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, false),
+            Op::Norm(NormOp::LogSoftmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, true),
+            Op::Layout(
+                LayoutOp::Reshape { .. }
+                | LayoutOp::Flatten { .. }
+                | LayoutOp::Squeeze { .. }
+                | LayoutOp::Unsqueeze { .. }
+                | LayoutOp::Identity
+                | LayoutOp::Dropout,
+            ) => self.view(id),
+            Op::Layout(LayoutOp::Transpose { perm }) => self.transpose(id, perm.as_deref()),
+            Op::Layout(LayoutOp::Concat { axis }) => self.concat(id, *axis),
+            Op::Layout(LayoutOp::Gather { axis }) => self.gather(id, *axis),
+            Op::Reduce(ReduceOp::Reduce { reducer, axes, noop_with_empty_axes, .. }) => {
+                self.reduce(id, *reducer, axes.as_deref(), *noop_with_empty_axes)
+            }
+            Op::Reduce(ReduceOp::ArgMax { axis, select_last_index, .. }) => {
+                self.arg(id, "argmax", *axis, *select_last_index)
+            }
+            Op::Reduce(ReduceOp::ArgMin { axis, select_last_index, .. }) => {
+                self.arg(id, "argmin", *axis, *select_last_index)
+            }
+            Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
+            other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
+        }
+    }
+
+    fn out(&mut self, id: NodeId, slot: usize) -> Result<BufferId> {
+        self.buffer(Value { node: id, slot }, BufferKind::Temp)
+    }
+
+    fn elementwise(&mut self, id: NodeId, expr: &Expr, ins: &[BufferId]) -> Result<()> {
+        let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+        let k = elementwise_kernel(expr, &dts)?;
+        let out = self.out(id, 0)?;
+        self.launch_generated(id, k, ins, out)
+    }
+
+    fn launch_generated(&mut self, id: NodeId, k: ElementwiseKernel, ins: &[BufferId], out: BufferId) -> Result<()> {
+        let shape = self.plan.buffers[out].shape.clone();
+        if k.output != self.plan.buffers[out].dtype {
+            return Err(CudaError::Invalid(format!(
+                "the expression gives {}, the node's output is {}",
+                k.output, self.plan.buffers[out].dtype
+            )));
+        }
+        let inputs = ins
+            .iter()
+            .map(|&b| Ok((b, broadcast_strides(&self.plan.buffers[b].shape, &shape)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let n: usize = shape.iter().product();
+        let kernel = k.name.clone();
+        let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
+            Some(i) => i,
+            None => {
+                self.plan.generated.push(k);
+                self.plan.generated.len() - 1
+            }
+        };
+        self.step(
+            id,
+            StepKind::Kernel(KernelStep {
+                module: ModuleRef::Generated(index),
+                kernel,
+                config: launch::grid_stride(n as u64),
+                args: vec![Arg::Elementwise { inputs, output: out }],
+            }),
+        );
+        Ok(())
+    }
+
+    fn matmul(&mut self, id: NodeId, base: &LinalgOp, base_inputs: usize, expr: Option<&Expr>) -> Result<()> {
+        let (alpha, beta, trans_a, trans_b) = match base {
+            LinalgOp::MatMul => (1.0, 0.0, false, false),
+            LinalgOp::Gemm { alpha, beta, trans_a, trans_b } => (*alpha, *beta, *trans_a, *trans_b),
+            other => return Err(CudaError::Unsupported(format!("{} is not lowered to cuBLASLt yet", other.name()))),
+        };
+        let a = self.required(id, 0)?;
+        let b = self.required(id, 1)?;
+        let c = if matches!(base, LinalgOp::Gemm { .. }) && base_inputs > 2 { self.input(id, 2)? } else { None };
+        let (ash, bsh) = (self.plan.buffers[a].shape.clone(), self.plan.buffers[b].shape.clone());
+        let dtype = self.plan.buffers[a].dtype;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || self.plan.buffers[b].dtype != dtype {
+            return Err(CudaError::Unsupported(format!(
+                "cuBLASLt matmul of {dtype} and {}",
+                self.plan.buffers[b].dtype
+            )));
+        }
+        // MatMul: [..., m, k] x [..., k, n] with equal batch dims, or a 2-D B shared by every
+        // batch (the weights of a linear layer). Gemm: 2-D.
+        let (m, k, n, batch, batch_strides) = match base {
+            LinalgOp::MatMul => {
+                if ash.len() < 2 || bsh.len() < 2 {
+                    return Err(CudaError::Unsupported(format!(
+                        "MatMul of vectors ({ash:?} x {bsh:?}) is not lowered yet"
+                    )));
+                }
+                let (m, k) = (ash[ash.len() - 2], ash[ash.len() - 1]);
+                let (k2, n) = (bsh[bsh.len() - 2], bsh[bsh.len() - 1]);
+                if k != k2 {
+                    return Err(CudaError::Invalid(format!("MatMul of {ash:?} and {bsh:?}: inner dims differ")));
+                }
+                let batch: usize = ash[..ash.len() - 2].iter().product();
+                let b_batch = &bsh[..bsh.len() - 2];
+                let b_stride = if b_batch.iter().product::<usize>() == 1 {
+                    0
+                } else if b_batch == &ash[..ash.len() - 2] {
+                    k * n
+                } else {
+                    return Err(CudaError::Unsupported(format!(
+                        "MatMul broadcasting {ash:?} x {bsh:?} is not lowered yet"
+                    )));
+                };
+                (m, k, n, batch, [m * k, b_stride, m * n])
+            }
+            _ => {
+                if ash.len() != 2 || bsh.len() != 2 {
+                    return Err(CudaError::Invalid(format!("Gemm of {ash:?} and {bsh:?}: both must be 2-D")));
+                }
+                let (m, k) = if trans_a { (ash[1], ash[0]) } else { (ash[0], ash[1]) };
+                let n = if trans_b { bsh[0] } else { bsh[1] };
+                (m, k, n, 1, [0, 0, 0])
+            }
+        };
+        // Gemm's C: a full [m, n] C goes to cuBLASLt with beta; a row [n] with beta 1 is its
+        // bias epilogue; any other broadcast is added by a generated kernel afterwards.
+        let mut gemm_c = None;
+        let mut bias = None;
+        let mut extra_c = None;
+        if let Some(cb) = c {
+            let csh = self.plan.buffers[cb].shape.clone();
+            if beta == 0.0 {
+            } else if csh == [m, n] {
+                gemm_c = Some(cb);
+            } else if beta == 1.0 && csh.iter().product::<usize>() == n && csh.last() == Some(&n) {
+                bias = Some(cb);
+            } else {
+                extra_c = Some(cb);
+            }
+        }
+        let out = self.out(id, 0)?;
+        let out_dtype = self.plan.buffers[out].dtype;
+        let out_shape = self.plan.buffers[out].shape.clone();
+        let extra: Vec<BufferId> =
+            (base_inputs..self.g.node(id).num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+        // What cuBLASLt can fuse of the epilogue, if anything.
+        let fused = match (expr, extra_c) {
+            (None, None) => Some(match bias {
+                Some(bb) => GemmEpilogue::Bias(bb),
+                None => GemmEpilogue::None,
+            }),
+            (Some(e), None) if out_dtype == dtype => {
+                let f =
+                    lt_epilogue(e, &extra.iter().map(|&x| self.plan.buffers[x].shape.clone()).collect::<Vec<_>>(), n);
+                match (f, bias) {
+                    (Some(LtEpilogue { relu, gelu, bias: eb }), None) => {
+                        Some(epilogue(relu, gelu, eb.map(|i| extra[i])))
+                    }
+                    (Some(LtEpilogue { relu, gelu, bias: None }), Some(bb)) => Some(epilogue(relu, gelu, Some(bb))),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let gemm = |d: BufferId, epilogue: GemmEpilogue| GemmStep {
+            a,
+            b,
+            c: gemm_c,
+            d,
+            m,
+            n,
+            k,
+            batch,
+            batch_strides,
+            trans_a,
+            trans_b,
+            alpha,
+            beta: if gemm_c.is_some() { beta } else { 0.0 },
+            dtype,
+            epilogue,
+        };
+        match fused {
+            Some(ep) => {
+                self.step(id, StepKind::Gemm(gemm(out, ep)));
+            }
+            None => {
+                // The GEMM into an accumulator, then a generated epilogue kernel.
+                let name = format!("{}.acc", self.g.node(id).name);
+                let acc = self.temp(name, dtype, out_shape.clone());
+                let ep = match bias {
+                    Some(bb) => GemmEpilogue::Bias(bb),
+                    None => GemmEpilogue::None,
+                };
+                self.step(id, StepKind::Gemm(gemm(acc, ep)));
+                // C with beta first (when cuBLASLt could not take it), then the node's epilogue.
+                let mut e = expr.cloned().unwrap_or_else(Expr::input);
+                let mut ins = vec![acc];
+                ins.extend(&extra);
+                if let Some(cb) = extra_c {
+                    let cdt = self.plan.buffers[cb].dtype;
+                    let add_c = Expr {
+                        nodes: vec![
+                            ExprNode::Input(0),
+                            ExprNode::Input(1),
+                            ExprNode::Scalar { value: beta as f64, dtype: cdt },
+                            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Mul), args: vec![1, 2] },
+                            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![0, 3] },
+                        ],
+                    };
+                    // in0 of the node's epilogue becomes acc + beta * C. After the substitution
+                    // the inputs are: 0 (gone), the epilogue's own up to its last one read,
+                    // then acc and C; `canonical` renumbers them in order of use.
+                    let base = e.num_inputs();
+                    let mut old = vec![acc];
+                    old.extend(extra.iter().take(base.saturating_sub(1)));
+                    old.extend([acc, cb]);
+                    // The accumulator (old input `base`, add_c's in0) stays the kernel's in0.
+                    let (canon, map) = e.substitute(0, &add_c).canonical_pinned(&|i| i, Some(base));
+                    ins = map.iter().map(|&i| old[i]).collect();
+                    e = canon;
+                }
+                let dts: Vec<DType> = ins.iter().map(|&x| self.plan.buffers[x].dtype).collect();
+                let k = epilogue_kernel(&e, dts[0], &dts[1..])?;
+                self.launch_generated(id, k, &ins, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn norm(&mut self, id: NodeId, axis: i64, epsilon: f32, rms: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let scale = self.required(id, 1)?;
+        let bias = if rms { None } else { self.input(id, 2)? };
+        let (shape, dtype) = (self.plan.buffers[x].shape.clone(), self.plan.buffers[x].dtype);
+        let r = shape.len() as i64;
+        let ax = if axis < 0 { axis + r } else { axis };
+        if !(0..r).contains(&ax) {
+            return Err(CudaError::Invalid(format!("axis {axis} is out of range for rank {r}")));
+        }
+        let rows: usize = shape[..ax as usize].iter().product();
+        let n: usize = shape[ax as usize..].iter().product();
+        for t in [Some(scale), bias].into_iter().flatten() {
+            let b = &self.plan.buffers[t];
+            if b.shape.iter().product::<usize>() != n || b.dtype != dtype {
+                return Err(CudaError::Unsupported(format!(
+                    "scale and bias must hold the {n} normalized elements in {dtype}, found {:?} {}",
+                    b.shape, b.dtype
+                )));
+            }
+        }
+        let sfx = crate::codegen::dtype_suffix(dtype)?;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(CudaError::Unsupported(format!("no norm kernel for {dtype}")));
+        }
+        let y = self.out(id, 0)?;
+        let node = self.g.node(id);
+        let used = |slot: usize| node.outputs.get(slot).is_some_and(|o| !o.name.is_empty());
+        let mean = if !rms && used(1) { Some(self.out(id, 1)?) } else { None };
+        let inv = if !rms && used(2) { Some(self.out(id, 2)?) } else { None };
+        let buf = |b: Option<BufferId>| b.map_or(Arg::Null, Arg::Buffer);
+        let args = if rms {
+            vec![
+                Arg::Buffer(x),
+                Arg::Buffer(scale),
+                Arg::Buffer(y),
+                Arg::I64(rows as i64),
+                Arg::I64(n as i64),
+                Arg::F32(epsilon),
+            ]
+        } else {
+            vec![
+                Arg::Buffer(x),
+                Arg::Buffer(scale),
+                buf(bias),
+                Arg::Buffer(y),
+                Arg::I64(rows as i64),
+                Arg::I64(n as i64),
+                Arg::F32(epsilon),
+                buf(mean),
+                buf(inv),
+            ]
+        };
+        self.use_family(KernelFamily::Norm);
+        let kernel = format!("{}_{sfx}", if rms { "rmsnorm" } else { "layernorm" });
+        let config = launch::per_row(rows as u64, n as u64);
+        self.step(
+            id,
+            StepKind::Kernel(KernelStep { module: ModuleRef::Family(KernelFamily::Norm), kernel, config, args }),
+        );
+        Ok(())
+    }
+
+    fn softmax(&mut self, id: NodeId, axis: i64, coerce_2d: bool, log: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let (shape, dtype) = (self.plan.buffers[x].shape.clone(), self.plan.buffers[x].dtype);
+        let r = shape.len() as i64;
+        let ax = if axis < 0 { axis + r } else { axis };
+        if !(0..r.max(1)).contains(&ax) {
+            return Err(CudaError::Invalid(format!("axis {axis} is out of range for rank {r}")));
+        }
+        let ax = ax as usize;
+        let outer: usize = shape[..ax].iter().product();
+        let (n, inner) = if coerce_2d {
+            (shape[ax..].iter().product(), 1)
+        } else {
+            (shape.get(ax).copied().unwrap_or(1), shape[(ax + 1).min(shape.len())..].iter().product())
+        };
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(CudaError::Unsupported(format!("no softmax kernel for {dtype}")));
+        }
+        let y = self.out(id, 0)?;
+        self.use_family(KernelFamily::Reduce);
+        let kernel = format!("{}_{}", if log { "logsoftmax" } else { "softmax" }, crate::codegen::dtype_suffix(dtype)?);
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];
+        let config = launch::per_row((outer * inner) as u64, n as u64);
+        self.step(
+            id,
+            StepKind::Kernel(KernelStep { module: ModuleRef::Family(KernelFamily::Reduce), kernel, config, args }),
+        );
+        Ok(())
+    }
+
+    /// The axis `axis` of a rank-`rank` tensor, negative counting from the end.
+    fn axis(axis: i64, rank: usize) -> Result<usize> {
+        let r = rank as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if (0..r).contains(&a) {
+            Ok(a as usize)
+        } else {
+            Err(CudaError::Invalid(format!("axis {axis} is out of range for rank {rank}")))
+        }
+    }
+
+    fn kernel(&mut self, id: NodeId, family: KernelFamily, kernel: String, config: LaunchConfig, args: Vec<Arg>) {
+        self.use_family(family);
+        self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Family(family), kernel, config, args }));
+    }
+
+    fn view(&mut self, id: NodeId) -> Result<()> {
+        let x = self.required(id, 0)?;
+        // Views of views point at the memory's owner.
+        let owner = match self.plan.buffers[x].kind {
+            BufferKind::View(o) => o,
+            _ => x,
+        };
+        let y = self.buffer(Value { node: id, slot: 0 }, BufferKind::View(owner))?;
+        let (a, b) = (&self.plan.buffers[x], &self.plan.buffers[y]);
+        if a.dtype != b.dtype || a.shape.iter().product::<usize>() != b.shape.iter().product::<usize>() {
+            return Err(CudaError::Invalid(format!(
+                "a view of {}{:?} cannot be {}{:?}",
+                a.dtype, a.shape, b.dtype, b.shape
+            )));
+        }
+        Ok(())
+    }
+
+    fn width(&self, b: BufferId) -> Result<&'static str> {
+        launch::width_suffix(self.plan.buffers[b].dtype.size())
+    }
+
+    fn transpose(&mut self, id: NodeId, perm: Option<&[i64]>) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let r = shape.len();
+        let perm: Vec<usize> = match perm {
+            Some(p) => p.iter().map(|&a| Self::axis(a, r)).collect::<Result<_>>()?,
+            None => (0..r).rev().collect(),
+        };
+        let strides = crate::codegen::broadcast_strides(&shape, &shape)?;
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let out_strides: Vec<i64> = perm.iter().map(|&p| strides[p]).collect();
+        let w = self.width(x)?;
+        let y = self.out(id, 0)?;
+        let n: usize = out_shape.iter().product();
+        let (param, rank) = launch::strided_param(&out_shape, &out_strides)?;
+        let fields =
+            param.0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))).collect();
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(n as i64), Arg::I32(rank), Arg::Struct(fields), Arg::I64(0)];
+        self.kernel(id, KernelFamily::Layout, format!("permute_{w}"), launch::grid_stride(n as u64), args);
+        Ok(())
+    }
+
+    fn concat(&mut self, id: NodeId, axis: i64) -> Result<()> {
+        let y = self.out(id, 0)?;
+        let shape = self.plan.buffers[y].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let outer: usize = shape[..ax].iter().product();
+        let inner: usize = shape[ax + 1..].iter().product();
+        let total = shape[ax] * inner;
+        let w = self.width(y)?;
+        let mut off = 0usize;
+        for slot in 0..self.g.node(id).num_inputs {
+            let x = self.required(id, slot)?;
+            let len = self.plan.buffers[x].shape.get(ax).copied().unwrap_or(1) * inner;
+            let args = vec![
+                Arg::Buffer(x),
+                Arg::Buffer(y),
+                Arg::I64(outer as i64),
+                Arg::I64(len as i64),
+                Arg::I64(len as i64),
+                Arg::I64(0),
+                Arg::I64(total as i64),
+                Arg::I64(off as i64),
+            ];
+            self.kernel(
+                id,
+                KernelFamily::Layout,
+                format!("copy_rows_{w}"),
+                launch::grid_stride((outer * len) as u64),
+                args,
+            );
+            off += len;
+        }
+        if off != total {
+            return Err(CudaError::Invalid(format!(
+                "inputs cover {off} of {total} elements per row along axis {axis}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn gather(&mut self, id: NodeId, axis: i64) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let idx = self.required(id, 1)?;
+        if self.plan.buffers[idx].dtype != DType::I64 {
+            return Err(CudaError::Unsupported(format!(
+                "Gather indices of {} (the kernel takes i64)",
+                self.plan.buffers[idx].dtype
+            )));
+        }
+        let shape = self.plan.buffers[x].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let outer: usize = shape[..ax].iter().product();
+        let inner: usize = shape[ax + 1..].iter().product();
+        let nidx: usize = self.plan.buffers[idx].shape.iter().product();
+        let w = self.width(x)?;
+        let y = self.out(id, 0)?;
+        let name = format!("{}.index_error", self.g.node(id).name);
+        let err = self.temp(name, DType::I32, vec![1]);
+        let message = format!("Gather {}: an index is outside [-{}, {})", self.g.node(id).name, shape[ax], shape[ax]);
+        self.plan.error_flags.push((err, message));
+        let args = vec![
+            Arg::Buffer(x),
+            Arg::Buffer(idx),
+            Arg::Buffer(y),
+            Arg::I64(outer as i64),
+            Arg::I64(shape[ax] as i64),
+            Arg::I64(nidx as i64),
+            Arg::I64(inner as i64),
+            Arg::Buffer(err),
+        ];
+        self.kernel(
+            id,
+            KernelFamily::Layout,
+            format!("gather_{w}"),
+            launch::grid_stride((outer * nidx * inner) as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    /// `[outer, n, inner]` for a reduction over a run of neighbouring axes.
+    fn rows(shape: &[usize], axes: &[usize]) -> Result<(usize, usize, usize)> {
+        let (first, last) = match (axes.iter().min(), axes.iter().max()) {
+            (Some(&a), Some(&b)) => (a, b),
+            _ => return Ok((1, shape.iter().product(), 1)),
+        };
+        if last - first + 1 != axes.len() {
+            return Err(CudaError::Unsupported(format!("a reduction over axes {axes:?}, which are not neighbours")));
+        }
+        Ok((shape[..first].iter().product(), shape[first..=last].iter().product(), shape[last + 1..].iter().product()))
+    }
+
+    fn float_suffix(&self, b: BufferId, what: &str) -> Result<&'static str> {
+        let dt = self.plan.buffers[b].dtype;
+        let ok = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
+        let int_ok = matches!(what, "reduce_sum" | "reduce_max" | "reduce_min" | "argmax" | "argmin")
+            && matches!(dt, DType::I32 | DType::I64);
+        if ok || int_ok {
+            crate::codegen::dtype_suffix(dt)
+        } else {
+            Err(CudaError::Unsupported(format!("no {what} kernel for {dt}")))
+        }
+    }
+
+    fn reduce(&mut self, id: NodeId, reducer: Reducer, axes: Option<&[i64]>, noop_with_empty_axes: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let axes: Vec<usize> = match axes {
+            Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
+            Some(_) if noop_with_empty_axes => return self.view(id),
+            Some(_) => (0..shape.len()).collect(),
+            None if self.g.node(id).num_inputs > 1 => {
+                return Err(CudaError::Unsupported("axes given as an input; fold them into the attribute first".into()))
+            }
+            None => (0..shape.len()).collect(),
+        };
+        let name = match reducer {
+            Reducer::Sum => "reduce_sum",
+            Reducer::Mean => "reduce_mean",
+            Reducer::Max => "reduce_max",
+            Reducer::Min => "reduce_min",
+            Reducer::Prod => "reduce_prod",
+            Reducer::L1 => "reduce_l1",
+            Reducer::L2 => "reduce_l2",
+            Reducer::SumSquare => "reduce_sumsquare",
+            Reducer::LogSum => "reduce_logsum",
+            Reducer::LogSumExp => "reduce_logsumexp",
+        };
+        let sfx = self.float_suffix(x, name)?;
+        let (outer, n, inner) = Self::rows(&shape, &axes)?;
+        let y = self.out(id, 0)?;
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];
+        self.kernel(
+            id,
+            KernelFamily::Reduce,
+            format!("{name}_{sfx}"),
+            launch::per_row((outer * inner) as u64, n as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    fn arg(&mut self, id: NodeId, name: &str, axis: i64, select_last_index: bool) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let shape = self.plan.buffers[x].shape.clone();
+        let ax = Self::axis(axis, shape.len())?;
+        let sfx = self.float_suffix(x, name)?;
+        let (outer, n, inner) = Self::rows(&shape, &[ax])?;
+        let y = self.out(id, 0)?;
+        let args = vec![
+            Arg::Buffer(x),
+            Arg::Buffer(y),
+            Arg::I64(outer as i64),
+            Arg::I64(n as i64),
+            Arg::I64(inner as i64),
+            Arg::I32(select_last_index as i32),
+        ];
+        self.kernel(
+            id,
+            KernelFamily::Reduce,
+            format!("{name}_{sfx}"),
+            launch::per_row((outer * inner) as u64, n as u64),
+            args,
+        );
+        Ok(())
+    }
+
+    fn packed_attention(&mut self, id: NodeId, heads: usize, scale: f32) -> Result<()> {
+        let qkv = self.required(id, 0)?;
+        let mask = self.input(id, 1)?;
+        let (shape, dtype) = (self.plan.buffers[qkv].shape.clone(), self.plan.buffers[qkv].dtype);
+        let [b, s, width] = shape[..] else {
+            return Err(CudaError::Invalid(format!("packed QKV must be [batch, seq, 3 * hidden], found {shape:?}")));
+        };
+        if heads == 0 || width % (3 * heads) != 0 {
+            return Err(CudaError::Invalid(format!("packed QKV width {width} is not 3 x {heads} heads x head size")));
+        }
+        let d = width / (3 * heads);
+        let sfx = self.float_suffix(qkv, "attention")?;
+        let y = self.out(id, 0)?;
+        // The mask, broadcast to [b, heads, s, s] by strides; it must have the QKV's type.
+        let mask_strides = match mask {
+            None => [0i64; 4],
+            Some(m) => {
+                let mb = &self.plan.buffers[m];
+                if mb.dtype != dtype {
+                    return Err(CudaError::Unsupported(format!(
+                        "an attention mask of {} with {dtype} inputs; cast it first",
+                        mb.dtype
+                    )));
+                }
+                let st = crate::codegen::broadcast_strides(&mb.shape, &[b, heads, s, s])?;
+                [st[0], st[1], st[2], st[3]]
+            }
+        };
+        let st = launch::AttnStrides::bshd(heads, s, d, width);
+        let o = launch::AttnStrides::bshd(heads, s, d, heads * d);
+        let esize = dtype.size();
+        let args = launch::AttnArgs {
+            ptrs: [0; 5],
+            batch: b as i64,
+            heads: heads as i64,
+            sq: s as i64,
+            sk: s as i64,
+            q: st,
+            k: st,
+            v: st,
+            o,
+            mask: mask_strides,
+            scale,
+        };
+        let (kernel, config) = args.launch(d, sfx)?;
+        let ptr = |buffer: BufferId, offset_bytes: usize| Field::Ptr { buffer, offset_bytes };
+        let mut fields = vec![
+            ptr(qkv, 0),
+            ptr(qkv, heads * d * esize),
+            ptr(qkv, 2 * heads * d * esize),
+            ptr(y, 0),
+            mask.map_or(Field::Null, |m| ptr(m, 0)),
+        ];
+        fields.extend([b, heads, s, s].map(|v| Field::I64(v as i64)));
+        for t in [st, st, st, o] {
+            fields.extend([t.batch, t.head, t.row].map(Field::I64));
+        }
+        fields.extend(mask_strides.map(Field::I64));
+        fields.push(Field::F32I32(scale, mask.is_some() as i32));
+        self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
+        Ok(())
+    }
+}
+
+/// The parts of an epilogue cuBLASLt can apply.
+struct LtEpilogue {
+    relu: bool,
+    gelu: bool,
+    /// The epilogue input (1-based in the expression, 0-based here) that is a bias of `n`.
+    bias: Option<usize>,
+}
+
+fn epilogue(relu: bool, gelu: bool, bias: Option<BufferId>) -> GemmEpilogue {
+    match (relu, gelu, bias) {
+        (true, _, Some(b)) => GemmEpilogue::ReluBias(b),
+        (true, _, None) => GemmEpilogue::Relu,
+        (_, true, Some(b)) => GemmEpilogue::GeluBias(b),
+        (_, true, None) => GemmEpilogue::Gelu,
+        (false, false, Some(b)) => GemmEpilogue::Bias(b),
+        (false, false, None) => GemmEpilogue::None,
+    }
+}
+
+/// Matches `act(in0 + in1)`, `act(in0)` and `in0 + in1` with `act` ReLU or tanh-GELU and `in1`
+/// a bias of `n` elements broadcast along rows. cuBLASLt's GELU is the tanh approximation, so
+/// the erf form never matches.
+fn lt_epilogue(e: &Expr, extra_shapes: &[Vec<usize>], n: usize) -> Option<LtEpilogue> {
+    let (canon, map) = e.canonical(&|i| i);
+    let nodes = &canon.nodes;
+    let is_bias = |input: usize| -> Option<usize> {
+        let old = *map.get(input)?;
+        let shape = extra_shapes.get(old.checked_sub(1)?)?;
+        (shape.iter().product::<usize>() == n && shape.last() == Some(&n)).then_some(old - 1)
+    };
+    let act = |op: &ElementwiseOp| match op {
+        ElementwiseOp::Unary(UnaryOp::Relu) => Some((true, false)),
+        ElementwiseOp::Unary(UnaryOp::Gelu { tanh: true }) => Some((false, true)),
+        _ => None,
+    };
+    let add_bias = |i: usize| -> Option<Option<usize>> {
+        match nodes.get(i)? {
+            ExprNode::Input(k) if map.get(*k) == Some(&0) => Some(None),
+            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args } if args.len() == 2 => {
+                let (x, y) = (&nodes[args[0]], &nodes[args[1]]);
+                match (x, y) {
+                    (ExprNode::Input(a), ExprNode::Input(b)) if map.get(*a) == Some(&0) => Some(Some(is_bias(*b)?)),
+                    (ExprNode::Input(a), ExprNode::Input(b)) if map.get(*b) == Some(&0) => Some(Some(is_bias(*a)?)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    };
+    let last = nodes.len().checked_sub(1)?;
+    match &nodes[last] {
+        ExprNode::Op { op, args } if args.len() == 1 => {
+            let (relu, gelu) = act(op)?;
+            Some(LtEpilogue { relu, gelu, bias: add_bias(args[0])? })
+        }
+        _ => add_bias(last).map(|bias| LtEpilogue { relu: false, gelu: false, bias }),
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let buf = |b: BufferId| format!("%{b}");
+        for (i, b) in self.buffers.iter().enumerate() {
+            let kind = match &b.kind {
+                BufferKind::Input(k) => format!("input {k}"),
+                BufferKind::Const(_) => "const".into(),
+                BufferKind::Temp => "temp".into(),
+                BufferKind::View(o) => format!("view of %{o}"),
+            };
+            let last = b.last_use.map_or("-".into(), |s| s.to_string());
+            let out = if b.output { " output" } else { "" };
+            writeln!(f, "%{i} {} {}{:?} {kind}{out} last_use {last}", b.name, b.dtype, b.shape)?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let mut line = String::new();
+            match &s.kind {
+                StepKind::Gemm(g) => {
+                    let _ = write!(
+                        line,
+                        "gemm {}: {} = {}{} x {}{} m={} n={} k={} batch={} strides={:?} alpha={} beta={} epilogue={:?}",
+                        g.dtype,
+                        buf(g.d),
+                        buf(g.a),
+                        if g.trans_a { "^T" } else { "" },
+                        buf(g.b),
+                        if g.trans_b { "^T" } else { "" },
+                        g.m,
+                        g.n,
+                        g.k,
+                        g.batch,
+                        g.batch_strides,
+                        g.alpha,
+                        g.beta,
+                        g.epilogue
+                    );
+                    if let Some(c) = g.c {
+                        let _ = write!(line, " c={}", buf(c));
+                    }
+                }
+                StepKind::Kernel(k) => {
+                    let module = match &k.module {
+                        ModuleRef::Family(fam) => fam.name().to_string(),
+                        ModuleRef::Generated(g) => format!("generated {g}"),
+                    };
+                    let args: Vec<String> = k
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            Arg::Buffer(b) => buf(*b),
+                            Arg::Null => "null".into(),
+                            Arg::I64(v) => v.to_string(),
+                            Arg::I32(v) => format!("{v}i32"),
+                            Arg::Struct(fields) => {
+                                let fs: Vec<String> = fields
+                                    .iter()
+                                    .map(|f| match f {
+                                        Field::Ptr { buffer, offset_bytes: 0 } => buf(*buffer),
+                                        Field::Ptr { buffer, offset_bytes } => {
+                                            format!("{}+{offset_bytes}", buf(*buffer))
+                                        }
+                                        Field::Null => "null".into(),
+                                        Field::I64(v) => v.to_string(),
+                                        Field::F64(v) => format!("{v:?}"),
+                                        Field::F32I32(a, b) => format!("{a:?} {b}i32"),
+                                    })
+                                    .collect();
+                                format!("{{{}}}", fs.join(" "))
+                            }
+                            Arg::F32(v) => format!("{v:?}"),
+                            Arg::Elementwise { inputs, output } => {
+                                let ins: Vec<String> =
+                                    inputs.iter().map(|(b, s)| format!("{}{s:?}", buf(*b))).collect();
+                                format!("{} <- [{}]", buf(*output), ins.join(", "))
+                            }
+                        })
+                        .collect();
+                    let c = k.config;
+                    let _ = write!(
+                        line,
+                        "launch {}:{} grid {:?} block {:?} smem {} ({})",
+                        module,
+                        k.kernel,
+                        c.grid,
+                        c.block,
+                        c.shared_bytes,
+                        args.join(", ")
+                    );
+                }
+            }
+            writeln!(f, "{i}: [{}] {line}", s.node)?;
+        }
+        let outs: Vec<String> = self.outputs.iter().map(|&b| buf(b)).collect();
+        writeln!(f, "outputs {}", outs.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::{TypeInfo, ValueInfo};
+
+    #[test]
+    fn attention_struct_matches_the_kernel_signature() {
+        let mut g = Graph::new("att");
+        let x = g.add_input("qkv", TypeInfo::known(DType::F16, &[2, 5, 3 * 2 * 64]));
+        let op = Op::Fused(FusedOp::PackedAttention { num_heads: 2, scale: 0.125 });
+        let id =
+            g.add_node("att", op, &[Some(x)], vec![ValueInfo::tensor("y", TypeInfo::known(DType::F16, &[2, 5, 128]))]);
+        g.add_output("y", Value { node: id, slot: 0 });
+        let p = plan(&g).unwrap();
+        let StepKind::Kernel(k) = &p.steps[0].kind else { panic!("{p}") };
+        let addr = |b: BufferId| 0x1000 * (b as u64 + 1);
+        let got = p.param(k, &k.args[0], &addr).unwrap();
+        let st = launch::AttnStrides::bshd(2, 5, 64, 384);
+        let want = launch::AttnArgs {
+            ptrs: [0x1000, 0x1000 + 128 * 2, 0x1000 + 256 * 2, 0x2000, 0],
+            batch: 2,
+            heads: 2,
+            sq: 5,
+            sk: 5,
+            q: st,
+            k: st,
+            v: st,
+            o: launch::AttnStrides::bshd(2, 5, 64, 128),
+            mask: [0; 4],
+            scale: 0.125,
+        };
+        assert_eq!(got.0, want.param().0);
+        assert_eq!(k.kernel, "attention_d64_f16");
+    }
+}

@@ -1,0 +1,1068 @@
+//! Every kernel family on a GPU against the CPU reference (kiln-cpu), on odd sizes (1, 3, 50,
+//! 783, 4096), broadcasts and strided views, in f32 and f16.
+//!
+//! Without a CUDA driver or device each test prints why and returns. With
+//! `KILN_REQUIRE_GPU=1` (as `xtask/scripts/gpu_check.sh` sets) a missing GPU or NVRTC fails
+//! instead, so a GPU run can never pass by skipping.
+
+use kiln_cpu::eval_op;
+use kiln_cuda::codegen::{broadcast_strides, elementwise_args, elementwise_kernel};
+use kiln_cuda::driver::{probe_driver, Gpu, LaunchConfig, Param};
+use kiln_cuda::kernels::KernelFamily;
+use kiln_cuda::launch::{self, AttnArgs, AttnStrides, PoolArgs, ResizeArgs};
+use kiln_cuda::library::{DeviceTensor, KernelLibrary};
+use kiln_cuda::nvrtc::Nvrtc;
+use kiln_ir::ops::attention::{AttentionAttrs, QkOutputMode};
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::layout::PadMode;
+use kiln_ir::ops::norm::NormOp;
+use kiln_ir::ops::pool::{AutoPad, PoolOp, PoolWindow};
+use kiln_ir::ops::reduce::{ReduceOp, Reducer};
+use kiln_ir::ops::spatial::{
+    AspectRatioPolicy, CoordTransform, NearestMode, ResizeAttrs, ResizeInputs, ResizeMode, SpatialOp,
+};
+use kiln_ir::ops::{AttentionOp, ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp};
+use kiln_ir::{DType, Op, Tensor};
+use std::sync::{Arc, OnceLock};
+
+const SIZES: [usize; 5] = [1, 3, 50, 783, 4096];
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+fn required() -> bool {
+    std::env::var_os("KILN_REQUIRE_GPU").is_some_and(|v| v == "1")
+}
+
+/// The kernel library on GPU 0, or `None` (after printing why) where there is no GPU.
+fn lib() -> Option<&'static KernelLibrary> {
+    static LIB: OnceLock<Result<KernelLibrary, String>> = OnceLock::new();
+    let r = LIB.get_or_init(|| {
+        probe_driver().map_err(|e| e.to_string())?;
+        let gpu = Gpu::new(0).map_err(|e| e.to_string())?;
+        let nv = Nvrtc::locate().map_err(|e| e.to_string())?;
+        Ok(KernelLibrary::new(Arc::new(gpu), nv))
+    });
+    match r {
+        Ok(l) => Some(l),
+        Err(e) if required() => panic!("KILN_REQUIRE_GPU=1 but {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// A seeded xorshift generator, so every run sees the same inputs.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [lo, hi).
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn rand_tensor(rng: &mut Rng, shape: &[usize], lo: f32, hi: f32, dt: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape.to_vec(), (0..n).map(|_| rng.uniform(lo, hi)).collect::<Vec<f32>>()).unwrap().cast(dt)
+}
+
+/// The CPU reference of one op.
+fn cpu(op: Op, inputs: &[&Tensor]) -> Tensor {
+    let ins: Vec<Option<&Tensor>> = inputs.iter().map(|t| Some(*t)).collect();
+    eval_op(&op, &ins, 1).unwrap_or_else(|e| panic!("CPU reference of {}: {e}", op.name())).remove(0)
+}
+
+/// Asserts `got` matches `want` elementwise within `atol + rtol * |want|` (NaN matches NaN).
+fn check_close(what: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+        if !ok {
+            let err = (a - b).abs();
+            panic!("{what}: element {i} is {a}, expected {b} (|diff| {err})");
+        }
+    }
+}
+
+/// Tolerances per element type: f16 rounds every output and the CPU rounds every step.
+fn tol(dt: DType) -> (f64, f64) {
+    match dt {
+        DType::F16 => (2e-3, 4e-3),
+        DType::BF16 => (2e-2, 2e-2),
+        _ => (1e-5, 1e-5),
+    }
+}
+
+fn run(lib: &KernelLibrary, family: KernelFamily, kernel: &str, cfg: LaunchConfig, params: &[Param]) {
+    let (_module, k) = lib.kernel(family, kernel).unwrap_or_else(|e| panic!("{kernel}: {e}"));
+    lib.gpu().launch(k, cfg, params).unwrap_or_else(|e| panic!("{kernel}: {e}"));
+}
+
+fn ptr(lib: &KernelLibrary, t: &DeviceTensor) -> Param {
+    Param::ptr(lib.addr(t))
+}
+
+fn sfx(dt: DType) -> &'static str {
+    kiln_cuda::codegen::dtype_suffix(dt).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise (generated)
+
+/// Runs a generated kernel over device inputs read with the given strides.
+fn run_expr(lib: &KernelLibrary, e: &Expr, ins: &[(&DeviceTensor, Vec<i64>)], out_shape: &[usize]) -> Tensor {
+    let dts: Vec<DType> = ins.iter().map(|(t, _)| t.dtype).collect();
+    let k = elementwise_kernel(e, &dts).unwrap_or_else(|err| panic!("{e}: {err}"));
+    let out = lib.zeros(k.output, out_shape).unwrap();
+    let ptrs: Vec<u64> = ins.iter().map(|(t, _)| lib.addr(t)).collect();
+    let strides: Vec<Vec<i64>> = ins.iter().map(|(_, s)| s.clone()).collect();
+    let args = elementwise_args(&k, &ptrs, lib.addr(&out), out_shape, &strides).unwrap();
+    let (_m, kernel) = lib.generated(&k).unwrap();
+    let n: usize = out_shape.iter().product();
+    lib.gpu().launch(kernel, launch::grid_stride(n as u64), &[Param(args)]).unwrap();
+    lib.download(&out).unwrap()
+}
+
+fn fused(e: &Expr) -> Op {
+    Op::Fused(FusedOp::Elementwise(e.clone()))
+}
+
+fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
+    ExprNode::Op { op, args: args.to_vec() }
+}
+
+#[test]
+fn elementwise_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(1);
+    let silu = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            node(ElementwiseOp::Unary(UnaryOp::Sigmoid), &[0]),
+            node(ElementwiseOp::Binary(BinaryOp::Mul), &[0, 1]),
+        ],
+    };
+    let gelu = Expr::op(ElementwiseOp::Unary(UnaryOp::Gelu { tanh: false }), 1);
+    // relu(x + bias) + residual
+    let bias_res_relu = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            ExprNode::Input(1),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[0, 1]),
+            node(ElementwiseOp::Unary(UnaryOp::Relu), &[2]),
+            ExprNode::Input(2),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+        ],
+    };
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        for n in SIZES {
+            // Contiguous and aligned: the vector path plus a scalar tail where n is odd.
+            let x = rand_tensor(&mut rng, &[n], -6.0, 6.0, dt);
+            let dx = lib.upload(&x).unwrap();
+            for e in [&silu, &gelu] {
+                let got = run_expr(lib, e, &[(&dx, vec![1])], &[n]);
+                check_close(&format!("{e} {dt} n={n}"), &got, &cpu(fused(e), &[&x]), atol, rtol);
+            }
+            // Broadcast bias [n] over [3, n], residual read through a transposed buffer.
+            let acc = rand_tensor(&mut rng, &[3, n], -2.0, 2.0, dt);
+            let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, dt);
+            let res_t = rand_tensor(&mut rng, &[n, 3], -1.0, 1.0, dt);
+            let res = cpu(Op::Layout(LayoutOp::Transpose { perm: Some(vec![1, 0]) }), &[&res_t]);
+            let (da, db, dr) = (lib.upload(&acc).unwrap(), lib.upload(&bias).unwrap(), lib.upload(&res_t).unwrap());
+            let ins = [(&da, vec![n as i64, 1]), (&db, broadcast_strides(&[n], &[3, n]).unwrap()), (&dr, vec![1, 3])];
+            let got = run_expr(lib, &bias_res_relu, &ins, &[3, n]);
+            check_close(
+                &format!("bias+residual+relu {dt} n={n}"),
+                &got,
+                &cpu(fused(&bias_res_relu), &[&acc, &bias, &res]),
+                atol,
+                rtol,
+            );
+            // The same with the residual contiguous: where n is a whole number of vectors (4096)
+            // the bias is read as a repeated row on the vector path.
+            let res_c = rand_tensor(&mut rng, &[3, n], -1.0, 1.0, dt);
+            let drc = lib.upload(&res_c).unwrap();
+            let ins =
+                [(&da, vec![n as i64, 1]), (&db, broadcast_strides(&[n], &[3, n]).unwrap()), (&drc, vec![n as i64, 1])];
+            let got = run_expr(lib, &bias_res_relu, &ins, &[3, n]);
+            let want = cpu(fused(&bias_res_relu), &[&acc, &bias, &res_c]);
+            check_close(&format!("bias row+residual+relu {dt} n={n}"), &got, &want, atol, rtol);
+            // Where over a broadcast condition, with a cast of the result to f32.
+            let c = Tensor::from_vec(vec![n, 1], (0..n).map(|_| rng.below(2) == 1).collect::<Vec<bool>>()).unwrap();
+            let y = rand_tensor(&mut rng, &[1, 4], -1.0, 1.0, dt);
+            let xx = rand_tensor(&mut rng, &[n, 4], -1.0, 1.0, dt);
+            let sel = Expr {
+                nodes: vec![
+                    ExprNode::Input(0),
+                    ExprNode::Input(1),
+                    ExprNode::Input(2),
+                    node(ElementwiseOp::Where, &[0, 1, 2]),
+                    node(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[3]),
+                ],
+            };
+            let (dc, dxx, dy) = (lib.upload(&c).unwrap(), lib.upload(&xx).unwrap(), lib.upload(&y).unwrap());
+            let ins = [
+                (&dc, broadcast_strides(&[n, 1], &[n, 4]).unwrap()),
+                (&dxx, vec![4, 1]),
+                (&dy, broadcast_strides(&[1, 4], &[n, 4]).unwrap()),
+            ];
+            let got = run_expr(lib, &sel, &ins, &[n, 4]);
+            check_close(&format!("where+cast {dt} n={n}"), &got, &cpu(fused(&sel), &[&c, &xx, &y]), 0.0, 0.0);
+        }
+    }
+}
+
+#[test]
+fn elementwise_integer_ops_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(2);
+    for n in SIZES {
+        let a = Tensor::from_vec(vec![n], (0..n).map(|_| rng.below(2001) as i32 - 1000).collect::<Vec<i32>>()).unwrap();
+        let b = Tensor::from_vec(
+            vec![n],
+            (0..n).map(|_| (rng.below(50) as i32 + 1) * if rng.below(2) == 0 { -1 } else { 1 }).collect::<Vec<i32>>(),
+        )
+        .unwrap();
+        let (da, db) = (lib.upload(&a).unwrap(), lib.upload(&b).unwrap());
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Mod { fmod: false },
+            BinaryOp::Mod { fmod: true },
+            BinaryOp::Less,
+        ] {
+            let e = Expr::op(ElementwiseOp::Binary(op), 2);
+            let got = run_expr(lib, &e, &[(&da, vec![1]), (&db, vec![1])], &[n]);
+            check_close(&format!("{} i32 n={n}", op.name()), &got, &cpu(fused(&e), &[&a, &b]), 0.0, 0.0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reduce
+
+#[test]
+fn reductions_and_softmax_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(3);
+    let reducers = [
+        (Reducer::Sum, "reduce_sum"),
+        (Reducer::Mean, "reduce_mean"),
+        (Reducer::Max, "reduce_max"),
+        (Reducer::Min, "reduce_min"),
+        (Reducer::Prod, "reduce_prod"),
+        (Reducer::L1, "reduce_l1"),
+        (Reducer::L2, "reduce_l2"),
+        (Reducer::SumSquare, "reduce_sumsquare"),
+        (Reducer::LogSumExp, "reduce_logsumexp"),
+    ];
+    for dt in [DType::F32, DType::F16] {
+        for n in SIZES {
+            for inner in [1usize, 5] {
+                let outer = 3;
+                let shape = [outer, n, inner];
+                let cfg = launch::per_row((outer * inner) as u64, n as u64);
+                let dims = [Param::i64(outer as i64), Param::i64(n as i64), Param::i64(inner as i64)];
+                for (r, kname) in reducers {
+                    // Products of many numbers overflow; keep them near 1 and short.
+                    let (lo, hi) = if r == Reducer::Prod { (0.95, 1.05) } else { (-1.0, 1.0) };
+                    if r == Reducer::Prod && n > 783 {
+                        continue;
+                    }
+                    let x = rand_tensor(&mut rng, &shape, lo, hi, dt);
+                    let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[outer, inner]).unwrap());
+                    let mut p = vec![ptr(lib, &dx), ptr(lib, &dy)];
+                    p.extend(dims.iter().cloned());
+                    run(lib, KernelFamily::Reduce, &format!("{kname}_{}", sfx(dt)), cfg, &p);
+                    let op = ReduceOp::Reduce {
+                        reducer: r,
+                        axes: Some(vec![1]),
+                        keepdims: false,
+                        noop_with_empty_axes: false,
+                    };
+                    let want = cpu(Op::Reduce(op), &[&x]);
+                    let (atol, rtol) = tol(dt);
+                    // Sums of n terms: allow the rounding of n additions.
+                    let scale = (n as f64).sqrt();
+                    check_close(
+                        &format!("{kname} {dt} [{outer},{n},{inner}]"),
+                        &lib.download(&dy).unwrap(),
+                        &want,
+                        atol * scale,
+                        rtol * 4.0,
+                    );
+                }
+                // ArgMax and ArgMin, first index on ties.
+                let x = rand_tensor(&mut rng, &shape, -1.0, 1.0, dt);
+                let dx = lib.upload(&x).unwrap();
+                for (name, max) in [("argmax", true), ("argmin", false)] {
+                    let dy = lib.zeros(DType::I64, &[outer, inner]).unwrap();
+                    let mut p = vec![ptr(lib, &dx), ptr(lib, &dy)];
+                    p.extend(dims.iter().cloned());
+                    p.push(Param::i32(0));
+                    run(lib, KernelFamily::Reduce, &format!("{name}_{}", sfx(dt)), cfg, &p);
+                    let op = if max {
+                        ReduceOp::ArgMax { axis: 1, keepdims: false, select_last_index: false }
+                    } else {
+                        ReduceOp::ArgMin { axis: 1, keepdims: false, select_last_index: false }
+                    };
+                    check_close(
+                        &format!("{name} {dt} n={n}"),
+                        &lib.download(&dy).unwrap(),
+                        &cpu(Op::Reduce(op), &[&x]),
+                        0.0,
+                        0.0,
+                    );
+                }
+                // Softmax and LogSoftmax over the middle axis.
+                for (name, log) in [("softmax", false), ("logsoftmax", true)] {
+                    let x = rand_tensor(&mut rng, &shape, -8.0, 8.0, dt);
+                    let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &shape).unwrap());
+                    let mut p = vec![ptr(lib, &dx), ptr(lib, &dy)];
+                    p.extend(dims.iter().cloned());
+                    run(lib, KernelFamily::Reduce, &format!("{name}_{}", sfx(dt)), cfg, &p);
+                    let op = if log {
+                        NormOp::LogSoftmax { axis: 1, coerce_2d: false }
+                    } else {
+                        NormOp::Softmax { axis: 1, coerce_2d: false }
+                    };
+                    let (atol, rtol) = tol(dt);
+                    check_close(
+                        &format!("{name} {dt} n={n}"),
+                        &lib.download(&dy).unwrap(),
+                        &cpu(Op::Norm(op), &[&x]),
+                        atol,
+                        rtol,
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norm
+
+#[test]
+fn layernorm_and_rmsnorm_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(4);
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        for n in SIZES {
+            let rows = 3;
+            // A large mean against the spread checks the one-pass statistics.
+            let x = rand_tensor(&mut rng, &[rows, n], 99.0, 101.0, dt);
+            let scale = rand_tensor(&mut rng, &[n], 0.5, 1.5, dt);
+            let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, dt);
+            let (dx, ds, db) = (lib.upload(&x).unwrap(), lib.upload(&scale).unwrap(), lib.upload(&bias).unwrap());
+            let dy = lib.zeros(dt, &[rows, n]).unwrap();
+            let cfg = launch::per_row(rows as u64, n as u64);
+            let p = [
+                ptr(lib, &dx),
+                ptr(lib, &ds),
+                ptr(lib, &db),
+                ptr(lib, &dy),
+                Param::i64(rows as i64),
+                Param::i64(n as i64),
+                Param::f32(1e-5),
+                Param::ptr(0),
+                Param::ptr(0),
+            ];
+            run(lib, KernelFamily::Norm, &format!("layernorm_{}", sfx(dt)), cfg, &p);
+            let op = NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 };
+            // n = 1 normalizes to exactly the bias; x - mean of f16 values near 100 loses bits.
+            let want = cpu(Op::Norm(op), &[&x, &scale, &bias]);
+            check_close(&format!("layernorm {dt} n={n}"), &lib.download(&dy).unwrap(), &want, atol * 10.0, rtol * 10.0);
+
+            let x = rand_tensor(&mut rng, &[rows, n], -3.0, 3.0, dt);
+            let dx = lib.upload(&x).unwrap();
+            let p = [
+                ptr(lib, &dx),
+                ptr(lib, &ds),
+                ptr(lib, &dy),
+                Param::i64(rows as i64),
+                Param::i64(n as i64),
+                Param::f32(1e-6),
+            ];
+            run(lib, KernelFamily::Norm, &format!("rmsnorm_{}", sfx(dt)), cfg, &p);
+            let op = NormOp::RMSNormalization { axis: -1, epsilon: 1e-6, stash_type: 1 };
+            check_close(
+                &format!("rmsnorm {dt} n={n}"),
+                &lib.download(&dy).unwrap(),
+                &cpu(Op::Norm(op), &[&x, &scale]),
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout
+
+fn row_major(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for d in (0..shape.len()).rev() {
+        s[d] = acc;
+        acc *= shape[d] as i64;
+    }
+    s
+}
+
+#[test]
+fn layout_kernels_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(5);
+    for dt in [DType::F32, DType::F16, DType::I64, DType::Bool] {
+        let w = launch::width_suffix(dt.size()).unwrap();
+        for n in SIZES {
+            // Transpose of a random rank-4 shape holding about n elements, random permutation.
+            let mut shape = vec![1usize, 1, 1, 1];
+            let mut left = n;
+            for d in 0..3 {
+                let f = [1, 2, 3, 5, 7].into_iter().filter(|f| left % f == 0).nth(rng.below(2)).unwrap_or(1);
+                shape[d] = f;
+                left /= f;
+            }
+            shape[3] = left;
+            let mut perm: Vec<usize> = vec![0, 1, 2, 3];
+            for i in (1..4).rev() {
+                perm.swap(i, rng.below(i + 1));
+            }
+            let x = rand_tensor(&mut rng, &shape, -5.0, 5.0, dt);
+            let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            let in_strides = row_major(&shape);
+            let strides: Vec<i64> = perm.iter().map(|&p| in_strides[p]).collect();
+            let (sp, rank) = launch::strided_param(&out_shape, &strides).unwrap();
+            let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &out_shape).unwrap());
+            let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64(n as i64), Param::i32(rank), sp, Param::i64(0)];
+            run(lib, KernelFamily::Layout, &format!("permute_{w}"), launch::grid_stride(n as u64), &p);
+            let perm_i: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+            let want = cpu(Op::Layout(LayoutOp::Transpose { perm: Some(perm_i) }), &[&x]);
+            check_close(&format!("permute {dt} {shape:?} {perm:?}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+
+            // NCHW -> NHWC through the tiled transpose: [2, C, HW] -> [2, HW, C].
+            let (c, hw) = (3usize, n);
+            let x = rand_tensor(&mut rng, &[2, c, hw], -5.0, 5.0, dt);
+            let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, hw, c]).unwrap());
+            let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64(2), Param::i64(c as i64), Param::i64(hw as i64)];
+            run(
+                lib,
+                KernelFamily::Layout,
+                &format!("transpose2d_{w}"),
+                launch::transpose2d(2, c as u64, hw as u64).unwrap(),
+                &p,
+            );
+            let want = cpu(Op::Layout(LayoutOp::Transpose { perm: Some(vec![0, 2, 1]) }), &[&x]);
+            check_close(&format!("transpose2d {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+
+            // Concat along axis 1 of [2, a, 3] and [2, n, 3], one copy_rows launch each.
+            let a = rand_tensor(&mut rng, &[2, 4, 3], -5.0, 5.0, dt);
+            let b = rand_tensor(&mut rng, &[2, n, 3], -5.0, 5.0, dt);
+            let total = 4 + n;
+            let dy = lib.zeros(dt, &[2, total, 3]).unwrap();
+            let mut off = 0i64;
+            for t in [&a, &b] {
+                let len = (t.shape()[1] * 3) as i64;
+                let dt_in = lib.upload(t).unwrap();
+                let p = [
+                    ptr(lib, &dt_in),
+                    ptr(lib, &dy),
+                    Param::i64(2),
+                    Param::i64(len),
+                    Param::i64(len),
+                    Param::i64(0),
+                    Param::i64((total * 3) as i64),
+                    Param::i64(off),
+                ];
+                run(lib, KernelFamily::Layout, &format!("copy_rows_{w}"), launch::grid_stride(2 * len as u64), &p);
+                off += len;
+            }
+            let want = cpu(Op::Layout(LayoutOp::Concat { axis: 1 }), &[&a, &b]);
+            check_close(&format!("concat {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+
+            // Slice rows 1..3 and every second column from the last backwards: one permute
+            // with an offset and a negative stride.
+            let x = rand_tensor(&mut rng, &[3, n], -5.0, 5.0, dt);
+            let cols = n.div_ceil(2);
+            let (sp, rank) = launch::strided_param(&[2, cols], &[n as i64, -2]).unwrap();
+            let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, cols]).unwrap());
+            let offset = (n + n - 1) as i64;
+            let p =
+                [ptr(lib, &dx), ptr(lib, &dy), Param::i64((2 * cols) as i64), Param::i32(rank), sp, Param::i64(offset)];
+            run(lib, KernelFamily::Layout, &format!("permute_{w}"), launch::grid_stride((2 * cols) as u64), &p);
+            let ints = |v: &[i64]| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap();
+            let (starts, ends, axes, steps) = (ints(&[1, -1]), ints(&[3, i64::MIN]), ints(&[0, 1]), ints(&[1, -2]));
+            let want = cpu(Op::Layout(LayoutOp::Slice { attrs: None }), &[&x, &starts, &ends, &axes, &steps]);
+            check_close(&format!("slice {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+
+            // Split [2, n, 3] along axis 1 into [2, 1, 3] and [2, n - 1, 3], one copy_rows each.
+            if n > 1 {
+                let x = rand_tensor(&mut rng, &[2, n, 3], -5.0, 5.0, dt);
+                let dx = lib.upload(&x).unwrap();
+                let split = Op::Layout(LayoutOp::Split { axis: 1, split: Some(vec![1, n as i64 - 1]) });
+                let want = eval_op(&split, &[Some(&x)], 2).unwrap();
+                let mut off = 0i64;
+                for part in &want {
+                    let len = (part.shape()[1] * 3) as i64;
+                    let dy = lib.zeros(dt, part.shape()).unwrap();
+                    let p = [
+                        ptr(lib, &dx),
+                        ptr(lib, &dy),
+                        Param::i64(2),
+                        Param::i64(len),
+                        Param::i64((n * 3) as i64),
+                        Param::i64(off),
+                        Param::i64(len),
+                        Param::i64(0),
+                    ];
+                    run(lib, KernelFamily::Layout, &format!("copy_rows_{w}"), launch::grid_stride(2 * len as u64), &p);
+                    check_close(&format!("split {dt} n={n} at {off}"), &lib.download(&dy).unwrap(), part, 0.0, 0.0);
+                    off += len;
+                }
+            }
+
+            // Gather along axis 1 with negative indices.
+            let x = rand_tensor(&mut rng, &[3, n, 2], -5.0, 5.0, dt);
+            let idx: Vec<i64> = (0..7).map(|_| rng.below(2 * n) as i64 - n as i64).collect();
+            let it = Tensor::from_vec(vec![7], idx).unwrap();
+            let (dx, di, dy) = (lib.upload(&x).unwrap(), lib.upload(&it).unwrap(), lib.zeros(dt, &[3, 7, 2]).unwrap());
+            let err = lib.zeros(DType::I32, &[1]).unwrap();
+            let p = [
+                ptr(lib, &dx),
+                ptr(lib, &di),
+                ptr(lib, &dy),
+                Param::i64(3),
+                Param::i64(n as i64),
+                Param::i64(7),
+                Param::i64(2),
+                ptr(lib, &err),
+            ];
+            run(lib, KernelFamily::Layout, &format!("gather_{w}"), launch::grid_stride(42), &p);
+            let want = cpu(Op::Layout(LayoutOp::Gather { axis: 1 }), &[&x, &it]);
+            check_close(&format!("gather {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+            assert_eq!(lib.download(&err).unwrap().to_i64_vec(), vec![0], "gather flagged a valid index");
+
+            // Pad [2, n] by (1, 2) before and (2, 1) after, every mode the input allows.
+            let x = rand_tensor(&mut rng, &[2, n], -5.0, 5.0, dt);
+            let dx = lib.upload(&x).unwrap();
+            for (mode, code) in [(PadMode::Constant, 0), (PadMode::Reflect, 1), (PadMode::Edge, 2), (PadMode::Wrap, 3)]
+            {
+                if mode == PadMode::Reflect && n < 3 {
+                    continue;
+                }
+                let out = [5usize, n + 3];
+                let dy = lib.zeros(dt, &out).unwrap();
+                let mut pa = vec![1i64; 24];
+                pa[0] = 2;
+                pa[1] = n as i64;
+                pa[8] = 5;
+                pa[9] = (n + 3) as i64;
+                pa[16] = 1;
+                pa[17] = 2;
+                for d in 2..8 {
+                    pa[16 + d] = 0;
+                }
+                let value = Tensor::scalar(0.5f32).cast(dt);
+                let vb = kiln_cuda::host::tensor_bytes(&value).unwrap();
+                let mut bits = [0u8; 8];
+                bits[..vb.len()].copy_from_slice(&vb);
+                let p = [
+                    ptr(lib, &dx),
+                    ptr(lib, &dy),
+                    Param::i64((5 * (n + 3)) as i64),
+                    Param::i32(2),
+                    Param::i64s(&pa),
+                    Param::i32(code),
+                    Param::u64(u64::from_le_bytes(bits)),
+                ];
+                run(lib, KernelFamily::Layout, &format!("pad_{w}"), launch::grid_stride((5 * (n + 3)) as u64), &p);
+                let op = LayoutOp::Pad { mode, pads: Some(vec![1, 2, 2, 1]), value: 0.5 };
+                let want = cpu(Op::Layout(op), &[&x]);
+                check_close(&format!("pad {mode:?} {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn cast_and_where_kernels_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(6);
+    let pairs = [
+        (DType::F32, DType::F16),
+        (DType::F16, DType::F32),
+        (DType::F32, DType::BF16),
+        (DType::F32, DType::I32),
+        (DType::I64, DType::F32),
+        (DType::F32, DType::Bool),
+        (DType::Bool, DType::F16),
+        (DType::F16, DType::I64),
+    ];
+    for n in SIZES {
+        for (from, to) in pairs {
+            let x = rand_tensor(&mut rng, &[n], -300.0, 300.0, from);
+            let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(to, &[n]).unwrap());
+            let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64(n as i64)];
+            run(
+                lib,
+                KernelFamily::Layout,
+                &format!("cast_{}_{}", sfx(from), sfx(to)),
+                launch::grid_stride(n as u64),
+                &p,
+            );
+            let want = cpu(Op::Elementwise(ElementwiseOp::Cast { to, saturate: true }), &[&x]);
+            check_close(&format!("cast {from}->{to} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+        }
+        // Where: cond [n, 1], a [1, 3], b [n, 3].
+        let c = Tensor::from_vec(vec![n, 1], (0..n).map(|_| rng.below(2) == 0).collect::<Vec<bool>>()).unwrap();
+        let a = rand_tensor(&mut rng, &[1, 3], -1.0, 1.0, DType::F32);
+        let b = rand_tensor(&mut rng, &[n, 3], -1.0, 1.0, DType::F32);
+        let out = [n, 3];
+        let mut s = vec![1i64; 32];
+        for (k, t) in [&c, &a, &b].iter().enumerate() {
+            let st = broadcast_strides(t.shape(), &out).unwrap();
+            for d in 0..8 {
+                s[8 * (k + 1) + d] = *st.get(d).unwrap_or(&0);
+            }
+        }
+        s[0] = n as i64;
+        s[1] = 3;
+        for d in 2..8 {
+            s[d] = 1;
+        }
+        let (dc, da, db, dy) = (
+            lib.upload(&c).unwrap(),
+            lib.upload(&a).unwrap(),
+            lib.upload(&b).unwrap(),
+            lib.zeros(DType::F32, &out).unwrap(),
+        );
+        let p = [
+            ptr(lib, &dc),
+            ptr(lib, &da),
+            ptr(lib, &db),
+            ptr(lib, &dy),
+            Param::i64((3 * n) as i64),
+            Param::i32(2),
+            Param::i64s(&s),
+        ];
+        run(lib, KernelFamily::Layout, "where_u32", launch::grid_stride(3 * n as u64), &p);
+        let want = cpu(Op::Elementwise(ElementwiseOp::Where), &[&c, &a, &b]);
+        check_close(&format!("where n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool
+
+#[test]
+fn pooling_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(7);
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        for (h, w) in [(1usize, 1usize), (3, 1), (5, 10), (27, 29), (64, 64)] {
+            for ceil_mode in [false, true] {
+                let shape = [2usize, 3, h, w];
+                let x = rand_tensor(&mut rng, &shape, -4.0, 4.0, dt);
+                let window = PoolWindow {
+                    kernel_shape: vec![3, 3],
+                    strides: vec![2, 2],
+                    pads: vec![1, 1, 1, 1],
+                    auto_pad: AutoPad::NotSet,
+                    dilations: vec![1, 1],
+                    ceil_mode,
+                };
+                let dims = window.dims(&[h, w]).unwrap();
+                let (oh, ow) = (dims[0].output, dims[1].output);
+                for (max, include) in [(true, false), (false, false), (false, true)] {
+                    let args = PoolArgs {
+                        planes: 6,
+                        ih: h as i64,
+                        iw: w as i64,
+                        oh: oh as i64,
+                        ow: ow as i64,
+                        kh: 3,
+                        kw: 3,
+                        sh: 2,
+                        sw: 2,
+                        dh: 1,
+                        dw: 1,
+                        ph0: 1,
+                        pw0: 1,
+                        ph1: 1,
+                        pw1: 1,
+                        count_include_pad: include,
+                    };
+                    let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, 3, oh, ow]).unwrap());
+                    let kname = format!("{}_{}", if max { "maxpool2d" } else { "avgpool2d" }, sfx(dt));
+                    run(
+                        lib,
+                        KernelFamily::Pool,
+                        &kname,
+                        launch::grid_stride((6 * oh * ow) as u64),
+                        &[ptr(lib, &dx), ptr(lib, &dy), args.param()],
+                    );
+                    let op = if max {
+                        PoolOp::MaxPool { window: window.clone(), column_major: false }
+                    } else {
+                        PoolOp::AveragePool { window: window.clone(), count_include_pad: include }
+                    };
+                    let want = cpu(Op::Pool(op), &[&x]);
+                    check_close(
+                        &format!("{kname} {h}x{w} ceil={ceil_mode} pad={include}"),
+                        &lib.download(&dy).unwrap(),
+                        &want,
+                        atol,
+                        rtol,
+                    );
+                }
+            }
+        }
+        for hw in SIZES {
+            let x = rand_tensor(&mut rng, &[2, 3, hw, 1], -4.0, 4.0, dt);
+            for (name, op) in [("globalmaxpool", PoolOp::GlobalMaxPool), ("globalavgpool", PoolOp::GlobalAveragePool)] {
+                let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[2, 3, 1, 1]).unwrap());
+                let p = [ptr(lib, &dx), ptr(lib, &dy), Param::i64(6), Param::i64(hw as i64)];
+                run(lib, KernelFamily::Pool, &format!("{name}_{}", sfx(dt)), launch::per_row(6, hw as u64), &p);
+                check_close(
+                    &format!("{name} {dt} hw={hw}"),
+                    &lib.download(&dy).unwrap(),
+                    &cpu(Op::Pool(op), &[&x]),
+                    atol,
+                    rtol,
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resize
+
+#[test]
+fn resize_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(8);
+    let coords = [
+        (CoordTransform::HalfPixel, 0),
+        (CoordTransform::Asymmetric, 1),
+        (CoordTransform::AlignCorners, 2),
+        (CoordTransform::PytorchHalfPixel, 3),
+        (CoordTransform::HalfPixelSymmetric, 4),
+    ];
+    let nearest = [
+        (NearestMode::RoundPreferFloor, 0),
+        (NearestMode::RoundPreferCeil, 1),
+        (NearestMode::Floor, 2),
+        (NearestMode::Ceil, 3),
+    ];
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        for (h, w, sh, sw) in
+            [(1usize, 1usize, 2.0f32, 3.0f32), (3, 5, 0.5, 1.5), (7, 50, 2.0, 0.5), (27, 29, 1.7, 2.3)]
+        {
+            let x = rand_tensor(&mut rng, &[1, 2, h, w], -4.0, 4.0, dt);
+            let (oh, ow) = ((sh as f64 * h as f64) as usize, (sw as f64 * w as f64) as usize);
+            if oh == 0 || ow == 0 {
+                continue;
+            }
+            for (ctm, code) in coords {
+                for (linear, (nm, ncode)) in
+                    [(true, nearest[0])].into_iter().chain(nearest.into_iter().map(|n| (false, n)))
+                {
+                    let attrs = ResizeAttrs {
+                        mode: if linear { ResizeMode::Linear } else { ResizeMode::Nearest },
+                        coordinate_transformation_mode: ctm,
+                        nearest_mode: nm,
+                        cubic_coeff_a: -0.75,
+                        exclude_outside: false,
+                        extrapolation_value: 0.0,
+                        antialias: false,
+                        axes: None,
+                        keep_aspect_ratio_policy: AspectRatioPolicy::Stretch,
+                        inputs: ResizeInputs::Attr(vec![1.0, 1.0, sh, sw]),
+                    };
+                    let args = ResizeArgs {
+                        planes: 2,
+                        ih: h as i64,
+                        iw: w as i64,
+                        oh: oh as i64,
+                        ow: ow as i64,
+                        scale_h: sh as f64,
+                        scale_w: sw as f64,
+                        coord_mode: code,
+                        nearest_mode: ncode,
+                    };
+                    let (dx, dy) = (lib.upload(&x).unwrap(), lib.zeros(dt, &[1, 2, oh, ow]).unwrap());
+                    let kname = format!("{}_{}", if linear { "resize_linear" } else { "resize_nearest" }, sfx(dt));
+                    run(
+                        lib,
+                        KernelFamily::Resize,
+                        &kname,
+                        launch::grid_stride((2 * oh * ow) as u64),
+                        &[ptr(lib, &dx), ptr(lib, &dy), args.param()],
+                    );
+                    let want = cpu(Op::Spatial(SpatialOp::Resize(attrs)), &[&x]);
+                    check_close(
+                        &format!("{kname} {ctm:?} {nm:?} {h}x{w}"),
+                        &lib.download(&dy).unwrap(),
+                        &want,
+                        atol,
+                        rtol,
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+fn attention_attrs() -> AttentionAttrs {
+    AttentionAttrs {
+        q_num_heads: None,
+        kv_num_heads: None,
+        is_causal: false,
+        scale: None,
+        softcap: 0.0,
+        qk_matmul_output_mode: QkOutputMode::Scores,
+        softmax_precision: None,
+    }
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(9);
+    let (b, h) = (2usize, 2usize);
+    for dt in [DType::F16, DType::F32] {
+        for d in kiln_cuda::kernels::ATTENTION_HEAD_SIZES {
+            for s in [1usize, 3, 50, 783] {
+                for mask_kind in [0, 1, 2] {
+                    let shape = [b, h, s, d];
+                    let q = rand_tensor(&mut rng, &shape, -1.0, 1.0, dt);
+                    let k = rand_tensor(&mut rng, &shape, -1.0, 1.0, dt);
+                    let v = rand_tensor(&mut rng, &shape, -1.0, 1.0, dt);
+                    // 0: none; 1: key padding [B, 1, 1, S]; 2: full [B, H, S, S].
+                    let mask = match mask_kind {
+                        1 => Some(
+                            Tensor::from_vec(
+                                vec![b, 1, 1, s],
+                                (0..b * s)
+                                    .map(|i| if i % s == s - 1 && s > 1 { f32::NEG_INFINITY } else { 0.0 })
+                                    .collect::<Vec<f32>>(),
+                            )
+                            .unwrap()
+                            .cast(dt),
+                        ),
+                        2 => Some(rand_tensor(&mut rng, &[b, h, s, s], -2.0, 2.0, dt)),
+                        _ => None,
+                    };
+                    let (dq, dk, dv) = (lib.upload(&q).unwrap(), lib.upload(&k).unwrap(), lib.upload(&v).unwrap());
+                    let dm = mask.as_ref().map(|m| lib.upload(m).unwrap());
+                    let dy = lib.zeros(dt, &shape).unwrap();
+                    let st = AttnStrides::bhsd(h, s, d);
+                    let mask_strides = match mask_kind {
+                        1 => [s as i64, 0, 0, 1],
+                        2 => [(h * s * s) as i64, (s * s) as i64, s as i64, 1],
+                        _ => [0; 4],
+                    };
+                    let scale = 1.0 / (d as f32).sqrt();
+                    let args = AttnArgs {
+                        ptrs: [
+                            lib.addr(&dq),
+                            lib.addr(&dk),
+                            lib.addr(&dv),
+                            lib.addr(&dy),
+                            dm.as_ref().map_or(0, |m| lib.addr(m)),
+                        ],
+                        batch: b as i64,
+                        heads: h as i64,
+                        sq: s as i64,
+                        sk: s as i64,
+                        q: st,
+                        k: st,
+                        v: st,
+                        o: st,
+                        mask: mask_strides,
+                        scale,
+                    };
+                    let (kname, cfg) = args.launch(d, sfx(dt)).unwrap();
+                    run(lib, KernelFamily::Attention, &kname, cfg, &[args.param()]);
+                    let mut ins = vec![&q, &k, &v];
+                    if let Some(m) = &mask {
+                        ins.push(m);
+                    }
+                    let want = cpu(Op::Attention(AttentionOp::Attention(attention_attrs())), &ins);
+                    let (atol, rtol) = if dt == DType::F16 { (4e-3, 1e-2) } else { (2e-5, 1e-4) };
+                    check_close(
+                        &format!("{kname} s={s} mask={mask_kind}"),
+                        &lib.download(&dy).unwrap(),
+                        &want,
+                        atol,
+                        rtol,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_attention_reads_qkv_in_place() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(10);
+    let (b, h, d) = (2usize, 3usize, 64usize);
+    for s in [1usize, 3, 50, 783] {
+        let width = 3 * h * d;
+        let qkv = rand_tensor(&mut rng, &[b, s, width], -1.0, 1.0, DType::F16);
+        let mask = Tensor::from_vec(
+            vec![b, 1, 1, s],
+            (0..b * s).map(|i| if i % 3 == 2 { -1e4f32 } else { 0.0 }).collect::<Vec<f32>>(),
+        )
+        .unwrap()
+        .cast(DType::F16);
+        let (dx, dm, dy) =
+            (lib.upload(&qkv).unwrap(), lib.upload(&mask).unwrap(), lib.zeros(DType::F16, &[b, s, h * d]).unwrap());
+        let base = lib.addr(&dx);
+        let st = AttnStrides::bshd(h, s, d, width);
+        let scale = 0.125f32;
+        let args = AttnArgs {
+            ptrs: [base, base + (h * d * 2) as u64, base + (2 * h * d * 2) as u64, lib.addr(&dy), lib.addr(&dm)],
+            batch: b as i64,
+            heads: h as i64,
+            sq: s as i64,
+            sk: s as i64,
+            q: st,
+            k: st,
+            v: st,
+            o: AttnStrides::bshd(h, s, d, h * d),
+            mask: [s as i64, 0, 0, 1],
+            scale,
+        };
+        let (kname, cfg) = args.launch(d, "f16").unwrap();
+        run(lib, KernelFamily::Attention, &kname, cfg, &[args.param()]);
+        let want = cpu(Op::Fused(FusedOp::PackedAttention { num_heads: h, scale }), &[&qkv, &mask]);
+        check_close(&format!("packed attention s={s}"), &lib.download(&dy).unwrap(), &want, 4e-3, 1e-2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources
+
+/// Every kernel of every family loads, and can be launched with the largest block the launch
+/// helpers use; prints registers, local memory (spills) and shared memory per kernel.
+#[test]
+fn every_kernel_loads_and_fits_its_launch() {
+    let Some(lib) = lib() else { return };
+    let largest = launch::ROW_THREADS.max(launch::THREADS as u64) as i32;
+    let mut report = vec![];
+    let mut too_big = vec![];
+    for fam in KernelFamily::ALL {
+        for name in fam.kernels() {
+            let (_m, k) = lib.kernel(fam, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let r = lib.gpu().resources(k).unwrap();
+            report.push(format!(
+                "{name:32} regs {:3} local {:5} shared {:6} max_threads {}",
+                r.registers, r.local_bytes, r.shared_bytes, r.max_threads
+            ));
+            if r.max_threads < largest {
+                too_big.push(format!("{name}: at most {} threads, launched with {largest}", r.max_threads));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(too_big.is_empty(), "{}", too_big.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+/// A graph of kernel-only nodes: LayerNorm, a fused GELU, an embedding Gather, Concat,
+/// Softmax, a reshape (a view), Transpose and ReduceSum; with its inputs.
+fn kernel_graph(rng: &mut Rng, dt: DType, n: usize) -> (kiln_ir::Graph, Vec<Tensor>) {
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let mut g = Graph::new("kernels");
+    let x = g.add_input("x", TypeInfo::known(dt, &[3, n]));
+    let ids = g.add_input("ids", TypeInfo::known(DType::I64, &[4]));
+    let scale = g.add_const("scale", rand_tensor(rng, &[n], 0.5, 1.5, dt));
+    let bias = g.add_const("bias", rand_tensor(rng, &[n], -1.0, 1.0, dt));
+    let table = g.add_const("table", rand_tensor(rng, &[7, n], -1.0, 1.0, dt));
+    let add = |g: &mut Graph, name: &str, op: Op, ins: &[Option<Value>], shape: &[usize]| {
+        let id = g.add_node(name, op, ins, vec![ValueInfo::tensor(name, TypeInfo::known(dt, shape))]);
+        Value { node: id, slot: 0 }
+    };
+    let ln = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+    let h = add(&mut g, "ln", ln, &[Some(x), Some(scale), Some(bias)], &[3, n]);
+    let gelu = Op::Fused(FusedOp::Elementwise(Expr::op(ElementwiseOp::Unary(UnaryOp::Gelu { tanh: false }), 1)));
+    let h = add(&mut g, "gelu", gelu, &[Some(h)], &[3, n]);
+    let emb = add(&mut g, "embed", Op::Layout(LayoutOp::Gather { axis: 0 }), &[Some(table), Some(ids)], &[4, n]);
+    let cat = add(&mut g, "cat", Op::Layout(LayoutOp::Concat { axis: 0 }), &[Some(h), Some(emb)], &[7, n]);
+    let sm = add(&mut g, "softmax", Op::Norm(NormOp::Softmax { axis: -1, coerce_2d: false }), &[Some(cat)], &[7, n]);
+    let flat = Op::Layout(LayoutOp::Reshape { shape: Some(vec![7, 1, n as i64]), allowzero: false });
+    let v = add(&mut g, "view", flat, &[Some(sm)], &[7, 1, n]);
+    let t = add(&mut g, "t", Op::Layout(LayoutOp::Transpose { perm: Some(vec![2, 1, 0]) }), &[Some(v)], &[n, 1, 7]);
+    let sum = ReduceOp::Reduce {
+        reducer: Reducer::Sum,
+        axes: Some(vec![0, 1]),
+        keepdims: false,
+        noop_with_empty_axes: false,
+    };
+    let s = add(&mut g, "sum", Op::Reduce(sum), &[Some(t)], &[7]);
+    g.add_output("t", t);
+    g.add_output("sum", s);
+    let xin = rand_tensor(rng, &[3, n], -3.0, 3.0, dt);
+    let idx = Tensor::from_vec(vec![4], vec![0i64, 6, -1, 3]).unwrap();
+    (g, vec![xin, idx])
+}
+
+/// [`kernel_graph`] planned and run on the GPU, against the CPU executor on the same graph.
+#[test]
+fn kernel_only_plan_matches_the_cpu_executor() {
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(11);
+    for dt in [DType::F32, DType::F16] {
+        for n in SIZES {
+            let (g, inputs) = kernel_graph(&mut rng, dt, n);
+            let plan = kiln_cuda::plan::plan(&g).unwrap_or_else(|e| panic!("{e}"));
+            let got = lib.run_plan(&plan, &inputs).unwrap_or_else(|e| panic!("{e}"));
+            let want = kiln_cpu::run_graph(&g, &inputs).unwrap();
+            let (atol, rtol) = tol(dt);
+            check_close(&format!("plan transpose {dt} n={n}"), &got[0], &want[0], atol, rtol);
+            // Sums of n softmax outputs, each rounded.
+            check_close(&format!("plan sum {dt} n={n}"), &got[1], &want[1], atol * 4.0, rtol * 4.0);
+        }
+    }
+    // An index out of range is an error, not garbage.
+    let mut g = Graph::new("bad gather");
+    let ids = g.add_input("ids", TypeInfo::known(DType::I64, &[1]));
+    let table = g.add_const("table", rand_tensor(&mut rng, &[3, 2], -1.0, 1.0, DType::F32));
+    let out = vec![ValueInfo::tensor("e", TypeInfo::known(DType::F32, &[1, 2]))];
+    let id = g.add_node("embed", Op::Layout(LayoutOp::Gather { axis: 0 }), &[Some(table), Some(ids)], out);
+    g.add_output("e", Value { node: id, slot: 0 });
+    let plan = kiln_cuda::plan::plan(&g).unwrap();
+    let err = lib.run_plan(&plan, &[Tensor::from_vec(vec![1], vec![3i64]).unwrap()]).unwrap_err();
+    assert_eq!(err.to_string(), "Gather embed: an index is outside [-3, 3)");
+}

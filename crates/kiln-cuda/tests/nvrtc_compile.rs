@@ -1,0 +1,236 @@
+//! Compiles every kernel family, every variant, with NVRTC for sm_80 and sm_90, and checks
+//! that each kernel the library lists is in the CUBIN.
+//!
+//! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
+//! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
+
+use kiln_cuda::codegen::elementwise_kernel;
+use kiln_cuda::kernels::KernelFamily;
+use kiln_cuda::nvrtc::Nvrtc;
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
+use kiln_ir::DType;
+
+const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+
+/// NVRTC with no disk cache, so that every compile really runs; `None` where it is absent and
+/// the test may skip.
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::locate() {
+        Ok(n) => Some(n.with_cache_dir(None)),
+        Err(e) if std::env::var_os("CI").is_some_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_family_compiles_for_sm80_and_sm90() {
+    let Some(nv) = nvrtc() else { return };
+    let mut failures = vec![];
+    let mut kernels = 0;
+    for fam in KernelFamily::ALL {
+        if fam == KernelFamily::Elementwise {
+            continue; // a template: compiled through codegen below
+        }
+        for arch in ARCHS {
+            match nv.compile(fam.name(), &fam.source(), arch) {
+                Ok(cubin) => {
+                    for k in fam.kernels() {
+                        kernels += 1;
+                        if !cubin.has_kernel(&k) {
+                            failures.push(format!("{arch}: {} lacks kernel {k}", fam.name()));
+                        }
+                    }
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(kernels > 200, "only {kernels} kernels checked");
+}
+
+fn op(op: ElementwiseOp, args: &[usize]) -> ExprNode {
+    ExprNode::Op { op, args: args.to_vec() }
+}
+
+/// One expression per elementwise op the code generator lowers, over each float type, plus
+/// the integer and bool ops over their types.
+#[test]
+fn generated_elementwise_kernels_compile() {
+    let Some(nv) = nvrtc() else { return };
+    let cases = elementwise_cases();
+    // NVRTC programs are independent, so the compiles run on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = cases.len().div_ceil(threads);
+    let results: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases.chunks(chunk).map(|part| s.spawn(|| compile_cases(&nv, part))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (0, vec!["a compile thread panicked".into()])))
+            .collect()
+    });
+    let n: usize = results.iter().map(|r| r.0).sum();
+    let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(n > 100, "only {n} kernels compiled");
+}
+
+/// Generates and compiles each case for every architecture: how many compiled, and the failures.
+fn compile_cases(nv: &Nvrtc, cases: &[(Expr, Vec<DType>)]) -> (usize, Vec<String>) {
+    let mut failures = vec![];
+    let mut n = 0;
+    for (e, inputs) in cases {
+        let k = match elementwise_kernel(e, inputs) {
+            Ok(k) => k,
+            Err(err) => {
+                failures.push(format!("{e} over {inputs:?}: {err}"));
+                continue;
+            }
+        };
+        for arch in ARCHS {
+            match nv.compile(&k.name, &k.source, arch) {
+                Ok(c) if c.has_kernel(&k.name) => n += 1,
+                Ok(_) => failures.push(format!("{arch}: {e}: CUBIN lacks {}", k.name)),
+                Err(err) => failures.push(format!("{e} over {inputs:?}: {err}")),
+            }
+        }
+    }
+    (n, failures)
+}
+
+fn elementwise_cases() -> Vec<(Expr, Vec<DType>)> {
+    use UnaryOp::*;
+    let unary_float = [
+        Abs,
+        Neg,
+        Exp,
+        Log,
+        Sqrt,
+        Reciprocal,
+        Floor,
+        Ceil,
+        Round,
+        Sign,
+        Erf,
+        Sin,
+        Cos,
+        Tan,
+        Asin,
+        Acos,
+        Atan,
+        Sinh,
+        Cosh,
+        Asinh,
+        Acosh,
+        Atanh,
+        Tanh,
+        IsNaN,
+        IsInf { detect_negative: true, detect_positive: false },
+        Relu,
+        LeakyRelu { alpha: 0.01 },
+        Elu { alpha: 1.0 },
+        Selu { alpha: 1.67, gamma: 1.05 },
+        Celu { alpha: 1.0 },
+        Sigmoid,
+        HardSigmoid { alpha: 0.2, beta: 0.5 },
+        HardSwish,
+        Softplus,
+        Softsign,
+        ThresholdedRelu { alpha: 1.0 },
+        Gelu { tanh: false },
+        Gelu { tanh: true },
+        Mish,
+        Shrink { bias: 0.5, lambd: 0.5 },
+        Swish { alpha: 1.0 },
+    ];
+    let mut cases = vec![];
+    for dt in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+        for u in unary_float {
+            cases.push((Expr::op(ElementwiseOp::Unary(u), 1), vec![dt]));
+        }
+    }
+    use BinaryOp::*;
+    for dt in [DType::F32, DType::F16] {
+        for b in [
+            Add,
+            Sub,
+            Mul,
+            Div,
+            Pow,
+            Mod { fmod: true },
+            Mod { fmod: false },
+            Equal,
+            Less,
+            LessOrEqual,
+            Greater,
+            GreaterOrEqual,
+            PRelu,
+        ] {
+            cases.push((Expr::op(ElementwiseOp::Binary(b), 2), vec![dt, dt]));
+        }
+    }
+    for dt in [DType::I32, DType::I64, DType::U8, DType::I8] {
+        for b in [
+            Add,
+            Sub,
+            Mul,
+            Div,
+            Pow,
+            Mod { fmod: true },
+            Mod { fmod: false },
+            BitShift { left: true },
+            BitShift { left: false },
+            BitwiseAnd,
+            BitwiseOr,
+            BitwiseXor,
+            Equal,
+            Less,
+        ] {
+            cases.push((Expr::op(ElementwiseOp::Binary(b), 2), vec![dt, dt]));
+        }
+        for u in [Abs, Neg, Relu, Sign, BitwiseNot] {
+            cases.push((Expr::op(ElementwiseOp::Unary(u), 1), vec![dt]));
+        }
+    }
+    for b in [And, Or, Xor] {
+        cases.push((Expr::op(ElementwiseOp::Binary(b), 2), vec![DType::Bool, DType::Bool]));
+    }
+    cases.push((Expr::op(ElementwiseOp::Unary(Not), 1), vec![DType::Bool]));
+    cases.push((Expr::op(ElementwiseOp::Binary(Pow), 2), vec![DType::F32, DType::I64]));
+    for v in [
+        kiln_ir::ops::elementwise::VariadicOp::Max,
+        kiln_ir::ops::elementwise::VariadicOp::Min,
+        kiln_ir::ops::elementwise::VariadicOp::Sum,
+        kiln_ir::ops::elementwise::VariadicOp::Mean,
+    ] {
+        cases.push((Expr::op(ElementwiseOp::Variadic(v), 3), vec![DType::F16; 3]));
+        cases.push((Expr::op(ElementwiseOp::Variadic(v), 2), vec![DType::I32; 2]));
+    }
+    cases.push((Expr::op(ElementwiseOp::Where, 3), vec![DType::Bool, DType::F16, DType::F16]));
+    cases.push((Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1), vec![DType::F32]));
+    cases.push((Expr::op(ElementwiseOp::Clip { min: None, max: None }, 3), vec![DType::F16; 3]));
+    for to in
+        [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I8, DType::U8, DType::I32, DType::I64, DType::Bool]
+    {
+        for from in [DType::F32, DType::F16, DType::I64, DType::Bool] {
+            cases.push((Expr::op(ElementwiseOp::Cast { to, saturate: true }, 1), vec![from]));
+        }
+    }
+    cases.push((Expr::op(ElementwiseOp::CastLike { saturate: true }, 2), vec![DType::F32, DType::F16]));
+    // A scalar in every type.
+    for dt in [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I32, DType::I64, DType::U64, DType::Bool] {
+        let e = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                ExprNode::Scalar { value: 3.0, dtype: dt },
+                op(ElementwiseOp::Binary(Equal), &[0, 1]),
+            ],
+        };
+        cases.push((e, vec![dt]));
+    }
+    cases
+}

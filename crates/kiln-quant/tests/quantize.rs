@@ -1,0 +1,81 @@
+//! The QDQ graph: what gets quantized, what stays in float and why, and that it still computes
+//! the model (to INT8 accuracy) on the CPU reference.
+
+use kiln_ir::passes::{InferTypes, PassContext, PassManager};
+use kiln_ir::{Graph, Tensor};
+use kiln_quant::{calibrate, quantize, CalibAlgo, CalibOptions, Precision};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn tiny_cnn() -> Graph {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/tiny_cnn.onnx");
+    let mut g = kiln_onnx::load_model(&p).unwrap().graph;
+    PassManager::new(vec![Box::new(InferTypes)]).run(&mut g, &PassContext::default()).unwrap();
+    g
+}
+
+fn cpu(g: &Graph, ins: &[Tensor]) -> Result<Vec<Tensor>, String> {
+    kiln_cpu::run_graph(g, ins).map_err(|e| e.to_string())
+}
+
+fn batch(seed: u64) -> Vec<Tensor> {
+    let mut s = seed;
+    let v: Vec<f32> = (0..3 * 16 * 16)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    vec![Tensor::from_vec(vec![1, 3, 16, 16], v).unwrap()]
+}
+
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn every_layer_runs_in_int8_and_the_output_stays_close() {
+    let g = tiny_cnn();
+    let batches: Vec<_> = (0..8).map(batch).collect();
+    for algo in [CalibAlgo::Entropy, CalibAlgo::MinMax, CalibAlgo::Percentile(99.99), CalibAlgo::Mse] {
+        let cache = calibrate(&g, &batches, CalibOptions { algo, bins: 2048 }, &cpu).unwrap();
+        // The two convolutions and the classifier read x, r1 (twice over, shared) and flat.
+        assert_eq!(cache.scales.keys().cloned().collect::<Vec<_>>(), ["flat", "r1", "x"], "{algo}");
+        let (q, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
+        assert_eq!(report.len(), 3);
+        assert!(report.iter().all(|l| l.precision == Precision::Int8), "{report:?}");
+        assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&3));
+        assert_eq!(q.op_counts().get("DequantizeLinear"), Some(&6));
+        q.verify().unwrap();
+        let test = batch(99);
+        let want = cpu(&g, &test).unwrap();
+        let got = cpu(&q, &test).unwrap();
+        let c = cosine(&want[0], &got[0]);
+        assert!(c > 0.999, "{algo}: cosine {c}");
+    }
+}
+
+#[test]
+fn overrides_and_missing_scales_keep_layers_in_float() {
+    let g = tiny_cnn();
+    let mut cache = calibrate(&g, &[batch(1)], CalibOptions::default(), &cpu).unwrap();
+    cache.scales.remove("flat");
+    let overrides: HashMap<String, Precision> = [("conv2".to_string(), Precision::Fp16)].into_iter().collect();
+    let (q, report) = quantize(&g, &cache, &overrides).unwrap();
+    let by_node: HashMap<&str, (Precision, Option<&str>)> =
+        report.iter().map(|l| (l.node.as_str(), (l.precision, l.reason.as_deref()))).collect();
+    assert_eq!(by_node["conv1"], (Precision::Int8, None));
+    assert_eq!(by_node["conv2"], (Precision::Fp16, Some("override")));
+    assert_eq!(by_node["fc"], (Precision::Fp32, Some("no calibration scale for 'flat'")));
+    assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&1));
+}
+
+#[test]
+fn calibration_without_data_is_an_error() {
+    let e = calibrate(&tiny_cnn(), &[], CalibOptions::default(), &cpu).unwrap_err();
+    assert!(e.to_string().contains("at least one batch"), "{e}");
+}

@@ -1,0 +1,190 @@
+//! The build pipeline shared by `kiln build` and `kiln compare`: fix input shapes, run the IR
+//! passes, calibrate and quantize to INT8 when asked, and fuse.
+
+use crate::{Error, OptimizeOptions};
+use kiln_ir::{Graph, Tensor};
+use kiln_quant::{CalibAlgo, CalibCache, CalibOptions, LayerPrecision, Precision};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// INT8 options: where the scales come from and which layers keep a higher precision.
+#[derive(Debug, Clone, Default)]
+pub struct Int8Options {
+    /// A directory of calibration batches: `.npz` files (one array per model input, by name)
+    /// or, for a model with one input, `.npy` files; read in file-name order.
+    pub calib_dir: Option<PathBuf>,
+    /// A calibration cache: read when there is no calibration data, written after calibrating.
+    pub calib_cache: Option<PathBuf>,
+    /// The calibrator.
+    pub algo: CalibAlgo,
+    /// Layers (by node name) kept in another precision.
+    pub overrides: HashMap<String, Precision>,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Concrete shapes for inputs with symbolic or unknown dims, by input name.
+    pub shapes: HashMap<String, Vec<usize>>,
+    /// IR passes and fusion.
+    pub optimize: OptimizeOptions,
+    /// INT8, when given.
+    pub int8: Option<Int8Options>,
+}
+
+/// A built graph and what the build did.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The optimized (quantized, fused) graph.
+    pub graph: Graph,
+    /// Fusion's report, when fusion ran.
+    pub fusion: Option<kiln_fuse::FuseReport>,
+    /// Each INT8-capable layer's precision, when INT8 was asked for.
+    pub precisions: Vec<LayerPrecision>,
+    /// The scales used, when INT8 was asked for.
+    pub cache: Option<CalibCache>,
+}
+
+/// Builds a graph: shapes, IR passes, INT8 calibration and quantization (on the CPU
+/// reference), fusion.
+pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
+    crate::specialize(&mut graph, &opts.shapes)?;
+    let passes_only = OptimizeOptions { fuse: false, ..opts.optimize.clone() };
+    crate::optimize_with(&mut graph, &passes_only)?;
+    let (mut graph, precisions, cache) = match &opts.int8 {
+        None => (graph, vec![], None),
+        Some(q) => {
+            let cache = scales(&graph, q)?;
+            let (quantized, report) = kiln_quant::quantize(&graph, &cache, &q.overrides)?;
+            (quantized, report, Some(cache))
+        }
+    };
+    let fusion = if opts.optimize.fuse {
+        let (fused, report) = kiln_fuse::fuse(&graph, &opts.optimize.fuse_options)?;
+        graph = fused;
+        Some(report)
+    } else {
+        None
+    };
+    Ok(Built { graph, fusion, precisions, cache })
+}
+
+/// The calibration scales: from data (then written to the cache file, if one is named), or
+/// from the cache file alone.
+fn scales(graph: &Graph, q: &Int8Options) -> Result<CalibCache, Error> {
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
+    match (&q.calib_dir, &q.calib_cache) {
+        (Some(dir), cache_file) => {
+            let batches = read_calibration_dir(dir, graph)?;
+            let run = |g: &Graph, ins: &[Tensor]| crate::run_cpu(g, ins).map_err(|e| e.to_string());
+            let cache = kiln_quant::calibrate(graph, &batches, CalibOptions { algo: q.algo, bins: 2048 }, &run)?;
+            if let Some(f) = cache_file {
+                std::fs::write(f, cache.to_text()?).map_err(|e| io(f, e))?;
+            }
+            Ok(cache)
+        }
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).map_err(|e| io(f, e))?;
+            Ok(CalibCache::parse(&text)?)
+        }
+        (None, None) => Err(Error::Quant(kiln_quant::QuantError::Data(
+            "INT8 needs calibration data (--calib DIR) or a calibration cache (--calib-cache FILE)".into(),
+        ))),
+    }
+}
+
+/// Reads the batches of a calibration directory for `graph`'s inputs. A batch larger than
+/// the graph's fixed batch size is split into batches of that size.
+pub fn read_calibration_dir(dir: &Path, graph: &Graph) -> Result<Vec<Vec<Tensor>>, Error> {
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("npy" | "npz")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Io { path: dir.display().to_string(), msg: "no .npy or .npz calibration files".into() });
+    }
+    let names: Vec<String> = graph.inputs.iter().map(|&i| graph.node(i).outputs[0].name.clone()).collect();
+    let mut batches = vec![];
+    for f in &files {
+        let mut by_name: HashMap<String, Tensor> = HashMap::new();
+        if f.extension().is_some_and(|e| e == "npz") {
+            let file = std::fs::File::open(f).map_err(|e| io(f, e))?;
+            let mut zip = zip::ZipArchive::new(file)
+                .map_err(|e| Error::Npy { path: f.display().to_string(), msg: e.to_string() })?;
+            for i in 0..zip.len() {
+                let mut entry =
+                    zip.by_index(i).map_err(|e| Error::Npy { path: f.display().to_string(), msg: e.to_string() })?;
+                let name = entry.name().trim_end_matches(".npy").to_string();
+                let mut bytes = vec![];
+                entry.read_to_end(&mut bytes).map_err(|e| io(f, e))?;
+                let t = crate::npy::read_bytes(&bytes)
+                    .map_err(|m| Error::Npy { path: format!("{}:{name}", f.display()), msg: m })?;
+                by_name.insert(name, t);
+            }
+        } else {
+            if names.len() != 1 {
+                return Err(Error::Npy {
+                    path: f.display().to_string(),
+                    msg: format!(
+                        "a model with {} inputs takes .npz calibration files (one array per input)",
+                        names.len()
+                    ),
+                });
+            }
+            by_name.insert(names[0].clone(), crate::npy::read(f)?);
+        }
+        let mut inputs = vec![];
+        for (k, &id) in names.iter().zip(&graph.inputs) {
+            let t = by_name.remove(k).ok_or_else(|| Error::Npy {
+                path: f.display().to_string(),
+                msg: format!("no array for input '{k}' (arrays: {:?})", by_name.keys().collect::<Vec<_>>()),
+            })?;
+            inputs.push((t, graph.node(id).outputs[0].ty.concrete_shape()));
+        }
+        batches.extend(split_batches(inputs).map_err(|m| Error::Npy { path: f.display().to_string(), msg: m })?);
+    }
+    Ok(batches)
+}
+
+/// Splits one batch of inputs into batches of the graph's fixed shapes (dim 0 divides), or
+/// returns it whole when the graph's shapes are not fixed.
+fn split_batches(inputs: Vec<(Tensor, Option<Vec<usize>>)>) -> Result<Vec<Vec<Tensor>>, String> {
+    let mut parts: Option<usize> = None;
+    for (t, want) in &inputs {
+        let Some(want) = want else { continue };
+        if t.shape() == want.as_slice() {
+            parts = parts.or(Some(1));
+            continue;
+        }
+        let ok = t.rank() == want.len() && t.shape()[1..] == want[1..] && want[0] > 0 && t.shape()[0] % want[0] == 0;
+        if !ok {
+            return Err(format!("calibration array of shape {:?} does not fit the input shape {want:?}", t.shape()));
+        }
+        let k = t.shape()[0] / want[0];
+        if parts.is_some_and(|p| p != k) {
+            return Err("calibration arrays split into different numbers of batches".into());
+        }
+        parts = Some(k);
+    }
+    let k = parts.unwrap_or(1);
+    if k == 1 {
+        return Ok(vec![inputs.into_iter().map(|(t, _)| t).collect()]);
+    }
+    let mut out = vec![vec![]; k];
+    for (t, _) in inputs {
+        let per = t.len() / k;
+        let mut shape = t.shape().to_vec();
+        shape[0] /= k;
+        let v = t.to_f64_vec();
+        for (j, o) in out.iter_mut().enumerate() {
+            let piece =
+                Tensor::from_vec(shape.clone(), v[j * per..(j + 1) * per].to_vec()).map_err(|e| e.to_string())?;
+            o.push(piece.cast(t.dtype()));
+        }
+    }
+    Ok(out)
+}

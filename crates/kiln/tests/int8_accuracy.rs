@@ -1,0 +1,84 @@
+//! INT8 on real tasks with real data: a CNN trained on scikit-learn's `digits` and a small
+//! transformer trained on a generated counting task (both made by
+//! tests/models/make_quant_models.py). Entropy calibration on training examples must keep
+//! held-out top-1 accuracy within 0.5 percentage points of FP32 on the CPU reference.
+
+use kiln::ir::Tensor;
+use kiln::quant::{calibrate, quantize, CalibAlgo, CalibOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models").join(name)
+}
+
+/// Rows `[start, end)` of a tensor along dim 0.
+fn rows(t: &Tensor, start: usize, end: usize) -> Tensor {
+    let per: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = end - start;
+    match t.dtype() {
+        kiln::ir::DType::I64 => {
+            Tensor::from_vec(shape, t.as_slice::<i64>().unwrap()[start * per..end * per].to_vec()).unwrap()
+        }
+        _ => Tensor::from_vec(shape, t.as_slice::<f32>().unwrap()[start * per..end * per].to_vec()).unwrap(),
+    }
+}
+
+fn accuracy(logits: &Tensor, labels: &[i64]) -> f64 {
+    let classes = logits.shape()[1];
+    let v = logits.to_f64_vec();
+    let hits = labels
+        .iter()
+        .enumerate()
+        .filter(|(i, &y)| {
+            let row = &v[i * classes..(i + 1) * classes];
+            let best = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            best as i64 == y
+        })
+        .count();
+    hits as f64 / labels.len() as f64
+}
+
+/// FP32 and INT8 (entropy calibration) held-out accuracy of a fixture model.
+fn fp32_and_int8(name: &str) -> (f64, f64, usize) {
+    let mut m = kiln::load(&fixture(&format!("{name}.onnx"))).unwrap();
+    kiln::optimize_with(&mut m.graph, &kiln::OptimizeOptions { fuse: false, ..Default::default() }).unwrap();
+    let g = m.graph;
+    let calib = kiln::npy::read(&fixture(&format!("{name}.calib.npy"))).unwrap();
+    let test_x = kiln::npy::read(&fixture(&format!("{name}.test_x.npy"))).unwrap();
+    let test_y = kiln::npy::read(&fixture(&format!("{name}.test_y.npy"))).unwrap();
+    let labels = test_y.as_slice::<i64>().unwrap().to_vec();
+    let n = calib.shape()[0];
+    let batches: Vec<Vec<Tensor>> = (0..n).step_by(50).map(|s| vec![rows(&calib, s, (s + 50).min(n))]).collect();
+    let run = |g: &kiln::ir::Graph, ins: &[Tensor]| kiln::run_cpu(g, ins).map_err(|e| e.to_string());
+    let cache = calibrate(&g, &batches, CalibOptions { algo: CalibAlgo::Entropy, bins: 2048 }, &run).unwrap();
+    let (q, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
+    let int8_layers = report.iter().filter(|l| l.precision == kiln::quant::Precision::Int8).count();
+    let fp32 = accuracy(&kiln::run_cpu(&g, std::slice::from_ref(&test_x)).unwrap()[0], &labels);
+    let int8 = accuracy(&kiln::run_cpu(&q, &[test_x]).unwrap()[0], &labels);
+    println!(
+        "{name}: FP32 {:.2}%, INT8 {:.2}% on {} held-out examples, {int8_layers} INT8 layers",
+        fp32 * 100.0,
+        int8 * 100.0,
+        labels.len()
+    );
+    (fp32, int8, int8_layers)
+}
+
+#[test]
+fn digits_cnn_keeps_its_accuracy_in_int8() {
+    let (fp32, int8, layers) = fp32_and_int8("digits_cnn");
+    assert_eq!(layers, 3, "both convolutions and the classifier run in INT8");
+    assert!(fp32 > 0.95, "the FP32 model is trained: {fp32}");
+    assert!((fp32 - int8).abs() <= 0.005, "FP32 {fp32} vs INT8 {int8}");
+}
+
+#[test]
+fn counting_transformer_keeps_its_accuracy_in_int8() {
+    let (fp32, int8, layers) = fp32_and_int8("count_transformer");
+    // Q, K, V, output, FFN up and down projections, the two attention products, the classifier.
+    assert_eq!(layers, 9);
+    assert!(fp32 > 0.95, "the FP32 model is trained: {fp32}");
+    assert!((fp32 - int8).abs() <= 0.005, "FP32 {fp32} vs INT8 {int8}");
+}

@@ -1,0 +1,215 @@
+// layout.cu: data movement. Kernels that only move elements are instantiated per element
+// width (u8, u16, u32, u64), since they never look at the values:
+//   permute     out[i] = in[offset + sum(coord[d] * strides[d])]: transpose, slice (with
+//               negative steps), expand, NCHW<->NHWC and any strided view made contiguous;
+//   copy_rows   a 2-D block copy between row-strided tensors: one launch per input of a
+//               Concat, per output of a Split;
+//   pad         constant, reflect, edge and wrap padding;
+//   gather      Gather along one axis with i64 indices (negative ones count from the end);
+//   where       Where with its three operands broadcast by strides;
+//   transpose2d a batched 2-D transpose through 32x32 shared-memory tiles, the fast path of
+//               the NCHW<->NHWC conversions ([N, C, HW] <-> [N, HW, C]).
+// cast_<from>_<to> converts between element types.
+#include "common.cuh"
+
+template <typename W>
+__device__ __forceinline__ void permute_impl(const W* __restrict__ x, W* __restrict__ y, i64 n, int rank,
+                                             const Strided s, i64 offset) {
+    KILN_GRID_STRIDE(i, n) y[i] = x[offset + strided_offset(i, rank, s.dims, s.strides)];
+}
+
+template <typename W>
+__device__ __forceinline__ void copy_rows_impl(const W* __restrict__ x, W* __restrict__ y, i64 rows, i64 len,
+                                               i64 src_stride, i64 src_off, i64 dst_stride, i64 dst_off) {
+    KILN_GRID_STRIDE(i, rows * len) {
+        const i64 r = i / len, j = i % len;
+        y[r * dst_stride + dst_off + j] = x[r * src_stride + src_off + j];
+    }
+}
+
+// Input and output are contiguous; `begin[d]` is the padding before dim d (negative crops).
+struct PadArgs {
+    i64 in_dims[KILN_MAX_RANK];
+    i64 out_dims[KILN_MAX_RANK];
+    i64 begin[KILN_MAX_RANK];
+};
+#define PAD_CONSTANT 0
+#define PAD_REFLECT 1
+#define PAD_EDGE 2
+#define PAD_WRAP 3
+
+template <typename W>
+__device__ __forceinline__ void pad_impl(const W* __restrict__ x, W* __restrict__ y, i64 n, int rank, const PadArgs p,
+                                         int mode, u64 value_bits) {
+    W value;
+    memcpy(&value, &value_bits, sizeof(W));
+    KILN_GRID_STRIDE(i, n) {
+        i64 rem = i, off = 0, mul = 1;
+        bool outside = false;
+        for (int d = rank - 1; d >= 0; --d) {
+            const i64 len = p.in_dims[d];
+            i64 c = rem % p.out_dims[d] - p.begin[d];
+            rem /= p.out_dims[d];
+            if (c < 0 || c >= len) {
+                if (mode == PAD_CONSTANT || len == 0) {
+                    outside = true;
+                } else if (mode == PAD_EDGE) {
+                    c = c < 0 ? 0 : len - 1;
+                } else if (mode == PAD_WRAP) {
+                    c = ((c % len) + len) % len;
+                } else {
+                    // Reflect without repeating the edge; period 2(len - 1).
+                    if (len == 1) {
+                        c = 0;
+                    } else {
+                        const i64 period = 2 * (len - 1);
+                        c = ((c % period) + period) % period;
+                        if (c >= len) c = period - c;
+                    }
+                }
+            }
+            off += c * mul;
+            mul *= len;
+        }
+        y[i] = outside ? value : x[off];
+    }
+}
+
+// out[o, j, i] = in[o, idx[j], i]; an index outside [-axis_len, axis_len) writes zero and sets
+// *error to 1, which the host checks.
+template <typename W>
+__device__ __forceinline__ void gather_impl(const W* __restrict__ x, const i64* __restrict__ idx, W* __restrict__ y,
+                                            i64 outer, i64 axis_len, i64 nidx, i64 inner, int* error) {
+    KILN_GRID_STRIDE(i, outer * nidx * inner) {
+        const i64 in_ = i % inner, j = (i / inner) % nidx, o = i / (inner * nidx);
+        i64 k = idx[j];
+        if (k < 0) k += axis_len;
+        if (k < 0 || k >= axis_len) {
+            y[i] = W(0);
+            *error = 1;
+        } else {
+            y[i] = x[(o * axis_len + k) * inner + in_];
+        }
+    }
+}
+
+struct WhereArgs {
+    i64 dims[KILN_MAX_RANK];
+    i64 cond[KILN_MAX_RANK];
+    i64 a[KILN_MAX_RANK];
+    i64 b[KILN_MAX_RANK];
+};
+
+template <typename W>
+__device__ __forceinline__ void where_impl(const bool* __restrict__ c, const W* __restrict__ a, const W* __restrict__ b,
+                                           W* __restrict__ y, i64 n, int rank, const WhereArgs s) {
+    KILN_GRID_STRIDE(i, n) {
+        y[i] = c[strided_offset(i, rank, s.dims, s.cond)] ? a[strided_offset(i, rank, s.dims, s.a)]
+                                                          : b[strided_offset(i, rank, s.dims, s.b)];
+    }
+}
+
+// y[b][c][r] = x[b][r][c]; blocks of 32x8 threads move 32x32 tiles, padded against bank
+// conflicts.
+template <typename W>
+__device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __restrict__ y, i64 batch, i64 rows,
+                                                 i64 cols) {
+    __shared__ W tile[32][33];
+    const i64 c0 = (i64)blockIdx.x * 32, r0 = (i64)blockIdx.y * 32;
+    for (i64 b = blockIdx.z; b < batch; b += gridDim.z) {
+        const W* xb = x + b * rows * cols;
+        W* yb = y + b * rows * cols;
+        for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+            const i64 r = r0 + k, c = c0 + threadIdx.x;
+            if (r < rows && c < cols) tile[k][threadIdx.x] = xb[r * cols + c];
+        }
+        __syncthreads();
+        for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+            const i64 c = c0 + k, r = r0 + threadIdx.x;
+            if (r < rows && c < cols) yb[c * rows + r] = tile[threadIdx.x][k];
+        }
+        __syncthreads();
+    }
+}
+
+#define MOVE_KERNELS(W, sfx)                                                                                  \
+    extern "C" __global__ void permute_##sfx(const W* x, W* y, i64 n, int rank, const Strided s, i64 offset) { \
+        permute_impl<W>(x, y, n, rank, s, offset);                                                            \
+    }                                                                                                         \
+    extern "C" __global__ void copy_rows_##sfx(const W* x, W* y, i64 rows, i64 len, i64 src_stride,           \
+                                               i64 src_off, i64 dst_stride, i64 dst_off) {                    \
+        copy_rows_impl<W>(x, y, rows, len, src_stride, src_off, dst_stride, dst_off);                         \
+    }                                                                                                         \
+    extern "C" __global__ void pad_##sfx(const W* x, W* y, i64 n, int rank, const PadArgs p, int mode,        \
+                                         u64 value_bits) {                                                    \
+        pad_impl<W>(x, y, n, rank, p, mode, value_bits);                                                      \
+    }                                                                                                         \
+    extern "C" __global__ void gather_##sfx(const W* x, const i64* idx, W* y, i64 outer, i64 axis_len,        \
+                                            i64 nidx, i64 inner, int* error) {                                \
+        gather_impl<W>(x, idx, y, outer, axis_len, nidx, inner, error);                                       \
+    }                                                                                                         \
+    extern "C" __global__ void where_##sfx(const bool* c, const W* a, const W* b, W* y, i64 n, int rank,      \
+                                           const WhereArgs s) {                                               \
+        where_impl<W>(c, a, b, y, n, rank, s);                                                                \
+    }                                                                                                         \
+    extern "C" __global__ void transpose2d_##sfx(const W* x, W* y, i64 batch, i64 rows, i64 cols) {           \
+        transpose2d_impl<W>(x, y, batch, rows, cols);                                                         \
+    }
+
+MOVE_KERNELS(unsigned char, u8)
+MOVE_KERNELS(unsigned short, u16)
+MOVE_KERNELS(unsigned int, u32)
+MOVE_KERNELS(u64, u64)
+
+// Conversions go through a wide type: f32 for the half types, the value itself otherwise.
+__device__ __forceinline__ float cast_wide(__half x) { return __half2float(x); }
+__device__ __forceinline__ float cast_wide(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T cast_wide(T x) { return x; }
+
+template <typename To> struct CastTo {
+    template <typename W> static __device__ __forceinline__ To from(W w) {
+        // Float to integer: NaN becomes 0 (the conversion saturates otherwise).
+        if (w != w) return To(0);
+        return (To)w;
+    }
+};
+template <> struct CastTo<__half> {
+    template <typename W> static __device__ __forceinline__ __half from(W w) { return __float2half_rn((float)w); }
+};
+template <> struct CastTo<__nv_bfloat16> {
+    template <typename W> static __device__ __forceinline__ __nv_bfloat16 from(W w) { return __float2bfloat16_rn((float)w); }
+};
+template <> struct CastTo<bool> {
+    template <typename W> static __device__ __forceinline__ bool from(W w) { return w != W(0); }
+};
+template <> struct CastTo<float> {
+    template <typename W> static __device__ __forceinline__ float from(W w) { return (float)w; }
+};
+template <> struct CastTo<double> {
+    template <typename W> static __device__ __forceinline__ double from(W w) { return (double)w; }
+};
+
+#define CAST_KERNEL(F, fs, T, ts)                                                                     \
+    extern "C" __global__ void cast_##fs##_##ts(const F* __restrict__ x, T* __restrict__ y, i64 n) {  \
+        KILN_GRID_STRIDE(i, n) y[i] = CastTo<T>::from(cast_wide(x[i]));                               \
+    }
+#define CAST_FROM(F, fs)                          \
+    CAST_KERNEL(F, fs, float, f32)                \
+    CAST_KERNEL(F, fs, __half, f16)               \
+    CAST_KERNEL(F, fs, __nv_bfloat16, bf16)       \
+    CAST_KERNEL(F, fs, double, f64)               \
+    CAST_KERNEL(F, fs, signed char, i8)           \
+    CAST_KERNEL(F, fs, unsigned char, u8)         \
+    CAST_KERNEL(F, fs, int, i32)                  \
+    CAST_KERNEL(F, fs, i64, i64)                  \
+    CAST_KERNEL(F, fs, bool, bool)
+
+CAST_FROM(float, f32)
+CAST_FROM(__half, f16)
+CAST_FROM(__nv_bfloat16, bf16)
+CAST_FROM(double, f64)
+CAST_FROM(signed char, i8)
+CAST_FROM(unsigned char, u8)
+CAST_FROM(int, i32)
+CAST_FROM(i64, i64)
+CAST_FROM(bool, bool)
