@@ -19,6 +19,7 @@ pub fn run() -> Result<()> {
     step("test data", &["xtask", "fetch-data"])?;
     step("nvrtc", &["xtask", "fetch-nvrtc"])?;
     step("tests", &["test", "--workspace", "--release"])?;
+    step("fuzz", &["xtask", "fuzz", "--seconds", "60", "--install"])?;
     step("conformance", &["xtask", "conformance", "--check"])?;
     Ok(())
 }

@@ -7,6 +7,7 @@ mod conformance;
 mod data;
 mod demo;
 mod fetch_nvrtc;
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Task {
     BenchCpu(bench_cpu::Args),
     /// Times fusion of a 12-layer BERT-base encoder (target: under 2 s).
     BenchFuse(bench_fuse::Args),
+    /// Runs each cargo-fuzz target for a while (needs nightly and cargo-fuzz; skips without).
+    Fuzz(fuzz::Args),
     /// Downloads the ONNX test data into ~/.cache/kiln (done by `conformance` on demand).
     FetchData,
     /// Downloads the NVRTC wheels into ~/.cache/kiln/nvrtc, so kernels compile without CUDA.
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::BenchCpu(a) => bench_cpu::run(a),
         Task::BenchFuse(a) => bench_fuse::run(a),
+        Task::Fuzz(a) => fuzz::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
         Task::FetchNvrtc => fetch_nvrtc::run(),
     }

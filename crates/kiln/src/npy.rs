@@ -15,8 +15,49 @@ pub fn read(path: &Path) -> Result<Tensor, Error> {
     read_bytes(&bytes).map_err(|m| err(path, m))
 }
 
+/// How deep brackets may nest in a header. npyz parses the header with a backtracking parser
+/// whose time grows about 2.3 times per level (16 levels take 13 s); a plain array's header
+/// nests 2 deep (`{'shape': (2, 3)}`) and a structured one 4 or 5, which is refused anyway.
+const MAX_HEADER_NESTING: usize = 6;
+
+/// Checks what npyz would trust before parsing the header: the header's length must fit in
+/// the file (npyz allocates it first, up to 4 GiB for a version 2 header), and its brackets
+/// must nest at most `MAX_HEADER_NESTING` deep. Found by fuzzing (`fuzz/`, target `read_npy`).
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    // A bad magic or version, or a file too short for the length field, is left to npyz.
+    let (len, start) = match *bytes {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 1, _, a, b, ..] => (u16::from_le_bytes([a, b]) as usize, 10),
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 2 | 3, _, a, b, c, d, ..] => {
+            (u32::from_le_bytes([a, b, c, d]) as usize, 12)
+        }
+        _ => return Ok(()),
+    };
+    let Some(header) = bytes[start..].get(..len) else {
+        return Err(format!(
+            "header declares {len} bytes, the file has {} after the header length",
+            bytes.len() - start
+        ));
+    };
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &c in header {
+        match c {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_HEADER_NESTING {
+        return Err(format!("header nests brackets {deepest} deep, over the limit of {MAX_HEADER_NESTING}"));
+    }
+    Ok(())
+}
+
 /// Decodes `.npy` bytes.
 pub fn read_bytes(bytes: &[u8]) -> Result<Tensor, String> {
+    check_header(bytes)?;
     let npy = npyz::NpyFile::new(bytes).map_err(|e| e.to_string())?;
     if npy.order() == npyz::Order::Fortran {
         return Err("Fortran-order arrays are not supported".into());
@@ -126,5 +167,40 @@ mod tests {
         let mut b = write_bytes(&t).unwrap();
         b.truncate(b.len() - 8);
         assert!(read_bytes(&b).is_err());
+    }
+
+    fn check_refused(bytes: &[u8], want: &str) {
+        match read_bytes(bytes) {
+            Ok(t) => panic!("read as {t:?}"),
+            Err(e) => assert!(e.contains(want), "{e}"),
+        }
+    }
+
+    /// A version 1 header; its brackets (and anything else) come from `dict`.
+    fn npy_v1(dict: &str) -> Vec<u8> {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        b.extend_from_slice(&[0; 16]);
+        b
+    }
+
+    /// Found by fuzzing: npyz's header parser backtracks exponentially in the nesting depth, so
+    /// 100 brackets would hang the reader. The check refuses them before npyz parses anything.
+    #[test]
+    fn deeply_nested_header_is_refused() {
+        let deep = format!("{{'descr': '<i8', 'fortran_order': False, {}'shape': (2,), }}\n", "[".repeat(100));
+        check_refused(&npy_v1(&deep), "header nests brackets 102 deep, over the limit of 6");
+        let ok = "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n";
+        assert_eq!(read_bytes(&npy_v1(ok)).unwrap().shape(), &[2]);
+    }
+
+    /// npyz allocates the header's declared length before reading it: 4 GiB for this file.
+    #[test]
+    fn header_longer_than_file_is_refused() {
+        let mut b = b"\x93NUMPY\x02\x00".to_vec();
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(b"{'descr': '<f4'");
+        check_refused(&b, "header declares 4294967295 bytes, the file has 15");
     }
 }
