@@ -24,7 +24,7 @@ enum Task {
     Conformance(conformance::Args),
     /// Builds kiln, runs a small model with it and checks the result (the README's main job).
     Demo,
-    /// Runs every check CI runs: format, clippy, tests, conformance manifest.
+    /// Runs every check CI runs: format, clippy, tests, a minute of fuzzing per target, conformance manifest.
     Ci,
     /// Times Kiln's CPU executor against onnxruntime on the same machine.
     BenchCpu(bench_cpu::Args),
