@@ -59,29 +59,7 @@ pub fn run(a: Args) -> Result<()> {
     kiln::specialize(&mut reference, &shapes).with_context(|| format!("fixing input shapes of {name}"))?;
     let batches: Vec<Vec<Tensor>> = match &a.inputs_dir {
         Some(dir) => kiln::build::read_calibration_dir(dir, &reference)?,
-        None => {
-            let mut rng = kiln::random::Rng::new(a.seed);
-            let mut inputs = vec![];
-            for &id in &reference.inputs {
-                let info = &reference.node(id).outputs[0];
-                let t = match given.remove(&info.name) {
-                    Some(t) => t,
-                    None => {
-                        let shape = info.ty.concrete_shape().with_context(|| {
-                            format!(
-                                "input '{}' has no fixed shape; give one with --shapes {}=DIMS",
-                                info.name, info.name
-                            )
-                        })?;
-                        let dtype =
-                            info.ty.dtype.with_context(|| format!("input '{}' has no element type", info.name))?;
-                        kiln::random::random_tensor(dtype, &shape, &mut rng)
-                    }
-                };
-                inputs.push(t);
-            }
-            vec![inputs]
-        }
+        None => vec![kiln::random::graph_inputs(&reference, &mut given, a.seed).map_err(|e| anyhow::anyhow!(e))?],
     };
     let mut optimize = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
     optimize.fuse_options.disabled = vec![];

@@ -1,7 +1,7 @@
 //! `kiln run`: load, optimize, execute, write outputs.
 
 use anyhow::{bail, Context, Result};
-use kiln::ir::{Dim, Tensor};
+use kiln::ir::Tensor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,44 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     let load_time = t0.elapsed();
     let g = &model.graph;
 
-    let mut rng = kiln::random::Rng::new(a.seed);
-    let mut inputs = vec![];
-    for &id in &g.inputs {
-        let info = &g.node(id).outputs[0];
-        let t = match given.remove(&info.name) {
-            Some(t) => t,
-            None => {
-                let dtype = info.ty.dtype.with_context(|| {
-                    format!("input '{}' has no declared element type; give it with --input", info.name)
-                })?;
-                let shape = match shapes.get(&info.name) {
-                    Some(s) => s.clone(),
-                    None => info
-                        .ty
-                        .shape
-                        .as_ref()
-                        .with_context(|| {
-                            format!(
-                                "input '{}' has no declared shape; give one with --shapes {}=DIMS",
-                                info.name, info.name
-                            )
-                        })?
-                        .iter()
-                        .map(|d| match d {
-                            Dim::Known(n) => Ok(*n),
-                            d => Err(anyhow::anyhow!(
-                                "input '{}' has dim '{d}'; give its shape with --shapes {}=DIMS",
-                                info.name,
-                                info.name
-                            )),
-                        })
-                        .collect::<Result<_>>()?,
-                };
-                kiln::random::random_tensor(dtype, &shape, &mut rng)
-            }
-        };
-        inputs.push(t);
-    }
+    let inputs = kiln::random::graph_inputs(g, &mut given, a.seed).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(name) = given.keys().next() {
         bail!("the model has no input named '{name}'");
     }

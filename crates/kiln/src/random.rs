@@ -41,3 +41,34 @@ pub fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Rng) -> Tensor {
         .collect();
     Tensor::from_vec(shape.to_vec(), v).expect("length matches the shape").cast(dtype)
 }
+
+/// The inputs of `graph` in input order: the tensor given for an input's name (taken out of
+/// `given`), else seeded random values of its declared type and fixed shape. An input with no
+/// element type or no fixed shape is an error naming it and the flag that supplies one.
+pub fn graph_inputs(
+    graph: &kiln_ir::Graph,
+    given: &mut std::collections::HashMap<String, Tensor>,
+    seed: u64,
+) -> Result<Vec<Tensor>, String> {
+    let mut rng = Rng::new(seed);
+    let mut inputs = vec![];
+    for &id in &graph.inputs {
+        let info = &graph.node(id).outputs[0];
+        let t = match given.remove(&info.name) {
+            Some(t) => t,
+            None => {
+                let name = &info.name;
+                let dtype = info
+                    .ty
+                    .dtype
+                    .ok_or_else(|| format!("input '{name}' has no declared element type; give it with --input"))?;
+                let shape = info.ty.concrete_shape().ok_or_else(|| {
+                    format!("input '{name}' has no fixed shape ({}); give one with --shapes {name}=DIMS", info.ty)
+                })?;
+                random_tensor(dtype, &shape, &mut rng)
+            }
+        };
+        inputs.push(t);
+    }
+    Ok(inputs)
+}
