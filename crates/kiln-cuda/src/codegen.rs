@@ -61,22 +61,11 @@ pub fn compute_type(dt: DType) -> Result<&'static str> {
 
 /// The short dtype name used in kernel names (`f32`, `f16`, ...).
 pub fn dtype_suffix(dt: DType) -> Result<&'static str> {
-    Ok(match dt {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::F64 => "f64",
-        DType::I8 => "i8",
-        DType::U8 => "u8",
-        DType::I16 => "i16",
-        DType::U16 => "u16",
-        DType::I32 => "i32",
-        DType::U32 => "u32",
-        DType::I64 => "i64",
-        DType::U64 => "u64",
-        DType::Bool => "bool",
-        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
-    })
+    use DType::*;
+    match dt {
+        F32 | F16 | BF16 | F64 | I8 | U8 | I16 | U16 | I32 | U32 | I64 | U64 | Bool => Ok(dt.name()),
+        other => Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+    }
 }
 
 fn storage_size(dt: DType) -> usize {
