@@ -124,7 +124,7 @@ impl KernelLibrary {
         for step in &plan.steps {
             let k = match &step.kind {
                 StepKind::Kernel(k) => k,
-                StepKind::Gemm(_) => {
+                StepKind::Gemm(_) | StepKind::Conv(_) => {
                     return Err(CudaError::Unsupported(format!(
                         "node {}: GEMM steps run through cuBLASLt in the runtime, not in run_plan",
                         step.node

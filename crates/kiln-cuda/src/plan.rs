@@ -182,6 +182,51 @@ pub struct GemmStep {
     pub epilogue: GemmEpilogue,
 }
 
+/// The activation cuDNN applies after a convolution (`cudnnConvolutionBiasActivationForward`
+/// fuses only these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvActivation {
+    /// None.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// A convolution through cuDNN, NCHW (or NCDHW, NCW), cross-correlation as ONNX defines it:
+/// `y = act(conv(x, w) + bias[k] + z)`, with `bias` and `z` optional. cuDNN pads symmetrically,
+/// so the planner pads asymmetric inputs with a kernel first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvStep {
+    /// Input, `[n, c, spatial...]`.
+    pub x: BufferId,
+    /// Filter, `[k, c / groups, kernel...]`.
+    pub w: BufferId,
+    /// Bias of `k` elements, added per output channel.
+    pub bias: Option<BufferId>,
+    /// A residual of the output's shape, added before the activation.
+    pub z: Option<BufferId>,
+    /// Output, `[n, k, spatial...]`.
+    pub y: BufferId,
+    /// The input's shape.
+    pub x_shape: Vec<usize>,
+    /// The filter's shape.
+    pub w_shape: Vec<usize>,
+    /// The output's shape.
+    pub y_shape: Vec<usize>,
+    /// Padding on both sides of each spatial dim.
+    pub pads: Vec<usize>,
+    /// Stride of each spatial dim.
+    pub strides: Vec<usize>,
+    /// Dilation of each spatial dim.
+    pub dilations: Vec<usize>,
+    /// Groups (`c` for a depthwise convolution).
+    pub groups: usize,
+    /// Element type of x, w, bias, z and y; accumulation is f32.
+    pub dtype: DType,
+    /// The fused activation.
+    pub activation: ConvActivation,
+}
+
 /// What one step does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepKind {
@@ -189,6 +234,8 @@ pub enum StepKind {
     Kernel(KernelStep),
     /// A cuBLASLt matmul.
     Gemm(GemmStep),
+    /// A cuDNN convolution.
+    Conv(ConvStep),
 }
 
 /// One step of the plan, for one graph node (a node may take two: GEMM then epilogue).
@@ -333,6 +380,7 @@ fn reads(step: &Step) -> Vec<BufferId> {
             }
             r
         }
+        StepKind::Conv(c) => [Some(c.x), Some(c.w), c.bias, c.z].into_iter().flatten().collect(),
         StepKind::Kernel(k) => k
             .args
             .iter()
@@ -1127,6 +1175,30 @@ impl fmt::Display for Plan {
                     );
                     if let Some(c) = g.c {
                         let _ = write!(line, " c={}", buf(c));
+                    }
+                }
+                StepKind::Conv(c) => {
+                    let _ = write!(
+                        line,
+                        "conv {}: {}{:?} = {}{:?} * {}{:?} pads={:?} strides={:?} dilations={:?} groups={} act={:?}",
+                        c.dtype,
+                        buf(c.y),
+                        c.y_shape,
+                        buf(c.x),
+                        c.x_shape,
+                        buf(c.w),
+                        c.w_shape,
+                        c.pads,
+                        c.strides,
+                        c.dilations,
+                        c.groups,
+                        c.activation
+                    );
+                    if let Some(b) = c.bias {
+                        let _ = write!(line, " bias={}", buf(b));
+                    }
+                    if let Some(z) = c.z {
+                        let _ = write!(line, " z={}", buf(z));
                     }
                 }
                 StepKind::Kernel(k) => {

@@ -52,6 +52,28 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
     if deepest > MAX_HEADER_NESTING {
         return Err(format!("header nests brackets {deepest} deep, over the limit of {MAX_HEADER_NESTING}"));
     }
+    check_shape(header)
+}
+
+/// npyz multiplies the header's dimensions (for the element count and the strides) without
+/// checking for overflow, so the product of the nonzero dimensions must fit in a u64: with a
+/// zero dimension the count is 0 but a stride may still overflow. Found by fuzzing.
+fn check_shape(header: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(header);
+    let Some(key) = text.find("'shape'").or_else(|| text.find("\"shape\"")) else { return Ok(()) };
+    let rest = &text[key..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(()) };
+    if close < open {
+        return Ok(());
+    }
+    let mut product = 1u64;
+    for d in rest[open + 1..close].split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // Anything that is not a plain number is npyz's to refuse.
+        let Ok(d) = d.parse::<u64>() else { return Ok(()) };
+        if d != 0 {
+            product = product.checked_mul(d).ok_or("the shape's element count overflows")?;
+        }
+    }
     Ok(())
 }
 
@@ -202,5 +224,15 @@ mod tests {
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         b.extend_from_slice(b"{'descr': '<f4'");
         check_refused(&b, "header declares 4294967295 bytes, the file has 15");
+    }
+
+    /// Found by fuzzing: npyz multiplies the dimensions unchecked, for the strides even when a
+    /// zero dimension makes the element count 0.
+    #[test]
+    fn overflowing_shape_is_refused() {
+        for shape in ["(4294967296, 4294967296, 2)", "(0, 4294967296, 4294967296)"] {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            check_refused(&npy_v1(&dict), "the shape's element count overflows");
+        }
     }
 }
