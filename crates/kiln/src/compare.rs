@@ -101,6 +101,19 @@ pub fn compare(
     batches: &[Vec<Tensor>],
     per_layer: bool,
 ) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
+    compare_with(reference, built, batches, per_layer, &mut |g, inputs| crate::run_cpu(g, inputs))
+}
+
+/// [`compare`], running the built graph with `run_built` (the GPU, for example) instead of
+/// the CPU reference; it is called once per batch with the same graph (the built graph, plus
+/// the compared layers as outputs).
+pub fn compare_with(
+    reference: &Graph,
+    built: &Graph,
+    batches: &[Vec<Tensor>],
+    per_layer: bool,
+    run_built: &mut dyn FnMut(&Graph, &[Tensor]) -> Result<Vec<Tensor>, Error>,
+) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
     // The imported graph's intermediate types may be unknown until inferred.
     let mut typed = reference.clone();
     kiln_ir::passes::PassManager::new(vec![Box::new(kiln_ir::passes::InferTypes)])
@@ -115,7 +128,7 @@ pub fn compare(
     let mut acc: Vec<Vec<(Tensor, Tensor)>> = vec![vec![]; outs + shared.len()];
     for inputs in batches {
         let want = crate::run_cpu(&r, inputs)?;
-        let got = crate::run_cpu(&b, inputs)?;
+        let got = run_built(&b, inputs)?;
         for (i, (w, g)) in want.into_iter().zip(got).enumerate() {
             acc[i].push((w, g));
         }

@@ -7,16 +7,19 @@
 
 pub mod build;
 pub mod compare;
+pub mod gpu;
 pub mod npy;
 pub mod random;
 
 pub use build::{build, BuildOptions, Built, Int8Options};
 
 pub use kiln_cpu as cpu;
+pub use kiln_cuda as cuda;
 pub use kiln_fuse as fuse;
 pub use kiln_ir as ir;
 pub use kiln_onnx as onnx;
 pub use kiln_quant as quant;
+pub use kiln_runtime as runtime;
 
 use kiln_ir::passes::{PassContext, PassManager, PassReport};
 use kiln_ir::{Graph, Tensor};
@@ -34,6 +37,9 @@ pub enum Error {
     /// Fusion failed (a bug: the graph stays valid without it, see `--no-fuse`).
     #[error(transparent)]
     Fuse(#[from] kiln_fuse::FuseError),
+    /// Planning, compiling or running on the GPU failed.
+    #[error(transparent)]
+    Cuda(#[from] kiln_cuda::CudaError),
     /// Running on the CPU failed.
     #[error(transparent)]
     Cpu(#[from] kiln_cpu::CpuError),
