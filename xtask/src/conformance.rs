@@ -155,8 +155,9 @@ fn is_unsupported(msg: &str) -> bool {
         || msg.contains("no CUDA lowering")
 }
 
-/// Runs the graph on the GPU: tensors only (sequences and optionals have no CUDA form).
-fn run_gpu(g: &kiln::ir::Graph, ins: Vec<Data>) -> Result<Vec<Data>, String> {
+/// Runs the graph on the GPU: tensors only (sequences and optionals have no CUDA form). Integer
+/// inputs that only give shapes or axes are bound first, as an engine build fixes them.
+fn run_gpu(raw: &kiln::ir::Graph, ins: Vec<Data>, opt: bool, fuse: bool) -> Result<Vec<Data>, String> {
     let tensors = ins
         .into_iter()
         .map(|d| match d {
@@ -164,12 +165,18 @@ fn run_gpu(g: &kiln::ir::Graph, ins: Vec<Data>) -> Result<Vec<Data>, String> {
             _ => Err("sequence and optional values are not supported on CUDA".to_string()),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut g = raw.clone();
+    let tensors = kiln::bind_shape_inputs(&mut g, tensors);
+    if opt {
+        let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
+        kiln::optimize_with(&mut g, &opts).map_err(|e| e.to_string())?;
+    }
     let mut opts = kiln::gpu::GpuOptions::default();
     // The suite's tolerances are FP32's.
     opts.exec.tf32 = false;
     opts.exec.cuda_graph = false;
     opts.workspace_bytes = 16 << 20;
-    let out = kiln::gpu::run_gpu(g, &tensors, &opts).map_err(|e| e.to_string())?;
+    let out = kiln::gpu::run_gpu(&g, &tensors, &opts).map_err(|e| e.to_string())?;
     Ok(out.into_iter().map(Data::Tensor).collect())
 }
 
@@ -190,7 +197,9 @@ fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Sta
         }
     };
     ops = model.graph.op_counts().keys().filter(|k| !matches!(**k, "Input" | "Const")).map(|k| k.to_string()).collect();
-    if opt {
+    // On CUDA each data set is bound into the graph first (shape inputs), then optimized.
+    let raw = if cuda { Some(model.graph.clone()) } else { None };
+    if opt && !cuda {
         let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
         if let Err(e) = kiln::optimize_with(&mut model.graph, &opts) {
             let s = e.to_string();
@@ -222,10 +231,9 @@ fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Sta
                 return (ops, st, e);
             }
         };
-        let got = if cuda {
-            run_gpu(&model.graph, ins)
-        } else {
-            kiln::cpu::run_graph_data(&model.graph, ins).map_err(|e| e.to_string())
+        let got = match &raw {
+            Some(raw) => run_gpu(raw, ins, opt, fuse),
+            None => kiln::cpu::run_graph_data(&model.graph, ins).map_err(|e| e.to_string()),
         };
         let got = match got {
             Ok(g) => g,

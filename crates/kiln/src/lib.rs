@@ -149,6 +149,43 @@ pub fn optimize_with(graph: &mut Graph, opts: &OptimizeOptions) -> Result<Optimi
     Ok(Optimized { passes, fusion })
 }
 
+/// Whether input `slot` of an op named `op` says a shape, axes, sizes or counts rather than
+/// data: the operands TensorRT calls shape tensors.
+fn is_shape_operand(op: &str, slot: usize) -> bool {
+    match op {
+        "ConstantOfShape" | "Range" => true,
+        "Slice" | "Resize" | "Upsample" => slot >= 1,
+        "Pad" => slot == 1 || slot == 3,
+        "Reshape" | "Expand" | "Tile" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum" | "OneHot"
+        | "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => slot == 1,
+        _ => false,
+    }
+}
+
+/// Fixes integer graph inputs that only feed shape operands (Reshape's shape, Slice's starts,
+/// a reduction's axes, ...) to the values given, as TensorRT fixes shape tensors when it
+/// builds: a static-shape engine needs them at build time. Call before [`optimize`], which
+/// then folds them. Returns the inputs that stay inputs, in order.
+pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> {
+    let mut kept = vec![];
+    for (id, t) in graph.inputs.clone().into_iter().zip(inputs) {
+        let v = kiln_ir::Value { node: id, slot: 0 };
+        let users = graph.users(v);
+        let shape_only = !users.is_empty()
+            && !graph.is_output(v)
+            && matches!(t.dtype(), kiln_ir::DType::I64 | kiln_ir::DType::I32)
+            && users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot));
+        if shape_only {
+            graph.node_mut(id).op = kiln_ir::Op::Const(t);
+            graph.inputs.retain(|&i| i != id);
+        } else {
+            kept.push(t);
+        }
+    }
+    kept
+}
+
 /// Runs a graph on the CPU reference executor; inputs in graph-input order.
 pub fn run_cpu(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
     Ok(kiln_cpu::run_graph(graph, inputs)?)
