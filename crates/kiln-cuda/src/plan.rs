@@ -2,11 +2,13 @@
 //! each with its buffers, launch configuration and parameters. The runtime serializes and runs
 //! it; nothing here touches a GPU.
 //!
-//! This first planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
+//! This planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
 //! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm,
 //! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
-//! packed attention, and the reshapes that only rename memory (views, no step). Any other node fails the plan with one error naming every such node: nothing falls
-//! back to the CPU. Shapes must be static.
+//! packed attention, and the reshapes that only rename memory (views, no step); its submodules
+//! add convolutions through cuDNN (`conv`), pooling (`pool`) and the data-movement ops Slice,
+//! Expand, Tile, Split, Pad and Resize (`data`). Any other node fails the plan with one error
+//! naming every such node: nothing falls back to the CPU. Shapes must be static.
 //!
 //! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
 //! field of the GEMM call; any other epilogue is a generated kernel launched after the GEMM on
