@@ -454,10 +454,21 @@ impl Planner<'_> {
             }
             Op::Elementwise(e) => {
                 let n = node.num_inputs;
-                let ins: Vec<BufferId> = (0..n).map(|s| self.required(id, s)).collect::<Result<_>>().map_err(|_| {
-                    CudaError::Unsupported("an absent optional input cannot be lowered; fold it first".into())
-                })?;
-                self.elementwise(id, &Expr::op(e.clone(), n), &ins)
+                let mut ins = vec![];
+                for s in 0..n {
+                    ins.push(self.input(id, s)?.ok_or_else(|| {
+                        CudaError::Unsupported("an absent optional input cannot be lowered; fold it first".into())
+                    })?);
+                }
+                // CastLike reads only the type of its second input.
+                if let (ElementwiseOp::CastLike { saturate }, [x, like]) = (e, &ins[..]) {
+                    let to = self.plan.buffers[*like].dtype;
+                    return self.elementwise(id, &Expr::op(ElementwiseOp::Cast { to, saturate: *saturate }, 1), &[*x]);
+                }
+                let expr = Expr::op(e.clone(), n);
+                // Opset-6 broadcasting and the like have no expression form.
+                expr.check().map_err(|why| CudaError::Unsupported(format!("{} as an expression: {why}", e.name())))?;
+                self.elementwise(id, &expr, &ins)
             }
             Op::Fused(FusedOp::Elementwise(expr)) => {
                 let ins: Vec<BufferId> = (0..node.num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
@@ -489,7 +500,12 @@ impl Planner<'_> {
                 | LayoutOp::Unsqueeze { .. }
                 | LayoutOp::Identity
                 | LayoutOp::Dropout,
-            ) => self.view(id),
+            ) => {
+                if node.outputs.get(1).is_some_and(|o| !o.name.is_empty()) {
+                    return Err(CudaError::Unsupported("Dropout's mask output has no kernel yet".into()));
+                }
+                self.view(id)
+            }
             Op::Layout(LayoutOp::Transpose { perm }) => self.transpose(id, perm.as_deref()),
             Op::Layout(LayoutOp::Concat { axis }) => self.concat(id, *axis),
             Op::Layout(LayoutOp::Gather { axis }) => self.gather(id, *axis),
@@ -997,10 +1013,11 @@ impl Planner<'_> {
             Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
             Some(_) if noop_with_empty_axes => return self.view(id),
             Some(_) => (0..shape.len()).collect(),
-            None if self.g.node(id).num_inputs > 1 => {
-                return Err(CudaError::Unsupported("axes given as an input; fold them into the attribute first".into()))
-            }
-            None => (0..shape.len()).collect(),
+            None => match self.const_ints(id, 1)? {
+                Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
+                _ if noop_with_empty_axes => return self.view(id),
+                _ => (0..shape.len()).collect(),
+            },
         };
         let name = match reducer {
             Reducer::Sum => "reduce_sum",

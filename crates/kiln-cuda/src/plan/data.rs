@@ -22,7 +22,7 @@ pub(super) fn row_major(shape: &[usize]) -> Vec<i64> {
 
 impl Planner<'_> {
     /// The constant tensor feeding input `slot`, `None` if the input is absent.
-    fn const_input(&self, id: NodeId, slot: usize) -> Result<Option<&Tensor>> {
+    pub(super) fn const_input(&self, id: NodeId, slot: usize) -> Result<Option<&Tensor>> {
         match self.g.inputs_of(id).get(slot).copied().flatten() {
             None => Ok(None),
             Some(v) => match &self.g.node(v.node).op {
@@ -34,7 +34,7 @@ impl Planner<'_> {
         }
     }
 
-    fn const_ints(&self, id: NodeId, slot: usize) -> Result<Option<Vec<i64>>> {
+    pub(super) fn const_ints(&self, id: NodeId, slot: usize) -> Result<Option<Vec<i64>>> {
         Ok(self.const_input(id, slot)?.map(Tensor::to_i64_vec))
     }
 
