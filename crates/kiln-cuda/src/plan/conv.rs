@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(cudnn_epilogue(&e, &[ch.clone(), res.clone()], &out, DType::F16, true), None);
         // ReLU under the add, Clip, or a residual of another type are not cuDNN's.
         let inner = Expr { nodes: vec![ExprNode::Input(0), op(&relu, &[0]), ExprNode::Input(1), op(&add, &[1, 2])] };
-        assert_eq!(cudnn_epilogue(&inner, &[res.clone()], &out, DType::F16, false), None);
+        assert_eq!(cudnn_epilogue(&inner, std::slice::from_ref(&res), &out, DType::F16, false), None);
         let clip =
             Expr { nodes: vec![ExprNode::Input(0), op(&ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, &[0])] };
         assert_eq!(cudnn_epilogue(&clip, &[], &out, DType::F16, true), None);

@@ -190,7 +190,7 @@ impl Planner<'_> {
         let mut shape = vec![];
         let mut strides = vec![];
         for d in 0..xs.len() {
-            let reps = if xs[d] == 0 { 0 } else { ys[d] / xs[d] };
+            let reps = ys[d].checked_div(xs[d]).unwrap_or(0);
             shape.extend([reps, xs[d]]);
             strides.extend([0, st[d]]);
         }
