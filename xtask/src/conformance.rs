@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::plan_coverage::{self, PlanOutcome};
+
 /// The suite's directories, in report order.
 const DIRS: [&str; 5] = ["node", "simple", "pytorch-converted", "pytorch-operator", "light"];
 
@@ -55,6 +57,10 @@ pub struct Args {
     /// CPU-passing tests is the yardstick).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
+    /// Also plan every passing graph for CUDA, plus the model fixtures, and compile every
+    /// kernel the plans use with NVRTC (sm_80, sm_90); prints the planner's coverage.
+    #[arg(long)]
+    plan_cuda: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -74,6 +80,7 @@ struct Outcome {
     status: Status,
     reason: String,
     millis: u128,
+    plan: Option<PlanOutcome>,
 }
 
 struct Case {
@@ -180,7 +187,14 @@ fn run_gpu(raw: &kiln::ir::Graph, ins: Vec<Data>, opt: bool, fuse: bool) -> Resu
     Ok(out.into_iter().map(Data::Tensor).collect())
 }
 
-fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Status, String) {
+fn run_case(
+    case: &Case,
+    opt: bool,
+    fuse: bool,
+    cuda: bool,
+    want_plan: bool,
+    plan: &mut Option<PlanOutcome>,
+) -> (Vec<String>, Status, String) {
     let mut ops = vec![];
     let mut model = match kiln::onnx::load_model(&case.model) {
         Ok(m) => m,
@@ -208,6 +222,7 @@ fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Sta
     }
     let in_kinds: Vec<ValueKind> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].kind).collect();
     let out_kinds: Vec<ValueKind> = model.graph.outputs.iter().map(|o| model.graph.value_info(o.value).kind).collect();
+    let mut first_shapes: Option<Vec<Option<Vec<usize>>>> = None;
     for (inputs, outputs) in &case.data {
         let read = |paths: &[PathBuf], kinds: &[ValueKind]| -> Result<Vec<Data>, String> {
             paths
@@ -231,6 +246,11 @@ fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Sta
                 return (ops, st, e);
             }
         };
+        if first_shapes.is_none() {
+            first_shapes = Some(
+                ins.iter().map(|d| if let Data::Tensor(t) = d { Some(t.shape().to_vec()) } else { None }).collect(),
+            );
+        }
         let got = match &raw {
             Some(raw) => run_gpu(raw, ins, opt, fuse),
             None => kiln::cpu::run_graph_data(&model.graph, ins).map_err(|e| e.to_string()),
@@ -250,7 +270,42 @@ fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Sta
             }
         }
     }
+    if want_plan {
+        *plan = Some(plan_passing(case, &model.graph, first_shapes.unwrap_or_default(), opt, fuse));
+    }
     (ops, Status::Pass, String::new())
+}
+
+/// Plans a graph that passed: as optimized when its inputs are static, else reloaded with the
+/// inputs specialized to the first data set's shapes (as an engine is built for one shape).
+fn plan_passing(
+    case: &Case,
+    g: &kiln::ir::Graph,
+    shapes: Vec<Option<Vec<usize>>>,
+    opt: bool,
+    fuse: bool,
+) -> PlanOutcome {
+    let is_static = g.inputs.iter().all(|&i| g.node(i).outputs[0].ty.concrete_shape().is_some());
+    if is_static {
+        return plan_coverage::plan_graph(g);
+    }
+    let mut model = match kiln::onnx::load_model(&case.model) {
+        Ok(m) => m,
+        Err(e) => return PlanOutcome::Error(e.to_string()),
+    };
+    let names: Vec<String> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].name.clone()).collect();
+    let map: std::collections::HashMap<String, Vec<usize>> =
+        names.into_iter().zip(shapes).filter_map(|(n, s)| Some((n, s?))).collect();
+    if let Err(e) = kiln::specialize(&mut model.graph, &map) {
+        return PlanOutcome::Error(e.to_string());
+    }
+    if opt {
+        let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
+        if let Err(e) = kiln::optimize_with(&mut model.graph, &opts) {
+            return PlanOutcome::Error(format!("optimizing the specialized graph: {e}"));
+        }
+    }
+    plan_coverage::plan_graph(&model.graph)
 }
 
 /// The inputs onnx's runner feeds the light models: `arange(n) / n` in the declared shape,
@@ -347,8 +402,10 @@ pub fn run(args: Args) -> Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { break };
                 let t0 = Instant::now();
-                let r =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt, !args.no_fuse, cuda)));
+                let mut plan = None;
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run_case(case, !args.no_opt, !args.no_fuse, cuda, args.plan_cuda, &mut plan)
+                }));
                 let (ops, status, reason) = match r {
                     Ok(r) => r,
                     Err(_) => {
@@ -363,6 +420,7 @@ pub fn run(args: Args) -> Result<()> {
                     status,
                     reason,
                     millis: t0.elapsed().as_millis(),
+                    plan,
                 };
                 if args.verbose {
                     let why = if o.reason.is_empty() { String::new() } else { format!(": {}", o.reason) };
@@ -476,6 +534,9 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{panics} tests panicked");
         }
     }
+    if args.plan_cuda {
+        plan_cuda(&mut results, &args)?;
+    }
     Ok(())
 }
 
@@ -518,6 +579,53 @@ fn cuda_report(results: &[Outcome], out_dir: &Path) -> Result<()> {
         bail!("{panics} tests panicked on CUDA");
     }
     Ok(())
+}
+
+/// The planner over the passing graphs, then over the model fixtures (`tests/models/*.onnx`
+/// and the BERT-base export of `cargo xtask bench-fuse` where it exists).
+fn plan_cuda(results: &mut [Outcome], args: &Args) -> Result<()> {
+    let mut outcomes: Vec<(String, PlanOutcome)> =
+        results.iter_mut().filter_map(|r| Some((format!("{}/{}", r.dir, r.name), r.plan.take()?))).collect();
+    let passing = results.iter().filter(|r| r.status == Status::Pass).count();
+    println!("\nplanned {} of {passing} passing tests' graphs for CUDA", outcomes.len());
+    let mut files: Vec<PathBuf> = std::fs::read_dir("tests/models")
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "onnx")).collect())
+        .unwrap_or_default();
+    files.sort();
+    if let Ok(home) = std::env::var("HOME") {
+        let bert = Path::new(&home).join(".cache/kiln/models/bert_base_12l.onnx");
+        if bert.is_file() {
+            files.push(bert);
+        }
+    }
+    if args.filter.is_none() && args.dir.is_none() {
+        for f in files {
+            let name = f.file_name().map_or(String::new(), |n| n.to_string_lossy().to_string());
+            let o = plan_coverage::plan_file(&f).unwrap_or_else(|e| PlanOutcome::Error(format!("{e:#}")));
+            let line = match &o {
+                PlanOutcome::Planned { steps, .. } => {
+                    format!("planned: {} launches, {} GEMMs, {} convolutions", steps[0], steps[1], steps[2])
+                }
+                PlanOutcome::Refused(list) => {
+                    let ops: BTreeSet<&str> = list.iter().map(|(o, _)| o.as_str()).collect();
+                    format!("refused: {}", ops.into_iter().collect::<Vec<_>>().join(", "))
+                }
+                PlanOutcome::Error(e) => format!("error: {e}"),
+            };
+            println!("model {name}: {line}");
+            outcomes.push((format!("models/{name}"), o));
+        }
+    }
+    for (name, o) in &outcomes {
+        if args.verbose {
+            if let PlanOutcome::Refused(list) = o {
+                let l: Vec<String> = list.iter().map(|(op, why)| format!("{op}: {why}")).collect();
+                let l: String = l.join("; ").chars().take(300).collect();
+                println!("refused {name}: {l}");
+            }
+        }
+    }
+    plan_coverage::report(&outcomes, args.jobs)
 }
 
 fn conformance_md(results: &[Outcome], summary: &BTreeMap<&str, BTreeMap<&str, usize>>) -> String {

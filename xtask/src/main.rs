@@ -9,6 +9,7 @@ mod data;
 mod demo;
 mod fetch_nvrtc;
 mod fuzz;
+mod plan_coverage;
 
 use clap::{Parser, Subcommand};
 

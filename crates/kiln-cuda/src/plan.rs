@@ -2,11 +2,13 @@
 //! each with its buffers, launch configuration and parameters. The runtime serializes and runs
 //! it; nothing here touches a GPU.
 //!
-//! This first planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
+//! This planner covers graphs of elementwise ops, fused elementwise expressions, MatMul
 //! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm,
 //! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
-//! packed attention, and the reshapes that only rename memory (views, no step). Any other node fails the plan with one error naming every such node: nothing falls
-//! back to the CPU. Shapes must be static.
+//! packed attention, and the reshapes that only rename memory (views, no step); its submodules
+//! add convolutions through cuDNN (`conv`), pooling (`pool`) and the data-movement ops Slice,
+//! Expand, Tile, Split, Pad and Resize (`data`). Any other node fails the plan with one error
+//! naming every such node: nothing falls back to the CPU. Shapes must be static.
 //!
 //! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
 //! field of the GEMM call; any other epilogue is a generated kernel launched after the GEMM on
@@ -20,10 +22,16 @@ use crate::launch;
 use kiln_ir::ops::attention::AttentionAttrs;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::reduce::Reducer;
-use kiln_ir::ops::{AttentionOp, ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp};
+use kiln_ir::ops::{
+    AttentionOp, ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp, SpatialOp,
+};
 use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
+
+mod conv;
+mod data;
+mod pool;
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufferId = usize;
@@ -449,19 +457,41 @@ impl Planner<'_> {
             }
             Op::Elementwise(e) => {
                 let n = node.num_inputs;
-                let ins: Vec<BufferId> = (0..n).map(|s| self.required(id, s)).collect::<Result<_>>().map_err(|_| {
-                    CudaError::Unsupported("an absent optional input cannot be lowered; fold it first".into())
-                })?;
-                self.elementwise(id, &Expr::op(e.clone(), n), &ins)
+                let mut ins = vec![];
+                for s in 0..n {
+                    ins.push(self.input(id, s)?.ok_or_else(|| {
+                        CudaError::Unsupported("an absent optional input cannot be lowered; fold it first".into())
+                    })?);
+                }
+                // CastLike reads only the type of its second input.
+                if let (ElementwiseOp::CastLike { saturate }, [x, like]) = (e, &ins[..]) {
+                    let to = self.plan.buffers[*like].dtype;
+                    return self.elementwise(id, &Expr::op(ElementwiseOp::Cast { to, saturate: *saturate }, 1), &[*x]);
+                }
+                let expr = Expr::op(e.clone(), n);
+                // Opset-6 broadcasting and the like have no expression form.
+                expr.check().map_err(|why| CudaError::Unsupported(format!("{} as an expression: {why}", e.name())))?;
+                self.elementwise(id, &expr, &ins)
             }
             Op::Fused(FusedOp::Elementwise(expr)) => {
                 let ins: Vec<BufferId> = (0..node.num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
                 self.elementwise(id, expr, &ins)
             }
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
+                self.conv(id, attrs, *base_inputs, Some(expr))
+            }
             Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => self.matmul(id, base, *base_inputs, Some(expr)),
             Op::Linalg(base @ (LinalgOp::MatMul | LinalgOp::Gemm { .. })) => {
                 self.matmul(id, base, node.num_inputs, None)
             }
+            Op::Linalg(LinalgOp::Conv(attrs)) => self.conv(id, attrs, node.num_inputs, None),
+            Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
+                "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
+            )),
+            Op::Linalg(LinalgOp::ConvInteger(_) | LinalgOp::QLinearConv(_)) => Err(CudaError::Unsupported(
+                "integer convolutions are not lowered yet (INT8 QDQ folding into cuDNN is planned)".into(),
+            )),
+            Op::Pool(p) => self.pool(id, p),
             Op::Norm(NormOp::LayerNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, false),
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
             Op::Norm(NormOp::Softmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, false),
@@ -473,10 +503,21 @@ impl Planner<'_> {
                 | LayoutOp::Unsqueeze { .. }
                 | LayoutOp::Identity
                 | LayoutOp::Dropout,
-            ) => self.view(id),
+            ) => {
+                if node.outputs.get(1).is_some_and(|o| !o.name.is_empty()) {
+                    return Err(CudaError::Unsupported("Dropout's mask output has no kernel yet".into()));
+                }
+                self.view(id)
+            }
             Op::Layout(LayoutOp::Transpose { perm }) => self.transpose(id, perm.as_deref()),
             Op::Layout(LayoutOp::Concat { axis }) => self.concat(id, *axis),
             Op::Layout(LayoutOp::Gather { axis }) => self.gather(id, *axis),
+            Op::Layout(LayoutOp::Slice { attrs }) => self.slice(id, attrs.as_ref()),
+            Op::Layout(LayoutOp::Split { axis, .. }) => self.split(id, *axis),
+            Op::Layout(LayoutOp::Pad { mode, pads, value }) => self.pad(id, *mode, pads.as_deref(), *value),
+            Op::Layout(LayoutOp::Expand) => self.expand(id),
+            Op::Layout(LayoutOp::Tile) => self.tile(id),
+            Op::Spatial(SpatialOp::Resize(attrs)) => self.resize(id, attrs),
             Op::Reduce(ReduceOp::Reduce { reducer, axes, noop_with_empty_axes, .. }) => {
                 self.reduce(id, *reducer, axes.as_deref(), *noop_with_empty_axes)
             }
@@ -553,32 +594,49 @@ impl Planner<'_> {
                 self.plan.buffers[b].dtype
             )));
         }
-        // MatMul: [..., m, k] x [..., k, n] with equal batch dims, or a 2-D B shared by every
-        // batch (the weights of a linear layer). Gemm: 2-D.
+        // MatMul: [..., m, k] x [..., k, n], 1-D operands promoted (A to a row, B to a column),
+        // batch dims broadcast. An operand whose batch is one matrix is shared (stride 0); one
+        // that covers only part of the output's batch is expanded by a kernel first. Gemm: 2-D.
+        let (mut a, mut b) = (a, b);
         let (m, k, n, batch, batch_strides) = match base {
             LinalgOp::MatMul => {
-                if ash.len() < 2 || bsh.len() < 2 {
-                    return Err(CudaError::Unsupported(format!(
-                        "MatMul of vectors ({ash:?} x {bsh:?}) is not lowered yet"
-                    )));
+                if ash.is_empty() || bsh.is_empty() {
+                    return Err(CudaError::Invalid(format!("MatMul of scalars ({ash:?} x {bsh:?})")));
                 }
-                let (m, k) = (ash[ash.len() - 2], ash[ash.len() - 1]);
-                let (k2, n) = (bsh[bsh.len() - 2], bsh[bsh.len() - 1]);
+                let a2 = if ash.len() == 1 { vec![1, ash[0]] } else { ash.clone() };
+                let b2 = if bsh.len() == 1 { vec![bsh[0], 1] } else { bsh.clone() };
+                let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+                let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
                 if k != k2 {
                     return Err(CudaError::Invalid(format!("MatMul of {ash:?} and {bsh:?}: inner dims differ")));
                 }
-                let batch: usize = ash[..ash.len() - 2].iter().product();
-                let b_batch = &bsh[..bsh.len() - 2];
-                let b_stride = if b_batch.iter().product::<usize>() == 1 {
-                    0
-                } else if b_batch == &ash[..ash.len() - 2] {
-                    k * n
-                } else {
-                    return Err(CudaError::Unsupported(format!(
-                        "MatMul broadcasting {ash:?} x {bsh:?} is not lowered yet"
-                    )));
+                let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
+                let out_batch = kiln_ir::ops::infer::broadcast_shapes(ab, bb).ok_or_else(|| {
+                    CudaError::Invalid(format!("MatMul of {ash:?} and {bsh:?}: batch dims do not broadcast"))
+                })?;
+                let batch: usize = out_batch.iter().product();
+                let mut stride = |x: &mut BufferId, xb: &[usize], mat: [usize; 2], what: &str| -> Result<usize> {
+                    let count: usize = xb.iter().product();
+                    // (A of a single matrix keeps the stride of one, as it always had.)
+                    if count == 1 && (what == "b" || batch > 1) {
+                        return Ok(0);
+                    }
+                    if count != batch {
+                        let mut full = out_batch.clone();
+                        full.extend(mat);
+                        let mut shape = xb.to_vec();
+                        shape.extend(mat);
+                        let strides = broadcast_strides(&shape, &full)?;
+                        let name = format!("{}.{what}_broadcast", self.g.node(id).name);
+                        let t = self.temp(name, dtype, full.clone());
+                        self.permute_launch(id, *x, t, &full, &strides, 0)?;
+                        *x = t;
+                    }
+                    Ok(mat[0] * mat[1])
                 };
-                (m, k, n, batch, [m * k, b_stride, m * n])
+                let sa = stride(&mut a, ab, [m, k], "a")?;
+                let sb = stride(&mut b, bb, [k, n], "b")?;
+                (m, k, n, batch, [sa, sb, m * n])
             }
             _ => {
                 if ash.len() != 2 || bsh.len() != 2 {
@@ -959,10 +1017,11 @@ impl Planner<'_> {
             Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
             Some(_) if noop_with_empty_axes => return self.view(id),
             Some(_) => (0..shape.len()).collect(),
-            None if self.g.node(id).num_inputs > 1 => {
-                return Err(CudaError::Unsupported("axes given as an input; fold them into the attribute first".into()))
-            }
-            None => (0..shape.len()).collect(),
+            None => match self.const_ints(id, 1)? {
+                Some(a) if !a.is_empty() => a.iter().map(|&v| Self::axis(v, shape.len())).collect::<Result<_>>()?,
+                _ if noop_with_empty_axes => return self.view(id),
+                _ => (0..shape.len()).collect(),
+            },
         };
         let name = match reducer {
             Reducer::Sum => "reduce_sum",

@@ -1066,3 +1066,167 @@ fn kernel_only_plan_matches_the_cpu_executor() {
     let err = lib.run_plan(&plan, &[Tensor::from_vec(vec![1], vec![3i64]).unwrap()]).unwrap_err();
     assert_eq!(err.to_string(), "Gather embed: an index is outside [-3, 3)");
 }
+
+/// A graph of one node over `data` (graph inputs) followed by `consts` (constant inputs,
+/// `None` for an absent optional one), its output types taken from the CPU reference; with its
+/// inputs.
+fn one_node(op: Op, data: &[&Tensor], consts: &[Option<Tensor>], outputs: usize) -> (kiln_ir::Graph, Vec<Tensor>) {
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let mut ins: Vec<Option<&Tensor>> = data.iter().map(|t| Some(*t)).collect();
+    ins.extend(consts.iter().map(Option::as_ref));
+    let want = eval_op(&op, &ins, outputs).unwrap_or_else(|e| panic!("CPU reference of {}: {e}", op.name()));
+    let mut g = Graph::new(op.name());
+    let mut slots = vec![];
+    for (i, t) in data.iter().enumerate() {
+        slots.push(Some(g.add_input(format!("in{i}"), TypeInfo::known(t.dtype(), t.shape()))));
+    }
+    for (i, c) in consts.iter().enumerate() {
+        slots.push(c.as_ref().map(|t| g.add_const(format!("c{i}"), t.clone())));
+    }
+    let outs = want
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ValueInfo::tensor(format!("out{i}"), TypeInfo::known(t.dtype(), t.shape())))
+        .collect();
+    let id = g.add_node("node", op, &slots, outs);
+    for i in 0..want.len() {
+        g.add_output(format!("out{i}"), Value { node: id, slot: i });
+    }
+    (g, data.iter().map(|t| (*t).clone()).collect())
+}
+
+/// Plans `g`, runs the plan on the GPU and compares every output with the CPU executor.
+fn plan_matches(lib: &KernelLibrary, what: &str, g: &kiln_ir::Graph, inputs: &[Tensor], atol: f64, rtol: f64) {
+    let plan = kiln_cuda::plan::plan(g).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        plan.steps.iter().all(|s| matches!(s.kind, kiln_cuda::plan::StepKind::Kernel(_))),
+        "{what}: not a kernel-only plan:\n{plan}"
+    );
+    let got = lib.run_plan(&plan, inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let want = kiln_cpu::run_graph(g, inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(got.len(), want.len(), "{what}: outputs");
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        check_close(&format!("{what} output {i}"), a, b, atol, rtol);
+    }
+}
+
+fn ints(v: &[i64]) -> Option<Tensor> {
+    Some(Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap())
+}
+
+/// The planner's kernel-only lowerings (pooling, Slice, Pad, Split, Where, Cast, Expand, Tile,
+/// Resize), planned from one-node graphs and run through `run_plan`, against the CPU executor.
+#[test]
+fn planned_data_ops_match_the_cpu_executor() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(12);
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        for n in [1usize, 3, 50, 783] {
+            // Pooling: 2-D with ceil_mode and padding, 1-D, global.
+            let x = rand_tensor(&mut rng, &[2, 3, n, 5], -4.0, 4.0, dt);
+            let window = |k: Vec<usize>, s: Vec<usize>, p: Vec<usize>, ceil_mode: bool| PoolWindow {
+                dilations: vec![1; k.len()],
+                kernel_shape: k,
+                strides: s,
+                pads: p,
+                auto_pad: AutoPad::NotSet,
+                ceil_mode,
+            };
+            let w2 = window(vec![3, 3], vec![2, 1], vec![1, 1, 1, 1], true);
+            for (name, op) in [
+                ("maxpool", PoolOp::MaxPool { window: w2.clone(), column_major: false }),
+                ("avgpool", PoolOp::AveragePool { window: w2.clone(), count_include_pad: false }),
+                ("avgpool pad", PoolOp::AveragePool { window: w2.clone(), count_include_pad: true }),
+                ("globalavgpool", PoolOp::GlobalAveragePool),
+                ("globalmaxpool", PoolOp::GlobalMaxPool),
+            ] {
+                let (g, ins) = one_node(Op::Pool(op), &[&x], &[], 1);
+                plan_matches(lib, &format!("{name} {dt} n={n}"), &g, &ins, atol, rtol);
+            }
+            let x1 = rand_tensor(&mut rng, &[2, 3, n], -4.0, 4.0, dt);
+            let w1 = window(vec![2], vec![1], vec![1, 0], false);
+            let (g, ins) = one_node(Op::Pool(PoolOp::MaxPool { window: w1, column_major: false }), &[&x1], &[], 1);
+            plan_matches(lib, &format!("maxpool1d {dt} n={n}"), &g, &ins, atol, rtol);
+
+            // Slice: backwards by two over rows, forwards by three over columns.
+            let x = rand_tensor(&mut rng, &[3, n, 7], -5.0, 5.0, dt);
+            let slice = Op::Layout(LayoutOp::Slice { attrs: None });
+            let c = [ints(&[-1, 1]), ints(&[i64::MIN, 100]), ints(&[1, 2]), ints(&[-2, 3])];
+            let (g, ins) = one_node(slice, &[&x], &c, 1);
+            plan_matches(lib, &format!("slice {dt} n={n}"), &g, &ins, 0.0, 0.0);
+
+            // Pad, every mode, pads from constant inputs, one negative (a crop).
+            let x = rand_tensor(&mut rng, &[2, n, 4], -5.0, 5.0, dt);
+            for mode in [PadMode::Constant, PadMode::Reflect, PadMode::Edge, PadMode::Wrap] {
+                if mode == PadMode::Reflect && n < 3 {
+                    continue;
+                }
+                let op = Op::Layout(LayoutOp::Pad { mode, pads: None, value: 0.0 });
+                let value = Some(Tensor::scalar(0.5f32).cast(dt));
+                let (g, ins) = one_node(op, &[&x], &[ints(&[0, 2, 1, 1, 1, -1]), value], 1);
+                plan_matches(lib, &format!("pad {mode:?} {dt} n={n}"), &g, &ins, 0.0, 0.0);
+            }
+
+            // Split into uneven pieces along the middle axis, and equal ones along the last.
+            let x = rand_tensor(&mut rng, &[2, n, 3], -5.0, 5.0, dt);
+            if n > 1 {
+                let op = Op::Layout(LayoutOp::Split { axis: 1, split: Some(vec![1, n as i64 - 1]) });
+                let (g, ins) = one_node(op, &[&x], &[], 2);
+                plan_matches(lib, &format!("split {dt} n={n}"), &g, &ins, 0.0, 0.0);
+            }
+            let (g, ins) = one_node(Op::Layout(LayoutOp::Split { axis: -1, split: None }), &[&x], &[], 3);
+            plan_matches(lib, &format!("split equal {dt} n={n}"), &g, &ins, 0.0, 0.0);
+
+            // Where with broadcast operands, and Cast both ways.
+            let c = Tensor::from_vec(vec![n, 1], (0..n).map(|_| rng.below(2) == 0).collect::<Vec<bool>>()).unwrap();
+            let a = rand_tensor(&mut rng, &[1, 3], -1.0, 1.0, dt);
+            let b = rand_tensor(&mut rng, &[n, 3], -1.0, 1.0, dt);
+            let (g, ins) = one_node(Op::Elementwise(ElementwiseOp::Where), &[&c, &a, &b], &[], 1);
+            plan_matches(lib, &format!("where {dt} n={n}"), &g, &ins, 0.0, 0.0);
+            for to in [DType::F32, DType::F16, DType::I32] {
+                let x = rand_tensor(&mut rng, &[n, 3], -300.0, 300.0, dt);
+                let (g, ins) = one_node(Op::Elementwise(ElementwiseOp::Cast { to, saturate: true }), &[&x], &[], 1);
+                plan_matches(lib, &format!("cast {dt}->{to} n={n}"), &g, &ins, 0.0, 0.0);
+            }
+
+            // Expand a column over a batch, and Tile.
+            let x = rand_tensor(&mut rng, &[n, 1], -5.0, 5.0, dt);
+            let (g, ins) = one_node(Op::Layout(LayoutOp::Expand), &[&x], &[ints(&[2, 1, 3])], 1);
+            plan_matches(lib, &format!("expand {dt} n={n}"), &g, &ins, 0.0, 0.0);
+            let x = rand_tensor(&mut rng, &[n, 2], -5.0, 5.0, dt);
+            let (g, ins) = one_node(Op::Layout(LayoutOp::Tile), &[&x], &[ints(&[2, 3])], 1);
+            plan_matches(lib, &format!("tile {dt} n={n}"), &g, &ins, 0.0, 0.0);
+
+            // Resize from constant scales (linear) and sizes (nearest).
+            let x = rand_tensor(&mut rng, &[1, 2, n, 5], -4.0, 4.0, dt);
+            let attrs = |mode: ResizeMode, ctm: CoordTransform, nm: NearestMode| ResizeAttrs {
+                mode,
+                coordinate_transformation_mode: ctm,
+                nearest_mode: nm,
+                cubic_coeff_a: -0.75,
+                exclude_outside: false,
+                extrapolation_value: 0.0,
+                antialias: false,
+                axes: None,
+                keep_aspect_ratio_policy: AspectRatioPolicy::Stretch,
+                inputs: ResizeInputs::RoiScalesSizes,
+            };
+            let scales = Some(Tensor::from_vec(vec![4], vec![1.0f32, 1.0, 2.0, 0.6]).unwrap());
+            let op = Op::Spatial(SpatialOp::Resize(attrs(
+                ResizeMode::Linear,
+                CoordTransform::HalfPixel,
+                NearestMode::RoundPreferFloor,
+            )));
+            let (g, ins) = one_node(op, &[&x], &[None, scales], 1);
+            plan_matches(lib, &format!("resize linear {dt} n={n}"), &g, &ins, atol, rtol);
+            let op = Op::Spatial(SpatialOp::Resize(attrs(
+                ResizeMode::Nearest,
+                CoordTransform::Asymmetric,
+                NearestMode::Floor,
+            )));
+            let (g, ins) = one_node(op, &[&x], &[None, None, ints(&[1, 2, 2 * n as i64 + 1, 3])], 1);
+            plan_matches(lib, &format!("resize nearest {dt} n={n}"), &g, &ins, 0.0, 0.0);
+        }
+    }
+}

@@ -3,12 +3,16 @@
 //! lower. The generated kernels of the plan are compiled with NVRTC where it is present.
 
 use kiln_cuda::nvrtc::Nvrtc;
-use kiln_cuda::plan::{plan, BufferKind, GemmEpilogue, Plan, StepKind};
+use kiln_cuda::plan::{plan, Arg, BufferKind, ConvActivation, ConvStep, GemmEpilogue, Plan, StepKind};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
-use kiln_ir::ops::layout::LayoutOp;
-use kiln_ir::ops::linalg::LinalgOp;
+use kiln_ir::ops::layout::{LayoutOp, PadMode};
+use kiln_ir::ops::linalg::{ConvAttrs, ConvTransposeAttrs, LinalgOp};
 use kiln_ir::ops::norm::NormOp;
+use kiln_ir::ops::pool::{AutoPad, PoolOp, PoolWindow};
 use kiln_ir::ops::reduce::{ReduceOp, Reducer};
+use kiln_ir::ops::spatial::{
+    AspectRatioPolicy, CoordTransform, NearestMode, ResizeAttrs, ResizeInputs, ResizeMode, SpatialOp,
+};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp};
 use kiln_ir::{DType, Graph, Op, Tensor, TypeInfo, Value, ValueInfo};
 
@@ -232,4 +236,271 @@ fn encoder_plan_reads_packed_qkv_in_place() {
     assert!(p.buffers[att].output);
     let first_copy = p.steps.iter().position(|s| s.node == "cat").unwrap();
     assert_eq!(p.buffers[att].last_use, Some(first_copy));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions, pooling and data movement
+
+fn conv_attrs(pads: &[usize], auto_pad: AutoPad, group: usize) -> ConvAttrs {
+    ConvAttrs { kernel_shape: vec![], strides: vec![], dilations: vec![], pads: pads.to_vec(), auto_pad, group }
+}
+
+/// A ResNet-ish and MobileNet-ish stem: a Conv with its bias, a residual and ReLU (all
+/// cuDNN's), a depthwise Conv whose SAME_UPPER padding is asymmetric under stride 2 with a
+/// Clip (ReLU6) epilogue, a 1-D and a 3-D Conv.
+fn convs() -> Graph {
+    let mut g = Graph::new("convs");
+    let x = g.add_input("x", f16(&[1, 8, 8, 8]));
+    let (w, b) = (konst(&mut g, "w", &[8, 8, 3, 3]), konst(&mut g, "b", &[8]));
+    let res = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[0, 1]),
+            op(ElementwiseOp::Unary(UnaryOp::Relu), &[2]),
+        ],
+    };
+    let base = LinalgOp::Conv(conv_attrs(&[1, 1, 1, 1], AutoPad::NotSet, 1));
+    let ep = Op::Fused(FusedOp::Epilogue { base, base_inputs: 3, expr: res });
+    let h = node(&mut g, "conv1", ep, &[Some(x), Some(w), Some(b), Some(x)], f16(&[1, 8, 8, 8]));
+    let dw = konst(&mut g, "dw", &[8, 1, 3, 3]);
+    let mut same = conv_attrs(&[], AutoPad::SameUpper, 8);
+    same.strides = vec![2, 2];
+    let relu6 = Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1);
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(same), base_inputs: 2, expr: relu6 });
+    let d = node(&mut g, "dwconv", ep, &[Some(h), Some(dw)], f16(&[1, 8, 4, 4]));
+    g.add_output("d", d);
+    let x1 = g.add_input("x1", f16(&[2, 4, 50]));
+    let w1 = konst(&mut g, "w1", &[6, 4, 5]);
+    let c1 = Op::Linalg(LinalgOp::Conv(conv_attrs(&[2, 2], AutoPad::NotSet, 1)));
+    let y1 = node(&mut g, "conv1d", c1, &[Some(x1), Some(w1)], f16(&[2, 6, 50]));
+    g.add_output("y1", y1);
+    let x3 = g.add_input("x3", f16(&[1, 2, 3, 5, 5]));
+    let w3 = konst(&mut g, "w3", &[4, 2, 1, 3, 3]);
+    let c3 = Op::Linalg(LinalgOp::Conv(conv_attrs(&[], AutoPad::Valid, 1)));
+    let y3 = node(&mut g, "conv3d", c3, &[Some(x3), Some(w3)], f16(&[1, 4, 3, 3, 3]));
+    g.add_output("y3", y3);
+    g
+}
+
+#[test]
+fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
+    let p = plan(&convs()).unwrap();
+    insta::assert_snapshot!("convs_plan", p.to_string());
+    let convs: Vec<&ConvStep> =
+        p.steps.iter().filter_map(|s| if let StepKind::Conv(c) = &s.kind { Some(c) } else { None }).collect();
+    assert_eq!(convs.len(), 4);
+    let id = |name: &str| p.buffers.iter().position(|b| b.name == name).unwrap();
+    // Bias, residual and ReLU all go to cuDNN.
+    let c = convs[0];
+    assert_eq!((c.bias, c.z, c.activation), (Some(id("b")), Some(id("x")), ConvActivation::Relu));
+    assert_eq!((c.pads.clone(), c.y), (vec![1, 1], id("conv1")));
+    // SAME_UPPER with stride 2 over 8 pads 0 before and 1 after: the pad kernel adds the one
+    // cell, cuDNN pads nothing; Clip runs as a generated kernel on the accumulator.
+    let c = convs[1];
+    assert_eq!(c.x_shape, vec![1, 8, 9, 9]);
+    assert_eq!((c.pads.clone(), c.strides.clone(), c.groups), (vec![0, 0], vec![2, 2], 8));
+    assert_eq!((c.y, c.activation), (id("dwconv.acc"), ConvActivation::Identity));
+    assert_eq!(p.buffers[c.x].name, "dwconv.padded");
+    let kernels: Vec<(&str, &str)> = p
+        .steps
+        .iter()
+        .filter_map(
+            |s| if let StepKind::Kernel(k) = &s.kind { Some((s.node.as_str(), k.kernel.as_str())) } else { None },
+        )
+        .collect();
+    assert_eq!(kernels.len(), 2, "{kernels:?}");
+    assert_eq!(kernels[0], ("dwconv", "pad_u16"));
+    assert!(kernels[1].1.starts_with("epilogue_"), "{kernels:?}");
+    // 1-D and 3-D shapes are recorded as they are.
+    assert_eq!((convs[2].x_shape.len(), convs[2].pads.clone()), (3, vec![2]));
+    assert_eq!((convs[3].w_shape.clone(), convs[3].y_shape.clone()), (vec![4, 2, 1, 3, 3], vec![1, 4, 3, 3, 3]));
+}
+
+/// Pooling, Slice with negative steps, Pad, Split, Expand, Tile, Resize, Where and Cast.
+fn data_ops() -> Graph {
+    let mut g = Graph::new("data");
+    let x = g.add_input("x", f16(&[2, 3, 9, 9]));
+    let window = |k: usize, s: usize, p: usize, ceil_mode: bool| PoolWindow {
+        kernel_shape: vec![k, k],
+        strides: vec![s, s],
+        pads: vec![p; 4],
+        auto_pad: AutoPad::NotSet,
+        dilations: vec![1, 1],
+        ceil_mode,
+    };
+    let mp = Op::Pool(PoolOp::MaxPool { window: window(3, 2, 1, false), column_major: false });
+    let m = node(&mut g, "maxpool", mp, &[Some(x)], f16(&[2, 3, 5, 5]));
+    let ap = Op::Pool(PoolOp::AveragePool { window: window(2, 2, 0, true), count_include_pad: false });
+    let a = node(&mut g, "avgpool", ap, &[Some(m)], f16(&[2, 3, 3, 3]));
+    let gp = node(&mut g, "gap", Op::Pool(PoolOp::GlobalAveragePool), &[Some(a)], f16(&[2, 3, 1, 1]));
+    g.add_output("gap", gp);
+    let ints =
+        |g: &mut Graph, name: &str, v: &[i64]| g.add_const(name, Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap());
+    let (st, en, ax, sp) = (
+        ints(&mut g, "st", &[-1, 1]),
+        ints(&mut g, "en", &[i64::MIN, 8]),
+        ints(&mut g, "ax", &[2, 3]),
+        ints(&mut g, "sp", &[-2, 3]),
+    );
+    let sl = node(
+        &mut g,
+        "slice",
+        Op::Layout(LayoutOp::Slice { attrs: None }),
+        &[Some(x), Some(st), Some(en), Some(ax), Some(sp)],
+        f16(&[2, 3, 5, 3]),
+    );
+    let pads = ints(&mut g, "pads", &[0, 0, 1, 2, 0, 0, 2, 1]);
+    let pad = Op::Layout(LayoutOp::Pad { mode: PadMode::Reflect, pads: None, value: 0.0 });
+    let pd = node(&mut g, "pad", pad, &[Some(sl), Some(pads)], f16(&[2, 3, 8, 6]));
+    let split = Op::Layout(LayoutOp::Split { axis: 1, split: Some(vec![1, 2]) });
+    let sid = g.add_node(
+        "split",
+        split,
+        &[Some(pd)],
+        vec![ValueInfo::tensor("s0", f16(&[2, 1, 8, 6])), ValueInfo::tensor("s1", f16(&[2, 2, 8, 6]))],
+    );
+    g.add_output("s0", Value { node: sid, slot: 0 });
+    let shape = ints(&mut g, "shape", &[2, 2, 8, 6]);
+    let s1 = Value { node: sid, slot: 1 };
+    let ex = node(&mut g, "expand", Op::Layout(LayoutOp::Expand), &[Some(s1), Some(shape)], f16(&[2, 2, 8, 6]));
+    let reps = ints(&mut g, "reps", &[1, 1, 1, 2]);
+    let tl = node(&mut g, "tile", Op::Layout(LayoutOp::Tile), &[Some(ex), Some(reps)], f16(&[2, 2, 8, 12]));
+    let scales = g.add_const("scales", Tensor::from_vec(vec![4], vec![1.0f32, 1.0, 2.0, 0.5]).unwrap());
+    let resize = ResizeAttrs {
+        mode: ResizeMode::Linear,
+        coordinate_transformation_mode: CoordTransform::HalfPixel,
+        nearest_mode: NearestMode::RoundPreferFloor,
+        cubic_coeff_a: -0.75,
+        exclude_outside: false,
+        extrapolation_value: 0.0,
+        antialias: false,
+        axes: None,
+        keep_aspect_ratio_policy: AspectRatioPolicy::Stretch,
+        inputs: ResizeInputs::RoiScalesSizes,
+    };
+    let rs = node(
+        &mut g,
+        "resize",
+        Op::Spatial(SpatialOp::Resize(resize)),
+        &[Some(tl), None, Some(scales)],
+        f16(&[2, 2, 16, 6]),
+    );
+    let f32v = node(
+        &mut g,
+        "cast",
+        Op::Elementwise(ElementwiseOp::Cast { to: DType::F32, saturate: true }),
+        &[Some(rs)],
+        TypeInfo::known(DType::F32, &[2, 2, 16, 6]),
+    );
+    let cond = g.add_input("cond", TypeInfo::known(DType::Bool, &[16, 1]));
+    let zero = g.add_const("zero", Tensor::scalar(0f32));
+    let wh = node(
+        &mut g,
+        "where",
+        Op::Elementwise(ElementwiseOp::Where),
+        &[Some(cond), Some(f32v), Some(zero)],
+        TypeInfo::known(DType::F32, &[2, 2, 16, 6]),
+    );
+    g.add_output("where", wh);
+    g
+}
+
+#[test]
+fn pooling_and_data_ops_are_kernels() {
+    let p = plan(&data_ops()).unwrap();
+    insta::assert_snapshot!("data_plan", p.to_string());
+    let kernels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    assert_eq!(kernels.len(), p.steps.len());
+    assert_eq!(
+        kernels[..10],
+        [
+            "maxpool2d_f16",
+            "avgpool2d_f16",
+            "globalavgpool_f16",
+            "permute_u16",
+            "pad_u16",
+            "copy_rows_u16",
+            "copy_rows_u16",
+            "permute_u16",
+            "permute_u16",
+            "resize_linear_f16"
+        ]
+    );
+    assert!(kernels[10].starts_with("fused_") && kernels[11].starts_with("fused_"), "{kernels:?}");
+    // The slice starts at the last row and walks back by two, every third column from 1.
+    let StepKind::Kernel(k) = &p.steps[3].kind else { unreachable!() };
+    assert_eq!(k.args[5], Arg::I64(8 * 9 + 1));
+}
+
+#[test]
+fn matmul_broadcasts_batch_dims_and_vectors() {
+    let mut g = Graph::new("bmm");
+    let a = g.add_input("a", f16(&[1, 3, 5, 8]));
+    let b = g.add_input("b", f16(&[2, 3, 8, 4]));
+    let y = node(&mut g, "mm", Op::Linalg(LinalgOp::MatMul), &[Some(a), Some(b)], f16(&[2, 3, 5, 4]));
+    g.add_output("y", y);
+    let v = g.add_input("v", f16(&[4]));
+    let yv = node(&mut g, "mv", Op::Linalg(LinalgOp::MatMul), &[Some(b), Some(v)], f16(&[2, 3, 8]));
+    g.add_output("yv", yv);
+    let p = plan(&g).unwrap();
+    let StepKind::Kernel(k) = &p.steps[0].kind else { panic!("{p}") };
+    assert_eq!(k.kernel, "permute_u16");
+    let bc = p.buffers.iter().position(|b| b.name == "mm.a_broadcast").unwrap();
+    assert_eq!(p.buffers[bc].shape, vec![2, 3, 5, 8]);
+    let StepKind::Gemm(mm) = &p.steps[1].kind else { panic!("{p}") };
+    assert_eq!((mm.a, mm.batch, mm.batch_strides, mm.m, mm.n, mm.k), (bc, 6, [40, 32, 20], 5, 4, 8));
+    let StepKind::Gemm(mv) = &p.steps[2].kind else { panic!("{p}") };
+    assert_eq!((mv.batch, mv.batch_strides, mv.m, mv.n, mv.k), (6, [32, 0, 8], 8, 1, 4));
+}
+
+#[test]
+fn unlowered_convs_and_pools_say_why() {
+    let mut g = Graph::new("refused");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[1, 2, 4, 4]));
+    let w = g.add_const("w", Tensor::from_vec(vec![2, 2, 1, 1], vec![1f32; 4]).unwrap());
+    let ct = ConvTransposeAttrs {
+        kernel_shape: vec![],
+        strides: vec![],
+        dilations: vec![],
+        pads: vec![],
+        output_padding: vec![],
+        output_shape: None,
+        auto_pad: AutoPad::NotSet,
+        group: 1,
+    };
+    let t = node(
+        &mut g,
+        "deconv",
+        Op::Linalg(LinalgOp::ConvTranspose(ct)),
+        &[Some(x), Some(w)],
+        TypeInfo::known(DType::F32, &[1, 2, 4, 4]),
+    );
+    g.add_output("t", t);
+    let window = PoolWindow {
+        kernel_shape: vec![2, 2],
+        strides: vec![2, 2],
+        pads: vec![0; 4],
+        auto_pad: AutoPad::NotSet,
+        dilations: vec![1, 1],
+        ceil_mode: false,
+    };
+    let id = g.add_node(
+        "mp",
+        Op::Pool(PoolOp::MaxPool { window, column_major: false }),
+        &[Some(x)],
+        vec![
+            ValueInfo::tensor("mp", TypeInfo::known(DType::F32, &[1, 2, 2, 2])),
+            ValueInfo::tensor("mp_idx", TypeInfo::known(DType::I64, &[1, 2, 2, 2])),
+        ],
+    );
+    g.add_output("mp_idx", Value { node: id, slot: 1 });
+    let err = plan(&g).unwrap_err().to_string();
+    assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
+    assert!(err.contains("deconv (ConvTranspose): ConvTranspose is not lowered yet"), "{err}");
+    assert!(err.contains("mp (MaxPool): MaxPool's Indices output has no kernel yet"), "{err}");
 }

@@ -1,0 +1,258 @@
+//! Convolutions through cuDNN: Conv and Conv epilogues, 1-D to 3-D.
+//!
+//! `cudnnConvolutionBiasActivationForward` computes `act(conv(x, w) + bias + z)` with `act`
+//! identity or ReLU, so an epilogue of that shape (the Conv's own bias or a per-channel bias,
+//! a residual of the output's shape, ReLU last) is a field of the [`ConvStep`]; any other
+//! epilogue is a generated kernel on an accumulator after the convolution, as for GEMMs.
+//! cuDNN pads symmetrically: an input padded more on one side is padded by the layout family's
+//! pad kernel first, by the difference.
+
+use super::*;
+use kiln_ir::ops::linalg::ConvAttrs;
+
+/// The parts of a convolution epilogue cuDNN applies: `relu?(in0 + bias + z)`, with `bias`
+/// and `z` indices into the epilogue's own inputs (the node's inputs past the base's).
+#[derive(Debug, PartialEq)]
+struct CudnnEpilogue {
+    relu: bool,
+    bias: Option<usize>,
+    z: Option<usize>,
+}
+
+/// Whether a tensor of `shape` broadcast to `out` (`[n, k, spatial...]`) is one value per
+/// output channel.
+fn per_channel(shape: &[usize], out: &[usize]) -> bool {
+    if shape.len() > out.len() || out.len() < 2 {
+        return false;
+    }
+    let lead = out.len() - shape.len();
+    (0..out.len()).all(|d| {
+        let dim = if d < lead { 1 } else { shape[d - lead] };
+        if d == 1 {
+            dim == out[1]
+        } else {
+            dim == 1
+        }
+    })
+}
+
+/// Matches an epilogue that is a sum of the accumulator, at most one per-channel bias and at
+/// most one residual of the output's shape, optionally under a ReLU. `extra` holds the shape
+/// and type of each epilogue input; `own_bias` says whether the Conv already has a bias (cuDNN
+/// takes one).
+fn cudnn_epilogue(
+    e: &Expr,
+    extra: &[(Vec<usize>, DType)],
+    out: &[usize],
+    dtype: DType,
+    own_bias: bool,
+) -> Option<CudnnEpilogue> {
+    let nodes = &e.nodes;
+    let mut root = nodes.len().checked_sub(1)?;
+    let mut relu = false;
+    if let ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Relu), args } = &nodes[root] {
+        relu = true;
+        root = *args.first()?;
+    }
+    fn leaves(nodes: &[ExprNode], i: usize, out: &mut Vec<usize>) -> bool {
+        match nodes.get(i) {
+            Some(ExprNode::Input(k)) => {
+                out.push(*k);
+                true
+            }
+            Some(ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args }) if args.len() == 2 => {
+                leaves(nodes, args[0], out) && leaves(nodes, args[1], out)
+            }
+            _ => false,
+        }
+    }
+    let mut terms = vec![];
+    if !leaves(nodes, root, &mut terms) || terms.iter().filter(|&&k| k == 0).count() != 1 {
+        return None;
+    }
+    let mut f = CudnnEpilogue { relu, bias: None, z: None };
+    for k in terms.into_iter().filter(|&k| k != 0) {
+        let (shape, dt) = extra.get(k - 1)?;
+        if *dt != dtype {
+            return None;
+        }
+        if per_channel(shape, out) && f.bias.is_none() && !own_bias {
+            f.bias = Some(k - 1);
+        } else if shape.as_slice() == out && f.z.is_none() {
+            f.z = Some(k - 1);
+        } else {
+            return None;
+        }
+    }
+    Some(f)
+}
+
+impl Planner<'_> {
+    pub(super) fn conv(
+        &mut self,
+        id: NodeId,
+        attrs: &ConvAttrs,
+        base_inputs: usize,
+        expr: Option<&Expr>,
+    ) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let w = self.required(id, 1)?;
+        let bias = if base_inputs > 2 { self.input(id, 2)? } else { None };
+        let (xs, ws) = (self.plan.buffers[x].shape.clone(), self.plan.buffers[w].shape.clone());
+        let dtype = self.plan.buffers[x].dtype;
+        let wdt = self.plan.buffers[w].dtype;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || wdt != dtype {
+            return Err(CudaError::Unsupported(format!("cuDNN convolution of {dtype} input and {wdt} weights")));
+        }
+        if !(3..=5).contains(&xs.len()) || ws.len() != xs.len() {
+            return Err(CudaError::Unsupported(format!(
+                "convolution of a {:?} input with {:?} weights (1 to 3 spatial dims are lowered)",
+                xs, ws
+            )));
+        }
+        let groups = attrs.group.max(1);
+        if xs[1] != ws[1] * groups || ws[0] % groups != 0 {
+            return Err(CudaError::Invalid(format!(
+                "{} input channels and weights {ws:?} do not make {groups} groups",
+                xs[1]
+            )));
+        }
+        if let Some(b) = bias {
+            let bb = &self.plan.buffers[b];
+            if bb.dtype != dtype || bb.shape.iter().product::<usize>() != ws[0] {
+                return Err(CudaError::Unsupported(format!(
+                    "a Conv bias of {}{:?} for {} output channels of {dtype}",
+                    bb.dtype, bb.shape, ws[0]
+                )));
+            }
+        }
+        let dims = attrs.dims(&xs[2..], &ws[2..]).map_err(CudaError::Invalid)?;
+        // cuDNN pads both sides alike: the kernel pads by the difference first.
+        let pads: Vec<usize> = dims.iter().map(|d| d.pad_begin.min(d.pad_end)).collect();
+        let conv_x = if dims.iter().any(|d| d.pad_begin != d.pad_end) {
+            let mut begin = vec![0i64, 0];
+            let mut shape = xs[..2].to_vec();
+            for (d, p) in dims.iter().zip(&pads) {
+                begin.push((d.pad_begin - p) as i64);
+                shape.push(d.input + d.pad_begin + d.pad_end - 2 * p);
+            }
+            let name = format!("{}.padded", self.g.node(id).name);
+            let padded = self.temp(name, dtype, shape);
+            self.pad_launch(id, x, padded, &begin, 0, 0)?;
+            padded
+        } else {
+            x
+        };
+        let x_shape = self.plan.buffers[conv_x].shape.clone();
+        let out = self.out(id, 0)?;
+        let (out_dtype, y_shape) = (self.plan.buffers[out].dtype, self.plan.buffers[out].shape.clone());
+        let want: Vec<usize> = [xs[0], ws[0]].into_iter().chain(dims.iter().map(|d| d.output)).collect();
+        if y_shape != want {
+            return Err(CudaError::Invalid(format!(
+                "the convolution gives {want:?}, the node's output is {y_shape:?}"
+            )));
+        }
+        let extra: Vec<BufferId> =
+            (base_inputs..self.g.node(id).num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+        let fused = match expr {
+            None => Some(CudnnEpilogue { relu: false, bias: None, z: None }),
+            Some(e) if out_dtype == dtype => {
+                let info: Vec<(Vec<usize>, DType)> =
+                    extra.iter().map(|&b| (self.plan.buffers[b].shape.clone(), self.plan.buffers[b].dtype)).collect();
+                cudnn_epilogue(e, &info, &y_shape, dtype, bias.is_some())
+            }
+            Some(_) => None,
+        };
+        let step = |y: BufferId, bias: Option<BufferId>, z: Option<BufferId>, relu: bool| ConvStep {
+            x: conv_x,
+            w,
+            bias,
+            z,
+            y,
+            x_shape: x_shape.clone(),
+            w_shape: ws.clone(),
+            y_shape: y_shape.clone(),
+            pads: pads.clone(),
+            strides: dims.iter().map(|d| d.stride).collect(),
+            dilations: dims.iter().map(|d| d.dilation).collect(),
+            groups,
+            dtype,
+            activation: if relu { ConvActivation::Relu } else { ConvActivation::Identity },
+        };
+        match (fused, expr) {
+            (Some(f), _) => {
+                let s = step(out, bias.or(f.bias.map(|i| extra[i])), f.z.map(|i| extra[i]), f.relu);
+                self.step(id, StepKind::Conv(s));
+            }
+            (None, Some(e)) => {
+                // The convolution (with its own bias) into an accumulator, then the epilogue.
+                let name = format!("{}.acc", self.g.node(id).name);
+                let acc = self.temp(name, dtype, y_shape.clone());
+                let s = step(acc, bias, None, false);
+                self.step(id, StepKind::Conv(s));
+                let mut ins = vec![acc];
+                ins.extend(&extra);
+                let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+                let k = epilogue_kernel(e, dts[0], &dts[1..])?;
+                self.launch_generated(id, k, &ins, out)?;
+            }
+            (None, None) => unreachable!("a bare convolution always fuses"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(op: &ElementwiseOp, args: &[usize]) -> ExprNode {
+        ExprNode::Op { op: op.clone(), args: args.to_vec() }
+    }
+
+    #[test]
+    fn per_channel_means_broadcast_along_dim_1() {
+        let out = [2, 8, 5, 5];
+        assert!(per_channel(&[8], &[2, 8]));
+        assert!(per_channel(&[1, 8, 1, 1], &out));
+        assert!(per_channel(&[8, 1, 1], &out));
+        // [8] lines up with the last dim of a 4-D output, not the channels.
+        assert!(!per_channel(&[8], &out));
+        assert!(!per_channel(&[1, 8, 5, 1], &out));
+    }
+
+    #[test]
+    fn epilogue_split_between_cudnn_and_a_kernel() {
+        let out = vec![1usize, 4, 3, 3];
+        let add = ElementwiseOp::Binary(BinaryOp::Add);
+        let relu = ElementwiseOp::Unary(UnaryOp::Relu);
+        let ch = (vec![1, 4, 1, 1], DType::F16);
+        let res = (out.clone(), DType::F16);
+        // relu(z + (in0 + b)): bias, residual and ReLU, in any order of the sum.
+        let e = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                ExprNode::Input(1),
+                op(&add, &[0, 1]),
+                ExprNode::Input(2),
+                op(&add, &[3, 2]),
+                op(&relu, &[4]),
+            ],
+        };
+        let got = cudnn_epilogue(&e, &[ch.clone(), res.clone()], &out, DType::F16, false);
+        assert_eq!(got, Some(CudnnEpilogue { relu: true, bias: Some(0), z: Some(1) }));
+        // With the Conv's own bias, a second bias does not fit.
+        assert_eq!(cudnn_epilogue(&e, &[ch.clone(), res.clone()], &out, DType::F16, true), None);
+        // ReLU under the add, Clip, or a residual of another type are not cuDNN's.
+        let inner = Expr { nodes: vec![ExprNode::Input(0), op(&relu, &[0]), ExprNode::Input(1), op(&add, &[1, 2])] };
+        assert_eq!(cudnn_epilogue(&inner, std::slice::from_ref(&res), &out, DType::F16, false), None);
+        let clip =
+            Expr { nodes: vec![ExprNode::Input(0), op(&ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, &[0])] };
+        assert_eq!(cudnn_epilogue(&clip, &[], &out, DType::F16, true), None);
+        let e = Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), op(&add, &[0, 1])] };
+        assert_eq!(cudnn_epilogue(&e, &[(out.clone(), DType::F32)], &out, DType::F16, false), None);
+        // The accumulator twice is not a sum cuDNN makes.
+        let twice = Expr { nodes: vec![ExprNode::Input(0), op(&add, &[0, 0])] };
+        assert_eq!(cudnn_epilogue(&twice, &[], &out, DType::F16, false), None);
+    }
+}
