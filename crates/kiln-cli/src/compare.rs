@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
     #[command(flatten)]
-    int8: crate::build::Int8Args,
+    precision: crate::build::PrecisionArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -63,8 +63,9 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut optimize = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
     optimize.fuse_options.disabled = vec![];
-    let built = kiln::build(model.graph, &kiln::BuildOptions { shapes, optimize, int8: a.int8.options()? })
+    let built = kiln::build(model.graph, &a.precision.build_options(shapes, optimize)?)
         .with_context(|| format!("building {name}"))?;
+    crate::build::warn_about(&built, &a.precision);
     let (outs, layers) = kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer)?;
     if a.json {
         let layers: Vec<_> = layers.iter().map(|(op, m)| serde_json::json!({ "op": op, "metrics": m })).collect();
@@ -73,16 +74,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     let line = |what: &str, m: &kiln::compare::Metrics| {
         let top1 = m.top1.map_or(String::from("-"), |t| format!("{:.2}%", t * 100.0));
-        format!("{what:<40} {:>11.3e} {:>11.3e} {:>10.6} {:>8}", m.max_abs, m.max_rel, m.cosine, top1)
+        format!("{what:<40} {:>11.3e} {:>11.3e} {:>11.3e} {:>10.6} {:>8}", m.max_abs, m.max_rel, m.rel_l2, m.cosine, top1)
     };
-    println!("{:<40} {:>11} {:>11} {:>10} {:>8}", "output", "max abs", "max rel", "cosine", "top-1");
+    println!("{:<40} {:>11} {:>11} {:>11} {:>10} {:>8}", "output", "max abs", "max rel", "rel L2", "cosine", "top-1");
     for m in &outs {
         println!("{}", line(&m.name, m));
     }
     if a.per_layer {
         println!(
-            "\n{:<40} {:>11} {:>11} {:>10} {:>8}",
-            "layer (reference order)", "max abs", "max rel", "cosine", "top-1"
+            "\n{:<40} {:>11} {:>11} {:>11} {:>10} {:>8}",
+            "layer (reference order)", "max abs", "max rel", "rel L2", "cosine", "top-1"
         );
         let mut flagged = false;
         for (op, m) in &layers {

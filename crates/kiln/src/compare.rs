@@ -16,6 +16,9 @@ pub struct Metrics {
     pub max_rel: f64,
     /// Cosine similarity of the two as flat vectors (1 when both are zero).
     pub cosine: f64,
+    /// The L2 norm of the difference over the reference's L2 norm (the difference's norm when
+    /// the reference is zero).
+    pub rel_l2: f64,
     /// For a classifier output (`[batch, classes]`), the share of rows whose arg-max agrees.
     pub top1: Option<f64>,
 }
@@ -30,9 +33,10 @@ pub fn metrics(name: &str, want: &Tensor, got: &Tensor) -> Result<Metrics, Error
     }
     let (a, b) = (want.to_f64_vec(), got.to_f64_vec());
     let mut max_abs: f64 = 0.0;
-    let (mut dot, mut na, mut nb) = (0.0, 0.0, 0.0);
+    let (mut dot, mut na, mut nb, mut nd) = (0.0, 0.0, 0.0, 0.0);
     for (x, y) in a.iter().zip(&b) {
         max_abs = max_abs.max((x - y).abs());
+        nd += (x - y) * (x - y);
         dot += x * y;
         na += x * x;
         nb += y * y;
@@ -54,6 +58,7 @@ pub fn metrics(name: &str, want: &Tensor, got: &Tensor) -> Result<Metrics, Error
         max_abs,
         max_rel: if scale > 0.0 { max_abs / scale } else { max_abs },
         cosine,
+        rel_l2: if na > 0.0 { (nd / na).sqrt() } else { nd.sqrt() },
         top1,
     })
 }
