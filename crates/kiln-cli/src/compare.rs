@@ -74,7 +74,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let line = |what: &str, m: &kiln::compare::Metrics| {
         let top1 = m.top1.map_or(String::from("-"), |t| format!("{:.2}%", t * 100.0));
-        format!("{what:<40} {:>11.3e} {:>11.3e} {:>11.3e} {:>10.6} {:>8}", m.max_abs, m.max_rel, m.rel_l2, m.cosine, top1)
+        format!(
+            "{what:<40} {:>11.3e} {:>11.3e} {:>11.3e} {:>10.6} {:>8}",
+            m.max_abs, m.max_rel, m.rel_l2, m.cosine, top1
+        )
     };
     println!("{:<40} {:>11} {:>11} {:>11} {:>10} {:>8}", "output", "max abs", "max rel", "rel L2", "cosine", "top-1");
     for m in &outs {

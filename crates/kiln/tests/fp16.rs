@@ -262,4 +262,3 @@ fn values_beyond_the_f16_range_saturate_and_are_counted() {
     // -65504 + 1 rounds back to -65504 in f16; 1e-9 underflows to zero, which is fine.
     assert_eq!(y.to_f64_vec(), vec![65504.0, -65504.0, -65504.0, f64::INFINITY, 2.0]);
 }
-

@@ -70,7 +70,9 @@ impl fmt::Display for KeepReason {
             KeepReason::Override(n) => write!(f, "asked for (--precision {n}=fp32)"),
             KeepReason::Fp32Only => f.write_str("ONNX defines the op for float32 only"),
             KeepReason::Quantization => f.write_str("quantize/dequantize keep their scales in float32"),
-            KeepReason::IntegerAccumulator => f.write_str("its int32 accumulator exceeds the f16 range before rescaling"),
+            KeepReason::IntegerAccumulator => {
+                f.write_str("its int32 accumulator exceeds the f16 range before rescaling")
+            }
             KeepReason::Subgraph => f.write_str("it carries subgraphs, which stay float32"),
             KeepReason::Sequence => f.write_str("it works on sequences or optionals"),
         }
@@ -257,9 +259,8 @@ impl ToFp16 {
             })
             .collect();
         let was_f32 = |v: &Value| orig.get(v).copied().flatten() == Some(DType::F32);
-        let mut namer = Namer {
-            taken: order.iter().flat_map(|&id| g.node(id).outputs.iter().map(|o| o.name.clone())).collect(),
-        };
+        let mut namer =
+            Namer { taken: order.iter().flat_map(|&id| g.node(id).outputs.iter().map(|o| o.name.clone())).collect() };
         namer.taken.extend(order.iter().map(|&id| g.node(id).name.clone()));
 
         // Which nodes compute in which precision.
@@ -300,8 +301,9 @@ impl ToFp16 {
         report.unknown_overrides = unknown;
 
         // Whether node `id` reads input `slot` as f16 data.
-        let reads_f16 =
-            |g: &Graph, id: NodeId, slot: usize| mode.get(&id) == Some(&Mode::Fp16) && !param_slot(&g.node(id).op, slot);
+        let reads_f16 = |g: &Graph, id: NodeId, slot: usize| {
+            mode.get(&id) == Some(&Mode::Fp16) && !param_slot(&g.node(id).op, slot)
+        };
 
         // Constants: converted in place where every reader wants f16, copied where some want
         // f32 (a graph output, a parameter, a node kept in f32) and some f16.

@@ -60,7 +60,9 @@ pub(crate) fn infer_node(graph: &Graph, id: crate::NodeId) -> Result<Vec<crate::
             })
         })
         .collect();
-    node.op
-        .infer(&tys, node.outputs.len())
-        .map_err(|msg| IrError::Infer { node: node.name.clone(), op: node.op.name().into(), msg })
+    node.op.infer(&tys, node.outputs.len()).map_err(|msg| IrError::Infer {
+        node: node.name.clone(),
+        op: node.op.name().into(),
+        msg,
+    })
 }
