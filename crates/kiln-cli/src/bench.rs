@@ -43,6 +43,9 @@ pub struct Args {
     /// Build without fusion.
     #[arg(long)]
     no_fuse: bool,
+    /// Compute in FP16 (FP32 inputs and outputs).
+    #[arg(long)]
+    fp16: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -135,6 +138,9 @@ pub fn run(a: Args) -> Result<()> {
     kiln::specialize(&mut model.graph, &shapes).with_context(|| format!("fixing input shapes of {name}"))?;
     let opts = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
     kiln::optimize_with(&mut model.graph, &opts).with_context(|| format!("optimizing {name}"))?;
+    if a.fp16 {
+        kiln::to_fp16(&mut model.graph, Default::default()).with_context(|| format!("converting {name} to FP16"))?;
+    }
     let mut gopts = kiln::gpu::GpuOptions::default();
     gopts.exec.tf32 = !a.no_tf32;
     gopts.exec.cuda_graph = !a.no_cuda_graph;
@@ -185,6 +191,7 @@ pub fn run(a: Args) -> Result<()> {
             "streams": a.streams,
             "iterations": iterations,
             "cuda_graph": !a.no_cuda_graph,
+            "precision": if a.fp16 { "fp16" } else { "fp32" },
             "steps": steps,
             "build_seconds": build_s,
             "throughput_per_s": throughput,

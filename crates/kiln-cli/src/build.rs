@@ -35,13 +35,19 @@ pub struct Args {
     /// may be repeated.
     #[arg(long = "disable-rules", value_name = "FAMILY")]
     disable: Vec<String>,
+    /// Keep FP32 matrix work out of TF32 on the GPU (TF32 is allowed by default).
+    #[arg(long)]
+    no_tf32: bool,
     #[command(flatten)]
-    int8: Int8Args,
+    precision: PrecisionArgs,
 }
 
-/// INT8 flags, shared with `kiln compare`.
+/// Precision flags (INT8, FP16, per-layer overrides), shared with `kiln compare`.
 #[derive(clap::Args, Clone)]
-pub struct Int8Args {
+pub struct PrecisionArgs {
+    /// Compute in FP16 after fusion, with FP32 inputs and outputs (as TensorRT's --fp16).
+    #[arg(long)]
+    pub fp16: bool,
     /// Quantize convolutions and matrix products to INT8 (needs --calib or --calib-cache).
     #[arg(long)]
     pub int8: bool,
@@ -56,32 +62,78 @@ pub struct Int8Args {
     /// without it.
     #[arg(long, value_name = "FILE")]
     pub calib_cache: Option<PathBuf>,
-    /// Keep a layer in another precision, as NODE=int8|fp16|fp32; may be repeated.
+    /// Keep a layer in another precision, as NODE=int8|fp16|fp32 (with --int8 or --fp16; with
+    /// --fp16, NODE=fp32 keeps the node in FP32); may be repeated.
     #[arg(long = "precision", value_name = "NODE=PRECISION")]
     pub precision: Vec<String>,
 }
 
-impl Int8Args {
+impl PrecisionArgs {
     /// The INT8 options, or `None` without --int8.
-    pub fn options(&self) -> Result<Option<kiln::Int8Options>> {
+    pub fn int8_options(&self) -> Result<Option<kiln::Int8Options>> {
         if !self.int8 {
-            if self.calib.is_some() || self.calib_cache.is_some() || !self.precision.is_empty() {
-                anyhow::bail!("--calib, --calib-cache and --precision go with --int8");
+            if self.calib.is_some() || self.calib_cache.is_some() {
+                anyhow::bail!("--calib and --calib-cache go with --int8");
             }
             return Ok(None);
         }
         let algo = self.calib_algo.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        Ok(Some(kiln::Int8Options { calib_dir: self.calib.clone(), calib_cache: self.calib_cache.clone(), algo }))
+    }
+
+    /// The per-layer overrides of --precision.
+    pub fn overrides(&self) -> Result<HashMap<String, kiln::quant::Precision>> {
+        if !self.precision.is_empty() && !self.int8 && !self.fp16 {
+            anyhow::bail!("--precision goes with --int8 or --fp16");
+        }
         let mut overrides = HashMap::new();
         for p in &self.precision {
             let (node, prec) = p.split_once('=').with_context(|| format!("expected NODE=int8|fp16|fp32, got '{p}'"))?;
             overrides.insert(node.to_string(), prec.parse().map_err(|e: String| anyhow::anyhow!(e))?);
         }
-        Ok(Some(kiln::Int8Options {
-            calib_dir: self.calib.clone(),
-            calib_cache: self.calib_cache.clone(),
-            algo,
-            overrides,
-        }))
+        Ok(overrides)
+    }
+
+    /// The build options these flags set, over the given shapes and optimization options.
+    pub fn build_options(
+        &self,
+        shapes: HashMap<String, Vec<usize>>,
+        optimize: kiln::OptimizeOptions,
+    ) -> Result<kiln::BuildOptions> {
+        Ok(kiln::BuildOptions {
+            shapes,
+            optimize,
+            int8: self.int8_options()?,
+            precision: if self.fp16 { kiln::FloatPrecision::Fp16 } else { kiln::FloatPrecision::Fp32 },
+            overrides: self.overrides()?,
+            no_tf32: false,
+        })
+    }
+}
+
+/// Warns about what a build did that the user should know: --precision names that match no
+/// layer, FP16 values that saturated.
+pub fn warn_about(done: &kiln::Built, args: &PrecisionArgs) {
+    for (node, _) in args.precision.iter().filter_map(|p| p.split_once('=')) {
+        let int8_knows = done.precisions.iter().any(|l| l.node == node);
+        let fp16_knows = done.fp16.as_ref().is_some_and(|r| !r.unknown_overrides.iter().any(|u| u == node));
+        if !int8_knows && !fp16_knows {
+            let what = if args.fp16 { "a node" } else { "a convolution or matrix product" };
+            eprintln!("warning: --precision names '{node}', which is not {what} of the model");
+        }
+    }
+    if let Some(r) = &done.fp16 {
+        if !r.saturated.is_empty() {
+            let mut places: Vec<String> = r.saturated.iter().take(5).map(|(n, k)| format!("{n} ({k})")).collect();
+            if r.saturated.len() > 5 {
+                places.push(format!("and {} more", r.saturated.len() - 5));
+            }
+            eprintln!(
+                "warning: {} values beyond the f16 range saturated to ±65504: {}",
+                r.saturated_values(),
+                places.join(", ")
+            );
+        }
     }
 }
 
@@ -100,20 +152,10 @@ pub fn run(a: Args) -> Result<()> {
         a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
     let mut optimize = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
     optimize.fuse_options.disabled = a.disable.clone();
-    let int8 = a.int8.options()?;
-    let int8_on = int8.is_some();
-    let done = kiln::build(model.graph, &kiln::BuildOptions { shapes, optimize, int8 })
-        .with_context(|| format!("building {name}"))?;
-    if let Some(unknown) = a
-        .int8
-        .precision
-        .iter()
-        .filter_map(|p| p.split_once('='))
-        .map(|(n, _)| n)
-        .find(|n| !done.precisions.iter().any(|l| l.node == *n))
-    {
-        eprintln!("warning: --precision names '{unknown}', which is not a convolution or matrix product of the model");
-    }
+    let opts = kiln::BuildOptions { no_tf32: a.no_tf32, ..a.precision.build_options(shapes, optimize)? };
+    let int8_on = opts.int8.is_some();
+    let done = kiln::build(model.graph, &opts).with_context(|| format!("building {name}"))?;
+    warn_about(&done, &a.precision);
     if int8_on && !a.json {
         println!("{:<32} {:<8} {:<9} why", "layer", "op", "precision");
         for l in &done.precisions {
@@ -121,6 +163,14 @@ pub fn run(a: Args) -> Result<()> {
         }
         let n8 = done.precisions.iter().filter(|l| l.precision == kiln::quant::Precision::Int8).count();
         println!("{n8} of {} layers in INT8", done.precisions.len());
+    }
+    if let (Some(r), false) = (&done.fp16, a.json) {
+        println!("{} nodes in FP16, {} kept in FP32, {} casts added", r.fp16_nodes, r.kept.len(), r.casts);
+        if a.explain {
+            for k in &r.kept {
+                println!("  fp32  {:<32} {:<16} {}", k.node, k.op, k.reason);
+            }
+        }
     }
     let g = &done.graph;
     if let Some(path) = &a.dot {

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
     #[command(flatten)]
-    int8: crate::build::Int8Args,
+    precision: crate::build::PrecisionArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -60,8 +60,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut optimize = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
     optimize.fuse_options.disabled = vec![];
-    let built = kiln::build(model.graph, &kiln::BuildOptions { shapes, optimize, int8: a.int8.options()? })
+    let built = kiln::build(model.graph, &a.precision.build_options(shapes, optimize)?)
         .with_context(|| format!("building {name}"))?;
+    crate::build::warn_about(&built, &a.precision);
+    let mut gpu_opts = kiln::gpu::GpuOptions::default();
+    gpu_opts.exec.tf32 = built.tf32;
     let (outs, layers) = if a.device == "cuda" {
         // One engine for every batch: the graph compared is the same each time.
         let mut ctx: Option<kiln::runtime::exec::ExecutionContext> = None;
@@ -69,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
             let c = match &mut ctx {
                 Some(c) => c,
                 None => {
-                    let engine = kiln::gpu::load_engine(g, &kiln::gpu::GpuOptions::default())?;
+                    let engine = kiln::gpu::load_engine(g, &gpu_opts)?;
                     ctx.insert(kiln::runtime::exec::ExecutionContext::new(engine)?)
                 }
             };

@@ -34,6 +34,9 @@ pub struct Args {
     /// On CUDA: compute FP32 matrix work in full FP32, not TF32.
     #[arg(long)]
     no_tf32: bool,
+    /// Compute in FP16 (after optimization), with FP32 inputs and outputs.
+    #[arg(long)]
+    fp16: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -57,6 +60,13 @@ pub fn run(a: Args) -> Result<()> {
     if !a.no_opt {
         let opts = kiln::OptimizeOptions { fuse: !a.no_fuse, ..Default::default() };
         kiln::optimize_with(&mut model.graph, &opts).with_context(|| format!("optimizing {model_name}"))?;
+    }
+    if a.fp16 {
+        let r = kiln::to_fp16(&mut model.graph, Default::default())
+            .with_context(|| format!("converting {model_name} to FP16"))?;
+        if r.saturated_values() > 0 {
+            eprintln!("warning: {} values beyond the f16 range saturated to ±65504", r.saturated_values());
+        }
     }
     let load_time = t0.elapsed();
     let g = &model.graph;

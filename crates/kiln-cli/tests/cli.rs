@@ -183,3 +183,32 @@ fn compare_reports_outputs_and_where_the_error_grows() {
     let (ok, _, stderr) = kiln(&["compare", &model]);
     assert!(!ok && stderr.contains("--shapes x=DIMS"), "{stderr}");
 }
+
+#[test]
+fn fp16_builds_say_what_stays_fp32_and_compare_against_fp32() {
+    let model = fixture("tiny_cnn.onnx");
+    let (ok, stdout, stderr) = kiln(&[
+        "build",
+        &model,
+        "--fp16",
+        "--explain",
+        "--no-tf32",
+        "--precision",
+        "conv1=fp32",
+        "--precision",
+        "nope=fp32",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("6 nodes in FP16, 1 kept in FP32"), "{stdout}");
+    assert!(stdout.contains("asked for (--precision conv1=fp32)"), "{stdout}");
+    assert!(stderr.contains("'nope', which is not a node"), "{stderr}");
+    let (ok, stdout, stderr) = kiln(&["compare", &model, "--fp16", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = &v["outputs"][0];
+    assert!(out["cosine"].as_f64().unwrap() >= 0.999 && out["rel_l2"].as_f64().unwrap() <= 1e-2, "{out}");
+    let (ok, stdout, stderr) = kiln(&["run", &model, "--fp16"]);
+    assert!(ok && stdout.contains("probs") && stdout.contains("f32"), "{stdout}{stderr}");
+    let (ok, _, stderr) = kiln(&["build", &model, "--precision", "conv1=fp32"]);
+    assert!(!ok && stderr.contains("--precision goes with --int8 or --fp16"), "{stderr}");
+}

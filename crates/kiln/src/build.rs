@@ -1,7 +1,8 @@
 //! The build pipeline shared by `kiln build` and `kiln compare`: fix input shapes, run the IR
-//! passes, calibrate and quantize to INT8 when asked, and fuse.
+//! passes, calibrate and quantize to INT8 when asked, fuse, and convert to FP16 when asked.
 
 use crate::{Error, OptimizeOptions};
+use kiln_ir::passes::Fp16Report;
 use kiln_ir::{Graph, Tensor};
 use kiln_quant::{CalibAlgo, CalibCache, CalibOptions, LayerPrecision, Precision};
 use std::collections::HashMap;
@@ -18,8 +19,16 @@ pub struct Int8Options {
     pub calib_cache: Option<PathBuf>,
     /// The calibrator.
     pub algo: CalibAlgo,
-    /// Layers (by node name) kept in another precision.
-    pub overrides: HashMap<String, Precision>,
+}
+
+/// The precision of a build's float work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FloatPrecision {
+    /// FP32 throughout (matrix work may use TF32 on the GPU unless `no_tf32`).
+    #[default]
+    Fp32,
+    /// FP16 after fusion, with FP32 graph inputs and outputs: see [`kiln_ir::passes::ToFp16`].
+    Fp16,
 }
 
 /// What to build.
@@ -31,6 +40,15 @@ pub struct BuildOptions {
     pub optimize: OptimizeOptions,
     /// INT8, when given.
     pub int8: Option<Int8Options>,
+    /// The precision of float work (of the layers INT8 leaves, with INT8).
+    pub precision: FloatPrecision,
+    /// Layers (by node name) kept in another precision (`--precision NODE=P`): with INT8, any
+    /// precision but INT8 keeps a convolution or matrix product out of INT8; with FP16,
+    /// `Fp32` keeps the node (or the fused node that covers it) in FP32.
+    pub overrides: HashMap<String, Precision>,
+    /// Keeps FP32 matrix work out of TF32 on the GPU (the CUDA executor reads it; TF32 is
+    /// allowed by default, as in TensorRT).
+    pub no_tf32: bool,
 }
 
 /// A built graph and what the build did.
@@ -44,10 +62,15 @@ pub struct Built {
     pub precisions: Vec<LayerPrecision>,
     /// The scales used, when INT8 was asked for.
     pub cache: Option<CalibCache>,
+    /// What the FP16 conversion did, when FP16 was asked for.
+    pub fp16: Option<Fp16Report>,
+    /// Whether FP32 matrix work may use TF32 on the GPU.
+    pub tf32: bool,
 }
 
 /// Builds a graph: shapes, IR passes, INT8 calibration and quantization (on the CPU
-/// reference), fusion.
+/// reference), fusion, and FP16 conversion (after fusion, so that BatchNorm folding and
+/// constant work happen in FP32).
 pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
     crate::specialize(&mut graph, &opts.shapes)?;
     let passes_only = OptimizeOptions { fuse: false, ..opts.optimize.clone() };
@@ -56,7 +79,7 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
         None => (graph, vec![], None),
         Some(q) => {
             let cache = scales(&graph, q)?;
-            let (quantized, report) = kiln_quant::quantize(&graph, &cache, &q.overrides)?;
+            let (quantized, report) = kiln_quant::quantize(&graph, &cache, &opts.overrides)?;
             (quantized, report, Some(cache))
         }
     };
@@ -67,7 +90,14 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
     } else {
         None
     };
-    Ok(Built { graph, fusion, precisions, cache })
+    let fp16 = match opts.precision {
+        FloatPrecision::Fp32 => None,
+        FloatPrecision::Fp16 => {
+            let keep = opts.overrides.iter().filter(|(_, p)| **p == Precision::Fp32).map(|(n, _)| n.clone()).collect();
+            Some(crate::to_fp16(&mut graph, keep)?)
+        }
+    };
+    Ok(Built { graph, fusion, precisions, cache, fp16, tf32: !opts.no_tf32 })
 }
 
 /// The calibration scales: from data (then written to the cache file, if one is named), or

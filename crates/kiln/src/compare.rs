@@ -16,7 +16,8 @@ pub struct Metrics {
     pub max_rel: f64,
     /// Cosine similarity of the two as flat vectors (1 when both are zero).
     pub cosine: f64,
-    /// Relative L2 error: `|got - want| / |want|` (the absolute L2 error when `want` is zero).
+    /// The L2 norm of the difference over the reference's L2 norm (the difference's norm when
+    /// the reference is zero).
     pub rel_l2: f64,
     /// For a classifier output (`[batch, classes]`), the share of rows whose arg-max agrees.
     pub top1: Option<f64>,

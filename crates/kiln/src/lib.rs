@@ -11,7 +11,7 @@ pub mod gpu;
 pub mod npy;
 pub mod random;
 
-pub use build::{build, BuildOptions, Built, Int8Options};
+pub use build::{build, BuildOptions, Built, FloatPrecision, Int8Options};
 
 pub use kiln_cpu as cpu;
 pub use kiln_cuda as cuda;
@@ -184,6 +184,22 @@ pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> 
         }
     }
     kept
+}
+
+/// Converts a graph to FP16 (see [`kiln_ir::passes::ToFp16`] for the policy), keeping the
+/// nodes named in `keep_fp32` (or fused nodes covering them) in FP32, then checks the result
+/// with type inference and the verifier and drops what the conversion left unused. Runs type
+/// inference first, so an unoptimized graph converts too.
+pub fn to_fp16(
+    graph: &mut Graph,
+    keep_fp32: std::collections::HashSet<String>,
+) -> Result<kiln_ir::passes::Fp16Report, Error> {
+    use kiln_ir::passes::{DeadCodeElimination, InferTypes, ToFp16};
+    let cx = PassContext::default();
+    PassManager::new(vec![Box::new(InferTypes)]).always_verify(true).run(graph, &cx)?;
+    let report = ToFp16 { keep_fp32 }.convert(graph)?;
+    PassManager::new(vec![Box::new(InferTypes), Box::new(DeadCodeElimination)]).always_verify(true).run(graph, &cx)?;
+    Ok(report)
 }
 
 /// Runs a graph on the CPU reference executor; inputs in graph-input order.

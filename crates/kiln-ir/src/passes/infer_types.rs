@@ -20,21 +20,8 @@ impl Pass for InferTypes {
             if matches!(node.op, Op::Input) {
                 continue;
             }
-            let inputs = graph.inputs_of(id);
-            let tys: Vec<Option<InferInput<'_>>> = inputs
-                .iter()
-                .map(|v| {
-                    v.map(|v| InferInput {
-                        ty: &graph.value_info(v).ty,
-                        value: match &graph.node(v.node).op {
-                            Op::Const(t) => Some(t),
-                            _ => None,
-                        },
-                    })
-                })
-                .collect();
+            let inferred = infer_node(graph, id)?;
             let err = |msg: String| IrError::Infer { node: node.name.clone(), op: node.op.name().into(), msg };
-            let inferred = node.op.infer(&tys, node.outputs.len()).map_err(err)?;
             let merged: Vec<_> = node
                 .outputs
                 .iter()
@@ -54,4 +41,28 @@ impl Pass for InferTypes {
         }
         Ok(changed)
     }
+}
+
+/// The output types of node `id` by its op's type rule, from its inputs' current types (and
+/// values, where constant).
+pub(crate) fn infer_node(graph: &Graph, id: crate::NodeId) -> Result<Vec<crate::TypeInfo>, IrError> {
+    let node = graph.node(id);
+    let inputs = graph.inputs_of(id);
+    let tys: Vec<Option<InferInput<'_>>> = inputs
+        .iter()
+        .map(|v| {
+            v.map(|v| InferInput {
+                ty: &graph.value_info(v).ty,
+                value: match &graph.node(v.node).op {
+                    Op::Const(t) => Some(t),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    node.op.infer(&tys, node.outputs.len()).map_err(|msg| IrError::Infer {
+        node: node.name.clone(),
+        op: node.op.name().into(),
+        msg,
+    })
 }
