@@ -74,7 +74,9 @@ pub enum EngineError {
         computed: String,
     },
     /// A format version this Kiln does not read.
-    #[error("engine format version {found}, this Kiln reads version {FORMAT_VERSION}: rebuild the engine with this Kiln")]
+    #[error(
+        "engine format version {found}, this Kiln reads version {FORMAT_VERSION}: rebuild the engine with this Kiln"
+    )]
     Version {
         /// The file's version.
         found: u32,
@@ -767,14 +769,7 @@ fn decode_buffer(i: usize, m: BufferMsg, weights: &[u8]) -> Decoded<Buffer> {
         BufferKindMsg::Temp(EmptyMsg {}) => BufferKind::Temp,
         BufferKindMsg::View(o) => BufferKind::View(id(o)),
     };
-    Ok(Buffer {
-        name: m.name,
-        dtype: dt,
-        shape: ids(&m.shape),
-        kind,
-        output: m.output,
-        last_use: m.last_use.map(id),
-    })
+    Ok(Buffer { name: m.name, dtype: dt, shape: ids(&m.shape), kind, output: m.output, last_use: m.last_use.map(id) })
 }
 
 fn decode_generated(i: usize, m: GeneratedMsg) -> Decoded<ElementwiseKernel> {
@@ -907,7 +902,12 @@ fn decode_plan(m: PlanMsg, weights: &[u8]) -> Decoded<(Plan, MemoryPlan)> {
         families.push(family(f).ok_or_else(|| format!("unknown kernel family '{f}'"))?);
     }
     let plan = Plan {
-        buffers: m.buffers.into_iter().enumerate().map(|(i, b)| decode_buffer(i, b, weights)).collect::<Decoded<_>>()?,
+        buffers: m
+            .buffers
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| decode_buffer(i, b, weights))
+            .collect::<Decoded<_>>()?,
         generated: m.generated.into_iter().enumerate().map(|(i, g)| decode_generated(i, g)).collect::<Decoded<_>>()?,
         steps: m.steps.into_iter().enumerate().map(|(s, st)| decode_step(s, st, &families)).collect::<Decoded<_>>()?,
         families,
@@ -935,8 +935,7 @@ fn elems(plan: &Plan, b: BufferId) -> usize {
 
 /// `base + (count - 1) * stride + extent <= len`, or true when `count` is 0.
 fn fits(count: usize, stride: usize, extent: usize, len: usize) -> bool {
-    count == 0
-        || (count - 1).checked_mul(stride).and_then(|x| x.checked_add(extent)).is_some_and(|end| end <= len)
+    count == 0 || (count - 1).checked_mul(stride).and_then(|x| x.checked_add(extent)).is_some_and(|end| end <= len)
 }
 
 /// Checks every buffer id, module reference and range of `plan`, and that `memory` is a sound
@@ -954,7 +953,8 @@ pub fn validate(plan: &Plan, memory: &MemoryPlan) -> Result<(), String> {
     // Sizes first: everything after computes element counts of any buffer.
     for (i, b) in plan.buffers.iter().enumerate() {
         storage_type(b.dtype).map_err(|e| format!("buffer {i}: {e}"))?;
-        let bytes = memory::buffer_bytes(plan, i).ok_or_else(|| format!("buffer {i}: shape {:?} overflows", b.shape))?;
+        let bytes =
+            memory::buffer_bytes(plan, i).ok_or_else(|| format!("buffer {i}: shape {:?} overflows", b.shape))?;
         usize::try_from(bytes).map_err(|_| format!("buffer {i}: {bytes} bytes do not fit this machine"))?;
     }
     for (i, b) in plan.buffers.iter().enumerate() {
@@ -983,7 +983,10 @@ pub fn validate(plan: &Plan, memory: &MemoryPlan) -> Result<(), String> {
                     return Err(format!("buffer {i}: a view of buffer {o}, which is a view itself"));
                 }
                 if owner.dtype != b.dtype || elems(plan, *o) != elems(plan, i) {
-                    return Err(format!("buffer {i}: a view of {}{:?} as {}{:?}", owner.dtype, owner.shape, b.dtype, b.shape));
+                    return Err(format!(
+                        "buffer {i}: a view of {}{:?} as {}{:?}",
+                        owner.dtype, owner.shape, b.dtype, b.shape
+                    ));
                 }
             }
         }
@@ -1179,12 +1182,8 @@ fn validate_step(plan: &Plan, _s: usize, step: &Step) -> Result<(), String> {
 /// The names of the modules a plan needs CUBINs for: each family it launches from (but the
 /// elementwise template, whose kernels are the generated ones), then each generated kernel.
 pub fn module_names(plan: &Plan) -> Vec<String> {
-    let mut names: Vec<String> = plan
-        .families
-        .iter()
-        .filter(|&&f| f != KernelFamily::Elementwise)
-        .map(|f| f.name().to_string())
-        .collect();
+    let mut names: Vec<String> =
+        plan.families.iter().filter(|&&f| f != KernelFamily::Elementwise).map(|f| f.name().to_string()).collect();
     names.extend(plan.generated.iter().map(|k| k.name.clone()));
     names
 }
@@ -1326,11 +1325,8 @@ impl EngineFile {
             description: header.description,
         };
         let (plan, memory) = decode_plan(plan, weights).map_err(EngineError::Corrupt)?;
-        let cubins: Vec<CubinEntry> = cubins
-            .cubins
-            .into_iter()
-            .map(|c| CubinEntry { name: c.name, arch: c.arch, image: c.image })
-            .collect();
+        let cubins: Vec<CubinEntry> =
+            cubins.cubins.into_iter().map(|c| CubinEntry { name: c.name, arch: c.arch, image: c.image }).collect();
         validate(&plan, &memory).map_err(EngineError::Corrupt)?;
         validate_cubins(&header, &plan, &cubins).map_err(EngineError::Corrupt)?;
         Ok(EngineFile { header, plan, memory, cubins })

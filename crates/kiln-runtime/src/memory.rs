@@ -209,12 +209,7 @@ pub fn plan_memory(plan: &Plan, workspace_bytes: usize) -> MemoryPlan {
 pub fn verify(plan: &Plan, memory: &MemoryPlan) -> Result<(), String> {
     let n = plan.buffers.len();
     if memory.offsets.len() != n || memory.sizes.len() != n {
-        return Err(format!(
-            "{} buffers, but {} offsets and {} sizes",
-            n,
-            memory.offsets.len(),
-            memory.sizes.len()
-        ));
+        return Err(format!("{} buffers, but {} offsets and {} sizes", n, memory.offsets.len(), memory.sizes.len()));
     }
     let life = lifetimes(plan);
     let mut regions = vec![];
