@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# GPU check of kiln-cuda: every kernel family against the CPU reference on a real GPU.
+# Every GPU check and benchmark of Kiln in one go.
 #
 # The GPU machine has no Rust toolchain, so this runs in two places:
 #
-#   bash xtask/scripts/gpu_check.sh build    # here: builds the release test binaries and
-#                                            # copies them into .gpu/kiln-cuda (ignored by git)
-#   bash xtask/scripts/gpu_check.sh run      # on the GPU machine, with .gpu/kiln-cuda carried
+#   bash xtask/scripts/gpu_check.sh build    # here: builds the release binaries (kiln, xtask and
+#                                            # the test binaries that use a GPU) into .gpu/
+#                                            # (ignored by git), with the onnx wheel for the
+#                                            # conformance suite
+#   bash xtask/scripts/gpu_check.sh run [STAGES]   # on the GPU machine, with .gpu carried
 #
-# `run` sets KILN_REQUIRE_GPU=1, so a missing driver, device or NVRTC fails instead of
-# skipping; NVRTC is found in /usr/local/cuda there (or KILN_NVRTC_DIR). Full logs go to
-# $OUT/gpu-check (or ./gpu-check-logs); a short table is printed last. Exits non-zero if
-# any test failed.
-set -euo pipefail
+# STAGES (default all): tests conformance bench. `run` sets KILN_REQUIRE_GPU=1, so a missing
+# driver, device or NVRTC fails instead of skipping. Logs go to $OUT (or ./gpu-check-logs):
+# summary.txt, the benchmark table bench.md and bench.json, the conformance list
+# not_passing.txt, and logs.tar.gz with everything else. Exits non-zero if a test failed.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
-BIN_DIR=.gpu/kiln-cuda
-# The test binaries that need or use a GPU; `snapshots` reads golden files from the source
-# tree and has no GPU part, so it stays here.
-TESTS=(gpu_families nvrtc_compile kiln_cuda)
+GPU=.gpu
+# Test binaries that need or use a GPU, as package:target.
+TESTS=(kiln-cuda:gpu_families kiln-cuda:nvrtc_compile kiln-cuda:kiln_cuda kiln:gpu)
 
 build() {
-    rm -rf "$BIN_DIR" && mkdir -p "$BIN_DIR"
-    cargo test --release -p kiln-cuda --no-run --message-format=json 2>/dev/null |
+    set -e
+    rm -rf "$GPU/bin" "$GPU/tests" && mkdir -p "$GPU/bin" "$GPU/tests" "$GPU/cache"
+    cargo build --release -p kiln-cli -p xtask
+    cp target/release/kiln target/release/xtask "$GPU/bin/"
+    local pkgs=()
+    for t in "${TESTS[@]}"; do pkgs+=(-p "${t%%:*}"); done
+    cargo test --release "${pkgs[@]}" --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys, shutil
 want = set(sys.argv[2:])
@@ -30,50 +36,85 @@ for line in sys.stdin:
     except ValueError:
         continue
     exe = m.get("executable")
-    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] in want:
-        shutil.copy(exe, sys.argv[1] + "/" + m["target"]["name"])
-        print("copied", m["target"]["name"], "from", exe)
-' "$BIN_DIR" "${TESTS[@]}"
+    if m.get("reason") == "compiler-artifact" and exe:
+        for w in want:
+            pkg, name = w.split(":")
+            if m["target"]["name"] == name and "/" + pkg + "#" in m["package_id"]:
+                shutil.copy(exe, sys.argv[1] + "/" + w.replace(":", "-"))
+                print("copied", w)
+' "$GPU/tests" "${TESTS[@]}"
     for t in "${TESTS[@]}"; do
-        [[ -x "$BIN_DIR/$t" ]] || { echo "missing test binary $t" >&2; exit 1; }
-        # Debug info would take the carry past its limit; symbols stay for backtraces.
-        strip --strip-debug "$BIN_DIR/$t"
+        [[ -x "$GPU/tests/${t/:/-}" ]] || { echo "missing test binary $t" >&2; exit 1; }
     done
-    du -sh "$BIN_DIR"
+    # Symbols would take the carry past its 64 MiB limit.
+    strip --strip-all "$GPU"/bin/* "$GPU"/tests/*
+    cp ~/.cache/kiln/onnx-*.whl "$GPU/cache/" 2>/dev/null || cargo xtask fetch-data
+    cp -n ~/.cache/kiln/onnx-*.whl "$GPU/cache/"
+    du -sh "$GPU"
+}
+
+# cudarc opens libcudnn.so and libcublasLt.so by their unversioned names; the GPU machine has
+# the versioned ones, so link them under those names.
+libs() {
+    local d=/tmp/kiln-libs
+    mkdir -p "$d"
+    for pat in 'libcudnn.so.9' 'libcublasLt.so.13' 'libcublas.so.13'; do
+        local f
+        f=$(ls /usr/local/cuda/lib64/$pat /lib/x86_64-linux-gnu/$pat /usr/lib/x86_64-linux-gnu/$pat 2>/dev/null | head -1)
+        [[ -n "$f" ]] || f=$(python3 -c "import glob,sys; g=glob.glob('/usr/local/lib/python3*/dist-packages/nvidia/**/$pat', recursive=True); print(g[0] if g else '')")
+        [[ -n "$f" ]] && ln -sf "$f" "$d/${pat%%.so*}.so"
+    done
+    export LD_LIBRARY_PATH="$d:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 }
 
 run() {
-    local logs="${OUT:-$PWD/gpu-check-logs}/gpu-check"
-    mkdir -p "$logs"
-    export KILN_REQUIRE_GPU=1
-    nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader > "$logs/gpu.txt" 2>&1 || true
+    local out="${OUT:-$PWD/gpu-check-logs}"
+    local logs=/tmp/kiln-gpu-logs
+    mkdir -p "$out" "$logs"
+    local stages="${*:-tests conformance bench}"
+    export KILN_REQUIRE_GPU=1 KILN_CACHE="$PWD/$GPU/cache" RUST_BACKTRACE=1
+    libs
     local status=0
-    local table="binary passed failed seconds"
-    for t in "${TESTS[@]}"; do
-        local bin="$BIN_DIR/$t"
-        [[ -x "$bin" ]] || { echo "no $bin: run 'gpu_check.sh build' first and carry $BIN_DIR" >&2; exit 1; }
+    local summary="$out/summary.txt"
+    nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader > "$summary" 2>&1
+    if [[ " $stages " == *" tests "* ]]; then
+        local table="binary passed failed seconds"
+        for t in "${TESTS[@]}"; do
+            local bin="$GPU/tests/${t/:/-}" t0=$SECONDS
+            [[ -x "$bin" ]] || { echo "no $bin: run 'gpu_check.sh build' first" >&2; exit 1; }
+            # One test thread: tests share one GPU.
+            if (cd "crates/${t%%:*}" && "../../$bin" --test-threads=1 --nocapture) > "$logs/${t/:/-}.log" 2>&1; then :; else status=1; fi
+            local passed failed
+            passed=$(grep -Eo '[0-9]+ passed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
+            failed=$(grep -Eo '[0-9]+ failed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
+            table+=$'\n'"$t $passed $failed $((SECONDS - t0))"
+        done
+        { column -t <<< "$table"; grep -h -E 'panicked|FAILED|^failures:|cosine' "$logs"/*.log | head -60; } >> "$summary"
+        # Whole models through the CLI, on the GPU against the CPU reference.
+        for m in tests/models/bert_layer.onnx tests/models/tiny_cnn.onnx; do
+            echo "== kiln compare $m --device cuda" >> "$summary"
+            "$GPU/bin/kiln" compare "$m" --device cuda >> "$summary" 2>&1 || status=1
+        done
+    fi
+    if [[ " $stages " == *" conformance "* ]]; then
         local t0=$SECONDS
-        # One test thread: the tests share one GPU and its stream.
-        if "$bin" --test-threads=1 --nocapture > "$logs/$t.log" 2>&1; then :; else status=1; fi
-        local passed failed
-        passed=$(grep -Eo '[0-9]+ passed' "$logs/$t.log" | awk '{s+=$1} END {print s+0}')
-        failed=$(grep -Eo '[0-9]+ failed' "$logs/$t.log" | awk '{s+=$1} END {print s+0}')
-        table+=$'\n'"$t $passed $failed $((SECONDS - t0))"
-        if grep -q '^skipped' "$logs/$t.log"; then
-            echo "$t skipped tests on a GPU machine:" >&2
-            grep '^skipped' "$logs/$t.log" >&2
-            status=1
-        fi
-    done
-    grep -h -E 'panicked|FAILED|failures:' "$logs"/*.log | head -40 || true
-    echo
-    cat "$logs/gpu.txt"
-    column -t <<< "$table" 2>/dev/null || echo "$table"
+        "$GPU/bin/xtask" conformance --device cuda --jobs 8 --out-dir /tmp/kiln-conf > "$logs/conformance.log" 2>&1 || status=1
+        { echo "== conformance on CUDA ($((SECONDS - t0)) s)"; tail -12 "$logs/conformance.log"; } >> "$summary"
+        cp /tmp/kiln-conf/cuda/not_passing.txt "$out/" 2>/dev/null || true
+        cp /tmp/kiln-conf/cuda/results.json "$logs/conformance-results.json" 2>/dev/null || true
+    fi
+    if [[ " $stages " == *" bench "* ]]; then
+        local t0=$SECONDS
+        python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
+        { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || tail -30 "$logs/bench.log"; } >> "$summary"
+    fi
+    tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null
+    cat "$summary"
     exit $status
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
-    *) echo "usage: $0 build|run" >&2; exit 2 ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 build | run [tests] [conformance] [bench]" >&2; exit 2 ;;
 esac

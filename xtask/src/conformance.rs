@@ -50,6 +50,11 @@ pub struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Where the models run: the CPU reference, or the CUDA backend (plans, compiles with
+    /// NVRTC and runs each test on GPU 0; results go to OUT_DIR/cuda and the manifest of
+    /// CPU-passing tests is the yardstick).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -144,10 +149,38 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 /// Whether an error means "Kiln does not implement this" rather than "Kiln got it wrong".
 fn is_unsupported(msg: &str) -> bool {
-    msg.contains("not supported") || msg.contains("not implemented") || msg.contains("unsupported")
+    msg.contains("not supported")
+        || msg.contains("not implemented")
+        || msg.contains("unsupported")
+        || msg.contains("no CUDA lowering")
 }
 
-fn run_case(case: &Case, opt: bool, fuse: bool) -> (Vec<String>, Status, String) {
+/// Runs the graph on the GPU: tensors only (sequences and optionals have no CUDA form). Integer
+/// inputs that only give shapes or axes are bound first, as an engine build fixes them.
+fn run_gpu(raw: &kiln::ir::Graph, ins: Vec<Data>, opt: bool, fuse: bool) -> Result<Vec<Data>, String> {
+    let tensors = ins
+        .into_iter()
+        .map(|d| match d {
+            Data::Tensor(t) => Ok(t),
+            _ => Err("sequence and optional values are not supported on CUDA".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut g = raw.clone();
+    let tensors = kiln::bind_shape_inputs(&mut g, tensors);
+    if opt {
+        let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
+        kiln::optimize_with(&mut g, &opts).map_err(|e| e.to_string())?;
+    }
+    let mut opts = kiln::gpu::GpuOptions::default();
+    // The suite's tolerances are FP32's.
+    opts.exec.tf32 = false;
+    opts.exec.cuda_graph = false;
+    opts.workspace_bytes = 16 << 20;
+    let out = kiln::gpu::run_gpu(&g, &tensors, &opts).map_err(|e| e.to_string())?;
+    Ok(out.into_iter().map(Data::Tensor).collect())
+}
+
+fn run_case(case: &Case, opt: bool, fuse: bool, cuda: bool) -> (Vec<String>, Status, String) {
     let mut ops = vec![];
     let mut model = match kiln::onnx::load_model(&case.model) {
         Ok(m) => m,
@@ -164,7 +197,9 @@ fn run_case(case: &Case, opt: bool, fuse: bool) -> (Vec<String>, Status, String)
         }
     };
     ops = model.graph.op_counts().keys().filter(|k| !matches!(**k, "Input" | "Const")).map(|k| k.to_string()).collect();
-    if opt {
+    // On CUDA each data set is bound into the graph first (shape inputs), then optimized.
+    let raw = if cuda { Some(model.graph.clone()) } else { None };
+    if opt && !cuda {
         let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
         if let Err(e) = kiln::optimize_with(&mut model.graph, &opts) {
             let s = e.to_string();
@@ -196,10 +231,13 @@ fn run_case(case: &Case, opt: bool, fuse: bool) -> (Vec<String>, Status, String)
                 return (ops, st, e);
             }
         };
-        let got = match kiln::cpu::run_graph_data(&model.graph, ins) {
+        let got = match &raw {
+            Some(raw) => run_gpu(raw, ins, opt, fuse),
+            None => kiln::cpu::run_graph_data(&model.graph, ins).map_err(|e| e.to_string()),
+        };
+        let got = match got {
             Ok(g) => g,
-            Err(e) => {
-                let s = e.to_string();
+            Err(s) => {
                 return (ops, if is_unsupported(&s) { Status::Unsupported } else { Status::Error }, s);
             }
         };
@@ -291,6 +329,7 @@ thread_local! {
 pub fn run(args: Args) -> Result<()> {
     let root = crate::data::onnx_test_data()?;
     let cases = list_cases(&root, &args)?;
+    let cuda = args.device == "cuda";
     let started = Instant::now();
     std::panic::set_hook(Box::new(|info| {
         let msg = match info.payload().downcast_ref::<&str>() {
@@ -308,7 +347,8 @@ pub fn run(args: Args) -> Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { break };
                 let t0 = Instant::now();
-                let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt, !args.no_fuse)));
+                let r =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| run_case(case, !args.no_opt, !args.no_fuse, cuda)));
                 let (ops, status, reason) = match r {
                     Ok(r) => r,
                     Err(_) => {
@@ -378,6 +418,9 @@ pub fn run(args: Args) -> Result<()> {
     println!("({} tests in {:.1} s)", results.len(), started.elapsed().as_secs_f64());
 
     let full_run = args.filter.is_none() && args.dir.is_none();
+    if cuda {
+        return cuda_report(&results, &args.out_dir.join("cuda"));
+    }
     let out_dir = args.out_dir.as_path();
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
@@ -432,6 +475,47 @@ pub fn run(args: Args) -> Result<()> {
         if args.check {
             bail!("{panics} tests panicked");
         }
+    }
+    Ok(())
+}
+
+/// The CUDA run against the manifest of CPU-passing tests: how many of those pass on the GPU
+/// too, and why the others do not.
+fn cuda_report(results: &[Outcome], out_dir: &Path) -> Result<()> {
+    let manifest = std::fs::read_to_string(MANIFEST).with_context(|| format!("reading {MANIFEST}"))?;
+    let listed: BTreeSet<&str> =
+        manifest.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let on_cpu: Vec<&Outcome> =
+        results.iter().filter(|r| listed.contains(format!("{}/{}", r.dir, r.name).as_str())).collect();
+    let pass = on_cpu.iter().filter(|r| r.status == Status::Pass).count();
+    let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in on_cpu.iter().filter(|r| r.status != Status::Pass) {
+        let reason: String = r.reason.chars().take(160).collect();
+        by_reason
+            .entry(format!("{:?}: {reason}", r.status).to_lowercase())
+            .or_default()
+            .push(format!("{}/{}", r.dir, r.name));
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let details: Vec<_> = results
+        .iter()
+        .map(|r| serde_json::json!({"dir": r.dir, "test": r.name, "status": r.status, "reason": r.reason, "ms": r.millis as u64}))
+        .collect();
+    std::fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&details)?)?;
+    let mut text = String::new();
+    for (reason, tests) in &by_reason {
+        text.push_str(&format!("{} test(s): {reason}\n    {}\n", tests.len(), tests.join(" ")));
+    }
+    std::fs::write(out_dir.join("not_passing.txt"), &text)?;
+    println!(
+        "CUDA: {pass} of {} CPU-passing tests pass on the GPU ({:.1}%); the rest, by reason, in {}",
+        on_cpu.len(),
+        100.0 * pass as f64 / on_cpu.len().max(1) as f64,
+        out_dir.join("not_passing.txt").display()
+    );
+    let panics = results.iter().filter(|r| r.status == Status::Panic).count();
+    if panics > 0 {
+        bail!("{panics} tests panicked on CUDA");
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench_cpu;
 mod bench_fuse;
+mod bench_gpu;
 mod ci;
 mod conformance;
 mod data;
@@ -28,6 +29,8 @@ enum Task {
     Ci,
     /// Times Kiln's CPU executor against onnxruntime on the same machine.
     BenchCpu(bench_cpu::Args),
+    /// Kiln against PyTorch eager and torch.compile on a GPU (builds here, runs on the GPU machine).
+    BenchGpu(bench_gpu::Args),
     /// Times fusion of a 12-layer BERT-base encoder (target: under 2 s).
     BenchFuse(bench_fuse::Args),
     /// Runs each cargo-fuzz target for a while (needs nightly and cargo-fuzz; skips without).
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::BenchCpu(a) => bench_cpu::run(a),
         Task::BenchFuse(a) => bench_fuse::run(a),
+        Task::BenchGpu(a) => bench_gpu::run(a),
         Task::Fuzz(a) => fuzz::run(a),
         Task::FetchData => data::onnx_test_data().map(|p| println!("{}", p.display())),
         Task::FetchNvrtc => fetch_nvrtc::run(),

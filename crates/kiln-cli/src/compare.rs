@@ -1,7 +1,7 @@
 //! `kiln compare`: the built model against the ONNX model in FP32 on the CPU reference, on the
 //! same inputs, output by output and (with `--per-layer`) layer by layer.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kiln::ir::Tensor;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,9 +41,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.device == "cuda" {
-        bail!("this build of kiln cannot run engines on CUDA yet: compare with --device cpu");
-    }
     let name = a.model.display().to_string();
     let model = kiln::load(&a.model).with_context(|| format!("loading {name}"))?;
     let mut shapes: HashMap<String, Vec<usize>> =
@@ -65,7 +62,23 @@ pub fn run(a: Args) -> Result<()> {
     optimize.fuse_options.disabled = vec![];
     let built = kiln::build(model.graph, &kiln::BuildOptions { shapes, optimize, int8: a.int8.options()? })
         .with_context(|| format!("building {name}"))?;
-    let (outs, layers) = kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer)?;
+    let (outs, layers) = if a.device == "cuda" {
+        // One engine for every batch: the graph compared is the same each time.
+        let mut ctx: Option<kiln::runtime::exec::ExecutionContext> = None;
+        let mut on_gpu = |g: &kiln::ir::Graph, inputs: &[Tensor]| -> Result<Vec<Tensor>, kiln::Error> {
+            let c = match &mut ctx {
+                Some(c) => c,
+                None => {
+                    let engine = kiln::gpu::load_engine(g, &kiln::gpu::GpuOptions::default())?;
+                    ctx.insert(kiln::runtime::exec::ExecutionContext::new(engine)?)
+                }
+            };
+            Ok(c.run(inputs)?)
+        };
+        kiln::compare::compare_with(&reference, &built.graph, &batches, a.per_layer, &mut on_gpu)?
+    } else {
+        kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer)?
+    };
     if a.json {
         let layers: Vec<_> = layers.iter().map(|(op, m)| serde_json::json!({ "op": op, "metrics": m })).collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "outputs": outs, "layers": layers }))?);
@@ -73,16 +86,19 @@ pub fn run(a: Args) -> Result<()> {
     }
     let line = |what: &str, m: &kiln::compare::Metrics| {
         let top1 = m.top1.map_or(String::from("-"), |t| format!("{:.2}%", t * 100.0));
-        format!("{what:<40} {:>11.3e} {:>11.3e} {:>10.6} {:>8}", m.max_abs, m.max_rel, m.cosine, top1)
+        format!(
+            "{what:<40} {:>11.3e} {:>11.3e} {:>11.3e} {:>10.6} {:>8}",
+            m.max_abs, m.max_rel, m.rel_l2, m.cosine, top1
+        )
     };
-    println!("{:<40} {:>11} {:>11} {:>10} {:>8}", "output", "max abs", "max rel", "cosine", "top-1");
+    println!("{:<40} {:>11} {:>11} {:>11} {:>10} {:>8}", "output", "max abs", "max rel", "rel L2", "cosine", "top-1");
     for m in &outs {
         println!("{}", line(&m.name, m));
     }
     if a.per_layer {
         println!(
-            "\n{:<40} {:>11} {:>11} {:>10} {:>8}",
-            "layer (reference order)", "max abs", "max rel", "cosine", "top-1"
+            "\n{:<40} {:>11} {:>11} {:>11} {:>10} {:>8}",
+            "layer (reference order)", "max abs", "max rel", "rel L2", "cosine", "top-1"
         );
         let mut flagged = false;
         for (op, m) in &layers {

@@ -1,5 +1,6 @@
 //! The `kiln` command line tool: build (optimize and fuse), inspect and run ONNX models.
 
+mod bench;
 mod build;
 mod compare;
 mod inspect;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measures latency and throughput on the GPU (end to end and GPU compute alone).
+    Bench(bench::Args),
     /// Optimizes and fuses a model; `--explain` says what fusion did, `--dot` draws the result.
     Build(build::Args),
     /// Compares the built model with the ONNX model in FP32 on the CPU reference, per output
@@ -30,6 +33,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Build(a) => build::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Run(a) => run::run(a),

@@ -101,6 +101,30 @@ impl Gpu {
         Ok(Gpu { ctx, stream, arch: format!("sm_{major}{minor}") })
     }
 
+    /// The driver context, for the runtime's streams, events and graphs.
+    pub fn context(&self) -> &std::sync::Arc<cudarc::driver::CudaContext> {
+        &self.ctx
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        cudarc::driver::result::mem_get_info().map_err(drv)
+    }
+
+    /// A new zeroed buffer of `len` bytes for `what`; running out of memory is
+    /// [`CudaError::OutOfMemory`], saying how much was asked for and how much was free.
+    pub fn alloc(&self, len: usize, what: &str) -> Result<Buffer> {
+        match self.stream.alloc_zeros::<u8>(len.max(1)) {
+            Ok(slice) => Ok(Buffer { slice }),
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.mem_info().unwrap_or((0, 0));
+                Err(CudaError::OutOfMemory { what: what.to_string(), asked: len, free, total })
+            }
+            Err(e) => Err(drv(e)),
+        }
+    }
+
     /// The device's architecture, such as `sm_90`.
     pub fn arch(&self) -> &str {
         &self.arch
@@ -167,6 +191,30 @@ impl Gpu {
         }
         .map_err(drv)?;
         self.stream.synchronize().map_err(drv)
+    }
+}
+
+impl Kernel {
+    /// Enqueues the kernel on `stream` without waiting; the driver copies `params` before
+    /// returning, so they need not outlive the call. The caller binds the context to the
+    /// thread and keeps every buffer the kernel touches alive until the stream has run it.
+    pub fn launch_on(&self, cfg: LaunchConfig, params: &[Param], stream: &cudarc::driver::CudaStream) -> Result<()> {
+        let mut storage: Vec<Vec<u8>> = params.iter().map(|p| p.0.clone()).collect();
+        let mut ptrs: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        #[allow(unsafe_code)]
+        // SAFETY: as for `Gpu::launch`: one pointer per parameter, each to bytes of that
+        // parameter's layout, alive for the call; cuLaunchKernel copies them.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.raw,
+                cfg.grid,
+                cfg.block,
+                cfg.shared_bytes,
+                stream.cu_stream(),
+                &mut ptrs,
+            )
+        }
+        .map_err(drv)
     }
 }
 

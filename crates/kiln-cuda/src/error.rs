@@ -24,6 +24,21 @@ pub enum CudaError {
     /// A call into the CUDA driver failed.
     #[error("CUDA driver call failed: {0}")]
     Driver(String),
+    /// A call into cuBLASLt or cuDNN failed, or the library is missing.
+    #[error("{0}")]
+    Library(String),
+    /// The GPU has too little free memory for an allocation.
+    #[error("out of GPU memory: {what} asked for {asked} bytes, {free} of {total} bytes are free")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Bytes asked for.
+        asked: usize,
+        /// Bytes free on the device at the time.
+        free: usize,
+        /// The device's memory.
+        total: usize,
+    },
     /// The expression or op cannot be lowered to CUDA; names the op and why.
     #[error("{0}")]
     Unsupported(String),

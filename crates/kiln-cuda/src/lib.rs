@@ -7,7 +7,9 @@
 //! panic.
 #![warn(missing_docs)]
 
+pub mod blas;
 pub mod codegen;
+pub mod dnn;
 pub mod driver;
 mod error;
 pub mod host;

@@ -51,6 +51,16 @@ impl KernelLibrary {
         Ok(module)
     }
 
+    /// A family's module, compiled and loaded on first use.
+    pub fn family_module(&self, family: KernelFamily) -> Result<Arc<Module>> {
+        self.module(family.name(), family.name(), &family.source())
+    }
+
+    /// A generated kernel's module, compiled and loaded on first use.
+    pub fn generated_module(&self, k: &ElementwiseKernel) -> Result<Arc<Module>> {
+        self.module(&k.name, &k.name, &k.source)
+    }
+
     /// A kernel of a family, such as `layernorm_f16` of [`KernelFamily::Norm`].
     pub fn kernel(&self, family: KernelFamily, name: &str) -> Result<(Arc<Module>, Kernel)> {
         let module = self.module(family.name(), family.name(), &family.source())?;

@@ -17,9 +17,10 @@ use crate::driver::{LaunchConfig, Param};
 use crate::error::{CudaError, Result};
 use crate::kernels::KernelFamily;
 use crate::launch;
+use kiln_ir::ops::attention::AttentionAttrs;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::reduce::Reducer;
-use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp};
+use kiln_ir::ops::{AttentionOp, ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp};
 use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
@@ -486,6 +487,7 @@ impl Planner<'_> {
                 self.arg(id, "argmin", *axis, *select_last_index)
             }
             Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
+            Op::Attention(AttentionOp::Attention(a)) => self.attention(id, a),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
         }
     }
@@ -1069,6 +1071,103 @@ impl Planner<'_> {
         ];
         fields.extend([b, heads, s, s].map(|v| Field::I64(v as i64)));
         for t in [st, st, st, o] {
+            fields.extend([t.batch, t.head, t.row].map(Field::I64));
+        }
+        fields.extend(mask_strides.map(Field::I64));
+        fields.push(Field::F32I32(scale, mask.is_some() as i32));
+        self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
+        Ok(())
+    }
+
+    /// ONNX Attention (opset 23) on 4-D `[b, h, s, d]` or 3-D `[b, s, h * d]` Q, K and V, with
+    /// an optional additive mask of Q's type: the same kernel as PackedAttention, with each
+    /// operand's own strides. Causal masking, soft-capping, grouped-query heads, a key/value
+    /// cache and the extra outputs are not lowered yet.
+    fn attention(&mut self, id: NodeId, a: &AttentionAttrs) -> Result<()> {
+        let node = self.g.node(id);
+        if (4..node.num_inputs).any(|s| self.g.inputs_of(id).get(s).copied().flatten().is_some()) {
+            return Err(CudaError::Unsupported("Attention with a key/value cache is not lowered yet".into()));
+        }
+        if node.outputs.iter().skip(1).any(|o| !o.name.is_empty()) {
+            return Err(CudaError::Unsupported(
+                "Attention's present_key, present_value and qk_matmul_output outputs are not lowered yet".into(),
+            ));
+        }
+        if a.is_causal || a.softcap > 0.0 {
+            return Err(CudaError::Unsupported("causal or soft-capped Attention is not lowered yet".into()));
+        }
+        let (q, k, v) = (self.required(id, 0)?, self.required(id, 1)?, self.required(id, 2)?);
+        let mask = self.input(id, 3)?;
+        let dtype = self.plan.buffers[q].dtype;
+        let sfx = self.float_suffix(q, "attention")?;
+        // (batch, heads, seq, head size, strides) of one operand.
+        let geometry = |b: BufferId,
+                        heads: Option<usize>|
+         -> Result<(usize, usize, usize, usize, launch::AttnStrides)> {
+            let sh = &self.plan.buffers[b].shape;
+            match (sh.as_slice(), heads) {
+                (&[n, h, s, d], _) => Ok((n, h, s, d, launch::AttnStrides::bhsd(h, s, d))),
+                (&[n, s, w], Some(h)) if h > 0 && w % h == 0 => {
+                    Ok((n, h, s, w / h, launch::AttnStrides::bshd(h, s, w / h, w)))
+                }
+                _ => Err(CudaError::Unsupported(format!("Attention operand of shape {sh:?} without its head count"))),
+            }
+        };
+        let (bq, hq, sq, d, qs) = geometry(q, a.q_num_heads)?;
+        let (bk, hk, sk, dk, ks) = geometry(k, a.kv_num_heads)?;
+        let (bv, hv, sv, dv, vs) = geometry(v, a.kv_num_heads)?;
+        if hk != hq || hv != hq {
+            return Err(CudaError::Unsupported(format!(
+                "grouped-query Attention ({hq} query heads, {hk} key heads) is not lowered yet"
+            )));
+        }
+        if bk != bq || bv != bq || sv != sk || dk != d || dv != d {
+            return Err(CudaError::Unsupported(format!(
+                "Attention with Q [{bq}, {hq}, {sq}, {d}], K [{bk}, {hk}, {sk}, {dk}], V [{bv}, {hv}, {sv}, {dv}] is not lowered yet"
+            )));
+        }
+        if [k, v].iter().any(|&b| self.plan.buffers[b].dtype != dtype) {
+            return Err(CudaError::Unsupported("Attention with Q, K and V of different types".into()));
+        }
+        let mask_strides = match mask {
+            None => [0i64; 4],
+            Some(m) => {
+                let mb = &self.plan.buffers[m];
+                if mb.dtype != dtype {
+                    return Err(CudaError::Unsupported(format!(
+                        "an Attention mask of {} with {dtype} inputs",
+                        mb.dtype
+                    )));
+                }
+                let st = crate::codegen::broadcast_strides(&mb.shape, &[bq, hq, sq, sk])?;
+                [st[0], st[1], st[2], st[3]]
+            }
+        };
+        let y = self.out(id, 0)?;
+        let os = if self.plan.buffers[y].shape.len() == 4 {
+            launch::AttnStrides::bhsd(hq, sq, d)
+        } else {
+            launch::AttnStrides::bshd(hq, sq, d, hq * d)
+        };
+        let scale = a.scale.unwrap_or(1.0 / (d as f32).sqrt());
+        let args = launch::AttnArgs {
+            ptrs: [0; 5],
+            batch: bq as i64,
+            heads: hq as i64,
+            sq: sq as i64,
+            sk: sk as i64,
+            q: qs,
+            k: ks,
+            v: vs,
+            o: os,
+            mask: mask_strides,
+            scale,
+        };
+        let (kernel, config) = args.launch(d, sfx)?;
+        let ptr = |buffer: BufferId| Field::Ptr { buffer, offset_bytes: 0 };
+        let mut fields = vec![ptr(q), ptr(k), ptr(v), ptr(y), mask.map_or(Field::Null, ptr)];
+        fields.extend([bq, hq, sq, sk].map(|v| Field::I64(v as i64)));
+        for t in [qs, ks, vs, os] {
             fields.extend([t.batch, t.head, t.row].map(Field::I64));
         }
         fields.extend(mask_strides.map(Field::I64));

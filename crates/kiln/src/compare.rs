@@ -16,6 +16,8 @@ pub struct Metrics {
     pub max_rel: f64,
     /// Cosine similarity of the two as flat vectors (1 when both are zero).
     pub cosine: f64,
+    /// Relative L2 error: `|got - want| / |want|` (the absolute L2 error when `want` is zero).
+    pub rel_l2: f64,
     /// For a classifier output (`[batch, classes]`), the share of rows whose arg-max agrees.
     pub top1: Option<f64>,
 }
@@ -30,9 +32,10 @@ pub fn metrics(name: &str, want: &Tensor, got: &Tensor) -> Result<Metrics, Error
     }
     let (a, b) = (want.to_f64_vec(), got.to_f64_vec());
     let mut max_abs: f64 = 0.0;
-    let (mut dot, mut na, mut nb) = (0.0, 0.0, 0.0);
+    let (mut dot, mut na, mut nb, mut nd) = (0.0, 0.0, 0.0, 0.0);
     for (x, y) in a.iter().zip(&b) {
         max_abs = max_abs.max((x - y).abs());
+        nd += (x - y) * (x - y);
         dot += x * y;
         na += x * x;
         nb += y * y;
@@ -54,6 +57,7 @@ pub fn metrics(name: &str, want: &Tensor, got: &Tensor) -> Result<Metrics, Error
         max_abs,
         max_rel: if scale > 0.0 { max_abs / scale } else { max_abs },
         cosine,
+        rel_l2: if na > 0.0 { (nd / na).sqrt() } else { nd.sqrt() },
         top1,
     })
 }
@@ -101,6 +105,19 @@ pub fn compare(
     batches: &[Vec<Tensor>],
     per_layer: bool,
 ) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
+    compare_with(reference, built, batches, per_layer, &mut |g, inputs| crate::run_cpu(g, inputs))
+}
+
+/// [`compare`], running the built graph with `run_built` (the GPU, for example) instead of
+/// the CPU reference; it is called once per batch with the same graph (the built graph, plus
+/// the compared layers as outputs).
+pub fn compare_with(
+    reference: &Graph,
+    built: &Graph,
+    batches: &[Vec<Tensor>],
+    per_layer: bool,
+    run_built: &mut dyn FnMut(&Graph, &[Tensor]) -> Result<Vec<Tensor>, Error>,
+) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
     // The imported graph's intermediate types may be unknown until inferred.
     let mut typed = reference.clone();
     kiln_ir::passes::PassManager::new(vec![Box::new(kiln_ir::passes::InferTypes)])
@@ -115,7 +132,7 @@ pub fn compare(
     let mut acc: Vec<Vec<(Tensor, Tensor)>> = vec![vec![]; outs + shared.len()];
     for inputs in batches {
         let want = crate::run_cpu(&r, inputs)?;
-        let got = crate::run_cpu(&b, inputs)?;
+        let got = run_built(&b, inputs)?;
         for (i, (w, g)) in want.into_iter().zip(got).enumerate() {
             acc[i].push((w, g));
         }

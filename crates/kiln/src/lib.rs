@@ -7,16 +7,19 @@
 
 pub mod build;
 pub mod compare;
+pub mod gpu;
 pub mod npy;
 pub mod random;
 
 pub use build::{build, BuildOptions, Built, Int8Options};
 
 pub use kiln_cpu as cpu;
+pub use kiln_cuda as cuda;
 pub use kiln_fuse as fuse;
 pub use kiln_ir as ir;
 pub use kiln_onnx as onnx;
 pub use kiln_quant as quant;
+pub use kiln_runtime as runtime;
 
 use kiln_ir::passes::{PassContext, PassManager, PassReport};
 use kiln_ir::{Graph, Tensor};
@@ -34,6 +37,9 @@ pub enum Error {
     /// Fusion failed (a bug: the graph stays valid without it, see `--no-fuse`).
     #[error(transparent)]
     Fuse(#[from] kiln_fuse::FuseError),
+    /// Planning, compiling or running on the GPU failed.
+    #[error(transparent)]
+    Cuda(#[from] kiln_cuda::CudaError),
     /// Running on the CPU failed.
     #[error(transparent)]
     Cpu(#[from] kiln_cpu::CpuError),
@@ -141,6 +147,43 @@ pub fn optimize_with(graph: &mut Graph, opts: &OptimizeOptions) -> Result<Optimi
         None
     };
     Ok(Optimized { passes, fusion })
+}
+
+/// Whether input `slot` of an op named `op` says a shape, axes, sizes or counts rather than
+/// data: the operands TensorRT calls shape tensors.
+fn is_shape_operand(op: &str, slot: usize) -> bool {
+    match op {
+        "ConstantOfShape" | "Range" => true,
+        "Slice" | "Resize" | "Upsample" => slot >= 1,
+        "Pad" => slot == 1 || slot == 3,
+        "Reshape" | "Expand" | "Tile" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum" | "OneHot"
+        | "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => slot == 1,
+        _ => false,
+    }
+}
+
+/// Fixes integer graph inputs that only feed shape operands (Reshape's shape, Slice's starts,
+/// a reduction's axes, ...) to the values given, as TensorRT fixes shape tensors when it
+/// builds: a static-shape engine needs them at build time. Call before [`optimize`], which
+/// then folds them. Returns the inputs that stay inputs, in order.
+pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> {
+    let mut kept = vec![];
+    for (id, t) in graph.inputs.clone().into_iter().zip(inputs) {
+        let v = kiln_ir::Value { node: id, slot: 0 };
+        let users = graph.users(v);
+        let shape_only = !users.is_empty()
+            && !graph.is_output(v)
+            && matches!(t.dtype(), kiln_ir::DType::I64 | kiln_ir::DType::I32)
+            && users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot));
+        if shape_only {
+            graph.node_mut(id).op = kiln_ir::Op::Const(t);
+            graph.inputs.retain(|&i| i != id);
+        } else {
+            kept.push(t);
+        }
+    }
+    kept
 }
 
 /// Runs a graph on the CPU reference executor; inputs in graph-input order.

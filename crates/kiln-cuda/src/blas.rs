@@ -1,0 +1,254 @@
+//! GEMM steps through cuBLASLt.
+//!
+//! A [`GemmStep`] is row-major; cuBLASLt is column-major. A row-major `[r, c]` matrix is the
+//! column-major `[c, r]` matrix with the same bytes, so `D = op(A) op(B)` is computed as
+//! `D^T = op(B)^T op(A)^T`: cuBLASLt's first operand is the plan's B, its second the plan's A,
+//! and the result is column-major `[n, m]`, which is row-major `[m, n]`. A bias of `n`
+//! elements is then a per-row bias of cuBLASLt's D, which is what its bias epilogues add.
+//!
+//! Descriptors and the algorithm are made once per execution context ([`GemmCall::new`]),
+//! where buffer addresses are fixed, so [`GemmCall::enqueue`] only calls `cublasLtMatmul`,
+//! which CUDA graph capture records like any kernel.
+
+use crate::error::{CudaError, Result};
+use crate::plan::{BufferId, GemmEpilogue, GemmStep};
+use cudarc::cublaslt::{result as lt, sys};
+use kiln_ir::DType;
+use std::ffi::c_void;
+
+fn blas(what: &str) -> impl Fn(lt::CublasError) -> CudaError + '_ {
+    move |e| CudaError::Library(format!("cuBLASLt {what}: {e:?}"))
+}
+
+/// Checks that cuBLASLt can be loaded, without calling into it (cudarc panics otherwise).
+pub fn probe_cublaslt() -> Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: only tries to open the library by the names cudarc would use.
+    let present = unsafe { sys::is_culib_present() };
+    if present {
+        Ok(())
+    } else {
+        Err(CudaError::Library(
+            "cuBLASLt (libcublasLt.so) was not found: install the CUDA toolkit's cuBLAS and put its lib \
+             directory on LD_LIBRARY_PATH, or run with --device cpu"
+                .into(),
+        ))
+    }
+}
+
+/// A cuBLASLt handle, one per execution context.
+pub struct LtHandle(sys::cublasLtHandle_t);
+
+// SAFETY: a cuBLASLt handle may be used from any thread; the runtime uses each handle from one
+// thread at a time (its context's).
+#[allow(unsafe_code)]
+unsafe impl Send for LtHandle {}
+
+impl LtHandle {
+    /// Creates a handle (after [`probe_cublaslt`]).
+    pub fn new() -> Result<LtHandle> {
+        probe_cublaslt()?;
+        Ok(LtHandle(lt::create_handle().map_err(blas("create handle"))?))
+    }
+}
+
+impl Drop for LtHandle {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: created by `LtHandle::new` and destroyed once.
+        let _ = unsafe { lt::destroy_handle(self.0) };
+    }
+}
+
+fn data_type(dt: DType) -> Result<sys::cudaDataType> {
+    Ok(match dt {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        other => return Err(CudaError::Unsupported(format!("cuBLASLt GEMM of {other}"))),
+    })
+}
+
+/// One GEMM step, ready to enqueue: descriptors, algorithm and device addresses.
+pub struct GemmCall {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+    /// Device addresses of cuBLASLt's A (the plan's B), B (the plan's A), C and D.
+    ptrs: [u64; 4],
+    alpha: f32,
+    beta: f32,
+    workspace_bytes: usize,
+}
+
+// SAFETY: the descriptors are plain host objects owned by this call and only read after
+// creation; the runtime enqueues a call from one thread at a time.
+#[allow(unsafe_code)]
+unsafe impl Send for GemmCall {}
+
+impl GemmCall {
+    /// Prepares `step` with buffer addresses from `addr`, choosing the algorithm by cuBLASLt's
+    /// heuristic within `workspace_bytes`. FP32 GEMMs use TF32 tensor cores when `tf32`.
+    pub fn new(
+        h: &LtHandle,
+        step: &GemmStep,
+        addr: &dyn Fn(BufferId) -> u64,
+        tf32: bool,
+        workspace_bytes: usize,
+    ) -> Result<GemmCall> {
+        let dt = data_type(step.dtype)?;
+        let compute = if step.dtype == DType::F32 && tf32 {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(blas("matmul desc"))?;
+        let mut call = GemmCall {
+            desc,
+            layouts: [std::ptr::null_mut(); 3],
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            ptrs: [addr(step.b), addr(step.a), step.c.map_or(0, addr), addr(step.d)],
+            alpha: step.alpha,
+            beta: step.beta,
+            workspace_bytes,
+        };
+        let (m, n, k) = (step.m as u64, step.n as u64, step.k as u64);
+        let op = |t: bool| {
+            if t {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // cuBLASLt's A is the plan's B: stored [n, k] row-major (col-major [k, n]) when
+        // trans_b, else [k, n] row-major (col-major [n, k]).
+        let a = if step.trans_b { (k, n, k) } else { (n, k, n) };
+        let b = if step.trans_a { (m, k, m) } else { (k, m, k) };
+        let [sa, sb, sd] = step.batch_strides.map(|s| s as i64);
+        for (i, ((rows, cols, ld), stride)) in [(a, sa), (b, sb), ((n, m, n), sd)].into_iter().enumerate() {
+            let l = lt::create_matrix_layout(dt, rows, cols, ld as i64).map_err(blas("matrix layout"))?;
+            call.layouts[i] = l;
+            if step.batch > 1 {
+                call.layout_attr(
+                    i,
+                    sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    &(step.batch as i32),
+                )?;
+                call.layout_attr(
+                    i,
+                    sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                    &stride,
+                )?;
+            }
+        }
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        call.desc_attr(D::CUBLASLT_MATMUL_DESC_TRANSA, &op(step.trans_b))?;
+        call.desc_attr(D::CUBLASLT_MATMUL_DESC_TRANSB, &op(step.trans_a))?;
+        use sys::cublasLtEpilogue_t as E;
+        let (epi, bias) = match step.epilogue {
+            GemmEpilogue::None => (E::CUBLASLT_EPILOGUE_DEFAULT, None),
+            GemmEpilogue::Bias(b) => (E::CUBLASLT_EPILOGUE_BIAS, Some(b)),
+            GemmEpilogue::Relu => (E::CUBLASLT_EPILOGUE_RELU, None),
+            GemmEpilogue::ReluBias(b) => (E::CUBLASLT_EPILOGUE_RELU_BIAS, Some(b)),
+            GemmEpilogue::Gelu => (E::CUBLASLT_EPILOGUE_GELU, None),
+            GemmEpilogue::GeluBias(b) => (E::CUBLASLT_EPILOGUE_GELU_BIAS, Some(b)),
+        };
+        call.desc_attr(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
+        if let Some(b) = bias {
+            call.desc_attr(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &addr(b))?;
+        }
+        call.algo = call.heuristic(h)?;
+        Ok(call)
+    }
+
+    fn desc_attr<T>(&self, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+        #[allow(unsafe_code)]
+        // SAFETY: `v` is the attribute's documented type, alive for the call, which copies it.
+        unsafe { lt::set_matmul_desc_attribute(self.desc, attr, (v as *const T).cast(), std::mem::size_of::<T>()) }
+            .map_err(blas("matmul attribute"))
+    }
+
+    fn layout_attr<T>(&self, i: usize, attr: sys::cublasLtMatrixLayoutAttribute_t, v: &T) -> Result<()> {
+        #[allow(unsafe_code)]
+        // SAFETY: as for `desc_attr`.
+        unsafe {
+            lt::set_matrix_layout_attribute(self.layouts[i], attr, (v as *const T).cast(), std::mem::size_of::<T>())
+        }
+        .map_err(blas("layout attribute"))
+    }
+
+    fn heuristic(&self, h: &LtHandle) -> Result<sys::cublasLtMatmulAlgo_t> {
+        let pref = lt::create_matmul_pref().map_err(blas("preference"))?;
+        #[allow(unsafe_code)]
+        // SAFETY: every descriptor is live and owned by `self`; the preference is destroyed
+        // once, after use.
+        let found = unsafe {
+            let ws = self.workspace_bytes as u64;
+            let set = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws as *const u64).cast(),
+                8,
+            );
+            let r = set.and_then(|()| {
+                lt::get_matmul_algo_heuristic(
+                    h.0,
+                    self.desc,
+                    self.layouts[0],
+                    self.layouts[1],
+                    self.layouts[2],
+                    self.layouts[2],
+                    pref,
+                )
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            r
+        };
+        Ok(found.map_err(blas("no algorithm for this GEMM"))?.algo)
+    }
+
+    /// Enqueues the GEMM on `stream`, with `workspace` (at least the bytes given to `new`).
+    pub fn enqueue(&self, h: &LtHandle, stream: &cudarc::driver::CudaStream, workspace: u64) -> Result<()> {
+        let [a, b, c, d] = self.ptrs;
+        let c = if c == 0 { d } else { c };
+        #[allow(unsafe_code)]
+        // SAFETY: the descriptors match the buffers, whose addresses were fixed when the call was
+        // made and which the context keeps alive; alpha and beta are f32 as the scale type says.
+        unsafe {
+            lt::matmul(
+                h.0,
+                self.desc,
+                (&self.alpha as *const f32).cast(),
+                (&self.beta as *const f32).cast(),
+                a as *const c_void,
+                self.layouts[0],
+                b as *const c_void,
+                self.layouts[1],
+                c as *const c_void,
+                self.layouts[2],
+                d as *mut c_void,
+                self.layouts[2],
+                &self.algo,
+                workspace as *mut c_void,
+                self.workspace_bytes,
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(blas("matmul"))
+    }
+}
+
+impl Drop for GemmCall {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: each descriptor was created once by `new` and is destroyed once here.
+        unsafe {
+            for l in self.layouts {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Whole models on the GPU against the CPU reference, and execution contexts on many threads.
+//!
+//! Without a CUDA driver every test prints why it is skipped and passes; with
+//! `KILN_REQUIRE_GPU=1` (the GPU check script sets it) a missing GPU fails instead.
+
+use kiln::gpu::{load_engine, GpuOptions};
+use kiln::ir::{Graph, Tensor};
+use kiln::runtime::exec::ExecutionContext;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models").join(name)
+}
+
+fn have_gpu(test: &str) -> bool {
+    match kiln::cuda::driver::Gpu::new(0) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(std::env::var("KILN_REQUIRE_GPU").as_deref() != Ok("1"), "{test}: KILN_REQUIRE_GPU=1 but {e}");
+            eprintln!("skipped {test}: {e}");
+            false
+        }
+    }
+}
+
+/// The model optimized for batch `batch` (its first input's leading dim), with seeded inputs.
+fn model(name: &str, batch: Option<usize>) -> (Graph, Vec<Tensor>) {
+    let mut m = kiln::load(&fixture(name)).unwrap();
+    let mut shapes = HashMap::new();
+    if let Some(b) = batch {
+        for &id in &m.graph.inputs {
+            let info = &m.graph.node(id).outputs[0];
+            let mut dims: Vec<usize> = info.ty.shape.as_ref().unwrap().iter().map(|d| d.known().unwrap_or(1)).collect();
+            dims[0] = b;
+            shapes.insert(info.name.clone(), dims);
+        }
+    }
+    kiln::specialize(&mut m.graph, &shapes).unwrap();
+    kiln::optimize(&mut m.graph).unwrap();
+    let inputs = kiln::random::graph_inputs(&m.graph, &mut HashMap::new(), 7).unwrap();
+    (m.graph, inputs)
+}
+
+fn fp32() -> GpuOptions {
+    let mut o = GpuOptions::default();
+    o.exec.tf32 = false;
+    o
+}
+
+#[test]
+fn test_models_match_the_cpu_reference() {
+    if !have_gpu("test_models_match_the_cpu_reference") {
+        return;
+    }
+    for (name, batch) in [
+        ("bert_layer.onnx", None),
+        ("count_transformer.onnx", Some(16)),
+        ("tiny_cnn.onnx", None),
+        ("digits_cnn.onnx", Some(32)),
+    ] {
+        let (g, inputs) = model(name, batch);
+        let want = kiln::run_cpu(&g, &inputs).unwrap();
+        let got = match kiln::gpu::run_gpu(&g, &inputs, &fp32()) {
+            Ok(got) => got,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (w, o) in want.iter().zip(&got) {
+            let m = kiln::compare::metrics(name, w, o).unwrap();
+            eprintln!("{name}: cosine {:.7}, rel L2 {:.2e}, max abs {:.2e}", m.cosine, m.rel_l2, m.max_abs);
+            assert!(m.cosine > 0.9999 && m.rel_l2 < 1e-3, "{name}: {m:?}");
+        }
+    }
+}
+
+#[test]
+fn cuda_graph_replay_gives_the_direct_result() {
+    if !have_gpu("cuda_graph_replay_gives_the_direct_result") {
+        return;
+    }
+    let (g, inputs) = model("bert_layer.onnx", None);
+    let mut direct_opts = fp32();
+    direct_opts.exec.cuda_graph = false;
+    let mut direct = ExecutionContext::new(load_engine(&g, &direct_opts).unwrap()).unwrap();
+    let want = direct.run(&inputs).unwrap();
+    let mut ctx = ExecutionContext::new(load_engine(&g, &fp32()).unwrap()).unwrap();
+    for run in 0..4 {
+        assert_eq!(ctx.run(&inputs).unwrap(), want, "run {run}");
+    }
+    assert!(ctx.uses_graph(), "the context should replay a CUDA graph after its first run");
+}
+
+/// Eight threads, each with its own context on one engine, give exactly the single-threaded
+/// outputs, and GPU memory does not grow while they run.
+#[test]
+fn contexts_on_eight_threads_agree_with_one() {
+    if !have_gpu("contexts_on_eight_threads_agree_with_one") {
+        return;
+    }
+    let (g, inputs) = model("bert_layer.onnx", None);
+    let engine = load_engine(&g, &fp32()).unwrap();
+    let want = ExecutionContext::new(Arc::clone(&engine)).unwrap().run(&inputs).unwrap();
+    let runs = std::env::var("KILN_SOAK_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50usize);
+    let mut free_after_warmup = 0;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let engine = Arc::clone(&engine);
+                let (inputs, want, tx) = (&inputs, &want, tx.clone());
+                s.spawn(move || {
+                    let mut ctx = ExecutionContext::new(engine).unwrap();
+                    for r in 0..runs {
+                        assert_eq!(&ctx.run(inputs).unwrap(), want, "thread {t} run {r}");
+                        if r == 2 {
+                            tx.send(()).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..8 {
+            rx.recv().unwrap();
+        }
+        free_after_warmup = engine.gpu().mem_info().unwrap().0;
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let free_end = engine.gpu().mem_info().unwrap().0;
+    eprintln!("free GPU memory after warm-up {free_after_warmup}, at the end {free_end}");
+    // Contexts are dropped at the end, so memory can only have been given back.
+    assert!(free_end + (1 << 20) >= free_after_warmup, "GPU memory grew: {free_after_warmup} -> {free_end}");
+}

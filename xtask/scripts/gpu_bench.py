@@ -1,0 +1,207 @@
+"""Kiln against PyTorch on the GPU machine: exports the models, checks Kiln's accuracy on the
+GPU against its CPU reference, and times Kiln, PyTorch eager and torch.compile side by side.
+
+Run on the GPU machine (torch, torchvision and transformers installed there) from the
+repository root, with the kiln binary built on the development machine:
+
+    python3 xtask/scripts/gpu_bench.py --kiln .gpu/bin/kiln --out $OUT
+
+It writes bench.json (every figure) and bench.md (the table) into --out and prints the table
+last. `cargo xtask bench-gpu` prepares the binary and says how to run this.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+# FP16 dense tensor-core peak of the H100 SXM and its memory bandwidth, for the roofline.
+H100_FP16_FLOPS = 989e12
+H100_BYTES_PER_S = 3.35e12
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def export(name, model, example, path, input_names, dynamic_axes):
+    if os.path.exists(path):
+        return
+    t0 = time.time()
+    with torch.inference_mode():
+        try:
+            torch.onnx.export(
+                model, example, path, input_names=input_names, output_names=["output"],
+                dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+        except TypeError:
+            torch.onnx.export(
+                model, example, path, input_names=input_names, output_names=["output"],
+                dynamic_axes=dynamic_axes, opset_version=17)
+    log(f"exported {name} in {time.time() - t0:.1f} s ({os.path.getsize(path) / 1e6:.0f} MB)")
+
+
+class BertOut(torch.nn.Module):
+    """A BERT-base encoder returning the last hidden state (no pooler), on input ids alone."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+        cfg = BertConfig()
+        cfg._attn_implementation = "eager"
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+
+    def forward(self, input_ids):
+        return self.bert(input_ids=input_ids).last_hidden_state
+
+
+def models(dirname):
+    import torchvision
+    torch.manual_seed(0)
+    out = {}
+    img = {"input": {0: "batch"}, "output": {0: "batch"}}
+    for name, ctor in [("resnet50", torchvision.models.resnet50), ("mobilenet_v2", torchvision.models.mobilenet_v2)]:
+        m = ctor(weights=None).eval()
+        path = os.path.join(dirname, f"{name}.onnx")
+        export(name, m, (torch.randn(1, 3, 224, 224),), path, ["input"], img)
+        out[name] = (m, path, lambda b: [torch.randn(b, 3, 224, 224)], "input", [3, 224, 224])
+    m = BertOut().eval()
+    path = os.path.join(dirname, "bert_base.onnx")
+    ids = {"input_ids": {0: "batch"}, "output": {0: "batch"}}
+    export("bert_base", m, (torch.randint(0, 4, (1, 128)),), path, ["input_ids"], ids)
+    out["bert_base"] = (m, path, lambda b: [torch.randint(0, 4, (b, 128))], "input_ids", [128])
+    return out
+
+
+def flops_and_bytes(name, batch):
+    """Approximate FP16 work and unavoidable traffic (weights once, input and output) per batch."""
+    if name == "resnet50":
+        return 2 * 4.1e9 * batch, 2 * 25.6e6 + 2 * batch * (3 * 224 * 224 + 1000)
+    if name == "mobilenet_v2":
+        return 2 * 0.3e9 * batch, 2 * 3.5e6 + 2 * batch * (3 * 224 * 224 + 1000)
+    # BERT-base, sequence 128: 12 layers of 4 * 768^2 + 2 * 768 * 3072 weights per token, plus
+    # attention's two 128 x 128 x 768 products per layer.
+    per_token = 12 * (4 * 768 * 768 + 2 * 768 * 3072) * 2 + 12 * 2 * 2 * 128 * 768
+    return per_token * 128 * batch, 2 * 85e6 + 2 * batch * 128 * 768 * 2
+
+
+def time_torch(fn, inputs, iters=200, warmup=30):
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(*inputs)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(iters):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn(*inputs)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_kiln(args, cmd):
+    log("$ " + " ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.kiln_timeout)
+    if r.returncode != 0:
+        log(r.stderr[-3000:])
+        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    return r.stdout, None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kiln", default=".gpu/bin/kiln")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--models-dir", default="/tmp/kiln-models")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--compile-mode", default="reduce-overhead")
+    ap.add_argument("--kiln-timeout", type=int, default=300)
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.models_dir, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    fp16 = "--fp16" in subprocess.run([args.kiln, "bench", "--help"], capture_output=True, text=True).stdout
+    prec = ["--fp16"] if fp16 else []
+    log(f"kiln precision: {'fp16' if fp16 else 'fp32 (this kiln has no --fp16)'}")
+    rows = []
+    dev = torch.cuda.get_device_name()
+    for name, (model, path, make, in_name, in_shape) in models(args.models_dir).items():
+        if args.only and name not in args.only.split(","):
+            continue
+        # Accuracy: Kiln on the GPU against the FP32 ONNX model on Kiln's CPU reference.
+        shape = f"{in_name}=" + "x".join(str(d) for d in [1] + in_shape)
+        acc = {}
+        for label, flags in [("fp32", []), ("fp16", prec)] if fp16 else [("fp32", [])]:
+            out, err = run_kiln(args, [args.kiln, "compare", path, "--device", "cuda", "--shapes", shape,
+                                       "--json", "--seed", "1"] + flags)
+            if out:
+                o = json.loads(out)["outputs"][0]
+                acc[label] = {"cosine": o["cosine"], "max_abs": o["max_abs"], "rel_l2": o.get("rel_l2")}
+            else:
+                acc[label] = {"error": err}
+        for b in [int(x) for x in args.batches.split(",")]:
+            row = {"model": name, "batch": b, "accuracy": acc, "device": dev}
+            out, err = run_kiln(args, [args.kiln, "bench", path, "--shapes",
+                                       f"{in_name}=" + "x".join(str(d) for d in [b] + in_shape),
+                                       "--json", "--duration", "3"] + prec)
+            if out:
+                k = json.loads(out)
+                row["kiln_ms"] = k["gpu_compute_ms"]["median"]
+                row["kiln_e2e_ms"] = k["end_to_end_ms"]["median"]
+                row["kiln"] = k
+            else:
+                row["kiln_error"] = err
+            if not args.no_torch:
+                m = model.cuda().half() if name != "bert_base" else model.cuda().half()
+                ins = [t.cuda().half() if t.is_floating_point() else t.cuda() for t in make(b)]
+                row["eager_ms"] = time_torch(m, ins)
+                try:
+                    torch._dynamo.reset()
+                    c = torch.compile(m, mode=args.compile_mode)
+                    t0 = time.time()
+                    with torch.inference_mode():
+                        c(*ins)
+                    row["compile_s"] = time.time() - t0
+                    row["compiled_ms"] = time_torch(c, ins)
+                except Exception as e:  # a failed compile is reported, not fatal
+                    row["compiled_error"] = str(e)[:300]
+                model.float().cpu()
+            fl, by = flops_and_bytes(name, b)
+            row["roofline_ms"] = max(fl / H100_FP16_FLOPS, by / H100_BYTES_PER_S) * 1e3
+            rows.append(row)
+            log(json.dumps({k: v for k, v in row.items() if k != "kiln"}))
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    lines = [
+        f"Device: {dev}; Kiln precision {'FP16' if fp16 else 'FP32'}, PyTorch FP16; "
+        f"torch.compile mode {args.compile_mode}; median latency of GPU work in ms.",
+        "",
+        "| model | batch | Kiln ms | eager ms | compile ms | Kiln img/s | vs eager | vs compile | roofline share | cosine fp32 / fp16 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        k = r.get("kiln_ms")
+        e, c = r.get("eager_ms"), r.get("compiled_ms")
+        f = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"
+        ratio = lambda x: f"{x / k:.2f}x" if k and x else "-"
+        cos = " / ".join(f"{v['cosine']:.5f}" if "cosine" in v else "err" for v in r["accuracy"].values())
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {f(k) if k else r.get('kiln_error', '-')[:60]} | {f(e)} | {f(c)} | "
+            f"{r['batch'] * 1e3 / k:.0f} | {ratio(e)} | {ratio(c)} | "
+            f"{r['roofline_ms'] / k * 100:.0f}% | {cos} |" if k else
+            f"| {r['model']} | {r['batch']} | {r.get('kiln_error', '-')[:80]} | {f(e)} | {f(c)} | - | - | - | - | {cos} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
