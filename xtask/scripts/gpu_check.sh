@@ -89,11 +89,13 @@ run() {
             failed=$(grep -Eo '[0-9]+ failed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
             table+=$'\n'"$t $passed $failed $((SECONDS - t0))"
         done
-        { column -t <<< "$table"; grep -h -E 'panicked|FAILED|^failures:|cosine' "$logs"/*.log | head -60; } >> "$summary"
+        { echo "$table"; grep -h -E 'panicked|FAILED|^failures:|cosine' "$logs"/*.log | head -60; } >> "$summary"
         # Whole models through the CLI, on the GPU against the CPU reference.
-        for m in tests/models/bert_layer.onnx tests/models/tiny_cnn.onnx; do
-            echo "== kiln compare $m --device cuda" >> "$summary"
-            "$GPU/bin/kiln" compare "$m" --device cuda >> "$summary" 2>&1 || status=1
+        for args in "tests/models/bert_layer.onnx --shapes x=4x16x32 --shapes mask=4x1x1x16" tests/models/tiny_cnn.onnx; do
+            for prec in "" --fp16; do
+                echo "== kiln compare $args --device cuda $prec" >> "$summary"
+                "$GPU/bin/kiln" compare $args --device cuda $prec >> "$summary" 2>&1 || status=1
+            done
         done
     fi
     if [[ " $stages " == *" conformance "* ]]; then
@@ -105,8 +107,8 @@ run() {
     fi
     if [[ " $stages " == *" bench "* ]]; then
         local t0=$SECONDS
-        python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
-        { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || tail -30 "$logs/bench.log"; } >> "$summary"
+        timeout "${KILN_BENCH_TIMEOUT:-420}" python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
+        { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || grep -E '^\{|error' "$logs/bench.log" | tail -30; } >> "$summary"
     fi
     tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null
     cat "$summary"

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What to run and how to build it: shared by `kiln bench` and `kiln profile`.
 #[derive(clap::Args)]
-pub struct Args {
-    /// The model (.onnx).
+pub struct Load {
+    /// The model (.onnx, built here) or an engine (.kiln, from `kiln build -o`).
     model: PathBuf,
     /// Concrete shape of an input with symbolic or unknown dims, as NAME=1x3x224x224.
     #[arg(long = "shapes", value_name = "NAME=DIMS")]
@@ -22,18 +23,6 @@ pub struct Args {
     /// Set the leading (batch) dim of every input.
     #[arg(long)]
     batch: Option<usize>,
-    /// Warm-up time in milliseconds before measuring.
-    #[arg(long, default_value_t = 500)]
-    warmup_ms: u64,
-    /// Measure for this many seconds...
-    #[arg(long, default_value_t = 3.0)]
-    duration: f64,
-    /// ...or for exactly this many iterations per stream.
-    #[arg(long)]
-    iterations: Option<usize>,
-    /// Concurrent streams, each a thread with its own execution context.
-    #[arg(long, default_value_t = 1)]
-    streams: usize,
     /// Launch kernels one by one instead of replaying a CUDA graph.
     #[arg(long)]
     no_cuda_graph: bool,
@@ -46,6 +35,24 @@ pub struct Args {
     /// Compute in FP16 (FP32 inputs and outputs).
     #[arg(long)]
     fp16: bool,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    load: Load,
+    /// Warm-up time in milliseconds before measuring.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Measure for this many seconds...
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// ...or for exactly this many iterations per stream.
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Concurrent streams, each a thread with its own execution context.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -115,8 +122,33 @@ pub fn run(a: Args) -> Result<()> {
     if a.streams == 0 {
         bail!("--streams must be at least 1");
     }
-    let name = a.model.display().to_string();
     let t0 = Instant::now();
+    let (engine, inputs) = load(&a.load)?;
+    run_bench(&a, &a.load.model.display().to_string(), engine, inputs, t0.elapsed().as_secs_f64())
+}
+
+/// The engine on GPU 0 and seeded inputs: an engine file is loaded, an ONNX model built.
+pub fn load(a: &Load) -> Result<(Arc<kiln::runtime::exec::Engine>, Vec<Tensor>)> {
+    let name = a.model.display().to_string();
+    let mut gopts = kiln::gpu::GpuOptions::default();
+    gopts.exec.tf32 = !a.no_tf32;
+    gopts.exec.cuda_graph = !a.no_cuda_graph;
+    if a.model.extension().is_some_and(|e| e == "kiln") {
+        if a.fp16 || a.no_fuse || a.batch.is_some() || !a.shapes.is_empty() {
+            bail!("--fp16, --no-fuse, --batch and --shapes are build options: give them to kiln build");
+        }
+        let bytes = std::fs::read(&a.model).with_context(|| format!("reading {name}"))?;
+        let engine = kiln::gpu::load_engine_file(&bytes, &gopts).with_context(|| format!("loading {name}"))?;
+        let inputs = kiln::gpu::engine_inputs(&engine, &mut HashMap::new(), 0);
+        Ok((engine, inputs))
+    } else {
+        build_for_bench(a, &gopts)
+    }
+}
+
+/// Loads, optimizes and plans an ONNX model for the GPU, with seeded inputs.
+fn build_for_bench(a: &Load, gopts: &kiln::gpu::GpuOptions) -> Result<(Arc<kiln::runtime::exec::Engine>, Vec<Tensor>)> {
+    let name = a.model.display().to_string();
     let mut model = kiln::load(&a.model).with_context(|| format!("loading {name}"))?;
     let mut shapes: HashMap<String, Vec<usize>> =
         a.shapes.iter().map(|s| crate::parse_shape_arg(s)).collect::<Result<_>>()?;
@@ -141,12 +173,18 @@ pub fn run(a: Args) -> Result<()> {
     if a.fp16 {
         kiln::to_fp16(&mut model.graph, Default::default()).with_context(|| format!("converting {name} to FP16"))?;
     }
-    let mut gopts = kiln::gpu::GpuOptions::default();
-    gopts.exec.tf32 = !a.no_tf32;
-    gopts.exec.cuda_graph = !a.no_cuda_graph;
-    let engine = kiln::gpu::load_engine(&model.graph, &gopts).with_context(|| format!("loading {name} on CUDA"))?;
-    let build_s = t0.elapsed().as_secs_f64();
+    let engine = kiln::gpu::load_engine(&model.graph, gopts).with_context(|| format!("loading {name} on CUDA"))?;
     let inputs = kiln::random::graph_inputs(&model.graph, &mut HashMap::new(), 0).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((engine, inputs))
+}
+
+fn run_bench(
+    a: &Args,
+    name: &str,
+    engine: Arc<kiln::runtime::exec::Engine>,
+    inputs: Vec<Tensor>,
+    build_s: f64,
+) -> Result<()> {
     let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
     let warmup = Duration::from_millis(a.warmup_ms);
     let duration = Duration::from_secs_f64(a.duration);
@@ -190,8 +228,8 @@ pub fn run(a: Args) -> Result<()> {
             "batch": batch,
             "streams": a.streams,
             "iterations": iterations,
-            "cuda_graph": !a.no_cuda_graph,
-            "precision": if a.fp16 { "fp16" } else { "fp32" },
+            "cuda_graph": !a.load.no_cuda_graph,
+            "precision": if a.load.fp16 { "fp16" } else { "fp32" },
             "steps": steps,
             "build_seconds": build_s,
             "throughput_per_s": throughput,

@@ -25,6 +25,16 @@ pub struct Args {
     /// Write the optimized graph for Graphviz, fused nodes labelled with what they cover.
     #[arg(long, value_name = "FILE")]
     dot: Option<PathBuf>,
+    /// Write the engine: the launch plan, weights and CUBINs compiled for --arch.
+    #[arg(short = 'o', long = "output", value_name = "FILE.kiln")]
+    output: Option<PathBuf>,
+    /// The GPU architecture the engine's kernels are compiled for (sm_80, sm_90, ...); this
+    /// machine's GPU by default, or sm_90 without one.
+    #[arg(long)]
+    arch: Option<String>,
+    /// The cuBLASLt/cuDNN workspace of each execution context, in MiB.
+    #[arg(long, default_value_t = 64)]
+    workspace: usize,
     /// Write the optimized IR as text.
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
@@ -188,9 +198,34 @@ pub fn run(a: Args) -> Result<()> {
     if !a.json {
         let launching = kiln::fuse::launching_nodes(g);
         println!(
-            "built {name}: {} nodes, {launching} launch work ({:.2} s); no engine is written until the CUDA backend lands",
+            "built {name}: {} nodes, {launching} launch work ({:.2} s)",
             g.node_count(),
             t0.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(out) = &a.output {
+        let t1 = Instant::now();
+        let arch = a.arch.clone().unwrap_or_else(kiln::gpu::default_arch);
+        let mut options = vec![
+            ("precision".to_string(), if done.fp16.is_some() { "fp16" } else { "fp32" }.to_string()),
+            ("tf32".to_string(), done.tf32.to_string()),
+            ("workspace_bytes".to_string(), (a.workspace << 20).to_string()),
+        ];
+        options.extend(a.shapes.iter().map(|s| ("shape".to_string(), s.clone())));
+        let engine = kiln::gpu::build_engine_file(g, &arch, options)
+            .with_context(|| format!("building the {arch} engine of {name}"))?;
+        let bytes = engine.to_bytes();
+        std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+        let m = engine.memory();
+        println!(
+            "wrote {} ({:.1} MiB, {arch}): {} steps, {} kernel modules, arena {:.1} MiB (activations without reuse {:.1} MiB) in {:.2} s",
+            out.display(),
+            bytes.len() as f64 / 1048576.0,
+            engine.plan().steps.len(),
+            engine.cubins().len(),
+            m.arena_bytes as f64 / 1048576.0,
+            m.naive_bytes as f64 / 1048576.0,
+            t1.elapsed().as_secs_f64()
         );
     }
     Ok(())

@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod compare;
 mod inspect;
+mod profile;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Compare(compare::Args),
     /// Runs a model on given or seeded random inputs and writes its outputs as .npy files.
     Run(run::Args),
+    /// Times every step of the plan on the GPU; `--trace` writes a Chrome trace.
+    Profile(profile::Args),
     /// Prints a model's ops, inputs, outputs, parameters and opsets.
     Inspect(inspect::Args),
 }
@@ -38,6 +41,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Run(a) => run::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Profile(a) => profile::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -96,6 +96,9 @@ pub struct ConvCall {
     /// x, w, bias (0: none), z (0: none), y.
     ptrs: [u64; 5],
     fused: bool,
+    /// Whether bias and z are added by `cudnnAddTensor` after a plain convolution (an identity
+    /// epilogue whose fused form does not fit the workspace).
+    add_after: bool,
     workspace_bytes: usize,
 }
 
@@ -152,6 +155,7 @@ impl ConvCall {
             algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
             ptrs: [addr(step.x), addr(step.w), step.bias.map_or(0, addr), step.z.map_or(0, addr), addr(step.y)],
             fused: step.bias.is_some() || step.z.is_some() || step.activation == ConvActivation::Relu,
+            add_after: false,
             workspace_bytes,
         };
         if call.fused && call.ptrs[2] == 0 {
@@ -206,17 +210,39 @@ impl ConvCall {
             dnn::set_activation_descriptor(call.act, mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0)
                 .map_err(lib("activation descriptor"))?;
         }
-        call.algo = call.choose(h, step.activation == ConvActivation::Identity && call.fused)?;
+        // The fused call with an identity activation supports only IMPLICIT_PRECOMP_GEMM; where
+        // its workspace does not fit, convolve plainly and add bias and residual afterwards.
+        if call.fused && step.activation == ConvActivation::Identity {
+            let precomp = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+            #[allow(unsafe_code)]
+            // SAFETY: the descriptors are live and describe this convolution.
+            let need = unsafe {
+                dnn::get_convolution_forward_workspace_size(
+                    h.0,
+                    call.x_desc,
+                    call.w_desc,
+                    call.conv,
+                    call.y_desc,
+                    precomp,
+                )
+            };
+            match need {
+                Ok(n) if n <= workspace_bytes => {
+                    call.algo = precomp;
+                    return Ok(call);
+                }
+                _ => {
+                    call.fused = false;
+                    call.add_after = true;
+                }
+            }
+        }
+        call.algo = call.choose(h)?;
         Ok(call)
     }
 
-    /// The first algorithm of cuDNN's ranking that fits the workspace. The fused call with an
-    /// identity activation supports only IMPLICIT_PRECOMP_GEMM.
-    fn choose(&self, h: &DnnHandle, precomp_only: bool) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
-        let precomp = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
-        if precomp_only {
-            return Ok(precomp);
-        }
+    /// The first algorithm of cuDNN's ranking that fits the workspace.
+    fn choose(&self, h: &DnnHandle) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
         const N: usize = 8;
         #[allow(unsafe_code)]
         // SAFETY: an all-zero perf struct is a valid value of its plain C fields; cuDNN writes
@@ -284,7 +310,7 @@ impl ConvCall {
                     y as *mut c_void,
                 )
             } else {
-                dnn::convolution_forward(
+                let done = dnn::convolution_forward(
                     h.0,
                     (&one as *const f32).cast(),
                     self.x_desc,
@@ -298,7 +324,22 @@ impl ConvCall {
                     (&zero as *const f32).cast(),
                     self.y_desc,
                     y as *mut c_void,
-                )
+                );
+                // y += bias (broadcast per channel), then y += z.
+                let add = |desc: sys::cudnnTensorDescriptor_t, p: u64| {
+                    sys::cudnnAddTensor(
+                        h.0,
+                        (&one as *const f32).cast(),
+                        desc,
+                        ptr(p),
+                        (&one as *const f32).cast(),
+                        self.y_desc,
+                        y as *mut c_void,
+                    )
+                    .result()
+                };
+                done.and_then(|()| if self.add_after && bias != 0 { add(self.bias_desc, bias) } else { Ok(()) })
+                    .and_then(|()| if self.add_after && z != 0 { add(self.y_desc, z) } else { Ok(()) })
             }
         }
         .map_err(lib("convolution"))

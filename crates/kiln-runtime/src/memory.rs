@@ -132,12 +132,15 @@ pub fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
             if !in_arena(&buf.kind) {
                 return None;
             }
+            // An error flag is cleared before the first step and read after the last.
+            let flag = plan.error_flags.iter().any(|(f, _)| *f == b);
             let start = match buf.kind {
                 BufferKind::Input(_) => 0,
+                _ if flag => 0,
                 _ => first[b].unwrap_or(0),
             };
             let mut stop = last[b].max(buf.last_use).unwrap_or(start).max(start);
-            if buf.output {
+            if buf.output || flag {
                 stop = end;
             }
             Some((start, stop))
@@ -342,6 +345,22 @@ mod tests {
         assert_eq!(lifetimes(&p)[2], Some((0, 2)));
         assert_eq!(m.workspace_bytes, 4096);
         assert_eq!(m.workspace_offset, 0, "the largest region goes first, at 0");
+    }
+
+    /// Found on the GPU: a Gather's out-of-range flag shared its memory with a later
+    /// activation, so every BERT run reported a bad index. Flags live for the whole run.
+    #[test]
+    fn error_flags_live_from_before_the_first_step_to_after_the_last() {
+        let mut kinds = vec![(BufferKind::Input(0), 250), (BufferKind::Temp, 1)];
+        kinds.extend((0..3).map(|_| (BufferKind::Temp, 250)));
+        let mut p = plan_of(kinds, &[vec![0, 1, 2], vec![2, 3], vec![3, 4]]);
+        p.error_flags.push((1, "an index is out of range".into()));
+        assert_eq!(lifetimes(&p)[1], Some((0, 3)));
+        let m = plan_memory(&p, 0);
+        verify(&p, &m).unwrap();
+        for b in [0, 2, 3, 4] {
+            assert_ne!(m.offsets[1], m.offsets[b], "the flag shares memory with buffer {b}");
+        }
     }
 
     #[test]

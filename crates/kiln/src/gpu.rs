@@ -8,7 +8,9 @@ use kiln_cuda::nvrtc::Nvrtc;
 use kiln_cuda::plan::ModuleRef;
 use kiln_cuda::CudaError;
 use kiln_ir::{Graph, Tensor};
+use kiln_runtime::engine::{build_engine, EngineFile};
 use kiln_runtime::exec::{Engine, ExecOptions, ExecutionContext};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The cuBLASLt and cuDNN workspace of each execution context, in bytes, unless set.
@@ -45,6 +47,64 @@ pub fn load_engine(graph: &Graph, opts: &GpuOptions) -> Result<Arc<Engine>, Erro
     };
     let engine = Engine::new(gpu.clone(), plan.clone(), memory, &module, opts.exec.clone())?;
     Ok(Arc::new(engine))
+}
+
+/// The architecture engines are built for here: the GPU's where there is one, else `sm_90`.
+pub fn default_arch() -> String {
+    Gpu::new(0).map(|g| g.arch().to_string()).unwrap_or_else(|_| "sm_90".to_string())
+}
+
+/// Plans an optimized graph and compiles every kernel it launches for `arch` (no GPU needed):
+/// the engine `kiln build -o` writes. `options` are recorded in the header.
+pub fn build_engine_file(graph: &Graph, arch: &str, options: Vec<(String, String)>) -> Result<EngineFile, Error> {
+    let plan = kiln_cuda::plan::plan(graph)?;
+    Ok(build_engine(plan, arch, &Nvrtc::locate()?, options)?)
+}
+
+/// Loads an engine file's bytes onto the GPU: checks it (checksum, version, and that it was
+/// built for this GPU's architecture), uploads its weights and loads its CUBINs. TF32 follows
+/// the engine's `tf32` build option unless `opts` turns it off.
+pub fn load_engine_file(bytes: &[u8], opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
+    let file = EngineFile::from_bytes(bytes)?;
+    let gpu = Arc::new(Gpu::new(opts.device)?);
+    file.check_arch(gpu.arch())?;
+    let tf32 = !file.header().options.iter().any(|(k, v)| k == "tf32" && v == "false");
+    let (_, plan, memory, cubins) = file.into_parts();
+    let mut modules = HashMap::new();
+    for c in &cubins {
+        modules.insert(c.name.clone(), Arc::new(gpu.load(&c.image)?));
+    }
+    let module = |m: &ModuleRef| {
+        let name = match m {
+            ModuleRef::Family(f) => f.name(),
+            ModuleRef::Generated(i) => plan.generated.get(*i).map_or("", |k| k.name.as_str()),
+        };
+        modules.get(name).cloned().ok_or_else(|| CudaError::Invalid(format!("the engine has no module '{name}'")))
+    };
+    let mut exec = opts.exec.clone();
+    exec.tf32 &= tf32;
+    Ok(Arc::new(Engine::new(gpu.clone(), plan.clone(), memory, &module, exec)?))
+}
+
+/// An engine's inputs in order: the tensor given for an input's name (taken out of `given`),
+/// else seeded random values of its type and shape, as [`crate::random::graph_inputs`] makes.
+pub fn engine_inputs(engine: &Engine, given: &mut HashMap<String, Tensor>, seed: u64) -> Vec<Tensor> {
+    let mut rng = crate::random::Rng::new(seed);
+    let mut ins: Vec<(usize, Tensor)> = engine
+        .plan()
+        .buffers
+        .iter()
+        .filter_map(|b| match b.kind {
+            kiln_cuda::plan::BufferKind::Input(k) => Some((k, b)),
+            _ => None,
+        })
+        .map(|(k, b)| {
+            let t = given.remove(&b.name).unwrap_or_else(|| crate::random::random_tensor(b.dtype, &b.shape, &mut rng));
+            (k, t)
+        })
+        .collect();
+    ins.sort_by_key(|(k, _)| *k);
+    ins.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Runs `graph` once on the GPU (plans, compiles, loads, runs): the CPU reference's

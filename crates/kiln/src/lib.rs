@@ -40,6 +40,9 @@ pub enum Error {
     /// Planning, compiling or running on the GPU failed.
     #[error(transparent)]
     Cuda(#[from] kiln_cuda::CudaError),
+    /// Writing, reading or checking an engine file failed.
+    #[error(transparent)]
+    Engine(#[from] kiln_runtime::engine::EngineError),
     /// Running on the CPU failed.
     #[error(transparent)]
     Cpu(#[from] kiln_cpu::CpuError),
