@@ -72,7 +72,7 @@ run() {
     local logs=/tmp/kiln-gpu-logs
     mkdir -p "$out" "$logs"
     local stages="${*:-tests conformance bench}"
-    export KILN_REQUIRE_GPU=1 KILN_CACHE="$PWD/$GPU/cache" RUST_BACKTRACE=1
+    export KILN_REQUIRE_GPU=1 KILN_SOAK_SECONDS="${KILN_SOAK_SECONDS:-60}" KILN_CACHE="$PWD/$GPU/cache" RUST_BACKTRACE=1
     libs
     local status=0
     local summary="$out/summary.txt"
@@ -96,6 +96,15 @@ run() {
                 echo "== kiln compare $args --device cuda $prec" >> "$summary"
                 "$GPU/bin/kiln" compare $args --device cuda $prec >> "$summary" 2>&1 || status=1
             done
+        done
+        # Engine files: built here for this GPU, loaded, run and timed.
+        for m in tiny_cnn bert_layer; do
+            local shapes=""
+            [[ $m == bert_layer ]] && shapes="--shapes x=4x16x32 --shapes mask=4x1x1x16"
+            echo "== engine file $m" >> "$summary"
+            { "$GPU/bin/kiln" build tests/models/$m.onnx $shapes --fp16 -o /tmp/$m.kiln &&
+              "$GPU/bin/kiln" run /tmp/$m.kiln --device cuda &&
+              "$GPU/bin/kiln" bench /tmp/$m.kiln --duration 1; } >> "$summary" 2>&1 || status=1
         done
     fi
     if [[ " $stages " == *" conformance "* ]]; then

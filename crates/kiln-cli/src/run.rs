@@ -40,6 +40,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.model.extension().is_some_and(|e| e == "kiln") {
+        return run_engine(&a);
+    }
     let model_name = a.model.display().to_string();
     let t0 = Instant::now();
     let mut model = kiln::load(&a.model).with_context(|| format!("loading {model_name}"))?;
@@ -125,6 +128,62 @@ pub fn run(a: Args) -> Result<()> {
         run_time.as_secs_f64() * 1e3,
         a.device,
         g.node_count()
+    );
+    Ok(())
+}
+
+/// `kiln run MODEL.kiln`: an engine file on the GPU.
+fn run_engine(a: &Args) -> Result<()> {
+    if a.device != "cuda" {
+        bail!("an engine file runs on CUDA: give --device cuda (or run the ONNX model on the CPU)");
+    }
+    if a.fp16 || a.no_fuse || a.no_opt || !a.shapes.is_empty() {
+        bail!("--fp16, --no-fuse, --no-opt and --shapes are build options: give them to kiln build");
+    }
+    let name = a.model.display().to_string();
+    let t0 = Instant::now();
+    let bytes = std::fs::read(&a.model).with_context(|| format!("reading {name}"))?;
+    let mut opts = kiln::gpu::GpuOptions::default();
+    opts.exec.tf32 = !a.no_tf32;
+    let engine = kiln::gpu::load_engine_file(&bytes, &opts).with_context(|| format!("loading {name}"))?;
+    let load_time = t0.elapsed();
+    let mut given: HashMap<String, Tensor> = HashMap::new();
+    for s in &a.inputs {
+        let (n, file) = s.split_once('=').with_context(|| format!("expected NAME=FILE.npy, got '{s}'"))?;
+        given.insert(n.to_string(), kiln::npy::read(file.as_ref())?);
+    }
+    let inputs = kiln::gpu::engine_inputs(&engine, &mut given, a.seed);
+    if let Some(n) = given.keys().next() {
+        bail!("the engine has no input named '{n}'");
+    }
+    let mut ctx = kiln::runtime::exec::ExecutionContext::new(engine.clone())?;
+    let t1 = Instant::now();
+    let outputs = ctx.run(&inputs).with_context(|| format!("running {name}"))?;
+    let run_time = t1.elapsed();
+    for (&o, t) in engine.plan().outputs.iter().zip(&outputs) {
+        let v = t.to_f64_vec();
+        let (mn, mx) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let oname = &engine.plan().buffers[o].name;
+        println!(
+            "{oname:<24} {:<5} {:<20} min {mn:<12.6} max {mx:<12.6} mean {mean:.6}",
+            t.dtype().name(),
+            format!("{:?}", t.shape())
+        );
+        if let Some(dir) = &a.output_dir {
+            std::fs::create_dir_all(dir)?;
+            let safe: String = oname
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .collect();
+            kiln::npy::write(&dir.join(format!("{safe}.npy")), t)?;
+        }
+    }
+    println!(
+        "load {:.1} ms, first run {:.1} ms on cuda ({} steps)",
+        load_time.as_secs_f64() * 1e3,
+        run_time.as_secs_f64() * 1e3,
+        engine.plan().steps.len()
     );
     Ok(())
 }
