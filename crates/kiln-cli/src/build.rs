@@ -35,6 +35,9 @@ pub struct Args {
     /// The cuBLASLt/cuDNN workspace of each execution context, in MiB.
     #[arg(long, default_value_t = 64)]
     workspace: usize,
+    /// Write the CUDA launch plan as text (no GPU needed).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
     /// Write the optimized IR as text.
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
@@ -185,6 +188,10 @@ pub fn run(a: Args) -> Result<()> {
     let g = &done.graph;
     if let Some(path) = &a.dot {
         std::fs::write(path, kiln::fuse::to_dot(g)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plan {
+        let plan = kiln::cuda::plan::plan(g).with_context(|| format!("planning {name} for CUDA"))?;
+        std::fs::write(path, plan.to_string()).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.dump {
         std::fs::write(path, g.dump()).with_context(|| format!("writing {}", path.display()))?;

@@ -112,7 +112,13 @@ impl GemmCall {
             beta: step.beta,
             workspace_bytes,
         };
-        let (m, n, k) = (step.m as u64, step.n as u64, step.k as u64);
+        // A batch over a shared B with A and D packed is one GEMM of `batch * m` rows: one
+        // large product instead of many small ones (a linear layer over [batch, seq, hidden]).
+        let [sa, sb, sd] = step.batch_strides.map(|s| s as i64);
+        let (mm, nn, kk) = (step.m as i64, step.n as i64, step.k as i64);
+        let fold = step.batch > 1 && sb == 0 && !step.trans_a && sa == mm * kk && sd == mm * nn;
+        let (batch, m) = if fold { (1, step.m * step.batch) } else { (step.batch, step.m) };
+        let (m, n, k) = (m as u64, step.n as u64, step.k as u64);
         let op = |t: bool| {
             if t {
                 cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T
@@ -124,15 +130,15 @@ impl GemmCall {
         // trans_b, else [k, n] row-major (col-major [n, k]).
         let a = if step.trans_b { (k, n, k) } else { (n, k, n) };
         let b = if step.trans_a { (m, k, m) } else { (k, m, k) };
-        let [sa, sb, sd] = step.batch_strides.map(|s| s as i64);
-        for (i, ((rows, cols, ld), stride)) in [(a, sa), (b, sb), ((n, m, n), sd)].into_iter().enumerate() {
+        // cuBLASLt's A is the plan's B and its B the plan's A, so their batch strides swap too.
+        for (i, ((rows, cols, ld), stride)) in [(a, sb), (b, sa), ((n, m, n), sd)].into_iter().enumerate() {
             let l = lt::create_matrix_layout(dt, rows, cols, ld as i64).map_err(blas("matrix layout"))?;
             call.layouts[i] = l;
-            if step.batch > 1 {
+            if batch > 1 {
                 call.layout_attr(
                     i,
                     sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                    &(step.batch as i32),
+                    &(batch as i32),
                 )?;
                 call.layout_attr(
                     i,

@@ -110,7 +110,10 @@ unsafe impl Send for ConvCall {}
 impl ConvCall {
     /// Prepares `step`; `zero_bias` is the address of at least `k` zeros of the step's dtype,
     /// used when a residual or ReLU must be fused without a bias (cuDNN's fused call needs one).
-    /// FP32 convolutions may use TF32 tensor cores when `tf32`.
+    /// FP32 convolutions may use TF32 tensor cores when `tf32`. With `autotune` (the
+    /// workspace's address), every algorithm is timed on the step's own buffers
+    /// (`cudnnFindConvolutionForwardAlgorithmEx`, which overwrites the output) and the fastest
+    /// that fits is kept; otherwise cuDNN's heuristic ranking decides.
     pub fn new(
         h: &DnnHandle,
         step: &ConvStep,
@@ -118,6 +121,7 @@ impl ConvCall {
         zero_bias: u64,
         tf32: bool,
         workspace_bytes: usize,
+        autotune: Option<u64>,
     ) -> Result<ConvCall> {
         let dt = data_type(step.dtype)?;
         let nsp = step.pads.len();
@@ -237,8 +241,60 @@ impl ConvCall {
                 }
             }
         }
-        call.algo = call.choose(h)?;
+        call.algo = match autotune {
+            Some(ws) => call.find(h, ws, tf32 || step.dtype != DType::F32)?,
+            None => call.choose(h)?,
+        };
         Ok(call)
+    }
+
+    /// The fastest algorithm, timed on the real buffers, that fits the workspace; with
+    /// `tensor_ops` false, only FMA-math results count (FP32 without TF32).
+    fn find(&self, h: &DnnHandle, workspace: u64, tensor_ops: bool) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
+        const N: usize = 16;
+        #[allow(unsafe_code)]
+        // SAFETY: an all-zero perf struct is a valid value of its plain C fields.
+        let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+        let mut count: c_int = 0;
+        let [x, w, _, _, y] = self.ptrs;
+        #[allow(unsafe_code)]
+        // SAFETY: the descriptors describe x, w and y, which are live device buffers of those
+        // shapes in the context's arena and the weights; y and the workspace may be clobbered
+        // (nothing is running on this context yet).
+        unsafe {
+            sys::cudnnFindConvolutionForwardAlgorithmEx(
+                h.0,
+                self.x_desc,
+                x as *const c_void,
+                self.w_desc,
+                w as *const c_void,
+                self.conv,
+                self.y_desc,
+                y as *mut c_void,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+                workspace as *mut c_void,
+                self.workspace_bytes,
+            )
+            .result()
+        }
+        .map_err(lib("algorithm search"))?;
+        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let fma = sys::cudnnMathType_t::CUDNN_FMA_MATH;
+        let best = perf[..(count.max(0) as usize).min(N)]
+            .iter()
+            .filter(|p| p.status == ok && p.memory <= self.workspace_bytes)
+            .find(|p| tensor_ops || p.mathType == fma || p.mathType == sys::cudnnMathType_t::CUDNN_DEFAULT_MATH);
+        match best {
+            Some(p) => {
+                #[allow(unsafe_code)]
+                // SAFETY: the convolution descriptor is live and owned by `self`.
+                unsafe { dnn::set_convolution_math_type(self.conv, p.mathType) }.map_err(lib("math type"))?;
+                Ok(p.algo)
+            }
+            None => self.choose(h),
+        }
     }
 
     /// The first algorithm of cuDNN's ranking that fits the workspace.

@@ -25,11 +25,14 @@ pub struct ExecOptions {
     pub tf32: bool,
     /// Capture the plan as a CUDA graph after the first run and replay it.
     pub cuda_graph: bool,
+    /// Time every convolution algorithm on the context's own buffers when it is created and
+    /// keep the fastest (else cuDNN's heuristic decides).
+    pub autotune: bool,
 }
 
 impl Default for ExecOptions {
     fn default() -> ExecOptions {
-        ExecOptions { tf32: true, cuda_graph: true }
+        ExecOptions { tf32: true, cuda_graph: true, autotune: true }
     }
 }
 
@@ -224,7 +227,8 @@ impl ExecutionContext {
                 StepKind::Gemm(g) => Call::Gemm(GemmCall::new(&lt, g, &addr, tf32, workspace.1).map_err(at)?),
                 StepKind::Conv(c) => {
                     let h = dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
-                    Call::Conv(ConvCall::new(h, c, &addr, zeros, tf32, workspace.1).map_err(at)?)
+                    let tune = engine.options.autotune.then_some(workspace.0);
+                    Call::Conv(ConvCall::new(h, c, &addr, zeros, tf32, workspace.1, tune).map_err(at)?)
                 }
             };
             calls.push((step.node.clone(), call));
