@@ -139,6 +139,7 @@ def main():
     ap.add_argument("--compile-mode", default="reduce-overhead")
     ap.add_argument("--kiln-timeout", type=int, default=300)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also log `kiln profile` of every row")
     args = ap.parse_args()
     os.makedirs(args.models_dir, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
@@ -173,6 +174,11 @@ def main():
                 row["kiln"] = k
             else:
                 row["kiln_error"] = err
+            if args.profile:
+                out, err = run_kiln(args, [args.kiln, "profile", path, "--shapes",
+                                           f"{in_name}=" + "x".join(str(d) for d in [b] + in_shape),
+                                           "--top", "12", "--runs", "10"] + prec)
+                log(f"== kiln profile {name} batch {b}\n{out or err}")
             if not args.no_torch:
                 m = model.cuda().half() if name != "bert_base" else model.cuda().half()
                 ins = [t.cuda().half() if t.is_floating_point() else t.cuda() for t in make(b)]

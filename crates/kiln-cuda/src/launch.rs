@@ -221,8 +221,19 @@ pub struct AttnArgs {
     pub scale: f32,
 }
 
-/// Query rows per block of the attention kernels (`ATTN_WARPS`).
+/// Warps per block of the attention kernels (`ATTN_WARPS`); each takes [`attn_rows_per_warp`] rows.
 pub const ATTN_ROWS_PER_BLOCK: u64 = 8;
+
+/// Query rows each warp of an attention kernel keeps in registers (`R` in `attention.cu`):
+/// 4, or 2 for f32 with head size over 64, where four rows' queries would not fit the static
+/// shared memory.
+pub fn attn_rows_per_warp(d: usize, dt: &str) -> u64 {
+    if dt == "f32" && d > 64 {
+        2
+    } else {
+        4
+    }
+}
 
 impl AttnArgs {
     /// The kernel parameter.
@@ -252,7 +263,11 @@ impl AttnArgs {
             )));
         }
         let cfg = LaunchConfig {
-            grid: ((self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK).max(1) as u32, self.heads as u32, self.batch as u32),
+            grid: (
+                (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * attn_rows_per_warp(d, dt)).max(1) as u32,
+                self.heads as u32,
+                self.batch as u32,
+            ),
             block: (ATTN_ROWS_PER_BLOCK as u32 * 32, 1, 1),
             shared_bytes: 0,
         };
