@@ -128,10 +128,14 @@ __device__ __forceinline__ void attention_impl(const AttnArgs a) {
     }
 }
 
-// One kernel per head size: 16, 32, 64, 80, 96 and 128 cover the common models.
-#define ATTN_KERNEL(D, T, sfx)                                                                                \
-    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_d##D##_##sfx(const AttnArgs a) {  \
-        attention_impl<T, D, (sizeof(T) == 4 && D > 64) ? 2 : 4>(a);                                                                              \
+// One kernel per head size: 16, 32, 64, 80, 96 and 128 cover the common models. The `_r1`
+// variants take one row per warp: four times the blocks, for launches too small to fill the GPU.
+#define ATTN_KERNEL(D, T, sfx)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_d##D##_##sfx(const AttnArgs a) {        \
+        attention_impl<T, D, (sizeof(T) == 4 && D > 64) ? 2 : 4>(a);                                                \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_r1_d##D##_##sfx(const AttnArgs a) {     \
+        attention_impl<T, D, 1>(a);                                                                                 \
     }
 #define ATTN_KERNELS(T, sfx) \
     ATTN_KERNEL(16, T, sfx)  \

@@ -128,7 +128,13 @@ impl KernelFamily {
             KernelFamily::Pool => per(&["maxpool2d", "avgpool2d", "globalmaxpool", "globalavgpool"], &floats),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
             KernelFamily::Attention => per(
-                &ATTENTION_HEAD_SIZES.map(|d| format!("attention_d{d}")).iter().map(String::as_str).collect::<Vec<_>>(),
+                &ATTENTION_HEAD_SIZES
+                    .iter()
+                    .flat_map(|d| [format!("attention_d{d}"), format!("attention_r1_d{d}")])
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
                 &floats,
             ),
         }

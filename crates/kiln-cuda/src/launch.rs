@@ -224,6 +224,10 @@ pub struct AttnArgs {
 /// Warps per block of the attention kernels (`ATTN_WARPS`); each takes [`attn_rows_per_warp`] rows.
 pub const ATTN_ROWS_PER_BLOCK: u64 = 8;
 
+/// Fewer blocks than this (about two per SM of an H100) and the attention launch takes one
+/// query row per warp instead of [`attn_rows_per_warp`].
+pub const ATTN_MIN_BLOCKS: u64 = 256;
+
 /// Query rows each warp of an attention kernel keeps in registers (`R` in `attention.cu`):
 /// 4, or 2 for f32 with head size over 64, where four rows' queries would not fit the static
 /// shared memory.
@@ -262,16 +266,26 @@ impl AttnArgs {
                 self.batch, self.heads
             )));
         }
+        // Several rows per warp share each key tile, unless that leaves too few blocks to
+        // fill the GPU (BERT at batch 1: 48 blocks of four rows a warp, 192 of one).
+        let heads_batches = self.heads as u64 * self.batch as u64;
+        let r = attn_rows_per_warp(d, dt);
+        let blocks = |r: u64| (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * r).max(1) * heads_batches;
+        let (name, r) = if blocks(r) < ATTN_MIN_BLOCKS {
+            (format!("attention_r1_d{d}_{dt}"), 1)
+        } else {
+            (format!("attention_d{d}_{dt}"), r)
+        };
         let cfg = LaunchConfig {
             grid: (
-                (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * attn_rows_per_warp(d, dt)).max(1) as u32,
+                (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * r).max(1) as u32,
                 self.heads as u32,
                 self.batch as u32,
             ),
             block: (ATTN_ROWS_PER_BLOCK as u32 * 32, 1, 1),
             shared_bytes: 0,
         };
-        Ok((format!("attention_d{d}_{dt}"), cfg))
+        Ok((name, cfg))
     }
 }
 
@@ -341,11 +355,18 @@ mod tests {
         };
         // 5 pointers, 4 sizes, 12 strides, 4 mask strides, then a float and an int.
         assert_eq!(a.param().0.len(), 25 * 8 + 8);
+        // Two blocks in all: too few to fill a GPU, so one row per warp.
         let (name, cfg) = a.launch(64, "f16").unwrap();
-        assert_eq!(name, "attention_d64_f16");
+        assert_eq!(name, "attention_r1_d64_f16");
         assert_eq!(cfg.grid, (1, 2, 1));
         assert!(a.launch(72, "f16").unwrap_err().to_string().contains("not 72"));
-        assert_eq!(a.launch(16, "bf16").unwrap().0, "attention_d16_bf16");
+        assert_eq!(a.launch(16, "bf16").unwrap().0, "attention_r1_d16_bf16");
+        // BERT-base at batch 32: 12 x 32 x 4 blocks of four rows a warp.
+        let big = AttnArgs { batch: 32, heads: 12, sq: 128, sk: 128, ..a };
+        let (name, cfg) = big.launch(64, "f16").unwrap();
+        assert_eq!(name, "attention_d64_f16");
+        assert_eq!(cfg.grid, (4, 12, 32));
+        assert_eq!(big.launch(128, "f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
     }
 
     #[test]

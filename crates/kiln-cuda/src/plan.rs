@@ -1448,6 +1448,6 @@ mod tests {
             scale: 0.125,
         };
         assert_eq!(got.0, want.param().0);
-        assert_eq!(k.kernel, "attention_d64_f16");
+        assert_eq!(k.kernel, "attention_r1_d64_f16");
     }
 }
