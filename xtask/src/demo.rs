@@ -1,9 +1,15 @@
-//! `cargo xtask demo`: the README's main job. Builds the `kiln` binary, runs a small model
-//! with it on the CPU reference executor, and checks the output against the expected output
-//! that onnx's reference evaluator produced (`tests/models/make_models.py`).
+//! `cargo xtask demo`: the README's main job. Builds the `kiln` binary, builds an engine from a
+//! small CNN (NVRTC compiles its kernels; `fetch-nvrtc` installs NVRTC first), runs it on the
+//! GPU where there is one and on the CPU reference otherwise, and checks the output against
+//! the expected output that onnx's reference evaluator produced (`tests/models/make_models.py`).
 
 use anyhow::{bail, Context, Result};
 use std::process::Command;
+
+fn kiln(kiln: &str, args: &[&str]) -> Result<bool> {
+    println!("\n$ {kiln} {}", args.join(" "));
+    Ok(Command::new(kiln).args(args).status().with_context(|| format!("running {kiln}"))?.success())
+}
 
 pub fn run() -> Result<()> {
     let status = Command::new(env!("CARGO")).args(["build", "--release", "-q", "-p", "kiln-cli"]).status()?;
@@ -13,30 +19,32 @@ pub fn run() -> Result<()> {
     // The kiln binary sits next to this xtask binary: both are release builds of one target dir.
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let kiln_path = exe.with_file_name(format!("kiln{}", std::env::consts::EXE_SUFFIX));
-    let kiln = kiln_path.to_str().context("the target directory's path is not UTF-8")?;
+    let bin = kiln_path.to_str().context("the target directory's path is not UTF-8")?;
     let model = "tests/models/tiny_cnn.onnx";
+    let input = "x=tests/models/tiny_cnn.input.x.npy";
     let out_dir = "target/demo";
-    println!("$ {kiln} inspect {model}");
-    let ok = Command::new(kiln).args(["inspect", model]).status().with_context(|| format!("running {kiln}"))?.success();
-    if !ok {
+    let engine = "target/demo/tiny_cnn.kiln";
+    std::fs::create_dir_all(out_dir)?;
+    if !kiln(bin, &["inspect", model])? {
         bail!("kiln inspect failed");
     }
-    println!("\n$ {kiln} run {model} --input x=tests/models/tiny_cnn.input.x.npy --output-dir {out_dir} --device cpu");
-    let ok = Command::new(kiln)
-        .args([
-            "run",
-            model,
-            "--input",
-            "x=tests/models/tiny_cnn.input.x.npy",
-            "--output-dir",
-            out_dir,
-            "--device",
-            "cpu",
-        ])
-        .status()?
-        .success();
-    if !ok {
-        bail!("kiln run failed");
+    let gpu = kiln::cuda::driver::Gpu::new(0);
+    let nvrtc = crate::fetch_nvrtc::run();
+    let built = nvrtc.is_ok() && kiln(bin, &["build", model, "--no-tf32", "-o", engine])?;
+    match (&gpu, built) {
+        (Ok(_), true) => {
+            let run = ["run", engine, "--device", "cuda", "--input", input, "--output-dir", out_dir];
+            if !kiln(bin, &["inspect", engine])? || !kiln(bin, &run)? {
+                bail!("running the engine on the GPU failed");
+            }
+        }
+        (Ok(_), false) => bail!("there is a GPU but the engine could not be built (NVRTC: {:?})", nvrtc.err()),
+        (Err(why), _) => {
+            println!("\nno GPU here ({why}): running the model on the CPU reference");
+            if !kiln(bin, &["run", model, "--input", input, "--output-dir", out_dir, "--device", "cpu"])? {
+                bail!("kiln run failed");
+            }
+        }
     }
     let got = kiln::npy::read(format!("{out_dir}/probs.npy").as_ref())?;
     let want = kiln::npy::read("tests/models/tiny_cnn.expected.probs.npy".as_ref())?;
