@@ -122,8 +122,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(dir) = &a.output_dir {
         std::fs::write(dir.join("outputs.json"), serde_json::to_string_pretty(&files)?)?;
     }
+    let note = if a.device == "cuda" { "; the run includes planning, compiling and loading" } else { "" };
     println!(
-        "load+optimize {:.1} ms, run {:.1} ms on {} ({} nodes; on CUDA the run includes planning, compiling and loading)",
+        "load+optimize {:.1} ms, run {:.1} ms on {} ({} nodes{note})",
         load_time.as_secs_f64() * 1e3,
         run_time.as_secs_f64() * 1e3,
         a.device,
