@@ -168,10 +168,12 @@ pub struct ExecutionContext {
     _arena: Buffer,
     addrs: Vec<u64>,
     calls: Vec<(String, Call)>,
-    lt: LtHandle,
+    lt: Option<LtHandle>,
     dnn: Option<DnnHandle>,
     workspace: (u64, usize),
     graph: Option<CudaGraph>,
+    /// Capture failed once: launch step by step from then on.
+    no_graph: bool,
     runs: u64,
     start: CudaEvent,
     end: CudaEvent,
@@ -212,7 +214,9 @@ impl ExecutionContext {
         }
         let addr = |b: BufferId| addrs.get(b).copied().unwrap_or(0);
         let workspace = (base + engine.memory.workspace_offset, engine.memory.workspace_bytes as usize);
-        let lt = LtHandle::new()?;
+        // Each library is loaded only by plans that call it.
+        let has_gemm = plan.steps.iter().any(|s| matches!(s.kind, StepKind::Gemm(_)));
+        let lt = if has_gemm { Some(LtHandle::new()?) } else { None };
         let has_conv = plan.steps.iter().any(|s| matches!(s.kind, StepKind::Conv(_)));
         let dnn = if has_conv { Some(DnnHandle::new(&stream)?) } else { None };
         let zeros = engine.gpu.addr(&engine.zeros, 0);
@@ -226,7 +230,10 @@ impl ExecutionContext {
                     config: k.config,
                     params: k.args.iter().map(|a| plan.param(k, a, &addr)).collect::<Result<_>>().map_err(at)?,
                 },
-                StepKind::Gemm(g) => Call::Gemm(GemmCall::new(&lt, g, &addr, tf32, workspace.1).map_err(at)?),
+                StepKind::Gemm(g) => {
+                    let h = lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
+                    Call::Gemm(GemmCall::new(h, g, &addr, tf32, workspace.1).map_err(at)?)
+                }
                 StepKind::Conv(c) => {
                     let h = dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
                     let tune = engine.options.autotune.then_some(workspace.0);
@@ -248,6 +255,7 @@ impl ExecutionContext {
             dnn,
             workspace,
             graph: None,
+            no_graph: false,
             runs: 0,
         })
     }
@@ -277,7 +285,10 @@ impl ExecutionContext {
             let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
             match call {
                 Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, stream).map_err(at)?,
-                Call::Gemm(g) => g.enqueue(&self.lt, stream, self.workspace.0).map_err(at)?,
+                Call::Gemm(g) => {
+                    let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
+                    g.enqueue(h, stream, self.workspace.0).map_err(at)?
+                }
                 Call::Conv(c) => {
                     let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
                     c.enqueue(h, self.workspace.0).map_err(at)?
@@ -296,7 +307,7 @@ impl ExecutionContext {
         if let Some(g) = &self.graph {
             return g.launch().map_err(drv("launch CUDA graph"));
         }
-        if self.engine.options.cuda_graph && self.runs > 1 {
+        if self.engine.options.cuda_graph && !self.no_graph && self.runs > 1 {
             self.stream.synchronize().map_err(drv("synchronize"))?;
             self.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -314,8 +325,7 @@ impl ExecutionContext {
                 Ok(None) | Err(_) => {
                     // Capture is an optimization: run the steps directly from now on.
                     eprintln!("warning: CUDA graph capture failed; launching kernels one by one");
-                    self.runs = 0;
-                    self.graph = None;
+                    self.no_graph = true;
                     return self.launch_all();
                 }
             }
@@ -411,7 +421,10 @@ impl ExecutionContext {
             let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
             match call {
                 Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, stream).map_err(at)?,
-                Call::Gemm(g) => g.enqueue(&self.lt, stream, self.workspace.0).map_err(at)?,
+                Call::Gemm(g) => {
+                    let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
+                    g.enqueue(h, stream, self.workspace.0).map_err(at)?
+                }
                 Call::Conv(c) => {
                     let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
                     c.enqueue(h, self.workspace.0).map_err(at)?
