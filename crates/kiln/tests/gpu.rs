@@ -155,3 +155,38 @@ fn test_models_specialize_to_static_shapes() {
         assert_eq!(inputs.len(), g.inputs.len(), "{name}");
     }
 }
+
+/// Contexts with a 4 GiB workspace each, until the GPU runs out: the one that does not fit is
+/// an `OutOfMemory` error saying how much it asked for and how much was free, the contexts
+/// made before it keep answering with the same outputs, and one fits again once they are gone.
+#[test]
+fn more_contexts_than_fit_is_an_error_and_the_others_keep_serving() {
+    if !have_gpu("more_contexts_than_fit_is_an_error_and_the_others_keep_serving") {
+        return;
+    }
+    let (g, inputs) = model("bert_layer.onnx", None);
+    let mut opts = fp32();
+    opts.workspace_bytes = 4 << 30;
+    let engine = load_engine(&g, &opts).unwrap();
+    let mut first = ExecutionContext::new(Arc::clone(&engine)).unwrap();
+    let want = first.run(&inputs).unwrap();
+    let mut held = vec![];
+    let err = loop {
+        match ExecutionContext::new(Arc::clone(&engine)) {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 10_000, "10,000 contexts of 4 GiB fit: the allocation is not checked");
+    };
+    let msg = err.to_string();
+    eprintln!("after {} more contexts: {msg}", held.len());
+    assert!(matches!(err, kiln::cuda::CudaError::OutOfMemory { .. }), "{msg}");
+    assert!(msg.contains("asked for") && msg.contains("are free"), "{msg}");
+    assert_eq!(first.run(&inputs).unwrap(), want, "a context made before the failure stopped answering");
+    if let Some(last) = held.last_mut() {
+        assert_eq!(last.run(&inputs).unwrap(), want);
+    }
+    drop(held);
+    let mut again = ExecutionContext::new(Arc::clone(&engine)).unwrap();
+    assert_eq!(again.run(&inputs).unwrap(), want);
+}
