@@ -116,7 +116,13 @@ impl Gpu {
     /// [`CudaError::OutOfMemory`], saying how much was asked for and how much was free.
     pub fn alloc(&self, len: usize, what: &str) -> Result<Buffer> {
         match self.stream.alloc_zeros::<u8>(len.max(1)) {
-            Ok(slice) => Ok(Buffer { slice }),
+            // The zeroing runs on this stream; callers use the buffer on streams of their own
+            // (execution contexts), which do not wait for it, so it must be done first. Found
+            // on the GPU: a 4 GiB arena was still being zeroed while its first run wrote it.
+            Ok(slice) => {
+                self.stream.synchronize().map_err(drv)?;
+                Ok(Buffer { slice })
+            }
             Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 let (free, total) = self.mem_info().unwrap_or((0, 0));
                 Err(CudaError::OutOfMemory { what: what.to_string(), asked: len, free, total })
