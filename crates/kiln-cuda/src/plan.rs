@@ -1088,21 +1088,7 @@ impl Planner<'_> {
         let d = width / (3 * heads);
         let sfx = self.float_suffix(qkv, "attention")?;
         let y = self.out(id, 0)?;
-        // The mask, broadcast to [b, heads, s, s] by strides; it must have the QKV's type.
-        let mask_strides = match mask {
-            None => [0i64; 4],
-            Some(m) => {
-                let mb = &self.plan.buffers[m];
-                if mb.dtype != dtype {
-                    return Err(CudaError::Unsupported(format!(
-                        "an attention mask of {} with {dtype} inputs; cast it first",
-                        mb.dtype
-                    )));
-                }
-                let st = crate::codegen::broadcast_strides(&mb.shape, &[b, heads, s, s])?;
-                [st[0], st[1], st[2], st[3]]
-            }
-        };
+        let mask_strides = self.attention_mask(mask, dtype, [b, heads, s, s])?;
         let st = launch::AttnStrides::bshd(heads, s, d, width);
         let o = launch::AttnStrides::bshd(heads, s, d, heads * d);
         let esize = dtype.size();
@@ -1119,23 +1105,9 @@ impl Planner<'_> {
             mask: mask_strides,
             scale,
         };
-        let (kernel, config) = args.launch(d, sfx)?;
         let ptr = |buffer: BufferId, offset_bytes: usize| Field::Ptr { buffer, offset_bytes };
-        let mut fields = vec![
-            ptr(qkv, 0),
-            ptr(qkv, heads * d * esize),
-            ptr(qkv, 2 * heads * d * esize),
-            ptr(y, 0),
-            mask.map_or(Field::Null, |m| ptr(m, 0)),
-        ];
-        fields.extend([b, heads, s, s].map(|v| Field::I64(v as i64)));
-        for t in [st, st, st, o] {
-            fields.extend([t.batch, t.head, t.row].map(Field::I64));
-        }
-        fields.extend(mask_strides.map(Field::I64));
-        fields.push(Field::F32I32(scale, mask.is_some() as i32));
-        self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
-        Ok(())
+        let operands = [ptr(qkv, 0), ptr(qkv, heads * d * esize), ptr(qkv, 2 * heads * d * esize), ptr(y, 0)];
+        self.launch_attention(id, &args, d, sfx, operands, mask)
     }
 
     /// ONNX Attention (opset 23) on 4-D `[b, h, s, d]` or 3-D `[b, s, h * d]` Q, K and V, with
@@ -1188,20 +1160,7 @@ impl Planner<'_> {
         if [k, v].iter().any(|&b| self.plan.buffers[b].dtype != dtype) {
             return Err(CudaError::Unsupported("Attention with Q, K and V of different types".into()));
         }
-        let mask_strides = match mask {
-            None => [0i64; 4],
-            Some(m) => {
-                let mb = &self.plan.buffers[m];
-                if mb.dtype != dtype {
-                    return Err(CudaError::Unsupported(format!(
-                        "an Attention mask of {} with {dtype} inputs",
-                        mb.dtype
-                    )));
-                }
-                let st = crate::codegen::broadcast_strides(&mb.shape, &[bq, hq, sq, sk])?;
-                [st[0], st[1], st[2], st[3]]
-            }
-        };
+        let mask_strides = self.attention_mask(mask, dtype, [bq, hq, sq, sk])?;
         let y = self.out(id, 0)?;
         let os = if self.plan.buffers[y].shape.len() == 4 {
             launch::AttnStrides::bhsd(hq, sq, d)
@@ -1222,15 +1181,46 @@ impl Planner<'_> {
             mask: mask_strides,
             scale,
         };
-        let (kernel, config) = args.launch(d, sfx)?;
         let ptr = |buffer: BufferId| Field::Ptr { buffer, offset_bytes: 0 };
-        let mut fields = vec![ptr(q), ptr(k), ptr(v), ptr(y), mask.map_or(Field::Null, ptr)];
-        fields.extend([bq, hq, sq, sk].map(|v| Field::I64(v as i64)));
-        for t in [qs, ks, vs, os] {
+        self.launch_attention(id, &args, d, sfx, [ptr(q), ptr(k), ptr(v), ptr(y)], mask)
+    }
+
+    /// An additive attention mask's strides over `dims` (`[batch, heads, sq, sk]`, 0 where it
+    /// broadcasts); it must have the operands' type.
+    fn attention_mask(&self, mask: Option<BufferId>, dtype: DType, dims: [usize; 4]) -> Result<[i64; 4]> {
+        let Some(m) = mask else { return Ok([0; 4]) };
+        let mb = &self.plan.buffers[m];
+        if mb.dtype != dtype {
+            return Err(CudaError::Unsupported(format!(
+                "an attention mask of {} with {dtype} inputs; cast it first",
+                mb.dtype
+            )));
+        }
+        let st = crate::codegen::broadcast_strides(&mb.shape, &dims)?;
+        Ok([st[0], st[1], st[2], st[3]])
+    }
+
+    /// Launches the attention kernel for `args` (whose `ptrs` are left to the runtime): Q, K,
+    /// V and the output as `operands`, then the mask, the sizes, strides and scale, in the
+    /// order of `AttnArgs` in `attention.cu`.
+    fn launch_attention(
+        &mut self,
+        id: NodeId,
+        args: &launch::AttnArgs,
+        d: usize,
+        sfx: &str,
+        operands: [Field; 4],
+        mask: Option<BufferId>,
+    ) -> Result<()> {
+        let (kernel, config) = args.launch(d, sfx)?;
+        let mut fields = operands.to_vec();
+        fields.push(mask.map_or(Field::Null, |buffer| Field::Ptr { buffer, offset_bytes: 0 }));
+        fields.extend([args.batch, args.heads, args.sq, args.sk].map(Field::I64));
+        for t in [args.q, args.k, args.v, args.o] {
             fields.extend([t.batch, t.head, t.row].map(Field::I64));
         }
-        fields.extend(mask_strides.map(Field::I64));
-        fields.push(Field::F32I32(scale, mask.is_some() as i32));
+        fields.extend(args.mask.map(Field::I64));
+        fields.push(Field::F32I32(args.scale, mask.is_some() as i32));
         self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
         Ok(())
     }
