@@ -270,6 +270,22 @@ impl ExecutionContext {
         self.graph.is_some()
     }
 
+    /// Enqueues one prepared step on the context's stream; an error names the step's node.
+    fn enqueue_call(&self, node: &str, call: &Call) -> Result<()> {
+        let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
+        match call {
+            Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, &self.stream).map_err(at),
+            Call::Gemm(g) => {
+                let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
+                g.enqueue(h, &self.stream, self.workspace.0).map_err(at)
+            }
+            Call::Conv(c) => {
+                let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
+                c.enqueue(h, self.workspace.0).map_err(at)
+            }
+        }
+    }
+
     fn launch_all(&self) -> Result<()> {
         let stream = &self.stream;
         for (flag, _) in &self.engine.plan.error_flags {
@@ -282,18 +298,7 @@ impl ExecutionContext {
                 .map_err(drv("clear error flag"))?;
         }
         for (node, call) in &self.calls {
-            let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
-            match call {
-                Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, stream).map_err(at)?,
-                Call::Gemm(g) => {
-                    let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
-                    g.enqueue(h, stream, self.workspace.0).map_err(at)?
-                }
-                Call::Conv(c) => {
-                    let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
-                    c.enqueue(h, self.workspace.0).map_err(at)?
-                }
-            }
+            self.enqueue_call(node, call)?;
         }
         Ok(())
     }
@@ -415,21 +420,9 @@ impl ExecutionContext {
         let events: Vec<CudaEvent> = (0..=self.calls.len())
             .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("create event")))
             .collect::<Result<_>>()?;
-        let stream = &self.stream;
         events[0].record(&self.stream).map_err(drv("record event"))?;
         for (i, (node, call)) in self.calls.iter().enumerate() {
-            let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
-            match call {
-                Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, stream).map_err(at)?,
-                Call::Gemm(g) => {
-                    let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
-                    g.enqueue(h, stream, self.workspace.0).map_err(at)?
-                }
-                Call::Conv(c) => {
-                    let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
-                    c.enqueue(h, self.workspace.0).map_err(at)?
-                }
-            }
+            self.enqueue_call(node, call)?;
             events[i + 1].record(&self.stream).map_err(drv("record event"))?;
         }
         self.stream.synchronize().map_err(drv("synchronize"))?;
