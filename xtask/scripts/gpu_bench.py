@@ -140,8 +140,12 @@ def main():
     ap.add_argument("--kiln-timeout", type=int, default=300)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also log `kiln profile` of every row")
+    ap.add_argument("--export-only", action="store_true", help="export the models to --models-dir and stop")
     args = ap.parse_args()
     os.makedirs(args.models_dir, exist_ok=True)
+    if args.export_only:
+        models(args.models_dir)
+        return
     os.makedirs(args.out, exist_ok=True)
     fp16 = "--fp16" in subprocess.run([args.kiln, "bench", "--help"], capture_output=True, text=True).stdout
     prec = ["--fp16"] if fp16 else []

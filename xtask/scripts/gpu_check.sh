@@ -9,7 +9,9 @@
 #                                            # conformance suite
 #   bash xtask/scripts/gpu_check.sh run [STAGES]   # on the GPU machine, with .gpu carried
 #
-# STAGES (default all): tests conformance bench. `run` sets KILN_REQUIRE_GPU=1, so a missing
+# STAGES (default all but soak): tests conformance bench soak. `soak` exports ResNet-50 and
+# BERT-base and runs 8 threads with their own contexts on each for KILN_SOAK_SECONDS (300 by
+# default), both models at once. `run` sets KILN_REQUIRE_GPU=1, so a missing
 # driver, device or NVRTC fails instead of skipping. Logs go to $OUT (or ./gpu-check-logs):
 # summary.txt, the benchmark table bench.md and bench.json, the conformance list
 # not_passing.txt, and logs.tar.gz with everything else. Exits non-zero if a test failed.
@@ -17,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU=.gpu
 # Test binaries that need or use a GPU, as package:target.
-TESTS=(kiln-cuda:gpu_families kiln-cuda:nvrtc_compile kiln-cuda:kiln_cuda kiln:gpu)
+TESTS=(kiln-cuda:gpu_families kiln-cuda:nvrtc_compile kiln-cuda:kiln_cuda kiln:gpu kiln:gpu_fault)
 
 build() {
     set -e
@@ -72,7 +74,7 @@ run() {
     local logs=/tmp/kiln-gpu-logs
     mkdir -p "$out" "$logs"
     local stages="${*:-tests conformance bench}"
-    export KILN_REQUIRE_GPU=1 KILN_SOAK_SECONDS="${KILN_SOAK_SECONDS:-60}" KILN_CACHE="$PWD/$GPU/cache" RUST_BACKTRACE=1
+    export KILN_REQUIRE_GPU=1 KILN_CACHE="$PWD/$GPU/cache" RUST_BACKTRACE=1
     libs
     local status=0
     local summary="$out/summary.txt"
@@ -83,7 +85,7 @@ run() {
             local bin="$GPU/tests/${t/:/-}" t0=$SECONDS
             [[ -x "$bin" ]] || { echo "no $bin: run 'gpu_check.sh build' first" >&2; exit 1; }
             # One test thread: tests share one GPU.
-            if (cd "crates/${t%%:*}" && "../../$bin" --test-threads=1 --nocapture) > "$logs/${t/:/-}.log" 2>&1; then :; else status=1; fi
+            if (cd "crates/${t%%:*}" && KILN_SOAK_SECONDS=60 "../../$bin" --test-threads=1 --nocapture) > "$logs/${t/:/-}.log" 2>&1; then :; else status=1; fi
             local passed failed
             passed=$(grep -Eo '[0-9]+ passed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
             failed=$(grep -Eo '[0-9]+ failed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
@@ -119,6 +121,18 @@ run() {
         timeout "${KILN_BENCH_TIMEOUT:-420}" python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
         { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || grep -E '^\{|error' "$logs/bench.log" | tail -30; } >> "$summary"
     fi
+    if [[ " $stages " == *" soak "* ]]; then
+        local t0=$SECONDS dir=/tmp/kiln-models
+        python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/soak-export.log" 2>&1 || status=1
+        local pids=()
+        for m in resnet50 bert_base; do
+            (cd crates/kiln && KILN_SOAK_MODEL=$dir/$m.onnx KILN_SOAK_FP16=1 KILN_SOAK_SECONDS="${KILN_SOAK_SECONDS:-300}" \
+                "../../$GPU/tests/kiln-gpu" --exact contexts_on_eight_threads_agree_with_one --nocapture) > "$logs/soak-$m.log" 2>&1 &
+            pids+=($!)
+        done
+        for p in "${pids[@]}"; do wait "$p" || status=1; done
+        { echo "== soak, both models at once ($((SECONDS - t0)) s)"; grep -h -E '^soak|panicked|test result' "$logs"/soak-*.log; } >> "$summary"
+    fi
     tar -czf "$out/logs.tar.gz" -C "$logs" . 2>/dev/null
     cat "$summary"
     exit $status
@@ -127,5 +141,5 @@ run() {
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 build | run [tests] [conformance] [bench]" >&2; exit 2 ;;
+    *) echo "usage: $0 build | run [tests] [conformance] [bench] [soak]" >&2; exit 2 ;;
 esac

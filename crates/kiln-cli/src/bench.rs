@@ -35,6 +35,10 @@ pub struct Load {
     /// Compute in FP16 (FP32 inputs and outputs).
     #[arg(long)]
     fp16: bool,
+    /// Wait for each launch, so that a GPU fault names the launch that caused it (slow; also
+    /// set by KILN_SYNC_STEPS=1).
+    #[arg(long)]
+    sync_steps: bool,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +137,7 @@ pub fn load(a: &Load) -> Result<(Arc<kiln::runtime::exec::Engine>, Vec<Tensor>)>
     let mut gopts = kiln::gpu::GpuOptions::default();
     gopts.exec.tf32 = !a.no_tf32;
     gopts.exec.cuda_graph = !a.no_cuda_graph;
+    gopts.exec.sync_steps |= a.sync_steps;
     if a.model.extension().is_some_and(|e| e == "kiln") {
         if a.fp16 || a.no_fuse || a.batch.is_some() || !a.shapes.is_empty() {
             bail!("--fp16, --no-fuse, --batch and --shapes are build options: give them to kiln build");

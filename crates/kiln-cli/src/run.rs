@@ -37,6 +37,10 @@ pub struct Args {
     /// Compute in FP16 (after optimization), with FP32 inputs and outputs.
     #[arg(long)]
     fp16: bool,
+    /// On CUDA: wait for each launch, so that a GPU fault names the launch that caused it
+    /// (slow; also set by KILN_SYNC_STEPS=1).
+    #[arg(long)]
+    sync_steps: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -83,6 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     let outputs = if a.device == "cuda" {
         let mut opts = kiln::gpu::GpuOptions::default();
         opts.exec.tf32 = !a.no_tf32;
+        opts.exec.sync_steps |= a.sync_steps;
         kiln::gpu::run_gpu(g, &inputs, &opts).with_context(|| format!("running {model_name} on CUDA"))?
     } else {
         kiln::run_cpu(g, &inputs).with_context(|| format!("running {model_name}"))?
@@ -146,6 +151,7 @@ fn run_engine(a: &Args) -> Result<()> {
     let bytes = std::fs::read(&a.model).with_context(|| format!("reading {name}"))?;
     let mut opts = kiln::gpu::GpuOptions::default();
     opts.exec.tf32 = !a.no_tf32;
+    opts.exec.sync_steps |= a.sync_steps;
     let engine = kiln::gpu::load_engine_file(&bytes, &opts).with_context(|| format!("loading {name}"))?;
     let load_time = t0.elapsed();
     let mut given: HashMap<String, Tensor> = HashMap::new();

@@ -212,3 +212,33 @@ fn fp16_builds_say_what_stays_fp32_and_compare_against_fp32() {
     let (ok, _, stderr) = kiln(&["build", &model, "--precision", "conv1=fp32"]);
     assert!(!ok && stderr.contains("--precision goes with --int8 or --fp16"), "{stderr}");
 }
+
+/// Two `kiln build -o` runs of the same model with the same options write byte-identical
+/// engines (no timing is involved in a build), in FP32 and FP16; `inspect` reads them.
+#[test]
+fn engine_builds_are_byte_identical() {
+    if let Err(e) = kiln::cuda::nvrtc::Nvrtc::locate() {
+        eprintln!("skipped engine_builds_are_byte_identical: {e} (cargo xtask fetch-nvrtc installs it)");
+        return;
+    }
+    let dir = tmp("determinism");
+    for (model, extra) in [
+        ("tiny_cnn.onnx", &[][..]),
+        ("tiny_cnn.onnx", &["--fp16"][..]),
+        ("bert_layer.onnx", &["--shapes", "x=2x8x32", "--shapes", "mask=2x1x1x8", "--fp16"][..]),
+    ] {
+        let model_path = fixture(model);
+        let build = |name: &str| {
+            let out = dir.join(name).display().to_string();
+            let mut args = vec!["build", &model_path, "--arch", "sm_90", "-o", &out];
+            args.extend_from_slice(extra);
+            let (ok, stdout, stderr) = kiln(&args);
+            assert!(ok, "kiln {}: {stdout}{stderr}", args.join(" "));
+            std::fs::read(&out).unwrap()
+        };
+        let (a, b) = (build("a.kiln"), build("b.kiln"));
+        assert!(a == b, "{model} {extra:?}: two builds differ ({} and {} bytes)", a.len(), b.len());
+        let (ok, stdout, stderr) = kiln(&["inspect", &dir.join("a.kiln").display().to_string()]);
+        assert!(ok && stdout.contains("sm_90"), "{stdout}{stderr}");
+    }
+}

@@ -30,11 +30,16 @@ pub struct ExecOptions {
     /// ResNet-50 slower (1.48 against 0.92 ms at batch 1), since each algorithm is timed alone
     /// on a cold GPU.
     pub autotune: bool,
+    /// Wait for every launch before the next (no CUDA graph), so that an asynchronous fault,
+    /// such as an illegal address, is reported with the launch that caused it. Slow: for
+    /// finding faults only. On by default where the environment sets `KILN_SYNC_STEPS=1`.
+    pub sync_steps: bool,
 }
 
 impl Default for ExecOptions {
     fn default() -> ExecOptions {
-        ExecOptions { tf32: true, cuda_graph: true, autotune: false }
+        let sync_steps = std::env::var_os("KILN_SYNC_STEPS").is_some_and(|v| v == "1");
+        ExecOptions { tf32: true, cuda_graph: true, autotune: false, sync_steps }
     }
 }
 
@@ -156,9 +161,20 @@ impl Engine {
 
 /// One prepared step.
 enum Call {
-    Kernel { kernel: Kernel, config: LaunchConfig, params: Vec<Param> },
+    Kernel { name: String, kernel: Kernel, config: LaunchConfig, params: Vec<Param> },
     Gemm(GemmCall),
     Conv(ConvCall),
+}
+
+impl Call {
+    /// What the step launches, for error messages.
+    fn what(&self) -> &str {
+        match self {
+            Call::Kernel { name, .. } => name,
+            Call::Gemm(_) => "cuBLASLt matmul",
+            Call::Conv(_) => "cuDNN convolution",
+        }
+    }
 }
 
 /// One stream of execution of an engine, with its own arena. Create one per thread.
@@ -167,6 +183,7 @@ pub struct ExecutionContext {
     stream: Arc<CudaStream>,
     _arena: Buffer,
     addrs: Vec<u64>,
+    /// Each step's node and prepared call.
     calls: Vec<(String, Call)>,
     lt: Option<LtHandle>,
     dnn: Option<DnnHandle>,
@@ -226,6 +243,7 @@ impl ExecutionContext {
             let at = |e: CudaError| CudaError::Invalid(format!("node {}: {e}", step.node));
             let call = match &step.kind {
                 StepKind::Kernel(k) => Call::Kernel {
+                    name: k.kernel.clone(),
                     kernel: engine.kernels[s].ok_or_else(|| CudaError::Invalid(format!("step {s} has no kernel")))?,
                     config: k.config,
                     params: k.args.iter().map(|a| plan.param(k, a, &addr)).collect::<Result<_>>().map_err(at)?,
@@ -270,11 +288,13 @@ impl ExecutionContext {
         self.graph.is_some()
     }
 
-    /// Enqueues one prepared step on the context's stream; an error names the step's node.
+    /// Enqueues one prepared step on the context's stream; an error names the step's node and
+    /// what it launches. With `sync_steps` it also waits for the step, so that a fault while it
+    /// runs is reported here.
     fn enqueue_call(&self, node: &str, call: &Call) -> Result<()> {
-        let at = |e: CudaError| CudaError::Driver(format!("node {node}: {e}"));
+        let at = |e: CudaError| CudaError::Driver(format!("node {node} ({}): {e}", call.what()));
         match call {
-            Call::Kernel { kernel, config, params } => kernel.launch_on(*config, params, &self.stream).map_err(at),
+            Call::Kernel { kernel, config, params, .. } => kernel.launch_on(*config, params, &self.stream).map_err(at),
             Call::Gemm(g) => {
                 let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
                 g.enqueue(h, &self.stream, self.workspace.0).map_err(at)
@@ -283,7 +303,24 @@ impl ExecutionContext {
                 let h = self.dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;
                 c.enqueue(h, self.workspace.0).map_err(at)
             }
+        }?;
+        if self.engine.options.sync_steps {
+            self.stream.synchronize().map_err(|e| at(CudaError::Driver(format!("while it ran: {e}"))))?;
         }
+        Ok(())
+    }
+
+    /// Waits for the stream; an error raised by work in flight is reported as a fault of this
+    /// run, with the way to find the launch that caused it.
+    fn wait(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| {
+            CudaError::Driver(format!(
+                "run {} of the engine failed in one of its {} launches: {e}; set KILN_SYNC_STEPS=1 \
+                 (or pass --sync-steps) to wait for each launch and name the one that fails",
+                self.runs,
+                self.calls.len()
+            ))
+        })
     }
 
     fn launch_all(&self) -> Result<()> {
@@ -312,7 +349,8 @@ impl ExecutionContext {
         if let Some(g) = &self.graph {
             return g.launch().map_err(drv("launch CUDA graph"));
         }
-        if self.engine.options.cuda_graph && !self.no_graph && self.runs > 1 {
+        let options = &self.engine.options;
+        if options.cuda_graph && !options.sync_steps && !self.no_graph && self.runs > 1 {
             self.stream.synchronize().map_err(drv("synchronize"))?;
             self.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -369,7 +407,7 @@ impl ExecutionContext {
     /// Waits for the stream, then copies the outputs back and checks the plan's error flags.
     pub fn outputs(&mut self) -> Result<Vec<Tensor>> {
         self.engine.gpu.context().bind_to_thread().map_err(drv("bind context"))?;
-        self.stream.synchronize().map_err(drv("synchronize"))?;
+        self.wait()?;
         let plan = &self.engine.plan;
         let read = |b: BufferId| -> Result<Vec<u8>> {
             let buf = &plan.buffers[b];
@@ -408,7 +446,7 @@ impl ExecutionContext {
         self.start.record(&self.stream).map_err(drv("record event"))?;
         self.enqueue()?;
         self.end.record(&self.stream).map_err(drv("record event"))?;
-        self.end.synchronize().map_err(drv("synchronize event"))?;
+        self.wait()?;
         self.start.elapsed_ms(&self.end).map_err(drv("elapsed time"))
     }
 
@@ -425,7 +463,7 @@ impl ExecutionContext {
             self.enqueue_call(node, call)?;
             events[i + 1].record(&self.stream).map_err(drv("record event"))?;
         }
-        self.stream.synchronize().map_err(drv("synchronize"))?;
+        self.wait()?;
         self.calls
             .iter()
             .enumerate()

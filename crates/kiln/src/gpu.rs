@@ -35,8 +35,12 @@ impl Default for GpuOptions {
 
 /// Plans `graph`, compiles what it launches for the device and loads it.
 pub fn load_engine(graph: &Graph, opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
+    load_plan(kiln_cuda::plan::plan(graph)?, opts)
+}
+
+/// Compiles what a launch plan launches for the device and loads it.
+pub fn load_plan(plan: kiln_cuda::plan::Plan, opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
     let gpu = Arc::new(Gpu::new(opts.device)?);
-    let plan = kiln_cuda::plan::plan(graph)?;
     let memory = kiln_runtime::memory::plan_memory(&plan, opts.workspace_bytes);
     let lib = KernelLibrary::new(gpu.clone(), Nvrtc::locate()?);
     let module = |m: &ModuleRef| match m {
