@@ -78,6 +78,12 @@ fn packed_strides(dims: &[c_int]) -> Vec<c_int> {
     s
 }
 
+/// The strides of `[n, c, h, w]` stored as NHWC.
+fn nhwc_strides(dims: &[c_int]) -> Vec<c_int> {
+    let (c, h, w) = (dims[1], dims[2], dims[3]);
+    vec![h * w * c, 1, w * c, c]
+}
+
 fn ints(v: &[usize]) -> Result<Vec<c_int>> {
     v.iter()
         .map(|&d| c_int::try_from(d).map_err(|_| CudaError::Unsupported(format!("dim {d} is too large for cuDNN"))))
@@ -146,6 +152,16 @@ impl ConvCall {
         let pads = ints(&spatial(&step.pads, 0))?;
         let strides = ints(&spatial(&step.strides, 1))?;
         let dil = ints(&spatial(&step.dilations, 1))?;
+        if step.channels_last && x.len() != 4 {
+            return Err(CudaError::Unsupported(format!("a channels-last convolution of {:?}", step.x_shape)));
+        }
+        let strides_of = |d: &[c_int]| if step.channels_last { nhwc_strides(d) } else { packed_strides(d) };
+        let (x_strides, y_strides) = (strides_of(&x), strides_of(&y));
+        let filter_format = if step.channels_last {
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+        } else {
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+        };
         let k = w[0];
         let mut bias_dims = vec![1; x.len()];
         bias_dims[1] = k;
@@ -179,9 +195,9 @@ impl ConvCall {
         // SAFETY: every descriptor was just created and is owned by `call`; the dim arrays are
         // live for each call, which copies them.
         unsafe {
-            dnn::set_tensornd_descriptor(call.x_desc, dt, x.len() as c_int, x.as_ptr(), packed_strides(&x).as_ptr())
+            dnn::set_tensornd_descriptor(call.x_desc, dt, x.len() as c_int, x.as_ptr(), x_strides.as_ptr())
                 .map_err(lib("input descriptor"))?;
-            dnn::set_tensornd_descriptor(call.y_desc, dt, y.len() as c_int, y.as_ptr(), packed_strides(&y).as_ptr())
+            dnn::set_tensornd_descriptor(call.y_desc, dt, y.len() as c_int, y.as_ptr(), y_strides.as_ptr())
                 .map_err(lib("output descriptor"))?;
             dnn::set_tensornd_descriptor(
                 call.bias_desc,
@@ -191,14 +207,8 @@ impl ConvCall {
                 packed_strides(&bias_dims).as_ptr(),
             )
             .map_err(lib("bias descriptor"))?;
-            dnn::set_filternd_descriptor(
-                call.w_desc,
-                dt,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                w.len() as c_int,
-                w.as_ptr(),
-            )
-            .map_err(lib("filter descriptor"))?;
+            dnn::set_filternd_descriptor(call.w_desc, dt, filter_format, w.len() as c_int, w.as_ptr())
+                .map_err(lib("filter descriptor"))?;
             dnn::set_convolutionnd_descriptor(
                 call.conv,
                 pads.len() as c_int,

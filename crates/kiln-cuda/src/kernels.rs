@@ -125,7 +125,19 @@ impl KernelFamily {
                 }
                 k
             }
-            KernelFamily::Pool => per(&["maxpool2d", "avgpool2d", "globalmaxpool", "globalavgpool"], &floats),
+            KernelFamily::Pool => per(
+                &[
+                    "maxpool2d",
+                    "avgpool2d",
+                    "globalmaxpool",
+                    "globalavgpool",
+                    "maxpool2d_nhwc",
+                    "avgpool2d_nhwc",
+                    "globalmaxpool_nhwc",
+                    "globalavgpool_nhwc",
+                ],
+                &floats,
+            ),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
             KernelFamily::Attention => per(
                 &ATTENTION_HEAD_SIZES

@@ -29,6 +29,7 @@ use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
 
+mod channels_last;
 mod conv;
 mod data;
 mod pool;
@@ -234,6 +235,9 @@ pub struct ConvStep {
     pub dtype: DType,
     /// The fused activation.
     pub activation: ConvActivation,
+    /// x, z and y are stored NHWC and w as `[k, kernel..., c / groups]` (OHWI); the shapes
+    /// above stay in ONNX's order.
+    pub channels_last: bool,
 }
 
 /// What one step does.
@@ -329,13 +333,16 @@ impl Plan {
 struct Planner<'g> {
     g: &'g Graph,
     plan: Plan,
+    /// The buffer of each value in its ONNX layout.
     values: HashMap<Value, BufferId>,
+    /// The channels-last buffer of each value kept NHWC (see [`channels_last`]).
+    nhwc: HashMap<Value, BufferId>,
 }
 
 /// Plans `g`, or fails naming every node that has no GPU lowering.
 pub fn plan(g: &Graph) -> Result<Plan> {
     let order = g.topo_order().map_err(|e| CudaError::Invalid(e.to_string()))?;
-    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new() };
+    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new(), nhwc: HashMap::new() };
     for (i, &id) in g.inputs.iter().enumerate() {
         p.buffer(Value { node: id, slot: 0 }, BufferKind::Input(i))?;
     }
@@ -356,6 +363,7 @@ pub fn plan(g: &Graph) -> Result<Plan> {
         )));
     }
     for o in &g.outputs {
+        p.materialize(o.value)?;
         let b = *p
             .values
             .get(&o.value)
@@ -448,6 +456,10 @@ impl Planner<'_> {
     }
 
     fn node(&mut self, id: NodeId) -> Result<()> {
+        if self.channels_last(id)? {
+            return Ok(());
+        }
+        self.materialize_inputs(id)?;
         let node = self.g.node(id);
         match &node.op {
             Op::Input => Ok(()),
@@ -478,13 +490,13 @@ impl Planner<'_> {
                 self.elementwise(id, expr, &ins)
             }
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
-                self.conv(id, attrs, *base_inputs, Some(expr))
+                self.conv(id, attrs, *base_inputs, Some(expr), false)
             }
             Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => self.matmul(id, base, *base_inputs, Some(expr)),
             Op::Linalg(base @ (LinalgOp::MatMul | LinalgOp::Gemm { .. })) => {
                 self.matmul(id, base, node.num_inputs, None)
             }
-            Op::Linalg(LinalgOp::Conv(attrs)) => self.conv(id, attrs, node.num_inputs, None),
+            Op::Linalg(LinalgOp::Conv(attrs)) => self.conv(id, attrs, node.num_inputs, None, false),
             Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
                 "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
             )),
@@ -545,17 +557,29 @@ impl Planner<'_> {
     }
 
     fn launch_generated(&mut self, id: NodeId, k: ElementwiseKernel, ins: &[BufferId], out: BufferId) -> Result<()> {
-        let shape = self.plan.buffers[out].shape.clone();
+        let shape = &self.plan.buffers[out].shape;
+        let inputs = ins
+            .iter()
+            .map(|&b| Ok((b, broadcast_strides(&self.plan.buffers[b].shape, shape)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.launch_elementwise(id, k, inputs, out)
+    }
+
+    /// A generated kernel over `out`'s shape, each input read with its strides over it.
+    fn launch_elementwise(
+        &mut self,
+        id: NodeId,
+        k: ElementwiseKernel,
+        inputs: Vec<(BufferId, Vec<i64>)>,
+        out: BufferId,
+    ) -> Result<()> {
+        let shape = &self.plan.buffers[out].shape;
         if k.output != self.plan.buffers[out].dtype {
             return Err(CudaError::Invalid(format!(
                 "the expression gives {}, the node's output is {}",
                 k.output, self.plan.buffers[out].dtype
             )));
         }
-        let inputs = ins
-            .iter()
-            .map(|&b| Ok((b, broadcast_strides(&self.plan.buffers[b].shape, &shape)?)))
-            .collect::<Result<Vec<_>>>()?;
         let n: usize = shape.iter().product();
         let kernel = k.name.clone();
         let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
@@ -892,11 +916,17 @@ impl Planner<'_> {
             Some(p) => p.iter().map(|&a| Self::axis(a, r)).collect::<Result<_>>()?,
             None => (0..r).rev().collect(),
         };
-        let strides = crate::codegen::broadcast_strides(&shape, &shape)?;
+        let y = self.out(id, 0)?;
+        self.permute(id, x, y, &perm)
+    }
+
+    /// A step writing `x` with its dims permuted by `perm` into `y`.
+    fn permute(&mut self, id: NodeId, x: BufferId, y: BufferId, perm: &[usize]) -> Result<()> {
+        let shape = &self.plan.buffers[x].shape;
+        let strides = crate::codegen::broadcast_strides(shape, shape)?;
         let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
         let out_strides: Vec<i64> = perm.iter().map(|&p| strides[p]).collect();
         let w = self.width(x)?;
-        let y = self.out(id, 0)?;
         let n: usize = out_shape.iter().product();
         let (param, rank) = launch::strided_param(&out_shape, &out_strides)?;
         let fields =

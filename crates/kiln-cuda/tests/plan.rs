@@ -291,14 +291,19 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
         p.steps.iter().filter_map(|s| if let StepKind::Conv(c) = &s.kind { Some(c) } else { None }).collect();
     assert_eq!(convs.len(), 4);
     let id = |name: &str| p.buffers.iter().position(|b| b.name == name).unwrap();
-    // Bias, residual and ReLU all go to cuDNN.
+    // The 2-D convolutions in f16 run channels-last, the others do not.
+    let layouts: Vec<bool> = convs.iter().map(|c| c.channels_last).collect();
+    assert_eq!(layouts, [true, true, false, false]);
+    // Bias, residual and ReLU all go to cuDNN; the residual is read NHWC too.
     let c = convs[0];
-    assert_eq!((c.bias, c.z, c.activation), (Some(id("b")), Some(id("x")), ConvActivation::Relu));
-    assert_eq!((c.pads.clone(), c.y), (vec![1, 1], id("conv1")));
+    assert_eq!((c.bias, c.z, c.activation), (Some(id("b")), Some(id("x.nhwc")), ConvActivation::Relu));
+    assert_eq!((c.pads.clone(), c.y), (vec![1, 1], id("conv1.nhwc")));
+    assert_eq!(p.buffers[c.w].shape, [8, 3, 3, 8], "the filter is stored OHWI");
     // SAME_UPPER with stride 2 over 8 pads 0 before and 1 after: the pad kernel adds the one
     // cell, cuDNN pads nothing; Clip runs as a generated kernel on the accumulator.
     let c = convs[1];
     assert_eq!(c.x_shape, vec![1, 8, 9, 9]);
+    assert_eq!(p.buffers[c.x].shape, [1, 9, 9, 8]);
     assert_eq!((c.pads.clone(), c.strides.clone(), c.groups), (vec![0, 0], vec![2, 2], 8));
     assert_eq!((c.y, c.activation), (id("dwconv.acc"), ConvActivation::Identity));
     assert_eq!(p.buffers[c.x].name, "dwconv.padded");
@@ -309,9 +314,12 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
             |s| if let StepKind::Kernel(k) = &s.kind { Some((s.node.as_str(), k.kernel.as_str())) } else { None },
         )
         .collect();
-    assert_eq!(kernels.len(), 2, "{kernels:?}");
-    assert_eq!(kernels[0], ("dwconv", "pad_u16"));
-    assert!(kernels[1].1.starts_with("epilogue_"), "{kernels:?}");
+    // The input goes NHWC once; the output comes back to NCHW once, for the graph output.
+    assert_eq!(kernels.len(), 4, "{kernels:?}");
+    assert_eq!(kernels[0], ("x", "permute_u16"));
+    assert_eq!(kernels[1], ("dwconv", "pad_u16"));
+    assert!(kernels[2].1.starts_with("epilogue_"), "{kernels:?}");
+    assert_eq!(kernels[3], ("dwconv", "permute_u16"));
     // 1-D and 3-D shapes are recorded as they are.
     assert_eq!((convs[2].x_shape.len(), convs[2].pads.clone()), (3, vec![2]));
     assert_eq!((convs[3].w_shape.clone(), convs[3].y_shape.clone()), (vec![4, 2, 1, 3, 3], vec![1, 4, 3, 3, 3]));

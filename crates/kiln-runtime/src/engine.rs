@@ -450,6 +450,9 @@ struct ConvMsg {
     /// 0: identity, 1: ReLU.
     #[prost(uint32, tag = "14")]
     activation: u32,
+    /// NHWC tensors and an OHWI filter.
+    #[prost(bool, tag = "15")]
+    channels_last: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -650,6 +653,7 @@ fn encode_step(s: &Step) -> StepMsg {
                 groups,
                 dtype,
                 activation,
+                channels_last,
             } = c;
             StepKindMsg::Conv(ConvMsg {
                 x: u(*x),
@@ -669,6 +673,7 @@ fn encode_step(s: &Step) -> StepMsg {
                     ConvActivation::Identity => 0,
                     ConvActivation::Relu => 1,
                 },
+                channels_last: *channels_last,
             })
         }
     };
@@ -891,6 +896,7 @@ fn decode_step(s: usize, m: StepMsg, families: &[KernelFamily]) -> Decoded<Step>
                 1 => ConvActivation::Relu,
                 other => return Err(format!("step {s}: unknown convolution activation {other}")),
             },
+            channels_last: c.channels_last,
         }),
     };
     Ok(Step { node: m.node, kind })

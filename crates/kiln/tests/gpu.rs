@@ -28,7 +28,12 @@ fn have_gpu(test: &str) -> bool {
 /// The model optimized for batch `batch` (every input's leading dim), with seeded inputs; other
 /// symbolic dims become 8.
 fn model(name: &str, batch: Option<usize>) -> (Graph, Vec<Tensor>) {
-    let mut m = kiln::load(&fixture(name)).unwrap();
+    model_at(&fixture(name), batch)
+}
+
+/// [`model`] for a model file anywhere.
+fn model_at(path: &Path, batch: Option<usize>) -> (Graph, Vec<Tensor>) {
+    let mut m = kiln::load(path).unwrap();
     let mut shapes = HashMap::new();
     for &id in &m.graph.inputs {
         let info = &m.graph.node(id).outputs[0];
@@ -76,6 +81,37 @@ fn test_models_match_the_cpu_reference() {
     }
 }
 
+/// In FP16 the convolution networks run channels-last (NHWC convolutions, pooling and
+/// elementwise ops) and still match the FP32 CPU reference.
+#[test]
+fn fp16_cnns_run_channels_last_and_match_the_cpu_reference() {
+    if !have_gpu("fp16_cnns_run_channels_last_and_match_the_cpu_reference") {
+        return;
+    }
+    for (name, batch) in [("tiny_cnn.onnx", Some(3)), ("digits_cnn.onnx", Some(32))] {
+        let (g, inputs) = model(name, batch);
+        let want = kiln::run_cpu(&g, &inputs).unwrap();
+        let mut half = g.clone();
+        kiln::to_fp16(&mut half, Default::default()).unwrap();
+        let plan = kiln::cuda::plan::plan(&half).unwrap();
+        let convs: Vec<bool> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                kiln::cuda::plan::StepKind::Conv(c) => Some(c.channels_last),
+                _ => None,
+            })
+            .collect();
+        assert!(!convs.is_empty() && convs.iter().all(|&c| c), "{name}: convolutions {convs:?}\n{plan}");
+        let got = kiln::gpu::run_gpu(&half, &inputs, &fp32()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (w, o) in want.iter().zip(&got) {
+            let m = kiln::compare::metrics(name, w, o).unwrap();
+            eprintln!("{name} fp16 channels-last: cosine {:.7}, rel L2 {:.2e}", m.cosine, m.rel_l2);
+            assert!(m.cosine > 0.999 && m.rel_l2 < 1e-2, "{name}: {m:?}");
+        }
+    }
+}
+
 #[test]
 fn cuda_graph_replay_gives_the_direct_result() {
     if !have_gpu("cuda_graph_replay_gives_the_direct_result") {
@@ -95,35 +131,48 @@ fn cuda_graph_replay_gives_the_direct_result() {
 
 /// Eight threads, each with its own context on one engine, give exactly the single-threaded
 /// outputs, and GPU memory does not grow while they run.
+///
+/// By default on the BERT layer fixture for 2 seconds. `KILN_SOAK_MODEL=PATH.onnx` soaks that
+/// model instead (batch 8, FP16 if `KILN_SOAK_FP16=1`), for `KILN_SOAK_SECONDS`: the GPU
+/// check script's `soak` stage runs ResNet-50 and BERT-base for 5 minutes each.
 #[test]
 fn contexts_on_eight_threads_agree_with_one() {
     if !have_gpu("contexts_on_eight_threads_agree_with_one") {
         return;
     }
-    let (g, inputs) = model("bert_layer.onnx", None);
-    let engine = load_engine(&g, &fp32()).unwrap();
-    let want = ExecutionContext::new(Arc::clone(&engine)).unwrap().run(&inputs).unwrap();
-    // The GPU check script soaks for a minute (KILN_SOAK_SECONDS=60).
     let seconds = std::env::var("KILN_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0f64);
     let soak = std::time::Duration::from_secs_f64(seconds);
+    let (name, (mut g, inputs)) = match std::env::var("KILN_SOAK_MODEL") {
+        Ok(path) => (path.clone(), model_at(Path::new(&path), Some(8))),
+        Err(_) => ("bert_layer.onnx".to_string(), model("bert_layer.onnx", None)),
+    };
+    if std::env::var("KILN_SOAK_FP16").as_deref() == Ok("1") {
+        kiln::to_fp16(&mut g, Default::default()).unwrap();
+    }
+    let free_before = kiln::cuda::driver::Gpu::new(0).unwrap().mem_info().unwrap().0;
+    let engine = load_engine(&g, &fp32()).unwrap();
+    let want = ExecutionContext::new(Arc::clone(&engine)).unwrap().run(&inputs).unwrap();
     let mut free_after_warmup = 0;
+    let runs = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         let handles: Vec<_> = (0..8)
             .map(|t| {
                 let engine = Arc::clone(&engine);
-                let (inputs, want, tx) = (&inputs, &want, tx.clone());
+                let (inputs, want, tx, runs) = (&inputs, &want, tx.clone(), &runs);
                 s.spawn(move || {
                     let mut ctx = ExecutionContext::new(engine).unwrap();
                     let t0 = std::time::Instant::now();
                     let mut r = 0;
                     while r < 3 || t0.elapsed() < soak {
+                        // Bit for bit: FP32 and FP16 inference is deterministic.
                         assert_eq!(&ctx.run(inputs).unwrap(), want, "thread {t} run {r}");
                         if r == 2 {
                             tx.send(()).unwrap();
                         }
                         r += 1;
                     }
+                    runs.fetch_add(r, std::sync::atomic::Ordering::Relaxed);
                     eprintln!(
                         "thread {t}: {r} runs in {:.1} s, all equal to the single-threaded result",
                         t0.elapsed().as_secs_f64()
@@ -140,7 +189,11 @@ fn contexts_on_eight_threads_agree_with_one() {
         }
     });
     let free_end = engine.gpu().mem_info().unwrap().0;
-    eprintln!("free GPU memory after warm-up {free_after_warmup}, at the end {free_end}");
+    eprintln!(
+        "soak {name}: 8 threads, {} runs in {seconds} s, every output equal to the single-threaded \
+         one; free GPU memory before loading {free_before}, after warm-up {free_after_warmup}, at the end {free_end}",
+        runs.into_inner()
+    );
     // Contexts are dropped at the end, so memory can only have been given back.
     assert!(free_end + (1 << 20) >= free_after_warmup, "GPU memory grew: {free_after_warmup} -> {free_end}");
 }

@@ -88,17 +88,31 @@ fn cudnn_epilogue(
 }
 
 impl Planner<'_> {
+    /// A convolution step, plus a generated epilogue kernel where cuDNN cannot apply the
+    /// epilogue. `channels_last`: input, residual and output are NHWC and the filter OHWI (see
+    /// [`super::channels_last`]); shapes in the step stay logical (NCHW).
     pub(super) fn conv(
         &mut self,
         id: NodeId,
         attrs: &ConvAttrs,
         base_inputs: usize,
         expr: Option<&Expr>,
+        channels_last: bool,
     ) -> Result<()> {
-        let x = self.required(id, 0)?;
-        let w = self.required(id, 1)?;
+        let (x, w) = if channels_last {
+            (self.nhwc_input(id, 0)?, self.nhwc_filter(id)?)
+        } else {
+            (self.required(id, 0)?, self.required(id, 1)?)
+        };
         let bias = if base_inputs > 2 { self.input(id, 2)? } else { None };
-        let (xs, ws) = (self.plan.buffers[x].shape.clone(), self.plan.buffers[w].shape.clone());
+        let logical = |shape: &[usize]| -> Vec<usize> {
+            if channels_last {
+                vec![shape[0], shape[3], shape[1], shape[2]]
+            } else {
+                shape.to_vec()
+            }
+        };
+        let (xs, ws) = (logical(&self.plan.buffers[x].shape), logical(&self.plan.buffers[w].shape));
         let dtype = self.plan.buffers[x].dtype;
         let wdt = self.plan.buffers[w].dtype;
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || wdt != dtype {
@@ -136,6 +150,10 @@ impl Planner<'_> {
                 begin.push((d.pad_begin - p) as i64);
                 shape.push(d.input + d.pad_begin + d.pad_end - 2 * p);
             }
+            if channels_last {
+                begin = channels_last::TO_NHWC.iter().map(|&d| begin[d]).collect();
+                shape = channels_last::TO_NHWC.iter().map(|&d| shape[d]).collect();
+            }
             let name = format!("{}.padded", self.g.node(id).name);
             let padded = self.temp(name, dtype, shape);
             self.pad_launch(id, x, padded, &begin, 0, 0)?;
@@ -143,24 +161,30 @@ impl Planner<'_> {
         } else {
             x
         };
-        let x_shape = self.plan.buffers[conv_x].shape.clone();
-        let out = self.out(id, 0)?;
-        let (out_dtype, y_shape) = (self.plan.buffers[out].dtype, self.plan.buffers[out].shape.clone());
+        let x_shape = logical(&self.plan.buffers[conv_x].shape);
+        let out = if channels_last { self.nhwc_out(id, 0)? } else { self.out(id, 0)? };
+        let (out_dtype, y_shape) = (self.plan.buffers[out].dtype, logical(&self.plan.buffers[out].shape));
         let want: Vec<usize> = [xs[0], ws[0]].into_iter().chain(dims.iter().map(|d| d.output)).collect();
         if y_shape != want {
             return Err(CudaError::Invalid(format!(
                 "the convolution gives {want:?}, the node's output is {y_shape:?}"
             )));
         }
-        let extra: Vec<BufferId> =
-            (base_inputs..self.g.node(id).num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+        let slots: Vec<usize> = (base_inputs..self.g.node(id).num_inputs).collect();
+        let info: Vec<(Vec<usize>, DType)> = slots
+            .iter()
+            .map(|&s| {
+                let v = self.g.inputs_of(id)[s].ok_or_else(|| CudaError::Invalid(format!("input {s} is missing")))?;
+                let ty = &self.g.value_info(v).ty;
+                match (ty.concrete_shape(), ty.dtype) {
+                    (Some(shape), Some(dt)) => Ok((shape, dt)),
+                    _ => Err(CudaError::Unsupported(format!("input {s} has no static type ({ty})"))),
+                }
+            })
+            .collect::<Result<_>>()?;
         let fused = match expr {
             None => Some(CudnnEpilogue { relu: false, bias: None, z: None }),
-            Some(e) if out_dtype == dtype => {
-                let info: Vec<(Vec<usize>, DType)> =
-                    extra.iter().map(|&b| (self.plan.buffers[b].shape.clone(), self.plan.buffers[b].dtype)).collect();
-                cudnn_epilogue(e, &info, &y_shape, dtype, bias.is_some())
-            }
+            Some(e) if out_dtype == dtype => cudnn_epilogue(e, &info, &y_shape, dtype, bias.is_some()),
             Some(_) => None,
         };
         let step = |y: BufferId, bias: Option<BufferId>, z: Option<BufferId>, relu: bool| ConvStep {
@@ -178,23 +202,43 @@ impl Planner<'_> {
             groups,
             dtype,
             activation: if relu { ConvActivation::Relu } else { ConvActivation::Identity },
+            channels_last,
         };
         match (fused, expr) {
             (Some(f), _) => {
-                let s = step(out, bias.or(f.bias.map(|i| extra[i])), f.z.map(|i| extra[i]), f.relu);
+                // A per-channel bias is the same memory in both layouts; the residual is not.
+                let extra_bias = f.bias.map(|i| self.required(id, slots[i])).transpose()?;
+                let z = match f.z {
+                    Some(i) if channels_last => Some(self.nhwc_input(id, slots[i])?),
+                    Some(i) => Some(self.required(id, slots[i])?),
+                    None => None,
+                };
+                let s = step(out, bias.or(extra_bias), z, f.relu);
                 self.step(id, StepKind::Conv(s));
             }
             (None, Some(e)) => {
                 // The convolution (with its own bias) into an accumulator, then the epilogue.
                 let name = format!("{}.acc", self.g.node(id).name);
-                let acc = self.temp(name, dtype, y_shape.clone());
+                let acc = self.temp(name, dtype, self.plan.buffers[out].shape.clone());
                 let s = step(acc, bias, None, false);
                 self.step(id, StepKind::Conv(s));
-                let mut ins = vec![acc];
-                ins.extend(&extra);
-                let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+                let mut dts = vec![dtype];
+                dts.extend(info.iter().map(|(_, dt)| *dt));
                 let k = epilogue_kernel(e, dts[0], &dts[1..])?;
-                self.launch_generated(id, k, &ins, out)?;
+                if channels_last {
+                    let mut ins =
+                        vec![(acc, broadcast_strides(&self.plan.buffers[acc].shape, &self.plan.buffers[out].shape)?)];
+                    for &s in &slots {
+                        ins.push(self.nhwc_operand(id, s, &y_shape)?);
+                    }
+                    self.launch_elementwise(id, k, ins, out)?;
+                } else {
+                    let mut ins = vec![acc];
+                    for &s in &slots {
+                        ins.push(self.required(id, s)?);
+                    }
+                    self.launch_generated(id, k, &ins, out)?;
+                }
             }
             (None, None) => unreachable!("a bare convolution always fuses"),
         }

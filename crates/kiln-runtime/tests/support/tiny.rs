@@ -85,6 +85,7 @@ pub fn tiny_plan() -> Plan {
                 groups: 1,
                 dtype: f,
                 activation: ConvActivation::Relu,
+                channels_last: false,
             }),
         },
         Step {
