@@ -31,12 +31,15 @@ pub enum KernelFamily {
     Resize,
     /// Fused multi-head attention with online softmax.
     Attention,
+    /// Direct convolutions for the shapes cuDNN handles badly (depthwise, channels-last).
+    Conv,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 7] = [
+    pub const ALL: [KernelFamily; 8] = [
         KernelFamily::Attention,
+        KernelFamily::Conv,
         KernelFamily::Elementwise,
         KernelFamily::Layout,
         KernelFamily::Norm,
@@ -55,6 +58,7 @@ impl KernelFamily {
             KernelFamily::Pool => "pool",
             KernelFamily::Resize => "resize",
             KernelFamily::Attention => "attention",
+            KernelFamily::Conv => "conv",
         }
     }
 
@@ -68,6 +72,7 @@ impl KernelFamily {
             KernelFamily::Pool => include_str!("../../../kernels/pool.cu"),
             KernelFamily::Resize => include_str!("../../../kernels/resize.cu"),
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
+            KernelFamily::Conv => include_str!("../../../kernels/conv.cu"),
         }
     }
 
@@ -139,6 +144,7 @@ impl KernelFamily {
                 &floats,
             ),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
+            KernelFamily::Conv => per(&["dwconv2d_nhwc"], &floats),
             KernelFamily::Attention => per(
                 &ATTENTION_HEAD_SIZES
                     .iter()

@@ -133,6 +133,30 @@ impl PoolArgs {
     }
 }
 
+/// Depthwise convolution parameters (`DwArgs` in `conv.cu`): sizes, then the fused
+/// activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DwArgs {
+    /// `[n, c, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]`: batch, channels, input and
+    /// output size, kernel, strides, dilations and the padding before each spatial dim.
+    pub dims: [i64; 14],
+    /// 0: none, 1: ReLU, 2: clamp to `[lo, hi]`.
+    pub act: i64,
+    /// Clamp bounds.
+    pub lo: f64,
+    /// Upper clamp bound.
+    pub hi: f64,
+}
+
+impl DwArgs {
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        let mut v = self.dims.to_vec();
+        v.extend([self.act, self.lo.to_bits() as i64, self.hi.to_bits() as i64]);
+        Param::i64s(&v)
+    }
+}
+
 /// Resize parameters (`ResizeArgs` in `resize.cu`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ResizeArgs {
@@ -327,6 +351,8 @@ mod tests {
             count_include_pad: false,
         };
         assert_eq!(p.param().0.len(), 16 * 8);
+        let d = DwArgs { dims: [1; 14], act: 2, lo: 0.0, hi: 6.0 };
+        assert_eq!(d.param().0.len(), 17 * 8);
         let r = ResizeArgs {
             planes: 1,
             ih: 1,

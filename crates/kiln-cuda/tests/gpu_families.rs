@@ -1089,3 +1089,31 @@ fn planned_data_ops_match_the_cpu_executor() {
         }
     }
 }
+
+/// The depthwise convolution of FP16 channels-last plans (a generated direct kernel with its
+/// bias and Clip fused, asymmetric padding, stride 2), planned from one-node graphs.
+#[test]
+fn depthwise_channels_last_matches_the_cpu_executor() {
+    use kiln_ir::ops::linalg::{ConvAttrs, LinalgOp};
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(5);
+    for (c, hw, stride, pads) in [(8, 9, 1, [1, 1, 1, 1]), (3, 7, 2, [0, 0, 1, 1]), (50, 12, 2, [1, 1, 1, 1])] {
+        let x = rand_tensor(&mut rng, &[2, c, hw, hw], -4.0, 4.0, DType::F16);
+        let w = rand_tensor(&mut rng, &[c, 1, 3, 3], -1.0, 1.0, DType::F16);
+        let b = rand_tensor(&mut rng, &[c], -1.0, 1.0, DType::F16);
+        let attrs = ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![stride, stride],
+            dilations: vec![],
+            pads: pads.to_vec(),
+            auto_pad: AutoPad::NotSet,
+            group: c,
+        };
+        let relu6 = Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1);
+        let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs: 3, expr: relu6 });
+        let (g, inputs) = one_node(op, &[&x], &[Some(w), Some(b)], 1);
+        let plan = kiln_cuda::plan::plan(&g).unwrap();
+        assert!(plan.to_string().contains("dwconv2d_nhwc_f16"), "{plan}");
+        plan_matches(lib, &format!("depthwise c={c} stride {stride}"), &g, &inputs, 4e-3, 4e-3);
+    }
+}

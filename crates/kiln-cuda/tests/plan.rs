@@ -289,40 +289,42 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
     insta::assert_snapshot!("convs_plan", p.to_string());
     let convs: Vec<&ConvStep> =
         p.steps.iter().filter_map(|s| if let StepKind::Conv(c) = &s.kind { Some(c) } else { None }).collect();
-    assert_eq!(convs.len(), 4);
+    assert_eq!(convs.len(), 3);
     let id = |name: &str| p.buffers.iter().position(|b| b.name == name).unwrap();
-    // The 2-D convolutions in f16 run channels-last, the others do not.
+    // The 2-D convolution in f16 runs channels-last, the others do not.
     let layouts: Vec<bool> = convs.iter().map(|c| c.channels_last).collect();
-    assert_eq!(layouts, [true, true, false, false]);
+    assert_eq!(layouts, [true, false, false]);
     // Bias, residual and ReLU all go to cuDNN; the residual is read NHWC too.
     let c = convs[0];
     assert_eq!((c.bias, c.z, c.activation), (Some(id("b")), Some(id("x.nhwc")), ConvActivation::Relu));
     assert_eq!((c.pads.clone(), c.y), (vec![1, 1], id("conv1.nhwc")));
     assert_eq!(p.buffers[c.w].shape, [8, 3, 3, 8], "the filter is stored OHWI");
-    // SAME_UPPER with stride 2 over 8 pads 0 before and 1 after: the pad kernel adds the one
-    // cell, cuDNN pads nothing; Clip runs as a generated kernel on the accumulator.
-    let c = convs[1];
-    assert_eq!(c.x_shape, vec![1, 8, 9, 9]);
-    assert_eq!(p.buffers[c.x].shape, [1, 9, 9, 8]);
-    assert_eq!((c.pads.clone(), c.strides.clone(), c.groups), (vec![0, 0], vec![2, 2], 8));
-    assert_eq!((c.y, c.activation), (id("dwconv.acc"), ConvActivation::Identity));
-    assert_eq!(p.buffers[c.x].name, "dwconv.padded");
-    let kernels: Vec<(&str, &str)> = p
+    // The depthwise convolution is a generated direct kernel: SAME_UPPER with stride 2 over 8
+    // (0 cells before, 1 after) needs no pad step, and its Clip is fused. Its filter is
+    // stored [kh, kw, c].
+    let kernels: Vec<(&str, &str, &[Arg])> = p
         .steps
         .iter()
-        .filter_map(
-            |s| if let StepKind::Kernel(k) = &s.kind { Some((s.node.as_str(), k.kernel.as_str())) } else { None },
-        )
+        .filter_map(|s| match &s.kind {
+            StepKind::Kernel(k) => Some((s.node.as_str(), k.kernel.as_str(), k.args.as_slice())),
+            _ => None,
+        })
         .collect();
+    let names: Vec<(&str, &str)> = kernels.iter().map(|(n, k, _)| (*n, *k)).collect();
     // The input goes NHWC once; the output comes back to NCHW once, for the graph output.
-    assert_eq!(kernels.len(), 4, "{kernels:?}");
-    assert_eq!(kernels[0], ("x", "permute_u16"));
-    assert_eq!(kernels[1], ("dwconv", "pad_u16"));
-    assert!(kernels[2].1.starts_with("epilogue_"), "{kernels:?}");
-    assert_eq!(kernels[3], ("dwconv", "permute_u16"));
+    assert_eq!(names, [("x", "permute_u16"), ("dwconv", "dwconv2d_nhwc_f16"), ("dwconv", "permute_u16")]);
+    let [Arg::Buffer(x), Arg::Buffer(w), Arg::Null, Arg::Buffer(y), Arg::Struct(f)] = kernels[1].2 else {
+        panic!("{:?}", kernels[1].2)
+    };
+    assert_eq!((*x, *y), (id("conv1.nhwc"), id("dwconv.nhwc")));
+    assert_eq!(p.buffers[*w].shape, [1, 3, 3, 8]);
+    // pads before: 0, 0; activation 2 (clamp) to [0, 6].
+    let ints: Vec<i64> = f.iter().map(|v| if let kiln_cuda::plan::Field::I64(i) = v { *i } else { -1 }).collect();
+    assert_eq!(ints[12..15], [0, 0, 2]);
+    assert_eq!((f64::from_bits(ints[15] as u64), f64::from_bits(ints[16] as u64)), (0.0, 6.0));
     // 1-D and 3-D shapes are recorded as they are.
-    assert_eq!((convs[2].x_shape.len(), convs[2].pads.clone()), (3, vec![2]));
-    assert_eq!((convs[3].w_shape.clone(), convs[3].y_shape.clone()), (vec![4, 2, 1, 3, 3], vec![1, 4, 3, 3, 3]));
+    assert_eq!((convs[1].x_shape.len(), convs[1].pads.clone()), (3, vec![2]));
+    assert_eq!((convs[2].w_shape.clone(), convs[2].y_shape.clone()), (vec![4, 2, 1, 3, 3], vec![1, 4, 3, 3, 3]));
 }
 
 /// Pooling, Slice with negative steps, Pad, Split, Expand, Tile, Resize, Where and Cast.

@@ -305,7 +305,9 @@ impl ExecutionContext {
             }
         }?;
         if self.engine.options.sync_steps {
-            self.stream.synchronize().map_err(|e| at(CudaError::Driver(format!("while it ran: {e}"))))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| CudaError::Driver(format!("node {node} ({}) faulted while it ran: {e}", call.what())))?;
         }
         Ok(())
     }

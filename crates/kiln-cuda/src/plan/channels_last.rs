@@ -32,7 +32,7 @@ fn nhwc_strides(shape: &[usize]) -> Vec<i64> {
 }
 
 /// A filter `[k, c, r, s]` stored as `[k, r, s, c]` (cuDNN's NHWC filter format).
-fn ohwi(t: &Tensor) -> Result<Tensor> {
+pub(super) fn ohwi(t: &Tensor) -> Result<Tensor> {
     let [k, c, r, s] = t.shape() else {
         return Err(CudaError::Invalid(format!("a filter of shape {:?} is not 4-D", t.shape())));
     };
@@ -61,7 +61,7 @@ impl Planner<'_> {
     }
 
     /// The static type of input `slot` of `id`.
-    fn input_type(&self, id: NodeId, slot: usize) -> Option<(DType, Vec<usize>)> {
+    pub(super) fn input_type(&self, id: NodeId, slot: usize) -> Option<(DType, Vec<usize>)> {
         let v = self.g.inputs_of(id).get(slot).copied().flatten()?;
         let ty = &self.g.value_info(v).ty;
         Some((ty.dtype?, ty.concrete_shape()?))

@@ -87,7 +87,133 @@ fn cudnn_epilogue(
     Some(f)
 }
 
+/// The activation a generated direct convolution applies: `(act, lo, hi)` as `DwArgs` takes it.
+type Activation = (i64, f64, f64);
+
+/// Matches an epilogue `act?(in0 + bias?)` with `act` ReLU or a Clip with constant bounds and
+/// at most one per-channel bias: the epilogues a direct convolution kernel fuses. Returns the
+/// bias's index among the epilogue's own inputs and the activation.
+fn direct_epilogue(
+    e: &Expr,
+    extra: &[(Vec<usize>, DType)],
+    out: &[usize],
+    dtype: DType,
+    own_bias: bool,
+) -> Option<(Option<usize>, Activation)> {
+    let nodes = &e.nodes;
+    let last = nodes.len().checked_sub(1)?;
+    let (act, root) = match &nodes[last] {
+        ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Relu), args } if args.len() == 1 => ((1, 0.0, 0.0), args[0]),
+        ExprNode::Op { op: ElementwiseOp::Clip { min: Some(lo), max: Some(hi) }, args } if args.len() == 1 => {
+            ((2, f64::from(*lo), f64::from(*hi)), args[0])
+        }
+        _ => ((0, 0.0, 0.0), last),
+    };
+    let f = cudnn_epilogue(&Expr { nodes: nodes[..=root].to_vec() }, extra, out, dtype, own_bias)?;
+    if f.z.is_some() || (f.relu && act.0 != 0) {
+        return None;
+    }
+    Some((f.bias, if f.relu { (1, 0.0, 0.0) } else { act }))
+}
+
 impl Planner<'_> {
+    /// A depthwise convolution of a channels-last input (`x` NHWC, `w` its OHWI filter) with a
+    /// generated direct kernel, which cuDNN runs slowly in NHWC; the epilogue is fused where
+    /// [`direct_epilogue`] matches it, else a generated kernel after.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_nhwc(
+        &mut self,
+        id: NodeId,
+        x: BufferId,
+        w: BufferId,
+        bias: Option<BufferId>,
+        dims: &[kiln_ir::ops::pool::WindowDim],
+        base_inputs: usize,
+        expr: Option<&Expr>,
+    ) -> Result<()> {
+        let [h, wd] = dims else { return Err(CudaError::Invalid("a depthwise convolution needs 2 dims".into())) };
+        let xs = self.plan.buffers[x].shape.clone();
+        let (n, c) = (xs[0], xs[3]);
+        let dtype = self.plan.buffers[x].dtype;
+        let sfx = self.float_suffix(x, "dwconv2d_nhwc")?;
+        // The filter as [kh, kw, c], so that neighbouring threads read neighbouring channels:
+        // OHWI [c, kh, kw, 1] is [c][kh][kw] in memory. Only this convolution reads `w`.
+        let BufferKind::Const(t) = &self.plan.buffers[w].kind else {
+            return Err(CudaError::Unsupported("a depthwise filter computed at run time".into()));
+        };
+        let chw = t.clone().reshape(vec![1, c, h.kernel, wd.kernel]).map_err(|e| CudaError::Invalid(e.to_string()))?;
+        let rsc = channels_last::ohwi(&chw)?;
+        self.plan.buffers[w].shape = rsc.shape().to_vec();
+        self.plan.buffers[w].kind = BufferKind::Const(rsc);
+        let out = self.nhwc_out(id, 0)?;
+        let y_shape = vec![n, c, h.output, wd.output];
+        let slots: Vec<usize> = (base_inputs..self.g.node(id).num_inputs).collect();
+        let info: Vec<(Vec<usize>, DType)> = slots
+            .iter()
+            .map(|&s| {
+                self.input_type(id, s)
+                    .map(|(dt, shape)| (shape, dt))
+                    .ok_or_else(|| CudaError::Unsupported(format!("input {s} has no static type")))
+            })
+            .collect::<Result<_>>()?;
+        let fused = match expr {
+            None => Some((None, (0, 0.0, 0.0))),
+            Some(e) if self.plan.buffers[out].dtype == dtype => {
+                direct_epilogue(e, &info, &y_shape, dtype, bias.is_some())
+            }
+            Some(_) => None,
+        };
+        let (y, bias, act) = match fused {
+            Some((extra_bias, act)) => {
+                (out, bias.or(extra_bias.map(|i| self.required(id, slots[i])).transpose()?), act)
+            }
+            None => {
+                let name = format!("{}.acc", self.g.node(id).name);
+                (self.temp(name, dtype, self.plan.buffers[out].shape.clone()), bias, (0, 0.0, 0.0))
+            }
+        };
+        let i = |v: usize| v as i64;
+        let args = launch::DwArgs {
+            dims: [
+                i(n),
+                i(c),
+                i(h.input),
+                i(wd.input),
+                i(h.output),
+                i(wd.output),
+                i(h.kernel),
+                i(wd.kernel),
+                i(h.stride),
+                i(wd.stride),
+                i(h.dilation),
+                i(wd.dilation),
+                i(h.pad_begin),
+                i(wd.pad_begin),
+            ],
+            act: act.0,
+            lo: act.1,
+            hi: act.2,
+        };
+        let fields = args.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(pool::word(c)))).collect();
+        let total = n * c * h.output * wd.output;
+        let bias_arg = bias.map_or(Arg::Null, Arg::Buffer);
+        let kargs = vec![Arg::Buffer(x), Arg::Buffer(w), bias_arg, Arg::Buffer(y), Arg::Struct(fields)];
+        self.kernel(id, KernelFamily::Conv, format!("dwconv2d_nhwc_{sfx}"), launch::grid_stride(total as u64), kargs);
+        if fused.is_none() {
+            let e = expr.ok_or_else(|| CudaError::Invalid("an unfused epilogue without an expression".into()))?;
+            let mut dts = vec![dtype];
+            dts.extend(info.iter().map(|(_, dt)| *dt));
+            let k = epilogue_kernel(e, dts[0], &dts[1..])?;
+            let out_phys = self.plan.buffers[out].shape.clone();
+            let mut ins = vec![(y, broadcast_strides(&out_phys, &out_phys)?)];
+            for &s in &slots {
+                ins.push(self.nhwc_operand(id, s, &y_shape)?);
+            }
+            self.launch_elementwise(id, k, ins, out)?;
+        }
+        Ok(())
+    }
+
     /// A convolution step, plus a generated epilogue kernel where cuDNN cannot apply the
     /// epilogue. `channels_last`: input, residual and output are NHWC and the filter OHWI (see
     /// [`super::channels_last`]); shapes in the step stay logical (NCHW).
@@ -141,6 +267,9 @@ impl Planner<'_> {
             }
         }
         let dims = attrs.dims(&xs[2..], &ws[2..]).map_err(CudaError::Invalid)?;
+        if channels_last && groups > 1 && groups == xs[1] && ws[0] == groups {
+            return self.depthwise_nhwc(id, x, w, bias, &dims, base_inputs, expr);
+        }
         // cuDNN pads both sides alike: the kernel pads by the difference first.
         let pads: Vec<usize> = dims.iter().map(|d| d.pad_begin.min(d.pad_end)).collect();
         let conv_x = if dims.iter().any(|d| d.pad_begin != d.pad_end) {
