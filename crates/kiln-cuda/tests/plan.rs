@@ -139,13 +139,7 @@ fn generated_kernels_of_the_plan_compile() {
 fn unsupported_nodes_are_all_named() {
     let mut g = Graph::new("bad");
     let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 3]));
-    let t = node(
-        &mut g,
-        "hard",
-        Op::Norm(NormOp::Hardmax { axis: 0, coerce_2d: false }),
-        &[Some(x)],
-        TypeInfo::known(DType::F32, &[2, 3]),
-    );
+    let t = node(&mut g, "hard", Op::Layout(LayoutOp::NonZero), &[Some(x)], TypeInfo::known(DType::F32, &[2, 3]));
     let n = node(
         &mut g,
         "not",
@@ -157,7 +151,7 @@ fn unsupported_nodes_are_all_named() {
     g.add_output("n", n);
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
-    assert!(err.contains("hard (Hardmax): the launch planner does not lower Hardmax yet"), "{err}");
+    assert!(err.contains("hard (NonZero): the launch planner does not lower NonZero yet"), "{err}");
     assert!(err.contains("not (BitwiseNot): BitwiseNot on f32 has no CUDA lowering"), "{err}");
 
     // A dynamic shape is named too.
