@@ -498,3 +498,37 @@ fn unlowered_convs_and_pools_say_why() {
     assert!(err.contains("deconv (ConvTranspose): ConvTranspose is not lowered yet"), "{err}");
     assert!(err.contains("mp (MaxPool): MaxPool's Indices output has no kernel yet"), "{err}");
 }
+
+#[test]
+fn index_ops_check_indices_at_run_time_and_need_constant_counts() {
+    use kiln_ir::ops::layout::ScatterReduction;
+    // ScatterElements: a copy of the data, then one scatter launch with an error flag.
+    let mut g = Graph::new("scatter");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[4, 3]));
+    let i = g.add_input("i", TypeInfo::known(DType::I32, &[2, 3]));
+    let u = g.add_input("u", TypeInfo::known(DType::F32, &[2, 3]));
+    let op = Op::Layout(LayoutOp::ScatterElements { axis: 0, reduction: ScatterReduction::Add });
+    let y = node(&mut g, "sc", op, &[Some(x), Some(i), Some(u)], TypeInfo::known(DType::F32, &[4, 3]));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let kernels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    // The i32 indices are cast to i64 by a generated kernel first.
+    assert_eq!(kernels.len(), 3, "{p}");
+    assert_eq!(&kernels[1..], ["permute_u32", "scatter_elements_f32"], "{p}");
+    assert_eq!(p.error_flags.len(), 1);
+    assert_eq!(p.error_flags[0].1, "ScatterElements sc: an index is outside [-4, 4)");
+
+    // TopK's k decides the output's shape, so one computed at run time is refused.
+    let mut g = Graph::new("topk");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 5]));
+    let k = g.add_input("k", TypeInfo::known(DType::I64, &[1]));
+    let op = Op::Reduce(ReduceOp::TopK { axis: -1, largest: true, sorted: true, k: None });
+    let y = node(&mut g, "top", op, &[Some(x), Some(k)], TypeInfo::known(DType::F32, &[2, 3]));
+    g.add_output("y", y);
+    let err = plan(&g).unwrap_err().to_string();
+    assert!(err.contains("top (TopK): input 1 is computed at run time; the kernel needs it constant"), "{err}");
+}
