@@ -223,6 +223,7 @@ fn run_case(
     let in_kinds: Vec<ValueKind> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].kind).collect();
     let out_kinds: Vec<ValueKind> = model.graph.outputs.iter().map(|o| model.graph.value_info(o.value).kind).collect();
     let mut first_shapes: Option<Vec<Option<Vec<usize>>>> = None;
+    let mut first_tensors: Option<Vec<Tensor>> = None;
     for (inputs, outputs) in &case.data {
         let read = |paths: &[PathBuf], kinds: &[ValueKind]| -> Result<Vec<Data>, String> {
             paths
@@ -246,6 +247,9 @@ fn run_case(
                 return (ops, st, e);
             }
         };
+        if first_shapes.is_none() && want_plan {
+            first_tensors = ins.iter().map(|d| if let Data::Tensor(t) = d { Some(t.clone()) } else { None }).collect();
+        }
         if first_shapes.is_none() {
             first_shapes = Some(
                 ins.iter().map(|d| if let Data::Tensor(t) = d { Some(t.shape().to_vec()) } else { None }).collect(),
@@ -271,22 +275,26 @@ fn run_case(
         }
     }
     if want_plan {
-        *plan = Some(plan_passing(case, &model.graph, first_shapes.unwrap_or_default(), opt, fuse));
+        *plan = Some(plan_passing(case, &model.graph, first_shapes.unwrap_or_default(), first_tensors, opt, fuse));
     }
     (ops, Status::Pass, String::new())
 }
 
-/// Plans a graph that passed: as optimized when its inputs are static, else reloaded with the
-/// inputs specialized to the first data set's shapes (as an engine is built for one shape).
+/// Plans a graph that passed: as optimized when its inputs are static and none is a shape
+/// input, else reloaded with the shape inputs bound to the first data set's values (TopK's k,
+/// CumSum's axis, ..., as the GPU run binds them) and the other inputs specialized to its
+/// shapes (as an engine is built for one shape).
 fn plan_passing(
     case: &Case,
     g: &kiln::ir::Graph,
     shapes: Vec<Option<Vec<usize>>>,
+    first: Option<Vec<Tensor>>,
     opt: bool,
     fuse: bool,
 ) -> PlanOutcome {
     let is_static = g.inputs.iter().all(|&i| g.node(i).outputs[0].ty.concrete_shape().is_some());
-    if is_static {
+    let binds = first.as_ref().is_some_and(|ts| kiln::bind_shape_inputs(&mut g.clone(), ts.clone()).len() < ts.len());
+    if is_static && !binds {
         return plan_coverage::plan_graph(g);
     }
     let mut model = match kiln::onnx::load_model(&case.model) {
@@ -294,8 +302,14 @@ fn plan_passing(
         Err(e) => return PlanOutcome::Error(e.to_string()),
     };
     let names: Vec<String> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].name.clone()).collect();
-    let map: std::collections::HashMap<String, Vec<usize>> =
+    let mut map: std::collections::HashMap<String, Vec<usize>> =
         names.into_iter().zip(shapes).filter_map(|(n, s)| Some((n, s?))).collect();
+    if let (true, Some(ts)) = (binds, first) {
+        kiln::bind_shape_inputs(&mut model.graph, ts);
+        let left: BTreeSet<String> =
+            model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].name.clone()).collect();
+        map.retain(|n, _| left.contains(n));
+    }
     if let Err(e) = kiln::specialize(&mut model.graph, &map) {
         return PlanOutcome::Error(e.to_string());
     }

@@ -18,6 +18,9 @@ namespace L {
 namespace P {
 #include "pool_full.inc"
 }
+namespace I {
+#include "index_full.inc"
+}
 typedef long long i64;
 static std::mt19937 rng(1);
 static float U(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(rng); }
@@ -150,5 +153,114 @@ int main() {
         for (int p = 0; p < 6; ++p) { double s = 0; for (i64 k = 0; k < hw; ++k) s += x[p * hw + k]; check("globalavg", y[p], s / hw, 1e-5); }
     }
     printf("pool done, %d fails\n", fails);
+    // Index: the gathers, scatters (duplicates resolve in index order), CumSum, TopK (ties and
+    // NaN), Hardmax, the NLL loss, OneHot, Trilu and EyeLike.
+    const dim3 G{2}, B{64};  // few threads, so the grid-stride loops wrap
+    auto strided = [](std::vector<i64> dims, std::vector<i64> strides) {
+        I::Strided s{}; for (int d = 0; d < 8; ++d) { s.dims[d] = 1; s.strides[d] = 0; }
+        for (size_t d = 0; d < dims.size(); ++d) { s.dims[d] = dims[d]; s.strides[d] = strides[d]; }
+        return s;
+    };
+    for (i64 n : {1, 3, 50, 783}) {
+        // GatherElements along axis 1 of [3, n, 4] with indices [2, m, 3]; one bad index.
+        i64 m = 5, len = 2 * m * 3;
+        std::vector<unsigned> x(3 * n * 4), y(len); for (size_t i = 0; i < x.size(); ++i) x[i] = (unsigned)i;
+        std::vector<i64> idx(len); for (auto& v : idx) v = (i64)(rng() % (2 * n)) - n;
+        int err = 0;
+        launch(G, B, [&] { I::gather_elements_u32(x.data(), idx.data(), y.data(), len, 3, strided({2, m, 3}, {n * 4, 0, 1}), n, 4, &err); });
+        for (i64 i = 0; i < len; ++i) { i64 a = i / (m * 3), c = i % 3, k = idx[i] < 0 ? idx[i] + n : idx[i]; check("gather_elements", y[i], x[(a * n + k) * 4 + c], 0); }
+        check("gather_elements ok", err, 0, 0);
+        idx[len - 1] = n;
+        launch(G, B, [&] { I::gather_elements_u32(x.data(), idx.data(), y.data(), len, 3, strided({2, m, 3}, {n * 4, 0, 1}), n, 4, &err); });
+        check("gather_elements error", err, 1, 0);
+        // GatherND, batch_dims 1: [3, n, 4] with indices [3, 7, 1] picks rows of 4.
+        std::vector<i64> nd(21); for (auto& v : nd) v = (i64)(rng() % (2 * n)) - n;
+        std::vector<unsigned> ynd(21 * 4); err = 0;
+        launch(G, B, [&] { I::gather_nd_u32(x.data(), nd.data(), ynd.data(), 84, 4, 1, 7, n * 4, strided({n}, {4}), &err); });
+        for (i64 t = 0; t < 21; ++t) for (i64 j = 0; j < 4; ++j) { i64 k = nd[t] < 0 ? nd[t] + n : nd[t]; check("gather_nd", ynd[t * 4 + j], x[((t / 7) * n + k) * 4 + j], 0); }
+        check("gather_nd ok", err, 0, 0);
+        // ScatterElements along axis 0 of [4, n], indices [6, c]: none and add, in order.
+        i64 c = (n + 1) / 2;
+        std::vector<float> d(4 * n), u(6 * c); for (auto& v : d) v = U(-3, 3); for (auto& v : u) v = U(-3, 3);
+        std::vector<i64> si(6 * c); for (auto& v : si) v = (i64)(rng() % 8) - 4;
+        for (int red : {0, 1, 2, 3, 4}) {
+            std::vector<float> out = d, want = d;
+            launch(G, B, [&] { I::scatter_elements_f32(si.data(), u.data(), out.data(), 1, 6, c, 2, strided({6, c}, {0, 1}), 4, n, red, &err); });
+            for (i64 j = 0; j < 6; ++j) for (i64 q = 0; q < c; ++q) {
+                i64 k = si[j * c + q] < 0 ? si[j * c + q] + 4 : si[j * c + q]; float& o = want[k * n + q]; float v = u[j * c + q];
+                o = red == 0 ? v : red == 1 ? o + v : red == 2 ? o * v : red == 3 ? (v > o ? v : o) : (v < o ? v : o);
+            }
+            for (size_t i = 0; i < out.size(); ++i) check("scatter_elements", out[i], want[i], 1e-6);
+        }
+        // ScatterND add of [3] rows into [n, 3] i32 with duplicate tuples.
+        std::vector<int> dn(n * 3), un(7 * 3); for (auto& v : dn) v = (int)(rng() % 100); for (auto& v : un) v = (int)(rng() % 100);
+        std::vector<i64> ti(7); for (auto& v : ti) v = (i64)(rng() % (2 * n)) - n;
+        std::vector<int> on = dn, wn = dn;
+        launch(G, B, [&] { I::scatter_nd_i32(ti.data(), un.data(), on.data(), 3, 7, 1, strided({n}, {3}), 1, &err); });
+        for (i64 t = 0; t < 7; ++t) for (i64 j = 0; j < 3; ++j) wn[(ti[t] < 0 ? ti[t] + n : ti[t]) * 3 + j] += un[t * 3 + j];
+        for (size_t i = 0; i < on.size(); ++i) check("scatter_nd", on[i], wn[i], 0);
+        // CumSum over the middle axis of [3, n, 2], exclusive and reverse.
+        std::vector<float> cx(3 * n * 2), cy(cx.size()); for (auto& v : cx) v = U(-1, 1);
+        for (int ex : {0, 1}) for (int rv : {0, 1}) {
+            launch(G, B, [&] { I::cumsum_f32(cx.data(), cy.data(), 3, n, 2, ex, rv); });
+            for (i64 o = 0; o < 3; ++o) for (i64 q = 0; q < 2; ++q) {
+                double acc = 0;
+                for (i64 st = 0; st < n; ++st) { i64 j = rv ? n - 1 - st : st; i64 at = (o * n + j) * 2 + q; if (ex) check("cumsum", cy[at], acc, 1e-5); acc += cx[at]; if (!ex) check("cumsum", cy[at], acc, 1e-5); }
+            }
+        }
+        // TopK over the middle axis of [3, n, 2] with ties and a NaN (the largest value).
+        std::vector<float> tx(3 * n * 2); for (auto& v : tx) v = (float)(rng() % 5);
+        if (n > 2) tx[2] = NAN;
+        for (int largest : {0, 1}) {
+            i64 k = std::min<i64>(n, 3);
+            std::vector<float> tv(3 * k * 2); std::vector<i64> tix(3 * k * 2);
+            launch(G, B, [&] { I::topk_f32(tx.data(), tv.data(), tix.data(), 3, n, 2, k, largest); });
+            for (i64 o = 0; o < 3; ++o) for (i64 q = 0; q < 2; ++q) {
+                std::vector<i64> ord(n); for (i64 j = 0; j < n; ++j) ord[j] = j;
+                auto val = [&](i64 j) { return tx[(o * n + j) * 2 + q]; };
+                auto gt = [&](float a, float b) { return std::isnan(b) ? false : std::isnan(a) ? true : a > b; };
+                std::stable_sort(ord.begin(), ord.end(), [&](i64 p, i64 r) { return largest ? gt(val(p), val(r)) : gt(val(r), val(p)); });
+                for (i64 j = 0; j < k; ++j) { check("topk index", tix[(o * k + j) * 2 + q], ord[j], 0); check("topk value", tv[(o * k + j) * 2 + q], val(ord[j]), 0); }
+            }
+        }
+        // Hardmax in f16: 1 at the first maximum.
+        std::vector<__half> hx(3 * n * 2), hy(hx.size()); for (auto& v : hx) v = __float2half_rn((float)(rng() % 4));
+        launch(G, B, [&] { I::hardmax_f16(hx.data(), hy.data(), 3, n, 2); });
+        for (i64 o = 0; o < 3; ++o) for (i64 q = 0; q < 2; ++q) {
+            i64 best = 0; for (i64 j = 1; j < n; ++j) if (__half2float(hx[(o * n + j) * 2 + q]) > __half2float(hx[(o * n + best) * 2 + q])) best = j;
+            for (i64 j = 0; j < n; ++j) check("hardmax", __half2float(hy[(o * n + j) * 2 + q]), j == best ? 1 : 0, 0);
+        }
+        // NLL over [2, 5, n] log-probabilities, weighted, ignore_index -1: none, sum, mean.
+        std::vector<float> lx(2 * 5 * n), w(5); for (auto& v : lx) v = U(-4, 0); for (auto& v : w) v = U(0.1f, 2);
+        std::vector<i64> tg(2 * n); for (auto& v : tg) v = (i64)(rng() % 6) - 1;
+        double s = 0, ws = 0; std::vector<double> per(2 * n);
+        for (i64 i = 0; i < 2 * n; ++i) { if (tg[i] < 0) { per[i] = 0; continue; } i64 b = i / n, j = i % n; per[i] = -lx[(b * 5 + tg[i]) * n + j] * w[tg[i]]; s += per[i]; ws += w[tg[i]]; }
+        std::vector<float> ly(2 * n); err = 0;
+        launch(G, B, [&] { I::nll_loss_f32(lx.data(), tg.data(), w.data(), ly.data(), 2 * n, 5, n, -1, 1, 0, &err); });
+        for (i64 i = 0; i < 2 * n; ++i) check("nll none", ly[i], per[i], 1e-6);
+        for (int red : {1, 2}) {
+            float r = 0;
+            launch(dim3{1}, dim3{256}, [&] { I::nll_loss_f32(lx.data(), tg.data(), w.data(), &r, 2 * n, 5, n, -1, 1, red, &err); });
+            check("nll reduced", r, red == 1 ? s : s / ws, 1e-5);
+        }
+        check("nll ok", err, 0, 0);
+        tg[0] = 5;
+        launch(G, B, [&] { I::nll_loss_f32(lx.data(), tg.data(), nullptr, ly.data(), 2 * n, 5, n, -1, 1, 0, &err); });
+        check("nll error", err, 1, 0);
+        // OneHot along axis 1 of [3, n] -> [3, 4, n]; Trilu; EyeLike.
+        std::vector<i64> oi(3 * n); for (auto& v : oi) v = (i64)(rng() % 12) - 6;
+        unsigned vals[2] = {7, 9}; std::vector<unsigned> oh(3 * 4 * n);
+        launch(G, B, [&] { I::onehot_u32(oi.data(), vals, oh.data(), 3, 4, n); });
+        for (i64 o = 0; o < 3; ++o) for (i64 dd = 0; dd < 4; ++dd) for (i64 j = 0; j < n; ++j) { i64 v = oi[o * n + j]; if (v < 0) v += 4; check("onehot", oh[(o * 4 + dd) * n + j], v == dd ? 9 : 7, 0); }
+        std::vector<unsigned> tr(2 * n * 5); i64 kk = -1;
+        for (int up : {0, 1}) {
+            launch(G, B, [&] { I::trilu_u32(x.data(), tr.data(), 2 * n * 5, n, 5, up ? &kk : nullptr, 2, up); });
+            for (i64 i = 0; i < 2 * n * 5; ++i) { i64 cc = i % 5, r = (i / 5) % n; bool keep = up ? cc - r >= -1 : cc - r <= 2; check("trilu", tr[i], keep ? x[i] : 0, 0); }
+        }
+        std::vector<unsigned> ey(n * 5);
+        launch(G, B, [&] { I::eyelike_u32(ey.data(), n * 5, 5, 1, 0x3f800000u); });
+        for (i64 i = 0; i < n * 5; ++i) check("eyelike", ey[i], i % 5 - i / 5 == 1 ? 0x3f800000u : 0, 0);
+    }
+    printf("index done, %d fails\n", fails);
     return fails != 0;
 }

@@ -6,12 +6,29 @@
 //! it is; the elementwise template gets generated expression code spliced in (see
 //! [`crate::codegen`]).
 
+use kiln_ir::DType;
+
 /// The shared header, prepended to every family's source.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// The head sizes the attention kernels are instantiated for (`ATTN_KERNELS` in
 /// `attention.cu`).
 pub const ATTENTION_HEAD_SIZES: [usize; 6] = [16, 32, 64, 80, 96, 128];
+
+/// The element types the value kernels of `index.cu` (scatters, CumSum, TopK) are
+/// instantiated for (`VALUE_KERNELS`).
+pub const INDEX_VALUE_TYPES: [DType; 10] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::F64,
+    DType::I8,
+    DType::U8,
+    DType::I32,
+    DType::U32,
+    DType::I64,
+    DType::U64,
+];
 
 /// A family of kernels: one `.cu` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,14 +50,18 @@ pub enum KernelFamily {
     Attention,
     /// Direct convolutions for the shapes cuDNN handles badly (depthwise, channels-last).
     Conv,
+    /// Indexing ops (GatherElements, GatherND, the scatters, Trilu, EyeLike, OneHot, CumSum,
+    /// TopK, Hardmax) and the negative log-likelihood loss.
+    Index,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 8] = [
+    pub const ALL: [KernelFamily; 9] = [
         KernelFamily::Attention,
         KernelFamily::Conv,
         KernelFamily::Elementwise,
+        KernelFamily::Index,
         KernelFamily::Layout,
         KernelFamily::Norm,
         KernelFamily::Pool,
@@ -59,6 +80,7 @@ impl KernelFamily {
             KernelFamily::Resize => "resize",
             KernelFamily::Attention => "attention",
             KernelFamily::Conv => "conv",
+            KernelFamily::Index => "index",
         }
     }
 
@@ -73,6 +95,7 @@ impl KernelFamily {
             KernelFamily::Resize => include_str!("../../../kernels/resize.cu"),
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
             KernelFamily::Conv => include_str!("../../../kernels/conv.cu"),
+            KernelFamily::Index => include_str!("../../../kernels/index.cu"),
         }
     }
 
@@ -155,6 +178,15 @@ impl KernelFamily {
                     .collect::<Vec<_>>(),
                 &floats,
             ),
+            KernelFamily::Index => {
+                let mut k = per(&["gather_elements", "gather_nd", "trilu", "eyelike", "onehot"], &widths);
+                k.extend(per(
+                    &["scatter_elements", "scatter_nd", "cumsum", "topk"],
+                    &INDEX_VALUE_TYPES.iter().map(|d| d.name()).collect::<Vec<_>>(),
+                ));
+                k.extend(per(&["hardmax", "nll_loss"], &["f32", "f16", "bf16", "f64"]));
+                k
+            }
         }
     }
 }

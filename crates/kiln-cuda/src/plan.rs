@@ -7,7 +7,7 @@
 //! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
 //! packed attention, and the reshapes that only rename memory (views, no step); its submodules
 //! add convolutions through cuDNN (`conv`), pooling (`pool`) and the data-movement ops Slice,
-//! Expand, Tile, Split, Pad and Resize (`data`). Any other node fails the plan with one error
+//! Expand, Tile, Split, Pad and Resize (`data`), and the indexing ops and losses (`index`). Any other node fails the plan with one error
 //! naming every such node: nothing falls back to the CPU. Shapes must be static.
 //!
 //! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
@@ -32,6 +32,7 @@ use std::fmt::{self, Write};
 mod channels_last;
 mod conv;
 mod data;
+mod index;
 mod pool;
 
 /// Index of a buffer in [`Plan::buffers`].
@@ -539,6 +540,18 @@ impl Planner<'_> {
             Op::Reduce(ReduceOp::ArgMin { axis, select_last_index, .. }) => {
                 self.arg(id, "argmin", *axis, *select_last_index)
             }
+            op @ (Op::Layout(
+                LayoutOp::GatherElements { .. }
+                | LayoutOp::GatherND { .. }
+                | LayoutOp::ScatterElements { .. }
+                | LayoutOp::ScatterND { .. }
+                | LayoutOp::Trilu { .. }
+                | LayoutOp::EyeLike { .. }
+                | LayoutOp::OneHot { .. },
+            )
+            | Op::Reduce(ReduceOp::CumSum { .. } | ReduceOp::TopK { .. })
+            | Op::Norm(NormOp::Hardmax { .. })
+            | Op::Loss(_)) => self.index_op(id, op),
             Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
             Op::Attention(AttentionOp::Attention(a)) => self.attention(id, a),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),

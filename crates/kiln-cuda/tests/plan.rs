@@ -139,13 +139,7 @@ fn generated_kernels_of_the_plan_compile() {
 fn unsupported_nodes_are_all_named() {
     let mut g = Graph::new("bad");
     let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 3]));
-    let t = node(
-        &mut g,
-        "hard",
-        Op::Norm(NormOp::Hardmax { axis: 0, coerce_2d: false }),
-        &[Some(x)],
-        TypeInfo::known(DType::F32, &[2, 3]),
-    );
+    let t = node(&mut g, "hard", Op::Layout(LayoutOp::NonZero), &[Some(x)], TypeInfo::known(DType::F32, &[2, 3]));
     let n = node(
         &mut g,
         "not",
@@ -157,7 +151,7 @@ fn unsupported_nodes_are_all_named() {
     g.add_output("n", n);
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
-    assert!(err.contains("hard (Hardmax): the launch planner does not lower Hardmax yet"), "{err}");
+    assert!(err.contains("hard (NonZero): the launch planner does not lower NonZero yet"), "{err}");
     assert!(err.contains("not (BitwiseNot): BitwiseNot on f32 has no CUDA lowering"), "{err}");
 
     // A dynamic shape is named too.
@@ -513,4 +507,38 @@ fn unlowered_convs_and_pools_say_why() {
     assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
     assert!(err.contains("deconv (ConvTranspose): ConvTranspose is not lowered yet"), "{err}");
     assert!(err.contains("mp (MaxPool): MaxPool's Indices output has no kernel yet"), "{err}");
+}
+
+#[test]
+fn index_ops_check_indices_at_run_time_and_need_constant_counts() {
+    use kiln_ir::ops::layout::ScatterReduction;
+    // ScatterElements: a copy of the data, then one scatter launch with an error flag.
+    let mut g = Graph::new("scatter");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[4, 3]));
+    let i = g.add_input("i", TypeInfo::known(DType::I32, &[2, 3]));
+    let u = g.add_input("u", TypeInfo::known(DType::F32, &[2, 3]));
+    let op = Op::Layout(LayoutOp::ScatterElements { axis: 0, reduction: ScatterReduction::Add });
+    let y = node(&mut g, "sc", op, &[Some(x), Some(i), Some(u)], TypeInfo::known(DType::F32, &[4, 3]));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let kernels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    // The i32 indices are cast to i64 by a generated kernel first.
+    assert_eq!(kernels.len(), 3, "{p}");
+    assert_eq!(&kernels[1..], ["permute_u32", "scatter_elements_f32"], "{p}");
+    assert_eq!(p.error_flags.len(), 1);
+    assert_eq!(p.error_flags[0].1, "ScatterElements sc: an index is outside [-4, 4)");
+
+    // TopK's k decides the output's shape, so one computed at run time is refused.
+    let mut g = Graph::new("topk");
+    let x = g.add_input("x", TypeInfo::known(DType::F32, &[2, 5]));
+    let k = g.add_input("k", TypeInfo::known(DType::I64, &[1]));
+    let op = Op::Reduce(ReduceOp::TopK { axis: -1, largest: true, sorted: true, k: None });
+    let y = node(&mut g, "top", op, &[Some(x), Some(k)], TypeInfo::known(DType::F32, &[2, 3]));
+    g.add_output("y", y);
+    let err = plan(&g).unwrap_err().to_string();
+    assert!(err.contains("top (TopK): input 1 is computed at run time; the kernel needs it constant"), "{err}");
 }

@@ -166,10 +166,10 @@ fn is_shape_operand(op: &str, slot: usize) -> bool {
     }
 }
 
-/// Fixes integer graph inputs that only feed shape operands (Reshape's shape, Slice's starts,
-/// a reduction's axes, ...) to the values given, as TensorRT fixes shape tensors when it
-/// builds: a static-shape engine needs them at build time. Call before [`optimize`], which
-/// then folds them. Returns the inputs that stay inputs, in order.
+/// Fixes integer graph inputs (and OneHot depths of any type) that only feed shape operands
+/// (Reshape's shape, Slice's starts, a reduction's axes, ...) to the values given, as TensorRT
+/// fixes shape tensors when it builds: a static-shape engine needs them at build time. Call
+/// before [`optimize`], which then folds them. Returns the inputs that stay inputs, in order.
 pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> {
     let mut kept = vec![];
     for (id, t) in graph.inputs.clone().into_iter().zip(inputs) {
@@ -177,8 +177,10 @@ pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> 
         let users = graph.users(v);
         let shape_only = !users.is_empty()
             && !graph.is_output(v)
-            && matches!(t.dtype(), kiln_ir::DType::I64 | kiln_ir::DType::I32)
-            && users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot));
+            && users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot))
+            // OneHot's depth may have any numeric type; other shape operands are integers.
+            && (matches!(t.dtype(), kiln_ir::DType::I64 | kiln_ir::DType::I32)
+                || users.iter().all(|&(u, _)| graph.node(u).op.name() == "OneHot"));
         if shape_only {
             graph.node_mut(id).op = kiln_ir::Op::Const(t);
             graph.inputs.retain(|&i| i != id);
