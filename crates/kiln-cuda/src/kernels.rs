@@ -31,16 +31,19 @@ pub enum KernelFamily {
     Resize,
     /// Fused multi-head attention with online softmax.
     Attention,
+    /// Linear quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
+    Quant,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 7] = [
+    pub const ALL: [KernelFamily; 8] = [
         KernelFamily::Attention,
         KernelFamily::Elementwise,
         KernelFamily::Layout,
         KernelFamily::Norm,
         KernelFamily::Pool,
+        KernelFamily::Quant,
         KernelFamily::Reduce,
         KernelFamily::Resize,
     ];
@@ -55,6 +58,7 @@ impl KernelFamily {
             KernelFamily::Pool => "pool",
             KernelFamily::Resize => "resize",
             KernelFamily::Attention => "attention",
+            KernelFamily::Quant => "quant",
         }
     }
 
@@ -68,6 +72,7 @@ impl KernelFamily {
             KernelFamily::Pool => include_str!("../../../kernels/pool.cu"),
             KernelFamily::Resize => include_str!("../../../kernels/resize.cu"),
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
+            KernelFamily::Quant => include_str!("../../../kernels/quant.cu"),
         }
     }
 
@@ -127,6 +132,25 @@ impl KernelFamily {
             }
             KernelFamily::Pool => per(&["maxpool2d", "avgpool2d", "globalmaxpool", "globalavgpool"], &floats),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
+            KernelFamily::Quant => {
+                let ieee = ["f32", "f16", "bf16", "f64"];
+                let ints = ["i8", "u8", "i16", "u16"];
+                let small = ["i4", "u4", "f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f4e2m1"];
+                let mut k = vec![];
+                for x in ieee {
+                    for y in ints.iter().chain(&small) {
+                        k.push(format!("quantize_{x}_{y}"));
+                    }
+                    k.push(format!("dynamic_quantize_range_{x}"));
+                    k.push(format!("dynamic_quantize_{x}"));
+                }
+                for x in ints.iter().chain(&["i32"]).chain(&small) {
+                    for y in ieee {
+                        k.push(format!("dequantize_{x}_{y}"));
+                    }
+                }
+                k
+            }
             KernelFamily::Attention => per(
                 &ATTENTION_HEAD_SIZES
                     .iter()

@@ -32,6 +32,7 @@ use std::fmt::{self, Write};
 mod conv;
 mod data;
 mod pool;
+mod quant;
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufferId = usize;
@@ -529,6 +530,7 @@ impl Planner<'_> {
             }
             Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
             Op::Attention(AttentionOp::Attention(a)) => self.attention(id, a),
+            Op::Quant(q) => self.quant(id, q),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
         }
     }
