@@ -33,16 +33,20 @@ pub enum KernelFamily {
     Attention,
     /// Linear quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
     Quant,
+    /// Integer matrix products and convolutions: MatMulInteger, QLinearMatMul, ConvInteger,
+    /// QLinearConv.
+    Qlinear,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 8] = [
+    pub const ALL: [KernelFamily; 9] = [
         KernelFamily::Attention,
         KernelFamily::Elementwise,
         KernelFamily::Layout,
         KernelFamily::Norm,
         KernelFamily::Pool,
+        KernelFamily::Qlinear,
         KernelFamily::Quant,
         KernelFamily::Reduce,
         KernelFamily::Resize,
@@ -59,6 +63,7 @@ impl KernelFamily {
             KernelFamily::Resize => "resize",
             KernelFamily::Attention => "attention",
             KernelFamily::Quant => "quant",
+            KernelFamily::Qlinear => "qlinear",
         }
     }
 
@@ -73,6 +78,7 @@ impl KernelFamily {
             KernelFamily::Resize => include_str!("../../../kernels/resize.cu"),
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
             KernelFamily::Quant => include_str!("../../../kernels/quant.cu"),
+            KernelFamily::Qlinear => include_str!("../../../kernels/qlinear.cu"),
         }
     }
 
@@ -126,6 +132,20 @@ impl KernelFamily {
                 for from in casts {
                     for to in casts {
                         k.push(format!("cast_{from}_{to}"));
+                    }
+                }
+                k
+            }
+            KernelFamily::Qlinear => {
+                let mut k = vec![];
+                for a in ["u8", "i8"] {
+                    for b in ["u8", "i8"] {
+                        k.push(format!("matmul_integer_{a}_{b}"));
+                        k.push(format!("conv_integer_{a}_{b}"));
+                        for y in ["u8", "i8"] {
+                            k.push(format!("qlinear_matmul_{a}_{b}_{y}"));
+                            k.push(format!("qlinear_conv_{a}_{b}_{y}"));
+                        }
                     }
                 }
                 k

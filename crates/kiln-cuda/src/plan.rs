@@ -32,6 +32,7 @@ use std::fmt::{self, Write};
 mod conv;
 mod data;
 mod pool;
+mod qlinear;
 mod quant;
 
 /// Index of a buffer in [`Plan::buffers`].
@@ -489,9 +490,10 @@ impl Planner<'_> {
             Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
                 "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
             )),
-            Op::Linalg(LinalgOp::ConvInteger(_) | LinalgOp::QLinearConv(_)) => Err(CudaError::Unsupported(
-                "integer convolutions are not lowered yet (INT8 QDQ folding into cuDNN is planned)".into(),
-            )),
+            Op::Linalg(LinalgOp::ConvInteger(attrs)) => self.integer_conv(id, attrs, false),
+            Op::Linalg(LinalgOp::QLinearConv(attrs)) => self.integer_conv(id, attrs, true),
+            Op::Linalg(LinalgOp::MatMulInteger) => self.integer_matmul(id, false),
+            Op::Linalg(LinalgOp::QLinearMatMul) => self.integer_matmul(id, true),
             Op::Pool(p) => self.pool(id, p),
             Op::Norm(NormOp::LayerNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, false),
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),

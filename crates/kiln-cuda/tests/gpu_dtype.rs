@@ -316,3 +316,113 @@ fn dynamic_quantize_linear_matches_bit_for_bit() {
         }
     }
 }
+
+/// Random 8-bit integers of `dt` (u8 or i8) over its whole range.
+fn q8(rng: &mut Rng, shape: &[usize], dt: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let lo = if dt == DType::I8 { -128.0 } else { 0.0 };
+    let v: Vec<f64> = (0..n).map(|_| lo + rng.below(256) as f64).collect();
+    Tensor::from_vec(shape.to_vec(), v).unwrap().cast(dt)
+}
+
+fn floats(shape: &[usize], v: &[f64], dt: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape.to_vec(), (0..n).map(|i| v[i % v.len()]).collect::<Vec<f64>>()).unwrap().cast(dt)
+}
+
+#[test]
+fn integer_matmuls_match_bit_for_bit() {
+    use kiln_ir::ops::LinalgOp;
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(19);
+    let shapes: [(&[usize], &[usize]); 5] =
+        [(&[3, 5], &[5, 4]), (&[2, 3, 7], &[2, 7, 5]), (&[2, 3, 7], &[7, 5]), (&[7], &[7, 3]), (&[1, 1], &[1, 1])];
+    for (ash, bsh) in shapes {
+        let m = if ash.len() > 1 { ash[ash.len() - 2] } else { 1 };
+        let n = if bsh.len() > 1 { bsh[bsh.len() - 1] } else { 1 };
+        for at in [DType::U8, DType::I8] {
+            for bt in [DType::U8, DType::I8] {
+                let (a, b) = (q8(&mut rng, ash, at), q8(&mut rng, bsh, bt));
+                // A per-row zero point where A is a matrix, B's per column.
+                let a_zp_shape = if ash.len() > 1 { vec![m] } else { vec![] };
+                let a_zp = q8(&mut rng, &a_zp_shape, at);
+                let b_zp = q8(&mut rng, &[n], bt);
+                let what = format!("MatMulInteger {at}{ash:?} x {bt}{bsh:?}");
+                let (g, ins) = one_node(Op::Linalg(LinalgOp::MatMulInteger), &[&a, &b, &a_zp, &b_zp], &[], 1);
+                plan_matches_bits(lib, &what, &g, &ins);
+                for yt in [DType::U8, DType::I8] {
+                    for st in [DType::F32, DType::F16] {
+                        let a_scale = floats(&[m], &[0.05, 0.013, 0.2], st);
+                        let b_scale = floats(&[], &[0.031], st);
+                        let y_scale = floats(&[], &[0.7], st);
+                        let y_zp = q8(&mut rng, &[], yt);
+                        let ins = [&a, &a_scale, &a_zp, &b, &b_scale, &b_zp, &y_scale, &y_zp];
+                        let (g, ins) = one_node(Op::Linalg(LinalgOp::QLinearMatMul), &ins, &[], 1);
+                        plan_matches_bits(
+                            lib,
+                            &format!("QLinearMatMul {at}{ash:?} x {bt}{bsh:?} -> {yt}, {st} scales"),
+                            &g,
+                            &ins,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_convolutions_match_bit_for_bit() {
+    use kiln_ir::ops::linalg::ConvAttrs;
+    use kiln_ir::ops::pool::AutoPad;
+    use kiln_ir::ops::LinalgOp;
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(23);
+    let attrs = |strides: &[usize], dilations: &[usize], pads: &[usize], auto_pad: AutoPad, group: usize| ConvAttrs {
+        kernel_shape: vec![],
+        strides: strides.to_vec(),
+        dilations: dilations.to_vec(),
+        pads: pads.to_vec(),
+        auto_pad,
+        group,
+    };
+    let cases: [(&[usize], &[usize], ConvAttrs); 4] = [
+        (&[1, 3, 7, 6], &[4, 3, 3, 3], attrs(&[2, 1], &[1, 1], &[1, 1, 0, 2], AutoPad::NotSet, 1)),
+        (&[2, 4, 5, 5], &[6, 2, 3, 3], attrs(&[1, 1], &[2, 2], &[2, 2, 2, 2], AutoPad::NotSet, 2)),
+        (&[1, 2, 9], &[3, 2, 3], attrs(&[2], &[1], &[], AutoPad::SameUpper, 1)),
+        (&[1, 1, 1, 1], &[1, 1, 1, 1], attrs(&[], &[], &[], AutoPad::NotSet, 1)),
+    ];
+    for (xs, ws, a) in cases {
+        let m = ws[0];
+        for xt in [DType::U8, DType::I8] {
+            for wt in [DType::U8, DType::I8] {
+                let (x, w) = (q8(&mut rng, xs, xt), q8(&mut rng, ws, wt));
+                let x_zp = q8(&mut rng, &[], xt);
+                let w_zp = q8(&mut rng, &[m], wt);
+                let what = format!("ConvInteger {xt}{xs:?} * {wt}{ws:?}");
+                let op = Op::Linalg(LinalgOp::ConvInteger(a.clone()));
+                let (g, ins) = one_node(op, &[&x, &w, &x_zp, &w_zp], &[], 1);
+                plan_matches_bits(lib, &what, &g, &ins);
+                for yt in [DType::U8, DType::I8] {
+                    for st in [DType::F32, DType::F16] {
+                        let x_scale = floats(&[], &[0.02], st);
+                        let w_scale = floats(&[m], &[0.01, 0.03, 0.007], st);
+                        let y_scale = floats(&[], &[0.9], st);
+                        let y_zp = q8(&mut rng, &[], yt);
+                        let bias = Tensor::from_vec(vec![m], (0..m).map(|i| i as i32 * 700 - 1000).collect::<Vec<_>>())
+                            .unwrap();
+                        let ins = [&x, &x_scale, &x_zp, &w, &w_scale, &w_zp, &y_scale, &y_zp, &bias];
+                        let op = Op::Linalg(LinalgOp::QLinearConv(a.clone()));
+                        let (g, ins) = one_node(op, &ins, &[], 1);
+                        plan_matches_bits(
+                            lib,
+                            &format!("QLinearConv {xt}{xs:?} * {wt}{ws:?} -> {yt}, {st} scales"),
+                            &g,
+                            &ins,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

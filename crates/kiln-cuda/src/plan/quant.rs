@@ -100,7 +100,7 @@ impl Planner<'_> {
     }
 
     /// `b` as `to`: itself, or a temporary written by a generated cast.
-    fn converted(&mut self, id: NodeId, b: BufferId, to: DType, what: &str) -> Result<BufferId> {
+    pub(super) fn converted(&mut self, id: NodeId, b: BufferId, to: DType, what: &str) -> Result<BufferId> {
         let (from, shape) = (self.plan.buffers[b].dtype, self.plan.buffers[b].shape.clone());
         if from == to {
             return Ok(b);
