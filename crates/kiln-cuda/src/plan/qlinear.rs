@@ -47,14 +47,15 @@ impl Planner<'_> {
     }
 
     /// The requantization operands of QLinearMatMul and QLinearConv: the three scales as f32
-    /// buffers, the output zero point, and the rounding mode of the first scale's type.
+    /// buffers and the output zero point; the output's kernel suffix; the rounding mode of the
+    /// first scale's type.
     fn requant_operands(
         &mut self,
         id: NodeId,
         scales: [BufferId; 3],
         y_zp: Option<BufferId>,
         y: BufferId,
-    ) -> Result<(Vec<Arg>, &'static str)> {
+    ) -> Result<(Vec<Arg>, &'static str, Arg)> {
         let yt = self.plan.buffers[y].dtype;
         let ys = q8(yt, "a quantized output")?;
         for s in scales {
@@ -72,7 +73,7 @@ impl Planner<'_> {
             args.push(Arg::Buffer(self.converted(id, s, DType::F32, &format!("scale{i}"))?));
         }
         args.push(y_zp.map_or(Arg::Null, Arg::Buffer));
-        Ok((vec![args, vec![Arg::I32(mode)]].concat(), ys))
+        Ok((args, ys, Arg::I32(mode)))
     }
 
     /// MatMulInteger (`quantized` false) and QLinearMatMul.
@@ -132,8 +133,7 @@ impl Planner<'_> {
             let a_scale_n = self.per_axis(scales[0], "a_scale", m, None)?;
             let b_scale_n = self.per_axis(scales[1], "b_scale", n, None)?;
             self.per_axis(scales[2], "y_scale", 1, None)?;
-            let (mut rq, ys) = self.requant_operands(id, scales, self.input(id, 7)?, y)?;
-            let mode = rq.pop().unwrap_or(Arg::I32(0));
+            let (rq, ys, mode) = self.requant_operands(id, scales, self.input(id, 7)?, y)?;
             args.extend(rq);
             args.extend([Arg::I64(a_scale_n as i64), Arg::I64(b_scale_n as i64), mode]);
             format!("qlinear_matmul_{asx}_{bsx}_{ys}")
@@ -221,8 +221,7 @@ impl Planner<'_> {
                 return Err(CudaError::Invalid("QLinearConv's x_scale must be a scalar".into()));
             }
             let w_scale_n = self.per_axis(scales[1], "w_scale", m, None)?;
-            let (mut rq, ys) = self.requant_operands(id, scales, self.input(id, 7)?, y)?;
-            let mode = rq.pop().unwrap_or(Arg::I32(0));
+            let (rq, ys, mode) = self.requant_operands(id, scales, self.input(id, 7)?, y)?;
             args.push(bias.map_or(Arg::Null, Arg::Buffer));
             args.extend(rq);
             args.extend([Arg::I64(w_scale_n as i64), mode]);
