@@ -96,3 +96,117 @@ __device__ __forceinline__ i64 strided_offset(i64 i, int rank, const i64* dims, 
 // A grid-stride loop over [0, n).
 #define KILN_GRID_STRIDE(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+// ---------------------------------------------------------------------------------------------
+// The ONNX small element types, one element per byte in memory (4-bit types in the low nibble),
+// bit-exact with kiln-ir's lowp.rs, which follows the ONNX reference (ml_dtypes): not
+// cuda_fp8.h, whose saturation and NaN rules differ per type.
+// Decoding gives the exact value as f32 (every value of these types is an f32). Encoding takes
+// an f64 (an f32 widens exactly), rounds to nearest even on the value, and applies `saturate`:
+// out-of-range values and infinities clamp to the largest finite value, or without it become
+// Inf (E5M2) or NaN (the others). The FNUZ types have no -0 and one NaN (0x80); E2M1 has no
+// NaN or Inf, always saturates, and NaN becomes 0x8.
+
+#define KILN_SP_FINITE_NAN 0 // E4M3FN: all-ones exponent and mantissa are NaN, no Inf
+#define KILN_SP_IEEE 1       // E5M2: the top exponent holds Inf and NaN
+#define KILN_SP_UNSIGNED0 2  // FNUZ: 0x80 is the only NaN, no -0, no Inf
+#define KILN_SP_NONE 3       // E2M1: every pattern is a finite number
+
+// floor(log2(a)) of a positive f64 from its biased exponent (-1023 for subnormals, 1024 for Inf).
+__device__ __forceinline__ int kiln_exponent(double a) {
+    return (int)((__double_as_longlong(a) >> 52) & 0x7FF) - 1023;
+}
+
+template <int EB, int MB, int BIAS, int SP>
+__device__ __forceinline__ float kiln_small_decode(unsigned int b) {
+    const unsigned int sign = 1u << (EB + MB);
+    const unsigned int mag = b & (sign - 1u);
+    const unsigned int emask = (1u << EB) - 1u;
+    const unsigned int e = (mag >> MB) & emask, m = mag & ((1u << MB) - 1u);
+    const bool neg = (b & sign) != 0;
+    if (SP == KILN_SP_FINITE_NAN && mag == sign - 1u) return __int_as_float(0x7fc00000);
+    if (SP == KILN_SP_IEEE && e == emask) {
+        const float s = m == 0 ? __int_as_float(0x7f800000) : __int_as_float(0x7fc00000);
+        return neg ? -s : s;
+    }
+    if (SP == KILN_SP_UNSIGNED0 && (b & 0xFFu) == 0x80u) return __int_as_float(0x7fc00000);
+    // Subnormal: m * 2^(1 - bias - MB); normal: (2^MB + m) * 2^(e - bias - MB). Exact.
+    const float v = e == 0 ? ldexpf((float)m, 1 - BIAS - MB) : ldexpf((float)(m + (1u << MB)), (int)e - BIAS - MB);
+    return neg ? -v : v;
+}
+
+template <int EB, int MB, int BIAS, int SP>
+__device__ __forceinline__ unsigned char kiln_small_encode(double x, bool saturate, double maxv, unsigned int max_bits) {
+    const unsigned int signbit = 1u << (EB + MB);
+    const unsigned int sign = __double_as_longlong(x) < 0 ? signbit : 0u;
+    if (x != x) {
+        if (SP == KILN_SP_FINITE_NAN) return (unsigned char)((signbit - 1u) | sign);
+        if (SP == KILN_SP_IEEE) return (unsigned char)((((1u << EB) - 1u) << MB) | (1u << (MB - 1)) | sign);
+        if (SP == KILN_SP_UNSIGNED0) return 0x80;
+        return (unsigned char)signbit;
+    }
+    const double a = fabs(x);
+    const int emin = 1 - BIAS;
+    double v = 0.0;
+    if (a != 0.0) {
+        // Scaling by powers of two is exact, so rint on the scaled value rounds the value to
+        // nearest even at the last mantissa bit (or the subnormal step below 2^emin).
+        int e = kiln_exponent(a);
+        if (e < emin) e = emin;
+        v = ldexp(rint(ldexp(a, MB - e)), e - MB);
+    }
+    if (v > maxv) {
+        if (saturate || SP == KILN_SP_NONE) return (unsigned char)(max_bits | sign);
+        if (SP == KILN_SP_FINITE_NAN) return (unsigned char)((signbit - 1u) | sign);
+        if (SP == KILN_SP_IEEE) return (unsigned char)((((1u << EB) - 1u) << MB) | sign);
+        return 0x80;
+    }
+    if (v == 0.0) return SP == KILN_SP_UNSIGNED0 ? 0 : (unsigned char)sign;
+    unsigned int bits;
+    if (v < ldexp(1.0, emin)) {
+        bits = (unsigned int)ldexp(v, MB - emin);
+    } else {
+        const int e = kiln_exponent(v);
+        bits = ((unsigned int)(e + BIAS) << MB) | ((unsigned int)ldexp(v, MB - e) - (1u << MB));
+    }
+    return (unsigned char)(bits | sign);
+}
+
+// kiln_<type>_to_f32(byte) and kiln_<type>_from_f64(value, saturate) per type, with the largest
+// finite value and its bits.
+#define KILN_SMALL_FLOAT(name, EB, MB, BIAS, SP, MAXV, MAXBITS)                                         \
+    __device__ __forceinline__ float kiln_##name##_to_f32(unsigned char b) {                           \
+        return kiln_small_decode<EB, MB, BIAS, SP>(b);                                                 \
+    }                                                                                                  \
+    __device__ __forceinline__ unsigned char kiln_##name##_from_f64(double x, bool saturate) {        \
+        return kiln_small_encode<EB, MB, BIAS, SP>(x, saturate, MAXV, MAXBITS);                        \
+    }
+KILN_SMALL_FLOAT(f8e4m3fn, 4, 3, 7, KILN_SP_FINITE_NAN, 448.0, 0x7Eu)
+KILN_SMALL_FLOAT(f8e4m3fnuz, 4, 3, 8, KILN_SP_UNSIGNED0, 240.0, 0x7Fu)
+KILN_SMALL_FLOAT(f8e5m2, 5, 2, 15, KILN_SP_IEEE, 57344.0, 0x7Bu)
+KILN_SMALL_FLOAT(f8e5m2fnuz, 5, 2, 16, KILN_SP_UNSIGNED0, 57344.0, 0x7Fu)
+KILN_SMALL_FLOAT(f4e2m1, 2, 1, 1, KILN_SP_NONE, 6.0, 0x7u)
+
+// FLOAT8E8M0: 2^(bits - 127), NaN at 0xFF. Encoding takes the f32 value's biased exponent and
+// rounds up when a fraction bit under the reference's mask 0x4FFFFF is set (ONNX's default
+// round_mode="up"); with `saturate`, rounding never reaches NaN from a finite value.
+__device__ __forceinline__ float kiln_f8e8m0_to_f32(unsigned char b) {
+    if (b == 0xFF) return __int_as_float(0x7fc00000);
+    return b == 0 ? __int_as_float(0x00400000) : __int_as_float((int)b << 23);
+}
+__device__ __forceinline__ unsigned char kiln_f8e8m0_from_f64(double x, bool saturate) {
+    const unsigned int bits = __float_as_uint(__double2float_rn(x));
+    const unsigned int e = (bits >> 23) & 0xFFu;
+    if (e == 0xFFu) return 0xFF;
+    const bool up = (bits & 0x4FFFFFu) != 0 && !(saturate && e == 0xFEu);
+    return (unsigned char)(e + (up ? 1u : 0u));
+}
+
+// The 4-bit integers wrap modulo 16 like ml_dtypes; from a float they first truncate toward
+// zero as C++'s static_cast<int> does on x86 (NaN, Inf and values beyond the i32 range become
+// INT_MIN, whose low four bits are 0).
+__device__ __forceinline__ long long kiln_trunc_i32(double x) {
+    return (x == x && x > -2147483649.0 && x < 2147483648.0) ? (long long)x : -2147483648LL;
+}
+__device__ __forceinline__ signed char kiln_wrap_i4(long long v) { return (signed char)(((v & 0xF) ^ 8) - 8); }
+__device__ __forceinline__ unsigned char kiln_wrap_u4(long long v) { return (unsigned char)(v & 0xF); }

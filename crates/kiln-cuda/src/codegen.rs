@@ -47,7 +47,15 @@ pub fn storage_type(dt: DType) -> Result<&'static str> {
         DType::I64 => "long long",
         DType::U64 => "unsigned long long",
         DType::Bool => "bool",
-        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+        // The small types: one element per byte (see the last section of common.cuh).
+        DType::I4 => "signed char",
+        DType::U4
+        | DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F4E2M1
+        | DType::F8E8M0 => "unsigned char",
     })
 }
 
@@ -55,6 +63,8 @@ pub fn storage_type(dt: DType) -> Result<&'static str> {
 pub fn compute_type(dt: DType) -> Result<&'static str> {
     Ok(match dt {
         DType::F16 | DType::BF16 => "float",
+        // Every value of the float8, float4 and E8M0 types is an f32.
+        d if d.is_low_precision_float() => "float",
         other => storage_type(other)?,
     })
 }
@@ -63,8 +73,8 @@ pub fn compute_type(dt: DType) -> Result<&'static str> {
 pub fn dtype_suffix(dt: DType) -> Result<&'static str> {
     use DType::*;
     match dt {
-        F32 | F16 | BF16 | F64 | I8 | U8 | I16 | U16 | I32 | U32 | I64 | U64 | Bool => Ok(dt.name()),
-        other => Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+        F32 | F16 | BF16 | F64 | I8 | U8 | I16 | U16 | I32 | U32 | I64 | U64 | Bool | F8E4M3FN | F8E4M3FNUZ
+        | F8E5M2 | F8E5M2FNUZ | U4 | I4 | F4E2M1 | F8E8M0 => Ok(dt.name()),
     }
 }
 
@@ -81,6 +91,11 @@ fn is_floating(dt: DType) -> bool {
     matches!(dt, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
 }
 
+/// Whether values of `dt` are computed as floats: the IEEE types and the small float types.
+fn is_float_valued(dt: DType) -> bool {
+    is_floating(dt) || dt.is_low_precision_float()
+}
+
 fn is_signed_int(dt: DType) -> bool {
     matches!(dt, DType::I8 | DType::I16 | DType::I32 | DType::I64)
 }
@@ -94,6 +109,7 @@ fn load_expr(dt: DType, x: &str) -> String {
     match dt {
         DType::F16 => format!("__half2float({x})"),
         DType::BF16 => format!("__bfloat162float({x})"),
+        d if d.is_low_precision_float() => format!("kiln_{}_to_f32({x})", d.name()),
         _ => x.to_string(),
     }
 }
@@ -104,6 +120,9 @@ fn store_expr(dt: DType, x: &str) -> Result<String> {
         DType::F16 => format!("__float2half_rn({x})"),
         DType::BF16 => format!("__float2bfloat16_rn({x})"),
         DType::Bool => format!("(bool)({x})"),
+        // A computed value of a small float type is one of its values already (casts round
+        // where they stand), so saturation does not matter here.
+        d if d.is_low_precision_float() => format!("kiln_{}_from_f64((double)({x}), true)", d.name()),
         other => format!("({})({x})", storage_type(other)?),
     })
 }
@@ -301,13 +320,13 @@ fn emit_op(op: &ElementwiseOp, a: &[String], at: &[DType], out: DType) -> Result
             }
             Ok(e)
         }
-        ElementwiseOp::Cast { to, .. } => {
+        ElementwiseOp::Cast { to, saturate } => {
             let x = a.first().ok_or_else(arity_err)?;
-            cast(x, at[0], *to)
+            cast(x, at[0], *to, *saturate)
         }
-        ElementwiseOp::CastLike { .. } => {
+        ElementwiseOp::CastLike { saturate } => {
             let x = a.first().ok_or_else(arity_err)?;
-            cast(x, at[0], out)
+            cast(x, at[0], out, *saturate)
         }
         ElementwiseOp::LegacyBinary { .. } => {
             Err(CudaError::Unsupported("legacy broadcasting has no place in an expression".into()))
@@ -316,18 +335,66 @@ fn emit_op(op: &ElementwiseOp, a: &[String], at: &[DType], out: DType) -> Result
 }
 
 /// A conversion of `x` (compute type of `from`) to the compute type of `to`, rounding where
-/// `to` is narrower than its compute type.
-fn cast(x: &str, from: DType, to: DType) -> Result<String> {
+/// `to` is narrower than its compute type. `saturate` is ONNX Cast's, for the float8 and E8M0
+/// targets. The semantics are those of `Tensor::cast_with`: to and from the small types
+/// through f64 (integers through i64, so 4-bit targets wrap).
+fn cast(x: &str, from: DType, to: DType, saturate: bool) -> Result<String> {
     let to_ct = compute_type(to)?;
     compute_type(from)?;
+    // The source as f64, or as i64 for the integer-to-4-bit wrap.
+    let wide = if from == DType::Bool { format!("({x} ? 1.0 : 0.0)") } else { format!("(double)({x})") };
+    let int = || {
+        if from == DType::Bool {
+            format!("({x} ? 1LL : 0LL)")
+        } else if is_float_valued(from) {
+            format!("kiln_trunc_i32((double)({x}))")
+        } else {
+            format!("(long long)({x})")
+        }
+    };
     Ok(match to {
         DType::F16 => format!("__half2float(__float2half_rn((float)({x})))"),
         DType::BF16 => format!("__bfloat162float(__float2bfloat16_rn((float)({x})))"),
         DType::Bool => format!("({x} != 0)"),
+        DType::I4 => format!("kiln_wrap_i4({})", int()),
+        DType::U4 => format!("kiln_wrap_u4({})", int()),
+        // Rounds where it stands: the computed value is the decoded result.
+        d if d.is_low_precision_float() => format!("kiln_{0}_to_f32(kiln_{0}_from_f64({wide}, {saturate}))", d.name()),
         _ if from == DType::Bool => format!("({to_ct})({x} ? 1 : 0)"),
+        // Small float to integer: NaN becomes 0 and out-of-range values saturate, as in Rust,
+        // with the limits explicit so that no conversion out of range is left to the hardware.
+        _ if from.is_low_precision_float() && !is_floating(to) => {
+            let bits = storage_size(to) as i32 * 8;
+            let (lo, hi) = if is_signed_int(to) {
+                (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+            } else {
+                (0.0, 2f64.powi(bits) - 1.0)
+            };
+            format!(
+                "({x} != {x} ? ({to_ct})0 : ((double)({x}) < {lo:?} ? ({to_ct})({lo:?}) : ((double)({x}) >= {hi1:?} ? ({to_ct}){hi} : ({to_ct})({x}))))",
+                lo = lo,
+                hi1 = hi + 1.0,
+                hi = int_max_literal(to)?,
+            )
+        }
         // Float to integer: NaN becomes 0 and out-of-range values saturate, as in Rust.
         _ if is_floating(from) && !is_floating(to) => format!("({x} != {x} ? ({to_ct})0 : ({to_ct})({x}))"),
         _ => format!("({to_ct})({x})"),
+    })
+}
+
+/// The largest value of an integer type as a C literal.
+fn int_max_literal(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::I8 => "127",
+        DType::U8 => "255",
+        DType::I16 => "32767",
+        DType::U16 => "65535",
+        DType::I32 => "2147483647",
+        DType::U32 => "4294967295u",
+        DType::I64 => "9223372036854775807LL",
+        DType::U64 => "18446744073709551615ULL",
+        other => return Err(CudaError::Unsupported(format!("a cast to {other} has no CUDA lowering"))),
     })
 }
 
@@ -804,7 +871,9 @@ mod tests {
         let exp_int = Expr::op(ElementwiseOp::Unary(UnaryOp::Exp), 1);
         assert_eq!(error_of(&exp_int, &[DType::I32]), "Exp on i32 has no CUDA lowering");
         let add = Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2);
-        assert_eq!(error_of(&add, &[DType::F8E4M3FN, DType::F8E4M3FN]), "element type f8e4m3fn has no CUDA kernels");
+        // The small types move and convert, but take no part in arithmetic.
+        assert_eq!(error_of(&add, &[DType::F8E4M3FN, DType::F8E4M3FN]), "Add on f8e4m3fn has no CUDA lowering");
+        assert_eq!(error_of(&add, &[DType::I4, DType::I4]), "Add on i4 has no CUDA lowering");
         assert_eq!(error_of(&add, &[DType::F32, DType::F16]), "Add: inputs must have the same type, found f32 and f16");
         let legacy = Expr::op(ElementwiseOp::LegacyBinary { op: BinaryOp::Add, axis: 1 }, 2);
         assert!(error_of(&legacy, &[DType::F32, DType::F32]).contains("legacy broadcasting"));

@@ -1,7 +1,7 @@
 //! Host tensors to and from the bytes the kernels read and write.
 
 use crate::error::{CudaError, Result};
-use kiln_ir::{DType, Tensor, TensorData};
+use kiln_ir::{lowp, DType, Tensor, TensorData};
 
 /// The tensor's elements as little-endian bytes, in the layout the kernels use.
 pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
@@ -24,7 +24,15 @@ pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
         TensorData::I64(v) => le!(v),
         TensorData::U64(v) => le!(v),
         TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
-        _ => return Err(CudaError::Unsupported(format!("element type {} has no CUDA kernels", t.dtype()))),
+        // The small types: one element per byte, as kiln-ir holds them.
+        TensorData::F8E4M3FN(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::F8E4M3FNUZ(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::F8E5M2(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::F8E5M2FNUZ(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::F4E2M1(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::F8E8M0(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::U4(v) => v.iter().map(|x| x.0).collect(),
+        TensorData::I4(v) => v.iter().map(|x| x.0 as u8).collect(),
     })
 }
 
@@ -55,7 +63,14 @@ pub fn tensor_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<
         DType::I64 => TensorData::I64(from!(i64, 8)),
         DType::U64 => TensorData::U64(from!(u64, 8)),
         DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
-        other => return Err(CudaError::Unsupported(format!("element type {other} has no CUDA kernels"))),
+        DType::F8E4M3FN => TensorData::F8E4M3FN(bytes.iter().map(|&b| lowp::F8E4M3FN(b)).collect()),
+        DType::F8E4M3FNUZ => TensorData::F8E4M3FNUZ(bytes.iter().map(|&b| lowp::F8E4M3FNUZ(b)).collect()),
+        DType::F8E5M2 => TensorData::F8E5M2(bytes.iter().map(|&b| lowp::F8E5M2(b)).collect()),
+        DType::F8E5M2FNUZ => TensorData::F8E5M2FNUZ(bytes.iter().map(|&b| lowp::F8E5M2FNUZ(b)).collect()),
+        DType::F4E2M1 => TensorData::F4E2M1(bytes.iter().map(|&b| lowp::F4E2M1(b)).collect()),
+        DType::F8E8M0 => TensorData::F8E8M0(bytes.iter().map(|&b| lowp::F8E8M0(b)).collect()),
+        DType::U4 => TensorData::U4(bytes.iter().map(|&b| lowp::U4(b)).collect()),
+        DType::I4 => TensorData::I4(bytes.iter().map(|&b| lowp::I4(b as i8)).collect()),
     };
     Tensor::new(shape.to_vec(), data).map_err(|e| CudaError::Invalid(e.to_string()))
 }
@@ -88,7 +103,19 @@ mod tests {
             assert_eq!(tensor_from_bytes(dt, &[2, 3], &b).unwrap(), t, "{dt}");
         }
         assert!(tensor_from_bytes(DType::F32, &[4], &[0; 15]).unwrap_err().to_string().contains("cannot hold"));
-        let f8 = x.cast(DType::F8E4M3FN);
-        assert!(tensor_bytes(&f8).unwrap_err().to_string().contains("no CUDA kernels"));
+    }
+
+    #[test]
+    fn small_types_take_one_byte_per_element() {
+        let x = Tensor::from_vec(vec![2, 3], vec![1.5f32, -2.0, 0.0, 7.25, -0.5, f32::NAN]).unwrap();
+        for dt in DType::ALL.into_iter().filter(|d| d.is_low_precision_float() || matches!(d, DType::I4 | DType::U4)) {
+            let t = x.cast(dt);
+            let b = tensor_bytes(&t).unwrap();
+            assert_eq!(b.len(), 6, "{dt}");
+            let back = tensor_from_bytes(dt, &[2, 3], &b).unwrap();
+            assert_eq!(tensor_bytes(&back).unwrap(), b, "{dt}");
+        }
+        let i4 = Tensor::from_vec(vec![2], vec![lowp::I4(-8), lowp::I4(7)]).unwrap();
+        assert_eq!(tensor_bytes(&i4).unwrap(), [0xF8, 7]);
     }
 }

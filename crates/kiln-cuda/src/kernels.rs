@@ -53,11 +53,16 @@ pub enum KernelFamily {
     /// Indexing ops (GatherElements, GatherND, the scatters, Trilu, EyeLike, OneHot, CumSum,
     /// TopK, Hardmax) and the negative log-likelihood loss.
     Index,
+    /// Linear quantization: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
+    Quant,
+    /// Integer matrix products and convolutions: MatMulInteger, QLinearMatMul, ConvInteger,
+    /// QLinearConv.
+    Qlinear,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 9] = [
+    pub const ALL: [KernelFamily; 11] = [
         KernelFamily::Attention,
         KernelFamily::Conv,
         KernelFamily::Elementwise,
@@ -65,6 +70,8 @@ impl KernelFamily {
         KernelFamily::Layout,
         KernelFamily::Norm,
         KernelFamily::Pool,
+        KernelFamily::Qlinear,
+        KernelFamily::Quant,
         KernelFamily::Reduce,
         KernelFamily::Resize,
     ];
@@ -81,6 +88,8 @@ impl KernelFamily {
             KernelFamily::Attention => "attention",
             KernelFamily::Conv => "conv",
             KernelFamily::Index => "index",
+            KernelFamily::Quant => "quant",
+            KernelFamily::Qlinear => "qlinear",
         }
     }
 
@@ -96,6 +105,8 @@ impl KernelFamily {
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
             KernelFamily::Conv => include_str!("../../../kernels/conv.cu"),
             KernelFamily::Index => include_str!("../../../kernels/index.cu"),
+            KernelFamily::Quant => include_str!("../../../kernels/quant.cu"),
+            KernelFamily::Qlinear => include_str!("../../../kernels/qlinear.cu"),
         }
     }
 
@@ -168,6 +179,39 @@ impl KernelFamily {
             ),
             KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
             KernelFamily::Conv => per(&["dwconv2d_nhwc"], &floats),
+            KernelFamily::Qlinear => {
+                let mut k = vec![];
+                for a in ["u8", "i8"] {
+                    for b in ["u8", "i8"] {
+                        k.push(format!("matmul_integer_{a}_{b}"));
+                        k.push(format!("conv_integer_{a}_{b}"));
+                        for y in ["u8", "i8"] {
+                            k.push(format!("qlinear_matmul_{a}_{b}_{y}"));
+                            k.push(format!("qlinear_conv_{a}_{b}_{y}"));
+                        }
+                    }
+                }
+                k
+            }
+            KernelFamily::Quant => {
+                let ieee = ["f32", "f16", "bf16", "f64"];
+                let ints = ["i8", "u8", "i16", "u16"];
+                let small = ["i4", "u4", "f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f4e2m1"];
+                let mut k = vec![];
+                for x in ieee {
+                    for y in ints.iter().chain(&small) {
+                        k.push(format!("quantize_{x}_{y}"));
+                    }
+                    k.push(format!("dynamic_quantize_range_{x}"));
+                    k.push(format!("dynamic_quantize_{x}"));
+                }
+                for x in ints.iter().chain(&["i32"]).chain(&small) {
+                    for y in ieee {
+                        k.push(format!("dequantize_{x}_{y}"));
+                    }
+                }
+                k
+            }
             KernelFamily::Attention => per(
                 &ATTENTION_HEAD_SIZES
                     .iter()

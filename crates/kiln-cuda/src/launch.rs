@@ -313,6 +313,71 @@ impl AttnArgs {
     }
 }
 
+/// Integer convolution parameters (`QlConvArgs` in `qlinear.cu`): a 2-D convolution, a 1-D
+/// one having height 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QlConvArgs {
+    /// Output elements.
+    pub total: i64,
+    /// Input channels.
+    pub c: i64,
+    /// Input height.
+    pub h: i64,
+    /// Input width.
+    pub w: i64,
+    /// Output channels.
+    pub m: i64,
+    /// Kernel height.
+    pub kh: i64,
+    /// Kernel width.
+    pub kw: i64,
+    /// Output height.
+    pub oh: i64,
+    /// Output width.
+    pub ow: i64,
+    /// Stride along H.
+    pub sh: i64,
+    /// Stride along W.
+    pub sw: i64,
+    /// Dilation along H.
+    pub dh: i64,
+    /// Dilation along W.
+    pub dw: i64,
+    /// Padding before H.
+    pub ph: i64,
+    /// Padding before W.
+    pub pw: i64,
+    /// Channel groups.
+    pub group: i64,
+    /// Values in the weight's zero point (1 or one per output channel).
+    pub w_zp_n: i64,
+}
+
+impl QlConvArgs {
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        Param::i64s(&[
+            self.total,
+            self.c,
+            self.h,
+            self.w,
+            self.m,
+            self.kh,
+            self.kw,
+            self.oh,
+            self.ow,
+            self.sh,
+            self.sw,
+            self.dh,
+            self.dw,
+            self.ph,
+            self.pw,
+            self.group,
+            self.w_zp_n,
+        ])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +470,29 @@ mod tests {
         let (_, rank) = strided_param(&[4, 3], &[1, 4]).unwrap();
         assert_eq!(rank, 2);
         assert!(width_suffix(3).is_err());
+    }
+
+    #[test]
+    fn qlinear_conv_args_have_the_c_size() {
+        let g = QlConvArgs {
+            total: 1,
+            c: 1,
+            h: 1,
+            w: 1,
+            m: 1,
+            kh: 1,
+            kw: 1,
+            oh: 1,
+            ow: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: 0,
+            pw: 0,
+            group: 1,
+            w_zp_n: 1,
+        };
+        assert_eq!(g.param().0.len(), 17 * 8);
     }
 }

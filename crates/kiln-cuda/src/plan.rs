@@ -34,6 +34,8 @@ mod conv;
 mod data;
 mod index;
 mod pool;
+mod qlinear;
+mod quant;
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufferId = usize;
@@ -501,9 +503,10 @@ impl Planner<'_> {
             Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
                 "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
             )),
-            Op::Linalg(LinalgOp::ConvInteger(_) | LinalgOp::QLinearConv(_)) => Err(CudaError::Unsupported(
-                "integer convolutions are not lowered yet (INT8 QDQ folding into cuDNN is planned)".into(),
-            )),
+            Op::Linalg(LinalgOp::ConvInteger(attrs)) => self.integer_conv(id, attrs, false),
+            Op::Linalg(LinalgOp::QLinearConv(attrs)) => self.integer_conv(id, attrs, true),
+            Op::Linalg(LinalgOp::MatMulInteger) => self.integer_matmul(id, false),
+            Op::Linalg(LinalgOp::QLinearMatMul) => self.integer_matmul(id, true),
             Op::Pool(p) => self.pool(id, p),
             Op::Norm(NormOp::LayerNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, false),
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
@@ -554,6 +557,7 @@ impl Planner<'_> {
             | Op::Loss(_)) => self.index_op(id, op),
             Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
             Op::Attention(AttentionOp::Attention(a)) => self.attention(id, a),
+            Op::Quant(q) => self.quant(id, q),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
         }
     }

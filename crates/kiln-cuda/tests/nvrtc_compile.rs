@@ -221,6 +221,26 @@ fn elementwise_cases() -> Vec<(Expr, Vec<DType>)> {
         }
     }
     cases.push((Expr::op(ElementwiseOp::CastLike { saturate: true }, 2), vec![DType::F32, DType::F16]));
+    // The small types, both ways, with and without saturation.
+    let small = [
+        DType::F8E4M3FN,
+        DType::F8E4M3FNUZ,
+        DType::F8E5M2,
+        DType::F8E5M2FNUZ,
+        DType::F4E2M1,
+        DType::F8E8M0,
+        DType::I4,
+        DType::U4,
+    ];
+    for s in small {
+        for other in [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I8, DType::U8, DType::Bool, DType::F8E5M2]
+        {
+            for saturate in [true, false] {
+                cases.push((Expr::op(ElementwiseOp::Cast { to: s, saturate }, 1), vec![other]));
+            }
+            cases.push((Expr::op(ElementwiseOp::Cast { to: other, saturate: true }, 1), vec![s]));
+        }
+    }
     // A scalar in every type.
     for dt in [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I32, DType::I64, DType::U64, DType::Bool] {
         let e = Expr {
