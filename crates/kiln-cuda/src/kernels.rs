@@ -10,8 +10,11 @@
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// The head sizes the attention kernels are instantiated for (`ATTN_KERNELS` in
-/// `attention.cu`).
-pub const ATTENTION_HEAD_SIZES: [usize; 6] = [16, 32, 64, 80, 96, 128];
+/// `attention.cu`), Q's and V's the same.
+pub const ATTENTION_HEAD_SIZES: [usize; 7] = [8, 16, 32, 64, 80, 96, 128];
+
+/// The largest head sizes (of Q and K, and of V) `attention_generic_*` takes.
+pub const ATTENTION_GENERIC_MAX: usize = 128;
 
 /// A family of kernels: one `.cu` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,7 +32,7 @@ pub enum KernelFamily {
     Pool,
     /// Nearest and linear resize.
     Resize,
-    /// Fused multi-head attention with online softmax.
+    /// Fused multi-head attention with online softmax, its score output, and rotary embeddings.
     Attention,
 }
 
@@ -131,6 +134,7 @@ impl KernelFamily {
                 &ATTENTION_HEAD_SIZES
                     .iter()
                     .flat_map(|d| [format!("attention_d{d}"), format!("attention_r1_d{d}")])
+                    .chain(["attention_generic", "attention_scores", "rotary"].map(String::from))
                     .collect::<Vec<_>>()
                     .iter()
                     .map(String::as_str)
