@@ -244,7 +244,8 @@ __device__ __forceinline__ float attn_score(const AttnArgs& a, const void* M, i6
     const T* k = (const T*)a.k + b * a.k_sb + (h / a.kv_group) * a.k_sh + key * a.k_ss;
     float s = 0.0f;
     for (i64 dd = 0; dd < a.d; ++dd) s += to_f32(q[dd]) * to_f32(k[dd]);
-    s *= a.scale;
+    // Head size 0 (scale inf) scores 0, as the CPU reference has it.
+    s = a.d > 0 ? s * a.scale : 0.0f;
     if (stage == ATTN_QK_SCORES) return s;
     s = attn_bias<T>(a, M, b, row, key) + s;
     if (stage == ATTN_QK_MASKED) return s;
