@@ -338,7 +338,8 @@ impl AttnArgs {
         let max = crate::kernels::ATTENTION_GENERIC_MAX as i64;
         let (d, dv) = (self.d, self.dv);
         let exact = d == dv && sizes.iter().any(|&s| s as i64 == d);
-        if !exact && !((0..=max).contains(&d) && (0..=max).contains(&dv)) {
+        let generic = (0..=max).contains(&d) && (0..=max).contains(&dv);
+        if !(exact || generic) {
             return Err(CudaError::Unsupported(format!(
                 "attention kernels take head sizes {sizes:?}, or any up to {max}, not {d} (V {dv})"
             )));

@@ -232,8 +232,7 @@ fn present_outputs() {
 #[test]
 fn qk_matmul_output_modes() {
     let mut rng = Rng::new(39);
-    let modes =
-        [QkOutputMode::Scores, QkOutputMode::Masked, QkOutputMode::Softcapped, QkOutputMode::Probabilities];
+    let modes = [QkOutputMode::Scores, QkOutputMode::Masked, QkOutputMode::Softcapped, QkOutputMode::Probabilities];
     for dt in [DType::F32, DType::F16] {
         for mode in modes {
             for (causal, softcap) in [(false, 0.0), (true, 0.0), (false, 2.0)] {
@@ -271,8 +270,9 @@ fn rotary_embedding_variants() {
                     // With position ids (a graph input, read at run time) into a cache of 50.
                     let cos = rand_tensor(&mut rng, &[50, half], -1.0, 1.0, dt);
                     let sin = rand_tensor(&mut rng, &[50, half], -1.0, 1.0, dt);
-                    let ids = Tensor::from_vec(vec![b, s], (0..b * s).map(|_| rng.below(50) as i64).collect::<Vec<_>>())
-                        .unwrap();
+                    let ids =
+                        Tensor::from_vec(vec![b, s], (0..b * s).map(|_| rng.below(50) as i64).collect::<Vec<_>>())
+                            .unwrap();
                     let (g, inputs) = one_node(rope(interleaved, rd, heads), &[&x, &cos, &sin, &ids], &[], 1);
                     plan_matches(lib, &format!("{what} position_ids"), &g, &inputs, atol, rtol);
                     // Without: a cache per batch and position, or one for every batch.
