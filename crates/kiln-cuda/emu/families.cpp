@@ -101,7 +101,8 @@ int main() {
         a.q_sb = a.k_sb = a.v_sb = a.o_sb = H * S * D; a.q_sh = a.k_sh = a.v_sh = a.o_sh = S * D; a.q_ss = a.k_ss = a.v_ss = a.o_ss = D;
         if (masked == 1) { a.m_sb = S; a.m_sh = 0; a.m_sq = 0; a.m_sk = 1; }
         if (masked == 2) { a.m_sb = H * S * S; a.m_sh = S * S; a.m_sq = S; a.m_sk = 1; }
-        a.scale = 1.0f / std::sqrt((float)D); a.has_mask = masked != 0;
+        a.scale = 1.0f / std::sqrt((float)D); a.mask_kind = masked != 0;
+        a.kv_group = 1; a.d = D; a.dv = D; a.mask_len = S; a.nonpad = nullptr; a.causal_offset = 0; a.is_causal = 0; a.softcap = 0;
         dim3 g{(unsigned)((S + 7) / 8), (unsigned)H, (unsigned)B};
         auto kernel = D == 16 ? A::attention_d16_f32 : D == 32 ? A::attention_d32_f32 : D == 64 ? A::attention_d64_f32
                     : D == 80 ? A::attention_d80_f32 : D == 96 ? A::attention_d96_f32 : A::attention_d128_f32;
@@ -123,6 +124,105 @@ int main() {
         }
     }
     printf("attention done, %d fails\n", fails);
+    // Attention's extras: grouped-query heads, causal masking after a past, soft-capping,
+    // additive and bool masks shorter than the keys, key padding, a V head size of its own
+    // (the generic kernel) and head size 8 (both compiled kernels); then qk_matmul_output.
+    {
+        const i64 B = 2, HQ = 6, HK = 2, SQ = 5, SK = 37, PAST = 32, ML = 30;
+        for (int variant : {0, 1, 2}) for (int masked : {0, 1, 2}) for (int causal : {0, 1}) for (float cap : {0.0f, 2.0f}) for (int padded : {0, 1}) {
+            const int D = 8, DV = variant == 2 ? 10 : 8;
+            std::vector<float> q(B * HQ * SQ * D), k(B * HK * SK * D), v(B * HK * SK * DV), o(B * HQ * SQ * DV), m(B * HQ * SQ * ML);
+            std::vector<unsigned char> mb(m.size());
+            for (auto& t : q) t = U(-2, 2); for (auto& t : k) t = U(-2, 2); for (auto& t : v) t = U(-1, 1);
+            for (auto& t : m) t = U(-2, 2) < -1.5f ? -INFINITY : U(-2, 2);
+            for (auto& t : mb) t = U(0, 1) < 0.7f;
+            std::vector<i64> np{20, 37};
+            A::AttnArgs a{};
+            a.q = q.data(); a.k = k.data(); a.v = v.data(); a.o = o.data();
+            a.mask = masked == 1 ? (const void*)m.data() : masked == 2 ? (const void*)mb.data() : nullptr;
+            a.batch = B; a.heads = HQ; a.sq = SQ; a.sk = SK;
+            a.q_sb = HQ * SQ * D; a.q_sh = SQ * D; a.q_ss = D;
+            a.k_sb = HK * SK * D; a.k_sh = SK * D; a.k_ss = D;
+            a.v_sb = HK * SK * DV; a.v_sh = SK * DV; a.v_ss = DV;
+            a.o_sb = HQ * SQ * DV; a.o_sh = SQ * DV; a.o_ss = DV;
+            a.m_sb = HQ * SQ * ML; a.m_sh = SQ * ML; a.m_sq = ML; a.m_sk = 1;
+            a.scale = 0.3f; a.mask_kind = masked; a.nonpad = padded ? np.data() : nullptr;
+            a.kv_group = HQ / HK; a.d = D; a.dv = DV; a.mask_len = ML; a.causal_offset = PAST; a.softcap = cap; a.is_causal = causal;
+            const int R = variant == 1 ? 4 : 1;
+            dim3 g{(unsigned)((SQ + 8 * R - 1) / (8 * R)), (unsigned)HQ, (unsigned)B};
+            auto kernel = variant == 0 ? A::attention_r1_d8_f32 : variant == 1 ? A::attention_d8_f32 : A::attention_generic_f32;
+            launch(g, dim3{256}, [&] { kernel(a); });
+            std::vector<double> scores(B * HQ * SQ * SK), probs(scores.size()), masked_s(scores.size());
+            for (i64 bq = 0; bq < B; ++bq) for (i64 h = 0; h < HQ; ++h) for (i64 i = 0; i < SQ; ++i) {
+                const i64 hk = h / (HQ / HK), row = (bq * HQ + h) * SQ + i;
+                std::vector<double> sc(SK); double mx = -INFINITY;
+                for (i64 j = 0; j < SK; ++j) {
+                    double d = 0; for (int e = 0; e < D; ++e) d += (double)q[row * D + e] * k[((bq * HK + hk) * SK + j) * D + e];
+                    d *= a.scale;
+                    scores[row * SK + j] = d;
+                    double bias = 0;
+                    if (masked) bias = j >= ML ? -INFINITY : masked == 1 ? (double)m[row * ML + j] : (mb[row * ML + j] ? 0.0 : -INFINITY);
+                    if (causal && j > i + PAST) bias += -INFINITY;
+                    if (padded && j >= np[bq]) bias += -INFINITY;
+                    d = bias + d;
+                    masked_s[row * SK + j] = d;
+                    if (cap > 0) d = cap * std::tanh(d / cap);
+                    sc[j] = d; mx = std::max(mx, d);
+                }
+                double sum = 0; for (auto& t : sc) { t = std::exp(t - mx); sum += t; }
+                for (i64 j = 0; j < SK; ++j) probs[row * SK + j] = sc[j] / sum;
+                for (int e = 0; e < DV; ++e) {
+                    double acc = 0; for (i64 j = 0; j < SK; ++j) acc += sc[j] / sum * v[((bq * HK + hk) * SK + j) * DV + e];
+                    check("attention extras", o[row * DV + e], acc, 1e-4);
+                }
+            }
+            if (variant == 2 && padded == 1) {
+                for (int mode : {0, 1, 2, 3}) {
+                    std::vector<float> qk(scores.size());
+                    launch(dim3{(unsigned)(B * HQ * SQ)}, dim3{64}, [&] { A::attention_scores_f32(a, qk.data(), mode); });
+                    for (size_t t = 0; t < qk.size(); ++t) {
+                        double want = mode == 0 ? scores[t] : mode == 1 ? masked_s[t]
+                                    : mode == 2 ? (cap > 0 ? cap * std::tanh(masked_s[t] / cap) : masked_s[t]) : probs[t];
+                        check("qk_matmul_output", qk[t], want, 1e-4);
+                    }
+                }
+            }
+        }
+        printf("attention extras done, %d fails\n", fails);
+    }
+    // RotaryEmbedding: 4-D and 3-D, interleaved or not, partial rotation, with position ids
+    // (one out of range) and without.
+    for (int three_d : {0, 1}) for (int inter : {0, 1}) for (i64 rd : {4, 8}) for (int with_pos : {0, 1}) {
+        const i64 B = 2, H = 3, S = 5, Dh = 8, half = rd / 2, MAXP = 50;
+        std::vector<float> x(B * H * S * Dh), y(x.size());
+        for (auto& t : x) t = U(-2, 2);
+        const i64 rows = with_pos ? MAXP : B * S;
+        std::vector<float> c(rows * half), sn(rows * half);
+        for (auto& t : c) t = U(-1, 1); for (auto& t : sn) t = U(-1, 1);
+        std::vector<i64> pos(B * S); for (auto& t : pos) t = (i64)U(0, 49.99f);
+        if (with_pos) pos[3] = MAXP;
+        int err = 0;
+        A::RopeArgs p{(i64)x.size(), S, H, Dh, three_d ? 0 : 1, rd, inter, S, MAXP};
+        launch(dim3{2}, dim3{64}, [&] { A::rotary_f32(x.data(), c.data(), sn.data(), with_pos ? pos.data() : nullptr, y.data(), p, &err); });
+        check("rotary error flag", err, with_pos, 0);
+        for (i64 bq = 0; bq < B; ++bq) for (i64 si = 0; si < S; ++si) for (i64 h = 0; h < H; ++h) {
+            const i64 base = three_d ? ((bq * S + si) * H + h) * Dh : ((bq * H + h) * S + si) * Dh;
+            const i64 r = with_pos ? pos[bq * S + si] : bq * S + si;
+            for (i64 ch = 0; ch < Dh; ++ch) {
+                double want = x[base + ch];
+                if (with_pos && (r < 0 || r >= MAXP)) { if (ch < rd) want = 0; }
+                else if (ch < rd) {
+                    const bool first = inter ? ch % 2 == 0 : ch < half;
+                    const i64 kk = inter ? ch / 2 : (first ? ch : ch - half);
+                    const i64 i1 = inter ? 2 * kk : kk, i2 = inter ? 2 * kk + 1 : kk + half;
+                    const double x1 = x[base + i1], x2 = x[base + i2], cc = c[r * half + kk], ss = sn[r * half + kk];
+                    want = first ? cc * x1 - ss * x2 : ss * x1 + cc * x2;
+                }
+                check("rotary", y[base + ch], want, 1e-5);
+            }
+        }
+    }
+    printf("rotary done, %d fails\n", fails);
     // Layout: transpose2d, pad reflect, permute with a negative stride, gather.
     for (i64 n : {1, 3, 50, 783}) {
         i64 batch = 2, rows = 3, cols = n;

@@ -12,8 +12,11 @@ use kiln_ir::DType;
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// The head sizes the attention kernels are instantiated for (`ATTN_KERNELS` in
-/// `attention.cu`).
-pub const ATTENTION_HEAD_SIZES: [usize; 6] = [16, 32, 64, 80, 96, 128];
+/// `attention.cu`), Q's and V's the same.
+pub const ATTENTION_HEAD_SIZES: [usize; 7] = [8, 16, 32, 64, 80, 96, 128];
+
+/// The largest head sizes (of Q and K, and of V) `attention_generic_*` takes.
+pub const ATTENTION_GENERIC_MAX: usize = 128;
 
 /// The element types the value kernels of `index.cu` (scatters, CumSum, TopK) are
 /// instantiated for (`VALUE_KERNELS`).
@@ -46,7 +49,7 @@ pub enum KernelFamily {
     Pool,
     /// Nearest and linear resize.
     Resize,
-    /// Fused multi-head attention with online softmax.
+    /// Fused multi-head attention with online softmax, its score output, and rotary embeddings.
     Attention,
     /// Direct convolutions for the shapes cuDNN handles badly (depthwise, channels-last).
     Conv,
@@ -216,6 +219,7 @@ impl KernelFamily {
                 &ATTENTION_HEAD_SIZES
                     .iter()
                     .flat_map(|d| [format!("attention_d{d}"), format!("attention_r1_d{d}")])
+                    .chain(["attention_generic", "attention_scores", "rotary"].map(String::from))
                     .collect::<Vec<_>>()
                     .iter()
                     .map(String::as_str)

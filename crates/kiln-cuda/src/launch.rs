@@ -221,11 +221,11 @@ impl AttnStrides {
 /// Attention parameters (`AttnArgs` in `attention.cu`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnArgs {
-    /// Q, K, V, output and mask addresses (mask 0 when absent).
-    pub ptrs: [u64; 5],
+    /// Q, K, V, output, mask and `nonpad_kv_seqlen` addresses (the last two 0 when absent).
+    pub ptrs: [u64; 6],
     /// Batch size.
     pub batch: i64,
-    /// Heads.
+    /// Query heads.
     pub heads: i64,
     /// Query rows.
     pub sq: i64,
@@ -243,6 +243,21 @@ pub struct AttnArgs {
     pub mask: [i64; 4],
     /// The factor of Q K^T.
     pub scale: f32,
+    /// Whether the mask is bool (true attends) rather than additive in the inputs' type.
+    pub mask_bool: bool,
+    /// Query heads per key/value head (1 unless grouped-query).
+    pub kv_group: i64,
+    /// Head size of Q and K.
+    pub d: i64,
+    /// Head size of V and the output.
+    pub dv: i64,
+    /// Keys the mask covers; the later ones are masked out.
+    pub mask_len: i64,
+    /// With causal masking, the past sequence length: key `j` is hidden from row `i` when
+    /// `j > i + offset`.
+    pub causal: Option<i64>,
+    /// Soft-capping of the biased scores, 0 for none.
+    pub softcap: f32,
 }
 
 /// Warps per block of the attention kernels (`ATTN_WARPS`); each takes [`attn_rows_per_warp`] rows.
@@ -264,25 +279,94 @@ pub fn attn_rows_per_warp(d: usize, dt: &str) -> u64 {
 }
 
 impl AttnArgs {
-    /// The kernel parameter.
-    pub fn param(&self) -> Param {
-        let mut v: Vec<i64> = self.ptrs.iter().map(|&p| p as i64).collect();
-        v.extend([self.batch, self.heads, self.sq, self.sk]);
+    /// Plain multi-head attention over `[batch, heads, sq | sk, d]` operands with the given
+    /// strides: no mask, no causal masking, no soft-capping, as many key/value heads as query
+    /// heads. The fields are public; set the others after.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        batch: usize,
+        heads: usize,
+        sq: usize,
+        sk: usize,
+        d: usize,
+        dv: usize,
+        strides: [AttnStrides; 4],
+        scale: f32,
+    ) -> AttnArgs {
+        let [q, k, v, o] = strides;
+        AttnArgs {
+            ptrs: [0; 6],
+            batch: batch as i64,
+            heads: heads as i64,
+            sq: sq as i64,
+            sk: sk as i64,
+            q,
+            k,
+            v,
+            o,
+            mask: [0; 4],
+            scale,
+            mask_bool: false,
+            kv_group: 1,
+            d: d as i64,
+            dv: dv as i64,
+            mask_len: sk as i64,
+            causal: None,
+            softcap: 0.0,
+        }
+    }
+
+    /// `mask_kind` of the C struct: 0 none, 1 additive, 2 bool.
+    pub fn mask_kind(&self) -> i32 {
+        match (self.ptrs[4] != 0, self.mask_bool) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }
+    }
+
+    /// The struct's words after the pointers and before `scale`, in declaration order.
+    pub fn sizes_and_strides(&self) -> Vec<i64> {
+        let mut v = vec![self.batch, self.heads, self.sq, self.sk];
         for s in [self.q, self.k, self.v, self.o] {
             v.extend([s.batch, s.head, s.row]);
         }
         v.extend(self.mask);
+        v
+    }
+
+    /// The struct's words after the `nonpad` pointer and before `softcap`.
+    pub fn tail(&self) -> [i64; 5] {
+        [self.kv_group, self.d, self.dv, self.mask_len, self.causal.unwrap_or(0)]
+    }
+
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        let mut v: Vec<i64> = self.ptrs[..5].iter().map(|&p| p as i64).collect();
+        v.extend(self.sizes_and_strides());
         let mut b = Param::i64s(&v).0;
         b.extend(self.scale.to_ne_bytes());
-        b.extend(((self.ptrs[4] != 0) as i32).to_ne_bytes());
+        b.extend(self.mask_kind().to_ne_bytes());
+        b.extend(self.ptrs[5].to_ne_bytes());
+        b.extend(Param::i64s(&self.tail()).0);
+        b.extend(self.softcap.to_ne_bytes());
+        b.extend((self.causal.is_some() as i32).to_ne_bytes());
         Param(b)
     }
 
-    /// The kernel for head size `d` and element type suffix `dt`, and its launch.
-    pub fn launch(&self, d: usize, dt: &str) -> Result<(String, LaunchConfig)> {
+    /// The attention kernel for element type suffix `dt`, and its launch: the one compiled for
+    /// the head size where Q's and V's are one of [`crate::kernels::ATTENTION_HEAD_SIZES`],
+    /// else the generic one.
+    pub fn launch(&self, dt: &str) -> Result<(String, LaunchConfig)> {
         let sizes = crate::kernels::ATTENTION_HEAD_SIZES;
-        if !sizes.contains(&d) {
-            return Err(CudaError::Unsupported(format!("attention kernels take head sizes {sizes:?}, not {d}")));
+        let max = crate::kernels::ATTENTION_GENERIC_MAX as i64;
+        let (d, dv) = (self.d, self.dv);
+        let exact = d == dv && sizes.iter().any(|&s| s as i64 == d);
+        let generic = (0..=max).contains(&d) && (0..=max).contains(&dv);
+        if !(exact || generic) {
+            return Err(CudaError::Unsupported(format!(
+                "attention kernels take head sizes {sizes:?}, or any up to {max}, not {d} (V {dv})"
+            )));
         }
         if self.heads > MAX_BLOCKS as i64 || self.batch > MAX_BLOCKS as i64 {
             return Err(CudaError::Invalid(format!(
@@ -290,22 +374,32 @@ impl AttnArgs {
                 self.batch, self.heads
             )));
         }
+        if self.kv_group < 1 || self.heads % self.kv_group != 0 {
+            return Err(CudaError::Invalid(format!(
+                "{} query heads in groups of {} per key/value head",
+                self.heads, self.kv_group
+            )));
+        }
         // Several rows per warp share each key tile, unless that leaves too few blocks to
         // fill the GPU (BERT at batch 1: 48 blocks of four rows a warp, 192 of one).
         let heads_batches = self.heads as u64 * self.batch as u64;
-        let r = attn_rows_per_warp(d, dt);
         let blocks = |r: u64| (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * r).max(1) * heads_batches;
-        let (name, r) = if blocks(r) < ATTN_MIN_BLOCKS {
-            (format!("attention_r1_d{d}_{dt}"), 1)
+        let (name, r) = if !exact {
+            (format!("attention_generic_{dt}"), 1)
         } else {
-            (format!("attention_d{d}_{dt}"), r)
+            let r = attn_rows_per_warp(d as usize, dt);
+            if blocks(r) < ATTN_MIN_BLOCKS {
+                (format!("attention_r1_d{d}_{dt}"), 1)
+            } else {
+                (format!("attention_d{d}_{dt}"), r)
+            }
         };
+        let gx = (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * r).max(1);
+        if gx > u32::MAX as u64 {
+            return Err(CudaError::Invalid(format!("attention over {} query rows is too large", self.sq)));
+        }
         let cfg = LaunchConfig {
-            grid: (
-                (self.sq as u64).div_ceil(ATTN_ROWS_PER_BLOCK * r).max(1) as u32,
-                self.heads as u32,
-                self.batch as u32,
-            ),
+            grid: (gx as u32, self.heads as u32, self.batch as u32),
             block: (ATTN_ROWS_PER_BLOCK as u32 * 32, 1, 1),
             shared_bytes: 0,
         };
@@ -378,6 +472,51 @@ impl QlConvArgs {
     }
 }
 
+/// RotaryEmbedding parameters (`RopeArgs` in `attention.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RopeArgs {
+    /// Elements of X.
+    pub n: i64,
+    /// Sequence length.
+    pub seq: i64,
+    /// Heads.
+    pub heads: i64,
+    /// Head size.
+    pub dh: i64,
+    /// Whether X is `[batch, heads, seq, dh]` (else `[batch, seq, heads * dh]`).
+    pub heads_first: bool,
+    /// Rotated channels per head (even, at most `dh`).
+    pub rd: i64,
+    /// Whether the pairs are adjacent channels.
+    pub interleaved: bool,
+    /// Cache rows between batches when there are no position ids (0 or `seq`).
+    pub cache_sb: i64,
+    /// Rows of the caches (position ids must be below).
+    pub max_pos: i64,
+}
+
+impl RopeArgs {
+    /// The struct's words in declaration order.
+    pub fn words(&self) -> [i64; 9] {
+        [
+            self.n,
+            self.seq,
+            self.heads,
+            self.dh,
+            self.heads_first as i64,
+            self.rd,
+            self.interleaved as i64,
+            self.cache_sb,
+            self.max_pos,
+        ]
+    }
+
+    /// The kernel parameter.
+    pub fn param(&self) -> Param {
+        Param::i64s(&self.words())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,33 +570,40 @@ mod tests {
         };
         assert_eq!(r.param().0.len(), 9 * 8);
         let s = AttnStrides::bhsd(2, 3, 64);
-        let a = AttnArgs {
-            ptrs: [1, 2, 3, 4, 0],
-            batch: 1,
-            heads: 2,
-            sq: 3,
-            sk: 3,
-            q: s,
-            k: s,
-            v: s,
-            o: s,
-            mask: [0; 4],
-            scale: 0.125,
-        };
-        // 5 pointers, 4 sizes, 12 strides, 4 mask strides, then a float and an int.
-        assert_eq!(a.param().0.len(), 25 * 8 + 8);
+        let mut a = AttnArgs::new(1, 2, 3, 3, 64, 64, [s; 4], 0.125);
+        a.ptrs = [1, 2, 3, 4, 0, 0];
+        // 5 pointers, 4 sizes, 12 strides, 4 mask strides, a float and an int, the nonpad
+        // pointer, 5 words, then a float and an int.
+        assert_eq!(a.param().0.len(), 25 * 8 + 8 + 8 + 5 * 8 + 8);
         // Two blocks in all: too few to fill a GPU, so one row per warp.
-        let (name, cfg) = a.launch(64, "f16").unwrap();
+        let (name, cfg) = a.launch("f16").unwrap();
         assert_eq!(name, "attention_r1_d64_f16");
         assert_eq!(cfg.grid, (1, 2, 1));
-        assert!(a.launch(72, "f16").unwrap_err().to_string().contains("not 72"));
-        assert_eq!(a.launch(16, "bf16").unwrap().0, "attention_r1_d16_bf16");
+        assert_eq!(AttnArgs { d: 72, dv: 72, ..a }.launch("f16").unwrap().0, "attention_generic_f16");
+        assert_eq!(AttnArgs { dv: 10, ..a }.launch("f32").unwrap().0, "attention_generic_f32");
+        assert!(AttnArgs { d: 256, dv: 256, ..a }.launch("f16").unwrap_err().to_string().contains("not 256"));
+        assert!(AttnArgs { kv_group: 3, ..a }.launch("f16").is_err());
+        assert_eq!(AttnArgs { d: 16, dv: 16, ..a }.launch("bf16").unwrap().0, "attention_r1_d16_bf16");
+        assert_eq!(AttnArgs { d: 8, dv: 8, ..a }.launch("f32").unwrap().0, "attention_r1_d8_f32");
         // BERT-base at batch 32: 12 x 32 x 4 blocks of four rows a warp.
         let big = AttnArgs { batch: 32, heads: 12, sq: 128, sk: 128, ..a };
-        let (name, cfg) = big.launch(64, "f16").unwrap();
+        let (name, cfg) = big.launch("f16").unwrap();
         assert_eq!(name, "attention_d64_f16");
         assert_eq!(cfg.grid, (4, 12, 32));
-        assert_eq!(big.launch(128, "f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
+        let big128 = AttnArgs { d: 128, dv: 128, ..big };
+        assert_eq!(big128.launch("f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
+        let rope = RopeArgs {
+            n: 1,
+            seq: 1,
+            heads: 1,
+            dh: 2,
+            heads_first: true,
+            rd: 2,
+            interleaved: false,
+            cache_sb: 0,
+            max_pos: 1,
+        };
+        assert_eq!(rope.param().0.len(), 9 * 8);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! and Gemm (through cuBLASLt, with the matrix-op epilogues of fusion), LayerNorm, RMSNorm,
 //! Softmax, reductions over neighbouring axes, ArgMax/ArgMin, Transpose, Concat, Gather,
 //! packed attention, and the reshapes that only rename memory (views, no step); its submodules
-//! add convolutions through cuDNN (`conv`), pooling (`pool`) and the data-movement ops Slice,
-//! Expand, Tile, Split, Pad and Resize (`data`), and the indexing ops and losses (`index`). Any other node fails the plan with one error
+//! add convolutions through cuDNN (`conv`), channels-last execution of FP16 convolution
+//! networks (`channels_last`), pooling (`pool`), the data-movement ops Slice, Expand, Tile,
+//! Split, Pad and Resize (`data`), the indexing ops and losses (`index`), quantization
+//! (`quant`, `qlinear`), and ONNX Attention and RotaryEmbedding (`attention`). Any other node
+//! fails the plan with one error
 //! naming every such node: nothing falls back to the CPU. Shapes must be static.
 //!
 //! An epilogue that cuBLASLt can fuse (bias, ReLU, tanh-GELU, and their bias forms) becomes a
@@ -30,6 +33,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write};
 
 mod channels_last;
+mod attention;
 mod conv;
 mod data;
 mod index;
@@ -558,6 +562,9 @@ impl Planner<'_> {
             Op::Fused(FusedOp::PackedAttention { num_heads, scale }) => self.packed_attention(id, *num_heads, *scale),
             Op::Attention(AttentionOp::Attention(a)) => self.attention(id, a),
             Op::Quant(q) => self.quant(id, q),
+            Op::Attention(AttentionOp::RotaryEmbedding { interleaved, rotary_embedding_dim, num_heads }) => {
+                self.rotary(id, *interleaved, *rotary_embedding_dim, *num_heads)
+            }
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
         }
     }
@@ -1135,141 +1142,17 @@ impl Planner<'_> {
         let d = width / (3 * heads);
         let sfx = self.float_suffix(qkv, "attention")?;
         let y = self.out(id, 0)?;
-        let mask_strides = self.attention_mask(mask, dtype, [b, heads, s, s])?;
+        let (mask_strides, mask_len, mask_bool) = self.attention_mask(mask, dtype, [b, heads, s, s])?;
         let st = launch::AttnStrides::bshd(heads, s, d, width);
         let o = launch::AttnStrides::bshd(heads, s, d, heads * d);
         let esize = dtype.size();
-        let args = launch::AttnArgs {
-            ptrs: [0; 5],
-            batch: b as i64,
-            heads: heads as i64,
-            sq: s as i64,
-            sk: s as i64,
-            q: st,
-            k: st,
-            v: st,
-            o,
-            mask: mask_strides,
-            scale,
-        };
+        let mut args = launch::AttnArgs::new(b, heads, s, s, d, d, [st, st, st, o], scale);
+        args.mask = mask_strides;
+        args.mask_len = mask_len as i64;
+        args.mask_bool = mask_bool;
         let ptr = |buffer: BufferId, offset_bytes: usize| Field::Ptr { buffer, offset_bytes };
         let operands = [ptr(qkv, 0), ptr(qkv, heads * d * esize), ptr(qkv, 2 * heads * d * esize), ptr(y, 0)];
-        self.launch_attention(id, &args, d, sfx, operands, mask)
-    }
-
-    /// ONNX Attention (opset 23) on 4-D `[b, h, s, d]` or 3-D `[b, s, h * d]` Q, K and V, with
-    /// an optional additive mask of Q's type: the same kernel as PackedAttention, with each
-    /// operand's own strides. Causal masking, soft-capping, grouped-query heads, a key/value
-    /// cache and the extra outputs are not lowered yet.
-    fn attention(&mut self, id: NodeId, a: &AttentionAttrs) -> Result<()> {
-        let node = self.g.node(id);
-        if (4..node.num_inputs).any(|s| self.g.inputs_of(id).get(s).copied().flatten().is_some()) {
-            return Err(CudaError::Unsupported("Attention with a key/value cache is not lowered yet".into()));
-        }
-        if node.outputs.iter().skip(1).any(|o| !o.name.is_empty()) {
-            return Err(CudaError::Unsupported(
-                "Attention's present_key, present_value and qk_matmul_output outputs are not lowered yet".into(),
-            ));
-        }
-        if a.is_causal || a.softcap > 0.0 {
-            return Err(CudaError::Unsupported("causal or soft-capped Attention is not lowered yet".into()));
-        }
-        let (q, k, v) = (self.required(id, 0)?, self.required(id, 1)?, self.required(id, 2)?);
-        let mask = self.input(id, 3)?;
-        let dtype = self.plan.buffers[q].dtype;
-        let sfx = self.float_suffix(q, "attention")?;
-        // (batch, heads, seq, head size, strides) of one operand.
-        let geometry = |b: BufferId,
-                        heads: Option<usize>|
-         -> Result<(usize, usize, usize, usize, launch::AttnStrides)> {
-            let sh = &self.plan.buffers[b].shape;
-            match (sh.as_slice(), heads) {
-                (&[n, h, s, d], _) => Ok((n, h, s, d, launch::AttnStrides::bhsd(h, s, d))),
-                (&[n, s, w], Some(h)) if h > 0 && w % h == 0 => {
-                    Ok((n, h, s, w / h, launch::AttnStrides::bshd(h, s, w / h, w)))
-                }
-                _ => Err(CudaError::Unsupported(format!("Attention operand of shape {sh:?} without its head count"))),
-            }
-        };
-        let (bq, hq, sq, d, qs) = geometry(q, a.q_num_heads)?;
-        let (bk, hk, sk, dk, ks) = geometry(k, a.kv_num_heads)?;
-        let (bv, hv, sv, dv, vs) = geometry(v, a.kv_num_heads)?;
-        if hk != hq || hv != hq {
-            return Err(CudaError::Unsupported(format!(
-                "grouped-query Attention ({hq} query heads, {hk} key heads) is not lowered yet"
-            )));
-        }
-        if bk != bq || bv != bq || sv != sk || dk != d || dv != d {
-            return Err(CudaError::Unsupported(format!(
-                "Attention with Q [{bq}, {hq}, {sq}, {d}], K [{bk}, {hk}, {sk}, {dk}], V [{bv}, {hv}, {sv}, {dv}] is not lowered yet"
-            )));
-        }
-        if [k, v].iter().any(|&b| self.plan.buffers[b].dtype != dtype) {
-            return Err(CudaError::Unsupported("Attention with Q, K and V of different types".into()));
-        }
-        let mask_strides = self.attention_mask(mask, dtype, [bq, hq, sq, sk])?;
-        let y = self.out(id, 0)?;
-        let os = if self.plan.buffers[y].shape.len() == 4 {
-            launch::AttnStrides::bhsd(hq, sq, d)
-        } else {
-            launch::AttnStrides::bshd(hq, sq, d, hq * d)
-        };
-        let scale = a.scale.unwrap_or(1.0 / (d as f32).sqrt());
-        let args = launch::AttnArgs {
-            ptrs: [0; 5],
-            batch: bq as i64,
-            heads: hq as i64,
-            sq: sq as i64,
-            sk: sk as i64,
-            q: qs,
-            k: ks,
-            v: vs,
-            o: os,
-            mask: mask_strides,
-            scale,
-        };
-        let ptr = |buffer: BufferId| Field::Ptr { buffer, offset_bytes: 0 };
-        self.launch_attention(id, &args, d, sfx, [ptr(q), ptr(k), ptr(v), ptr(y)], mask)
-    }
-
-    /// An additive attention mask's strides over `dims` (`[batch, heads, sq, sk]`, 0 where it
-    /// broadcasts); it must have the operands' type.
-    fn attention_mask(&self, mask: Option<BufferId>, dtype: DType, dims: [usize; 4]) -> Result<[i64; 4]> {
-        let Some(m) = mask else { return Ok([0; 4]) };
-        let mb = &self.plan.buffers[m];
-        if mb.dtype != dtype {
-            return Err(CudaError::Unsupported(format!(
-                "an attention mask of {} with {dtype} inputs; cast it first",
-                mb.dtype
-            )));
-        }
-        let st = crate::codegen::broadcast_strides(&mb.shape, &dims)?;
-        Ok([st[0], st[1], st[2], st[3]])
-    }
-
-    /// Launches the attention kernel for `args` (whose `ptrs` are left to the runtime): Q, K,
-    /// V and the output as `operands`, then the mask, the sizes, strides and scale, in the
-    /// order of `AttnArgs` in `attention.cu`.
-    fn launch_attention(
-        &mut self,
-        id: NodeId,
-        args: &launch::AttnArgs,
-        d: usize,
-        sfx: &str,
-        operands: [Field; 4],
-        mask: Option<BufferId>,
-    ) -> Result<()> {
-        let (kernel, config) = args.launch(d, sfx)?;
-        let mut fields = operands.to_vec();
-        fields.push(mask.map_or(Field::Null, |buffer| Field::Ptr { buffer, offset_bytes: 0 }));
-        fields.extend([args.batch, args.heads, args.sq, args.sk].map(Field::I64));
-        for t in [args.q, args.k, args.v, args.o] {
-            fields.extend([t.batch, t.head, t.row].map(Field::I64));
-        }
-        fields.extend(args.mask.map(Field::I64));
-        fields.push(Field::F32I32(args.scale, mask.is_some() as i32));
-        self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
-        Ok(())
+        self.launch_attention(id, &args, sfx, operands, mask, None)
     }
 }
 
@@ -1471,19 +1354,9 @@ mod tests {
         let addr = |b: BufferId| 0x1000 * (b as u64 + 1);
         let got = p.param(k, &k.args[0], &addr).unwrap();
         let st = launch::AttnStrides::bshd(2, 5, 64, 384);
-        let want = launch::AttnArgs {
-            ptrs: [0x1000, 0x1000 + 128 * 2, 0x1000 + 256 * 2, 0x2000, 0],
-            batch: 2,
-            heads: 2,
-            sq: 5,
-            sk: 5,
-            q: st,
-            k: st,
-            v: st,
-            o: launch::AttnStrides::bshd(2, 5, 64, 128),
-            mask: [0; 4],
-            scale: 0.125,
-        };
+        let mut want =
+            launch::AttnArgs::new(2, 2, 5, 5, 64, 64, [st, st, st, launch::AttnStrides::bshd(2, 5, 64, 128)], 0.125);
+        want.ptrs = [0x1000, 0x1000 + 128 * 2, 0x1000 + 256 * 2, 0x2000, 0, 0];
         assert_eq!(got.0, want.param().0);
         assert_eq!(k.kernel, "attention_r1_d64_f16");
     }

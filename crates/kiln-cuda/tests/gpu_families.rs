@@ -795,26 +795,17 @@ fn attention_matches_cpu() {
                         _ => [0; 4],
                     };
                     let scale = 1.0 / (d as f32).sqrt();
-                    let args = AttnArgs {
-                        ptrs: [
-                            lib.addr(&dq),
-                            lib.addr(&dk),
-                            lib.addr(&dv),
-                            lib.addr(&dy),
-                            dm.as_ref().map_or(0, |m| lib.addr(m)),
-                        ],
-                        batch: b as i64,
-                        heads: h as i64,
-                        sq: s as i64,
-                        sk: s as i64,
-                        q: st,
-                        k: st,
-                        v: st,
-                        o: st,
-                        mask: mask_strides,
-                        scale,
-                    };
-                    let (kname, cfg) = args.launch(d, sfx(dt)).unwrap();
+                    let mut args = AttnArgs::new(b, h, s, s, d, d, [st; 4], scale);
+                    args.ptrs = [
+                        lib.addr(&dq),
+                        lib.addr(&dk),
+                        lib.addr(&dv),
+                        lib.addr(&dy),
+                        dm.as_ref().map_or(0, |m| lib.addr(m)),
+                        0,
+                    ];
+                    args.mask = mask_strides;
+                    let (kname, cfg) = args.launch(sfx(dt)).unwrap();
                     run(lib, KernelFamily::Attention, &kname, cfg, &[args.param()]);
                     let mut ins = vec![&q, &k, &v];
                     if let Some(m) = &mask {
@@ -854,20 +845,10 @@ fn packed_attention_reads_qkv_in_place() {
         let base = lib.addr(&dx);
         let st = AttnStrides::bshd(h, s, d, width);
         let scale = 0.125f32;
-        let args = AttnArgs {
-            ptrs: [base, base + (h * d * 2) as u64, base + (2 * h * d * 2) as u64, lib.addr(&dy), lib.addr(&dm)],
-            batch: b as i64,
-            heads: h as i64,
-            sq: s as i64,
-            sk: s as i64,
-            q: st,
-            k: st,
-            v: st,
-            o: AttnStrides::bshd(h, s, d, h * d),
-            mask: [s as i64, 0, 0, 1],
-            scale,
-        };
-        let (kname, cfg) = args.launch(d, "f16").unwrap();
+        let mut args = AttnArgs::new(b, h, s, s, d, d, [st, st, st, AttnStrides::bshd(h, s, d, h * d)], scale);
+        args.ptrs = [base, base + (h * d * 2) as u64, base + (2 * h * d * 2) as u64, lib.addr(&dy), lib.addr(&dm), 0];
+        args.mask = [s as i64, 0, 0, 1];
+        let (kname, cfg) = args.launch("f16").unwrap();
         run(lib, KernelFamily::Attention, &kname, cfg, &[args.param()]);
         let want = cpu(Op::Fused(FusedOp::PackedAttention { num_heads: h, scale }), &[&qkv, &mask]);
         check_close(&format!("packed attention s={s}"), &lib.download(&dy).unwrap(), &want, 4e-3, 1e-2);
