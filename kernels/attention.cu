@@ -28,6 +28,7 @@
 // per warp. `attention_scores_{dt}` writes the optional qk_matmul_output, and `rotary_{dt}` is
 // RotaryEmbedding.
 #include "common.cuh"
+#include <mma.h>
 
 #define ATTN_MASK_NONE 0
 #define ATTN_MASK_ADD 1
@@ -354,3 +355,137 @@ __device__ __forceinline__ void rotary_impl(const T* __restrict__ x, const T* __
 ATTN_KERNELS(float, f32)
 ATTN_KERNELS(__half, f16)
 ATTN_KERNELS(__nv_bfloat16, bf16)
+
+// attention_tc_d64_f16: the same attention on tensor cores, for f16 with D = DV = 64 (BERT's
+// heads). A block of 4 warps takes 64 query rows of one (batch, head), 16 per warp, and walks
+// the keys in tiles of 32 that the block loads into shared memory. Each warp computes its
+// 16 x 32 scores with WMMA (f16 in, f32 accumulation) into shared memory; two lanes per row
+// then add the bias, update the row's running maximum and sum and write the probabilities
+// back as f16; the warp rescales its 16 x 64 f32 output tile and adds P V with WMMA. The
+// output tile lives in shared memory because WMMA's fragment layout is opaque.
+
+#define ATTN_TC_ROWS 64
+#define ATTN_TC_KT 32
+#define ATTN_TC_LQ 72  // f16 row pitch of Q, K and V tiles (a multiple of 8, off the banks)
+#define ATTN_TC_LS 36  // f32 row pitch of a warp's scores
+#define ATTN_TC_LP 40  // f16 row pitch of a warp's probabilities, stored over its scores
+#define ATTN_TC_LO 68  // f32 row pitch of a warp's output tile
+
+__device__ __forceinline__ void attention_tc_d64(const AttnArgs a) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __half qs[ATTN_TC_ROWS][ATTN_TC_LQ];
+    __shared__ __align__(32) __half ks[ATTN_TC_KT][ATTN_TC_LQ];
+    __shared__ __align__(32) __half vs[ATTN_TC_KT][ATTN_TC_LQ];
+    __shared__ __align__(32) float ss[4][16 * ATTN_TC_LS];
+    __shared__ __align__(32) float os[4][16 * ATTN_TC_LO];
+    const float ninf = attn_ninf();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const i64 b = blockIdx.z, h = blockIdx.y, hkv = h / a.kv_group;
+    const i64 row0 = (i64)blockIdx.x * ATTN_TC_ROWS;
+    const __half* Q = (const __half*)a.q + b * a.q_sb + h * a.q_sh;
+    const __half* K = (const __half*)a.k + b * a.k_sb + hkv * a.k_sh;
+    const __half* V = (const __half*)a.v + b * a.v_sb + hkv * a.v_sh;
+    const void* M = (a.mask_kind == ATTN_MASK_BOOL ? (const char*)a.mask + (b * a.m_sb + h * a.m_sh)
+                                                   : (const char*)a.mask + (b * a.m_sb + h * a.m_sh) * 2);
+    const bool add_only = a.mask_kind == ATTN_MASK_ADD && a.mask_len >= a.sk && !a.is_causal &&
+                          a.nonpad == nullptr && !(a.softcap > 0.0f);
+    const bool biased = !add_only && attn_biased(a);
+    const __half zero = __float2half(0.0f);
+    for (int e = threadIdx.x; e < ATTN_TC_ROWS * 64; e += blockDim.x) {
+        const int r = e / 64, d = e % 64;
+        const i64 row = row0 + r;
+        qs[r][d] = row < a.sq ? Q[row * a.q_ss + d] : zero;
+    }
+    // This lane's half row of the warp's tiles: row `r`, score columns c0.., output columns o0...
+    const int r = lane >> 1, c0 = (lane & 1) * 16, o0 = (lane & 1) * 32;
+    const i64 row = row0 + warp * 16 + r;
+    float* S = ss[warp];
+    __half* P = (__half*)ss[warp];
+    float* O = os[warp];
+    for (int c = 0; c < 32; ++c) O[r * ATTN_TC_LO + o0 + c] = 0.0f;
+    float m = ninf, l = 0.0f;
+    for (i64 t0 = 0; t0 < a.sk; t0 += ATTN_TC_KT) {
+        __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
+        for (int e = threadIdx.x; e < ATTN_TC_KT * 64; e += blockDim.x) {
+            const int t = e / 64, d = e % 64;
+            const i64 key = t0 + t;
+            const bool in = key < a.sk;
+            ks[t][d] = in ? K[key * a.k_ss + d] : zero;
+            vs[t][d] = in ? V[key * a.v_ss + d] : zero;
+        }
+        __syncthreads();
+        // S = Q K^T for the warp's 16 rows and the tile's 32 keys.
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
+                wmma::load_matrix_sync(qa, &qs[warp * 16][kk * 16], ATTN_TC_LQ);
+                wmma::load_matrix_sync(kb, &ks[n * 16][kk * 16], ATTN_TC_LQ);
+                wmma::mma_sync(acc, qa, kb, acc);
+            }
+            wmma::store_matrix_sync(S + n * 16, acc, ATTN_TC_LS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        float s[16];
+        float tmax = ninf;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) {
+            const i64 key = t0 + c0 + c;
+            float v = S[r * ATTN_TC_LS + c0 + c] * a.scale;
+            if (key >= a.sk || row >= a.sq) {
+                v = ninf;
+            } else if (add_only) {
+                v += to_f32(((const __half*)M)[row * a.m_sq + key * a.m_sk]);
+            } else if (biased) {
+                v = attn_softcap(a, attn_bias<__half>(a, M, b, row, key) + v);
+            }
+            s[c] = v;
+            tmax = fmaxf(tmax, v);
+        }
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        const float m_new = fmaxf(m, tmax);
+        const float alpha = m_new == ninf ? 1.0f : expf(m - m_new);
+        float psum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) {
+            s[c] = m_new == ninf ? 0.0f : expf(s[c] - m_new);
+            psum += s[c];
+        }
+        psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+        l = l * alpha + psum;
+        m = m_new;
+        __syncwarp();  // every lane has read its scores before P overwrites them
+#pragma unroll
+        for (int c = 0; c < 16; ++c) P[r * ATTN_TC_LP + c0 + c] = __float2half(s[c]);
+#pragma unroll
+        for (int c = 0; c < 32; ++c) O[r * ATTN_TC_LO + o0 + c] *= alpha;
+        __syncwarp();
+        // O += P V.
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::load_matrix_sync(acc, O + n * 16, ATTN_TC_LO, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < 2; ++kk) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
+                wmma::load_matrix_sync(pa, P + kk * 16, ATTN_TC_LP);
+                wmma::load_matrix_sync(vb, &vs[kk * 16][n * 16], ATTN_TC_LQ);
+                wmma::mma_sync(acc, pa, vb, acc);
+            }
+            wmma::store_matrix_sync(O + n * 16, acc, ATTN_TC_LO, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    if (row < a.sq) {
+        __half* out = (__half*)a.o + b * a.o_sb + h * a.o_sh + row * a.o_ss;
+        // A row whose scores are all -inf has l = 0 and comes out NaN, as the reference does.
+        for (int c = 0; c < 32; ++c) out[o0 + c] = __float2half(O[r * ATTN_TC_LO + o0 + c] / l);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_tc_d64_f16(const AttnArgs a) { attention_tc_d64(a); }

@@ -1,7 +1,7 @@
 //! `cargo xtask fetch-nvrtc`: NVRTC for machines without a CUDA toolkit.
 //!
-//! Downloads the pip wheels of NVRTC (the library) and of the CUDA runtime (for headers such as
-//! `cuda_fp16.h`) once, and unpacks them into `~/.cache/kiln/nvrtc`, where kiln-cuda looks for
+//! Downloads the pip wheels of NVRTC (the library), of the CUDA runtime (for headers such as
+//! `cuda_fp16.h`) and of the CUDA C runtime headers (`crt/`, which `mma.h` includes) once, and unpacks them into `~/.cache/kiln/nvrtc`, where kiln-cuda looks for
 //! NVRTC. NVRTC needs no GPU, so CI compiles every kernel with it.
 
 use anyhow::{bail, Context, Result};
@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The wheels, pinned: NVRTC 13.0 matches cudarc's `cuda-13000` bindings.
-pub const WHEELS: [&str; 2] = ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96"];
+pub const WHEELS: [&str; 3] = ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-crt==13.0.88"];
 
 /// Makes sure the wheels are unpacked; returns the folder kiln-cuda will find them in.
 pub fn fetch() -> Result<PathBuf> {
     let root = crate::data::cache_dir()?.join("nvrtc");
     let lib = root.join("nvidia/cu13/lib/libnvrtc.so.13");
     let header = root.join("nvidia/cu13/include/cuda_fp16.h");
-    if lib.is_file() && header.is_file() {
+    let crt = root.join("nvidia/cu13/include/crt/mma.h");
+    if lib.is_file() && header.is_file() && crt.is_file() {
         return Ok(root);
     }
     let wheels = root.join("wheels");
@@ -40,8 +41,8 @@ pub fn fetch() -> Result<PathBuf> {
             unpack(&path, &root)?;
         }
     }
-    if !lib.is_file() || !header.is_file() {
-        bail!("the wheels in {} hold no {} or no {}", wheels.display(), lib.display(), header.display());
+    if !lib.is_file() || !header.is_file() || !crt.is_file() {
+        bail!("the wheels in {} hold no {}, {} or {}", wheels.display(), lib.display(), header.display(), crt.display());
     }
     // The unpacked tree is all that is used; the wheels would double the disk it takes.
     std::fs::remove_dir_all(&wheels).with_context(|| format!("removing {}", wheels.display()))?;

@@ -215,17 +215,22 @@ impl KernelFamily {
                 }
                 k
             }
-            KernelFamily::Attention => per(
-                &ATTENTION_HEAD_SIZES
-                    .iter()
-                    .flat_map(|d| [format!("attention_d{d}"), format!("attention_r1_d{d}")])
-                    .chain(["attention_generic", "attention_scores", "rotary"].map(String::from))
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-                &floats,
-            ),
+            KernelFamily::Attention => {
+                let mut k = per(
+                    &ATTENTION_HEAD_SIZES
+                        .iter()
+                        .flat_map(|d| [format!("attention_d{d}"), format!("attention_r1_d{d}")])
+                        .chain(["attention_generic", "attention_scores", "rotary"].map(String::from))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                    &floats,
+                );
+                // Tensor cores: f16, head size 64.
+                k.push("attention_tc_d64_f16".into());
+                k
+            }
             KernelFamily::Index => {
                 let mut k = per(&["gather_elements", "gather_nd", "trilu", "eyelike", "onehot"], &widths);
                 k.extend(per(

@@ -260,6 +260,13 @@ pub struct AttnArgs {
     pub softcap: f32,
 }
 
+/// Query rows per block of the tensor-core attention kernel (`ATTN_TC_ROWS`).
+pub const ATTN_TC_ROWS: u64 = 64;
+
+/// Fewer query rows than this and f16 attention of head size 64 stays on the CUDA-core
+/// kernels, whose blocks take 8 rows: a 64-row tile would be mostly padding.
+pub const ATTN_TC_MIN_ROWS: i64 = 32;
+
 /// Warps per block of the attention kernels (`ATTN_WARPS`); each takes [`attn_rows_per_warp`] rows.
 pub const ATTN_ROWS_PER_BLOCK: u64 = 8;
 
@@ -379,6 +386,15 @@ impl AttnArgs {
                 "{} query heads in groups of {} per key/value head",
                 self.heads, self.kv_group
             )));
+        }
+        // f16 with head size 64 and enough rows: tensor cores, 64 rows a block of 4 warps.
+        if dt == "f16" && d == 64 && dv == 64 && self.sq >= ATTN_TC_MIN_ROWS {
+            let gx = (self.sq as u64).div_ceil(ATTN_TC_ROWS);
+            if gx > u32::MAX as u64 {
+                return Err(CudaError::Invalid(format!("attention over {} query rows is too large", self.sq)));
+            }
+            let grid = (gx as u32, self.heads as u32, self.batch as u32);
+            return Ok(("attention_tc_d64_f16".into(), LaunchConfig { grid, block: (128, 1, 1), shared_bytes: 0 }));
         }
         // Several rows per warp share each key tile, unless that leaves too few blocks to
         // fill the GPU (BERT at batch 1: 48 blocks of four rows a warp, 192 of one).
@@ -588,8 +604,9 @@ mod tests {
         // BERT-base at batch 32: 12 x 32 x 4 blocks of four rows a warp.
         let big = AttnArgs { batch: 32, heads: 12, sq: 128, sk: 128, ..a };
         let (name, cfg) = big.launch("f16").unwrap();
-        assert_eq!(name, "attention_d64_f16");
-        assert_eq!(cfg.grid, (4, 12, 32));
+        assert_eq!(name, "attention_tc_d64_f16");
+        assert_eq!((cfg.grid, cfg.block), ((2, 12, 32), (128, 1, 1)));
+        assert_eq!(big.launch("bf16").unwrap().0, "attention_d64_bf16");
         let big128 = AttnArgs { d: 128, dv: 128, ..big };
         assert_eq!(big128.launch("f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
         let rope = RopeArgs {
