@@ -223,6 +223,7 @@ fn run_case(
     let in_kinds: Vec<ValueKind> = model.graph.inputs.iter().map(|&i| model.graph.node(i).outputs[0].kind).collect();
     let out_kinds: Vec<ValueKind> = model.graph.outputs.iter().map(|o| model.graph.value_info(o.value).kind).collect();
     let mut first_shapes: Option<Vec<Option<Vec<usize>>>> = None;
+    let mut first_tensors: Option<Vec<Tensor>> = None;
     for (inputs, outputs) in &case.data {
         let read = |paths: &[PathBuf], kinds: &[ValueKind]| -> Result<Vec<Data>, String> {
             paths
@@ -246,6 +247,9 @@ fn run_case(
                 return (ops, st, e);
             }
         };
+        if first_shapes.is_none() && want_plan {
+            first_tensors = ins.iter().map(|d| if let Data::Tensor(t) = d { Some(t.clone()) } else { None }).collect();
+        }
         if first_shapes.is_none() {
             first_shapes = Some(
                 ins.iter().map(|d| if let Data::Tensor(t) = d { Some(t.shape().to_vec()) } else { None }).collect(),
@@ -271,9 +275,41 @@ fn run_case(
         }
     }
     if want_plan {
-        *plan = Some(plan_passing(case, &model.graph, first_shapes.unwrap_or_default(), opt, fuse));
+        *plan = Some(match first_tensors.and_then(|t| plan_bound(case, t, opt, fuse)) {
+            Some(bound) => bound,
+            None => plan_passing(case, &model.graph, first_shapes.unwrap_or_default(), opt, fuse),
+        });
     }
     (ops, Status::Pass, String::new())
+}
+
+/// Plans a graph that passed the way `run_gpu` builds it when some of its inputs are shape
+/// inputs: the first data set's values bound into the graph, then optimized. `None` when no
+/// input binds (or the bound graph is not static), for [`plan_passing`] to plan it as it is.
+fn plan_bound(case: &Case, tensors: Vec<Tensor>, opt: bool, fuse: bool) -> Option<PlanOutcome> {
+    let mut model = kiln::onnx::load_model(&case.model).ok()?;
+    let before = model.graph.inputs.len();
+    let kept = kiln::bind_shape_inputs(&mut model.graph, tensors);
+    if model.graph.inputs.len() == before {
+        return None;
+    }
+    let shapes: std::collections::HashMap<String, Vec<usize>> = model
+        .graph
+        .inputs
+        .iter()
+        .zip(&kept)
+        .map(|(&i, t)| (model.graph.node(i).outputs[0].name.clone(), t.shape().to_vec()))
+        .collect();
+    if let Err(e) = kiln::specialize(&mut model.graph, &shapes) {
+        return Some(PlanOutcome::Error(e.to_string()));
+    }
+    if opt {
+        let opts = kiln::OptimizeOptions { fuse, ..Default::default() };
+        if let Err(e) = kiln::optimize_with(&mut model.graph, &opts) {
+            return Some(PlanOutcome::Error(format!("optimizing the bound graph: {e}")));
+        }
+    }
+    Some(plan_coverage::plan_graph(&model.graph))
 }
 
 /// Plans a graph that passed: as optimized when its inputs are static, else reloaded with the
