@@ -18,24 +18,27 @@ pub const ATTENTION_HEAD_SIZES: [usize; 6] = [16, 32, 64, 80, 96, 128];
 pub enum KernelFamily {
     /// The template for generated elementwise and epilogue kernels.
     Elementwise,
-    /// Reductions, arg-reductions and softmax over one axis.
+    /// Reductions (f64 and, for max and min, bool too), arg-reductions and softmax over one axis.
     Reduce,
-    /// LayerNorm and RMSNorm.
+    /// LayerNorm, RMSNorm, GroupNorm and InstanceNorm, MeanVarianceNormalization, LpNormalization,
+    /// inference BatchNorm and LRN.
     Norm,
     /// Data movement: strided copies (transpose, slice, expand), concat and split, pad,
     /// gather, where, cast and the NCHW/NHWC conversions.
     Layout,
     /// Max, average and global pooling.
     Pool,
-    /// Nearest and linear resize.
+    /// Nearest and linear resize of two axes, and any resize by tap tables, one axis a pass.
     Resize,
     /// Fused multi-head attention with online softmax.
     Attention,
+    /// Direct kernels for ConvTranspose, GridSample, RoiAlign, Col2Im and AffineGrid.
+    Spatial,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 7] = [
+    pub const ALL: [KernelFamily; 8] = [
         KernelFamily::Attention,
         KernelFamily::Elementwise,
         KernelFamily::Layout,
@@ -43,6 +46,7 @@ impl KernelFamily {
         KernelFamily::Pool,
         KernelFamily::Reduce,
         KernelFamily::Resize,
+        KernelFamily::Spatial,
     ];
 
     /// The file's name without `.cu`.
@@ -55,6 +59,7 @@ impl KernelFamily {
             KernelFamily::Pool => "pool",
             KernelFamily::Resize => "resize",
             KernelFamily::Attention => "attention",
+            KernelFamily::Spatial => "spatial",
         }
     }
 
@@ -68,6 +73,7 @@ impl KernelFamily {
             KernelFamily::Pool => include_str!("../../../kernels/pool.cu"),
             KernelFamily::Resize => include_str!("../../../kernels/resize.cu"),
             KernelFamily::Attention => include_str!("../../../kernels/attention.cu"),
+            KernelFamily::Spatial => include_str!("../../../kernels/spatial.cu"),
         }
     }
 
@@ -112,11 +118,32 @@ impl KernelFamily {
                     &floats,
                 );
                 k.extend(per(&["reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin"], &["i32", "i64"]));
+                k.extend(per(
+                    &[
+                        "reduce_sum",
+                        "reduce_mean",
+                        "reduce_max",
+                        "reduce_min",
+                        "reduce_prod",
+                        "reduce_l1",
+                        "reduce_l2",
+                        "reduce_sumsquare",
+                        "reduce_logsum",
+                        "reduce_logsumexp",
+                        "argmax",
+                        "argmin",
+                    ],
+                    &["f64"],
+                ));
+                k.extend(per(&["reduce_max", "reduce_min"], &["bool"]));
                 k
             }
-            KernelFamily::Norm => per(&["layernorm", "rmsnorm"], &floats),
+            KernelFamily::Norm => {
+                per(&["layernorm", "rmsnorm", "groupnorm", "mvn", "lpnorm", "batchnorm", "lrn"], &floats)
+            }
             KernelFamily::Layout => {
-                let mut k = per(&["permute", "copy_rows", "pad", "gather", "where", "transpose2d"], &widths);
+                let mut k =
+                    per(&["permute", "copy_rows", "pad", "pad_from", "gather", "where", "transpose2d"], &widths);
                 let casts = ["f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool"];
                 for from in casts {
                     for to in casts {
@@ -125,8 +152,21 @@ impl KernelFamily {
                 }
                 k
             }
-            KernelFamily::Pool => per(&["maxpool2d", "avgpool2d", "globalmaxpool", "globalavgpool"], &floats),
-            KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
+            KernelFamily::Pool => per(
+                &["maxpool2d", "avgpool2d", "maxpool3d", "avgpool3d", "lppool3d", "globalmaxpool", "globalavgpool"],
+                &floats,
+            ),
+            KernelFamily::Resize => {
+                let mut k = per(&["resize_nearest", "resize_linear"], &floats);
+                let all = ["f32", "f16", "bf16", "f64"];
+                k.extend(all.iter().flat_map(|i| all.iter().map(move |o| format!("resize_taps_{i}_{o}"))));
+                k
+            }
+            KernelFamily::Spatial => {
+                let mut k = per(&["grid_sample", "roi_align", "col2im", "affine_grid"], &["f32", "f16", "bf16", "f64"]);
+                k.extend(per(&["conv_transpose"], &floats));
+                k
+            }
             KernelFamily::Attention => per(
                 &ATTENTION_HEAD_SIZES
                     .iter()

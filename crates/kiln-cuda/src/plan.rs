@@ -31,7 +31,11 @@ use std::fmt::{self, Write};
 
 mod conv;
 mod data;
+mod legacy;
+mod norm;
 mod pool;
+mod resize;
+mod spatial;
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufferId = usize;
@@ -455,6 +459,12 @@ impl Planner<'_> {
                 self.buffer(Value { node: id, slot: 0 }, BufferKind::Const(t.clone()))?;
                 Ok(())
             }
+            Op::Elementwise(ElementwiseOp::LegacyBinary { op, axis }) => self.legacy_binary(id, *op, *axis),
+            Op::Elementwise(ElementwiseOp::Clip { min: None, max: None })
+                if (1..3).any(|s| self.g.inputs_of(id).get(s).copied().flatten().is_none()) =>
+            {
+                self.clip_partial(id)
+            }
             Op::Elementwise(e) => {
                 let n = node.num_inputs;
                 let mut ins = vec![];
@@ -485,9 +495,7 @@ impl Planner<'_> {
                 self.matmul(id, base, node.num_inputs, None)
             }
             Op::Linalg(LinalgOp::Conv(attrs)) => self.conv(id, attrs, node.num_inputs, None),
-            Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
-                "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
-            )),
+            Op::Linalg(LinalgOp::ConvTranspose(attrs)) => self.conv_transpose(id, attrs),
             Op::Linalg(LinalgOp::ConvInteger(_) | LinalgOp::QLinearConv(_)) => Err(CudaError::Unsupported(
                 "integer convolutions are not lowered yet (INT8 QDQ folding into cuDNN is planned)".into(),
             )),
@@ -496,6 +504,14 @@ impl Planner<'_> {
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
             Op::Norm(NormOp::Softmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, false),
             Op::Norm(NormOp::LogSoftmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, true),
+            Op::Norm(
+                op @ (NormOp::BatchNormalization { .. }
+                | NormOp::InstanceNormalization { .. }
+                | NormOp::GroupNormalization { .. }
+                | NormOp::LRN { .. }
+                | NormOp::LpNormalization { .. }
+                | NormOp::MeanVarianceNormalization { .. }),
+            ) => self.norm_family(id, op),
             Op::Layout(
                 LayoutOp::Reshape { .. }
                 | LayoutOp::Flatten { .. }
@@ -516,8 +532,36 @@ impl Planner<'_> {
             Op::Layout(LayoutOp::Split { axis, .. }) => self.split(id, *axis),
             Op::Layout(LayoutOp::Pad { mode, pads, value }) => self.pad(id, *mode, pads.as_deref(), *value),
             Op::Layout(LayoutOp::Expand) => self.expand(id),
+            Op::Layout(LayoutOp::DepthToSpace { blocksize, mode }) => self.depth_space(id, true, *blocksize, *mode),
+            Op::Layout(LayoutOp::SpaceToDepth { blocksize }) => {
+                self.depth_space(id, false, *blocksize, kiln_ir::ops::layout::DepthToSpaceMode::Dcr)
+            }
+            Op::Layout(LayoutOp::CenterCropPad { axes }) => self.center_crop_pad(id, axes.as_deref()),
             Op::Layout(LayoutOp::Tile) => self.tile(id),
             Op::Spatial(SpatialOp::Resize(attrs)) => self.resize(id, attrs),
+            Op::Spatial(SpatialOp::GridSample { mode, padding_mode, align_corners }) => {
+                self.grid_sample(id, *mode, *padding_mode, *align_corners)
+            }
+            Op::Spatial(SpatialOp::Col2Im { dilations, pads, strides }) => self.col2im(id, dilations, pads, strides),
+            Op::Spatial(SpatialOp::AffineGrid { align_corners }) => self.affine_grid(id, *align_corners),
+            Op::Spatial(SpatialOp::RoiAlign {
+                max,
+                output_height,
+                output_width,
+                sampling_ratio,
+                spatial_scale,
+                half_pixel,
+            }) => self.roi_align(
+                id,
+                spatial::RoiAlignParams {
+                    max: *max,
+                    oh: *output_height,
+                    ow: *output_width,
+                    sampling_ratio: *sampling_ratio,
+                    spatial_scale: *spatial_scale,
+                    half_pixel: *half_pixel,
+                },
+            ),
             Op::Reduce(ReduceOp::Reduce { reducer, axes, noop_with_empty_axes, .. }) => {
                 self.reduce(id, *reducer, axes.as_deref(), *noop_with_empty_axes)
             }
@@ -1003,7 +1047,9 @@ impl Planner<'_> {
         let ok = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
         let int_ok = matches!(what, "reduce_sum" | "reduce_max" | "reduce_min" | "argmax" | "argmin")
             && matches!(dt, DType::I32 | DType::I64);
-        if ok || int_ok {
+        let f64_ok = (what.starts_with("reduce_") || what == "argmax" || what == "argmin") && dt == DType::F64;
+        let bool_ok = matches!(what, "reduce_max" | "reduce_min") && dt == DType::Bool;
+        if ok || int_ok || f64_ok || bool_ok {
             crate::codegen::dtype_suffix(dt)
         } else {
             Err(CudaError::Unsupported(format!("no {what} kernel for {dt}")))
@@ -1036,7 +1082,11 @@ impl Planner<'_> {
             Reducer::LogSumExp => "reduce_logsumexp",
         };
         let sfx = self.float_suffix(x, name)?;
-        let (outer, n, inner) = Self::rows(&shape, &axes)?;
+        let (x, (outer, n, inner)) = match Self::rows(&shape, &axes) {
+            Ok(rows) => (x, rows),
+            // Axes that are not neighbours: the kept dims, then the reduced ones, by a copy.
+            Err(_) => self.reduced_last(id, x, &axes)?,
+        };
         let y = self.out(id, 0)?;
         let args =
             vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];

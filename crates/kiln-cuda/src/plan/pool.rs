@@ -1,5 +1,6 @@
 //! Pooling through `kernels/pool.cu`: MaxPool and AveragePool over one or two spatial dims
-//! (a 1-D window is a 2-D one of height 1), and the global forms over any number.
+//! (a 1-D window is a 2-D one of height 1) with the 2-D kernels; three spatial dims, LpPool and
+//! MaxPool's Indices output with the 3-D kernels; and the global forms over any number.
 
 use super::*;
 use kiln_ir::ops::pool::{PoolOp, PoolWindow};
@@ -7,16 +8,23 @@ use kiln_ir::ops::pool::{PoolOp, PoolWindow};
 impl Planner<'_> {
     pub(super) fn pool(&mut self, id: NodeId, p: &PoolOp) -> Result<()> {
         match p {
-            PoolOp::MaxPool { window, .. } => {
+            PoolOp::MaxPool { window, column_major } => {
                 let node = self.g.node(id);
                 if node.outputs.get(1).is_some_and(|o| !o.name.is_empty()) {
-                    return Err(CudaError::Unsupported("MaxPool's Indices output has no kernel yet".into()));
+                    return self.pool3(id, window, Pool3Kind::MaxIndices { column_major: *column_major });
+                }
+                if window.rank() == 3 {
+                    return self.pool3(id, window, Pool3Kind::Max);
                 }
                 self.window_pool(id, window, true, false)
             }
             PoolOp::AveragePool { window, count_include_pad } => {
+                if window.rank() == 3 {
+                    return self.pool3(id, window, Pool3Kind::Avg { count_include_pad: *count_include_pad });
+                }
                 self.window_pool(id, window, false, *count_include_pad)
             }
+            PoolOp::LpPool { window, p } => self.pool3(id, window, Pool3Kind::Lp { p: *p }),
             PoolOp::GlobalAveragePool => self.global_pool(id, "globalavgpool"),
             PoolOp::GlobalMaxPool => self.global_pool(id, "globalmaxpool"),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
@@ -90,6 +98,91 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// A windowed pool over one to three spatial dims with the `*3d` kernels.
+    fn pool3(&mut self, id: NodeId, window: &PoolWindow, kind: Pool3Kind) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let xs = self.plan.buffers[x].shape.clone();
+        let what = match kind {
+            Pool3Kind::Max | Pool3Kind::MaxIndices { .. } => "maxpool3d",
+            Pool3Kind::Avg { .. } => "avgpool3d",
+            Pool3Kind::Lp { .. } => "lppool3d",
+        };
+        let sfx = self.float_suffix(x, what)?;
+        if !(3..=5).contains(&xs.len()) {
+            return Err(CudaError::Unsupported(format!(
+                "pooling over {} spatial dims (the kernels take 1 to 3)",
+                xs.len().saturating_sub(2)
+            )));
+        }
+        if xs[2..].contains(&0) {
+            return Err(CudaError::Invalid(format!("cannot pool empty spatial dims of shape {xs:?}")));
+        }
+        let dims = window.dims(&xs[2..]).map_err(CudaError::Invalid)?;
+        let y = self.out(id, 0)?;
+        let ys = self.plan.buffers[y].shape.clone();
+        let want: Vec<usize> = xs[..2].iter().copied().chain(dims.iter().map(|d| d.output)).collect();
+        if ys != want {
+            return Err(CudaError::Invalid(format!("the windows give {want:?}, the node's output is {ys:?}")));
+        }
+        let indices = match kind {
+            Pool3Kind::MaxIndices { .. } => {
+                let b = self.out(id, 1)?;
+                if self.plan.buffers[b].dtype != DType::I64 || self.plan.buffers[b].shape != ys {
+                    return Err(CudaError::Invalid(format!(
+                        "MaxPool's Indices must be i64 {ys:?}, found {} {:?}",
+                        self.plan.buffers[b].dtype, self.plan.buffers[b].shape
+                    )));
+                }
+                Some(b)
+            }
+            _ => None,
+        };
+        // Missing leading dims are single cells.
+        let mut a = launch::Pool3Args {
+            planes: (xs[0] * xs[1]) as i64,
+            input: [1; 3],
+            output: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            dilation: [1; 3],
+            pad_begin: [0; 3],
+            pad_end: [0; 3],
+            count_include_pad: matches!(kind, Pool3Kind::Avg { count_include_pad: true }),
+            column_major: matches!(kind, Pool3Kind::MaxIndices { column_major: true }),
+            p: match kind {
+                Pool3Kind::Lp { p } => p as f64,
+                _ => 2.0,
+            },
+        };
+        let lead = 3 - dims.len();
+        for (k, d) in dims.iter().enumerate() {
+            let i = |v: usize| v as i64;
+            a.input[lead + k] = i(d.input);
+            a.output[lead + k] = i(d.output);
+            a.kernel[lead + k] = i(d.kernel);
+            a.stride[lead + k] = i(d.stride);
+            a.dilation[lead + k] = i(d.dilation);
+            a.pad_begin[lead + k] = i(d.pad_begin);
+            a.pad_end[lead + k] = i(d.pad_end);
+        }
+        if let Pool3Kind::Lp { p } = kind {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(CudaError::Unsupported(format!("LpPool with p = {p}")));
+            }
+        }
+        let n: usize = ys.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut args = vec![Arg::Buffer(x), Arg::Buffer(y)];
+        if matches!(kind, Pool3Kind::Max | Pool3Kind::MaxIndices { .. }) {
+            args.push(indices.map_or(Arg::Null, Arg::Buffer));
+        }
+        args.push(Arg::Struct(a.fields()));
+        self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride(n as u64), args);
+        Ok(())
+    }
+
     fn global_pool(&mut self, id: NodeId, what: &str) -> Result<()> {
         let x = self.required(id, 0)?;
         let xs = self.plan.buffers[x].shape.clone();
@@ -110,6 +203,15 @@ impl Planner<'_> {
         self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::per_row(planes as u64, hw as u64), args);
         Ok(())
     }
+}
+
+/// Which `*3d` pooling kernel, with its options.
+#[derive(Clone, Copy)]
+enum Pool3Kind {
+    Max,
+    MaxIndices { column_major: bool },
+    Avg { count_include_pad: bool },
+    Lp { p: f32 },
 }
 
 /// Eight bytes of a parameter as an array.
