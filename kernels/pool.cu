@@ -2,7 +2,8 @@
 // to three (the *3d kernels, fewer dims given as leading dims of size one).
 // maxpool2d, avgpool2d and the *3d kernels compute one output element per thread (grid-stride);
 // the host gives the output size, which holds ceil_mode. globalmaxpool and globalavgpool reduce one [H*W]
-// plane per block with warp shuffles.
+// plane per block with warp shuffles. maxunpool scatters one input element per thread into an
+// output that maxunpool_zero cleared first.
 #include "common.cuh"
 
 struct PoolArgs {
@@ -148,6 +149,39 @@ __device__ __forceinline__ void global_pool_impl(const T* __restrict__ x, T* __r
     }
 }
 
+// MaxUnpool: x[i] goes to flat index idx[i] of the `inferred` shape (the unpooled size), placed
+// in the top-left corner of the `out` shape (output_shape); cells beyond `out` are dropped. An
+// index outside the inferred shape sets *err. Two entries of one index write the same maximum.
+struct UnpoolArgs {
+    i64 rank;
+    i64 inferred[KILN_MAX_RANK];
+    i64 out[KILN_MAX_RANK];
+};
+
+template <typename T>
+__device__ __forceinline__ void maxunpool_impl(const T* __restrict__ x, const i64* __restrict__ idx, T* __restrict__ y,
+                                               i64 n, const UnpoolArgs a, int* err) {
+    i64 total = 1;
+    for (int d = 0; d < (int)a.rank; ++d) total *= a.inferred[d];
+    KILN_GRID_STRIDE(i, n) {
+        i64 rest = idx[i];
+        if (rest < 0 || rest >= total) {
+            *err = 1;
+            continue;
+        }
+        i64 o = 0, mul = 1;
+        bool inside = true;
+        for (int d = (int)a.rank - 1; d >= 0; --d) {
+            const i64 c = rest % a.inferred[d];
+            rest /= a.inferred[d];
+            if (c >= a.out[d]) inside = false;
+            o += c * mul;
+            mul *= a.out[d];
+        }
+        if (inside) y[o] = x[i];
+    }
+}
+
 #define POOL_KERNELS(T, sfx)                                                                           \
     extern "C" __global__ void maxpool2d_##sfx(const T* x, T* y, const PoolArgs p) {                   \
         maxpool_impl<T>(x, y, p);                                                                      \
@@ -163,6 +197,13 @@ __device__ __forceinline__ void global_pool_impl(const T* __restrict__ x, T* __r
     }                                                                                                  \
     extern "C" __global__ void lppool3d_##sfx(const T* x, T* y, const Pool3Args a) {                   \
         pool3_impl<T, POOL3_LP>(x, y, nullptr, a);                                                     \
+    }                                                                                                  \
+    extern "C" __global__ void maxunpool_zero_##sfx(T* y, i64 n) {                                    \
+        KILN_GRID_STRIDE(i, n) y[i] = from_f32<T>(0.0f);                                               \
+    }                                                                                                  \
+    extern "C" __global__ void maxunpool_##sfx(const T* x, const i64* indices, T* y, i64 n,            \
+                                               const UnpoolArgs a, int* err) {                         \
+        maxunpool_impl<T>(x, indices, y, n, a, err);                                                   \
     }                                                                                                  \
     extern "C" __global__ void globalmaxpool_##sfx(const T* x, T* y, i64 planes, i64 hw) {             \
         global_pool_impl<T, true>(x, y, planes, hw);                                                   \

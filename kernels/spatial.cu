@@ -5,7 +5,8 @@
 //                   padding;
 //   roi_align       RoiAlign, average or max of bilinear samples per bin;
 //   col2im          Col2Im in gather form, each image cell summing the block cells that land on it;
-//   affine_grid     AffineGrid, the sampling grid of an affine transform.
+//   affine_grid     AffineGrid, the sampling grid of an affine transform;
+//   window          HannWindow, HammingWindow and BlackmanWindow (in f64).
 // ConvTranspose and GridSample take up to three spatial dims, fewer given as leading dims of
 // size one. Every kernel computes one output element per thread (grid-stride). ConvTranspose
 // accumulates in f32; GridSample and RoiAlign work in f64 (GridSample's coordinates in f32), as
@@ -360,6 +361,28 @@ __device__ __forceinline__ void affine_grid_impl(const T* __restrict__ theta, T*
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Windows: y[i] = f(2 pi i / n) for i < size, n the size (periodic) or the size minus one
+// (symmetric); n = 0 gives ones.
+
+#define WINDOW_HANN 0
+#define WINDOW_HAMMING 1
+#define WINDOW_BLACKMAN 2
+
+template <typename T>
+__device__ __forceinline__ void window_impl(T* __restrict__ y, i64 size, i64 n, int function) {
+    KILN_GRID_STRIDE(i, size) {
+        double v = 1.0;
+        if (n > 0) {
+            const double x = 2.0 * 3.141592653589793 * (double)i / (double)n;
+            if (function == WINDOW_HANN) v = 0.5 - 0.5 * cos(x);
+            else if (function == WINDOW_HAMMING) v = 25.0 / 46.0 - 21.0 / 46.0 * cos(x);
+            else v = 0.42 - 0.5 * cos(x) + 0.08 * cos(2.0 * x);
+        }
+        y[i] = from_f64<T>(v);
+    }
+}
+
 #define SPATIAL_KERNELS(T, sfx)                                                                          \
     extern "C" __global__ void grid_sample_##sfx(const T* x, const T* grid, T* y, const GridSampleArgs a) { \
         grid_sample_impl<T>(x, grid, y, a);                                                              \
@@ -371,6 +394,9 @@ __device__ __forceinline__ void affine_grid_impl(const T* __restrict__ theta, T*
     extern "C" __global__ void col2im_##sfx(const T* x, T* y, const Col2ImArgs a) { col2im_impl<T>(x, y, a); } \
     extern "C" __global__ void affine_grid_##sfx(const T* theta, T* y, const AffineGridArgs a) {         \
         affine_grid_impl<T>(theta, y, a);                                                                \
+    }                                                                                                    \
+    extern "C" __global__ void window_##sfx(T* y, i64 size, i64 n, int function) {                       \
+        window_impl<T>(y, size, n, function);                                                            \
     }
 #define CONV_KERNELS(T, sfx)                                                                             \
     extern "C" __global__ void conv_transpose_##sfx(const T* x, const T* w, const T* bias, T* y,         \

@@ -32,7 +32,8 @@ pub enum KernelFamily {
     Resize,
     /// Fused multi-head attention with online softmax.
     Attention,
-    /// Direct kernels for ConvTranspose, GridSample, RoiAlign, Col2Im and AffineGrid.
+    /// Direct kernels for ConvTranspose, GridSample, RoiAlign, Col2Im, AffineGrid and the window
+    /// functions.
     Spatial,
 }
 
@@ -153,7 +154,17 @@ impl KernelFamily {
                 k
             }
             KernelFamily::Pool => per(
-                &["maxpool2d", "avgpool2d", "maxpool3d", "avgpool3d", "lppool3d", "globalmaxpool", "globalavgpool"],
+                &[
+                    "maxpool2d",
+                    "avgpool2d",
+                    "maxpool3d",
+                    "avgpool3d",
+                    "lppool3d",
+                    "maxunpool_zero",
+                    "maxunpool",
+                    "globalmaxpool",
+                    "globalavgpool",
+                ],
                 &floats,
             ),
             KernelFamily::Resize => {
@@ -163,7 +174,10 @@ impl KernelFamily {
                 k
             }
             KernelFamily::Spatial => {
-                let mut k = per(&["grid_sample", "roi_align", "col2im", "affine_grid"], &["f32", "f16", "bf16", "f64"]);
+                let mut k = per(
+                    &["grid_sample", "roi_align", "col2im", "affine_grid", "window"],
+                    &["f32", "f16", "bf16", "f64"],
+                );
                 k.extend(per(&["conv_transpose"], &floats));
                 k
             }

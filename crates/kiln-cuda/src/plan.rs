@@ -485,6 +485,11 @@ impl Planner<'_> {
             }
             Op::Fused(FusedOp::Elementwise(expr)) => {
                 let ins: Vec<BufferId> = (0..node.num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+                let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+                if let Some((e, map)) = legacy::fold_cast_like(expr, &dts) {
+                    let ins: Vec<BufferId> = map.iter().map(|&i| ins[i]).collect();
+                    return self.elementwise(id, &e, &ins);
+                }
                 self.elementwise(id, expr, &ins)
             }
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
@@ -541,6 +546,9 @@ impl Planner<'_> {
             Op::Spatial(SpatialOp::Resize(attrs)) => self.resize(id, attrs),
             Op::Spatial(SpatialOp::GridSample { mode, padding_mode, align_corners }) => {
                 self.grid_sample(id, *mode, *padding_mode, *align_corners)
+            }
+            Op::Signal(kiln_ir::ops::signal::SignalOp::Window { function, periodic, .. }) => {
+                self.window(id, *function, *periodic)
             }
             Op::Spatial(SpatialOp::Col2Im { dilations, pads, strides }) => self.col2im(id, dilations, pads, strides),
             Op::Spatial(SpatialOp::AffineGrid { align_corners }) => self.affine_grid(id, *align_corners),

@@ -399,3 +399,41 @@ fn col2im_and_affine_grid_match_cpu() {
         }
     }
 }
+
+#[test]
+fn windows_match_cpu() {
+    use kiln_ir::ops::signal::{SignalOp, WindowFunction};
+    let Some(lib) = lib() else { return };
+    for function in [WindowFunction::Hann, WindowFunction::Hamming, WindowFunction::Blackman] {
+        for periodic in [false, true] {
+            for dt in [DType::F32, DType::F64] {
+                for size in [1i64, 3, 50, 783] {
+                    let op = Op::Signal(SignalOp::Window { function, periodic, output_datatype: dt });
+                    let (g, ins) = one_node(op, &[], &[Some(Tensor::scalar(size))], 1);
+                    let what = format!("window {function:?} periodic={periodic} {dt} size={size}");
+                    plan_matches(lib, &what, &g, &ins, 1e-7, 1e-6);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn max_unpool_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(31);
+    for dt in [DType::F32, DType::F16] {
+        for n in [2usize, 4, 50] {
+            let x = rand_tensor(&mut rng, &[2, 3, n, 6], -4.0, 4.0, dt);
+            let pool = PoolOp::MaxPool { window: window(&[2, 2], &[2, 2], &[0, 0, 0, 0], false), column_major: false };
+            let pooled = kiln_cpu::eval_op(&Op::Pool(pool), &[Some(&x)], 2).unwrap();
+            let unpool =
+                Op::Pool(PoolOp::MaxUnpool { kernel_shape: vec![2, 2], strides: vec![2, 2], pads: vec![0, 0, 0, 0] });
+            let (g, ins) = one_node(unpool.clone(), &[&pooled[0], &pooled[1]], &[], 1);
+            plan_matches(lib, &format!("maxunpool {dt} n={n}"), &g, &ins, 0.0, 0.0);
+            let shape = ints(&[2, 3, n as i64 + 1, 7]);
+            let (g, ins) = one_node(unpool, &[&pooled[0], &pooled[1]], &[shape], 1);
+            plan_matches(lib, &format!("maxunpool output_shape {dt} n={n}"), &g, &ins, 0.0, 0.0);
+        }
+    }
+}

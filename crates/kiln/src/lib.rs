@@ -161,6 +161,9 @@ fn is_shape_operand(op: &str, slot: usize) -> bool {
         "Pad" => slot == 1 || slot == 3,
         "Col2Im" => slot == 1 || slot == 2,
         "AffineGrid" => slot == 1,
+        "MaxUnpool" => slot == 2,
+        "CenterCropPad" => slot == 1,
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => slot == 0,
         "Reshape" | "Expand" | "Tile" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum" | "OneHot"
         | "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
         | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => slot == 1,

@@ -105,3 +105,29 @@ impl Planner<'_> {
         Ok(())
     }
 }
+
+/// `CastLike(x, like)` reads only `like`'s type: as a `Cast` to that type `like` drops out of
+/// the expression (an empty `like`, as ReduceLogSumExp's expansion over an empty set passes,
+/// would not broadcast to the output). The new expression and, per new input, the old one it
+/// reads; `None` when no CastLike reads an input directly.
+pub(super) fn fold_cast_like(expr: &Expr, dts: &[DType]) -> Option<(Expr, Vec<usize>)> {
+    let mut nodes = expr.nodes.clone();
+    let mut changed = false;
+    for i in 0..nodes.len() {
+        let found = match &nodes[i] {
+            ExprNode::Op { op: ElementwiseOp::CastLike { saturate }, args } if args.len() == 2 => {
+                match nodes.get(args[1]) {
+                    Some(ExprNode::Input(k)) => Some((args[0], *k, *saturate)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((x, k, saturate)) = found {
+            let to = *dts.get(k)?;
+            nodes[i] = ExprNode::Op { op: ElementwiseOp::Cast { to, saturate }, args: vec![x] };
+            changed = true;
+        }
+    }
+    changed.then(|| Expr { nodes }.canonical(&|i| i))
+}

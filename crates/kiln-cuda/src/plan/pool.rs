@@ -1,6 +1,7 @@
 //! Pooling through `kernels/pool.cu`: MaxPool and AveragePool over one or two spatial dims
 //! (a 1-D window is a 2-D one of height 1) with the 2-D kernels; three spatial dims, LpPool and
-//! MaxPool's Indices output with the 3-D kernels; and the global forms over any number.
+//! MaxPool's Indices output with the 3-D kernels; the global forms over any number; and
+//! MaxUnpool as a clear and a scatter.
 
 use super::*;
 use kiln_ir::ops::pool::{PoolOp, PoolWindow};
@@ -25,6 +26,7 @@ impl Planner<'_> {
                 self.window_pool(id, window, false, *count_include_pad)
             }
             PoolOp::LpPool { window, p } => self.pool3(id, window, Pool3Kind::Lp { p: *p }),
+            PoolOp::MaxUnpool { kernel_shape, strides, pads } => self.max_unpool(id, kernel_shape, strides, pads),
             PoolOp::GlobalAveragePool => self.global_pool(id, "globalavgpool"),
             PoolOp::GlobalMaxPool => self.global_pool(id, "globalmaxpool"),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
@@ -180,6 +182,83 @@ impl Planner<'_> {
         }
         args.push(Arg::Struct(a.fields()));
         self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride(n as u64), args);
+        Ok(())
+    }
+
+    /// MaxUnpool: zero the output, then scatter X to the flat positions in I (of the unpooled
+    /// shape), placed in the corner of the output shape when output_shape (a constant) is
+    /// given.
+    fn max_unpool(&mut self, id: NodeId, kernel: &[usize], strides: &[usize], pads: &[usize]) -> Result<()> {
+        let x = self.required(id, 0)?;
+        let idx = self.required(id, 1)?;
+        let xs = self.plan.buffers[x].shape.clone();
+        let sfx = self.float_suffix(x, "maxunpool")?;
+        let k = kernel.len();
+        if xs.len() != k + 2 || xs.len() > crate::codegen::MAX_RANK {
+            return Err(CudaError::Invalid(format!("X {xs:?} does not have the {k} spatial dims of kernel_shape")));
+        }
+        if self.plan.buffers[idx].shape != xs || self.plan.buffers[idx].dtype != DType::I64 {
+            return Err(CudaError::Unsupported(format!(
+                "I must be i64 of X's shape {xs:?}, found {} {:?}",
+                self.plan.buffers[idx].dtype, self.plan.buffers[idx].shape
+            )));
+        }
+        let mut inferred = xs[..2].to_vec();
+        for d in 0..k {
+            let (s, pb, pe) = (
+                strides.get(d).copied().unwrap_or(1),
+                pads.get(d).copied().unwrap_or(0),
+                pads.get(d + k).copied().unwrap_or(0),
+            );
+            inferred
+                .push(kiln_ir::ops::pool::unpool_size(xs[d + 2], kernel[d], s, pb, pe).map_err(CudaError::Invalid)?);
+        }
+        let y = self.out(id, 0)?;
+        let ys = self.plan.buffers[y].shape.clone();
+        if self.input(id, 2)?.is_some() {
+            let want = self.const_ints(id, 2)?.unwrap_or_default();
+            if want.len() != ys.len() || want.iter().zip(&ys).any(|(&a, &b)| a != b as i64) {
+                return Err(CudaError::Invalid(format!("output_shape {want:?}, the node's output is {ys:?}")));
+            }
+        } else if ys != inferred {
+            return Err(CudaError::Invalid(format!("the output should be {inferred:?}, the node's is {ys:?}")));
+        }
+        if ys.len() != inferred.len() {
+            return Err(CudaError::Invalid(format!("output {ys:?} for the unpooled shape {inferred:?}")));
+        }
+        let n_out: usize = ys.iter().product();
+        let n_in: usize = xs.iter().product();
+        if n_out == 0 {
+            return Ok(());
+        }
+        self.kernel(
+            id,
+            KernelFamily::Pool,
+            format!("maxunpool_zero_{sfx}"),
+            launch::grid_stride(n_out as u64),
+            vec![Arg::Buffer(y), Arg::I64(n_out as i64)],
+        );
+        if n_in == 0 {
+            return Ok(());
+        }
+        let name = format!("{}.index_error", self.g.node(id).name);
+        let err = self.temp(name, DType::I32, vec![1]);
+        let total: usize = inferred.iter().product();
+        let message = format!("MaxUnpool {}: an index is outside [0, {total})", self.g.node(id).name);
+        self.plan.error_flags.push((err, message));
+        let mut fields = vec![Field::I64(inferred.len() as i64)];
+        for dims in [&inferred, &ys] {
+            fields.extend((0..crate::codegen::MAX_RANK).map(|d| Field::I64(dims.get(d).map_or(1, |&v| v as i64))));
+        }
+        let args = vec![
+            Arg::Buffer(x),
+            Arg::Buffer(idx),
+            Arg::Buffer(y),
+            Arg::I64(n_in as i64),
+            Arg::Struct(fields),
+            Arg::Buffer(err),
+        ];
+        self.kernel(id, KernelFamily::Pool, format!("maxunpool_{sfx}"), launch::grid_stride(n_in as u64), args);
         Ok(())
     }
 

@@ -1,11 +1,12 @@
 //! Spatial ops: DepthToSpace, SpaceToDepth and CenterCropPad as strided copies and pads of
 //! `kernels/layout.cu`; ConvTranspose, GridSample, RoiAlign, Col2Im and AffineGrid through the
-//! direct kernels of `kernels/spatial.cu`.
+//! direct kernels of `kernels/spatial.cu`, which also computes the window functions.
 
 use super::data::row_major;
 use super::*;
 use kiln_ir::ops::layout::DepthToSpaceMode;
 use kiln_ir::ops::linalg::ConvTransposeAttrs;
+use kiln_ir::ops::signal::WindowFunction;
 use kiln_ir::ops::spatial::{GridPadding, GridSampleMode};
 
 impl Planner<'_> {
@@ -423,4 +424,38 @@ pub(super) struct RoiAlignParams {
     pub sampling_ratio: usize,
     pub spatial_scale: f32,
     pub half_pixel: bool,
+}
+
+impl Planner<'_> {
+    /// HannWindow, HammingWindow and BlackmanWindow of a constant size.
+    pub(super) fn window(&mut self, id: NodeId, function: WindowFunction, periodic: bool) -> Result<()> {
+        let size = match self.const_ints(id, 0)?.as_deref() {
+            Some(&[s]) if s >= 0 => s as usize,
+            other => return Err(CudaError::Invalid(format!("size must be one non-negative value, found {other:?}"))),
+        };
+        let y = self.out(id, 0)?;
+        let dtype = self.plan.buffers[y].dtype;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            return Err(CudaError::Unsupported(format!("no window kernel for {dtype}")));
+        }
+        if self.plan.buffers[y].shape != [size] {
+            return Err(CudaError::Invalid(format!(
+                "the output should be [{size}], the node's is {:?}",
+                self.plan.buffers[y].shape
+            )));
+        }
+        if size == 0 {
+            return Ok(());
+        }
+        let n = if periodic { size } else { size - 1 };
+        let code = match function {
+            WindowFunction::Hann => 0,
+            WindowFunction::Hamming => 1,
+            WindowFunction::Blackman => 2,
+        };
+        let sfx = crate::codegen::dtype_suffix(dtype)?;
+        let args = vec![Arg::Buffer(y), Arg::I64(size as i64), Arg::I64(n as i64), Arg::I32(code)];
+        self.kernel(id, KernelFamily::Spatial, format!("window_{sfx}"), launch::grid_stride(size as u64), args);
+        Ok(())
+    }
 }
