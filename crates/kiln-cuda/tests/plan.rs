@@ -459,8 +459,8 @@ fn matmul_broadcasts_batch_dims_and_vectors() {
 }
 
 #[test]
-fn unlowered_convs_and_pools_say_why() {
-    let mut g = Graph::new("refused");
+fn conv_transpose_and_max_pool_indices_are_direct_kernels() {
+    let mut g = Graph::new("direct");
     let x = g.add_input("x", TypeInfo::known(DType::F32, &[1, 2, 4, 4]));
     let w = g.add_const("w", Tensor::from_vec(vec![2, 2, 1, 1], vec![1f32; 4]).unwrap());
     let ct = ConvTransposeAttrs {
@@ -499,8 +499,19 @@ fn unlowered_convs_and_pools_say_why() {
         ],
     );
     g.add_output("mp_idx", Value { node: id, slot: 1 });
-    let err = plan(&g).unwrap_err().to_string();
-    assert!(err.starts_with("2 node(s) have no CUDA lowering"), "{err}");
-    assert!(err.contains("deconv (ConvTranspose): ConvTranspose is not lowered yet"), "{err}");
-    assert!(err.contains("mp (MaxPool): MaxPool's Indices output has no kernel yet"), "{err}");
+    let p = plan(&g).unwrap();
+    let kernels: Vec<(&str, &[Arg])> = p
+        .steps
+        .iter()
+        .map(|s| match &s.kind {
+            StepKind::Kernel(k) => (k.kernel.as_str(), &k.args[..]),
+            other => panic!("not a kernel: {other:?}"),
+        })
+        .collect();
+    assert_eq!(kernels.len(), 2, "{p}");
+    assert_eq!(kernels[0].0, "conv_transpose_f32");
+    assert_eq!(kernels[1].0, "maxpool3d_f32");
+    // MaxPool writes its values to a temp and its indices to the graph output.
+    let idx = p.outputs[1];
+    assert!(matches!(kernels[1].1[2], Arg::Buffer(b) if b == idx), "{p}");
 }
