@@ -196,6 +196,32 @@ __device__ __forceinline__ void lrn_impl(const T* __restrict__ x, T* __restrict_
     }
 }
 
+// BatchNormalization's batch statistics over [N, C, plane], one block per channel: the mean and
+// population variance into mean_out and var_out, and when given the running statistics
+// in * momentum + batch * (1 - momentum).
+template <typename T>
+__device__ __forceinline__ void batchnorm_stats_rows(const T* __restrict__ x, const T* __restrict__ in_mean,
+                                                     const T* __restrict__ in_var, T* __restrict__ mean_out,
+                                                     T* __restrict__ var_out, T* __restrict__ run_mean,
+                                                     T* __restrict__ run_var, i64 n, i64 channels, i64 plane,
+                                                     float momentum) {
+    for (i64 c = blockIdx.x; c < channels; c += gridDim.x) {
+        Welford w = {0.0f, 0.0f, 0.0f};
+        for (i64 k = threadIdx.x; k < n * plane; k += blockDim.x) {
+            Welford b = {1.0f, to_f32(x[((k / plane) * channels + c) * plane + k % plane]), 0.0f};
+            w = welford_merge(w, b);
+        }
+        w = welford_block(w);
+        if (threadIdx.x == 0) {
+            const float var = w.n > 0.0f ? w.m2 / w.n : 0.0f;
+            mean_out[c] = from_f32<T>(w.mean);
+            var_out[c] = from_f32<T>(var);
+            if (run_mean) run_mean[c] = from_f32<T>(to_f32(in_mean[c]) * momentum + w.mean * (1.0f - momentum));
+            if (run_var) run_var[c] = from_f32<T>(to_f32(in_var[c]) * momentum + var * (1.0f - momentum));
+        }
+    }
+}
+
 #define NORM_KERNELS(T, sfx)                                                                                \
     extern "C" __global__ void layernorm_##sfx(const T* x, const T* scale, const T* bias, T* y, i64 rows,   \
                                                i64 n, float eps, float* mean_out, float* invstd_out) {      \
@@ -216,6 +242,12 @@ __device__ __forceinline__ void lrn_impl(const T* __restrict__ x, T* __restrict_
                                                const T* var, T* y, i64 n, i64 channels, i64 plane,          \
                                                float eps) {                                                 \
         batchnorm_impl<T>(x, scale, bias, mean, var, y, n, channels, plane, eps);                           \
+    }                                                                                                       \
+    extern "C" __global__ void batchnorm_stats_##sfx(const T* x, const T* in_mean, const T* in_var,         \
+                                                     T* mean_out, T* var_out, T* run_mean, T* run_var,      \
+                                                     i64 n, i64 channels, i64 plane, float momentum) {      \
+        batchnorm_stats_rows<T>(x, in_mean, in_var, mean_out, var_out, run_mean, run_var, n, channels,      \
+                                plane, momentum);                                                           \
     }                                                                                                       \
     extern "C" __global__ void lrn_##sfx(const T* x, T* y, i64 n, i64 channels, i64 plane, i64 size,        \
                                          float alpha, float beta, float bias) {                             \

@@ -139,9 +139,10 @@ impl KernelFamily {
                 k.extend(per(&["reduce_max", "reduce_min"], &["bool"]));
                 k
             }
-            KernelFamily::Norm => {
-                per(&["layernorm", "rmsnorm", "groupnorm", "mvn", "lpnorm", "batchnorm", "lrn"], &floats)
-            }
+            KernelFamily::Norm => per(
+                &["layernorm", "rmsnorm", "groupnorm", "mvn", "lpnorm", "batchnorm", "batchnorm_stats", "lrn"],
+                &floats,
+            ),
             KernelFamily::Layout => {
                 let mut k =
                     per(&["permute", "copy_rows", "pad", "pad_from", "gather", "where", "transpose2d"], &widths);

@@ -89,8 +89,13 @@ fn normalizations_match_cpu() {
             plan_matches(lib, &format!("groupnorm per group {dt} n={n}"), &g, &ins, atol, rtol);
             let (m6, v6) = (rand_tensor(&mut rng, &[6], -1.0, 1.0, dt), per_channel(&mut rng, 6));
             let op = Op::Norm(NormOp::BatchNormalization { epsilon: 1e-5, momentum: 0.9, training_mode: false });
-            let (g, ins) = one_node(op, &[&x], &[Some(s6), Some(b6), Some(m6), Some(v6)], 1);
+            let params = [Some(s6), Some(b6), Some(m6), Some(v6)];
+            let (g, ins) = one_node(op, &[&x], &params, 1);
             plan_matches(lib, &format!("batchnorm {dt} n={n}"), &g, &ins, atol, rtol);
+            // Training mode: batch statistics, and the running statistics as outputs 1 and 2.
+            let op = Op::Norm(NormOp::BatchNormalization { epsilon: 1e-5, momentum: 0.9, training_mode: true });
+            let (g, ins) = one_node(op, &[&x], &params, 3);
+            plan_matches(lib, &format!("batchnorm training {dt} n={n}"), &g, &ins, atol, rtol);
             for size in [1usize, 3, 4] {
                 let op = Op::Norm(NormOp::LRN { alpha: 1e-3, beta: 0.75, bias: 1.0, size });
                 let (g, ins) = one_node(op, &[&x], &[], 1);

@@ -14,13 +14,8 @@ impl Planner<'_> {
             NormOp::GroupNormalization { num_groups, epsilon, .. } => self.group_norm(id, Some(*num_groups), *epsilon),
             NormOp::MeanVarianceNormalization { axes } => self.mvn(id, axes),
             NormOp::LpNormalization { axis, p } => self.lp_norm(id, *axis, *p),
-            NormOp::BatchNormalization { epsilon, training_mode, .. } => {
-                if *training_mode {
-                    return Err(CudaError::Unsupported(
-                        "BatchNormalization in training mode (batch statistics) has no kernel yet".into(),
-                    ));
-                }
-                self.batch_norm(id, *epsilon)
+            NormOp::BatchNormalization { epsilon, momentum, training_mode } => {
+                self.batch_norm(id, *epsilon, training_mode.then_some(*momentum))
             }
             NormOp::LRN { alpha, beta, bias, size } => self.lrn(id, *alpha, *beta, *bias, *size),
             other => Err(CudaError::Unsupported(format!("the launch planner does not lower {} yet", other.name()))),
@@ -149,28 +144,61 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn batch_norm(&mut self, id: NodeId, epsilon: f32) -> Result<()> {
+    /// BatchNormalization with the given statistics, or in training mode (`momentum` given)
+    /// with the batch's, whose running updates go to the optional outputs 1 and 2.
+    fn batch_norm(&mut self, id: NodeId, epsilon: f32, momentum: Option<f32>) -> Result<()> {
         let (x, shape, dtype, sfx) = self.norm_input(id, "batchnorm")?;
-        if self.g.node(id).outputs.iter().skip(1).any(|o| !o.name.is_empty()) {
+        let used = |slot: usize| self.g.node(id).outputs.get(slot).is_some_and(|o| !o.name.is_empty());
+        if momentum.is_none() && (1..5).any(used) {
             return Err(CudaError::Unsupported(
                 "BatchNormalization's running statistics outputs (before opset 9) have no kernel yet".into(),
             ));
+        }
+        if momentum.is_some() && (3..5).any(used) {
+            return Err(CudaError::Unsupported("BatchNormalization's saved mean and variance outputs".into()));
         }
         if shape.len() < 2 {
             return Err(CudaError::Invalid(format!("X must have rank 2 or more, found {shape:?}")));
         }
         let c = shape[1];
-        let params: Vec<BufferId> = ["scale", "B", "input_mean", "input_var"]
+        let mut params: Vec<BufferId> = ["scale", "B", "input_mean", "input_var"]
             .iter()
             .enumerate()
             .map(|(i, what)| self.norm_param(id, i + 1, what, c, dtype))
             .collect::<Result<_>>()?;
         let y = self.out(id, 0)?;
         let n: usize = shape.iter().product();
+        let plane: usize = shape[2..].iter().product();
+        if let Some(momentum) = momentum {
+            let run_mean = if used(1) { Some(self.out(id, 1)?) } else { None };
+            let run_var = if used(2) { Some(self.out(id, 2)?) } else { None };
+            let name = self.g.node(id).name.clone();
+            let mean = self.temp(format!("{name}.batch_mean"), dtype, vec![c]);
+            let var = self.temp(format!("{name}.batch_var"), dtype, vec![c]);
+            if c > 0 {
+                let buf = |b: Option<BufferId>| b.map_or(Arg::Null, Arg::Buffer);
+                let args = vec![
+                    Arg::Buffer(x),
+                    Arg::Buffer(params[2]),
+                    Arg::Buffer(params[3]),
+                    Arg::Buffer(mean),
+                    Arg::Buffer(var),
+                    buf(run_mean),
+                    buf(run_var),
+                    Arg::I64(shape[0] as i64),
+                    Arg::I64(c as i64),
+                    Arg::I64(plane as i64),
+                    Arg::F32(momentum),
+                ];
+                let config = launch::per_row(c as u64, (shape[0] * plane) as u64);
+                self.kernel(id, KernelFamily::Norm, format!("batchnorm_stats_{sfx}"), config, args);
+            }
+            params[2] = mean;
+            params[3] = var;
+        }
         if n == 0 {
             return Ok(());
         }
-        let plane: usize = shape[2..].iter().product();
         let mut args = vec![Arg::Buffer(x)];
         args.extend(params.iter().map(|&b| Arg::Buffer(b)));
         args.extend([
