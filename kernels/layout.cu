@@ -144,6 +144,13 @@ __device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __r
                                          u64 value_bits) {                                                    \
         pad_impl<W>(x, y, n, rank, p, mode, value_bits);                                                      \
     }                                                                                                         \
+    /* Pad with the constant read from device memory (a value that is a graph input). */                     \
+    extern "C" __global__ void pad_from_##sfx(const W* x, W* y, i64 n, int rank, const PadArgs p, int mode,   \
+                                              const W* value) {                                               \
+        u64 bits = 0;                                                                                         \
+        memcpy(&bits, value, sizeof(W));                                                                      \
+        pad_impl<W>(x, y, n, rank, p, mode, bits);                                                            \
+    }                                                                                                         \
     extern "C" __global__ void gather_##sfx(const W* x, const i64* idx, W* y, i64 outer, i64 axis_len,        \
                                             i64 nidx, i64 inner, int* error) {                                \
         gather_impl<W>(x, idx, y, outer, axis_len, nidx, inner, error);                                       \

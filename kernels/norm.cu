@@ -1,5 +1,7 @@
-// norm.cu: LayerNorm and RMSNorm over the last n elements of each row.
-// One block per row (grid-stride over rows). The statistics are taken in one pass with f32
+// norm.cu: LayerNorm and RMSNorm over the last n elements of each row; GroupNorm and
+// InstanceNorm over groups of channel planes; MeanVarianceNormalization and LpNormalization over
+// rows; BatchNorm (inference) and LRN elementwise, one thread per element (grid-stride).
+// The row kernels take one block per row (grid-stride over rows). The statistics are taken in one pass with f32
 // accumulation: Welford's mean and M2 per thread, merged across the warp with shuffles and
 // across warps through shared memory (Chan's formula), which stays accurate when the mean is
 // large against the spread. The second loop normalizes and applies scale and bias.
@@ -97,6 +99,129 @@ __device__ __forceinline__ void rmsnorm_rows(const T* __restrict__ x, const T* _
     }
 }
 
+// GroupNorm and InstanceNorm (groups = channels): row r is group r % groups of its sample, n =
+// per * plane elements, element k of the row in channel (r % groups) * per + k / plane. Scale and
+// bias hold one value per channel, or per group when `per_group` (GroupNorm of opset 18).
+template <typename T>
+__device__ __forceinline__ void groupnorm_rows(const T* __restrict__ x, const T* __restrict__ scale,
+                                               const T* __restrict__ bias, T* __restrict__ y, i64 rows, i64 groups,
+                                               i64 per, i64 plane, float eps, int per_group) {
+    const i64 n = per * plane;
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        Welford w = {0.0f, 0.0f, 0.0f};
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) {
+            Welford b = {1.0f, to_f32(xr[k]), 0.0f};
+            w = welford_merge(w, b);
+        }
+        w = welford_block(w);
+        const float inv = rsqrtf(w.m2 / (float)n + eps);
+        const i64 g = r % groups;
+        T* yr = y + r * n;
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) {
+            const i64 ch = per_group ? g : g * per + k / plane;
+            const float a = inv * to_f32(scale[ch]);
+            yr[k] = from_f32<T>(to_f32(xr[k]) * a + (to_f32(bias[ch]) - w.mean * a));
+        }
+    }
+}
+
+// MeanVarianceNormalization over rows of n elements: (x - mean) / (sqrt(var) + 1e-9).
+template <typename T>
+__device__ __forceinline__ void mvn_rows(const T* __restrict__ x, T* __restrict__ y, i64 rows, i64 n) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        Welford w = {0.0f, 0.0f, 0.0f};
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) {
+            Welford b = {1.0f, to_f32(xr[k]), 0.0f};
+            w = welford_merge(w, b);
+        }
+        w = welford_block(w);
+        const float d = sqrtf(w.m2 / (float)n) + 1e-9f;
+        T* yr = y + r * n;
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) yr[k] = from_f32<T>((to_f32(xr[k]) - w.mean) / d);
+    }
+}
+
+// LpNormalization over the middle axis of [outer, n, inner]: x / ||x||_p with p 1 or 2; one
+// row (o, i) per block iteration.
+template <typename T>
+__device__ __forceinline__ void lpnorm_rows(const T* __restrict__ x, T* __restrict__ y, i64 outer, i64 n, i64 inner,
+                                            int p) {
+    __shared__ float scratch[32];
+    for (i64 row = blockIdx.x; row < outer * inner; row += gridDim.x) {
+        const i64 off = (row / inner) * n * inner + row % inner;
+        float s = 0.0f;
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) {
+            const float v = to_f32(x[off + k * inner]);
+            s += p == 1 ? fabsf(v) : v * v;
+        }
+        s = block_reduce<warp_sum>(s, scratch);
+        const float norm = p == 1 ? s : sqrtf(s);
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) y[off + k * inner] = from_f32<T>(to_f32(x[off + k * inner]) / norm);
+    }
+}
+
+// BatchNormalization in inference form over [N, C, plane]:
+// y = x * a + (bias - mean * a) with a = scale / sqrt(var + eps), per channel.
+template <typename T>
+__device__ __forceinline__ void batchnorm_impl(const T* __restrict__ x, const T* __restrict__ scale,
+                                               const T* __restrict__ bias, const T* __restrict__ mean,
+                                               const T* __restrict__ var, T* __restrict__ y, i64 n, i64 channels,
+                                               i64 plane, float eps) {
+    KILN_GRID_STRIDE(i, n) {
+        const i64 ch = (i / plane) % channels;
+        const float a = to_f32(scale[ch]) / sqrtf(to_f32(var[ch]) + eps);
+        y[i] = from_f32<T>(to_f32(x[i]) * a + (to_f32(bias[ch]) - to_f32(mean[ch]) * a));
+    }
+}
+
+// LRN across the channels of [N, C, plane]: x / (bias + alpha / size * sum(x^2))^beta, the sum
+// over channels c - floor((size - 1) / 2) to c + ceil((size - 1) / 2), clipped to [0, C).
+template <typename T>
+__device__ __forceinline__ void lrn_impl(const T* __restrict__ x, T* __restrict__ y, i64 n, i64 channels, i64 plane,
+                                         i64 size, float alpha, float beta, float bias) {
+    const i64 before = (size - 1) / 2, after = size - 1 - before;
+    KILN_GRID_STRIDE(i, n) {
+        const i64 ch = (i / plane) % channels;
+        const i64 base = i - ch * plane;
+        const i64 lo = ch - before < 0 ? 0 : ch - before;
+        const i64 hi = ch + after > channels - 1 ? channels - 1 : ch + after;
+        float s = 0.0f;
+        for (i64 k = lo; k <= hi; ++k) {
+            const float v = to_f32(x[base + k * plane]);
+            s += v * v;
+        }
+        y[i] = from_f32<T>(to_f32(x[i]) / powf(bias + alpha / (float)size * s, beta));
+    }
+}
+
+// BatchNormalization's batch statistics over [N, C, plane], one block per channel: the mean and
+// population variance into mean_out and var_out, and when given the running statistics
+// in * momentum + batch * (1 - momentum).
+template <typename T>
+__device__ __forceinline__ void batchnorm_stats_rows(const T* __restrict__ x, const T* __restrict__ in_mean,
+                                                     const T* __restrict__ in_var, T* __restrict__ mean_out,
+                                                     T* __restrict__ var_out, T* __restrict__ run_mean,
+                                                     T* __restrict__ run_var, i64 n, i64 channels, i64 plane,
+                                                     float momentum) {
+    for (i64 c = blockIdx.x; c < channels; c += gridDim.x) {
+        Welford w = {0.0f, 0.0f, 0.0f};
+        for (i64 k = threadIdx.x; k < n * plane; k += blockDim.x) {
+            Welford b = {1.0f, to_f32(x[((k / plane) * channels + c) * plane + k % plane]), 0.0f};
+            w = welford_merge(w, b);
+        }
+        w = welford_block(w);
+        if (threadIdx.x == 0) {
+            const float var = w.n > 0.0f ? w.m2 / w.n : 0.0f;
+            mean_out[c] = from_f32<T>(w.mean);
+            var_out[c] = from_f32<T>(var);
+            if (run_mean) run_mean[c] = from_f32<T>(to_f32(in_mean[c]) * momentum + w.mean * (1.0f - momentum));
+            if (run_var) run_var[c] = from_f32<T>(to_f32(in_var[c]) * momentum + var * (1.0f - momentum));
+        }
+    }
+}
+
 #define NORM_KERNELS(T, sfx)                                                                                \
     extern "C" __global__ void layernorm_##sfx(const T* x, const T* scale, const T* bias, T* y, i64 rows,   \
                                                i64 n, float eps, float* mean_out, float* invstd_out) {      \
@@ -104,6 +229,29 @@ __device__ __forceinline__ void rmsnorm_rows(const T* __restrict__ x, const T* _
     }                                                                                                       \
     extern "C" __global__ void rmsnorm_##sfx(const T* x, const T* scale, T* y, i64 rows, i64 n, float eps) { \
         rmsnorm_rows<T>(x, scale, y, rows, n, eps);                                                         \
+    }                                                                                                       \
+    extern "C" __global__ void groupnorm_##sfx(const T* x, const T* scale, const T* bias, T* y, i64 rows,   \
+                                               i64 groups, i64 per, i64 plane, float eps, int per_group) {  \
+        groupnorm_rows<T>(x, scale, bias, y, rows, groups, per, plane, eps, per_group);                     \
+    }                                                                                                       \
+    extern "C" __global__ void mvn_##sfx(const T* x, T* y, i64 rows, i64 n) { mvn_rows<T>(x, y, rows, n); } \
+    extern "C" __global__ void lpnorm_##sfx(const T* x, T* y, i64 outer, i64 n, i64 inner, int p) {         \
+        lpnorm_rows<T>(x, y, outer, n, inner, p);                                                           \
+    }                                                                                                       \
+    extern "C" __global__ void batchnorm_##sfx(const T* x, const T* scale, const T* bias, const T* mean,    \
+                                               const T* var, T* y, i64 n, i64 channels, i64 plane,          \
+                                               float eps) {                                                 \
+        batchnorm_impl<T>(x, scale, bias, mean, var, y, n, channels, plane, eps);                           \
+    }                                                                                                       \
+    extern "C" __global__ void batchnorm_stats_##sfx(const T* x, const T* in_mean, const T* in_var,         \
+                                                     T* mean_out, T* var_out, T* run_mean, T* run_var,      \
+                                                     i64 n, i64 channels, i64 plane, float momentum) {      \
+        batchnorm_stats_rows<T>(x, in_mean, in_var, mean_out, var_out, run_mean, run_var, n, channels,      \
+                                plane, momentum);                                                           \
+    }                                                                                                       \
+    extern "C" __global__ void lrn_##sfx(const T* x, T* y, i64 n, i64 channels, i64 plane, i64 size,        \
+                                         float alpha, float beta, float bias) {                             \
+        lrn_impl<T>(x, y, n, channels, plane, size, alpha, beta, bias);                                     \
     }
 
 NORM_KERNELS(float, f32)

@@ -1,7 +1,9 @@
-// pool.cu: pooling over the last two dims of NCHW tensors (1-D pooling is H = 1).
-// maxpool2d and avgpool2d compute one output element per thread (grid-stride); the host gives
-// the output size, which holds ceil_mode. globalmaxpool and globalavgpool reduce one [H*W]
-// plane per block with warp shuffles.
+// pool.cu: pooling over the last two dims of NCHW tensors (1-D pooling is H = 1), and over up
+// to three (the *3d kernels, fewer dims given as leading dims of size one).
+// maxpool2d, avgpool2d and the *3d kernels compute one output element per thread (grid-stride);
+// the host gives the output size, which holds ceil_mode. globalmaxpool and globalavgpool reduce one [H*W]
+// plane per block with warp shuffles. maxunpool scatters one input element per thread into an
+// output that maxunpool_zero cleared first.
 #include "common.cuh"
 
 struct PoolArgs {
@@ -58,6 +60,80 @@ __device__ __forceinline__ void avgpool_impl(const T* __restrict__ x, T* __restr
     }
 }
 
+// Pooling over three spatial dims [D0, D1, D2] of [planes, D0, D1, D2]; 1-D and 2-D inputs come
+// with leading dims of size one (which column-major indices then ignore, as they should).
+struct Pool3Args {
+    i64 planes;
+    i64 in[3], out[3], k[3], s[3], d[3];
+    // Padding before and after each dim.
+    i64 p0[3], p1[3];
+    // AveragePool: whether padded cells count in the divisor.
+    i64 count_include_pad;
+    // MaxPool's Indices: whether they are column-major (storage_order 1).
+    i64 column_major;
+    // LpPool's exponent.
+    double p;
+};
+
+#define POOL3_MAX 0
+#define POOL3_AVG 1
+#define POOL3_LP 2
+
+// MaxPool keeps the first maximum (a later cell wins only when strictly larger) and gives 0 and
+// index -1 for a window wholly in the padding, as the CPU reference does. `idx` may be null.
+template <typename T, int MODE>
+__device__ __forceinline__ void pool3_impl(const T* __restrict__ x, T* __restrict__ y, i64* __restrict__ idx,
+                                           const Pool3Args a) {
+    const i64 osz = a.out[0] * a.out[1] * a.out[2], isz = a.in[0] * a.in[1] * a.in[2];
+    const float p = (float)a.p;
+    KILN_GRID_STRIDE(i, a.planes * osz) {
+        const i64 o2 = i % a.out[2], o1 = (i / a.out[2]) % a.out[1], o0 = (i / (a.out[2] * a.out[1])) % a.out[0];
+        const i64 pl = i / osz;
+        const T* xp = x + pl * isz;
+        float acc = 0.0f;
+        i64 best = -1, valid = 0, padded = 0;
+        for (i64 k0 = 0; k0 < a.k[0]; ++k0) {
+            const i64 c0 = o0 * a.s[0] - a.p0[0] + k0 * a.d[0];
+            const bool in0 = c0 >= 0 && c0 < a.in[0], pad0 = c0 < a.in[0] + a.p1[0];
+            for (i64 k1 = 0; k1 < a.k[1]; ++k1) {
+                const i64 c1 = o1 * a.s[1] - a.p0[1] + k1 * a.d[1];
+                const bool in1 = c1 >= 0 && c1 < a.in[1], pad1 = c1 < a.in[1] + a.p1[1];
+                for (i64 k2 = 0; k2 < a.k[2]; ++k2) {
+                    const i64 c2 = o2 * a.s[2] - a.p0[2] + k2 * a.d[2];
+                    const bool in2 = c2 >= 0 && c2 < a.in[2], pad2 = c2 < a.in[2] + a.p1[2];
+                    // Cells in the explicit padding count; those past it (ceil_mode) never do.
+                    if (pad0 && pad1 && pad2) ++padded;
+                    if (!(in0 && in1 && in2)) continue;
+                    const i64 cell = (c0 * a.in[1] + c1) * a.in[2] + c2;
+                    const float v = to_f32(xp[cell]);
+                    if (MODE == POOL3_MAX) {
+                        if (best < 0 || v > acc) {
+                            acc = v;
+                            best = a.column_major ? c0 + a.in[0] * (c1 + a.in[1] * c2) : cell;
+                        }
+                    } else if (MODE == POOL3_AVG) {
+                        acc += v;
+                    } else {
+                        acc += p == 2.0f ? v * v : p == 1.0f ? fabsf(v) : powf(fabsf(v), p);
+                    }
+                    ++valid;
+                }
+            }
+        }
+        float r;
+        if (MODE == POOL3_MAX) {
+            r = acc;
+            if (idx) idx[i] = best < 0 ? -1 : pl * isz + best;
+        } else if (MODE == POOL3_AVG) {
+            const i64 div = a.count_include_pad ? padded : valid;
+            r = div > 0 ? acc / (float)div : 0.0f;
+        } else {
+            r = p == 2.0f ? sqrtf(acc) : p == 1.0f ? acc : powf(acc, 1.0f / p);
+        }
+        y[i] = from_f32<T>(r);
+    }
+}
+
 template <typename T, bool MAX>
 __device__ __forceinline__ void global_pool_impl(const T* __restrict__ x, T* __restrict__ y, i64 planes, i64 hw) {
     __shared__ float scratch[32];
@@ -73,12 +149,61 @@ __device__ __forceinline__ void global_pool_impl(const T* __restrict__ x, T* __r
     }
 }
 
+// MaxUnpool: x[i] goes to flat index idx[i] of the `inferred` shape (the unpooled size), placed
+// in the top-left corner of the `out` shape (output_shape); cells beyond `out` are dropped. An
+// index outside the inferred shape sets *err. Two entries of one index write the same maximum.
+struct UnpoolArgs {
+    i64 rank;
+    i64 inferred[KILN_MAX_RANK];
+    i64 out[KILN_MAX_RANK];
+};
+
+template <typename T>
+__device__ __forceinline__ void maxunpool_impl(const T* __restrict__ x, const i64* __restrict__ idx, T* __restrict__ y,
+                                               i64 n, const UnpoolArgs a, int* err) {
+    i64 total = 1;
+    for (int d = 0; d < (int)a.rank; ++d) total *= a.inferred[d];
+    KILN_GRID_STRIDE(i, n) {
+        i64 rest = idx[i];
+        if (rest < 0 || rest >= total) {
+            *err = 1;
+            continue;
+        }
+        i64 o = 0, mul = 1;
+        bool inside = true;
+        for (int d = (int)a.rank - 1; d >= 0; --d) {
+            const i64 c = rest % a.inferred[d];
+            rest /= a.inferred[d];
+            if (c >= a.out[d]) inside = false;
+            o += c * mul;
+            mul *= a.out[d];
+        }
+        if (inside) y[o] = x[i];
+    }
+}
+
 #define POOL_KERNELS(T, sfx)                                                                           \
     extern "C" __global__ void maxpool2d_##sfx(const T* x, T* y, const PoolArgs p) {                   \
         maxpool_impl<T>(x, y, p);                                                                      \
     }                                                                                                  \
     extern "C" __global__ void avgpool2d_##sfx(const T* x, T* y, const PoolArgs p) {                   \
         avgpool_impl<T>(x, y, p);                                                                      \
+    }                                                                                                  \
+    extern "C" __global__ void maxpool3d_##sfx(const T* x, T* y, i64* indices, const Pool3Args a) {    \
+        pool3_impl<T, POOL3_MAX>(x, y, indices, a);                                                    \
+    }                                                                                                  \
+    extern "C" __global__ void avgpool3d_##sfx(const T* x, T* y, const Pool3Args a) {                  \
+        pool3_impl<T, POOL3_AVG>(x, y, nullptr, a);                                                    \
+    }                                                                                                  \
+    extern "C" __global__ void lppool3d_##sfx(const T* x, T* y, const Pool3Args a) {                   \
+        pool3_impl<T, POOL3_LP>(x, y, nullptr, a);                                                     \
+    }                                                                                                  \
+    extern "C" __global__ void maxunpool_zero_##sfx(T* y, i64 n) {                                    \
+        KILN_GRID_STRIDE(i, n) y[i] = from_f32<T>(0.0f);                                               \
+    }                                                                                                  \
+    extern "C" __global__ void maxunpool_##sfx(const T* x, const i64* indices, T* y, i64 n,            \
+                                               const UnpoolArgs a, int* err) {                         \
+        maxunpool_impl<T>(x, indices, y, n, a, err);                                                   \
     }                                                                                                  \
     extern "C" __global__ void globalmaxpool_##sfx(const T* x, T* y, i64 planes, i64 hw) {             \
         global_pool_impl<T, true>(x, y, planes, hw);                                                   \

@@ -3,7 +3,8 @@
 // host multiplies the dims before and after the axis), and reduces one row (o, i) per block
 // iteration: the block's threads stride over the n elements, then combine with warp shuffles
 // and one pass through shared memory. Outputs are [outer, inner], row-major.
-// Float types accumulate in f32; integer types in their own type (wrapping).
+// f32, f16 and bf16 accumulate in f32, f64 in f64; integer types in their own type (wrapping);
+// bool (max and min only) in int.
 #include "common.cuh"
 
 #define COMB_SUM 0
@@ -68,6 +69,13 @@ template <> __device__ __forceinline__ int red_identity<int>(int c) {
 template <> __device__ __forceinline__ i64 red_identity<i64>(int c) {
     return c == COMB_SUM ? 0 : c == COMB_PROD ? 1 : c == COMB_MAX ? (i64)0x8000000000000000ull : 0x7fffffffffffffffll;
 }
+template <> __device__ __forceinline__ double red_identity<double>(int c) {
+    const double inf = __longlong_as_double(0x7ff0000000000000ll);
+    return c == COMB_SUM ? 0.0 : c == COMB_PROD ? 1.0 : c == COMB_MAX ? -inf : inf;
+}
+// The identity for element type T accumulated in A: bool's max starts at false, its min at true.
+template <typename T, typename A> __device__ __forceinline__ A identity_of(int c) { return red_identity<A>(c); }
+template <> __device__ __forceinline__ int identity_of<bool, int>(int c) { return c == COMB_MAX ? 0 : 1; }
 
 template <int R, typename A> __device__ __forceinline__ A red_pre(A x) {
     if (R == RED_L1) return x < (A)0 ? -x : x;
@@ -80,6 +88,12 @@ template <int R> __device__ __forceinline__ float red_post(float acc, i64 n) {
     if (R == RED_LOGSUM) return logf(acc);
     return acc;
 }
+template <int R> __device__ __forceinline__ double red_post(double acc, i64 n) {
+    if (R == RED_MEAN) return acc / (double)n;
+    if (R == RED_L2) return sqrt(acc);
+    if (R == RED_LOGSUM) return log(acc);
+    return acc;
+}
 template <int R> __device__ __forceinline__ int red_post(int acc, i64 n) { return R == RED_MEAN ? (int)(acc / n) : acc; }
 template <int R> __device__ __forceinline__ i64 red_post(i64 acc, i64 n) { return R == RED_MEAN ? acc / n : acc; }
 
@@ -87,7 +101,11 @@ template <int R> __device__ __forceinline__ i64 red_post(i64 acc, i64 n) { retur
 template <typename T> struct Acc { typedef float type; };
 template <> struct Acc<int> { typedef int type; };
 template <> struct Acc<i64> { typedef i64 type; };
+template <> struct Acc<double> { typedef double type; };
+template <> struct Acc<bool> { typedef int type; };
 __device__ __forceinline__ int acc_load(int x) { return x; }
+__device__ __forceinline__ double acc_load(double x) { return x; }
+__device__ __forceinline__ int acc_load(bool x) { return x ? 1 : 0; }
 __device__ __forceinline__ i64 acc_load(i64 x) { return x; }
 template <typename T> __device__ __forceinline__ float acc_load(T x) { return to_f32(x); }
 __device__ __forceinline__ int acc_store_int(int x) { return x; }
@@ -96,12 +114,19 @@ template <> __device__ __forceinline__ int acc_store<int>(float x) { return (int
 template <> __device__ __forceinline__ i64 acc_store<i64>(float x) { return (i64)x; }
 template <typename T> __device__ __forceinline__ T acc_store(int x) { return (T)x; }
 template <typename T> __device__ __forceinline__ T acc_store(i64 x) { return (T)x; }
+template <typename T> __device__ __forceinline__ T acc_store(double x) { return (T)x; }
+
+// exp and log in the accumulator's precision.
+__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
+__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
+__device__ __forceinline__ float acc_log(float x) { return logf(x); }
+__device__ __forceinline__ double acc_log(double x) { return log(x); }
 
 template <typename T, int R>
 __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, T* __restrict__ y, i64 outer, i64 n, i64 inner) {
     typedef typename Acc<T>::type A;
     const int C = Reducer<R>::C;
-    const A id = red_identity<A>(C);
+    const A id = identity_of<T, A>(C);
     for (i64 row = blockIdx.x; row < outer * inner; row += gridDim.x) {
         const T* base = x + (row / inner) * n * inner + row % inner;
         A acc = id;
@@ -114,18 +139,19 @@ __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, T* __restri
 // log(sum(exp(x))) with the maximum taken out first, so that large inputs do not overflow.
 template <typename T>
 __device__ __forceinline__ void logsumexp_rows(const T* __restrict__ x, T* __restrict__ y, i64 outer, i64 n, i64 inner) {
-    const float ninf = -__int_as_float(0x7f800000);
+    typedef typename Acc<T>::type A;
+    const A ninf = red_identity<A>(COMB_MAX);
     for (i64 row = blockIdx.x; row < outer * inner; row += gridDim.x) {
         const T* base = x + (row / inner) * n * inner + row % inner;
-        float m = ninf;
-        for (i64 k = threadIdx.x; k < n; k += blockDim.x) m = nan_max(m, to_f32(base[k * inner]));
-        m = block_comb<float, COMB_MAX>(m, ninf);
-        float s = 0.0f;
+        A m = ninf;
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) m = comb<A, COMB_MAX>(m, acc_load(base[k * inner]));
+        m = block_comb<A, COMB_MAX>(m, ninf);
+        A s = (A)0;
         // An all -inf row sums exp(x - 0) = 0 and gives -inf, as the definition does.
-        const float shift = (m == ninf) ? 0.0f : m;
-        for (i64 k = threadIdx.x; k < n; k += blockDim.x) s += expf(to_f32(base[k * inner]) - shift);
-        s = block_comb<float, COMB_SUM>(s, 0.0f);
-        if (threadIdx.x == 0) y[row] = from_f32<T>(logf(s) + shift);
+        const A shift = (m == ninf) ? (A)0 : m;
+        for (i64 k = threadIdx.x; k < n; k += blockDim.x) s += acc_exp(acc_load(base[k * inner]) - shift);
+        s = block_comb<A, COMB_SUM>(s, (A)0);
+        if (threadIdx.x == 0) y[row] = acc_store<T>(acc_log(s) + shift);
     }
 }
 
@@ -248,6 +274,20 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
     extern "C" __global__ void logsoftmax_##sfx(const T* x, T* y, i64 outer, i64 n, i64 inner) {          \
         softmax_rows<T, true>(x, y, outer, n, inner);                                                      \
     }
+#define F64_KERNELS(T, sfx)                                                                                \
+    REDUCE_KERNEL(reduce_sum, RED_SUM, T, sfx)                                                             \
+    REDUCE_KERNEL(reduce_mean, RED_MEAN, T, sfx)                                                           \
+    REDUCE_KERNEL(reduce_max, RED_MAX, T, sfx)                                                             \
+    REDUCE_KERNEL(reduce_min, RED_MIN, T, sfx)                                                             \
+    REDUCE_KERNEL(reduce_prod, RED_PROD, T, sfx)                                                           \
+    REDUCE_KERNEL(reduce_l1, RED_L1, T, sfx)                                                               \
+    REDUCE_KERNEL(reduce_l2, RED_L2, T, sfx)                                                               \
+    REDUCE_KERNEL(reduce_sumsquare, RED_SUMSQUARE, T, sfx)                                                 \
+    REDUCE_KERNEL(reduce_logsum, RED_LOGSUM, T, sfx)                                                       \
+    extern "C" __global__ void reduce_logsumexp_##sfx(const T* x, T* y, i64 outer, i64 n, i64 inner) {    \
+        logsumexp_rows<T>(x, y, outer, n, inner);                                                          \
+    }                                                                                                      \
+    ARG_KERNELS(T, sfx)
 #define INT_KERNELS(T, sfx)                                                                                \
     REDUCE_KERNEL(reduce_sum, RED_SUM, T, sfx)                                                             \
     REDUCE_KERNEL(reduce_max, RED_MAX, T, sfx)                                                             \
@@ -257,5 +297,8 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
 FLOAT_KERNELS(float, f32)
 FLOAT_KERNELS(__half, f16)
 FLOAT_KERNELS(__nv_bfloat16, bf16)
+F64_KERNELS(double, f64)
 INT_KERNELS(int, i32)
 INT_KERNELS(i64, i64)
+REDUCE_KERNEL(reduce_max, RED_MAX, bool, bool)
+REDUCE_KERNEL(reduce_min, RED_MIN, bool, bool)

@@ -1,4 +1,6 @@
-// resize.cu: nearest and linear Resize over the last two dims of [planes, H, W].
+// resize.cu: nearest and linear Resize over the last two dims of [planes, H, W]; and
+// resize_taps_<in>_<out>, one separable pass of any Resize along one axis from tap tables the
+// host builds (cubic, antialiased, tf_crop_and_resize, more than two axes).
 // Coordinates are computed in f64 as the reference does, so that ties of nearest rounding fall
 // the same way. Per axis, the two taps are ceil(x) - 1 and ceil(x), clamped to the input, with
 // an integral x counted as the right end of its interval (the reference's rule).
@@ -91,3 +93,55 @@ __device__ __forceinline__ void resize_impl(const T* __restrict__ x, T* __restri
 RESIZE_KERNELS(float, f32)
 RESIZE_KERNELS(__half, f16)
 RESIZE_KERNELS(__nv_bfloat16, bf16)
+
+// One pass along one axis: x [outer, n_in, inner] -> y [outer, n_out, inner]. Output index j
+// sums w[j][t] * x[idx[j][t]] over its ntaps taps in f64 (a zero weight is skipped, as the
+// reference skips it); idx[j][0] < 0 marks an index outside the region, which takes `fill`.
+struct TapArgs {
+    i64 outer, n_in, n_out, inner, ntaps;
+    double fill;
+};
+
+__device__ __forceinline__ double tap_load(float x) { return (double)x; }
+__device__ __forceinline__ double tap_load(double x) { return x; }
+__device__ __forceinline__ double tap_load(__half x) { return (double)__half2float(x); }
+__device__ __forceinline__ double tap_load(__nv_bfloat16 x) { return (double)__bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T tap_store(double x) { return from_f32<T>((float)x); }
+template <> __device__ __forceinline__ double tap_store<double>(double x) { return x; }
+
+template <typename TI, typename TO>
+__device__ __forceinline__ void resize_taps_impl(const TI* __restrict__ x, TO* __restrict__ y, const i64* __restrict__ idx,
+                                                 const double* __restrict__ w, const TapArgs a) {
+    KILN_GRID_STRIDE(i, a.outer * a.n_out * a.inner) {
+        const i64 in = i % a.inner, j = (i / a.inner) % a.n_out, o = i / (a.inner * a.n_out);
+        const i64* ij = idx + j * a.ntaps;
+        const double* wj = w + j * a.ntaps;
+        if (ij[0] < 0) {
+            y[i] = tap_store<TO>(a.fill);
+            continue;
+        }
+        const TI* xr = x + o * a.n_in * a.inner + in;
+        double acc = 0.0;
+        for (i64 t = 0; t < a.ntaps; ++t) {
+            if (wj[t] == 0.0) continue;
+            acc += wj[t] * tap_load(xr[ij[t] * a.inner]);
+        }
+        y[i] = tap_store<TO>(acc);
+    }
+}
+
+#define RESIZE_TAPS(TI, si, TO, so)                                                                          \
+    extern "C" __global__ void resize_taps_##si##_##so(const TI* x, TO* y, const i64* idx, const double* w, \
+                                                        const TapArgs a) {                                   \
+        resize_taps_impl<TI, TO>(x, y, idx, w, a);                                                           \
+    }
+#define RESIZE_TAPS_FROM(TI, si)                                                                             \
+    RESIZE_TAPS(TI, si, float, f32)                                                                          \
+    RESIZE_TAPS(TI, si, __half, f16)                                                                         \
+    RESIZE_TAPS(TI, si, __nv_bfloat16, bf16)                                                                 \
+    RESIZE_TAPS(TI, si, double, f64)
+
+RESIZE_TAPS_FROM(float, f32)
+RESIZE_TAPS_FROM(__half, f16)
+RESIZE_TAPS_FROM(__nv_bfloat16, bf16)
+RESIZE_TAPS_FROM(double, f64)

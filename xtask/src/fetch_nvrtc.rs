@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The wheels, pinned: NVRTC 13.0 matches cudarc's `cuda-13000` bindings.
-pub const WHEELS: [&str; 3] = ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-crt==13.0.88"];
+pub const WHEELS: [&str; 3] =
+    ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-crt==13.0.88"];
 
 /// Makes sure the wheels are unpacked; returns the folder kiln-cuda will find them in.
 pub fn fetch() -> Result<PathBuf> {
@@ -42,7 +43,13 @@ pub fn fetch() -> Result<PathBuf> {
         }
     }
     if !lib.is_file() || !header.is_file() || !crt.is_file() {
-        bail!("the wheels in {} hold no {}, {} or {}", wheels.display(), lib.display(), header.display(), crt.display());
+        bail!(
+            "the wheels in {} hold no {}, {} or {}",
+            wheels.display(),
+            lib.display(),
+            header.display(),
+            crt.display()
+        );
     }
     // The unpacked tree is all that is used; the wheels would double the disk it takes.
     std::fs::remove_dir_all(&wheels).with_context(|| format!("removing {}", wheels.display()))?;

@@ -38,16 +38,17 @@ pub const INDEX_VALUE_TYPES: [DType; 10] = [
 pub enum KernelFamily {
     /// The template for generated elementwise and epilogue kernels.
     Elementwise,
-    /// Reductions, arg-reductions and softmax over one axis.
+    /// Reductions (f64 and, for max and min, bool too), arg-reductions and softmax over one axis.
     Reduce,
-    /// LayerNorm and RMSNorm.
+    /// LayerNorm, RMSNorm, GroupNorm and InstanceNorm, MeanVarianceNormalization, LpNormalization,
+    /// inference BatchNorm and LRN.
     Norm,
     /// Data movement: strided copies (transpose, slice, expand), concat and split, pad,
     /// gather, where, cast and the NCHW/NHWC conversions.
     Layout,
     /// Max, average and global pooling.
     Pool,
-    /// Nearest and linear resize.
+    /// Nearest and linear resize of two axes, and any resize by tap tables, one axis a pass.
     Resize,
     /// Fused multi-head attention with online softmax, its score output, and rotary embeddings.
     Attention,
@@ -61,11 +62,14 @@ pub enum KernelFamily {
     /// Integer matrix products and convolutions: MatMulInteger, QLinearMatMul, ConvInteger,
     /// QLinearConv.
     Qlinear,
+    /// Direct kernels for ConvTranspose, GridSample, RoiAlign, Col2Im, AffineGrid and the window
+    /// functions.
+    Spatial,
 }
 
 impl KernelFamily {
     /// Every family, in the order of the files' names.
-    pub const ALL: [KernelFamily; 11] = [
+    pub const ALL: [KernelFamily; 12] = [
         KernelFamily::Attention,
         KernelFamily::Conv,
         KernelFamily::Elementwise,
@@ -77,6 +81,7 @@ impl KernelFamily {
         KernelFamily::Quant,
         KernelFamily::Reduce,
         KernelFamily::Resize,
+        KernelFamily::Spatial,
     ];
 
     /// The file's name without `.cu`.
@@ -93,6 +98,7 @@ impl KernelFamily {
             KernelFamily::Index => "index",
             KernelFamily::Quant => "quant",
             KernelFamily::Qlinear => "qlinear",
+            KernelFamily::Spatial => "spatial",
         }
     }
 
@@ -110,6 +116,7 @@ impl KernelFamily {
             KernelFamily::Index => include_str!("../../../kernels/index.cu"),
             KernelFamily::Quant => include_str!("../../../kernels/quant.cu"),
             KernelFamily::Qlinear => include_str!("../../../kernels/qlinear.cu"),
+            KernelFamily::Spatial => include_str!("../../../kernels/spatial.cu"),
         }
     }
 
@@ -154,11 +161,33 @@ impl KernelFamily {
                     &floats,
                 );
                 k.extend(per(&["reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin"], &["i32", "i64"]));
+                k.extend(per(
+                    &[
+                        "reduce_sum",
+                        "reduce_mean",
+                        "reduce_max",
+                        "reduce_min",
+                        "reduce_prod",
+                        "reduce_l1",
+                        "reduce_l2",
+                        "reduce_sumsquare",
+                        "reduce_logsum",
+                        "reduce_logsumexp",
+                        "argmax",
+                        "argmin",
+                    ],
+                    &["f64"],
+                ));
+                k.extend(per(&["reduce_max", "reduce_min"], &["bool"]));
                 k
             }
-            KernelFamily::Norm => per(&["layernorm", "rmsnorm"], &floats),
+            KernelFamily::Norm => per(
+                &["layernorm", "rmsnorm", "groupnorm", "mvn", "lpnorm", "batchnorm", "batchnorm_stats", "lrn"],
+                &floats,
+            ),
             KernelFamily::Layout => {
-                let mut k = per(&["permute", "copy_rows", "pad", "gather", "where", "transpose2d"], &widths);
+                let mut k =
+                    per(&["permute", "copy_rows", "pad", "pad_from", "gather", "where", "transpose2d"], &widths);
                 let casts = ["f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool"];
                 for from in casts {
                     for to in casts {
@@ -171,6 +200,11 @@ impl KernelFamily {
                 &[
                     "maxpool2d",
                     "avgpool2d",
+                    "maxpool3d",
+                    "avgpool3d",
+                    "lppool3d",
+                    "maxunpool_zero",
+                    "maxunpool",
                     "globalmaxpool",
                     "globalavgpool",
                     "maxpool2d_nhwc",
@@ -180,7 +214,20 @@ impl KernelFamily {
                 ],
                 &floats,
             ),
-            KernelFamily::Resize => per(&["resize_nearest", "resize_linear"], &floats),
+            KernelFamily::Resize => {
+                let mut k = per(&["resize_nearest", "resize_linear"], &floats);
+                let all = ["f32", "f16", "bf16", "f64"];
+                k.extend(all.iter().flat_map(|i| all.iter().map(move |o| format!("resize_taps_{i}_{o}"))));
+                k
+            }
+            KernelFamily::Spatial => {
+                let mut k = per(
+                    &["grid_sample", "roi_align", "col2im", "affine_grid", "window"],
+                    &["f32", "f16", "bf16", "f64"],
+                );
+                k.extend(per(&["conv_transpose"], &floats));
+                k
+            }
             KernelFamily::Conv => per(&["dwconv2d_nhwc"], &floats),
             KernelFamily::Qlinear => {
                 let mut k = vec![];

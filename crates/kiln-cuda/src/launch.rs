@@ -157,6 +157,155 @@ impl DwArgs {
     }
 }
 
+/// Pooling parameters over three spatial dims (`Pool3Args` in `pool.cu`); fewer dims are
+/// given as leading dims of size one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pool3Args {
+    /// N * C.
+    pub planes: i64,
+    /// Input sizes.
+    pub input: [i64; 3],
+    /// Output sizes.
+    pub output: [i64; 3],
+    /// Window sizes.
+    pub kernel: [i64; 3],
+    /// Strides.
+    pub stride: [i64; 3],
+    /// Dilations.
+    pub dilation: [i64; 3],
+    /// Padding before each dim.
+    pub pad_begin: [i64; 3],
+    /// Padding after each dim.
+    pub pad_end: [i64; 3],
+    /// AveragePool's count_include_pad.
+    pub count_include_pad: bool,
+    /// MaxPool's storage_order 1: column-major indices.
+    pub column_major: bool,
+    /// LpPool's exponent.
+    pub p: f64,
+}
+
+impl Pool3Args {
+    /// The struct's fields in declaration order.
+    pub fn fields(&self) -> Vec<crate::plan::Field> {
+        use crate::plan::Field;
+        let mut f = vec![Field::I64(self.planes)];
+        for a in [self.input, self.output, self.kernel, self.stride, self.dilation, self.pad_begin, self.pad_end] {
+            f.extend(a.map(Field::I64));
+        }
+        f.extend([Field::I64(self.count_include_pad as i64), Field::I64(self.column_major as i64), Field::F64(self.p)]);
+        f
+    }
+}
+
+/// ConvTranspose parameters (`ConvTArgs` in `spatial.cu`), over three spatial dims (fewer given
+/// as leading dims of size one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTArgs {
+    /// Batch.
+    pub n: i64,
+    /// Input channels.
+    pub c: i64,
+    /// Output channels.
+    pub m: i64,
+    /// Groups.
+    pub group: i64,
+    /// Input sizes.
+    pub input: [i64; 3],
+    /// Output sizes.
+    pub output: [i64; 3],
+    /// Kernel sizes.
+    pub kernel: [i64; 3],
+    /// Strides.
+    pub stride: [i64; 3],
+    /// Dilations.
+    pub dilation: [i64; 3],
+    /// Cells cut from the beginning of the full output (negative: added).
+    pub pad_begin: [i64; 3],
+}
+
+impl ConvTArgs {
+    /// The struct's fields in declaration order.
+    pub fn fields(&self) -> Vec<crate::plan::Field> {
+        use crate::plan::Field;
+        let mut f: Vec<Field> = [self.n, self.c, self.m, self.group].map(Field::I64).to_vec();
+        for a in [self.input, self.output, self.kernel, self.stride, self.dilation, self.pad_begin] {
+            f.extend(a.map(Field::I64));
+        }
+        f
+    }
+}
+
+/// GridSample parameters (`GridSampleArgs` in `spatial.cu`), over three spatial dims (fewer
+/// given as leading dims of size one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GridSampleArgs {
+    /// Batch.
+    pub n: i64,
+    /// Channels.
+    pub c: i64,
+    /// Input sizes.
+    pub input: [i64; 3],
+    /// Output sizes.
+    pub output: [i64; 3],
+    /// How many of the three dims are real (the grid's last dim).
+    pub rank: i64,
+    /// `GS_LINEAR`, `GS_NEAREST` or `GS_CUBIC`.
+    pub mode: i64,
+    /// `GS_ZEROS`, `GS_BORDER` or `GS_REFLECTION`.
+    pub padding: i64,
+    /// align_corners.
+    pub align_corners: bool,
+}
+
+impl GridSampleArgs {
+    /// The struct's fields in declaration order.
+    pub fn fields(&self) -> Vec<crate::plan::Field> {
+        use crate::plan::Field;
+        let mut f: Vec<Field> = [self.n, self.c].map(Field::I64).to_vec();
+        f.extend(self.input.map(Field::I64));
+        f.extend(self.output.map(Field::I64));
+        f.extend([self.rank, self.mode, self.padding, self.align_corners as i64].map(Field::I64));
+        f
+    }
+}
+
+/// Col2Im parameters (`Col2ImArgs` in `spatial.cu`), over three image dims (fewer given as
+/// leading dims of size one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Col2ImArgs {
+    /// Batch.
+    pub n: i64,
+    /// Channels of the image.
+    pub c: i64,
+    /// Blocks per image (the input's last dim).
+    pub l: i64,
+    /// Image sizes.
+    pub image: [i64; 3],
+    /// Block sizes.
+    pub block: [i64; 3],
+    /// Block positions per dim.
+    pub counts: [i64; 3],
+    /// Strides.
+    pub stride: [i64; 3],
+    /// Dilations.
+    pub dilation: [i64; 3],
+    /// Padding before each dim.
+    pub pad_begin: [i64; 3],
+}
+
+impl Col2ImArgs {
+    /// The struct's fields in declaration order.
+    pub fn fields(&self) -> Vec<crate::plan::Field> {
+        use crate::plan::Field;
+        let mut f: Vec<Field> = [self.n, self.c, self.l].map(Field::I64).to_vec();
+        for a in [self.image, self.block, self.counts, self.stride, self.dilation, self.pad_begin] {
+            f.extend(a.map(Field::I64));
+        }
+        f
+    }
+}
+
 /// Resize parameters (`ResizeArgs` in `resize.cu`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ResizeArgs {
@@ -573,6 +722,57 @@ mod tests {
         assert_eq!(p.param().0.len(), 16 * 8);
         let d = DwArgs { dims: [1; 14], act: 2, lo: 0.0, hi: 6.0 };
         assert_eq!(d.param().0.len(), 17 * 8);
+        let p3 = Pool3Args {
+            planes: 1,
+            input: [1; 3],
+            output: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            dilation: [1; 3],
+            pad_begin: [0; 3],
+            pad_end: [0; 3],
+            count_include_pad: false,
+            column_major: false,
+            p: 2.0,
+        };
+        // 1 + 7 * 3 + 2 eight-byte fields, then the double.
+        assert_eq!(p3.fields().len(), 25);
+        let c = ConvTArgs {
+            n: 1,
+            c: 1,
+            m: 1,
+            group: 1,
+            input: [1; 3],
+            output: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            dilation: [1; 3],
+            pad_begin: [0; 3],
+        };
+        assert_eq!(c.fields().len(), 4 + 6 * 3);
+        let g = GridSampleArgs {
+            n: 1,
+            c: 1,
+            input: [1; 3],
+            output: [1; 3],
+            rank: 2,
+            mode: 0,
+            padding: 0,
+            align_corners: false,
+        };
+        assert_eq!(g.fields().len(), 2 + 2 * 3 + 4);
+        let c2 = Col2ImArgs {
+            n: 1,
+            c: 1,
+            l: 1,
+            image: [1; 3],
+            block: [1; 3],
+            counts: [1; 3],
+            stride: [1; 3],
+            dilation: [1; 3],
+            pad_begin: [0; 3],
+        };
+        assert_eq!(c2.fields().len(), 3 + 6 * 3);
         let r = ResizeArgs {
             planes: 1,
             ih: 1,

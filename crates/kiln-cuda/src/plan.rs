@@ -32,14 +32,18 @@ use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
 use std::collections::HashMap;
 use std::fmt::{self, Write};
 
-mod channels_last;
 mod attention;
+mod channels_last;
 mod conv;
 mod data;
 mod index;
+mod legacy;
+mod norm;
 mod pool;
 mod qlinear;
 mod quant;
+mod resize;
+mod spatial;
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufferId = usize;
@@ -474,6 +478,12 @@ impl Planner<'_> {
                 self.buffer(Value { node: id, slot: 0 }, BufferKind::Const(t.clone()))?;
                 Ok(())
             }
+            Op::Elementwise(ElementwiseOp::LegacyBinary { op, axis }) => self.legacy_binary(id, *op, *axis),
+            Op::Elementwise(ElementwiseOp::Clip { min: None, max: None })
+                if (1..3).any(|s| self.g.inputs_of(id).get(s).copied().flatten().is_none()) =>
+            {
+                self.clip_partial(id)
+            }
             Op::Elementwise(e) => {
                 let n = node.num_inputs;
                 let mut ins = vec![];
@@ -494,6 +504,11 @@ impl Planner<'_> {
             }
             Op::Fused(FusedOp::Elementwise(expr)) => {
                 let ins: Vec<BufferId> = (0..node.num_inputs).map(|s| self.required(id, s)).collect::<Result<_>>()?;
+                let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+                if let Some((e, map)) = legacy::fold_cast_like(expr, &dts) {
+                    let ins: Vec<BufferId> = map.iter().map(|&i| ins[i]).collect();
+                    return self.elementwise(id, &e, &ins);
+                }
                 self.elementwise(id, expr, &ins)
             }
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
@@ -504,9 +519,7 @@ impl Planner<'_> {
                 self.matmul(id, base, node.num_inputs, None)
             }
             Op::Linalg(LinalgOp::Conv(attrs)) => self.conv(id, attrs, node.num_inputs, None, false),
-            Op::Linalg(LinalgOp::ConvTranspose(_)) => Err(CudaError::Unsupported(
-                "ConvTranspose is not lowered yet (cuDNN's backward-data convolution is the planned path)".into(),
-            )),
+            Op::Linalg(LinalgOp::ConvTranspose(attrs)) => self.conv_transpose(id, attrs),
             Op::Linalg(LinalgOp::ConvInteger(attrs)) => self.integer_conv(id, attrs, false),
             Op::Linalg(LinalgOp::QLinearConv(attrs)) => self.integer_conv(id, attrs, true),
             Op::Linalg(LinalgOp::MatMulInteger) => self.integer_matmul(id, false),
@@ -516,6 +529,14 @@ impl Planner<'_> {
             Op::Norm(NormOp::RMSNormalization { axis, epsilon, .. }) => self.norm(id, *axis, *epsilon, true),
             Op::Norm(NormOp::Softmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, false),
             Op::Norm(NormOp::LogSoftmax { axis, coerce_2d }) => self.softmax(id, *axis, *coerce_2d, true),
+            Op::Norm(
+                op @ (NormOp::BatchNormalization { .. }
+                | NormOp::InstanceNormalization { .. }
+                | NormOp::GroupNormalization { .. }
+                | NormOp::LRN { .. }
+                | NormOp::LpNormalization { .. }
+                | NormOp::MeanVarianceNormalization { .. }),
+            ) => self.norm_family(id, op),
             Op::Layout(
                 LayoutOp::Reshape { .. }
                 | LayoutOp::Flatten { .. }
@@ -536,8 +557,39 @@ impl Planner<'_> {
             Op::Layout(LayoutOp::Split { axis, .. }) => self.split(id, *axis),
             Op::Layout(LayoutOp::Pad { mode, pads, value }) => self.pad(id, *mode, pads.as_deref(), *value),
             Op::Layout(LayoutOp::Expand) => self.expand(id),
+            Op::Layout(LayoutOp::DepthToSpace { blocksize, mode }) => self.depth_space(id, true, *blocksize, *mode),
+            Op::Layout(LayoutOp::SpaceToDepth { blocksize }) => {
+                self.depth_space(id, false, *blocksize, kiln_ir::ops::layout::DepthToSpaceMode::Dcr)
+            }
+            Op::Layout(LayoutOp::CenterCropPad { axes }) => self.center_crop_pad(id, axes.as_deref()),
             Op::Layout(LayoutOp::Tile) => self.tile(id),
             Op::Spatial(SpatialOp::Resize(attrs)) => self.resize(id, attrs),
+            Op::Spatial(SpatialOp::GridSample { mode, padding_mode, align_corners }) => {
+                self.grid_sample(id, *mode, *padding_mode, *align_corners)
+            }
+            Op::Signal(kiln_ir::ops::signal::SignalOp::Window { function, periodic, .. }) => {
+                self.window(id, *function, *periodic)
+            }
+            Op::Spatial(SpatialOp::Col2Im { dilations, pads, strides }) => self.col2im(id, dilations, pads, strides),
+            Op::Spatial(SpatialOp::AffineGrid { align_corners }) => self.affine_grid(id, *align_corners),
+            Op::Spatial(SpatialOp::RoiAlign {
+                max,
+                output_height,
+                output_width,
+                sampling_ratio,
+                spatial_scale,
+                half_pixel,
+            }) => self.roi_align(
+                id,
+                spatial::RoiAlignParams {
+                    max: *max,
+                    oh: *output_height,
+                    ow: *output_width,
+                    sampling_ratio: *sampling_ratio,
+                    spatial_scale: *spatial_scale,
+                    half_pixel: *half_pixel,
+                },
+            ),
             Op::Reduce(ReduceOp::Reduce { reducer, axes, noop_with_empty_axes, .. }) => {
                 self.reduce(id, *reducer, axes.as_deref(), *noop_with_empty_axes)
             }
@@ -1057,7 +1109,9 @@ impl Planner<'_> {
         let ok = matches!(dt, DType::F32 | DType::F16 | DType::BF16);
         let int_ok = matches!(what, "reduce_sum" | "reduce_max" | "reduce_min" | "argmax" | "argmin")
             && matches!(dt, DType::I32 | DType::I64);
-        if ok || int_ok {
+        let f64_ok = (what.starts_with("reduce_") || what == "argmax" || what == "argmin") && dt == DType::F64;
+        let bool_ok = matches!(what, "reduce_max" | "reduce_min") && dt == DType::Bool;
+        if ok || int_ok || f64_ok || bool_ok {
             crate::codegen::dtype_suffix(dt)
         } else {
             Err(CudaError::Unsupported(format!("no {what} kernel for {dt}")))
@@ -1090,7 +1144,11 @@ impl Planner<'_> {
             Reducer::LogSumExp => "reduce_logsumexp",
         };
         let sfx = self.float_suffix(x, name)?;
-        let (outer, n, inner) = Self::rows(&shape, &axes)?;
+        let (x, (outer, n, inner)) = match Self::rows(&shape, &axes) {
+            Ok(rows) => (x, rows),
+            // Axes that are not neighbours: the kept dims, then the reduced ones, by a copy.
+            Err(_) => self.reduced_last(id, x, &axes)?,
+        };
         let y = self.out(id, 0)?;
         let args =
             vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];

@@ -159,6 +159,11 @@ fn is_shape_operand(op: &str, slot: usize) -> bool {
         "ConstantOfShape" | "Range" => true,
         "Slice" | "Resize" | "Upsample" => slot >= 1,
         "Pad" => slot == 1 || slot == 3,
+        "Col2Im" => slot == 1 || slot == 2,
+        "AffineGrid" => slot == 1,
+        "MaxUnpool" => slot == 2,
+        "CenterCropPad" => slot == 1,
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => slot == 0,
         "Reshape" | "Expand" | "Tile" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum" | "OneHot"
         | "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
         | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => slot == 1,
@@ -166,21 +171,29 @@ fn is_shape_operand(op: &str, slot: usize) -> bool {
     }
 }
 
-/// Fixes integer graph inputs (and OneHot depths of any type) that only feed shape operands
-/// (Reshape's shape, Slice's starts, a reduction's axes, ...) to the values given, as TensorRT
-/// fixes shape tensors when it builds: a static-shape engine needs them at build time. Call
-/// before [`optimize`], which then folds them. Returns the inputs that stay inputs, in order.
+/// Whether input `slot` of `op` is a float operand that decides the output's shape: Resize's
+/// roi and scales, Upsample's scales.
+fn is_float_shape_operand(op: &str, slot: usize) -> bool {
+    matches!((op, slot), ("Resize", 1 | 2) | ("Upsample", 1))
+}
+
+/// Fixes integer graph inputs (and OneHot depths of any type) that only feed shape operands (Reshape's shape, Slice's starts,
+/// a reduction's axes, ...) to the values given, as TensorRT fixes shape tensors when it
+/// builds: a static-shape engine needs them at build time. Float inputs that only feed the
+/// operands deciding Resize's output shape (roi, scales) are fixed the same way. Call before [`optimize`], which
+/// then folds them. Returns the inputs that stay inputs, in order.
 pub fn bind_shape_inputs(graph: &mut Graph, inputs: Vec<Tensor>) -> Vec<Tensor> {
     let mut kept = vec![];
     for (id, t) in graph.inputs.clone().into_iter().zip(inputs) {
         let v = kiln_ir::Value { node: id, slot: 0 };
         let users = graph.users(v);
-        let shape_only = !users.is_empty()
-            && !graph.is_output(v)
-            && users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot))
+        let int_shape = users.iter().all(|&(u, slot)| is_shape_operand(graph.node(u).op.name(), slot))
             // OneHot's depth may have any numeric type; other shape operands are integers.
             && (matches!(t.dtype(), kiln_ir::DType::I64 | kiln_ir::DType::I32)
                 || users.iter().all(|&(u, _)| graph.node(u).op.name() == "OneHot"));
+        let float_shape = t.dtype().is_float()
+            && users.iter().all(|&(u, slot)| is_float_shape_operand(graph.node(u).op.name(), slot));
+        let shape_only = !users.is_empty() && !graph.is_output(v) && (int_shape || float_shape);
         if shape_only {
             graph.node_mut(id).op = kiln_ir::Op::Const(t);
             graph.inputs.retain(|&i| i != id);

@@ -244,13 +244,32 @@ impl Planner<'_> {
         let x = self.required(id, 0)?;
         let (xs, dt) = (self.plan.buffers[x].shape.clone(), self.plan.buffers[x].dtype);
         let r = xs.len();
+        let runtime_value = match self.g.inputs_of(id).get(2).copied().flatten() {
+            Some(v) if pads.is_none() && !matches!(self.g.node(v.node).op, Op::Const(_)) => {
+                let b = self.required(id, 2)?;
+                let buf = &self.plan.buffers[b];
+                if buf.dtype != dt || buf.shape.iter().product::<usize>() > 1 {
+                    return Err(CudaError::Invalid(format!(
+                        "constant_value must be a scalar of {dt}, found {} {:?}",
+                        buf.dtype, buf.shape
+                    )));
+                }
+                // An empty value means zero.
+                (buf.shape.iter().product::<usize>() == 1 && mode == PadMode::Constant).then_some(b)
+            }
+            _ => None,
+        };
         let (pads, fill) = match pads {
             Some(p) => (p.to_vec(), Tensor::scalar(value)),
             None => {
                 let pads = self.const_ints(id, 1)?.ok_or_else(|| CudaError::Invalid("Pad without pads".into()))?;
-                let fill = match self.const_input(id, 2)? {
-                    Some(t) if !t.is_empty() => t.clone(),
-                    _ => Tensor::scalar(0f32),
+                // A constant_value computed at run time is read from device memory.
+                let fill = match runtime_value {
+                    Some(_) => Tensor::scalar(0f32),
+                    None => match self.const_input(id, 2)? {
+                        Some(t) if !t.is_empty() => t.clone(),
+                        _ => Tensor::scalar(0f32),
+                    },
                 };
                 (pads, fill)
             }
@@ -287,21 +306,25 @@ impl Planner<'_> {
         let mut bits = [0u8; 8];
         let len = dt.size().min(8).min(bytes.len());
         bits[..len].copy_from_slice(&bytes[..len]);
-        self.pad_launch(id, x, y, &begin, code, u64::from_ne_bytes(bits))
+        let steps = self.plan.steps.len();
+        self.pad_launch(id, x, y, &begin, code, u64::from_ne_bytes(bits))?;
+        if let (Some(v), Some(Step { kind: StepKind::Kernel(k), .. })) = (runtime_value, self.plan.steps.get_mut(steps))
+        {
+            k.kernel = k.kernel.replacen("pad_", "pad_from_", 1);
+            if let Some(last) = k.args.last_mut() {
+                *last = Arg::Buffer(v);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn resize(&mut self, id: NodeId, a: &ResizeAttrs) -> Result<()> {
         let x = self.required(id, 0)?;
         let xs = self.plan.buffers[x].shape.clone();
         let r = xs.len();
-        let linear = match a.mode {
-            ResizeMode::Nearest => false,
-            ResizeMode::Linear => true,
-            ResizeMode::Cubic => return Err(CudaError::Unsupported("cubic Resize has no kernel yet".into())),
-        };
-        if a.antialias && linear {
-            return Err(CudaError::Unsupported("antialiased Resize has no kernel yet".into()));
-        }
+        let linear = a.mode != ResizeMode::Nearest;
+        // Cubic, antialiased and tf_crop_and_resize Resize go through tap tables (`resize`).
+        let mut by_taps = a.mode == ResizeMode::Cubic || (a.antialias && linear);
         let coord_mode = match a.coordinate_transformation_mode {
             CoordTransform::HalfPixel => 0,
             CoordTransform::Asymmetric => 1,
@@ -309,7 +332,8 @@ impl Planner<'_> {
             CoordTransform::PytorchHalfPixel => 3,
             CoordTransform::HalfPixelSymmetric => 4,
             CoordTransform::TfCropAndResize => {
-                return Err(CudaError::Unsupported("tf_crop_and_resize has no kernel yet".into()))
+                by_taps = true;
+                0
             }
         };
         let nearest_mode = match a.nearest_mode {
@@ -362,10 +386,23 @@ impl Planner<'_> {
         if ys.len() != r || r == 0 {
             return Err(CudaError::Invalid(format!("Resize of {xs:?} to {ys:?}")));
         }
-        // The kernel resizes the last two dims; the others must stay as they are.
+        // The two-axis kernels resize the last two dims; the others must stay as they are.
         let lead = r.saturating_sub(2);
-        if let Some(d) = (0..lead).find(|&d| xs[d] != ys[d] || scale[d] != 1.0) {
-            return Err(CudaError::Unsupported(format!("Resize of dim {d} (the kernel resizes the last two)")));
+        if by_taps || (0..lead).any(|d| xs[d] != ys[d] || scale[d] != 1.0) {
+            let mut roi_of = vec![(0.0f64, 1.0f64); r];
+            let roi = match &a.inputs {
+                ResizeInputs::RoiScalesSizes => non_empty(self.const_input(id, 1)?).map(|t| t.to_f64_vec()),
+                _ => None,
+            };
+            if let (Some(roi), CoordTransform::TfCropAndResize) = (roi, a.coordinate_transformation_mode) {
+                if roi.len() != 2 * axes.len() {
+                    return Err(CudaError::Invalid(format!("roi has {} values for {} axes", roi.len(), axes.len())));
+                }
+                for (i, &d) in axes.iter().enumerate() {
+                    roi_of[d] = (roi[i], roi[axes.len() + i]);
+                }
+            }
+            return self.resize_by_taps(id, a, x, y, &scale, &roi_of, &axes);
         }
         let sfx = self.float_suffix(x, "resize")?;
         let (ih, oh, scale_h) = if r >= 2 { (xs[r - 2], ys[r - 2], scale[r - 2]) } else { (1, 1, 1.0) };
