@@ -488,4 +488,4 @@ __device__ __forceinline__ void attention_tc_d64(const AttnArgs a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_tc_d64_f16(const AttnArgs a) { attention_tc_d64(a); }
+extern "C" __global__ void attention_tc_d64_f16(const AttnArgs a) { attention_tc_d64(a); }

@@ -201,6 +201,11 @@ __device__ __forceinline__ unsigned char kiln_f8e8m0_from_f64(double x, bool sat
     const bool up = (bits & 0x4FFFFFu) != 0 && !(saturate && e == 0xFEu);
     return (unsigned char)(e + (up ? 1u : 0u));
 }
+// Stores a value that is already an E8M0 value (a power of two, or NaN) exactly: 2^-127 is an
+// f32 subnormal whose fraction would round it up.
+__device__ __forceinline__ unsigned char kiln_f8e8m0_store(double x) {
+    return x == 0x1p-127 ? 0 : kiln_f8e8m0_from_f64(x, false);
+}
 
 // The 4-bit integers wrap modulo 16 like ml_dtypes; from a float they first truncate toward
 // zero as C++'s static_cast<int> does on x86 (NaN, Inf and values beyond the i32 range become

@@ -64,9 +64,11 @@ fn every_value(dt: DType) -> Tensor {
     let bytes: Vec<u8> = match dt {
         DType::F4E2M1 | DType::U4 => (0..16).collect(),
         DType::I4 => (0..16u8).map(|b| ((b as i8) - 8) as u8).collect(),
+        // Wider integers: 256 values spread over their range.
+        _ if dt.size() > 1 => (0..256 * dt.size()).map(|i| (i * 37 % 256) as u8).collect(),
         _ => (0..=255).collect(),
     };
-    tensor_from_bytes(dt, &[bytes.len()], &bytes).unwrap()
+    tensor_from_bytes(dt, &[bytes.len() / dt.size()], &bytes).unwrap()
 }
 
 /// f64 values that probe every small type's rounding: each finite value, the midpoints between

@@ -118,8 +118,12 @@ fn triangles_and_one_hot_match_the_cpu_executor() {
             let values = Tensor::from_vec(vec![2], vec![-1.5f32, 2.0]).unwrap().cast(dt);
             let idx = rand_ints(&mut rng, &[3, n], -6, 6);
             for (axis, it) in [(-1i64, DType::I64), (1, DType::I32), (0, DType::F32)] {
-                let (g, ins) =
-                    one_node(Op::Layout(LayoutOp::OneHot { axis }), &[&idx.cast(it), &values], &[ints(&[5])], 1);
+                let (g, ins) = one_node(
+                    Op::Layout(LayoutOp::OneHot { axis }),
+                    &[&idx.cast(it)],
+                    &[ints(&[5]), Some(values.clone())],
+                    1,
+                );
                 plan_matches(lib, &format!("onehot axis {axis} {it} {dt} n={n}"), &g, &ins, 0.0, 0.0);
             }
         }
