@@ -536,8 +536,11 @@ impl AttnArgs {
                 self.heads, self.kv_group
             )));
         }
-        // f16 with head size 64 and enough rows: tensor cores, 64 rows a block of 4 warps.
-        if dt == "f16" && d == 64 && dv == 64 && self.sq >= ATTN_TC_MIN_ROWS {
+        // f16 with head size 64 and enough rows and blocks: tensor cores, 64 rows a block of 4
+        // warps. Too few blocks to fill the GPU (BERT-base at batch 1: 24) and the CUDA-core
+        // kernels, with more, smaller blocks, are faster (on an H200: 20 against 48 us a layer).
+        let tc_blocks = (self.sq as u64).div_ceil(ATTN_TC_ROWS) * self.heads as u64 * self.batch as u64;
+        if dt == "f16" && d == 64 && dv == 64 && self.sq >= ATTN_TC_MIN_ROWS && tc_blocks >= ATTN_MIN_BLOCKS {
             let gx = (self.sq as u64).div_ceil(ATTN_TC_ROWS);
             if gx > u32::MAX as u64 {
                 return Err(CudaError::Invalid(format!("attention over {} query rows is too large", self.sq)));
@@ -807,6 +810,8 @@ mod tests {
         assert_eq!(name, "attention_tc_d64_f16");
         assert_eq!((cfg.grid, cfg.block), ((2, 12, 32), (128, 1, 1)));
         assert_eq!(big.launch("bf16").unwrap().0, "attention_d64_bf16");
+        // At batch 1, 24 blocks of 64 rows: the CUDA-core kernel.
+        assert_eq!(AttnArgs { batch: 1, ..big }.launch("f16").unwrap().0, "attention_r1_d64_f16");
         let big128 = AttnArgs { d: 128, dv: 128, ..big };
         assert_eq!(big128.launch("f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
         let rope = RopeArgs {
