@@ -11,7 +11,8 @@
 #
 # STAGES (default all but soak): tests conformance bench soak. `soak` exports ResNet-50 and
 # BERT-base and runs 8 threads with their own contexts on each for KILN_SOAK_SECONDS (300 by
-# default), both models at once. `run` sets KILN_REQUIRE_GPU=1, so a missing
+# default), both models at once (KILN_SOAK_MODELS picks them; one alone keeps the memory check
+# free of the other process). `run` sets KILN_REQUIRE_GPU=1, so a missing
 # driver, device or NVRTC fails instead of skipping. Logs go to $OUT (or ./gpu-check-logs):
 # summary.txt, the benchmark table bench.md and bench.json, the conformance list
 # not_passing.txt, and logs.tar.gz with everything else. Exits non-zero if a test failed.
@@ -128,7 +129,7 @@ run() {
         local t0=$SECONDS dir=/tmp/kiln-models
         python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/soak-export.log" 2>&1 || status=1
         local pids=()
-        for m in resnet50 bert_base; do
+        for m in ${KILN_SOAK_MODELS:-resnet50 bert_base}; do
             (cd crates/kiln && KILN_SOAK_MODEL=$dir/$m.onnx KILN_SOAK_FP16=1 KILN_SOAK_SECONDS="${KILN_SOAK_SECONDS:-300}" \
                 "../../$GPU/tests/kiln-gpu" --exact contexts_on_eight_threads_agree_with_one --nocapture) > "$logs/soak-$m.log" 2>&1 &
             pids+=($!)
