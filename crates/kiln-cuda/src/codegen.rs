@@ -342,6 +342,11 @@ fn emit_op(op: &ElementwiseOp, a: &[String], at: &[DType], out: DType) -> Result
 /// targets. The semantics are those of `Tensor::cast_with`: to and from the small types
 /// through f64 (integers through i64, so 4-bit targets wrap).
 fn cast(x: &str, from: DType, to: DType, saturate: bool) -> Result<String> {
+    // A cast to the same type is the identity, as in `Tensor::cast_with` (E5M2's Inf stays
+    // Inf even with `saturate`).
+    if from == to {
+        return Ok(x.to_string());
+    }
     let to_ct = compute_type(to)?;
     compute_type(from)?;
     // The source as f64, or as i64 for the integer-to-4-bit wrap.
