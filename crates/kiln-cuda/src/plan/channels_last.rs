@@ -266,28 +266,10 @@ impl Planner<'_> {
                 self.plan.buffers[y].shape
             )));
         }
-        let i = |v: usize| v as i64;
-        let args = launch::PoolArgs {
-            planes: i(xs[0] * xs[1]),
-            ih: i(h.input),
-            iw: i(w.input),
-            oh: i(h.output),
-            ow: i(w.output),
-            kh: i(h.kernel),
-            kw: i(w.kernel),
-            sh: i(h.stride),
-            sw: i(w.stride),
-            dh: i(h.dilation),
-            dw: i(w.dilation),
-            ph0: i(h.pad_begin),
-            pw0: i(w.pad_begin),
-            ph1: i(h.pad_end),
-            pw1: i(w.pad_end),
-            count_include_pad,
-        };
+        let args = pool::pool_args(xs[0] * xs[1], &h, &w, count_include_pad);
         let n: usize = want.iter().product();
         let fields = args.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(pool::word(c)))).collect();
-        let args = vec![Arg::Buffer(x), Arg::Buffer(y), Arg::Struct(fields), Arg::I64(i(xs[1]))];
+        let args = vec![Arg::Buffer(x), Arg::Buffer(y), Arg::Struct(fields), Arg::I64(xs[1] as i64)];
         self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride(n as u64), args);
         Ok(true)
     }

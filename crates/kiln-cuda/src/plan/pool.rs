@@ -4,7 +4,7 @@
 //! MaxUnpool as a clear and a scatter.
 
 use super::*;
-use kiln_ir::ops::pool::{PoolOp, PoolWindow};
+use kiln_ir::ops::pool::{PoolOp, PoolWindow, WindowDim};
 
 impl Planner<'_> {
     pub(super) fn pool(&mut self, id: NodeId, p: &PoolOp) -> Result<()> {
@@ -66,25 +66,7 @@ impl Planner<'_> {
             [h, w] => (h, w),
             _ => unreachable!("rank checked above"),
         };
-        let i = |v: usize| v as i64;
-        let args = launch::PoolArgs {
-            planes: i(xs[0] * xs[1]),
-            ih: i(h.input),
-            iw: i(w.input),
-            oh: i(h.output),
-            ow: i(w.output),
-            kh: i(h.kernel),
-            kw: i(w.kernel),
-            sh: i(h.stride),
-            sw: i(w.stride),
-            dh: i(h.dilation),
-            dw: i(w.dilation),
-            ph0: i(h.pad_begin),
-            pw0: i(w.pad_begin),
-            ph1: i(h.pad_end),
-            pw1: i(w.pad_end),
-            count_include_pad,
-        };
+        let args = pool_args(xs[0] * xs[1], &h, &w, count_include_pad);
         let n: usize = ys.iter().product();
         if n == 0 {
             return Ok(());
@@ -291,6 +273,29 @@ enum Pool3Kind {
     MaxIndices { column_major: bool },
     Avg { count_include_pad: bool },
     Lp { p: f32 },
+}
+
+/// The parameters of a 2-D pooling window over `planes` planes (N * C).
+pub(super) fn pool_args(planes: usize, h: &WindowDim, w: &WindowDim, count_include_pad: bool) -> launch::PoolArgs {
+    let i = |v: usize| v as i64;
+    launch::PoolArgs {
+        planes: i(planes),
+        ih: i(h.input),
+        iw: i(w.input),
+        oh: i(h.output),
+        ow: i(w.output),
+        kh: i(h.kernel),
+        kw: i(w.kernel),
+        sh: i(h.stride),
+        sw: i(w.stride),
+        dh: i(h.dilation),
+        dw: i(w.dilation),
+        ph0: i(h.pad_begin),
+        pw0: i(w.pad_begin),
+        ph1: i(h.pad_end),
+        pw1: i(w.pad_end),
+        count_include_pad,
+    }
 }
 
 /// Eight bytes of a parameter as an array.
