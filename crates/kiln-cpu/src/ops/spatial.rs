@@ -8,7 +8,8 @@
 use super::common::{axis, input, opt_input, strides};
 use crate::{bail, OpError, OpResult};
 use kiln_ir::ops::spatial::{
-    AspectRatioPolicy, CoordTransform, GridPadding, GridSampleMode, NearestMode, ResizeAttrs, ResizeInputs, ResizeMode,
+    cubic_kernel, resize_taps, AspectRatioPolicy, CoordTransform, GridPadding, GridSampleMode, ResizeAttrs,
+    ResizeInputs,
 };
 use kiln_ir::ops::SpatialOp;
 use kiln_ir::{DType, Tensor};
@@ -141,136 +142,6 @@ fn resize(a: &ResizeAttrs, inputs: &[Option<&Tensor>]) -> Result<Tensor, OpError
         cur[d] = out_shape[d];
     }
     from_f64(out_shape, data, x.dtype())
-}
-
-/// The input taps (index, weight) of output index `o` along one axis, or `None` where the
-/// sample falls outside the input in tf_crop_and_resize mode.
-fn resize_taps(
-    a: &ResizeAttrs,
-    o: usize,
-    in_len: usize,
-    out_len: usize,
-    scale: f64,
-    roi: (f64, f64),
-) -> Option<Vec<(usize, f64)>> {
-    let xo = o as f64;
-    let inw = in_len as f64;
-    // The reference uses the unrounded output length here.
-    let outw = scale * inw;
-    let x = match a.coordinate_transformation_mode {
-        CoordTransform::AlignCorners => {
-            if outw == 1.0 {
-                0.0
-            } else {
-                xo * (inw - 1.0) / (outw - 1.0)
-            }
-        }
-        CoordTransform::Asymmetric => xo / scale,
-        CoordTransform::TfCropAndResize => {
-            let (s, e) = roi;
-            let x = if outw == 1.0 { (e - s) * (inw - 1.0) / 2.0 } else { xo * (e - s) * (inw - 1.0) / (outw - 1.0) }
-                + s * (inw - 1.0);
-            if x < 0.0 || x > inw - 1.0 {
-                return None;
-            }
-            x
-        }
-        CoordTransform::PytorchHalfPixel => {
-            if outw == 1.0 {
-                -0.5
-            } else {
-                (xo + 0.5) / scale - 0.5
-            }
-        }
-        CoordTransform::HalfPixel => (xo + 0.5) / scale - 0.5,
-        CoordTransform::HalfPixelSymmetric => {
-            let adjustment = out_len as f64 / outw;
-            let offset = inw / 2.0 * (1.0 - adjustment);
-            offset + (xo + 0.5) / scale - 0.5
-        }
-    };
-    let floor = x.floor();
-    // The ratio is in (0, 1]: an integral coordinate counts as the right end of its interval.
-    let ratio = if x == floor { 1.0 } else { x - floor };
-    let mut coeffs = match a.mode {
-        ResizeMode::Nearest => {
-            let right = if ratio == 1.0 {
-                true
-            } else {
-                match a.nearest_mode {
-                    NearestMode::RoundPreferFloor => ratio > 0.5,
-                    NearestMode::RoundPreferCeil => ratio >= 0.5,
-                    NearestMode::Floor => false,
-                    NearestMode::Ceil => true,
-                }
-            };
-            if right {
-                vec![0.0, 1.0]
-            } else {
-                vec![1.0, 0.0]
-            }
-        }
-        ResizeMode::Linear if a.antialias => {
-            let s = scale.min(1.0);
-            let start = (-1.0 / s).floor() as i64 + 1;
-            let footprint = 2 - 2 * start;
-            let c: Vec<f64> =
-                (start..start + footprint).map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0)).collect();
-            normalized(c)
-        }
-        ResizeMode::Linear => vec![1.0 - ratio, ratio],
-        ResizeMode::Cubic if a.antialias => {
-            let s = scale.min(1.0);
-            let aa = a.cubic_coeff_a as f64;
-            let start = (-2.0 / s).floor() as i64 + 1;
-            let end = 2 - start;
-            let c: Vec<f64> = (start..end).map(|i| cubic_kernel(s * (i as f64 - ratio), aa)).collect();
-            normalized(c)
-        }
-        ResizeMode::Cubic => {
-            let aa = a.cubic_coeff_a as f64;
-            vec![
-                cubic_kernel(ratio + 1.0, aa),
-                cubic_kernel(ratio, aa),
-                cubic_kernel(1.0 - ratio, aa),
-                cubic_kernel(2.0 - ratio, aa),
-            ]
-        }
-    };
-    // The reference picks the n indices nearest to x (ties to the smaller) in the input padded
-    // by n/2 edge copies on each side; they form a window starting at ceil(x) - n/2, slid to
-    // stay inside the padded range.
-    let n = coeffs.len() as i64;
-    let pad = (n + 1) / 2;
-    let len = in_len as i64;
-    let start = (x.ceil() as i64 - n / 2).clamp(-pad, (len + pad - n).max(-pad));
-    let idx: Vec<i64> = (start..start + n).collect();
-    if a.exclude_outside {
-        for (c, &i) in coeffs.iter_mut().zip(&idx) {
-            if i < 0 || i >= len {
-                *c = 0.0;
-            }
-        }
-        coeffs = normalized(coeffs);
-    }
-    Some(idx.iter().zip(coeffs).map(|(&i, c)| (i.clamp(0, (len - 1).max(0)) as usize, c)).collect())
-}
-
-/// Keys' cubic convolution kernel with parameter `a`.
-fn cubic_kernel(x: f64, a: f64) -> f64 {
-    let x = x.abs();
-    if x <= 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    } else {
-        0.0
-    }
-}
-
-fn normalized(c: Vec<f64>) -> Vec<f64> {
-    let s: f64 = c.iter().sum();
-    c.into_iter().map(|v| v / s).collect()
 }
 
 /// One separable pass: output index `o` of axis `d` is the weighted sum of its taps, or
@@ -740,7 +611,7 @@ fn col2im(dil: &[usize], pads: &[usize], strd: &[usize], inputs: &[Option<&Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_ir::ops::spatial::AspectRatioPolicy;
+    use kiln_ir::ops::spatial::{AspectRatioPolicy, NearestMode, ResizeMode};
 
     fn resize_op(mode: ResizeMode, ctm: CoordTransform) -> SpatialOp {
         SpatialOp::Resize(ResizeAttrs {
