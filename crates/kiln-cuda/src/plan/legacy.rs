@@ -43,7 +43,7 @@ impl Planner<'_> {
             )));
         }
         let a_strides = broadcast_strides(&ash, &ash)?;
-        self.launch_generated_strided(id, k, vec![(a, a_strides), (b, strides)], y)
+        self.launch_elementwise(id, k, vec![(a, a_strides), (b, strides)], y)
     }
 
     /// Clip with one bound absent: `min(x, max)` or `max(x, min)`, which clamp as Clip does
@@ -68,41 +68,6 @@ impl Planner<'_> {
         }
         let expr = Expr::op(ElementwiseOp::Variadic(op), ins.len());
         self.elementwise(id, &expr, &ins)
-    }
-
-    /// [`Planner::launch_generated`] with the inputs' strides over the output given.
-    fn launch_generated_strided(
-        &mut self,
-        id: NodeId,
-        k: ElementwiseKernel,
-        inputs: Vec<(BufferId, Vec<i64>)>,
-        out: BufferId,
-    ) -> Result<()> {
-        if k.output != self.plan.buffers[out].dtype {
-            return Err(CudaError::Invalid(format!(
-                "the expression gives {}, the node's output is {}",
-                k.output, self.plan.buffers[out].dtype
-            )));
-        }
-        let n: usize = self.plan.buffers[out].shape.iter().product();
-        let kernel = k.name.clone();
-        let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
-            Some(i) => i,
-            None => {
-                self.plan.generated.push(k);
-                self.plan.generated.len() - 1
-            }
-        };
-        self.step(
-            id,
-            StepKind::Kernel(KernelStep {
-                module: ModuleRef::Generated(index),
-                kernel,
-                config: launch::grid_stride(n as u64),
-                args: vec![Arg::Elementwise { inputs, output: out }],
-            }),
-        );
-        Ok(())
     }
 }
 
