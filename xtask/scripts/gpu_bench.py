@@ -140,6 +140,7 @@ def main():
     ap.add_argument("--kiln-timeout", type=int, default=300)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also log `kiln profile` of every row")
+    ap.add_argument("--top", default="12", help="steps the profile lists")
     ap.add_argument("--export-only", action="store_true", help="export the models to --models-dir and stop")
     args = ap.parse_args()
     os.makedirs(args.models_dir, exist_ok=True)
@@ -181,7 +182,7 @@ def main():
             if args.profile:
                 out, err = run_kiln(args, [args.kiln, "profile", path, "--shapes",
                                            f"{in_name}=" + "x".join(str(d) for d in [b] + in_shape),
-                                           "--top", "12", "--runs", "10"] + prec)
+                                           "--top", args.top, "--runs", "10"] + prec)
                 log(f"== kiln profile {name} batch {b}\n{out or err}")
             if not args.no_torch:
                 m = model.cuda().half() if name != "bert_base" else model.cuda().half()
