@@ -28,7 +28,6 @@
 // per warp. `attention_scores_{dt}` writes the optional qk_matmul_output, and `rotary_{dt}` is
 // RotaryEmbedding.
 #include "common.cuh"
-#include <mma.h>
 
 #define ATTN_MASK_NONE 0
 #define ATTN_MASK_ADD 1
@@ -356,136 +355,273 @@ ATTN_KERNELS(float, f32)
 ATTN_KERNELS(__half, f16)
 ATTN_KERNELS(__nv_bfloat16, bf16)
 
-// attention_tc_d64_f16: the same attention on tensor cores, for f16 with D = DV = 64 (BERT's
-// heads). A block of 4 warps takes 64 query rows of one (batch, head), 16 per warp, and walks
-// the keys in tiles of 32 that the block loads into shared memory. Each warp computes its
-// 16 x 32 scores with WMMA (f16 in, f32 accumulation) into shared memory; two lanes per row
-// then add the bias, update the row's running maximum and sum and write the probabilities
-// back as f16; the warp rescales its 16 x 64 f32 output tile and adds P V with WMMA. The
-// output tile lives in shared memory because WMMA's fragment layout is opaque.
+// attention_mma[_w1]_d{64,128}_{f16,bf16}: the same attention on tensor cores for f16 and bf16
+// with D = DV = 64 or 128, flash-attention-2 style with `mma.sync` m16n8k16 (f32 accumulation).
+// A block of W warps (4, or 1 for launches too small to fill the GPU) takes 16 * W query rows of
+// one (batch, head), 16 per warp, and walks the keys in tiles of 64 that it loads into shared
+// memory in 16-byte pieces. Each warp keeps its Q fragments, its scores and its 16 x D output in
+// registers: S = Q K^T from K tiles read with ldmatrix, the bias, the running maximum and sum of
+// each row (a row's scores live in the four lanes of a quad), P converted in registers from the
+// score accumulators into the A operand of P V (V read with ldmatrix.trans), and the output
+// rescaled in place. Lane l holds rows l / 4 and l / 4 + 8 of the warp's 16, and columns
+// (l % 4) * 2 and + 1 of every 8-wide tile (the PTX fragment layout of m16n8k16).
 
-#define ATTN_TC_ROWS 64
-#define ATTN_TC_KT 32
-#define ATTN_TC_LQ 72  // f16 row pitch of Q, K and V tiles (a multiple of 8, off the banks)
-#define ATTN_TC_LS 36  // f32 row pitch of a warp's scores
-#define ATTN_TC_LP 40  // f16 row pitch of a warp's probabilities, stored over its scores
-#define ATTN_TC_LO 68  // f32 row pitch of a warp's output tile
+#define ATTN_MMA_KT 64
 
-__device__ __forceinline__ void attention_tc_d64(const AttnArgs a) {
-    using namespace nvcuda;
-    __shared__ __align__(32) __half qs[ATTN_TC_ROWS][ATTN_TC_LQ];
-    __shared__ __align__(32) __half ks[ATTN_TC_KT][ATTN_TC_LQ];
-    __shared__ __align__(32) __half vs[ATTN_TC_KT][ATTN_TC_LQ];
-    __shared__ __align__(32) float ss[4][16 * ATTN_TC_LS];
-    __shared__ __align__(32) float os[4][16 * ATTN_TC_LO];
-    const float ninf = attn_ninf();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const i64 b = blockIdx.z, h = blockIdx.y, hkv = h / a.kv_group;
-    const i64 row0 = (i64)blockIdx.x * ATTN_TC_ROWS;
-    const __half* Q = (const __half*)a.q + b * a.q_sb + h * a.q_sh;
-    const __half* K = (const __half*)a.k + b * a.k_sb + hkv * a.k_sh;
-    const __half* V = (const __half*)a.v + b * a.v_sb + hkv * a.v_sh;
-    const void* M = (a.mask_kind == ATTN_MASK_BOOL ? (const char*)a.mask + (b * a.m_sb + h * a.m_sh)
-                                                   : (const char*)a.mask + (b * a.m_sb + h * a.m_sh) * 2);
-    const bool add_only = a.mask_kind == ATTN_MASK_ADD && a.mask_len >= a.sk && !a.is_causal &&
-                          a.nonpad == nullptr && !(a.softcap > 0.0f);
-    const bool biased = !add_only && attn_biased(a);
-    const __half zero = __float2half(0.0f);
-    for (int e = threadIdx.x; e < ATTN_TC_ROWS * 64; e += blockDim.x) {
-        const int r = e / 64, d = e % 64;
-        const i64 row = row0 + r;
-        qs[r][d] = row < a.sq ? Q[row * a.q_ss + d] : zero;
-    }
-    // This lane's half row of the warp's tiles: row `r`, score columns c0.., output columns o0...
-    const int r = lane >> 1, c0 = (lane & 1) * 16, o0 = (lane & 1) * 32;
-    const i64 row = row0 + warp * 16 + r;
-    float* S = ss[warp];
-    __half* P = (__half*)ss[warp];
-    float* O = os[warp];
-    for (int c = 0; c < 32; ++c) O[r * ATTN_TC_LO + o0 + c] = 0.0f;
-    float m = ninf, l = 0.0f;
-    for (i64 t0 = 0; t0 < a.sk; t0 += ATTN_TC_KT) {
-        __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
-        for (int e = threadIdx.x; e < ATTN_TC_KT * 64; e += blockDim.x) {
-            const int t = e / 64, d = e % 64;
-            const i64 key = t0 + t;
-            const bool in = key < a.sk;
-            ks[t][d] = in ? K[key * a.k_ss + d] : zero;
-            vs[t][d] = in ? V[key * a.v_ss + d] : zero;
-        }
-        __syncthreads();
-        // S = Q K^T for the warp's 16 rows and the tile's 32 keys.
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
-                wmma::load_matrix_sync(qa, &qs[warp * 16][kk * 16], ATTN_TC_LQ);
-                wmma::load_matrix_sync(kb, &ks[n * 16][kk * 16], ATTN_TC_LQ);
-                wmma::mma_sync(acc, qa, kb, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, ATTN_TC_LS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        float s[16];
-        float tmax = ninf;
-#pragma unroll
-        for (int c = 0; c < 16; ++c) {
-            const i64 key = t0 + c0 + c;
-            float v = S[r * ATTN_TC_LS + c0 + c] * a.scale;
-            if (key >= a.sk || row >= a.sq) {
-                v = ninf;
-            } else if (add_only) {
-                v += to_f32(((const __half*)M)[row * a.m_sq + key * a.m_sk]);
-            } else if (biased) {
-                v = attn_softcap(a, attn_bias<__half>(a, M, b, row, key) + v);
-            }
-            s[c] = v;
-            tmax = fmaxf(tmax, v);
-        }
-        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        const float m_new = fmaxf(m, tmax);
-        const float alpha = m_new == ninf ? 1.0f : expf(m - m_new);
-        float psum = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 16; ++c) {
-            s[c] = m_new == ninf ? 0.0f : expf(s[c] - m_new);
-            psum += s[c];
-        }
-        psum += __shfl_xor_sync(0xffffffffu, psum, 1);
-        l = l * alpha + psum;
-        m = m_new;
-        __syncwarp();  // every lane has read its scores before P overwrites them
-#pragma unroll
-        for (int c = 0; c < 16; ++c) P[r * ATTN_TC_LP + c0 + c] = __float2half(s[c]);
-#pragma unroll
-        for (int c = 0; c < 32; ++c) O[r * ATTN_TC_LO + o0 + c] *= alpha;
-        __syncwarp();
-        // O += P V.
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, O + n * 16, ATTN_TC_LO, wmma::mem_row_major);
-#pragma unroll
-            for (int kk = 0; kk < 2; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
-                wmma::load_matrix_sync(pa, P + kk * 16, ATTN_TC_LP);
-                wmma::load_matrix_sync(vb, &vs[kk * 16][n * 16], ATTN_TC_LQ);
-                wmma::mma_sync(acc, pa, vb, acc);
-            }
-            wmma::store_matrix_sync(O + n * 16, acc, ATTN_TC_LO, wmma::mem_row_major);
-        }
-        __syncwarp();
-    }
-    if (row < a.sq) {
-        __half* out = (__half*)a.o + b * a.o_sb + h * a.o_sh + row * a.o_ss;
-        // A row whose scores are all -inf has l = 0 and comes out NaN, as the reference does.
-        for (int c = 0; c < 32; ++c) out[o0 + c] = __float2half(O[r * ATTN_TC_LO + o0 + c] / l);
+template <typename T> __device__ __forceinline__ unsigned attn_pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned attn_pack2<__half>(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *(const unsigned*)&v;
+}
+template <> __device__ __forceinline__ unsigned attn_pack2<__nv_bfloat16>(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(const unsigned*)&v;
+}
+
+// c += a b for one m16n8k16 tile: a four registers of the A fragment, b two of the B fragment.
+template <typename T> __device__ __forceinline__ void attn_mma(float* c, const unsigned* a, const unsigned* b);
+template <> __device__ __forceinline__ void attn_mma<__half>(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> __device__ __forceinline__ void attn_mma<__nv_bfloat16>(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ unsigned attn_smem_addr(const void* p) {
+    unsigned addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory; lane l gives the address of row
+// l % 8 of matrix l / 8. `trans` delivers them transposed.
+template <bool TRANS> __device__ __forceinline__ void attn_ldsm4(unsigned* r, const void* p) {
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(attn_smem_addr(p)));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(attn_smem_addr(p)));
     }
 }
 
-extern "C" __global__ void attention_tc_d64_f16(const AttnArgs a) { attention_tc_d64(a); }
+// Elements p[0] and p[1] as one register, p[0] in the low half.
+template <typename T> __device__ __forceinline__ unsigned attn_ld2(const T* p, bool aligned) {
+    if (aligned) return *(const unsigned*)p;
+    const unsigned short* u = (const unsigned short*)p;
+    return (unsigned)u[0] | ((unsigned)u[1] << 16);
+}
+
+template <typename T, int D, int W>
+__device__ __forceinline__ void attention_mma(const AttnArgs a) {
+    constexpr int KT = ATTN_MMA_KT;
+    constexpr int LD = D + 8;  // row pitch in elements: 16 bytes over D, off the banks for ldmatrix
+    constexpr int NK = D / 16;  // k-steps of Q K^T
+    constexpr int ND = D / 8;   // 8-wide column tiles of the output
+    constexpr int NS = KT / 8;  // 8-wide key tiles of the scores
+    constexpr int CH = D / 8;   // 16-byte pieces of a K or V row
+    __shared__ __align__(16) T ks[KT * LD];
+    __shared__ __align__(16) T vs[KT * LD];
+    const float ninf = attn_ninf();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q4 = lane & 3;
+    const i64 b = blockIdx.z, h = blockIdx.y, hkv = h / a.kv_group;
+    const i64 row_a = ((i64)blockIdx.x * W + warp) * 16 + g, row_b = row_a + 8;
+    const T* Q = (const T*)a.q + b * a.q_sb + h * a.q_sh;
+    const T* K = (const T*)a.k + b * a.k_sb + hkv * a.k_sh;
+    const T* V = (const T*)a.v + b * a.v_sb + hkv * a.v_sh;
+    const void* M = (a.mask_kind == ATTN_MASK_BOOL ? (const char*)a.mask + (b * a.m_sb + h * a.m_sh)
+                                                   : (const char*)a.mask + (b * a.m_sb + h * a.m_sh) * (i64)sizeof(T));
+    const bool add_only = a.mask_kind == ATTN_MASK_ADD && a.mask_len >= a.sk && !a.is_causal &&
+                          a.nonpad == nullptr && !(a.softcap > 0.0f);
+    const bool biased = !add_only && attn_biased(a);
+    // K and V rows move in 16-byte pieces where they are aligned so; else element by element.
+    const bool kv_vec = (((unsigned long long)K | (unsigned long long)V) & 15) == 0 && a.k_ss % 8 == 0 &&
+                        a.v_ss % 8 == 0;
+    const bool q_pair = ((unsigned long long)Q & 3) == 0 && a.q_ss % 2 == 0;
+
+    // The warp's Q rows as A fragments, for every k-step over the head dim.
+    unsigned qf[NK][4];
+#pragma unroll
+    for (int kk = 0; kk < NK; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 row = (r & 1) ? row_b : row_a;
+            const int col = kk * 16 + (r >> 1) * 8 + q4 * 2;
+            qf[kk][r] = row < a.sq ? attn_ld2<T>(Q + row * a.q_ss + col, q_pair) : 0u;
+        }
+    }
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_a = ninf, m_b = ninf, l_a = 0.0f, l_b = 0.0f;
+    // Causal without softcap: keys past the block's last row + offset weigh exactly 0.
+    i64 kend = a.sk;
+    if (a.is_causal && !(a.softcap > 0.0f)) {
+        const i64 last = ((i64)blockIdx.x + 1) * W * 16 - 1 + a.causal_offset + 1;
+        kend = last < kend ? (last < 0 ? 0 : last) : kend;
+    }
+    const unsigned short* Ku = (const unsigned short*)K;
+    const unsigned short* Vu = (const unsigned short*)V;
+
+    for (i64 t0 = 0; t0 < kend; t0 += KT) {
+        __syncthreads();  // the previous tile is consumed
+        for (int c = threadIdx.x; c < KT * CH; c += W * 32) {
+            const int r = c / CH, col = (c % CH) * 8;
+            const i64 key = t0 + r;
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+            if (key < a.sk) {
+                if (kv_vec) {
+                    kv = *(const uint4*)(K + key * a.k_ss + col);
+                    vv = *(const uint4*)(V + key * a.v_ss + col);
+                } else {
+                    const unsigned short* kp = Ku + key * a.k_ss + col;
+                    const unsigned short* vp = Vu + key * a.v_ss + col;
+                    kv = make_uint4(kp[0] | ((unsigned)kp[1] << 16), kp[2] | ((unsigned)kp[3] << 16),
+                                    kp[4] | ((unsigned)kp[5] << 16), kp[6] | ((unsigned)kp[7] << 16));
+                    vv = make_uint4(vp[0] | ((unsigned)vp[1] << 16), vp[2] | ((unsigned)vp[3] << 16),
+                                    vp[4] | ((unsigned)vp[5] << 16), vp[6] | ((unsigned)vp[7] << 16));
+                }
+            }
+            *(uint4*)&ks[r * LD + col] = kv;
+            *(uint4*)&vs[r * LD + col] = vv;
+        }
+        __syncthreads();
+        // S = Q K^T: key tile j's B fragments are rows j * 8.. of K, two k-steps per ldmatrix.
+        float s[NS][4];
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < NK; kk += 2) {
+                unsigned kb[4];
+                attn_ldsm4<false>(kb, &ks[(j * 8 + (lane & 7)) * LD + kk * 16 + (lane >> 3) * 8]);
+                attn_mma<T>(s[j], qf[kk], kb);
+                attn_mma<T>(s[j], qf[kk + 1], kb + 2);
+            }
+        }
+        // Scale and bias; the tile's maximum of rows a and b.
+        float tmax_a = ninf, tmax_b = ninf;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 key = t0 + j * 8 + q4 * 2 + (e & 1);
+                const i64 row = e < 2 ? row_a : row_b;
+                float v = s[j][e] * a.scale;
+                if (key >= a.sk || row >= a.sq) {
+                    v = ninf;
+                } else if (add_only) {
+                    v += to_f32(((const T*)M)[row * a.m_sq + key * a.m_sk]);
+                } else if (biased) {
+                    v = attn_softcap(a, attn_bias<T>(a, M, b, row, key) + v);
+                }
+                s[j][e] = v;
+                if (e < 2) {
+                    tmax_a = fmaxf(tmax_a, v);
+                } else {
+                    tmax_b = fmaxf(tmax_b, v);
+                }
+            }
+        }
+#pragma unroll
+        for (int x = 1; x < 4; x <<= 1) {
+            tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, x));
+            tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, x));
+        }
+        const float mn_a = fmaxf(m_a, tmax_a), mn_b = fmaxf(m_b, tmax_b);
+        const float al_a = mn_a == ninf ? 1.0f : expf(m_a - mn_a);
+        const float al_b = mn_b == ninf ? 1.0f : expf(m_b - mn_b);
+        float ps_a = 0.0f, ps_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float mn = e < 2 ? mn_a : mn_b;
+                const float p = mn == ninf ? 0.0f : expf(s[j][e] - mn);
+                s[j][e] = p;
+                if (e < 2) {
+                    ps_a += p;
+                } else {
+                    ps_b += p;
+                }
+            }
+        }
+        // Each lane's share of its rows' sums; the quad adds them up at the end.
+        l_a = l_a * al_a + ps_a;
+        l_b = l_b * al_b + ps_b;
+        m_a = mn_a;
+        m_b = mn_b;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            o[n][0] *= al_a;
+            o[n][1] *= al_a;
+            o[n][2] *= al_b;
+            o[n][3] *= al_b;
+        }
+        // O += P V: the score accumulators of key tiles 2kk and 2kk + 1 are the A fragment of
+        // k-step kk; V's B fragments come transposed, two output tiles per ldmatrix.
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; ++kk) {
+            const unsigned pa[4] = {attn_pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                                    attn_pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    attn_pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    attn_pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const int mi = lane >> 3;
+#pragma unroll
+            for (int n = 0; n < ND; n += 2) {
+                unsigned vb[4];
+                attn_ldsm4<true>(vb, &vs[(kk * 16 + (mi & 1) * 8 + (lane & 7)) * LD + (n + (mi >> 1)) * 8]);
+                attn_mma<T>(o[n], pa, vb);
+                attn_mma<T>(o[n + 1], pa, vb + 2);
+            }
+        }
+    }
+#pragma unroll
+    for (int x = 1; x < 4; x <<= 1) {
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, x);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, x);
+    }
+    // A row whose scores are all -inf has l = 0 and comes out NaN, as the reference does.
+    T* O = (T*)a.o + b * a.o_sb + h * a.o_sh;
+    const bool o_pair = ((unsigned long long)O & 3) == 0 && a.o_ss % 2 == 0;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const i64 row = half ? row_b : row_a;
+        if (row >= a.sq) continue;
+        const float l = half ? l_b : l_a;
+        T* orow = O + row * a.o_ss;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            const int col = n * 8 + q4 * 2;
+            const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
+            if (o_pair) {
+                *(unsigned*)(orow + col) = attn_pack2<T>(x, y);
+            } else {
+                orow[col] = from_f32<T>(x);
+                orow[col + 1] = from_f32<T>(y);
+            }
+        }
+    }
+}
+
+#define ATTN_MMA_KERNELS(D, T, sfx)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) attention_mma_d##D##_##sfx(const AttnArgs a) {        \
+        attention_mma<T, D, 4>(a);                                                                          \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32) attention_mma_w1_d##D##_##sfx(const AttnArgs a) {      \
+        attention_mma<T, D, 1>(a);                                                                          \
+    }
+
+ATTN_MMA_KERNELS(64, __half, f16)
+ATTN_MMA_KERNELS(128, __half, f16)
+ATTN_MMA_KERNELS(64, __nv_bfloat16, bf16)
+ATTN_MMA_KERNELS(128, __nv_bfloat16, bf16)

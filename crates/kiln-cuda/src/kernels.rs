@@ -274,8 +274,13 @@ impl KernelFamily {
                         .collect::<Vec<_>>(),
                     &floats,
                 );
-                // Tensor cores: f16, head size 64.
-                k.push("attention_tc_d64_f16".into());
+                // Tensor cores: f16 and bf16, head sizes 64 and 128, blocks of four warps or one.
+                for d in crate::launch::ATTN_MMA_HEAD_SIZES {
+                    for dt in ["f16", "bf16"] {
+                        k.push(format!("attention_mma_d{d}_{dt}"));
+                        k.push(format!("attention_mma_w1_d{d}_{dt}"));
+                    }
+                }
                 k
             }
             KernelFamily::Index => {

@@ -409,12 +409,18 @@ pub struct AttnArgs {
     pub softcap: f32,
 }
 
-/// Query rows per block of the tensor-core attention kernel (`ATTN_TC_ROWS`).
-pub const ATTN_TC_ROWS: u64 = 64;
+/// Query rows each warp of the tensor-core attention kernels (`attention_mma_*`) takes.
+pub const ATTN_MMA_ROWS: u64 = 16;
 
-/// Fewer query rows than this and f16 attention of head size 64 stays on the CUDA-core
-/// kernels, whose blocks take 8 rows: a 64-row tile would be mostly padding.
-pub const ATTN_TC_MIN_ROWS: i64 = 32;
+/// Warps per block of `attention_mma_d*`; the `attention_mma_w1_d*` kernels take one.
+pub const ATTN_MMA_WARPS: u64 = 4;
+
+/// Head sizes (of Q, K and V alike) the tensor-core attention kernels are compiled for.
+pub const ATTN_MMA_HEAD_SIZES: [i64; 2] = [64, 128];
+
+/// Fewer query rows than this and attention stays on the CUDA-core kernels: a warp's 16-row
+/// tile would be mostly padding.
+pub const ATTN_MMA_MIN_ROWS: i64 = 16;
 
 /// Warps per block of the attention kernels (`ATTN_WARPS`); each takes [`attn_rows_per_warp`] rows.
 pub const ATTN_ROWS_PER_BLOCK: u64 = 8;
@@ -536,17 +542,26 @@ impl AttnArgs {
                 self.heads, self.kv_group
             )));
         }
-        // f16 with head size 64 and enough rows and blocks: tensor cores, 64 rows a block of 4
-        // warps. Too few blocks to fill the GPU (BERT-base at batch 1: 24) and the CUDA-core
-        // kernels, with more, smaller blocks, are faster (on an H200: 20 against 48 us a layer).
-        let tc_blocks = (self.sq as u64).div_ceil(ATTN_TC_ROWS) * self.heads as u64 * self.batch as u64;
-        if dt == "f16" && d == 64 && dv == 64 && self.sq >= ATTN_TC_MIN_ROWS && tc_blocks >= ATTN_MIN_BLOCKS {
-            let gx = (self.sq as u64).div_ceil(ATTN_TC_ROWS);
+        // f16 and bf16 with head size 64 or 128: tensor cores, 16 rows a warp, blocks of four
+        // warps where they fill the GPU (BERT-base at batch 32: 768 blocks), else of one.
+        if matches!(dt, "f16" | "bf16")
+            && d == dv
+            && ATTN_MMA_HEAD_SIZES.contains(&d)
+            && self.sq >= ATTN_MMA_MIN_ROWS
+        {
+            let bh = self.heads as u64 * self.batch as u64;
+            let warps = if (self.sq as u64).div_ceil(ATTN_MMA_ROWS * ATTN_MMA_WARPS) * bh >= ATTN_MIN_BLOCKS {
+                ATTN_MMA_WARPS
+            } else {
+                1
+            };
+            let gx = (self.sq as u64).div_ceil(ATTN_MMA_ROWS * warps);
             if gx > u32::MAX as u64 {
                 return Err(CudaError::Invalid(format!("attention over {} query rows is too large", self.sq)));
             }
+            let name = if warps == 1 { format!("attention_mma_w1_d{d}_{dt}") } else { format!("attention_mma_d{d}_{dt}") };
             let grid = (gx as u32, self.heads as u32, self.batch as u32);
-            return Ok(("attention_tc_d64_f16".into(), LaunchConfig { grid, block: (128, 1, 1), shared_bytes: 0 }));
+            return Ok((name, LaunchConfig { grid, block: (32 * warps as u32, 1, 1), shared_bytes: 0 }));
         }
         // Several rows per warp share each key tile, unless that leaves too few blocks to
         // fill the GPU (BERT at batch 1: 48 blocks of four rows a warp, 192 of one).
@@ -807,12 +822,15 @@ mod tests {
         // BERT-base at batch 32: 12 x 32 x 4 blocks of four rows a warp.
         let big = AttnArgs { batch: 32, heads: 12, sq: 128, sk: 128, ..a };
         let (name, cfg) = big.launch("f16").unwrap();
-        assert_eq!(name, "attention_tc_d64_f16");
+        assert_eq!(name, "attention_mma_d64_f16");
         assert_eq!((cfg.grid, cfg.block), ((2, 12, 32), (128, 1, 1)));
-        assert_eq!(big.launch("bf16").unwrap().0, "attention_d64_bf16");
-        // At batch 1, 24 blocks of 64 rows: the CUDA-core kernel.
-        assert_eq!(AttnArgs { batch: 1, ..big }.launch("f16").unwrap().0, "attention_r1_d64_f16");
+        assert_eq!(big.launch("bf16").unwrap().0, "attention_mma_d64_bf16");
+        // At batch 1, 24 blocks of 64 rows would leave the GPU idle: 96 blocks of one warp.
+        let (name, cfg) = AttnArgs { batch: 1, ..big }.launch("f16").unwrap();
+        assert_eq!((name.as_str(), cfg.grid, cfg.block), ("attention_mma_w1_d64_f16", (8, 12, 1), (32, 1, 1)));
         let big128 = AttnArgs { d: 128, dv: 128, ..big };
+        assert_eq!(big128.launch("f16").unwrap().0, "attention_mma_d128_f16");
+        assert_eq!(AttnArgs { sq: 8, ..big }.launch("f16").unwrap().0, "attention_d64_f16");
         assert_eq!(big128.launch("f32").unwrap().1.grid, (8, 12, 32), "two rows a warp for f32 at d 128");
         let rope = RopeArgs {
             n: 1,

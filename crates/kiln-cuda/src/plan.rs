@@ -750,6 +750,7 @@ impl Planner<'_> {
         // Gemm's C: a full [m, n] C goes to cuBLASLt with beta; a row [n] with beta 1 is its
         // bias epilogue; any other broadcast is added by a generated kernel afterwards.
         let mut gemm_c = None;
+        let mut c_beta = beta;
         let mut bias = None;
         let mut extra_c = None;
         if let Some(cb) = c {
@@ -775,13 +776,23 @@ impl Planner<'_> {
                 None => GemmEpilogue::None,
             }),
             (Some(e), None) if out_dtype == dtype => {
-                let f =
-                    lt_epilogue(e, &extra.iter().map(|&x| self.plan.buffers[x].shape.clone()).collect::<Vec<_>>(), n);
-                match (f, bias) {
-                    (Some(LtEpilogue { relu, gelu, bias: eb }), None) => {
+                let shapes: Vec<Vec<usize>> = extra
+                    .iter()
+                    .map(|&x| if self.plan.buffers[x].dtype == dtype { self.plan.buffers[x].shape.clone() } else { vec![] })
+                    .collect();
+                let full = (gemm_c.is_none() && bias.is_none()).then_some(out_shape.as_slice());
+                match (lt_epilogue(e, &shapes, n, full), bias) {
+                    (Some(LtEpilogue { relu, gelu, bias: eb, residual }), None) => {
+                        // A residual is cuBLASLt's C, read with beta 1: D = A B + C + bias.
+                        if let Some(r) = residual {
+                            gemm_c = Some(extra[r]);
+                            c_beta = 1.0;
+                        }
                         Some(epilogue(relu, gelu, eb.map(|i| extra[i])))
                     }
-                    (Some(LtEpilogue { relu, gelu, bias: None }), Some(bb)) => Some(epilogue(relu, gelu, Some(bb))),
+                    (Some(LtEpilogue { relu, gelu, bias: None, residual: None }), Some(bb)) => {
+                        Some(epilogue(relu, gelu, Some(bb)))
+                    }
                     _ => None,
                 }
             }
@@ -800,7 +811,7 @@ impl Planner<'_> {
             trans_a,
             trans_b,
             alpha,
-            beta: if gemm_c.is_some() { beta } else { 0.0 },
+            beta: if gemm_c.is_some() { c_beta } else { 0.0 },
             dtype,
             epilogue,
         };
@@ -1220,6 +1231,9 @@ struct LtEpilogue {
     gelu: bool,
     /// The epilogue input (1-based in the expression, 0-based here) that is a bias of `n`.
     bias: Option<usize>,
+    /// The epilogue input of the output's full shape added to the product (a residual), which
+    /// cuBLASLt reads as C with beta 1. Only without an activation.
+    residual: Option<usize>,
 }
 
 fn epilogue(relu: bool, gelu: bool, bias: Option<BufferId>) -> GemmEpilogue {
@@ -1234,42 +1248,68 @@ fn epilogue(relu: bool, gelu: bool, bias: Option<BufferId>) -> GemmEpilogue {
 }
 
 /// Matches `act(in0 + in1)`, `act(in0)` and `in0 + in1` with `act` ReLU or tanh-GELU and `in1`
-/// a bias of `n` elements broadcast along rows. cuBLASLt's GELU is the tanh approximation, so
-/// the erf form never matches.
-fn lt_epilogue(e: &Expr, extra_shapes: &[Vec<usize>], n: usize) -> Option<LtEpilogue> {
+/// a bias of `n` elements broadcast along rows; and, without an activation, sums of `in0`, at
+/// most one bias and at most one residual of shape `full` (`None`: no residual may be taken).
+/// `extra_shapes` are the epilogue inputs' shapes, empty for an input that may be neither.
+/// cuBLASLt's GELU is the tanh approximation, so the erf form never matches.
+fn lt_epilogue(e: &Expr, extra_shapes: &[Vec<usize>], n: usize, full: Option<&[usize]>) -> Option<LtEpilogue> {
     let (canon, map) = e.canonical(&|i| i);
     let nodes = &canon.nodes;
+    // The 0-based epilogue input that expression input `input` reads, if it is not in0.
+    let extra_input = |input: usize| -> Option<usize> { map.get(input)?.checked_sub(1) };
     let is_bias = |input: usize| -> Option<usize> {
-        let old = *map.get(input)?;
-        let shape = extra_shapes.get(old.checked_sub(1)?)?;
-        (shape.iter().product::<usize>() == n && shape.last() == Some(&n)).then_some(old - 1)
+        let old = extra_input(input)?;
+        let shape = extra_shapes.get(old)?;
+        (!shape.is_empty() && shape.iter().product::<usize>() == n && shape.last() == Some(&n)).then_some(old)
+    };
+    let is_residual = |input: usize| -> Option<usize> {
+        let old = extra_input(input)?;
+        (full.is_some() && extra_shapes.get(old).map(Vec::as_slice) == full).then_some(old)
     };
     let act = |op: &ElementwiseOp| match op {
         ElementwiseOp::Unary(UnaryOp::Relu) => Some((true, false)),
         ElementwiseOp::Unary(UnaryOp::Gelu { tanh: true }) => Some((false, true)),
         _ => None,
     };
-    let add_bias = |i: usize| -> Option<Option<usize>> {
+    // The inputs a tree of Adds rooted at `i` sums, or None if it holds anything else.
+    fn leaves(nodes: &[ExprNode], i: usize, out: &mut Vec<usize>) -> Option<()> {
         match nodes.get(i)? {
-            ExprNode::Input(k) if map.get(*k) == Some(&0) => Some(None),
+            ExprNode::Input(k) => out.push(*k),
             ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args } if args.len() == 2 => {
-                let (x, y) = (&nodes[args[0]], &nodes[args[1]]);
-                match (x, y) {
-                    (ExprNode::Input(a), ExprNode::Input(b)) if map.get(*a) == Some(&0) => Some(Some(is_bias(*b)?)),
-                    (ExprNode::Input(a), ExprNode::Input(b)) if map.get(*b) == Some(&0) => Some(Some(is_bias(*a)?)),
-                    _ => None,
-                }
+                leaves(nodes, args[0], out)?;
+                leaves(nodes, args[1], out)?;
             }
-            _ => None,
+            _ => return None,
         }
+        Some(())
+    }
+    // (bias, residual) of the sum rooted at `i`: in0 exactly once, then a bias and a residual
+    // at most once each (a residual only where `residual_ok`).
+    let sum = |i: usize, residual_ok: bool| -> Option<(Option<usize>, Option<usize>)> {
+        let mut ins = vec![];
+        leaves(nodes, i, &mut ins)?;
+        let (mut acc, mut bias, mut residual) = (false, None, None);
+        for k in ins {
+            if map.get(k) == Some(&0) && !acc {
+                acc = true;
+            } else if let (Some(b), None) = (is_bias(k), bias) {
+                bias = Some(b);
+            } else if let (true, Some(r), None) = (residual_ok, is_residual(k), residual) {
+                residual = Some(r);
+            } else {
+                return None;
+            }
+        }
+        acc.then_some((bias, residual))
     };
     let last = nodes.len().checked_sub(1)?;
     match &nodes[last] {
         ExprNode::Op { op, args } if args.len() == 1 => {
             let (relu, gelu) = act(op)?;
-            Some(LtEpilogue { relu, gelu, bias: add_bias(args[0])? })
+            let (bias, _) = sum(args[0], false)?;
+            Some(LtEpilogue { relu, gelu, bias, residual: None })
         }
-        _ => add_bias(last).map(|bias| LtEpilogue { relu: false, gelu: false, bias }),
+        _ => sum(last, true).map(|(bias, residual)| LtEpilogue { relu: false, gelu: false, bias, residual }),
     }
 }
 

@@ -316,3 +316,55 @@ fn rotary_embedding_refuses_bad_position_ids_at_run_time() {
     let err = lib.run_plan(&plan, &[x, cos, sin, bad]).unwrap_err().to_string();
     assert!(err.contains("position id"), "{err}");
 }
+
+/// The tensor-core kernels (`attention_mma_*`): f16 and bf16, head sizes 64 and 128, blocks of
+/// four warps (enough blocks to fill the GPU) and of one; row and key counts off the 16-row and
+/// 64-key tiles; additive, bool and causal masks and softcapping; a row that attends nothing.
+#[test]
+fn tensor_core_attention() {
+    let mut rng = Rng::new(39);
+    let kernel = |g: &kiln_ir::Graph| -> String {
+        let plan = kiln_cuda::plan::plan(g).unwrap().to_string();
+        plan.split_whitespace().find(|w| w.contains("attention_")).unwrap_or("").to_string()
+    };
+    for dt in [DType::F16, DType::BF16] {
+        let tol = if dt == DType::BF16 { (2e-2, 3e-2) } else { tolerance(dt) };
+        for d in [64, 128] {
+            // 8 x 16 x 3 blocks of 64 rows: four warps a block. 1 x 2 x 4: one warp a block.
+            let wide = Case { b: 8, hq: 16, hk: 16, sq: 129, sk: 77, d, dv: d, three_d: false };
+            let narrow = Case { b: 1, hq: 2, hk: 2, sq: 50, sk: 130, d, dv: d, three_d: true };
+            for (c, warps) in [(&wide, "attention_mma_d"), (&narrow, "attention_mma_w1_d")] {
+                let cases: Vec<(String, AttentionAttrs, Vec<Tensor>)> = vec![
+                    ("plain".into(), attrs(), vec![]),
+                    (
+                        "additive mask".into(),
+                        attrs(),
+                        vec![rand_tensor(&mut rng, &[c.b, 1, 1, c.sk], -3.0, 3.0, dt)],
+                    ),
+                    ("causal".into(), AttentionAttrs { is_causal: true, ..attrs() }, vec![]),
+                    ("softcap".into(), AttentionAttrs { softcap: 2.0, ..attrs() }, vec![]),
+                    (
+                        "bool mask with an empty row".into(),
+                        attrs(),
+                        vec![Tensor::from_vec(
+                            vec![c.sq, c.sk],
+                            (0..c.sq * c.sk).map(|i| i / c.sk != 3 && i % 5 != 2).collect::<Vec<bool>>(),
+                        )
+                        .unwrap()],
+                    ),
+                ];
+                for (what, a, extra) in cases {
+                    let what = format!("tensor cores {what} d{d} sq{} sk{} {dt}", c.sq, c.sk);
+                    let [q, k, v] = c.qkv(&mut rng, dt);
+                    let mut data = vec![&q, &k, &v];
+                    data.extend(&extra);
+                    let (g, inputs) = one_node(Op::Attention(AttentionOp::Attention(c.attrs(a))), &data, &[], 1);
+                    let name = kernel(&g);
+                    assert!(name.contains(&format!("{warps}{d}_")), "{what}: planned {name}");
+                    let Some(lib) = lib() else { continue };
+                    plan_matches(lib, &what, &g, &inputs, tol.0, tol.1);
+                }
+            }
+        }
+    }
+}

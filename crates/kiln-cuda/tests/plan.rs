@@ -214,7 +214,7 @@ fn encoder_plan_reads_packed_qkv_in_place() {
         kernels,
         [
             "gather_u16",
-            "attention_r1_d64_f16",
+            "attention_mma_w1_d64_f16",
             "permute_u16",
             "reduce_mean_f16",
             "argmax_f16",

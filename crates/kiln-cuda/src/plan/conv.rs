@@ -333,6 +333,30 @@ impl Planner<'_> {
             activation: if relu { ConvActivation::Relu } else { ConvActivation::Identity },
             channels_last,
         };
+        // A 1x1 convolution of stride 1 over NHWC is a matrix product: [n*h*w, c] x [k, c]^T
+        // (the OHWI filter) gives the NHWC output. cuBLASLt runs it faster than cuDNN and fuses
+        // the same epilogues, save ReLU over a residual (its C): bias and ReLU, or bias and C.
+        let pointwise = channels_last
+            && groups == 1
+            && xs.len() == 4
+            && dims.iter().all(|d| d.kernel == 1 && d.stride == 1 && d.dilation == 1 && d.pad_begin + d.pad_end == 0);
+        let gemm = |y: BufferId, bias: Option<BufferId>, z: Option<BufferId>, relu: bool| GemmStep {
+            a: conv_x,
+            b: w,
+            c: z,
+            d: y,
+            m: xs[0] * xs[2] * xs[3],
+            n: ws[0],
+            k: ws[1],
+            batch: 1,
+            batch_strides: [0, 0, 0],
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: if z.is_some() { 1.0 } else { 0.0 },
+            dtype,
+            epilogue: epilogue(relu, false, bias),
+        };
         match (fused, expr) {
             (Some(f), _) => {
                 // A per-channel bias is the same memory in both layouts; the residual is not.
@@ -342,15 +366,23 @@ impl Planner<'_> {
                     Some(i) => Some(self.required(id, slots[i])?),
                     None => None,
                 };
-                let s = step(out, bias.or(extra_bias), z, f.relu);
-                self.step(id, StepKind::Conv(s));
+                if pointwise && !(f.relu && z.is_some()) {
+                    self.step(id, StepKind::Gemm(gemm(out, bias.or(extra_bias), z, f.relu)));
+                } else {
+                    let s = step(out, bias.or(extra_bias), z, f.relu);
+                    self.step(id, StepKind::Conv(s));
+                }
             }
             (None, Some(e)) => {
                 // The convolution (with its own bias) into an accumulator, then the epilogue.
                 let name = format!("{}.acc", self.g.node(id).name);
                 let acc = self.temp(name, dtype, self.plan.buffers[out].shape.clone());
-                let s = step(acc, bias, None, false);
-                self.step(id, StepKind::Conv(s));
+                if pointwise {
+                    self.step(id, StepKind::Gemm(gemm(acc, bias, None, false)));
+                } else {
+                    let s = step(acc, bias, None, false);
+                    self.step(id, StepKind::Conv(s));
+                }
                 let mut dts = vec![dtype];
                 dts.extend(info.iter().map(|(_, dt)| *dt));
                 let k = epilogue_kernel(e, dts[0], &dts[1..])?;
