@@ -243,3 +243,105 @@ fn more_contexts_than_fit_is_an_error_and_the_others_keep_serving() {
     let mut again = ExecutionContext::new(Arc::clone(&engine)).unwrap();
     assert_eq!(again.run(&inputs).unwrap(), want);
 }
+
+/// FP16 1x1 convolutions of stride 1 over NHWC run as cuBLASLt GEMMs, with bias, ReLU and a
+/// residual (cuBLASLt's C) fused, a Clip as a kernel after; ReLU over a residual stays on cuDNN.
+/// The plan is checked everywhere, the results where there is a GPU.
+#[test]
+fn pointwise_convs_run_as_gemms_and_match_the_cpu_reference() {
+    use kiln::cuda::plan::StepKind;
+    use kiln::ir::ops::elementwise::{BinaryOp, UnaryOp};
+    use kiln::ir::ops::linalg::{ConvAttrs, LinalgOp};
+    use kiln::ir::ops::pool::AutoPad;
+    use kiln::ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp};
+    use kiln::ir::{DType, Op, TypeInfo, Value, ValueInfo};
+    let mut g = Graph::new("pointwise");
+    let f16 = |s: &[usize]| TypeInfo::known(DType::F16, s);
+    let x = g.add_input("x", f16(&[2, 16, 7, 5]));
+    let r = g.add_input("r", f16(&[2, 24, 7, 5]));
+    let mut seed = 1u32;
+    let mut konst = |g: &mut Graph, name: &str, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        g.add_const(name, Tensor::from_vec(shape.to_vec(), v).unwrap().cast(DType::F16))
+    };
+    let add = |a: usize, b: usize| ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![a, b] };
+    let relu = |a: usize| ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Relu), args: vec![a] };
+    let clip = |a: usize| ExprNode::Op { op: ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, args: vec![a] };
+    let conv = || {
+        let attrs = ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![],
+            dilations: vec![],
+            pads: vec![],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        LinalgOp::Conv(attrs)
+    };
+    let mut layer = |g: &mut Graph, name: &str, ins: &[Value], cout: usize, bias: bool, expr: Option<Expr>| {
+        let cin = 16 + 8 * usize::from(name != "c1");
+        let cin = if name == "c5" { 8 } else { cin };
+        let w = konst(g, &format!("{name}.w"), &[cout, cin, 1, 1]);
+        let mut slots = vec![Some(ins[0]), Some(w)];
+        if bias {
+            slots.push(Some(konst(g, &format!("{name}.b"), &[cout])));
+        }
+        let base_inputs = slots.len();
+        slots.extend(ins[1..].iter().map(|&v| Some(v)));
+        let op = match expr {
+            Some(expr) => Op::Fused(FusedOp::Epilogue { base: conv(), base_inputs, expr }),
+            None => Op::Linalg(conv()),
+        };
+        let id = g.add_node(name, op, &slots, vec![ValueInfo::tensor(name, f16(&[2, cout, 7, 5]))]);
+        Value { node: id, slot: 0 }
+    };
+    let c1 = layer(&mut g, "c1", &[x], 24, true, Some(Expr { nodes: vec![ExprNode::Input(0), relu(0)] }));
+    let sum = Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), add(0, 1)] };
+    let c2 = layer(&mut g, "c2", &[c1, r], 24, true, Some(sum));
+    let sum_relu = Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), add(1, 0), relu(2)] };
+    let c3 = layer(&mut g, "c3", &[c2, c1], 24, true, Some(sum_relu));
+    let c4 = layer(&mut g, "c4", &[c3], 8, true, Some(Expr { nodes: vec![ExprNode::Input(0), clip(0)] }));
+    let c5 = layer(&mut g, "c5", &[c4], 8, false, None);
+    g.add_output("y", c5);
+
+    let plan = kiln::cuda::plan::plan(&g).unwrap();
+    let kinds: Vec<(&str, &str)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Gemm(_) => Some((s.node.as_str(), "gemm")),
+            StepKind::Conv(_) => Some((s.node.as_str(), "conv")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [("c1", "gemm"), ("c2", "gemm"), ("c3", "conv"), ("c4", "gemm"), ("c5", "gemm")], "{plan}");
+    let gemm = |node: &str| {
+        plan.steps
+            .iter()
+            .find_map(|s| match &s.kind {
+                StepKind::Gemm(m) if s.node == node => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let c2 = gemm("c2");
+    assert_eq!((c2.m, c2.n, c2.k, c2.trans_b, c2.beta), (70, 24, 24, true, 1.0));
+    assert_eq!(plan.buffers[c2.c.unwrap()].name, "r.nhwc", "the residual is read NHWC");
+    assert!(format!("{:?}", gemm("c1").epilogue).starts_with("ReluBias"));
+
+    if !have_gpu("pointwise_convs_run_as_gemms_and_match_the_cpu_reference") {
+        return;
+    }
+    let inputs = kiln::random::graph_inputs(&g, &mut HashMap::new(), 3).unwrap();
+    let want = kiln::run_cpu(&g, &inputs).unwrap();
+    let got = kiln::gpu::run_gpu(&g, &inputs, &fp32()).unwrap();
+    let m = kiln::compare::metrics("pointwise", &want[0], &got[0]).unwrap();
+    eprintln!("pointwise convs fp16: cosine {:.7}, rel L2 {:.2e}", m.cosine, m.rel_l2);
+    assert!(m.cosine > 0.9999 && m.rel_l2 < 5e-3, "{m:?}");
+}
