@@ -42,7 +42,7 @@ pub const WARP_ROWS_PER_BLOCK: u64 = 8;
 /// odd rows take the block-per-row kernel ([`per_row`]).
 pub fn warp_row_fits(n: u64, elem_bytes: u64) -> bool {
     let bytes = n * elem_bytes;
-    n > 0 && bytes % 16 == 0 && bytes <= WARP_ROW_BYTES
+    n > 0 && bytes.is_multiple_of(16) && bytes <= WARP_ROW_BYTES
 }
 
 /// One warp per row, [`WARP_ROWS_PER_BLOCK`] rows per block (grid-stride over rows past

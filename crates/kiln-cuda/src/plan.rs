@@ -1103,7 +1103,7 @@ impl Planner<'_> {
         // Rows of whole 16-byte vectors (an embedding table's rows, say) are copied as vectors;
         // the kernel falls back to the element loop if a pointer is not 16-byte aligned.
         let row_bytes = inner * self.plan.buffers[x].dtype.size();
-        let (kernel, config) = if row_bytes % 16 == 0 && row_bytes > 0 {
+        let (kernel, config) = if row_bytes.is_multiple_of(16) && row_bytes > 0 {
             (format!("gather_rows_{w}"), launch::grid_stride((outer * nidx * (row_bytes / 16)) as u64))
         } else {
             (format!("gather_{w}"), launch::grid_stride((outer * nidx * inner) as u64))

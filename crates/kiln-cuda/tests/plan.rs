@@ -243,7 +243,7 @@ fn row_kernel(o: Op, dtype: DType, shape: &[usize], params: &[usize]) -> (String
     let mut ins = vec![Some(x)];
     for (i, &n) in params.iter().enumerate() {
         let t = Tensor::from_vec(vec![n], vec![1.0f32; n]).unwrap().cast(dtype);
-        ins.push(Some(g.add_const(&format!("p{i}"), t)));
+        ins.push(Some(g.add_const(format!("p{i}"), t)));
     }
     let y = node(&mut g, "y", o, &ins, TypeInfo::known(dtype, shape));
     g.add_output("y", y);
