@@ -75,6 +75,90 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 16-byte vectors: Vec16<T>::N elements of f32, f16 or bf16 in one uint4, unpacked to f32 and
+// packed back with bit operations only, so the values stay in registers. Element 0 is the lowest
+// address, which on a little-endian GPU is the low half of the first word.
+
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+    static constexpr int N = 4;
+    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+    static __device__ __forceinline__ uint4 pack(const float* f) {
+        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    }
+};
+template <> struct Vec16<__half> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ float get(unsigned int w, int hi) {
+        return __half2float(__ushort_as_half((unsigned short)(hi ? w >> 16 : w & 0xffffu)));
+    }
+    static __device__ __forceinline__ unsigned int put(float a, float b) {
+        return (unsigned int)__half_as_ushort(__float2half_rn(a)) |
+               ((unsigned int)__half_as_ushort(__float2half_rn(b)) << 16);
+    }
+    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
+        f[0] = get(u.x, 0); f[1] = get(u.x, 1); f[2] = get(u.y, 0); f[3] = get(u.y, 1);
+        f[4] = get(u.z, 0); f[5] = get(u.z, 1); f[6] = get(u.w, 0); f[7] = get(u.w, 1);
+    }
+    static __device__ __forceinline__ uint4 pack(const float* f) {
+        return make_uint4(put(f[0], f[1]), put(f[2], f[3]), put(f[4], f[5]), put(f[6], f[7]));
+    }
+};
+template <> struct Vec16<__nv_bfloat16> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ float get(unsigned int w, int hi) {
+        return __bfloat162float(__ushort_as_bfloat16((unsigned short)(hi ? w >> 16 : w & 0xffffu)));
+    }
+    static __device__ __forceinline__ unsigned int put(float a, float b) {
+        return (unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(a)) |
+               ((unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(b)) << 16);
+    }
+    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
+        f[0] = get(u.x, 0); f[1] = get(u.x, 1); f[2] = get(u.y, 0); f[3] = get(u.y, 1);
+        f[4] = get(u.z, 0); f[5] = get(u.z, 1); f[6] = get(u.w, 0); f[7] = get(u.w, 1);
+    }
+    static __device__ __forceinline__ uint4 pack(const float* f) {
+        return make_uint4(put(f[0], f[1]), put(f[2], f[3]), put(f[4], f[5]), put(f[6], f[7]));
+    }
+};
+
+// Vector `c` of a row (elements c * N to c * N + N - 1) as f32: one 16-byte load when VEC (the
+// row is 16-byte aligned), else N element loads, for views that are not.
+template <typename T, bool VEC>
+__device__ __forceinline__ void load_vec16(const T* __restrict__ row, int c, float* f) {
+    constexpr int N = Vec16<T>::N;
+    if (VEC) {
+        Vec16<T>::unpack(reinterpret_cast<const uint4*>(row)[c], f);
+    } else {
+#pragma unroll
+        for (int e = 0; e < N; ++e) f[e] = to_f32(row[c * N + e]);
+    }
+}
+template <typename T, bool VEC>
+__device__ __forceinline__ void store_vec16(T* __restrict__ row, int c, const float* f) {
+    constexpr int N = Vec16<T>::N;
+    if (VEC) {
+        reinterpret_cast<uint4*>(row)[c] = Vec16<T>::pack(f);
+    } else {
+#pragma unroll
+        for (int e = 0; e < N; ++e) row[c * N + e] = from_f32<T>(f[e]);
+    }
+}
+
+// Whether a pointer is 16-byte aligned (null is).
+__device__ __forceinline__ bool aligned16(const void* p) { return ((u64)p & 15u) == 0; }
+
+// The warp-per-row kernels (LayerNorm, RMSNorm, Softmax) keep a row in registers: lane l holds
+// vectors l, l + 32, ..., at most KILN_ROW_VECS of them, so a row takes at most
+// 32 * KILN_ROW_VECS * 16 bytes (launch.rs's WARP_ROW_BYTES).
+#define KILN_ROW_VECS 8
+
+// ---------------------------------------------------------------------------------------------
 // Strided indexing: the offset, in elements, of flat output index `i` in a tensor with
 // `strides` (0 where broadcast) over an output of `dims`.
 

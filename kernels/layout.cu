@@ -6,6 +6,8 @@
 //               Concat, per output of a Split;
 //   pad         constant, reflect, edge and wrap padding;
 //   gather      Gather along one axis with i64 indices (negative ones count from the end);
+//               gather_rows copies whole rows as 16-byte vectors when they are a multiple of 16
+//               bytes long;
 //   where       Where with its three operands broadcast by strides;
 //   transpose2d a batched 2-D transpose through 32x32 shared-memory tiles, the fast path of
 //               the NCHW<->NHWC conversions ([N, C, HW] <-> [N, HW, C]).
@@ -93,6 +95,47 @@ __device__ __forceinline__ void gather_impl(const W* __restrict__ x, const i64* 
     }
 }
 
+// Gather of whole rows as 16-byte vectors: out[o, j, :] = in[o, idx[j], :] where a row of
+// `inner` elements is `vpr` vectors (the host only launches this when inner * sizeof(W) is a
+// multiple of 16, and the entry point checks that x and y are 16-byte aligned). Each thread
+// copies whole vectors; the index math is 32-bit when the output's vector count allows, since
+// 64-bit division is what the element kernel spends its time on.
+__device__ __forceinline__ void gather_rows_impl(const uint4* __restrict__ x, const i64* __restrict__ idx,
+                                                 uint4* __restrict__ y, i64 outer, i64 axis_len, i64 nidx, i64 vpr,
+                                                 int* error) {
+    const i64 total = outer * nidx * vpr;
+    // Below 2^31 the 32-bit index plus the grid's stride (at most 65535 * 1024) cannot wrap.
+    if (total <= 0x7fffffffLL) {
+        const unsigned int tv = (unsigned int)total, nv = (unsigned int)vpr, ni = (unsigned int)nidx;
+        const unsigned int stride = blockDim.x * gridDim.x;
+        for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < tv; i += stride) {
+            const unsigned int row = i / nv, c = i - row * nv;
+            const unsigned int o = row / ni, j = row - o * ni;
+            i64 k = idx[j];
+            if (k < 0) k += axis_len;
+            if (k < 0 || k >= axis_len) {
+                y[i] = make_uint4(0u, 0u, 0u, 0u);
+                *error = 1;
+            } else {
+                y[i] = x[((i64)o * axis_len + k) * vpr + c];
+            }
+        }
+    } else {
+        KILN_GRID_STRIDE(i, total) {
+            const i64 row = i / vpr, c = i - row * vpr;
+            const i64 o = row / nidx, j = row - o * nidx;
+            i64 k = idx[j];
+            if (k < 0) k += axis_len;
+            if (k < 0 || k >= axis_len) {
+                y[i] = make_uint4(0u, 0u, 0u, 0u);
+                *error = 1;
+            } else {
+                y[i] = x[(o * axis_len + k) * vpr + c];
+            }
+        }
+    }
+}
+
 struct WhereArgs {
     i64 dims[KILN_MAX_RANK];
     i64 cond[KILN_MAX_RANK];
@@ -154,6 +197,16 @@ __device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __r
     extern "C" __global__ void gather_##sfx(const W* x, const i64* idx, W* y, i64 outer, i64 axis_len,        \
                                             i64 nidx, i64 inner, int* error) {                                \
         gather_impl<W>(x, idx, y, outer, axis_len, nidx, inner, error);                                       \
+    }                                                                                                         \
+    /* Gather with inner * sizeof(W) a multiple of 16: whole rows as 16-byte vectors when x and y */       \
+    /* are aligned, else the element kernel (which covers any grid, being grid-stride). */                 \
+    extern "C" __global__ void gather_rows_##sfx(const W* x, const i64* idx, W* y, i64 outer, i64 axis_len,   \
+                                                 i64 nidx, i64 inner, int* error) {                           \
+        if (aligned16(x) && aligned16(y) && (inner * (i64)sizeof(W)) % 16 == 0)                               \
+            gather_rows_impl(reinterpret_cast<const uint4*>(x), idx, reinterpret_cast<uint4*>(y), outer,      \
+                             axis_len, nidx, inner * (i64)sizeof(W) / 16, error);                             \
+        else                                                                                                  \
+            gather_impl<W>(x, idx, y, outer, axis_len, nidx, inner, error);                                   \
     }                                                                                                         \
     extern "C" __global__ void where_##sfx(const bool* c, const W* a, const W* b, W* y, i64 n, int rank,      \
                                            const WhereArgs s) {                                               \

@@ -1,10 +1,12 @@
 // norm.cu: LayerNorm and RMSNorm over the last n elements of each row; GroupNorm and
 // InstanceNorm over groups of channel planes; MeanVarianceNormalization and LpNormalization over
 // rows; BatchNorm (inference) and LRN elementwise, one thread per element (grid-stride).
-// The row kernels take one block per row (grid-stride over rows). The statistics are taken in one pass with f32
-// accumulation: Welford's mean and M2 per thread, merged across the warp with shuffles and
-// across warps through shared memory (Chan's formula), which stays accurate when the mean is
-// large against the spread. The second loop normalizes and applies scale and bias.
+// The row kernels take one block per row (grid-stride over rows); LayerNorm and RMSNorm also have
+// a warp-per-row path (`*_warp`) for rows that fit a warp's registers, below. The block-per-row
+// statistics are taken in one pass with f32 accumulation: Welford's mean and M2 per thread,
+// merged across the warp with shuffles and across warps through shared memory (Chan's formula),
+// which stays accurate when the mean is large against the spread. The second loop normalizes
+// and applies scale and bias.
 #include "common.cuh"
 
 struct Welford {
@@ -97,6 +99,91 @@ __device__ __forceinline__ void rmsnorm_rows(const T* __restrict__ x, const T* _
         T* yr = y + r * n;
         for (i64 k = threadIdx.x; k < n; k += blockDim.x) yr[k] = from_f32<T>(to_f32(xr[k]) * inv * to_f32(scale[k]));
     }
+}
+
+// The warp-per-row path of LayerNorm and RMSNorm, for rows that fit the registers of one warp:
+// n * sizeof(T) a multiple of 16 and at most 32 * KILN_ROW_VECS * 16 bytes (the host checks
+// both). Each warp of the block takes rows blockIdx.x * warps + warp, stepping by every warp of
+// the grid; lane l loads vectors l, l + 32, ... of the row once, as f32. The statistics are
+// exact two-pass ones from the registers: the mean from a warp sum, then the variance as the
+// mean of (x - mean)^2. No shared memory and no block barrier: a row is one warp's business.
+// VEC picks 16-byte loads and stores when every pointer is 16-byte aligned (then every row is,
+// as a row is a whole number of vectors); otherwise the same math runs on element loads.
+template <typename T, bool VEC, bool RMS>
+__device__ __forceinline__ void norm_warp_rows(const T* __restrict__ x, const T* __restrict__ scale,
+                                               const T* __restrict__ bias, T* __restrict__ y, i64 rows, i64 n,
+                                               float eps, float* mean_out, float* invstd_out) {
+    constexpr int N = Vec16<T>::N;
+    const int lane = threadIdx.x & 31;
+    const int nvec = (int)(n / N);
+    const i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+    // The row index is the same across the warp, so every lane takes the shuffles below.
+    for (i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        const T* xr = x + r * n;
+        float v[KILN_ROW_VECS][N];
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < KILN_ROW_VECS; ++i) {
+            const int c = i * 32 + lane;
+            if (c < nvec) {
+                load_vec16<T, VEC>(xr, c, v[i]);
+#pragma unroll
+                for (int e = 0; e < N; ++e) s += RMS ? v[i][e] * v[i][e] : v[i][e];
+            }
+        }
+        s = warp_sum(s);
+        float mean = 0.0f, inv;
+        if (RMS) {
+            inv = rsqrtf(s / (float)n + eps);
+        } else {
+            mean = s / (float)n;
+            float q = 0.0f;
+#pragma unroll
+            for (int i = 0; i < KILN_ROW_VECS; ++i) {
+                if (i * 32 + lane < nvec) {
+#pragma unroll
+                    for (int e = 0; e < N; ++e) {
+                        const float d = v[i][e] - mean;
+                        q += d * d;
+                    }
+                }
+            }
+            inv = rsqrtf(warp_sum(q) / (float)n + eps);
+            if (lane == 0) {
+                if (mean_out) mean_out[r] = mean;
+                if (invstd_out) invstd_out[r] = inv;
+            }
+        }
+        T* yr = y + r * n;
+#pragma unroll
+        for (int i = 0; i < KILN_ROW_VECS; ++i) {
+            const int c = i * 32 + lane;
+            if (c < nvec) {
+                float g[N], o[N];
+                load_vec16<T, VEC>(scale, c, g);
+#pragma unroll
+                for (int e = 0; e < N; ++e) o[e] = (v[i][e] - mean) * inv * g[e];
+                if (!RMS && bias) {
+                    float b[N];
+                    load_vec16<T, VEC>(bias, c, b);
+#pragma unroll
+                    for (int e = 0; e < N; ++e) o[e] += b[e];
+                }
+                store_vec16<T, VEC>(yr, c, o);
+            }
+        }
+    }
+}
+
+// The entry of the warp-per-row path: one uniform test of the pointers' alignment picks the
+// 16-byte loads or the element loads (`bias` may be null, which is aligned).
+template <typename T, bool RMS>
+__device__ __forceinline__ void norm_warp(const T* x, const T* scale, const T* bias, T* y, i64 rows, i64 n, float eps,
+                                          float* mean_out, float* invstd_out) {
+    if (aligned16(x) && aligned16(scale) && aligned16(bias) && aligned16(y))
+        norm_warp_rows<T, true, RMS>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);
+    else
+        norm_warp_rows<T, false, RMS>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);
 }
 
 // GroupNorm and InstanceNorm (groups = channels): row r is group r % groups of its sample, n =
@@ -229,6 +316,15 @@ __device__ __forceinline__ void batchnorm_stats_rows(const T* __restrict__ x, co
     }                                                                                                       \
     extern "C" __global__ void rmsnorm_##sfx(const T* x, const T* scale, T* y, i64 rows, i64 n, float eps) { \
         rmsnorm_rows<T>(x, scale, y, rows, n, eps);                                                         \
+    }                                                                                                       \
+    extern "C" __global__ void layernorm_warp_##sfx(const T* x, const T* scale, const T* bias, T* y,       \
+                                                    i64 rows, i64 n, float eps, float* mean_out,            \
+                                                    float* invstd_out) {                                    \
+        norm_warp<T, false>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);                         \
+    }                                                                                                       \
+    extern "C" __global__ void rmsnorm_warp_##sfx(const T* x, const T* scale, T* y, i64 rows, i64 n,       \
+                                                  float eps) {                                              \
+        norm_warp<T, true>(x, scale, nullptr, y, rows, n, eps, nullptr, nullptr);                           \
     }                                                                                                       \
     extern "C" __global__ void groupnorm_##sfx(const T* x, const T* scale, const T* bias, T* y, i64 rows,   \
                                                i64 groups, i64 per, i64 plane, float eps, int per_group) {  \

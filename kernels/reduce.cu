@@ -2,7 +2,9 @@
 // Every kernel views its input as [outer, n, inner] with the reduced axis in the middle (the
 // host multiplies the dims before and after the axis), and reduces one row (o, i) per block
 // iteration: the block's threads stride over the n elements, then combine with warp shuffles
-// and one pass through shared memory. Outputs are [outer, inner], row-major.
+// and one pass through shared memory. Outputs are [outer, inner], row-major. Softmax and
+// LogSoftmax over contiguous rows that fit a warp's registers also have a warp-per-row path
+// (`*_warp`, one row per warp, no shared memory).
 // f32, f16 and bf16 accumulate in f32, f64 in f64; integer types in their own type (wrapping);
 // bool (max and min only) in int.
 #include "common.cuh"
@@ -243,6 +245,72 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
     }
 }
 
+// The warp-per-row path of Softmax and LogSoftmax over contiguous rows (inner == 1) that fit a
+// warp's registers: n * sizeof(T) a multiple of 16 and at most 32 * KILN_ROW_VECS * 16 bytes
+// (the host checks both). As norm.cu's warp path: lane l loads vectors l, l + 32, ... once,
+// then the maximum and the sum of exponentials are warp reductions over the registers. The
+// maximum drops NaN as the block path's fmaxf does; a NaN still reaches the output through
+// the sum. VEC picks 16-byte loads and stores when both pointers are 16-byte aligned.
+template <typename T, bool LOG, bool VEC>
+__device__ __forceinline__ void softmax_warp_rows(const T* __restrict__ x, T* __restrict__ y, i64 rows, i64 n) {
+    constexpr int N = Vec16<T>::N;
+    const float ninf = -__int_as_float(0x7f800000);
+    const int lane = threadIdx.x & 31;
+    const int nvec = (int)(n / N);
+    const i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+    // The row index is the same across the warp, so every lane takes the shuffles below.
+    for (i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        const T* xr = x + r * n;
+        float v[KILN_ROW_VECS][N];
+        float m = ninf;
+#pragma unroll
+        for (int i = 0; i < KILN_ROW_VECS; ++i) {
+            const int c = i * 32 + lane;
+            if (c < nvec) {
+                load_vec16<T, VEC>(xr, c, v[i]);
+#pragma unroll
+                for (int e = 0; e < N; ++e) m = fmaxf(m, v[i][e]);
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < KILN_ROW_VECS; ++i) {
+            if (i * 32 + lane < nvec) {
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    // Softmax keeps exp(x - max) for the write; LogSoftmax keeps x - max.
+                    const float ex = expf(v[i][e] - m);
+                    s += ex;
+                    v[i][e] = LOG ? v[i][e] - m : ex;
+                }
+            }
+        }
+        s = warp_sum(s);
+        const float ls = logf(s), inv = 1.0f / s;
+        T* yr = y + r * n;
+#pragma unroll
+        for (int i = 0; i < KILN_ROW_VECS; ++i) {
+            const int c = i * 32 + lane;
+            if (c < nvec) {
+                float o[N];
+#pragma unroll
+                for (int e = 0; e < N; ++e) o[e] = LOG ? v[i][e] - ls : v[i][e] * inv;
+                store_vec16<T, VEC>(yr, c, o);
+            }
+        }
+    }
+}
+
+template <typename T, bool LOG>
+__device__ __forceinline__ void softmax_warp(const T* x, T* y, i64 rows, i64 n) {
+    if (aligned16(x) && aligned16(y))
+        softmax_warp_rows<T, LOG, true>(x, y, rows, n);
+    else
+        softmax_warp_rows<T, LOG, false>(x, y, rows, n);
+}
+
 #define REDUCE_KERNEL(name, R, T, sfx)                                                                     \
     extern "C" __global__ void name##_##sfx(const T* x, T* y, i64 outer, i64 n, i64 inner) {              \
         reduce_rows<T, R>(x, y, outer, n, inner);                                                          \
@@ -273,6 +341,12 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
     }                                                                                                      \
     extern "C" __global__ void logsoftmax_##sfx(const T* x, T* y, i64 outer, i64 n, i64 inner) {          \
         softmax_rows<T, true>(x, y, outer, n, inner);                                                      \
+    }                                                                                                      \
+    extern "C" __global__ void softmax_warp_##sfx(const T* x, T* y, i64 rows, i64 n) {                    \
+        softmax_warp<T, false>(x, y, rows, n);                                                             \
+    }                                                                                                      \
+    extern "C" __global__ void logsoftmax_warp_##sfx(const T* x, T* y, i64 rows, i64 n) {                 \
+        softmax_warp<T, true>(x, y, rows, n);                                                              \
     }
 #define F64_KERNELS(T, sfx)                                                                                \
     REDUCE_KERNEL(reduce_sum, RED_SUM, T, sfx)                                                             \

@@ -87,6 +87,64 @@ int main() {
             for (i64 k = 0; k < n; ++k) check("rmsnorm", __half2float(yh[r * n + k]), __half2float(xh[r * n + k]) * inv * __half2float(sh[k]), 2e-3);
         }
     }
+    // The warp-per-row paths (rows of whole 16-byte vectors up to 4096 bytes): LayerNorm with
+    // and without bias, RMSNorm, Softmax and LogSoftmax, on aligned rows and on rows one
+    // element off alignment (the element-load branch), with the planned grid and with 2 blocks
+    // of 2 warps striding over 37 rows.
+    for (i64 n : {8, 16, 64, 768, 1024, 2048}) for (int half : {0, 1}) for (int shift : {0, 1}) for (int small : {0, 1}) {
+        const i64 rows = 37, esz = half ? 2 : 4;
+        if (n * esz > 4096) continue;
+        dim3 g{small ? 2u : (unsigned)((rows + 7) / 8)}, b{small ? 64u : 256u};
+        std::vector<float> xf(rows * n), sf(n), bf(n), out(rows * n), mean(rows), inv(rows);
+        for (auto& v : xf) v = U(99, 101); for (auto& v : sf) v = U(0.5, 1.5); for (auto& v : bf) v = U(-1, 1);
+        std::vector<__half> xh(rows * n + 1), sh(n + 1), bh(n + 1), yh(rows * n + 1);
+        std::vector<float> xs(rows * n + 1), ss(n + 1), bs(n + 1), ysf(rows * n + 1);
+        for (i64 i = 0; i < rows * n; ++i) { xh[i + shift] = __float2half_rn(xf[i]); if (half) xf[i] = __half2float(xh[i + shift]); xs[i + shift] = xf[i]; }
+        for (i64 k = 0; k < n; ++k) {
+            sh[k + shift] = __float2half_rn(sf[k]); bh[k + shift] = __float2half_rn(bf[k]);
+            if (half) { sf[k] = __half2float(sh[k + shift]); bf[k] = __half2float(bh[k + shift]); }
+            ss[k + shift] = sf[k]; bs[k + shift] = bf[k];
+        }
+        auto get = [&](i64 i) { return half ? __half2float(yh[i + shift]) : ysf[i + shift]; };
+        const double tol = half ? 4e-3 : 2e-4;
+        for (int with_bias : {1, 0}) {
+            launch(g, b, [&] {
+                if (half) N::layernorm_warp_f16(xh.data() + shift, sh.data() + shift, with_bias ? bh.data() + shift : nullptr, yh.data() + shift, rows, n, 1e-5f, mean.data(), inv.data());
+                else N::layernorm_warp_f32(xs.data() + shift, ss.data() + shift, with_bias ? bs.data() + shift : nullptr, ysf.data() + shift, rows, n, 1e-5f, mean.data(), inv.data());
+            });
+            for (i64 r = 0; r < rows; ++r) {
+                double m = 0, v = 0; for (i64 k = 0; k < n; ++k) m += xf[r * n + k]; m /= n;
+                for (i64 k = 0; k < n; ++k) v += (xf[r * n + k] - m) * (xf[r * n + k] - m); v /= n;
+                check("ln_warp mean", mean[r], m, 1e-6);
+                check("ln_warp inv", inv[r], 1 / std::sqrt(v + 1e-5), 1e-4);
+                for (i64 k = 0; k < n; ++k) check("layernorm_warp", get(r * n + k), (xf[r * n + k] - m) / std::sqrt(v + 1e-5) * sf[k] + (with_bias ? bf[k] : 0), tol);
+            }
+        }
+        launch(g, b, [&] {
+            if (half) N::rmsnorm_warp_f16(xh.data() + shift, sh.data() + shift, yh.data() + shift, rows, n, 1e-6f);
+            else N::rmsnorm_warp_f32(xs.data() + shift, ss.data() + shift, ysf.data() + shift, rows, n, 1e-6f);
+        });
+        for (i64 r = 0; r < rows; ++r) {
+            double q = 0; for (i64 k = 0; k < n; ++k) q += (double)xf[r * n + k] * xf[r * n + k];
+            for (i64 k = 0; k < n; ++k) check("rmsnorm_warp", get(r * n + k), xf[r * n + k] / std::sqrt(q / n + 1e-6) * sf[k], tol);
+        }
+        for (int log : {0, 1}) {
+            launch(g, b, [&] {
+                if (half && log) R::logsoftmax_warp_f16(xh.data() + shift, yh.data() + shift, rows, n);
+                else if (half) R::softmax_warp_f16(xh.data() + shift, yh.data() + shift, rows, n);
+                else if (log) R::logsoftmax_warp_f32(xs.data() + shift, ysf.data() + shift, rows, n);
+                else R::softmax_warp_f32(xs.data() + shift, ysf.data() + shift, rows, n);
+            });
+            for (i64 r = 0; r < rows; ++r) {
+                double m = -1e30, s = 0; for (i64 k = 0; k < n; ++k) m = std::max(m, (double)xf[r * n + k]);
+                for (i64 k = 0; k < n; ++k) s += std::exp(xf[r * n + k] - m);
+                for (i64 k = 0; k < n; ++k) {
+                    const double e = xf[r * n + k] - m;
+                    check(log ? "logsoftmax_warp" : "softmax_warp", get(r * n + k), log ? e - std::log(s) : std::exp(e) / s, tol);
+                }
+            }
+        }
+    }
     printf("norm done, %d fails\n", fails);
     // Attention [B, H, S, D] f32 with a key-padding mask, and a packed-stride f16 case.
     for (int D : {16, 32, 64, 80, 96, 128}) for (i64 S : {1, 3, 50}) for (int masked : {0, 1, 2}) {
@@ -244,6 +302,25 @@ int main() {
         std::vector<unsigned> xs(3 * n), ysl(2 * oc); for (size_t i = 0; i < xs.size(); ++i) xs[i] = (unsigned)i;
         launch(dim3{1}, dim3{256}, [&] { L::permute_u32(xs.data(), ysl.data(), 2 * oc, 2, s, n + n - 1); });
         for (i64 r = 0; r < 2; ++r) for (i64 j = 0; j < oc; ++j) check("slice", ysl[r * oc + j], xs[(r + 1) * n + n - 1 - 2 * j], 0);
+    }
+    // gather_rows: whole rows as 16-byte vectors, aligned and one element off (the element
+    // kernel), a bad index zeroing its row and setting the flag.
+    for (i64 inner : {8, 64, 768}) for (i64 outer : {1, 3}) for (int shift : {0, 1}) {
+        const i64 len = 40, nidx = 13;
+        std::vector<unsigned short> x(outer * len * inner + 1), y(outer * nidx * inner + 1);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (unsigned short)(i * 7 + 3);
+        std::vector<i64> idx(nidx); for (auto& v : idx) v = (i64)(rng() % (2 * len)) - len;
+        for (int bad : {0, 1}) {
+            std::vector<i64> id = idx; if (bad) id[5] = len;
+            int err = 0;
+            launch(dim3{2}, dim3{64}, [&] { L::gather_rows_u16(x.data() + shift, id.data(), y.data() + shift, outer, len, nidx, inner, &err); });
+            check("gather_rows error", err, bad, 0);
+            for (i64 o = 0; o < outer; ++o) for (i64 j = 0; j < nidx; ++j) for (i64 c = 0; c < inner; ++c) {
+                i64 k = id[j] < 0 ? id[j] + len : id[j];
+                double want = (bad && j == 5) ? 0 : x[shift + (o * len + k) * inner + c];
+                check("gather_rows", y[shift + (o * nidx + j) * inner + c], want, 0);
+            }
+        }
     }
     printf("layout done, %d fails\n", fails);
     // Pool: global average and 3x3/2 max pool with padding.

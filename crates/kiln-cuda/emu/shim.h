@@ -39,6 +39,8 @@ template <class T> T shfl_from(T v, int src) {
 template <class T> T __shfl_xor_sync(unsigned, T v, int o) { return shfl_from(v, g_lane ^ o); }
 template <class T> T __shfl_sync(unsigned, T v, int src) { return shfl_from(v, src); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline long long __double_as_longlong(double d) { long long i; std::memcpy(&i, &d, 8); return i; }
+inline float __double2float_rn(double d) { return (float)d; }
 inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 struct __half { _Float16 v; };
@@ -52,6 +54,14 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return __nv_bfloat16{(uint16_t)(u >> 16)};
 }
 inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = (uint32_t)b.bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
+struct uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline __half __ushort_as_half(unsigned short s) { __half h; std::memcpy(&h.v, &s, 2); return h; }
+inline unsigned short __half_as_ushort(__half h) { unsigned short s; std::memcpy(&s, &h.v, 2); return s; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short s) { return __nv_bfloat16{s}; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 
 // Runs `body` for every thread of every block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {

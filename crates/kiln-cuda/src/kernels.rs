@@ -157,6 +157,8 @@ impl KernelFamily {
                         "argmin",
                         "softmax",
                         "logsoftmax",
+                        "softmax_warp",
+                        "logsoftmax_warp",
                     ],
                     &floats,
                 );
@@ -182,12 +184,25 @@ impl KernelFamily {
                 k
             }
             KernelFamily::Norm => per(
-                &["layernorm", "rmsnorm", "groupnorm", "mvn", "lpnorm", "batchnorm", "batchnorm_stats", "lrn"],
+                &[
+                    "layernorm",
+                    "layernorm_warp",
+                    "rmsnorm",
+                    "rmsnorm_warp",
+                    "groupnorm",
+                    "mvn",
+                    "lpnorm",
+                    "batchnorm",
+                    "batchnorm_stats",
+                    "lrn",
+                ],
                 &floats,
             ),
             KernelFamily::Layout => {
-                let mut k =
-                    per(&["permute", "copy_rows", "pad", "pad_from", "gather", "where", "transpose2d"], &widths);
+                let mut k = per(
+                    &["permute", "copy_rows", "pad", "pad_from", "gather", "gather_rows", "where", "transpose2d"],
+                    &widths,
+                );
                 let casts = ["f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool"];
                 for from in casts {
                     for to in casts {

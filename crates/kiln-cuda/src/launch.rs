@@ -30,6 +30,28 @@ pub fn per_row(rows: u64, n: u64) -> LaunchConfig {
     LaunchConfig::linear(rows.clamp(1, MAX_BLOCKS) as u32, threads)
 }
 
+/// Bytes of one row a warp-per-row kernel (`layernorm_warp_*`, `rmsnorm_warp_*`,
+/// `softmax_warp_*`) holds in registers: 32 lanes of `KILN_ROW_VECS` (8) 16-byte vectors.
+pub const WARP_ROW_BYTES: u64 = 32 * 8 * 16;
+
+/// Rows (warps) per block of a warp-per-row kernel.
+pub const WARP_ROWS_PER_BLOCK: u64 = 8;
+
+/// Whether rows of `n` elements of `elem_bytes` bytes take a warp-per-row kernel: whole 16-byte
+/// vectors (so an aligned tensor has every row aligned) that fit [`WARP_ROW_BYTES`]. Longer or
+/// odd rows take the block-per-row kernel ([`per_row`]).
+pub fn warp_row_fits(n: u64, elem_bytes: u64) -> bool {
+    let bytes = n * elem_bytes;
+    n > 0 && bytes.is_multiple_of(16) && bytes <= WARP_ROW_BYTES
+}
+
+/// One warp per row, [`WARP_ROWS_PER_BLOCK`] rows per block (grid-stride over rows past
+/// [`MAX_BLOCKS`] blocks).
+pub fn warp_per_row(rows: u64) -> LaunchConfig {
+    let blocks = rows.div_ceil(WARP_ROWS_PER_BLOCK).clamp(1, MAX_BLOCKS) as u32;
+    LaunchConfig::linear(blocks, (32 * WARP_ROWS_PER_BLOCK) as u32)
+}
+
 /// The batched tiled transpose: 32x32 tiles of 32x8 threads.
 pub fn transpose2d(batch: u64, rows: u64, cols: u64) -> Result<LaunchConfig> {
     let (gx, gy) = (cols.div_ceil(32).max(1), rows.div_ceil(32).max(1));

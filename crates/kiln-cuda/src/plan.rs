@@ -917,8 +917,14 @@ impl Planner<'_> {
             ]
         };
         self.use_family(KernelFamily::Norm);
-        let kernel = format!("{}_{sfx}", if rms { "rmsnorm" } else { "layernorm" });
-        let config = launch::per_row(rows as u64, n as u64);
+        let op = if rms { "rmsnorm" } else { "layernorm" };
+        // Rows that fit one warp's registers take the warp-per-row kernel (same arguments);
+        // the kernel itself falls back to element loads if a pointer is not 16-byte aligned.
+        let (kernel, config) = if launch::warp_row_fits(n as u64, dtype.size() as u64) {
+            (format!("{op}_warp_{sfx}"), launch::warp_per_row(rows as u64))
+        } else {
+            (format!("{op}_{sfx}"), launch::per_row(rows as u64, n as u64))
+        };
         self.step(
             id,
             StepKind::Kernel(KernelStep { module: ModuleRef::Family(KernelFamily::Norm), kernel, config, args }),
@@ -946,10 +952,22 @@ impl Planner<'_> {
         }
         let y = self.out(id, 0)?;
         self.use_family(KernelFamily::Reduce);
-        let kernel = format!("{}_{}", if log { "logsoftmax" } else { "softmax" }, crate::codegen::dtype_suffix(dtype)?);
-        let args =
-            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64), Arg::I64(inner as i64)];
-        let config = launch::per_row((outer * inner) as u64, n as u64);
+        let op = if log { "logsoftmax" } else { "softmax" };
+        let sfx = crate::codegen::dtype_suffix(dtype)?;
+        // Contiguous rows that fit one warp's registers take the warp-per-row kernel.
+        let (kernel, args, config) = if inner == 1 && launch::warp_row_fits(n as u64, dtype.size() as u64) {
+            let args = vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(outer as i64), Arg::I64(n as i64)];
+            (format!("{op}_warp_{sfx}"), args, launch::warp_per_row(outer as u64))
+        } else {
+            let args = vec![
+                Arg::Buffer(x),
+                Arg::Buffer(y),
+                Arg::I64(outer as i64),
+                Arg::I64(n as i64),
+                Arg::I64(inner as i64),
+            ];
+            (format!("{op}_{sfx}"), args, launch::per_row((outer * inner) as u64, n as u64))
+        };
         self.step(
             id,
             StepKind::Kernel(KernelStep { module: ModuleRef::Family(KernelFamily::Reduce), kernel, config, args }),
@@ -1093,13 +1111,15 @@ impl Planner<'_> {
             Arg::I64(inner as i64),
             Arg::Buffer(err),
         ];
-        self.kernel(
-            id,
-            KernelFamily::Layout,
-            format!("gather_{w}"),
-            launch::grid_stride((outer * nidx * inner) as u64),
-            args,
-        );
+        // Rows of whole 16-byte vectors (an embedding table's rows, say) are copied as vectors;
+        // the kernel falls back to the element loop if a pointer is not 16-byte aligned.
+        let row_bytes = inner * self.plan.buffers[x].dtype.size();
+        let (kernel, config) = if row_bytes.is_multiple_of(16) && row_bytes > 0 {
+            (format!("gather_rows_{w}"), launch::grid_stride((outer * nidx * (row_bytes / 16)) as u64))
+        } else {
+            (format!("gather_{w}"), launch::grid_stride((outer * nidx * inner) as u64))
+        };
+        self.kernel(id, KernelFamily::Layout, kernel, config, args);
         Ok(())
     }
 

@@ -321,6 +321,167 @@ fn layernorm_and_rmsnorm_match_cpu() {
     }
 }
 
+/// Sizes for the two LayerNorm and RMSNorm paths: the odd sizes, BERT's 768, and the rows that
+/// just fit and just miss a warp's registers (2048 and 2056 halves, 1024 and 1028 floats).
+const ROW_SIZES: [usize; 10] = [1, 3, 50, 768, 783, 4096, 1024, 1028, 2048, 2056];
+
+/// Uploads `t` at an offset of one element from the allocation (so not 16-byte aligned) when
+/// `shift`; returns the buffer and the address to pass.
+fn upload_at(lib: &KernelLibrary, t: &Tensor, shift: bool) -> (DeviceTensor, u64) {
+    if !shift {
+        let d = lib.upload(t).unwrap();
+        let a = lib.addr(&d);
+        return (d, a);
+    }
+    let mut v = vec![0.0f64];
+    v.extend(t.to_f64_vec());
+    let padded = Tensor::from_vec(vec![v.len()], v).unwrap().cast(t.dtype());
+    let d = lib.upload(&padded).unwrap();
+    let a = lib.addr(&d) + t.dtype().size() as u64;
+    (d, a)
+}
+
+/// Downloads `shape` elements of `dt` written at `upload_at`'s offset.
+fn download_at(lib: &KernelLibrary, d: &DeviceTensor, shape: &[usize], dt: DType, shift: bool) -> Tensor {
+    let all = lib.download(d).unwrap().to_f64_vec();
+    let skip = usize::from(shift);
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape.to_vec(), all[skip..skip + n].to_vec()).unwrap().cast(dt)
+}
+
+#[test]
+fn layernorm_and_rmsnorm_warp_and_block_paths_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(14);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let (atol, rtol) = tol(dt);
+        for n in ROW_SIZES {
+            // 37 rows: more than one block of warps, and not a multiple of the rows per block.
+            let rows = 37;
+            let fits = launch::warp_row_fits(n as u64, dt.size() as u64);
+            let x = rand_tensor(&mut rng, &[rows, n], 99.0, 101.0, dt);
+            let scale = rand_tensor(&mut rng, &[n], 0.5, 1.5, dt);
+            let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, dt);
+            // Every kernel and launch that may meet these rows: the block-per-row kernel, the
+            // warp-per-row one as planned, and with a grid of 2 blocks of 2 warps, so each warp
+            // strides over several rows.
+            let mut launches = vec![("", launch::per_row(rows as u64, n as u64))];
+            if fits {
+                launches.push(("_warp", launch::warp_per_row(rows as u64)));
+                launches.push(("_warp", kiln_cuda::driver::LaunchConfig::linear(2, 64)));
+            }
+            for (variant, cfg) in launches {
+                for shift in [false, true] {
+                    for with_bias in [true, false] {
+                        let what = format!("layernorm{variant} {dt} n={n} shift={shift} bias={with_bias} {cfg:?}");
+                        let (_dx, ax) = upload_at(lib, &x, shift);
+                        let (_ds, as_) = upload_at(lib, &scale, shift);
+                        let (_db, ab) = upload_at(lib, &bias, shift);
+                        let zeros = Tensor::from_vec(vec![rows, n], vec![0.0f32; rows * n]).unwrap().cast(dt);
+                        let (dy, ay) = upload_at(lib, &zeros, shift);
+                        let (dm, di) =
+                            (lib.zeros(DType::F32, &[rows]).unwrap(), lib.zeros(DType::F32, &[rows]).unwrap());
+                        let p = [
+                            Param::ptr(ax),
+                            Param::ptr(as_),
+                            Param::ptr(if with_bias { ab } else { 0 }),
+                            Param::ptr(ay),
+                            Param::i64(rows as i64),
+                            Param::i64(n as i64),
+                            Param::f32(1e-5),
+                            ptr(lib, &dm),
+                            ptr(lib, &di),
+                        ];
+                        run(lib, KernelFamily::Norm, &format!("layernorm{variant}_{}", sfx(dt)), cfg, &p);
+                        let op = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+                        let ins: Vec<Option<&Tensor>> = if with_bias {
+                            vec![Some(&x), Some(&scale), Some(&bias)]
+                        } else {
+                            vec![Some(&x), Some(&scale)]
+                        };
+                        let want = eval_op(&op, &ins, 3).unwrap();
+                        let got = download_at(lib, &dy, &[rows, n], dt, shift);
+                        check_close(&what, &got, &want[0], atol * 10.0, rtol * 10.0);
+                        // Mean and InvStdDev are f32 (stash_type 1), one per row.
+                        let (gm, gi) =
+                            (lib.download(&dm).unwrap().to_f64_vec(), lib.download(&di).unwrap().to_f64_vec());
+                        let (wm, wi) = (want[1].to_f64_vec(), want[2].to_f64_vec());
+                        for r in 0..rows {
+                            // Inputs near 100 rounded to f16 or bf16: the mean is exact to f32
+                            // rounding of a sum, the inverse deviation (about 1.7) to a few ulps.
+                            assert!(
+                                (gm[r] - wm[r]).abs() <= 1e-4 * wm[r].abs(),
+                                "{what}: mean of row {r}: {} vs {}",
+                                gm[r],
+                                wm[r]
+                            );
+                            assert!(
+                                (gi[r] - wi[r]).abs() <= 1e-3 * wi[r].abs() + 1e-3,
+                                "{what}: invstd of row {r}: {} vs {}",
+                                gi[r],
+                                wi[r]
+                            );
+                        }
+                    }
+                    let what = format!("rmsnorm{variant} {dt} n={n} shift={shift} {cfg:?}");
+                    let xr = rand_tensor(&mut rng, &[rows, n], -3.0, 3.0, dt);
+                    let (_dx, ax) = upload_at(lib, &xr, shift);
+                    let (_ds, as_) = upload_at(lib, &scale, shift);
+                    let zeros = Tensor::from_vec(vec![rows, n], vec![0.0f32; rows * n]).unwrap().cast(dt);
+                    let (dy, ay) = upload_at(lib, &zeros, shift);
+                    let p = [
+                        Param::ptr(ax),
+                        Param::ptr(as_),
+                        Param::ptr(ay),
+                        Param::i64(rows as i64),
+                        Param::i64(n as i64),
+                        Param::f32(1e-6),
+                    ];
+                    run(lib, KernelFamily::Norm, &format!("rmsnorm{variant}_{}", sfx(dt)), cfg, &p);
+                    let op = NormOp::RMSNormalization { axis: -1, epsilon: 1e-6, stash_type: 1 };
+                    let want = cpu(Op::Norm(op), &[&xr, &scale]);
+                    check_close(&what, &download_at(lib, &dy, &[rows, n], dt, shift), &want, atol, rtol);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_warp_path_matches_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(15);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let (atol, rtol) = tol(dt);
+        for n in ROW_SIZES {
+            if !launch::warp_row_fits(n as u64, dt.size() as u64) {
+                continue;
+            }
+            let rows = 37;
+            let x = rand_tensor(&mut rng, &[rows, n], -8.0, 8.0, dt);
+            for cfg in [launch::warp_per_row(rows as u64), kiln_cuda::driver::LaunchConfig::linear(2, 64)] {
+                for shift in [false, true] {
+                    for (name, log) in [("softmax", false), ("logsoftmax", true)] {
+                        let what = format!("{name}_warp {dt} n={n} shift={shift} {cfg:?}");
+                        let (_dx, ax) = upload_at(lib, &x, shift);
+                        let zeros = Tensor::from_vec(vec![rows, n], vec![0.0f32; rows * n]).unwrap().cast(dt);
+                        let (dy, ay) = upload_at(lib, &zeros, shift);
+                        let p = [Param::ptr(ax), Param::ptr(ay), Param::i64(rows as i64), Param::i64(n as i64)];
+                        run(lib, KernelFamily::Reduce, &format!("{name}_warp_{}", sfx(dt)), cfg, &p);
+                        let op = if log {
+                            NormOp::LogSoftmax { axis: 1, coerce_2d: false }
+                        } else {
+                            NormOp::Softmax { axis: 1, coerce_2d: false }
+                        };
+                        let got = download_at(lib, &dy, &[rows, n], dt, shift);
+                        check_close(&what, &got, &cpu(Op::Norm(op), &[&x]), atol, rtol);
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Layout
 
@@ -505,6 +666,81 @@ fn layout_kernels_match_cpu() {
                 let op = LayoutOp::Pad { mode, pads: Some(vec![1, 2, 2, 1]), value: 0.5 };
                 let want = cpu(Op::Layout(op), &[&x]);
                 check_close(&format!("pad {mode:?} {dt} n={n}"), &lib.download(&dy).unwrap(), &want, 0.0, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_rows_copies_vectors_and_falls_back_when_unaligned() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(16);
+    // [outer, axis_len, inner] tables whose rows are whole 16-byte vectors in both types.
+    for dt in [DType::F32, DType::F16] {
+        let w = launch::width_suffix(dt.size()).unwrap();
+        for (outer, axis_len, inner) in [(1usize, 30522usize, 768usize), (1, 50, 8), (3, 7, 16), (2, 783, 64)] {
+            let x = rand_tensor(&mut rng, &[outer, axis_len, inner], -5.0, 5.0, dt);
+            let nidx = 50;
+            let idx: Vec<i64> = (0..nidx).map(|_| rng.below(2 * axis_len) as i64 - axis_len as i64).collect();
+            let it = Tensor::from_vec(vec![nidx], idx.clone()).unwrap();
+            let want = cpu(Op::Layout(LayoutOp::Gather { axis: 1 }), &[&x, &it]);
+            let vectors = (outer * nidx * inner * dt.size() / 16) as u64;
+            for cfg in [launch::grid_stride(vectors), kiln_cuda::driver::LaunchConfig::linear(1, 32)] {
+                for shift in [false, true] {
+                    let what = format!("gather_rows_{w} [{outer},{axis_len},{inner}] shift={shift} {cfg:?}");
+                    let (_dx, ax) = upload_at(lib, &x, shift);
+                    let di = lib.upload(&it).unwrap();
+                    let zeros = Tensor::from_vec(vec![outer * nidx * inner], vec![0.0f32; outer * nidx * inner])
+                        .unwrap()
+                        .cast(dt);
+                    let (dy, ay) = upload_at(lib, &zeros, shift);
+                    let err = lib.zeros(DType::I32, &[1]).unwrap();
+                    let p = [
+                        Param::ptr(ax),
+                        ptr(lib, &di),
+                        Param::ptr(ay),
+                        Param::i64(outer as i64),
+                        Param::i64(axis_len as i64),
+                        Param::i64(nidx as i64),
+                        Param::i64(inner as i64),
+                        ptr(lib, &err),
+                    ];
+                    run(lib, KernelFamily::Layout, &format!("gather_rows_{w}"), cfg, &p);
+                    let got = download_at(lib, &dy, &[outer, nidx, inner], dt, shift);
+                    check_close(&what, &got, &want, 0.0, 0.0);
+                    assert_eq!(lib.download(&err).unwrap().to_i64_vec(), vec![0], "{what}: flagged a valid index");
+                }
+            }
+            // An index past the end writes zeros in its row and sets the flag.
+            let mut bad = idx.clone();
+            bad[nidx / 2] = axis_len as i64;
+            let bt = Tensor::from_vec(vec![nidx], bad).unwrap();
+            let (dx, di) = (lib.upload(&x).unwrap(), lib.upload(&bt).unwrap());
+            let dy = lib.zeros(dt, &[outer, nidx, inner]).unwrap();
+            let err = lib.zeros(DType::I32, &[1]).unwrap();
+            let p = [
+                ptr(lib, &dx),
+                ptr(lib, &di),
+                ptr(lib, &dy),
+                Param::i64(outer as i64),
+                Param::i64(axis_len as i64),
+                Param::i64(nidx as i64),
+                Param::i64(inner as i64),
+                ptr(lib, &err),
+            ];
+            run(lib, KernelFamily::Layout, &format!("gather_rows_{w}"), launch::grid_stride(vectors), &p);
+            assert_eq!(lib.download(&err).unwrap().to_i64_vec(), vec![1], "gather_rows_{w}: missed a bad index");
+            let got = lib.download(&dy).unwrap().to_f64_vec();
+            let want = want.to_f64_vec();
+            for o in 0..outer {
+                for j in 0..nidx {
+                    let row = &got[(o * nidx + j) * inner..(o * nidx + j + 1) * inner];
+                    if j == nidx / 2 {
+                        assert!(row.iter().all(|&v| v == 0.0), "gather_rows_{w}: the bad row is not zero");
+                    } else {
+                        assert_eq!(row, &want[(o * nidx + j) * inner..(o * nidx + j + 1) * inner]);
+                    }
+                }
             }
         }
     }

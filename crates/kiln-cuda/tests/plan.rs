@@ -109,9 +109,10 @@ fn block_plan_fuses_what_cublaslt_can() {
         .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.clone()) } else { None })
         .collect();
     assert_eq!(names.len(), 5, "{names:?}");
-    assert_eq!(names[0], "layernorm_f16");
+    // Rows of 64 and 16 halves fit one warp: the warp-per-row kernels.
+    assert_eq!(names[0], "layernorm_warp_f16");
     assert!(names[1].starts_with("epilogue_") && names[2].starts_with("fused_") && names[3].starts_with("epilogue_"));
-    assert_eq!(names[4], "softmax_f16");
+    assert_eq!(names[4], "softmax_warp_f16");
     assert_eq!(p.outputs.len(), 1);
     // The accumulator of fc2 dies at its epilogue.
     let acc = p.buffers.iter().position(|b| b.name == "fc2.acc").unwrap();
@@ -213,7 +214,7 @@ fn encoder_plan_reads_packed_qkv_in_place() {
     assert_eq!(
         kernels,
         [
-            "gather_u16",
+            "gather_rows_u16",
             "attention_mma_w1_d64_f16",
             "permute_u16",
             "reduce_mean_f16",
@@ -230,6 +231,59 @@ fn encoder_plan_reads_packed_qkv_in_place() {
     assert!(p.buffers[att].output);
     let first_copy = p.steps.iter().position(|s| s.node == "cat").unwrap();
     assert_eq!(p.buffers[att].last_use, Some(first_copy));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels: the warp-per-row path where a row fits one warp's registers
+
+/// The kernel name and launch configuration of the one kernel step of a one-node graph.
+fn row_kernel(o: Op, dtype: DType, shape: &[usize], params: &[usize]) -> (String, (u32, u32, u32), (u32, u32, u32)) {
+    let mut g = Graph::new("row");
+    let x = g.add_input("x", TypeInfo::known(dtype, shape));
+    let mut ins = vec![Some(x)];
+    for (i, &n) in params.iter().enumerate() {
+        let t = Tensor::from_vec(vec![n], vec![1.0f32; n]).unwrap().cast(dtype);
+        ins.push(Some(g.add_const(format!("p{i}"), t)));
+    }
+    let y = node(&mut g, "y", o, &ins, TypeInfo::known(dtype, shape));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let ks: Vec<_> =
+        p.steps.iter().filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.clone()) } else { None }).collect();
+    assert_eq!(ks.len(), 1, "{ks:?}");
+    (ks[0].kernel.clone(), ks[0].config.grid, ks[0].config.block)
+}
+
+#[test]
+fn rows_that_fit_a_warp_take_the_warp_per_row_kernels() {
+    let ln = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+    let rms = Op::Norm(NormOp::RMSNormalization { axis: -1, epsilon: 1e-6, stash_type: 1 });
+    let sm = Op::Norm(NormOp::Softmax { axis: -1, coerce_2d: false });
+    let lsm = Op::Norm(NormOp::LogSoftmax { axis: -1, coerce_2d: false });
+    // BERT-base: 4096 rows of 768 halves, 8 rows (warps) per block.
+    assert_eq!(
+        row_kernel(ln.clone(), DType::F16, &[4096, 768], &[768, 768]),
+        ("layernorm_warp_f16".into(), (512, 1, 1), (256, 1, 1))
+    );
+    assert_eq!(row_kernel(rms.clone(), DType::F16, &[4096, 768], &[768]).0, "rmsnorm_warp_f16");
+    assert_eq!(row_kernel(sm.clone(), DType::F16, &[4096, 768], &[]).0, "softmax_warp_f16");
+    assert_eq!(row_kernel(lsm.clone(), DType::F32, &[9, 128], &[]).0, "logsoftmax_warp_f32");
+    // The largest row that fits: 32 lanes of 8 16-byte vectors, 4096 bytes.
+    assert_eq!(row_kernel(ln.clone(), DType::F16, &[3, 2048], &[2048, 2048]).0, "layernorm_warp_f16");
+    assert_eq!(row_kernel(ln.clone(), DType::F32, &[3, 1024], &[1024]).0, "layernorm_warp_f32");
+    // One vector past it, rows that are not whole vectors, long rows: one block per row.
+    assert_eq!(row_kernel(ln.clone(), DType::F16, &[3, 2056], &[2056, 2056]).0, "layernorm_f16");
+    assert_eq!(row_kernel(ln.clone(), DType::F32, &[3, 1028], &[1028]).0, "layernorm_f32");
+    assert_eq!(row_kernel(ln.clone(), DType::F16, &[3, 783], &[783, 783]).0, "layernorm_f16");
+    assert_eq!(
+        row_kernel(ln, DType::F16, &[2, 100000], &[100000, 100000]),
+        ("layernorm_f16".into(), (2, 1, 1), (256, 1, 1))
+    );
+    assert_eq!(row_kernel(rms, DType::F16, &[4, 50], &[50]).0, "rmsnorm_f16");
+    assert_eq!(row_kernel(sm, DType::F16, &[4, 4100], &[]).0, "softmax_f16");
+    // Softmax over a middle axis reads strided rows: one block per row.
+    let mid = Op::Norm(NormOp::Softmax { axis: 1, coerce_2d: false });
+    assert_eq!(row_kernel(mid, DType::F16, &[2, 64, 8], &[]).0, "softmax_f16");
 }
 
 // ---------------------------------------------------------------------------------------------
