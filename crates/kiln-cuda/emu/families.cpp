@@ -21,6 +21,9 @@ namespace P {
 namespace I {
 #include "index_full.inc"
 }
+namespace C {
+#include "conv_full.inc"
+}
 typedef long long i64;
 static std::mt19937 rng(1);
 static float U(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(rng); }
@@ -30,6 +33,49 @@ static void check(const char* what, double got, double want, double tol) {
     if (!ok) { if (fails < 30) printf("FAIL %s: got %g want %g\n", what, got, want); ++fails; }
 }
 static unsigned row_threads(i64 n) { i64 t = (n + 31) / 32 * 32; return (unsigned)std::min<i64>(std::max<i64>(t, 32), 256); }
+
+// Depthwise NHWC convolution: the vector kernels against a naive reference and, exactly,
+// against the one-element-per-thread kernel (they sum the taps in the same order). Shapes hit
+// the vector path (strides 1 and 2, pads even and not, widths not a multiple of DW_OX) and
+// the fallbacks inside the vector kernel (channels not a multiple of the vector, 5x5, dilation,
+// stride 3, a misaligned pointer).
+struct DwCase { i64 n, c, ih, iw, kh, kw, sh, sw, dh, dw, ph0, pw0, ph1, pw1, act; bool bias; };
+template <typename T, typename K1, typename K2>
+static void dw_case(const char* what, const DwCase& k, int vec, K1 scalar, K2 vector, bool misalign, bool one_block) {
+    using C::from_f32;
+    using C::to_f32;
+    const i64 oh = (k.ih + k.ph0 + k.ph1 - k.dh * (k.kh - 1) - 1) / k.sh + 1;
+    const i64 ow = (k.iw + k.pw0 + k.pw1 - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+    const i64 nx = k.n * k.ih * k.iw * k.c, ny = k.n * oh * ow * k.c;
+    // Spare elements in front, so that x + 1 is a misaligned input.
+    std::vector<T> xs(nx + 16), w(k.kh * k.kw * k.c), b(k.c), y1(ny), y2(ny);
+    std::vector<float> xf(nx), wf(w.size()), bf(k.c);
+    T* x = xs.data() + (misalign ? 1 : 16 / sizeof(T));
+    for (i64 i = 0; i < nx; ++i) { x[i] = from_f32<T>(U(-4, 4)); xf[i] = to_f32(x[i]); }
+    if (nx > 5) { x[3] = from_f32<T>(NAN); xf[3] = NAN; }
+    for (size_t i = 0; i < w.size(); ++i) { w[i] = from_f32<T>(U(-1, 1)); wf[i] = to_f32(w[i]); }
+    for (i64 i = 0; i < k.c; ++i) { b[i] = from_f32<T>(U(-1, 1)); bf[i] = to_f32(b[i]); }
+    C::DwArgs p{k.n, k.c, k.ih, k.iw, oh, ow, k.kh, k.kw, k.sh, k.sw, k.dh, k.dw, k.ph0, k.pw0, k.act, 0.0, 6.0};
+    const T* bp = k.bias ? b.data() : nullptr;
+    auto blocks = [](i64 t) { return (unsigned)std::min<i64>(std::max<i64>((t + 255) / 256, 1), 65535); };
+    launch(dim3{blocks(ny)}, dim3{256}, [&] { scalar(x, w.data(), bp, y1.data(), p); });
+    const i64 vt = k.n * oh * ((ow + 3) / 4) * ((k.c + vec - 1) / vec);
+    launch(dim3{one_block ? 1u : blocks(vt)}, dim3{one_block ? 64u : 256u}, [&] { vector(x, w.data(), bp, y2.data(), p); });
+    for (i64 n = 0; n < k.n; ++n) for (i64 oy = 0; oy < oh; ++oy) for (i64 ox = 0; ox < ow; ++ox) for (i64 ch = 0; ch < k.c; ++ch) {
+        double acc = k.bias ? bf[ch] : 0.0;
+        for (i64 ky = 0; ky < k.kh; ++ky) for (i64 kx = 0; kx < k.kw; ++kx) {
+            const i64 iy = oy * k.sh - k.ph0 + ky * k.dh, ix = ox * k.sw - k.pw0 + kx * k.dw;
+            if (iy < 0 || iy >= k.ih || ix < 0 || ix >= k.iw) continue;
+            acc += (double)xf[((n * k.ih + iy) * k.iw + ix) * k.c + ch] * wf[(ky * k.kw + kx) * k.c + ch];
+        }
+        if (k.act == 1) acc = acc < 0 ? 0 : acc;
+        if (k.act == 2) acc = acc < 0 ? 0 : (acc > 6 ? 6 : acc);
+        const i64 i = ((n * oh + oy) * ow + ox) * k.c + ch;
+        check(what, to_f32(y2[i]), to_f32(from_f32<T>((float)acc)), sizeof(T) == 4 ? 1e-5 : 1e-2);
+        // The same f32 sums, so the same bits (NaN matches NaN).
+        check(what, to_f32(y2[i]), to_f32(y1[i]), 0);
+    }
+}
 
 int main() {
     for (i64 n : {1, 3, 50, 783}) for (i64 inner : {1, 5}) {
@@ -439,5 +485,32 @@ int main() {
         for (i64 i = 0; i < n * 5; ++i) check("eyelike", ey[i], i % 5 - i / 5 == 1 ? 0x3f800000u : 0, 0);
     }
     printf("index done, %d fails\n", fails);
+    {
+        // Widths 7, 13 and 112 (ow 7, 13, 112 at stride 1; 4, 7, 56 at stride 2 with pad 1).
+        std::vector<DwCase> cases;
+        for (i64 c : {8, 16, 24, 12}) for (i64 iw : {7, 13}) for (i64 s : {1, 2}) for (int act = 0; act < 3; ++act)
+            cases.push_back({2, c, 5, iw, 3, 3, s, s, 1, 1, 1, 1, 1, 1, act, act != 1});
+        cases.push_back({1, 8, 3, 112, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true});
+        cases.push_back({1, 16, 4, 112, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 2, true});  // asymmetric
+        cases.push_back({2, 8, 6, 9, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 2, true});     // SAME_UPPER-like
+        cases.push_back({1, 8, 6, 9, 3, 3, 1, 2, 1, 1, 2, 0, 0, 2, 1, false});    // mixed strides, pad 2
+        cases.push_back({1, 8, 6, 9, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 0, true});
+        cases.push_back({1, 8, 5, 6, 2, 3, 1, 1, 1, 1, 0, 1, 1, 1, 0, true});     // 2 x 3 kernel
+        cases.push_back({1, 8, 5, 6, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, true});     // 1 x 1
+        cases.push_back({1, 8, 7, 7, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 2, true});     // 5 x 5: fallback
+        cases.push_back({1, 8, 7, 7, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 2, true});     // dilation: fallback
+        cases.push_back({1, 8, 7, 10, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 2, true});    // stride 3: fallback
+        cases.push_back({1, 8, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true});     // input smaller than the kernel
+        for (size_t i = 0; i < cases.size(); ++i) {
+            const DwCase& k = cases[i];
+            const bool one_block = i % 5 == 0; // a grid smaller than the work: the grid-stride loop
+            dw_case<float>("dw f32", k, 4, C::dwconv2d_nhwc_f32, C::dwconv2d_nhwc_v4_f32, false, one_block);
+            dw_case<__half>("dw f16", k, 8, C::dwconv2d_nhwc_f16, C::dwconv2d_nhwc_v8_f16, false, one_block);
+            dw_case<__nv_bfloat16>("dw bf16", k, 8, C::dwconv2d_nhwc_bf16, C::dwconv2d_nhwc_v8_bf16, false, one_block);
+        }
+        dw_case<__half>("dw f16 misaligned", cases[0], 8, C::dwconv2d_nhwc_f16, C::dwconv2d_nhwc_v8_f16, true, false);
+        dw_case<float>("dw f32 misaligned", cases[0], 4, C::dwconv2d_nhwc_f32, C::dwconv2d_nhwc_v4_f32, true, false);
+    }
+    printf("conv done, %d fails\n", fails);
     return fails != 0;
 }

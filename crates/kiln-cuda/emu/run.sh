@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for f in reduce norm attention layout pool index; do
+for f in reduce norm attention layout pool index conv; do
     python3 - "$f" "$work" <<'PY'
 import sys
 f, work = sys.argv[1], sys.argv[2]

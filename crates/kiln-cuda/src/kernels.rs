@@ -243,7 +243,13 @@ impl KernelFamily {
                 k.extend(per(&["conv_transpose"], &floats));
                 k
             }
-            KernelFamily::Conv => per(&["dwconv2d_nhwc"], &floats),
+            KernelFamily::Conv => {
+                let mut k = per(&["dwconv2d_nhwc"], &floats);
+                // The 16-byte vector path: 8 channels of a 2-byte type, 4 of f32.
+                k.extend(per(&["dwconv2d_nhwc_v8"], &["f16", "bf16"]));
+                k.extend(per(&["dwconv2d_nhwc_v4"], &["f32"]));
+                k
+            }
             KernelFamily::Qlinear => {
                 let mut k = vec![];
                 for a in ["u8", "i8"] {

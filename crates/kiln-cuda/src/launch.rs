@@ -170,12 +170,61 @@ pub struct DwArgs {
     pub hi: f64,
 }
 
+/// Output columns one thread of the depthwise vector kernels computes (`DW_OX` in `conv.cu`).
+pub const DW_OX: u64 = 4;
+/// The largest kernel side the depthwise vector kernels take (`DW_K` in `conv.cu`).
+pub const DW_K: i64 = 3;
+
+/// Whether `a, b, c, d` are each at least 1 with a product below 2^31 - 64 (`dw_fits`).
+fn dw_fits(a: i64, b: i64, c: i64, d: i64) -> bool {
+    let lim = i64::from(i32::MAX) - 64;
+    [a, b, c, d].iter().all(|v| (1..=lim).contains(v))
+        && a.checked_mul(b).and_then(|p| p.checked_mul(c)).and_then(|p| p.checked_mul(d)).is_some_and(|p| p <= lim)
+}
+
 impl DwArgs {
     /// The kernel parameter.
     pub fn param(&self) -> Param {
         let mut v = self.dims.to_vec();
         v.extend([self.act, self.lo.to_bits() as i64, self.hi.to_bits() as i64]);
         Param::i64s(&v)
+    }
+
+    /// Channels per 16-byte vector for elements of `size` bytes: 8 for f16 and bf16, 4 for f32.
+    pub fn vector_width(size: usize) -> i64 {
+        (16 / size.max(1)) as i64
+    }
+
+    /// Whether the vector kernels (`dwconv2d_nhwc_v8`, `dwconv2d_nhwc_v4`) take their vector
+    /// path for elements of `size` bytes: `dw_vector_ok` in `conv.cu`, less the 16-byte
+    /// alignment of the pointers, which the kernel checks (and which the plan's buffers, whole
+    /// allocations at 256-byte offsets, have). Kernel at most 3 x 3, strides 1 or 2, dilation
+    /// 1, channels a multiple of the vector width, element counts below 2^31 - 64.
+    pub fn vector_ok(&self, size: usize) -> bool {
+        let [n, c, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = self.dims;
+        let v = Self::vector_width(size);
+        matches!(size, 2 | 4)
+            && c % v == 0
+            && dw_fits(n, ih, iw, c)
+            && dw_fits(n, oh, ow, c)
+            && dw_fits(kh, kw, c, 1)
+            && kh <= DW_K
+            && kw <= DW_K
+            && (dh, dw) == (1, 1)
+            && matches!(sh, 1 | 2)
+            && matches!(sw, 1 | 2)
+            && (0..=65536).contains(&ph)
+            && (0..=65536).contains(&pw)
+            && oh <= 1 << 29
+            && ow <= 1 << 29
+    }
+
+    /// The launch of a vector kernel: one thread per channel vector of [`DW_OX`] output
+    /// columns of one output row.
+    pub fn vector_launch(&self, size: usize) -> LaunchConfig {
+        let [n, c, _, _, oh, ow, ..] = self.dims.map(|d| d.max(0) as u64);
+        let v = Self::vector_width(size) as u64;
+        grid_stride(n.saturating_mul(oh).saturating_mul(ow.div_ceil(DW_OX)).saturating_mul(c.div_ceil(v)))
     }
 }
 
@@ -737,6 +786,32 @@ mod tests {
             assert!(r.block.0 as u64 <= ROW_THREADS);
         }
         assert_eq!(per_row(3, 50).block.0, 64);
+    }
+
+    #[test]
+    fn depthwise_vector_path_takes_the_common_shapes() {
+        // [n, c, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]
+        let dw = |dims: [i64; 14]| DwArgs { dims, act: 2, lo: 0.0, hi: 6.0 };
+        let mobilenet = dw([32, 144, 56, 56, 28, 28, 3, 3, 2, 2, 1, 1, 0, 0]);
+        assert!(mobilenet.vector_ok(2) && mobilenet.vector_ok(4));
+        // 32 * 28 rows, 7 groups of 4 columns, 18 vectors of 8 channels.
+        assert_eq!(mobilenet.vector_launch(2).grid.0, (32 * 28 * 7 * 18) / 256);
+        assert_eq!(mobilenet.vector_launch(4).grid.0, (32 * 28 * 7 * 36) / 256);
+        // 12 channels are 3 vectors of f32 but not whole vectors of f16.
+        let c12 = dw([1, 12, 7, 7, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1]);
+        assert!(!c12.vector_ok(2) && c12.vector_ok(4));
+        let base = [1, 8, 7, 7, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1];
+        assert!(dw(base).vector_ok(2) && !dw(base).vector_ok(8) && !dw(base).vector_ok(1));
+        // 5x5, dilation 2, stride 3, a negative or huge pad, an empty batch: not the vector path.
+        for (i, v) in [(6, 5), (7, 5), (10, 2), (11, 2), (8, 3), (9, 3), (12, -1), (13, 70_000), (0, 0)] {
+            let mut d = base;
+            d[i] = v;
+            assert!(!dw(d).vector_ok(2), "dim {i} = {v}");
+        }
+        // Element counts at 2^31 or more, and products that would overflow i64.
+        assert!(!dw([1 << 11, 1 << 10, 1 << 5, 1 << 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]).vector_ok(2));
+        assert!(!dw([1 << 30, 1 << 30, 1 << 30, 1 << 30, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]).vector_ok(2));
+        assert!(dw([1 << 10, 1 << 10, 1 << 5, 1 << 5, 1 << 5, 1 << 5, 1, 1, 1, 1, 1, 1, 0, 0]).vector_ok(2));
     }
 
     #[test]

@@ -1307,17 +1307,39 @@ fn planned_data_ops_match_the_cpu_executor() {
     }
 }
 
-/// The depthwise convolution of FP16 channels-last plans (a generated direct kernel with its
-/// bias and Clip fused, asymmetric padding, stride 2), planned from one-node graphs.
+/// The depthwise convolution of FP16 and BF16 channels-last plans (a generated direct kernel
+/// with its bias and ReLU or Clip fused, or none), planned from one-node graphs: the vector
+/// kernel where the channels are a multiple of 8 (strides 1 and 2, pads even and not, output
+/// widths 7, 13, 112 that are not all multiples of its 4 columns), else the scalar one.
 #[test]
 fn depthwise_channels_last_matches_the_cpu_executor() {
     use kiln_ir::ops::linalg::{ConvAttrs, LinalgOp};
-    let Some(lib) = lib() else { return };
+    // The kernel choice is checked with or without a GPU, the results with one.
+    let lib = lib();
     let mut rng = Rng::new(5);
-    for (c, hw, stride, pads) in [(8, 9, 1, [1, 1, 1, 1]), (3, 7, 2, [0, 0, 1, 1]), (50, 12, 2, [1, 1, 1, 1])] {
-        let x = rand_tensor(&mut rng, &[2, c, hw, hw], -4.0, 4.0, DType::F16);
-        let w = rand_tensor(&mut rng, &[c, 1, 3, 3], -1.0, 1.0, DType::F16);
-        let b = rand_tensor(&mut rng, &[c], -1.0, 1.0, DType::F16);
+    // (dtype, batch, channels, input size, stride, ONNX pads [h0, w0, h1, w1], epilogue, bias);
+    // epilogue 0: none, 1: ReLU, 2: Clip(0, 6).
+    let cases: [(DType, usize, usize, usize, usize, [usize; 4], u8, bool); 15] = [
+        (DType::F16, 2, 8, 9, 1, [1, 1, 1, 1], 2, true),
+        (DType::F16, 2, 3, 7, 2, [0, 0, 1, 1], 2, true),
+        (DType::F16, 2, 50, 12, 2, [1, 1, 1, 1], 2, true),
+        (DType::F16, 2, 16, 13, 1, [1, 1, 1, 1], 1, true),
+        (DType::F16, 2, 96, 7, 1, [1, 1, 1, 1], 2, false),
+        (DType::F16, 2, 144, 14, 2, [0, 0, 1, 1], 2, true),
+        (DType::F16, 2, 144, 13, 2, [1, 1, 1, 1], 0, true),
+        (DType::F16, 1, 32, 112, 1, [1, 1, 1, 1], 2, true),
+        (DType::F16, 1, 24, 112, 2, [1, 1, 1, 1], 2, true),
+        (DType::F16, 2, 8, 11, 2, [1, 0, 0, 1], 1, false),
+        (DType::F16, 2, 16, 10, 1, [2, 0, 0, 2], 0, false),
+        (DType::F16, 2, 20, 9, 1, [1, 1, 1, 1], 2, true),
+        (DType::BF16, 2, 16, 13, 1, [1, 1, 1, 1], 2, true),
+        (DType::BF16, 2, 96, 14, 2, [0, 0, 1, 1], 1, false),
+        (DType::BF16, 2, 12, 9, 2, [1, 1, 1, 1], 2, true),
+    ];
+    for (dt, n, c, hw, stride, pads, ep, with_bias) in cases {
+        let x = rand_tensor(&mut rng, &[n, c, hw, hw], -4.0, 4.0, dt);
+        let w = rand_tensor(&mut rng, &[c, 1, 3, 3], -1.0, 1.0, dt);
+        let b = rand_tensor(&mut rng, &[c], -1.0, 1.0, dt);
         let attrs = ConvAttrs {
             kernel_shape: vec![],
             strides: vec![stride, stride],
@@ -1326,11 +1348,156 @@ fn depthwise_channels_last_matches_the_cpu_executor() {
             auto_pad: AutoPad::NotSet,
             group: c,
         };
-        let relu6 = Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1);
-        let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs: 3, expr: relu6 });
-        let (g, inputs) = one_node(op, &[&x], &[Some(w), Some(b)], 1);
+        let base_inputs = if with_bias { 3 } else { 2 };
+        let op = match ep {
+            0 => Op::Linalg(LinalgOp::Conv(attrs)),
+            1 => {
+                let expr = Expr::op(ElementwiseOp::Unary(UnaryOp::Relu), 1);
+                Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr })
+            }
+            _ => {
+                let expr = Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1);
+                Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr })
+            }
+        };
+        let consts = if with_bias { vec![Some(w), Some(b)] } else { vec![Some(w)] };
+        let (g, inputs) = one_node(op, &[&x], &consts, 1);
         let plan = kiln_cuda::plan::plan(&g).unwrap();
-        assert!(plan.to_string().contains("dwconv2d_nhwc_f16"), "{plan}");
-        plan_matches(lib, &format!("depthwise c={c} stride {stride}"), &g, &inputs, 4e-3, 4e-3);
+        let want =
+            if c % 8 == 0 { format!("dwconv2d_nhwc_v8_{}", sfx(dt)) } else { format!("dwconv2d_nhwc_{}", sfx(dt)) };
+        let kernels: Vec<&str> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                kiln_cuda::plan::StepKind::Kernel(k) if k.kernel.starts_with("dwconv") => Some(k.kernel.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kernels, [want.as_str()], "{plan}");
+        let (atol, rtol) = if dt == DType::BF16 { (3e-2, 3e-2) } else { (4e-3, 4e-3) };
+        let what = format!("depthwise {dt} n={n} c={c} {hw}x{hw} stride {stride} pads {pads:?} epilogue {ep}");
+        if let Some(lib) = lib {
+            plan_matches(lib, &what, &g, &inputs, atol, rtol);
+        }
+    }
+}
+
+/// `t` (`[n, c, h, w]`) stored `[n, h, w, c]`, or a filter `[c, 1, kh, kw]` stored
+/// `[kh, kw, c]`: the layouts the depthwise kernels read.
+fn channels_last(t: &Tensor, filter: bool) -> Tensor {
+    let s = t.shape();
+    let (n, c, h, w) = if filter { (1, s[0], s[2], s[3]) } else { (s[0], s[1], s[2], s[3]) };
+    let v = t.to_f64_vec();
+    let mut out = vec![0f32; v.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    out[((i * h + y) * w + x) * c + ch] = v[((i * c + ch) * h + y) * w + x] as f32;
+                }
+            }
+        }
+    }
+    let shape = if filter { vec![h, w, c] } else { vec![n, h, w, c] };
+    Tensor::from_vec(shape, out).unwrap().cast(t.dtype())
+}
+
+/// The depthwise vector kernels launched directly: f32 (`dwconv2d_nhwc_v4`) and f16
+/// (`dwconv2d_nhwc_v8`) against the CPU reference, and bit for bit against the scalar kernel
+/// (both sum each output's taps in the same order in f32). Shapes the vector path takes and
+/// shapes it leaves to the scalar loop inside the same kernel (channels not a multiple of the
+/// vector, 5x5, dilation 2, stride 3, a misaligned input), which `DwArgs::vector_ok` must tell
+/// apart.
+#[test]
+fn depthwise_vector_kernels_match_the_scalar_kernel() {
+    use kiln_ir::ops::linalg::{ConvAttrs, LinalgOp};
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(11);
+    // (channels, h, w, kernel, stride [h, w], dilation, ONNX pads [h0, w0, h1, w1], act, bias,
+    // misaligned x).
+    type Case = (usize, usize, usize, usize, [usize; 2], usize, [usize; 4], i64, bool, bool);
+    let cases: [Case; 13] = [
+        (8, 7, 7, 3, [1, 1], 1, [1, 1, 1, 1], 2, true, false),
+        (16, 13, 13, 3, [1, 1], 1, [1, 1, 1, 1], 1, false, false),
+        (96, 9, 13, 3, [2, 2], 1, [1, 1, 1, 1], 2, true, false),
+        (144, 8, 14, 3, [2, 2], 1, [0, 0, 1, 1], 0, true, false),
+        (8, 5, 112, 3, [1, 1], 1, [1, 1, 1, 1], 2, true, false),
+        (24, 9, 11, 3, [1, 2], 1, [2, 0, 0, 2], 1, true, false),
+        (8, 6, 6, 2, [1, 1], 1, [0, 1, 1, 0], 0, false, false),
+        (12, 7, 7, 3, [1, 1], 1, [1, 1, 1, 1], 2, true, false),
+        (10, 7, 7, 3, [1, 1], 1, [1, 1, 1, 1], 2, true, false),
+        (8, 9, 9, 5, [1, 1], 1, [2, 2, 2, 2], 2, true, false),
+        (8, 9, 9, 3, [1, 1], 2, [2, 2, 2, 2], 2, true, false),
+        (8, 10, 10, 3, [3, 3], 1, [1, 1, 1, 1], 2, true, false),
+        (16, 13, 13, 3, [1, 1], 1, [1, 1, 1, 1], 2, true, true),
+    ];
+    for dt in [DType::F32, DType::F16] {
+        let size = dt.size();
+        let vec_name = format!("dwconv2d_nhwc_v{}_{}", 16 / size, sfx(dt));
+        let (atol, rtol) = if dt == DType::F16 { (4e-3, 4e-3) } else { tol(dt) };
+        for (c, h, w, k, stride, dil, pads, act, with_bias, misaligned) in cases {
+            let n = 2;
+            let x = rand_tensor(&mut rng, &[n, c, h, w], -4.0, 4.0, dt);
+            let wt = rand_tensor(&mut rng, &[c, 1, k, k], -1.0, 1.0, dt);
+            let b = rand_tensor(&mut rng, &[c], -1.0, 1.0, dt);
+            let attrs = ConvAttrs {
+                kernel_shape: vec![],
+                strides: stride.to_vec(),
+                dilations: vec![dil, dil],
+                pads: pads.to_vec(),
+                auto_pad: AutoPad::NotSet,
+                group: c,
+            };
+            // The CPU reference: the Conv (with or without the bias), then the activation.
+            let ins: &[&Tensor] = if with_bias { &[&x, &wt, &b] } else { &[&x, &wt] };
+            let conv = cpu(Op::Linalg(LinalgOp::Conv(attrs)), ins);
+            let (oh, ow) = (conv.shape()[2], conv.shape()[3]);
+            let want: Vec<f32> = conv
+                .to_f64_vec()
+                .into_iter()
+                .map(|mut v| {
+                    if act == 1 {
+                        v = if v < 0.0 { 0.0 } else { v };
+                    } else if act == 2 {
+                        v = v.clamp(0.0, 6.0);
+                    }
+                    v as f32
+                })
+                .collect();
+            let want = channels_last(&Tensor::from_vec(vec![n, c, oh, ow], want).unwrap().cast(dt), false);
+            let args = launch::DwArgs {
+                dims: [n, c, h, w, oh, ow, k, k, stride[0], stride[1], dil, dil, pads[0], pads[1]].map(|d| d as i64),
+                act,
+                lo: 0.0,
+                hi: 6.0,
+            };
+            let fast = c % (16 / size) == 0 && k <= 3 && dil == 1 && stride.iter().all(|&s| s <= 2);
+            assert_eq!(args.vector_ok(size), fast, "{c} channels, kernel {k}, stride {stride:?}, dilation {dil}");
+            // x with one spare element in front: x + 1 element is 16-byte aligned or not.
+            let xl = channels_last(&x, false).to_f64_vec();
+            let mut xv = vec![0f32; if misaligned { 1 } else { 16 / size }];
+            xv.extend(xl.iter().map(|&v| v as f32));
+            let xd = lib.upload(&Tensor::from_vec(vec![xv.len()], xv).unwrap().cast(dt)).unwrap();
+            let xp = Param::ptr(lib.addr(&xd) + (if misaligned { 1 } else { 16 / size } * size) as u64);
+            let (wd, bd) = (lib.upload(&channels_last(&wt, true)).unwrap(), lib.upload(&b).unwrap());
+            let bp = if with_bias { ptr(lib, &bd) } else { Param::ptr(0) };
+            let out = [n, oh, ow, c];
+            let (y1, y2) = (lib.zeros(dt, &out).unwrap(), lib.zeros(dt, &out).unwrap());
+            let scalar = format!("dwconv2d_nhwc_{}", sfx(dt));
+            let cfg = launch::grid_stride((n * c * oh * ow) as u64);
+            run(
+                lib,
+                KernelFamily::Conv,
+                &scalar,
+                cfg,
+                &[xp.clone(), ptr(lib, &wd), bp.clone(), ptr(lib, &y1), args.param()],
+            );
+            let cfg = args.vector_launch(size);
+            run(lib, KernelFamily::Conv, &vec_name, cfg, &[xp, ptr(lib, &wd), bp, ptr(lib, &y2), args.param()]);
+            let what = format!("{vec_name} c={c} {h}x{w} k={k} stride {stride:?} dil {dil} pads {pads:?} act {act}");
+            let (got, base) = (lib.download(&y2).unwrap(), lib.download(&y1).unwrap());
+            check_close(&what, &got, &want, atol, rtol);
+            check_close(&format!("{what} against {scalar}"), &got, &base, 0.0, 0.0);
+        }
     }
 }

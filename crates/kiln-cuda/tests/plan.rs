@@ -360,7 +360,7 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
         .collect();
     let names: Vec<(&str, &str)> = kernels.iter().map(|(n, k, _)| (*n, *k)).collect();
     // The input goes NHWC once; the output comes back to NCHW once, for the graph output.
-    assert_eq!(names, [("x", "permute_u16"), ("dwconv", "dwconv2d_nhwc_f16"), ("dwconv", "permute_u16")]);
+    assert_eq!(names, [("x", "permute_u16"), ("dwconv", "dwconv2d_nhwc_v8_f16"), ("dwconv", "permute_u16")]);
     let [Arg::Buffer(x), Arg::Buffer(w), Arg::Null, Arg::Buffer(y), Arg::Struct(f)] = kernels[1].2 else {
         panic!("{:?}", kernels[1].2)
     };
@@ -373,6 +373,54 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
     // 1-D and 3-D shapes are recorded as they are.
     assert_eq!((convs[1].x_shape.len(), convs[1].pads.clone()), (3, vec![2]));
     assert_eq!((convs[2].w_shape.clone(), convs[2].y_shape.clone()), (vec![4, 2, 1, 3, 3], vec![1, 4, 3, 3, 3]));
+}
+
+/// MobileNetV2's depthwise layers in f16 (3x3, stride 1 or 2, pad 1, bias and ReLU6 fused)
+/// take the 16-byte vector kernel, one thread per 8 channels of 4 output columns; 50
+/// channels (not a multiple of 8) and a dilated filter take the one-element-per-thread kernel.
+#[test]
+fn mobilenet_depthwise_layers_take_the_vector_kernel() {
+    let relu6 = Expr::op(ElementwiseOp::Clip { min: Some(0.0), max: Some(6.0) }, 1);
+    // (channels, input size, stride, dilation, kernel, threads: n * oh * ceil(ow / 4) * c / 8
+    // for the vector kernel, one per output element for the other)
+    let cases = [
+        (32, 112, 1, 1, "dwconv2d_nhwc_v8_f16", 32 * 112 * 28 * 4),
+        (144, 56, 2, 1, "dwconv2d_nhwc_v8_f16", 32 * 28 * 7 * 18),
+        (960, 7, 1, 1, "dwconv2d_nhwc_v8_f16", 32 * 7 * 2 * 120),
+        (50, 14, 1, 1, "dwconv2d_nhwc_f16", 32 * 14 * 14 * 50),
+        (32, 14, 1, 2, "dwconv2d_nhwc_f16", 32 * 14 * 14 * 32),
+    ];
+    for (c, hw, stride, dil, kernel, threads) in cases {
+        let grid = (threads as usize).div_ceil(256);
+        let mut g = Graph::new("mobilenet_dw");
+        let x = g.add_input("x", f16(&[32, c, hw, hw]));
+        let (w, b) = (konst(&mut g, "w", &[c, 1, 3, 3]), konst(&mut g, "b", &[c]));
+        let mut attrs = conv_attrs(&[dil; 4], AutoPad::NotSet, c);
+        attrs.strides = vec![stride, stride];
+        attrs.dilations = vec![dil, dil];
+        let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs: 3, expr: relu6.clone() });
+        let o = hw / stride;
+        let y = node(&mut g, "dw", ep, &[Some(x), Some(w), Some(b)], f16(&[32, c, o, o]));
+        g.add_output("y", y);
+        let p = plan(&g).unwrap();
+        let steps: Vec<_> = p
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Kernel(k) if s.node == "dw" && k.kernel.starts_with("dwconv") => Some(k),
+                _ => None,
+            })
+            .collect();
+        let [k] = steps.as_slice() else { panic!("{p}") };
+        assert_eq!((k.kernel.as_str(), k.config.grid.0, k.config.block.0), (kernel, grid as u32, 256), "{c} channels");
+        // Bias and ReLU6 are the kernel's: [x, w, bias, y, args], activation 2 (clamp).
+        let [Arg::Buffer(_), Arg::Buffer(_), Arg::Buffer(bias), Arg::Buffer(_), Arg::Struct(f)] = k.args.as_slice()
+        else {
+            panic!("{:?}", k.args)
+        };
+        assert_eq!(p.buffers[*bias].name, "b");
+        assert_eq!(f[14], kiln_cuda::plan::Field::I64(2));
+    }
 }
 
 /// Pooling, Slice with negative steps, Pad, Split, Expand, Tile, Resize, Where and Cast.

@@ -119,7 +119,10 @@ fn direct_epilogue(
 impl Planner<'_> {
     /// A depthwise convolution of a channels-last input (`x` NHWC, `w` its OHWI filter) with a
     /// generated direct kernel, which cuDNN runs slowly in NHWC; the epilogue is fused where
-    /// [`direct_epilogue`] matches it, else a generated kernel after.
+    /// [`direct_epilogue`] matches it, else a generated kernel after. The kernel is the 16-byte
+    /// vector one (`dwconv2d_nhwc_v8`) where [`launch::DwArgs::vector_ok`] takes the shape (3x3
+    /// and smaller, strides 1 and 2, channels a multiple of 8: MobileNet's layers), else the
+    /// one-element-per-thread one.
     #[allow(clippy::too_many_arguments)]
     fn depthwise_nhwc(
         &mut self,
@@ -195,10 +198,18 @@ impl Planner<'_> {
             hi: act.2,
         };
         let fields = args.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(pool::word(c)))).collect();
-        let total = n * c * h.output * wd.output;
+        // The vector kernel where its fast path takes the shape (the plan's buffers are whole
+        // allocations, 16-byte aligned; the kernel checks that too), else one thread per element.
+        let size = dtype.size();
+        let (name, cfg) = if args.vector_ok(size) {
+            let v = launch::DwArgs::vector_width(size);
+            (format!("dwconv2d_nhwc_v{v}_{sfx}"), args.vector_launch(size))
+        } else {
+            (format!("dwconv2d_nhwc_{sfx}"), launch::grid_stride((n * c * h.output * wd.output) as u64))
+        };
         let bias_arg = bias.map_or(Arg::Null, Arg::Buffer);
         let kargs = vec![Arg::Buffer(x), Arg::Buffer(w), bias_arg, Arg::Buffer(y), Arg::Struct(fields)];
-        self.kernel(id, KernelFamily::Conv, format!("dwconv2d_nhwc_{sfx}"), launch::grid_stride(total as u64), kargs);
+        self.kernel(id, KernelFamily::Conv, name, cfg, kargs);
         if fused.is_none() {
             let e = expr.ok_or_else(|| CudaError::Invalid("an unfused epilogue without an expression".into()))?;
             let mut dts = vec![dtype];
