@@ -1110,8 +1110,14 @@ fn every_kernel_loads_and_fits_its_launch() {
                 "{name:32} regs {:3} local {:5} shared {:6} max_threads {}",
                 r.registers, r.local_bytes, r.shared_bytes, r.max_threads
             ));
-            if r.max_threads < largest {
-                too_big.push(format!("{name}: at most {} threads, launched with {largest}", r.max_threads));
+            // The tensor-core attention kernels launch with the fixed blocks they are built for.
+            let launched = match name.as_str() {
+                n if n.starts_with("attention_mma_w1_") => 32,
+                n if n.starts_with("attention_mma_") => 128,
+                _ => largest,
+            };
+            if r.max_threads < launched {
+                too_big.push(format!("{name}: at most {} threads, launched with {launched}", r.max_threads));
             }
         }
     }
