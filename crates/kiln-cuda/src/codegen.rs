@@ -810,7 +810,7 @@ pub fn elementwise_layout(kernel: &ElementwiseKernel, out_shape: &[usize], strid
     }
     // A row: read along the last dim only, a whole number of vectors long.
     let last = dims.last().copied().unwrap_or(1);
-    let row_ok = dims.len() >= 2 && last.is_multiple_of(kernel.vec);
+    let row_ok = dims.len() >= 2 && last > 0 && last.is_multiple_of(kernel.vec);
     let row_mask = mask(&|s| row_ok && s.last() == Some(&1) && s[..s.len() - 1].iter().all(|&x| x == 0));
     let vector = masked
         && (0..n_in)
