@@ -671,11 +671,13 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
 
     let mut body = String::new();
     // One element on the strided path.
-    body.push_str("__device__ __forceinline__ void kiln_element(const ElemArgs& a, i64 i) {\n");
+    // `I` is the index type the host chose: unsigned int where everything fits, else i64.
+    body.push_str("template <typename I>\n__device__ __forceinline__ void kiln_element(const ElemArgs& a, I i) {\n");
+    body.push_str("    I off[KILN_NUM_INPUTS];\n    kiln_offsets<I>(a, i, off);\n");
     let mut args = vec![];
     for (k, &dt) in inputs.iter().enumerate() {
         let st = storage_type(dt)?;
-        let load = load_expr(dt, &format!("((const {st}*)a.in[{k}])[kiln_offset(a, {k}, i)]"));
+        let load = load_expr(dt, &format!("((const {st}*)a.in[{k}])[off[{k}]]"));
         writeln!(body, "    const {} x{k} = {load};", compute_type(dt)?).unwrap_or(());
         args.push(format!("x{k}"));
     }
@@ -688,7 +690,10 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
         writeln!(body, "struct __align__(16) kiln_vec{k} {{ {} v[KILN_VEC]; }};", storage_type(dt)?).unwrap_or(());
     }
     writeln!(body, "struct __align__(16) kiln_vec_out {{ {out_st} v[KILN_VEC]; }};").unwrap_or(());
-    body.push_str("__device__ __forceinline__ void kiln_vector(const ElemArgs& a, i64 v) {\n");
+    // `col` is `v` modulo the vectors in a row, kept by the loop (see the template).
+    body.push_str(
+        "template <typename I>\n__device__ __forceinline__ void kiln_vector(const ElemArgs& a, I v, I col) {\n",
+    );
     for (k, &dt) in inputs.iter().enumerate() {
         let st = storage_type(dt)?;
         writeln!(body, "    kiln_vec{k} r{k};").unwrap_or(());
@@ -696,7 +701,7 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
             body,
             "    if ((a.scalar_mask >> {k}) & 1) {{ const {st} s = *(const {st}*)a.in[{k}]; \
              for (int j = 0; j < KILN_VEC; ++j) r{k}.v[j] = s; }}\n    \
-             else if ((a.row_mask >> {k}) & 1) r{k} = ((const kiln_vec{k}*)a.in[{k}])[(v * KILN_VEC) % a.row_len / KILN_VEC];\n    \
+             else if ((a.row_mask >> {k}) & 1) r{k} = ((const kiln_vec{k}*)a.in[{k}])[col];\n    \
              else r{k} = ((const kiln_vec{k}*)a.in[{k}])[v];"
         )
         .unwrap_or(());
@@ -722,25 +727,59 @@ fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKe
     })
 }
 
-/// The bytes of the `ElemArgs` kernel parameter for given buffers and a broadcast.
-///
-/// `out_shape` is the output's shape; `strides[k]` the strides in elements of input `k` over
-/// those dims (0 where broadcast), `ptrs` the inputs' device addresses.
-pub fn elementwise_args(
-    kernel: &ElementwiseKernel,
-    ptrs: &[u64],
-    out_ptr: u64,
-    out_shape: &[usize],
-    strides: &[Vec<i64>],
-) -> Result<Vec<u8>> {
+/// How a generated kernel reads its inputs over one output shape, decided from the shapes and
+/// strides alone: the collapsed dims and strides, and which fast paths they allow. The pointers'
+/// alignment, known only at launch, decides the rest (see [`elementwise_args`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElemLayout {
+    /// The output's dims after [`collapse`].
+    pub dims: Vec<usize>,
+    /// Each input's strides over `dims`.
+    pub strides: Vec<Vec<i64>>,
+    /// Elements in the output.
+    pub n: usize,
+    /// Bit k: input k is a single element.
+    pub scalar_mask: i32,
+    /// Bit k: input k is one row of `row_len` elements repeated for every row of the output.
+    pub row_mask: i32,
+    /// The row length of the row inputs: the last collapsed dim, a multiple of the kernel's
+    /// vector width; the vector width itself where no input is a row.
+    pub row_len: usize,
+    /// Every input is a single element, a row, or read in full in the output's order, so the
+    /// vector path may be taken if every pointer is 16-byte aligned.
+    pub vector: bool,
+    /// `n` and every input's largest offset are below 2^31: 32-bit indices suffice.
+    pub index32: bool,
+}
+
+/// The fast paths [`elementwise_args`] may choose, all on by default; tests turn one off to
+/// exercise the fallback (the strided path, 64-bit indices) on small tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElemPaths {
+    /// The vector path, where the layout and the pointers allow it.
+    pub vector: bool,
+    /// 32-bit index math, where every index fits.
+    pub index32: bool,
+}
+
+impl Default for ElemPaths {
+    fn default() -> ElemPaths {
+        ElemPaths { vector: true, index32: true }
+    }
+}
+
+/// The layout of `kernel` over an output of `out_shape` with input `k` read at `strides[k]`.
+pub fn elementwise_layout(kernel: &ElementwiseKernel, out_shape: &[usize], strides: &[Vec<i64>]) -> Result<ElemLayout> {
     let n_in = kernel.inputs.len();
-    if ptrs.len() != n_in || strides.len() != n_in {
+    if strides.len() != n_in {
         return Err(CudaError::Invalid(format!(
-            "{} takes {n_in} inputs, got {} pointers and {} stride lists",
+            "{} takes {n_in} inputs, got {} stride lists",
             kernel.name,
-            ptrs.len(),
             strides.len()
         )));
+    }
+    if let Some(s) = strides.iter().flatten().find(|&&s| s < 0) {
+        return Err(CudaError::Invalid(format!("{}: negative stride {s}", kernel.name)));
     }
     // Dims of size 1 carry nothing; merge neighbours that every input reads alike.
     let (dims, strides) = collapse(out_shape, strides)?;
@@ -752,50 +791,125 @@ pub fn elementwise_args(
         )));
     }
     let n: usize = out_shape.iter().product();
-    // One bit per input; past 30 inputs the vector path is off and the mask unused.
-    let scalar_mask: i32 =
-        (0..n_in.min(30)).filter(|&k| strides[k].iter().all(|&s| s == 0)).fold(0, |m, k| m | (1 << k));
+    // One bit per input; past 30 inputs the vector path is off and the masks unused.
+    let masked = n_in <= 30;
+    let mask = |f: &dyn Fn(&[i64]) -> bool| -> i32 {
+        if masked {
+            (0..n_in).filter(|&k| f(&strides[k])).fold(0, |m, k| m | (1 << k))
+        } else {
+            0
+        }
+    };
+    let scalar_mask = mask(&|s| s.iter().all(|&x| x == 0));
     // Contiguous: the strides are the row-major strides of the output.
     let mut contiguous_strides = vec![0i64; dims.len()];
     let mut acc = 1i64;
     for d in (0..dims.len()).rev() {
         contiguous_strides[d] = acc;
-        acc *= dims[d] as i64;
+        acc = acc.saturating_mul(dims[d] as i64);
     }
     // A row: read along the last dim only, a whole number of vectors long.
-    let row_len = dims.last().copied().unwrap_or(1);
-    let row_ok = dims.len() >= 2 && row_len.is_multiple_of(kernel.vec);
-    let row_mask: i32 = (0..n_in.min(30))
-        .filter(|&k| {
-            let s = &strides[k];
-            row_ok && s.last() == Some(&1) && s[..s.len() - 1].iter().all(|&x| x == 0)
-        })
-        .fold(0, |m, k| m | (1 << k));
-    let vec_ok = n_in <= 30
-        && (0..n_in).all(|k| {
-            (scalar_mask >> k) & 1 == 1
-                || (ptrs[k].is_multiple_of(16) && (strides[k] == contiguous_strides || (row_mask >> k) & 1 == 1))
-        })
+    let last = dims.last().copied().unwrap_or(1);
+    let row_ok = dims.len() >= 2 && last > 0 && last.is_multiple_of(kernel.vec);
+    let row_mask = mask(&|s| row_ok && s.last() == Some(&1) && s[..s.len() - 1].iter().all(|&x| x == 0));
+    let vector = masked
+        && (0..n_in)
+            .all(|k| (scalar_mask >> k) & 1 == 1 || (row_mask >> k) & 1 == 1 || strides[k] == contiguous_strides);
+    // The largest offset of each input, at the output's last coordinate.
+    const LIMIT: i128 = 1 << 31;
+    let index32 = (n as i128) < LIMIT
+        && strides.iter().all(|s| {
+            let top: i128 = dims.iter().zip(s).map(|(&d, &st)| (d as i128 - 1) * st as i128).sum();
+            top < LIMIT
+        });
+    Ok(ElemLayout {
+        row_len: if row_mask != 0 { last } else { kernel.vec },
+        dims,
+        strides,
+        n,
+        scalar_mask,
+        row_mask,
+        vector,
+        index32,
+    })
+}
+
+/// The launch of `kernel` over `out_shape`, sized for the path its layout allows: a vector of
+/// `kernel.vec` elements per thread where the vector path may be taken, else an element per
+/// thread, capped at [`launch::ELEMENTWISE_MAX_BLOCKS`](crate::launch::ELEMENTWISE_MAX_BLOCKS)
+/// blocks. Any grid is correct (the kernel's loops are grid-stride), so a launch whose pointers
+/// turn out misaligned still covers every element, with fewer threads than it could use.
+pub fn elementwise_launch(
+    kernel: &ElementwiseKernel,
+    out_shape: &[usize],
+    strides: &[Vec<i64>],
+) -> Result<crate::driver::LaunchConfig> {
+    let l = elementwise_layout(kernel, out_shape, strides)?;
+    // The vector loop's threads also take the scalar tail (fewer than `vec` elements).
+    let work = if l.vector { (l.n / kernel.vec).max(1) } else { l.n };
+    Ok(crate::launch::elementwise(work as u64))
+}
+
+/// The bytes of the `ElemArgs` kernel parameter for given buffers and a broadcast.
+///
+/// `out_shape` is the output's shape; `strides[k]` the strides in elements of input `k` over
+/// those dims (0 where broadcast), `ptrs` the inputs' device addresses.
+pub fn elementwise_args(
+    kernel: &ElementwiseKernel,
+    ptrs: &[u64],
+    out_ptr: u64,
+    out_shape: &[usize],
+    strides: &[Vec<i64>],
+) -> Result<Vec<u8>> {
+    elementwise_args_with(kernel, ptrs, out_ptr, out_shape, strides, ElemPaths::default())
+}
+
+/// [`elementwise_args`] with only the fast paths `paths` allows.
+pub fn elementwise_args_with(
+    kernel: &ElementwiseKernel,
+    ptrs: &[u64],
+    out_ptr: u64,
+    out_shape: &[usize],
+    strides: &[Vec<i64>],
+    paths: ElemPaths,
+) -> Result<Vec<u8>> {
+    let n_in = kernel.inputs.len();
+    if ptrs.len() != n_in || strides.len() != n_in {
+        return Err(CudaError::Invalid(format!(
+            "{} takes {n_in} inputs, got {} pointers and {} stride lists",
+            kernel.name,
+            ptrs.len(),
+            strides.len()
+        )));
+    }
+    let l = elementwise_layout(kernel, out_shape, strides)?;
+    // A scalar is read one element at a time, so only the others need 16-byte alignment.
+    let vec_ok = paths.vector
+        && l.vector
+        && (0..n_in).all(|k| (l.scalar_mask >> k) & 1 == 1 || ptrs[k].is_multiple_of(16))
         && out_ptr.is_multiple_of(16);
+    let index32 = paths.index32 && l.index32;
     let mut b = Vec::new();
     for p in ptrs {
         b.extend(p.to_ne_bytes());
     }
     b.extend(out_ptr.to_ne_bytes());
-    b.extend((n as i64).to_ne_bytes());
+    b.extend((l.n as i64).to_ne_bytes());
     for d in 0..MAX_RANK {
-        b.extend((*dims.get(d).unwrap_or(&1) as i64).to_ne_bytes());
+        b.extend((*l.dims.get(d).unwrap_or(&1) as i64).to_ne_bytes());
     }
-    for s in &strides {
+    for s in &l.strides {
         for d in 0..MAX_RANK {
             b.extend(s.get(d).copied().unwrap_or(0).to_ne_bytes());
         }
     }
-    b.extend((dims.len() as i32).to_ne_bytes());
+    b.extend((l.dims.len() as i32).to_ne_bytes());
     b.extend((vec_ok as i32).to_ne_bytes());
-    b.extend(scalar_mask.to_ne_bytes());
-    b.extend(row_mask.to_ne_bytes());
-    b.extend((row_len as i64).to_ne_bytes());
+    b.extend(l.scalar_mask.to_ne_bytes());
+    b.extend(l.row_mask.to_ne_bytes());
+    b.extend((l.row_len as i64).to_ne_bytes());
+    b.extend((index32 as i32).to_ne_bytes());
+    b.extend(0i32.to_ne_bytes());
     Ok(b)
 }
 
@@ -956,13 +1070,17 @@ mod tests {
         let full = vec![4i64, 1];
         let scalar = vec![0i64, 0];
         let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), scalar.clone()]).unwrap();
-        assert_eq!(b.len(), words + 24);
+        assert_eq!(b.len(), words + 32);
+        assert_eq!(field(&b, words + 24), 1, "32-bit indices");
         assert_eq!((field(&b, words), field(&b, words + 4), field(&b, words + 8)), (1, 1, 0b10));
         // A misaligned pointer or a transposed read takes the strided path.
         let b = elementwise_args(&k, &[260, 512], 1024, &[3, 4], &[full.clone(), scalar]).unwrap();
         assert_eq!(field(&b, words + 4), 0);
         let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full.clone(), vec![1, 3]]).unwrap();
         assert_eq!((field(&b, words), field(&b, words + 4)), (2, 0));
+        // A misaligned scalar does not matter: it is read one element at a time.
+        let b = elementwise_args(&k, &[256, 514], 1024, &[3, 4], &[full.clone(), vec![0, 0]]).unwrap();
+        assert_eq!(field(&b, words + 4), 1);
         // A bias row of 4 (one f32 vector) over [3, 4] keeps the vector path; a row of 6 does
         // not (a vector would straddle two rows).
         let b = elementwise_args(&k, &[256, 512], 1024, &[3, 4], &[full, vec![0, 1]]).unwrap();
@@ -977,5 +1095,129 @@ mod tests {
         let b = elementwise_args(&k, &[256; 40], 1024, &[3, 4], &vec![vec![0, 0]; 40]).unwrap();
         let at = 8 * (40 + 1 + 1 + 8 + 40 * 8);
         assert_eq!(field(&b, at + 4), 0);
+    }
+
+    fn add_f16() -> ElementwiseKernel {
+        elementwise_kernel(&Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2), &[DType::F16, DType::F16]).unwrap()
+    }
+
+    #[test]
+    fn a_bias_row_takes_the_vector_path_with_a_grid_of_vectors() {
+        // BERT-base's FFN epilogue at batch 32: [32, 128, 3072] f16 plus a [3072] bias.
+        let k = add_f16();
+        let out = [32, 128, 3072];
+        let strides = [broadcast_strides(&out, &out).unwrap(), broadcast_strides(&[3072], &out).unwrap()];
+        let l = elementwise_layout(&k, &out, &strides).unwrap();
+        assert_eq!(l.dims, vec![4096, 3072]);
+        assert_eq!((l.vector, l.index32, l.scalar_mask, l.row_mask, l.row_len), (true, true, 0, 0b10, 3072));
+        // One vector of 8 per thread: 12582912 / 8 / 256 blocks, not one thread per element.
+        let cfg = elementwise_launch(&k, &out, &strides).unwrap();
+        assert_eq!((cfg.grid, cfg.block), ((6144, 1, 1), (256, 1, 1)));
+        // Larger outputs stop at the cap and loop.
+        let big = [64, 1024, 3072];
+        let strides = [broadcast_strides(&big, &big).unwrap(), broadcast_strides(&[3072], &big).unwrap()];
+        let cfg = elementwise_launch(&k, &big, &strides).unwrap();
+        assert_eq!(cfg.grid.0 as u64, crate::launch::ELEMENTWISE_MAX_BLOCKS);
+        // A row that is not a whole number of vectors, or a transposed read: an element per thread.
+        let odd = [5, 12];
+        let strides = [broadcast_strides(&odd, &odd).unwrap(), broadcast_strides(&[12], &odd).unwrap()];
+        let l = elementwise_layout(&k, &odd, &strides).unwrap();
+        assert_eq!((l.vector, l.row_mask, l.row_len), (false, 0, 8));
+        let t = [4096, 512];
+        let cfg = elementwise_launch(&k, &t, &[vec![512, 1], vec![1, 4096]]).unwrap();
+        assert_eq!(cfg.grid.0, 4096 * 512 / 256);
+    }
+
+    #[test]
+    fn the_scalar_tail_is_covered_by_the_vector_grid() {
+        let k = add_f16();
+        // 4099 = 512 vectors of 8 and 3 elements: two blocks, whose first threads take the tail.
+        let strides = [vec![1], vec![0]];
+        let l = elementwise_layout(&k, &[4099], &strides).unwrap();
+        assert!(l.vector && l.index32);
+        assert_eq!((l.scalar_mask, l.row_mask, l.row_len), (0b10, 0, 8), "no row: the row is one vector");
+        assert_eq!(elementwise_launch(&k, &[4099], &strides).unwrap().grid.0, 2);
+        // Fewer elements than a vector: one block.
+        assert_eq!(elementwise_launch(&k, &[5], &strides).unwrap().grid.0, 1);
+        assert_eq!(elementwise_launch(&k, &[0], &strides).unwrap().grid.0, 1);
+    }
+
+    #[test]
+    fn index_width_follows_the_largest_offset() {
+        let k = add_f16();
+        let n31 = 1usize << 31;
+        // n itself at 2^31: 64-bit.
+        let l = elementwise_layout(&k, &[n31], &[vec![1], vec![1]]).unwrap();
+        assert!(!l.index32);
+        let l = elementwise_layout(&k, &[n31 - 1], &[vec![1], vec![0]]).unwrap();
+        assert!(l.index32);
+        // A small output read through a large stride: the last offset decides.
+        let l = elementwise_layout(&k, &[1024], &[vec![1], vec![1 << 21]]).unwrap();
+        assert!(l.index32, "1023 * 2^21 < 2^31");
+        let l = elementwise_layout(&k, &[1025], &[vec![1], vec![1 << 21]]).unwrap();
+        assert!(!l.index32, "1024 * 2^21 = 2^31");
+        // The flag, and the paths a test may turn off.
+        let word = |b: &[u8], at: usize| i32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        let at = 8 * (2 + 1 + 1 + 8 + 16);
+        let strides = [vec![8, 1], vec![0, 1]];
+        let b = elementwise_args(&k, &[256, 512], 1024, &[3, 8], &strides).unwrap();
+        assert_eq!((word(&b, at + 4), word(&b, at + 24)), (1, 1));
+        let paths = ElemPaths { vector: false, index32: false };
+        let b = elementwise_args_with(&k, &[256, 512], 1024, &[3, 8], &strides, paths).unwrap();
+        assert_eq!((word(&b, at + 4), word(&b, at + 24)), (0, 0));
+        assert!(elementwise_layout(&k, &[3], &[vec![1], vec![-1]]).is_err());
+    }
+
+    #[test]
+    fn collapse_merges_the_dims_of_a_permuted_input() {
+        // An NCHW output [2, 3, 4, 5] plus an NHWC buffer [2, 4, 5, 3] read in NCHW order:
+        // H and W are contiguous for both and merge; C is not and stays apart from N.
+        let out = [2, 3, 4, 5];
+        let nchw = broadcast_strides(&out, &out).unwrap();
+        let nhwc = vec![60, 1, 15, 3];
+        let (dims, s) = collapse(&out, &[nchw.clone(), nhwc.clone()]).unwrap();
+        assert_eq!(dims, vec![2, 3, 20]);
+        assert_eq!(s, vec![vec![60, 20, 1], vec![60, 1, 3]]);
+        // A per-channel [1, 3, 1, 1] scale over NHWC data read through NCHW strides too.
+        let chan = broadcast_strides(&[1, 3, 1, 1], &out).unwrap();
+        let (dims, s) = collapse(&out, &[nhwc, chan]).unwrap();
+        assert_eq!(dims, vec![2, 3, 20]);
+        assert_eq!(s, vec![vec![60, 1, 3], vec![0, 1, 0]]);
+        let k = add_f16();
+        let l = elementwise_layout(&k, &out, &[nchw, vec![60, 1, 15, 3]]).unwrap();
+        assert_eq!((l.dims.len(), l.vector), (3, false));
+    }
+
+    #[test]
+    fn float_math_stays_in_f32() {
+        // The expressions of f32 and f16 kernels call the f32 functions and never convert to
+        // double (a double op runs at a fraction of the f32 rate).
+        let ops = [
+            UnaryOp::Erf,
+            UnaryOp::Exp,
+            UnaryOp::Tanh,
+            UnaryOp::Sigmoid,
+            UnaryOp::Gelu { tanh: false },
+            UnaryOp::Gelu { tanh: true },
+            UnaryOp::Softplus,
+            UnaryOp::Mish,
+            UnaryOp::Elu { alpha: 1.0 },
+            UnaryOp::HardSwish,
+            UnaryOp::Round,
+        ];
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            for u in ops {
+                let k = elementwise_kernel(&Expr::op(ElementwiseOp::Unary(u), 1), &[dt]).unwrap();
+                let e = k.generated.split("kiln_expr(").nth(1).unwrap_or_default();
+                let e = &e[..e.find("\n}").unwrap_or(e.len())];
+                assert!(!e.contains("double"), "{u:?} on {dt}: {e}");
+                for f in ["erf(", "exp(", "tanh(", "log1p(", "rint(", "fmax(", "fmin("] {
+                    assert!(!e.contains(&format!(" {f}")) && !e.contains(&format!("({f}")), "{u:?} on {dt}: {e}");
+                }
+            }
+        }
+        let g = elementwise_kernel(&Expr::op(ElementwiseOp::Unary(UnaryOp::Gelu { tanh: false }), 1), &[DType::F16])
+            .unwrap();
+        assert!(g.generated.contains("erff("), "{}", g.generated);
     }
 }

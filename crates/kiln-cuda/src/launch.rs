@@ -18,6 +18,18 @@ pub fn grid_stride(n: u64) -> LaunchConfig {
     LaunchConfig::linear(n.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32, THREADS)
 }
 
+/// Blocks of a generated elementwise kernel are capped here, past which each thread loops:
+/// about eight waves of the largest parts (an H100 or H200 holds 132 SMs x 8 blocks of 256
+/// threads at once), enough to hide memory latency, while a thread's setup (the vector path's
+/// row column) is paid once for all its iterations.
+pub const ELEMENTWISE_MAX_BLOCKS: u64 = 8192;
+
+/// The launch of a generated elementwise kernel over `work` items (vectors or elements, one per
+/// thread up to the cap).
+pub fn elementwise(work: u64) -> LaunchConfig {
+    LaunchConfig::linear(work.div_ceil(THREADS as u64).clamp(1, ELEMENTWISE_MAX_BLOCKS) as u32, THREADS)
+}
+
 /// Most threads a per-row block gets. At 256 threads every kernel can launch whatever
 /// registers the compiler gave it (65536 per SM / 256 = 255, the most a thread can have),
 /// which 1024 would not guarantee; a thread then loops over n / 256 elements.

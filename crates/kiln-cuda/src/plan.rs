@@ -656,7 +656,8 @@ impl Planner<'_> {
                 k.output, self.plan.buffers[out].dtype
             )));
         }
-        let n: usize = shape.iter().product();
+        let strides: Vec<Vec<i64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+        let config = crate::codegen::elementwise_launch(&k, shape, &strides)?;
         let kernel = k.name.clone();
         let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
             Some(i) => i,
@@ -670,7 +671,7 @@ impl Planner<'_> {
             StepKind::Kernel(KernelStep {
                 module: ModuleRef::Generated(index),
                 kernel,
-                config: launch::grid_stride(n as u64),
+                config,
                 args: vec![Arg::Elementwise { inputs, output: out }],
             }),
         );

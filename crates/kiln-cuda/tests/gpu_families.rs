@@ -6,8 +6,8 @@
 //! instead, so a GPU run can never pass by skipping.
 
 use kiln_cpu::eval_op;
-use kiln_cuda::codegen::{broadcast_strides, elementwise_args, elementwise_kernel};
-use kiln_cuda::driver::Param;
+use kiln_cuda::codegen::{broadcast_strides, elementwise_args_with, elementwise_kernel, elementwise_launch, ElemPaths};
+use kiln_cuda::driver::{LaunchConfig, Param};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::launch::{self, AttnArgs, AttnStrides, PoolArgs, ResizeArgs};
 use kiln_cuda::library::{DeviceTensor, KernelLibrary};
@@ -30,17 +30,30 @@ use common::*;
 // ---------------------------------------------------------------------------------------------
 // Elementwise (generated)
 
-/// Runs a generated kernel over device inputs read with the given strides.
+/// Runs a generated kernel over device inputs read with the given strides, launched as the
+/// planner launches it.
 fn run_expr(lib: &KernelLibrary, e: &Expr, ins: &[(&DeviceTensor, Vec<i64>)], out_shape: &[usize]) -> Tensor {
+    run_expr_with(lib, e, ins, out_shape, ElemPaths::default(), None)
+}
+
+/// [`run_expr`] with only the fast paths `paths` allows, and the grid `grid` where given.
+fn run_expr_with(
+    lib: &KernelLibrary,
+    e: &Expr,
+    ins: &[(&DeviceTensor, Vec<i64>)],
+    out_shape: &[usize],
+    paths: ElemPaths,
+    grid: Option<LaunchConfig>,
+) -> Tensor {
     let dts: Vec<DType> = ins.iter().map(|(t, _)| t.dtype).collect();
     let k = elementwise_kernel(e, &dts).unwrap_or_else(|err| panic!("{e}: {err}"));
     let out = lib.zeros(k.output, out_shape).unwrap();
     let ptrs: Vec<u64> = ins.iter().map(|(t, _)| lib.addr(t)).collect();
     let strides: Vec<Vec<i64>> = ins.iter().map(|(_, s)| s.clone()).collect();
-    let args = elementwise_args(&k, &ptrs, lib.addr(&out), out_shape, &strides).unwrap();
+    let args = elementwise_args_with(&k, &ptrs, lib.addr(&out), out_shape, &strides, paths).unwrap();
     let (_m, kernel) = lib.generated(&k).unwrap();
-    let n: usize = out_shape.iter().product();
-    lib.gpu().launch(kernel, launch::grid_stride(n as u64), &[Param(args)]).unwrap();
+    let cfg = grid.unwrap_or_else(|| elementwise_launch(&k, out_shape, &strides).unwrap());
+    lib.gpu().launch(kernel, cfg, &[Param(args)]).unwrap();
     lib.download(&out).unwrap()
 }
 
@@ -130,6 +143,101 @@ fn elementwise_matches_cpu() {
             ];
             let got = run_expr(lib, &sel, &ins, &[n, 4]);
             check_close(&format!("where+cast {dt} n={n}"), &got, &cpu(fused(&sel), &[&c, &xx, &y]), 0.0, 0.0);
+        }
+    }
+}
+
+/// Every path of the generated kernels against the CPU: the vector path with a repeated bias
+/// row and a scalar, the scalar tail, 32- and 64-bit indices, the strided path over collapsed
+/// dims with a permuted input, and grids of any size (the loops are grid-stride, and the vector
+/// loop carries the bias column from one iteration to the next).
+#[test]
+fn elementwise_paths_match_cpu() {
+    let Some(lib) = lib() else { return };
+    let mut rng = Rng::new(7);
+    // gelu(acc + bias) * scale in the erf form, as the FFN epilogue of BERT computes it.
+    let gelu_bias = |dt: DType| Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            ExprNode::Input(1),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[0, 1]),
+            ExprNode::Scalar { value: std::f64::consts::SQRT_2, dtype: dt },
+            node(ElementwiseOp::Binary(BinaryOp::Div), &[2, 3]),
+            node(ElementwiseOp::Unary(UnaryOp::Erf), &[4]),
+            ExprNode::Scalar { value: 1.0, dtype: dt },
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[5, 6]),
+            node(ElementwiseOp::Binary(BinaryOp::Mul), &[2, 7]),
+            ExprNode::Input(2),
+            node(ElementwiseOp::Binary(BinaryOp::Mul), &[8, 9]),
+        ],
+    };
+    let all = [
+        ElemPaths::default(),
+        ElemPaths { vector: true, index32: false },
+        ElemPaths { vector: false, index32: true },
+        ElemPaths { vector: false, index32: false },
+    ];
+    // Grids smaller than the work, so every thread loops; 3 and 7 blocks step the vector index
+    // by a number of threads that is no multiple of the row's vectors.
+    let grids = [
+        None,
+        Some(LaunchConfig::linear(1, 256)),
+        Some(LaunchConfig::linear(3, 256)),
+        Some(LaunchConfig::linear(7, 64)),
+    ];
+    for dt in [DType::F32, DType::F16] {
+        let (atol, rtol) = tol(dt);
+        let e = gelu_bias(dt);
+        // Rows of 3072 (BERT), 40 (10 f32 or 5 f16 vectors) and 12 (no whole f16 vector: strided).
+        for (rows, cols) in [(37, 3072), (50, 40), (9, 12)] {
+            let acc = rand_tensor(&mut rng, &[rows, cols], -3.0, 3.0, dt);
+            let bias = rand_tensor(&mut rng, &[cols], -1.0, 1.0, dt);
+            let scale = rand_tensor(&mut rng, &[], 0.5, 1.5, dt);
+            let want = cpu(fused(&e), &[&acc, &bias, &scale]);
+            let (da, db, ds) = (lib.upload(&acc).unwrap(), lib.upload(&bias).unwrap(), lib.upload(&scale).unwrap());
+            let out = [rows, cols];
+            let ins = [
+                (&da, vec![cols as i64, 1]),
+                (&db, broadcast_strides(&[cols], &out).unwrap()),
+                (&ds, broadcast_strides(&[], &out).unwrap()),
+            ];
+            for paths in all {
+                for grid in grids {
+                    let got = run_expr_with(lib, &e, &ins, &out, paths, grid);
+                    let what = format!("gelu(acc+bias)*s {dt} [{rows}, {cols}] {paths:?} grid {grid:?}");
+                    check_close(&what, &got, &want, atol, rtol);
+                }
+            }
+        }
+        // Contiguous with a scalar tail: 8 * 1000 + 5 elements (f16 vectors of 8, f32 of 4).
+        let n = 8005;
+        let x = rand_tensor(&mut rng, &[n], -6.0, 6.0, dt);
+        let y = rand_tensor(&mut rng, &[n], -6.0, 6.0, dt);
+        let add = Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2);
+        let want = cpu(fused(&add), &[&x, &y]);
+        let (dx, dy) = (lib.upload(&x).unwrap(), lib.upload(&y).unwrap());
+        for paths in all {
+            for grid in grids {
+                let got = run_expr_with(lib, &add, &[(&dx, vec![1]), (&dy, vec![1])], &[n], paths, grid);
+                check_close(&format!("add {dt} n={n} {paths:?} grid {grid:?}"), &got, &want, atol, rtol);
+            }
+        }
+        // Channels-last data read in NCHW order plus a per-channel bias: the strided path, with
+        // H and W collapsed into one dim.
+        let (nb, c, h, w) = (3, 8, 7, 9);
+        let nhwc = rand_tensor(&mut rng, &[nb, h, w, c], -2.0, 2.0, dt);
+        let chan = rand_tensor(&mut rng, &[1, c, 1, 1], -1.0, 1.0, dt);
+        let nchw = cpu(Op::Layout(LayoutOp::Transpose { perm: Some(vec![0, 3, 1, 2]) }), &[&nhwc]);
+        let want = cpu(fused(&add), &[&nchw, &chan]);
+        let (dn, dc) = (lib.upload(&nhwc).unwrap(), lib.upload(&chan).unwrap());
+        let out = [nb, c, h, w];
+        let read = vec![(h * w * c) as i64, 1, (w * c) as i64, c as i64];
+        let ins = [(&dn, read), (&dc, broadcast_strides(&[1, c, 1, 1], &out).unwrap())];
+        for paths in all {
+            for grid in grids {
+                let got = run_expr_with(lib, &add, &ins, &out, paths, grid);
+                check_close(&format!("nhwc+channel {dt} {paths:?} grid {grid:?}"), &got, &want, atol, rtol);
+            }
         }
     }
 }
