@@ -215,7 +215,7 @@ pub fn to_fp16(
     use kiln_ir::passes::{DeadCodeElimination, InferTypes, ToFp16};
     let cx = PassContext::default();
     PassManager::new(vec![Box::new(InferTypes)]).always_verify(true).run(graph, &cx)?;
-    let report = ToFp16 { keep_fp32 }.convert(graph)?;
+    let report = ToFp16 { keep_fp32, ..ToFp16::default() }.convert(graph)?;
     PassManager::new(vec![Box::new(InferTypes), Box::new(DeadCodeElimination)]).always_verify(true).run(graph, &cx)?;
     Ok(report)
 }
