@@ -420,6 +420,38 @@ template <typename T> __device__ __forceinline__ unsigned attn_ld2(const T* p, b
     return (unsigned)u[0] | ((unsigned)u[1] << 16);
 }
 
+__device__ __forceinline__ void attn_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most N of the committed groups are still in flight.
+template <int N> __device__ __forceinline__ void attn_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Starts loading keys t0 .. t0 + ATTN_MMA_KT of X (K or V, row stride `ss`) into `tile` (rows
+// of pitch D + 8): 16-byte cp.async pieces where `vec`, zeros (src-size 0) past `sk`; element
+// by element, synchronously, where rows are not 16-byte aligned.
+template <typename T, int D, int W>
+__device__ __forceinline__ void attn_load_tile(T* tile, const T* X, i64 ss, i64 t0, i64 sk, bool vec) {
+    constexpr int LD = D + 8, CH = D / 8;
+#pragma unroll 4
+    for (int c = threadIdx.x; c < ATTN_MMA_KT * CH; c += W * 32) {
+        const int r = c / CH, col = (c % CH) * 8;
+        const i64 key = t0 + r;
+        T* dst = &tile[r * LD + col];
+        if (vec) {
+            const bool in = key < sk;
+            const T* src = in ? X + key * ss + col : X;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(attn_smem_addr(dst)), "l"(src),
+                         "r"(in ? 16 : 0));
+        } else {
+            const unsigned short* p = (const unsigned short*)X + key * ss + col;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (key < sk)
+                v = make_uint4(p[0] | ((unsigned)p[1] << 16), p[2] | ((unsigned)p[3] << 16),
+                               p[4] | ((unsigned)p[5] << 16), p[6] | ((unsigned)p[7] << 16));
+            *(uint4*)dst = v;
+        }
+    }
+}
+
 template <typename T, int D, int W>
 __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     constexpr int KT = ATTN_MMA_KT;
@@ -469,31 +501,16 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         const i64 last = ((i64)blockIdx.x + 1) * W * 16 - 1 + a.causal_offset + 1;
         kend = last < kend ? (last < 0 ? 0 : last) : kend;
     }
-    const unsigned short* Ku = (const unsigned short*)K;
-    const unsigned short* Vu = (const unsigned short*)V;
 
+    // Tiles move with cp.async: K of the next tile loads while this one's softmax and P V
+    // run, V while its scores are computed (groups in order: K0 V0 K1 V1 ...).
+    attn_load_tile<T, D, W>(ks, K, a.k_ss, 0, a.sk, kv_vec);
+    attn_commit();
+    attn_load_tile<T, D, W>(vs, V, a.v_ss, 0, a.sk, kv_vec);
+    attn_commit();
     for (i64 t0 = 0; t0 < kend; t0 += KT) {
-        __syncthreads();  // the previous tile is consumed
-        for (int c = threadIdx.x; c < KT * CH; c += W * 32) {
-            const int r = c / CH, col = (c % CH) * 8;
-            const i64 key = t0 + r;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-            if (key < a.sk) {
-                if (kv_vec) {
-                    kv = *(const uint4*)(K + key * a.k_ss + col);
-                    vv = *(const uint4*)(V + key * a.v_ss + col);
-                } else {
-                    const unsigned short* kp = Ku + key * a.k_ss + col;
-                    const unsigned short* vp = Vu + key * a.v_ss + col;
-                    kv = make_uint4(kp[0] | ((unsigned)kp[1] << 16), kp[2] | ((unsigned)kp[3] << 16),
-                                    kp[4] | ((unsigned)kp[5] << 16), kp[6] | ((unsigned)kp[7] << 16));
-                    vv = make_uint4(vp[0] | ((unsigned)vp[1] << 16), vp[2] | ((unsigned)vp[3] << 16),
-                                    vp[4] | ((unsigned)vp[5] << 16), vp[6] | ((unsigned)vp[7] << 16));
-                }
-            }
-            *(uint4*)&ks[r * LD + col] = kv;
-            *(uint4*)&vs[r * LD + col] = vv;
-        }
+        const bool more = t0 + KT < kend;
+        attn_wait<1>();  // K of this tile (V of it may still be on its way)
         __syncthreads();
         // S = Q K^T: key tile j's B fragments are rows j * 8.. of K, two k-steps per ldmatrix.
         float s[NS][4];
@@ -508,6 +525,9 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
                 attn_mma<T>(s[j], qf[kk + 1], kb + 2);
             }
         }
+        __syncthreads();  // every warp has read this K tile
+        if (more) attn_load_tile<T, D, W>(ks, K, a.k_ss, t0 + KT, a.sk, kv_vec);
+        attn_commit();
         // Scale and bias; the tile's maximum of rows a and b.
         float tmax_a = ninf, tmax_b = ninf;
 #pragma unroll
@@ -567,6 +587,8 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
             o[n][2] *= al_b;
             o[n][3] *= al_b;
         }
+        attn_wait<1>();  // V of this tile (the next K may still be on its way)
+        __syncthreads();
         // O += P V: the score accumulators of key tiles 2kk and 2kk + 1 are the A fragment of
         // k-step kk; V's B fragments come transposed, two output tiles per ldmatrix.
 #pragma unroll
@@ -584,7 +606,11 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
                 attn_mma<T>(o[n + 1], pa, vb + 2);
             }
         }
+        __syncthreads();  // every warp has read this V tile
+        if (more) attn_load_tile<T, D, W>(vs, V, a.v_ss, t0 + KT, a.sk, kv_vec);
+        attn_commit();
     }
+    attn_wait<0>();
 #pragma unroll
     for (int x = 1; x < 4; x <<= 1) {
         l_a += __shfl_xor_sync(0xffffffffu, l_a, x);
