@@ -12,7 +12,8 @@
 # STAGES (default all but soak): tests conformance bench soak. `soak` exports ResNet-50 and
 # BERT-base and runs 8 threads with their own contexts on each for KILN_SOAK_SECONDS (300 by
 # default), both models at once (KILN_SOAK_MODELS picks them; one alone keeps the memory check
-# free of the other process). `run` sets KILN_REQUIRE_GPU=1, so a missing
+# free of the other process). KILN_TESTS="crate:test ..." runs a subset of the GPU tests.
+# `run` sets KILN_REQUIRE_GPU=1, so a missing
 # driver, device or NVRTC fails instead of skipping. Logs go to $OUT (or ./gpu-check-logs):
 # summary.txt, the benchmark table bench.md and bench.json, the conformance list
 # not_passing.txt, and logs.tar.gz with everything else. Exits non-zero if a test failed.
@@ -85,7 +86,10 @@ run() {
     nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader > "$summary" 2>&1
     if [[ " $stages " == *" tests "* ]]; then
         local table="binary passed failed seconds"
-        for t in "${TESTS[@]}"; do
+        # KILN_TESTS (space-separated crate:test names) runs a subset.
+        local tests
+        read -r -a tests <<< "${KILN_TESTS:-${TESTS[*]}}"
+        for t in "${tests[@]}"; do
             local bin="$GPU/tests/${t/:/-}" t0=$SECONDS
             [[ -x "$bin" ]] || { echo "no $bin: run 'gpu_check.sh build' first" >&2; exit 1; }
             # One test thread: tests share one GPU.
