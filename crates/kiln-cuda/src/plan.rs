@@ -348,12 +348,16 @@ struct Planner<'g> {
     values: HashMap<Value, BufferId>,
     /// The channels-last buffer of each value kept NHWC (see [`channels_last`]).
     nhwc: HashMap<Value, BufferId>,
+    /// Whether f32 2-D convolutions run channels-last too: in an FP16 network, whose first
+    /// layers the FP16 policy keeps in f32 (see [`channels_last`]).
+    nhwc_f32: bool,
 }
 
 /// Plans `g`, or fails naming every node that has no GPU lowering.
 pub fn plan(g: &Graph) -> Result<Plan> {
     let order = g.topo_order().map_err(|e| CudaError::Invalid(e.to_string()))?;
-    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new(), nhwc: HashMap::new() };
+    let nhwc_f32 = channels_last::half_convolutions(g);
+    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new(), nhwc: HashMap::new(), nhwc_f32 };
     for (i, &id) in g.inputs.iter().enumerate() {
         p.buffer(Value { node: id, slot: 0 }, BufferKind::Input(i))?;
     }

@@ -112,6 +112,41 @@ fn fp16_cnns_run_channels_last_and_match_the_cpu_reference() {
     }
 }
 
+/// A convolution kept in FP32 inside an FP16 network (as the FP16 policy keeps a deep CNN's
+/// first layers) runs channels-last too, so the network stays NHWC throughout. The plan is
+/// checked everywhere, the results where there is a GPU.
+#[test]
+fn fp32_convolutions_of_an_fp16_network_run_channels_last() {
+    let (g, inputs) = model("digits_cnn.onnx", Some(32));
+    let first = g
+        .node_ids()
+        .find(|&id| g.node(id).op.name().contains("Conv"))
+        .map(|id| g.node(id).name.clone())
+        .unwrap();
+    let mut half = g.clone();
+    let report = kiln::to_fp16(&mut half, [first.clone()].into_iter().collect()).unwrap();
+    assert!(report.kept.iter().any(|k| k.node == first), "{report:?}");
+    let plan = kiln::cuda::plan::plan(&half).unwrap();
+    let convs: Vec<(kiln::ir::DType, bool)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            kiln::cuda::plan::StepKind::Conv(c) => Some((c.dtype, c.channels_last)),
+            _ => None,
+        })
+        .collect();
+    assert!(convs.iter().any(|c| c.0 == kiln::ir::DType::F32), "{convs:?}\n{plan}");
+    assert!(convs.iter().all(|c| c.1), "every convolution channels-last: {convs:?}\n{plan}");
+    if !have_gpu("fp32_convolutions_of_an_fp16_network_run_channels_last") {
+        return;
+    }
+    let want = kiln::run_cpu(&g, &inputs).unwrap();
+    let got = kiln::gpu::run_gpu(&half, &inputs, &fp32()).unwrap();
+    let m = kiln::compare::metrics("digits_cnn", &want[0], &got[0]).unwrap();
+    eprintln!("digits_cnn fp16 with an fp32 first convolution: cosine {:.7}, rel L2 {:.2e}", m.cosine, m.rel_l2);
+    assert!(m.cosine > 0.999 && m.rel_l2 < 1e-2, "{m:?}");
+}
+
 #[test]
 fn cuda_graph_replay_gives_the_direct_result() {
     if !have_gpu("cuda_graph_replay_gives_the_direct_result") {

@@ -54,10 +54,26 @@ pub(super) fn ohwi(t: &Tensor) -> Result<Tensor> {
     crate::host::tensor_from_bytes(t.dtype(), &[k, r, s, c], &dst)
 }
 
+/// Whether `g` has a 2-D convolution over f16 or bf16: an FP16 network. Its f32 convolutions
+/// (the first layers, which the FP16 policy keeps in f32) then run channels-last as well, on
+/// TF32 tensor cores where allowed, so the network is NHWC from its first convolution.
+pub(super) fn half_convolutions(g: &Graph) -> bool {
+    g.node_ids().any(|id| {
+        let conv = matches!(
+            &g.node(id).op,
+            Op::Linalg(LinalgOp::Conv(_)) | Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(_), .. })
+        );
+        conv && g.inputs_of(id).first().copied().flatten().is_some_and(|v| {
+            let ty = &g.value_info(v).ty;
+            matches!(ty.dtype, Some(DType::F16 | DType::BF16)) && ty.shape.as_ref().is_some_and(|s| s.len() == 4)
+        })
+    })
+}
+
 impl Planner<'_> {
     /// Whether a convolution of an input of `shape` in `dtype` runs channels-last.
-    pub(super) fn channels_last_conv(shape: &[usize], dtype: DType) -> bool {
-        shape.len() == 4 && matches!(dtype, DType::F16 | DType::BF16)
+    pub(super) fn channels_last_conv(&self, shape: &[usize], dtype: DType) -> bool {
+        shape.len() == 4 && (matches!(dtype, DType::F16 | DType::BF16) || (dtype == DType::F32 && self.nhwc_f32))
     }
 
     /// The static type of input `slot` of `id`.
@@ -78,7 +94,7 @@ impl Planner<'_> {
         let node = self.g.node(id);
         match &node.op {
             Op::Linalg(LinalgOp::Conv(attrs)) => match self.input_type(id, 0) {
-                Some((dt, xs)) if Self::channels_last_conv(&xs, dt) => {
+                Some((dt, xs)) if self.channels_last_conv(&xs, dt) => {
                     self.conv(id, attrs, node.num_inputs, None, true)?;
                     Ok(true)
                 }
@@ -86,7 +102,7 @@ impl Planner<'_> {
             },
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
                 match self.input_type(id, 0) {
-                    Some((dt, xs)) if Self::channels_last_conv(&xs, dt) => {
+                    Some((dt, xs)) if self.channels_last_conv(&xs, dt) => {
                         self.conv(id, attrs, *base_inputs, Some(expr), true)?;
                         Ok(true)
                     }
