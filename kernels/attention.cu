@@ -480,6 +480,13 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
                         a.v_ss % 8 == 0;
     const bool q_pair = ((unsigned long long)Q & 3) == 0 && a.q_ss % 2 == 0;
 
+    // Tiles move with cp.async: K of the next tile loads while this one's softmax and P V
+    // run, V while its scores are computed (groups in order: K0 V0 K1 V1 ...). The first
+    // tile's loads start before Q's, so that their latencies overlap.
+    attn_load_tile<T, D, W>(ks, K, a.k_ss, 0, a.sk, kv_vec);
+    attn_commit();
+    attn_load_tile<T, D, W>(vs, V, a.v_ss, 0, a.sk, kv_vec);
+    attn_commit();
     // The warp's Q rows as A fragments, for every k-step over the head dim.
     unsigned qf[NK][4];
 #pragma unroll
@@ -502,12 +509,6 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         kend = last < kend ? (last < 0 ? 0 : last) : kend;
     }
 
-    // Tiles move with cp.async: K of the next tile loads while this one's softmax and P V
-    // run, V while its scores are computed (groups in order: K0 V0 K1 V1 ...).
-    attn_load_tile<T, D, W>(ks, K, a.k_ss, 0, a.sk, kv_vec);
-    attn_commit();
-    attn_load_tile<T, D, W>(vs, V, a.v_ss, 0, a.sk, kv_vec);
-    attn_commit();
     for (i64 t0 = 0; t0 < kend; t0 += KT) {
         const bool more = t0 + KT < kend;
         attn_wait<1>();  // K of this tile (V of it may still be on its way)

@@ -69,6 +69,12 @@ fn data_type(dt: DType) -> Result<sys::cudaDataType> {
     })
 }
 
+/// How many of cuBLASLt's ranked algorithms [`GemmCall::tune`] times.
+pub const GEMM_TACTICS: usize = 8;
+
+/// Timed runs of each algorithm in [`GemmCall::tune`].
+pub const TACTIC_RUNS: usize = 5;
+
 /// One GEMM step, ready to enqueue: descriptors, algorithm and device addresses.
 pub struct GemmCall {
     desc: sys::cublasLtMatmulDesc_t,
@@ -181,6 +187,86 @@ impl GemmCall {
             lt::set_matrix_layout_attribute(self.layouts[i], attr, (v as *const T).cast(), std::mem::size_of::<T>())
         }
         .map_err(blas("layout attribute"))
+    }
+
+    /// Times the first [`GEMM_TACTICS`] algorithms of cuBLASLt's ranking on this call's own
+    /// buffers (a warm-up run, then [`TACTIC_RUNS`] timed ones each) and keeps the fastest, as
+    /// TensorRT's tactic selection does: the ranking's first choice is often not the fastest
+    /// for the small products of batch-1 inference. Only before the context runs anything: D
+    /// and the workspace are overwritten. An algorithm that fails to launch is skipped.
+    pub fn tune(&mut self, h: &LtHandle, stream: &cudarc::driver::CudaStream, workspace: u64) -> Result<()> {
+        let algos = self.heuristics(h, GEMM_TACTICS)?;
+        if algos.len() < 2 {
+            return Ok(());
+        }
+        let drv = |e: cudarc::driver::DriverError| CudaError::Library(format!("timing a GEMM tactic: {e}"));
+        let ctx = stream.context();
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (ctx.new_event(flags).map_err(drv)?, ctx.new_event(flags).map_err(drv)?);
+        let mut best: Option<(f32, sys::cublasLtMatmulAlgo_t)> = None;
+        for algo in algos {
+            self.algo = algo;
+            if self.enqueue(h, stream, workspace).is_err() {
+                continue;
+            }
+            start.record(stream).map_err(drv)?;
+            let ran = (0..TACTIC_RUNS).try_for_each(|_| self.enqueue(h, stream, workspace));
+            end.record(stream).map_err(drv)?;
+            let ms = start.elapsed_ms(&end).map_err(drv)?;
+            if ran.is_ok() && best.is_none_or(|(b, _)| ms < b) {
+                best = Some((ms, algo));
+            }
+        }
+        stream.synchronize().map_err(drv)?;
+        match best {
+            Some((_, algo)) => {
+                self.algo = algo;
+                Ok(())
+            }
+            None => Err(CudaError::Library("cuBLASLt: no algorithm of the ranking ran".into())),
+        }
+    }
+
+    /// The first `n` algorithms of cuBLASLt's ranking that fit the workspace.
+    fn heuristics(&self, h: &LtHandle, n: usize) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+        let pref = lt::create_matmul_pref().map_err(blas("preference"))?;
+        #[allow(unsafe_code)]
+        // SAFETY: an all-zero result is a valid value of its plain C fields; cuBLASLt writes at
+        // most `n` of them and says how many. Every descriptor is live and owned by `self`; the
+        // preference is destroyed once, after use.
+        let found = unsafe {
+            let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); n];
+            let mut count: std::ffi::c_int = 0;
+            let ws = self.workspace_bytes as u64;
+            let r = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws as *const u64).cast(),
+                8,
+            )
+            .and_then(|()| {
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    h.0,
+                    self.desc,
+                    self.layouts[0],
+                    self.layouts[1],
+                    self.layouts[2],
+                    self.layouts[2],
+                    pref,
+                    n as std::ffi::c_int,
+                    results.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            r.map(|()| {
+                results.truncate(count.max(0) as usize);
+                results
+            })
+        };
+        let ok = sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+        Ok(found.map_err(blas("algorithm ranking"))?.into_iter().filter(|r| r.state == ok).map(|r| r.algo).collect())
     }
 
     fn heuristic(&self, h: &LtHandle) -> Result<sys::cublasLtMatmulAlgo_t> {

@@ -627,11 +627,7 @@ impl AttnArgs {
         }
         // f16 and bf16 with head size 64 or 128: tensor cores, 16 rows a warp, blocks of four
         // warps where they fill the GPU (BERT-base at batch 32: 768 blocks), else of one.
-        if matches!(dt, "f16" | "bf16")
-            && d == dv
-            && ATTN_MMA_HEAD_SIZES.contains(&d)
-            && self.sq >= ATTN_MMA_MIN_ROWS
-        {
+        if matches!(dt, "f16" | "bf16") && d == dv && ATTN_MMA_HEAD_SIZES.contains(&d) && self.sq >= ATTN_MMA_MIN_ROWS {
             let bh = self.heads as u64 * self.batch as u64;
             let warps = if (self.sq as u64).div_ceil(ATTN_MMA_ROWS * ATTN_MMA_WARPS) * bh >= ATTN_MIN_BLOCKS {
                 ATTN_MMA_WARPS
@@ -642,7 +638,8 @@ impl AttnArgs {
             if gx > u32::MAX as u64 {
                 return Err(CudaError::Invalid(format!("attention over {} query rows is too large", self.sq)));
             }
-            let name = if warps == 1 { format!("attention_mma_w1_d{d}_{dt}") } else { format!("attention_mma_d{d}_{dt}") };
+            let name =
+                if warps == 1 { format!("attention_mma_w1_d{d}_{dt}") } else { format!("attention_mma_d{d}_{dt}") };
             let grid = (gx as u32, self.heads as u32, self.batch as u32);
             return Ok((name, LaunchConfig { grid, block: (32 * warps as u32, 1, 1), shared_bytes: 0 }));
         }

@@ -781,10 +781,17 @@ impl Planner<'_> {
                 None => GemmEpilogue::None,
             }),
             (Some(e), None) if out_dtype == dtype => {
-                let shapes: Vec<Vec<usize>> = extra
-                    .iter()
-                    .map(|&x| if self.plan.buffers[x].dtype == dtype { self.plan.buffers[x].shape.clone() } else { vec![] })
-                    .collect();
+                let shapes: Vec<Vec<usize>> =
+                    extra
+                        .iter()
+                        .map(|&x| {
+                            if self.plan.buffers[x].dtype == dtype {
+                                self.plan.buffers[x].shape.clone()
+                            } else {
+                                vec![]
+                            }
+                        })
+                        .collect();
                 let full = (gemm_c.is_none() && bias.is_none()).then_some(out_shape.as_slice());
                 match (lt_epilogue(e, &shapes, n, full), bias) {
                     (Some(LtEpilogue { relu, gelu, bias: eb, residual }), None) => {

@@ -336,11 +336,7 @@ fn tensor_core_attention() {
             for (c, warps) in [(&wide, "attention_mma_d"), (&narrow, "attention_mma_w1_d")] {
                 let cases: Vec<(String, AttentionAttrs, Vec<Tensor>)> = vec![
                     ("plain".into(), attrs(), vec![]),
-                    (
-                        "additive mask".into(),
-                        attrs(),
-                        vec![rand_tensor(&mut rng, &[c.b, 1, 1, c.sk], -3.0, 3.0, dt)],
-                    ),
+                    ("additive mask".into(), attrs(), vec![rand_tensor(&mut rng, &[c.b, 1, 1, c.sk], -3.0, 3.0, dt)]),
                     ("causal".into(), AttentionAttrs { is_causal: true, ..attrs() }, vec![]),
                     ("softcap".into(), AttentionAttrs { softcap: 2.0, ..attrs() }, vec![]),
                     (

@@ -30,6 +30,10 @@ pub struct ExecOptions {
     /// ResNet-50 slower (1.48 against 0.92 ms at batch 1), since each algorithm is timed alone
     /// on a cold GPU.
     pub autotune: bool,
+    /// Time cuBLASLt's best-ranked GEMM algorithms on the context's own buffers when it is
+    /// created and keep the fastest of each ([`kiln_cuda::blas::GemmCall::tune`]). On by
+    /// default; `KILN_TUNE_GEMMS=0` in the environment turns it off.
+    pub tune_gemms: bool,
     /// Wait for every launch before the next (no CUDA graph), so that an asynchronous fault,
     /// such as an illegal address, is reported with the launch that caused it. Slow: for
     /// finding faults only. On by default where the environment sets `KILN_SYNC_STEPS=1`.
@@ -39,7 +43,8 @@ pub struct ExecOptions {
 impl Default for ExecOptions {
     fn default() -> ExecOptions {
         let sync_steps = std::env::var_os("KILN_SYNC_STEPS").is_some_and(|v| v == "1");
-        ExecOptions { tf32: true, cuda_graph: true, autotune: false, sync_steps }
+        let tune_gemms = std::env::var_os("KILN_TUNE_GEMMS").is_none_or(|v| v != "0");
+        ExecOptions { tf32: true, cuda_graph: true, autotune: false, tune_gemms, sync_steps }
     }
 }
 
@@ -250,7 +255,11 @@ impl ExecutionContext {
                 },
                 StepKind::Gemm(g) => {
                     let h = lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
-                    Call::Gemm(GemmCall::new(h, g, &addr, tf32, workspace.1).map_err(at)?)
+                    let mut call = GemmCall::new(h, g, &addr, tf32, workspace.1).map_err(at)?;
+                    if engine.options.tune_gemms {
+                        call.tune(h, &stream, workspace.0).map_err(at)?;
+                    }
+                    Call::Gemm(call)
                 }
                 StepKind::Conv(c) => {
                     let h = dnn.as_ref().ok_or_else(|| CudaError::Invalid("no cuDNN handle".into()))?;

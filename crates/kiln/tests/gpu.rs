@@ -118,11 +118,8 @@ fn fp16_cnns_run_channels_last_and_match_the_cpu_reference() {
 #[test]
 fn fp32_convolutions_of_an_fp16_network_run_channels_last() {
     let (g, inputs) = model("digits_cnn.onnx", Some(32));
-    let first = g
-        .node_ids()
-        .find(|&id| g.node(id).op.name().contains("Conv"))
-        .map(|id| g.node(id).name.clone())
-        .unwrap();
+    let first =
+        g.node_ids().find(|&id| g.node(id).op.name().contains("Conv")).map(|id| g.node(id).name.clone()).unwrap();
     let mut half = g.clone();
     let report = kiln::to_fp16(&mut half, [first.clone()].into_iter().collect()).unwrap();
     assert!(report.kept.iter().any(|k| k.node == first), "{report:?}");
