@@ -93,7 +93,8 @@ run() {
             local bin="$GPU/tests/${t/:/-}" t0=$SECONDS
             [[ -x "$bin" ]] || { echo "no $bin: run 'gpu_check.sh build' first" >&2; exit 1; }
             # One test thread: tests share one GPU.
-            if (cd "crates/${t%%:*}" && KILN_SOAK_SECONDS=60 "../../$bin" --test-threads=1 --nocapture) > "$logs/${t/:/-}.log" 2>&1; then :; else status=1; fi
+            # KILN_TEST_TIMEOUT (s) bounds each binary, so one hang cannot take the whole run.
+            if (cd "crates/${t%%:*}" && KILN_SOAK_SECONDS=60 timeout "${KILN_TEST_TIMEOUT:-400}" "../../$bin" --test-threads=1 --nocapture) > "$logs/${t/:/-}.log" 2>&1; then :; else status=1; fi
             local passed failed
             passed=$(grep -Eo '[0-9]+ passed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
             failed=$(grep -Eo '[0-9]+ failed' "$logs/${t/:/-}.log" | awk '{s+=$1} END {print s+0}')
