@@ -69,6 +69,9 @@ fn data_type(dt: DType) -> Result<sys::cudaDataType> {
     })
 }
 
+/// A cuBLASLt algorithm, as [`GemmCall::algo`] gives it: valid for the GEMMs of one step.
+pub type GemmAlgo = sys::cublasLtMatmulAlgo_t;
+
 /// How many of cuBLASLt's ranked algorithms [`GemmCall::tune`] times.
 pub const GEMM_TACTICS: usize = 8;
 
@@ -187,6 +190,16 @@ impl GemmCall {
             lt::set_matrix_layout_attribute(self.layouts[i], attr, (v as *const T).cast(), std::mem::size_of::<T>())
         }
         .map_err(blas("layout attribute"))
+    }
+
+    /// The algorithm this call runs.
+    pub fn algo(&self) -> GemmAlgo {
+        self.algo
+    }
+
+    /// Runs `algo`, chosen for the same step by another context's [`GemmCall::tune`].
+    pub fn set_algo(&mut self, algo: GemmAlgo) {
+        self.algo = algo;
     }
 
     /// Times the first [`GEMM_TACTICS`] algorithms of cuBLASLt's ranking on this call's own

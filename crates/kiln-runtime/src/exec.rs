@@ -9,7 +9,7 @@
 use crate::memory::MemoryPlan;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaEvent, CudaGraph, CudaStream};
-use kiln_cuda::blas::{GemmCall, LtHandle};
+use kiln_cuda::blas::{GemmAlgo, GemmCall, LtHandle};
 use kiln_cuda::dnn::{ConvCall, DnnHandle};
 use kiln_cuda::driver::{Buffer, Gpu, Kernel, LaunchConfig, Module, Param};
 use kiln_cuda::host::{tensor_bytes, tensor_from_bytes};
@@ -30,9 +30,11 @@ pub struct ExecOptions {
     /// ResNet-50 slower (1.48 against 0.92 ms at batch 1), since each algorithm is timed alone
     /// on a cold GPU.
     pub autotune: bool,
-    /// Time cuBLASLt's best-ranked GEMM algorithms on the context's own buffers when it is
-    /// created and keep the fastest of each ([`kiln_cuda::blas::GemmCall::tune`]). On by
-    /// default; `KILN_TUNE_GEMMS=0` in the environment turns it off.
+    /// Time cuBLASLt's best-ranked GEMM algorithms on the buffers of the engine's first
+    /// context when it is created and keep the fastest of each
+    /// ([`kiln_cuda::blas::GemmCall::tune`]); later contexts run the same ones, so every
+    /// context computes bit for bit alike. On by default; `KILN_TUNE_GEMMS=0` in the
+    /// environment turns it off.
     pub tune_gemms: bool,
     /// Wait for every launch before the next (no CUDA graph), so that an asynchronous fault,
     /// such as an illegal address, is reported with the launch that caused it. Slow: for
@@ -64,6 +66,9 @@ pub struct Engine {
     kernels: Vec<Option<Kernel>>,
     /// Zeros for cuDNN's fused call where a convolution has no bias.
     zeros: Buffer,
+    /// The cuBLASLt algorithm of each GEMM step, timed when the first context is made and
+    /// shared by every later one, so that all contexts compute bit for bit alike.
+    gemm_tactics: std::sync::Mutex<Option<Vec<Option<GemmAlgo>>>>,
     _modules: Vec<Arc<Module>>,
 }
 
@@ -134,6 +139,7 @@ impl Engine {
             weights,
             kernels,
             zeros,
+            gemm_tactics: std::sync::Mutex::new(None),
             _modules: modules.into_iter().map(|(_, m)| m).collect(),
         })
     }
@@ -243,6 +249,11 @@ impl ExecutionContext {
         let dnn = if has_conv { Some(DnnHandle::new(&stream)?) } else { None };
         let zeros = engine.gpu.addr(&engine.zeros, 0);
         let tf32 = engine.options.tf32;
+        // Held while this context is made: the first one times the GEMM tactics, later ones
+        // take the same.
+        let mut tactics = engine.gemm_tactics.lock().map_err(|_| CudaError::Invalid("a context panicked".into()))?;
+        let tuned = tactics.is_some();
+        let mut chosen = vec![None; plan.steps.len()];
         let mut calls = Vec::with_capacity(plan.steps.len());
         for (s, step) in plan.steps.iter().enumerate() {
             let at = |e: CudaError| CudaError::Invalid(format!("node {}: {e}", step.node));
@@ -256,9 +267,14 @@ impl ExecutionContext {
                 StepKind::Gemm(g) => {
                     let h = lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
                     let mut call = GemmCall::new(h, g, &addr, tf32, workspace.1).map_err(at)?;
-                    if engine.options.tune_gemms {
-                        call.tune(h, &stream, workspace.0).map_err(at)?;
+                    match tactics.as_ref().and_then(|t| t.get(s).copied().flatten()) {
+                        Some(algo) => call.set_algo(algo),
+                        None if engine.options.tune_gemms && !tuned => {
+                            call.tune(h, &stream, workspace.0).map_err(at)?;
+                        }
+                        None => {}
                     }
+                    chosen[s] = Some(call.algo());
                     Call::Gemm(call)
                 }
                 StepKind::Conv(c) => {
@@ -269,6 +285,10 @@ impl ExecutionContext {
             };
             calls.push((step.node.clone(), call));
         }
+        if !tuned {
+            *tactics = Some(chosen);
+        }
+        drop(tactics);
         let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("create event"));
         Ok(ExecutionContext {
             start: event()?,
