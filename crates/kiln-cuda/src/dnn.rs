@@ -181,7 +181,9 @@ impl ConvCall {
         if call.fused && call.ptrs[2] == 0 {
             call.ptrs[2] = zero_bias;
         }
-        let math = if step.dtype == DType::F32 && !tf32 {
+        // An f32 convolution kept channels-last is one an FP16 network keeps in f32 for its
+        // precision (see `plan::channels_last`): full f32, never TF32.
+        let math = if step.dtype == DType::F32 && (!tf32 || step.channels_last) {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
@@ -252,7 +254,7 @@ impl ConvCall {
             }
         }
         call.algo = match autotune {
-            Some(ws) => call.find(h, ws, tf32 || step.dtype != DType::F32)?,
+            Some(ws) => call.find(h, ws, (tf32 && !step.channels_last) || step.dtype != DType::F32)?,
             None => call.choose(h)?,
         };
         Ok(call)

@@ -347,7 +347,10 @@ impl Planner<'_> {
         // A 1x1 convolution of stride 1 over NHWC is a matrix product: [n*h*w, c] x [k, c]^T
         // (the OHWI filter) gives the NHWC output. cuBLASLt runs it faster than cuDNN and fuses
         // the same epilogues, save ReLU over a residual (its C): bias and ReLU, or bias and C.
+        // (f16 and bf16 only: an f32 convolution here is kept f32 for precision, and cuBLASLt
+        // would run it on TF32.)
         let pointwise = channels_last
+            && matches!(dtype, DType::F16 | DType::BF16)
             && groups == 1
             && xs.len() == 4
             && dims.iter().all(|d| d.kernel == 1 && d.stride == 1 && d.dilation == 1 && d.pad_begin + d.pad_end == 0);
