@@ -215,7 +215,9 @@ pub fn to_fp16(
     use kiln_ir::passes::{DeadCodeElimination, InferTypes, ToFp16};
     let cx = PassContext::default();
     PassManager::new(vec![Box::new(InferTypes)]).always_verify(true).run(graph, &cx)?;
-    let report = ToFp16 { keep_fp32, ..ToFp16::default() }.convert(graph)?;
+    // Keeping a deep CNN's first layers in FP32 is opt-in: accurate, but slow.
+    let early_fp32 = std::env::var_os("KILN_FP16_EARLY_FP32").is_some_and(|v| v == "1");
+    let report = ToFp16 { keep_fp32, early_fp32 }.convert(graph)?;
     PassManager::new(vec![Box::new(InferTypes), Box::new(DeadCodeElimination)]).always_verify(true).run(graph, &cx)?;
     Ok(report)
 }
