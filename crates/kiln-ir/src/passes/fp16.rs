@@ -62,7 +62,7 @@ pub const EARLY_MIN_DEPTH: usize = 16;
 pub const EARLY_FRACTION: usize = 8;
 
 /// Converts a graph to FP16; see the module documentation for the policy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ToFp16 {
     /// Nodes (by name, or by a name a fused node covers) that stay in f32.
     pub keep_fp32: HashSet<String>,
@@ -73,11 +73,6 @@ pub struct ToFp16 {
     pub early_fp32: bool,
 }
 
-impl Default for ToFp16 {
-    fn default() -> Self {
-        ToFp16 { keep_fp32: HashSet::new(), early_fp32: false }
-    }
-}
 
 /// Why a node that computes on floats stays f32.
 #[derive(Clone, Debug, PartialEq, Eq)]
