@@ -283,33 +283,10 @@ impl GemmCall {
     }
 
     fn heuristic(&self, h: &LtHandle) -> Result<sys::cublasLtMatmulAlgo_t> {
-        let pref = lt::create_matmul_pref().map_err(blas("preference"))?;
-        #[allow(unsafe_code)]
-        // SAFETY: every descriptor is live and owned by `self`; the preference is destroyed
-        // once, after use.
-        let found = unsafe {
-            let ws = self.workspace_bytes as u64;
-            let set = lt::set_matmul_pref_attribute(
-                pref,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&ws as *const u64).cast(),
-                8,
-            );
-            let r = set.and_then(|()| {
-                lt::get_matmul_algo_heuristic(
-                    h.0,
-                    self.desc,
-                    self.layouts[0],
-                    self.layouts[1],
-                    self.layouts[2],
-                    self.layouts[2],
-                    pref,
-                )
-            });
-            let _ = lt::destroy_matmul_pref(pref);
-            r
-        };
-        Ok(found.map_err(blas("no algorithm for this GEMM"))?.algo)
+        self.heuristics(h, 1)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CudaError::Library("cuBLASLt no algorithm for this GEMM".into()))
     }
 
     /// Enqueues the GEMM on `stream`, with `workspace` (at least the bytes given to `new`).

@@ -73,7 +73,6 @@ pub struct ToFp16 {
     pub early_fp32: bool,
 }
 
-
 /// Why a node that computes on floats stays f32.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeepReason {
