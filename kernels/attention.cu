@@ -368,16 +368,6 @@ ATTN_KERNELS(__nv_bfloat16, bf16)
 
 #define ATTN_MMA_KT 64
 
-template <typename T> __device__ __forceinline__ unsigned attn_pack2(float lo, float hi);
-template <> __device__ __forceinline__ unsigned attn_pack2<__half>(float lo, float hi) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *(const unsigned*)&v;
-}
-template <> __device__ __forceinline__ unsigned attn_pack2<__nv_bfloat16>(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(const unsigned*)&v;
-}
-
 // c += a b for one m16n8k16 tile: a four registers of the A fragment, b two of the B fragment.
 template <typename T> __device__ __forceinline__ void attn_mma(float* c, const unsigned* a, const unsigned* b);
 template <> __device__ __forceinline__ void attn_mma<__half>(float* c, const unsigned* a, const unsigned* b) {
@@ -594,10 +584,10 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         // k-step kk; V's B fragments come transposed, two output tiles per ldmatrix.
 #pragma unroll
         for (int kk = 0; kk < KT / 16; ++kk) {
-            const unsigned pa[4] = {attn_pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                                    attn_pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                    attn_pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    attn_pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const unsigned pa[4] = {Vec16<T>::put(s[2 * kk][0], s[2 * kk][1]),
+                                    Vec16<T>::put(s[2 * kk][2], s[2 * kk][3]),
+                                    Vec16<T>::put(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    Vec16<T>::put(s[2 * kk + 1][2], s[2 * kk + 1][3])};
             const int mi = lane >> 3;
 #pragma unroll
             for (int n = 0; n < ND; n += 2) {
@@ -631,7 +621,7 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
             const int col = n * 8 + q4 * 2;
             const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
             if (o_pair) {
-                *(unsigned*)(orow + col) = attn_pack2<T>(x, y);
+                *(unsigned*)(orow + col) = Vec16<T>::put(x, y);
             } else {
                 orow[col] = from_f32<T>(x);
                 orow[col + 1] = from_f32<T>(y);

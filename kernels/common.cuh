@@ -92,8 +92,18 @@ template <> struct Vec16<float> {
         return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
     }
 };
-template <> struct Vec16<__half> {
+// Eight 16-bit elements: unpacked and packed two to a word through P's `get` and `put`.
+template <typename P> struct Vec16Pairs {
     static constexpr int N = 8;
+    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
+        f[0] = P::get(u.x, 0); f[1] = P::get(u.x, 1); f[2] = P::get(u.y, 0); f[3] = P::get(u.y, 1);
+        f[4] = P::get(u.z, 0); f[5] = P::get(u.z, 1); f[6] = P::get(u.w, 0); f[7] = P::get(u.w, 1);
+    }
+    static __device__ __forceinline__ uint4 pack(const float* f) {
+        return make_uint4(P::put(f[0], f[1]), P::put(f[2], f[3]), P::put(f[4], f[5]), P::put(f[6], f[7]));
+    }
+};
+template <> struct Vec16<__half> : Vec16Pairs<Vec16<__half>> {
     static __device__ __forceinline__ float get(unsigned int w, int hi) {
         return __half2float(__ushort_as_half((unsigned short)(hi ? w >> 16 : w & 0xffffu)));
     }
@@ -101,29 +111,14 @@ template <> struct Vec16<__half> {
         return (unsigned int)__half_as_ushort(__float2half_rn(a)) |
                ((unsigned int)__half_as_ushort(__float2half_rn(b)) << 16);
     }
-    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
-        f[0] = get(u.x, 0); f[1] = get(u.x, 1); f[2] = get(u.y, 0); f[3] = get(u.y, 1);
-        f[4] = get(u.z, 0); f[5] = get(u.z, 1); f[6] = get(u.w, 0); f[7] = get(u.w, 1);
-    }
-    static __device__ __forceinline__ uint4 pack(const float* f) {
-        return make_uint4(put(f[0], f[1]), put(f[2], f[3]), put(f[4], f[5]), put(f[6], f[7]));
-    }
 };
-template <> struct Vec16<__nv_bfloat16> {
-    static constexpr int N = 8;
+template <> struct Vec16<__nv_bfloat16> : Vec16Pairs<Vec16<__nv_bfloat16>> {
     static __device__ __forceinline__ float get(unsigned int w, int hi) {
         return __bfloat162float(__ushort_as_bfloat16((unsigned short)(hi ? w >> 16 : w & 0xffffu)));
     }
     static __device__ __forceinline__ unsigned int put(float a, float b) {
         return (unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(a)) |
                ((unsigned int)__bfloat16_as_ushort(__float2bfloat16_rn(b)) << 16);
-    }
-    static __device__ __forceinline__ void unpack(uint4 u, float* f) {
-        f[0] = get(u.x, 0); f[1] = get(u.x, 1); f[2] = get(u.y, 0); f[3] = get(u.y, 1);
-        f[4] = get(u.z, 0); f[5] = get(u.z, 1); f[6] = get(u.w, 0); f[7] = get(u.w, 1);
-    }
-    static __device__ __forceinline__ uint4 pack(const float* f) {
-        return make_uint4(put(f[0], f[1]), put(f[2], f[3]), put(f[4], f[5]), put(f[6], f[7]));
     }
 };
 

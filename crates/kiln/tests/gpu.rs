@@ -316,30 +316,29 @@ fn pointwise_convs_run_as_gemms_and_match_the_cpu_reference() {
         };
         LinalgOp::Conv(attrs)
     };
-    let mut layer = |g: &mut Graph, name: &str, ins: &[Value], cout: usize, bias: bool, expr: Option<Expr>| {
-        let cin = 16 + 8 * usize::from(name != "c1");
-        let cin = if name == "c5" { 8 } else { cin };
-        let w = konst(g, &format!("{name}.w"), &[cout, cin, 1, 1]);
-        let mut slots = vec![Some(ins[0]), Some(w)];
-        if bias {
-            slots.push(Some(konst(g, &format!("{name}.b"), &[cout])));
-        }
-        let base_inputs = slots.len();
-        slots.extend(ins[1..].iter().map(|&v| Some(v)));
-        let op = match expr {
-            Some(expr) => Op::Fused(FusedOp::Epilogue { base: conv(), base_inputs, expr }),
-            None => Op::Linalg(conv()),
+    let mut layer =
+        |g: &mut Graph, name: &str, ins: &[Value], [cin, cout]: [usize; 2], bias: bool, expr: Option<Expr>| {
+            let w = konst(g, &format!("{name}.w"), &[cout, cin, 1, 1]);
+            let mut slots = vec![Some(ins[0]), Some(w)];
+            if bias {
+                slots.push(Some(konst(g, &format!("{name}.b"), &[cout])));
+            }
+            let base_inputs = slots.len();
+            slots.extend(ins[1..].iter().map(|&v| Some(v)));
+            let op = match expr {
+                Some(expr) => Op::Fused(FusedOp::Epilogue { base: conv(), base_inputs, expr }),
+                None => Op::Linalg(conv()),
+            };
+            let id = g.add_node(name, op, &slots, vec![ValueInfo::tensor(name, f16(&[2, cout, 7, 5]))]);
+            Value { node: id, slot: 0 }
         };
-        let id = g.add_node(name, op, &slots, vec![ValueInfo::tensor(name, f16(&[2, cout, 7, 5]))]);
-        Value { node: id, slot: 0 }
-    };
-    let c1 = layer(&mut g, "c1", &[x], 24, true, Some(Expr { nodes: vec![ExprNode::Input(0), relu(0)] }));
+    let c1 = layer(&mut g, "c1", &[x], [16, 24], true, Some(Expr { nodes: vec![ExprNode::Input(0), relu(0)] }));
     let sum = Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), add(0, 1)] };
-    let c2 = layer(&mut g, "c2", &[c1, r], 24, true, Some(sum));
+    let c2 = layer(&mut g, "c2", &[c1, r], [24, 24], true, Some(sum));
     let sum_relu = Expr { nodes: vec![ExprNode::Input(0), ExprNode::Input(1), add(1, 0), relu(2)] };
-    let c3 = layer(&mut g, "c3", &[c2, c1], 24, true, Some(sum_relu));
-    let c4 = layer(&mut g, "c4", &[c3], 8, true, Some(Expr { nodes: vec![ExprNode::Input(0), clip(0)] }));
-    let c5 = layer(&mut g, "c5", &[c4], 8, false, None);
+    let c3 = layer(&mut g, "c3", &[c2, c1], [24, 24], true, Some(sum_relu));
+    let c4 = layer(&mut g, "c4", &[c3], [24, 8], true, Some(Expr { nodes: vec![ExprNode::Input(0), clip(0)] }));
+    let c5 = layer(&mut g, "c5", &[c4], [8, 8], false, None);
     g.add_output("y", c5);
 
     let plan = kiln::cuda::plan::plan(&g).unwrap();
