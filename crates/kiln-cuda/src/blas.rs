@@ -6,6 +6,14 @@
 //! and the result is column-major `[n, m]`, which is row-major `[m, n]`. A bias of `n`
 //! elements is then a per-row bias of cuBLASLt's D, which is what its bias epilogues add.
 //!
+//! GEMMs of i8 operands (`dtype` i8, `out_dtype` i32) run on the integer tensor cores (IMMA)
+//! with `CUBLAS_COMPUTE_32I` and scale type `CUDA_R_32I`: D is exact. cuBLASLt's rules for
+//! them over ordinary layouts ("To use IMMA kernels" under `cublasLtMatmul()`): pointers 4-byte
+//! aligned, leading dimensions multiples of 4, the "TN" format (its A transposed, its B not),
+//! its `m` and `k` multiples of 4, alpha and beta 0 or 1, and no epilogue. In the plan's terms:
+//! B stored `[n, k]` (`trans_b`), A `[m, k]`, `n` and `k` multiples of 4, alpha 1, beta 0, no
+//! C and no epilogue; [`GemmCall::new`] refuses anything else.
+//!
 //! Descriptors and the algorithm are made once per execution context ([`GemmCall::new`]),
 //! where buffer addresses are fixed, so [`GemmCall::enqueue`] only calls `cublasLtMatmul`,
 //! which CUDA graph capture records like any kernel.
@@ -69,6 +77,65 @@ fn data_type(dt: DType) -> Result<sys::cudaDataType> {
     })
 }
 
+/// Alpha and beta in the GEMM's scale type.
+#[derive(Clone, Copy)]
+enum Scales {
+    /// `CUDA_R_32F`: the float GEMMs.
+    F32([f32; 2]),
+    /// `CUDA_R_32I`: the i8 GEMMs.
+    I32([i32; 2]),
+}
+
+impl Scales {
+    /// Host pointers to alpha and beta, valid while `self` is.
+    fn ptrs(&self) -> (*const c_void, *const c_void) {
+        match self {
+            Scales::F32(v) => ((&v[0] as *const f32).cast(), (&v[1] as *const f32).cast()),
+            Scales::I32(v) => ((&v[0] as *const i32).cast(), (&v[1] as *const i32).cast()),
+        }
+    }
+}
+
+/// What cuBLASLt computes a step with: the operands' and the output's data types, the compute
+/// type and the scales. An i8 step must meet the IMMA rules (see the module documentation).
+fn types(
+    step: &GemmStep,
+    tf32: bool,
+) -> Result<(sys::cudaDataType, sys::cudaDataType, sys::cublasComputeType_t, Scales)> {
+    use sys::cublasComputeType_t as C;
+    match (step.dtype, step.out_dtype) {
+        (DType::I8, DType::I32) => {
+            let why = if step.alpha != 1.0 || step.beta != 0.0 || step.c.is_some() {
+                Some("alpha 1, beta 0 and no C")
+            } else if step.epilogue != GemmEpilogue::None {
+                Some("no epilogue")
+            } else if step.trans_a || !step.trans_b {
+                Some("A stored [m, k] and B stored [n, k]")
+            } else if step.n % 4 != 0 || step.k % 4 != 0 {
+                Some("n and k multiples of 4")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(CudaError::Unsupported(format!("an i8 cuBLASLt GEMM needs {why}")));
+            }
+            Ok((
+                sys::cudaDataType::CUDA_R_8I,
+                sys::cudaDataType::CUDA_R_32I,
+                C::CUBLAS_COMPUTE_32I,
+                Scales::I32([1, 0]),
+            ))
+        }
+        (dt, out) if dt == out => {
+            let t = data_type(dt)?;
+            let compute =
+                if dt == DType::F32 && tf32 { C::CUBLAS_COMPUTE_32F_FAST_TF32 } else { C::CUBLAS_COMPUTE_32F };
+            Ok((t, t, compute, Scales::F32([step.alpha, step.beta])))
+        }
+        (dt, out) => Err(CudaError::Unsupported(format!("cuBLASLt GEMM of {dt} into {out}"))),
+    }
+}
+
 /// A cuBLASLt algorithm, as [`GemmCall::algo`] gives it: valid for the GEMMs of one step.
 pub type GemmAlgo = sys::cublasLtMatmulAlgo_t;
 
@@ -85,8 +152,7 @@ pub struct GemmCall {
     algo: sys::cublasLtMatmulAlgo_t,
     /// Device addresses of cuBLASLt's A (the plan's B), B (the plan's A), C and D.
     ptrs: [u64; 4],
-    alpha: f32,
-    beta: f32,
+    scales: Scales,
     workspace_bytes: usize,
 }
 
@@ -97,7 +163,8 @@ unsafe impl Send for GemmCall {}
 
 impl GemmCall {
     /// Prepares `step` with buffer addresses from `addr`, choosing the algorithm by cuBLASLt's
-    /// heuristic within `workspace_bytes`. FP32 GEMMs use TF32 tensor cores when `tf32`.
+    /// heuristic within `workspace_bytes`. FP32 GEMMs use TF32 tensor cores when `tf32`; i8
+    /// GEMMs compute in i32 (see the module documentation for what they must meet).
     pub fn new(
         h: &LtHandle,
         step: &GemmStep,
@@ -105,20 +172,22 @@ impl GemmCall {
         tf32: bool,
         workspace_bytes: usize,
     ) -> Result<GemmCall> {
-        let dt = data_type(step.dtype)?;
-        let compute = if step.dtype == DType::F32 && tf32 {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-        } else {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        let (dt, out_dt, compute, scales) = types(step, tf32)?;
+        let ptrs = [addr(step.b), addr(step.a), step.c.map_or(0, addr), addr(step.d)];
+        if let (Scales::I32(_), Some(p)) = (scales, ptrs.iter().find(|&&p| p % 4 != 0)) {
+            return Err(CudaError::Invalid(format!("an i8 cuBLASLt GEMM needs 4-byte aligned operands, not {p:#x}")));
+        }
+        let scale_type = match scales {
+            Scales::F32(_) => sys::cudaDataType::CUDA_R_32F,
+            Scales::I32(_) => sys::cudaDataType::CUDA_R_32I,
         };
-        let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(blas("matmul desc"))?;
+        let desc = lt::create_matmul_desc(compute, scale_type).map_err(blas("matmul desc"))?;
         let mut call = GemmCall {
             desc,
             layouts: [std::ptr::null_mut(); 3],
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
-            ptrs: [addr(step.b), addr(step.a), step.c.map_or(0, addr), addr(step.d)],
-            alpha: step.alpha,
-            beta: step.beta,
+            ptrs,
+            scales,
             workspace_bytes,
         };
         // A batch over a shared B with A and D packed is one GEMM of `batch * m` rows: one
@@ -140,8 +209,9 @@ impl GemmCall {
         let a = if step.trans_b { (k, n, k) } else { (n, k, n) };
         let b = if step.trans_a { (m, k, m) } else { (k, m, k) };
         // cuBLASLt's A is the plan's B and its B the plan's A, so their batch strides swap too.
-        for (i, ((rows, cols, ld), stride)) in [(a, sb), (b, sa), ((n, m, n), sd)].into_iter().enumerate() {
-            let l = lt::create_matrix_layout(dt, rows, cols, ld as i64).map_err(blas("matrix layout"))?;
+        let layouts = [(dt, a, sb), (dt, b, sa), (out_dt, (n, m, n), sd)];
+        for (i, (t, (rows, cols, ld), stride)) in layouts.into_iter().enumerate() {
+            let l = lt::create_matrix_layout(t, rows, cols, ld as i64).map_err(blas("matrix layout"))?;
             call.layouts[i] = l;
             if batch > 1 {
                 call.layout_attr(
@@ -293,15 +363,17 @@ impl GemmCall {
     pub fn enqueue(&self, h: &LtHandle, stream: &cudarc::driver::CudaStream, workspace: u64) -> Result<()> {
         let [a, b, c, d] = self.ptrs;
         let c = if c == 0 { d } else { c };
+        let (alpha, beta) = self.scales.ptrs();
         #[allow(unsafe_code)]
         // SAFETY: the descriptors match the buffers, whose addresses were fixed when the call was
-        // made and which the context keeps alive; alpha and beta are f32 as the scale type says.
+        // made and which the context keeps alive; alpha and beta are of the descriptor's scale
+        // type (f32 or i32) and live in `self` for the call.
         unsafe {
             lt::matmul(
                 h.0,
                 self.desc,
-                (&self.alpha as *const f32).cast(),
-                (&self.beta as *const f32).cast(),
+                alpha,
+                beta,
                 a as *const c_void,
                 self.layouts[0],
                 b as *const c_void,

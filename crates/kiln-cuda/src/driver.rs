@@ -106,6 +106,17 @@ impl Gpu {
         &self.ctx
     }
 
+    /// The stream [`Gpu::launch`] runs on (library calls of the synchronous reference path go
+    /// there too).
+    pub fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for everything enqueued on [`Gpu::stream`].
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv)
+    }
+
     /// Free and total device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx.bind_to_thread().map_err(drv)?;

@@ -1,6 +1,7 @@
 //! The kernel library on one GPU: families compiled for the device's architecture on first
 //! use and loaded once, generated kernels likewise, and tensors on the device.
 
+use crate::blas::{GemmCall, LtHandle};
 use crate::codegen::ElementwiseKernel;
 use crate::driver::{Buffer, Gpu, Kernel, Module};
 use crate::error::{CudaError, Result};
@@ -11,6 +12,9 @@ use crate::plan::{BufferKind, ModuleRef, Plan, StepKind};
 use kiln_ir::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// The cuBLASLt workspace of [`KernelLibrary::run_plan`], in bytes.
+const RUN_PLAN_WORKSPACE: usize = 32 << 20;
 
 /// Compiled and loaded kernels of one GPU.
 pub struct KernelLibrary {
@@ -98,11 +102,11 @@ impl KernelLibrary {
 }
 
 impl KernelLibrary {
-    /// Runs a plan whose steps are all kernel launches, synchronously, and returns its outputs.
+    /// Runs a plan of kernel launches and GEMMs, synchronously, and returns its outputs.
     ///
     /// This is the reference path for testing plans against the CPU executor; the runtime owns
-    /// real execution (memory reuse, streams, CUDA graphs). GEMM steps need cuBLASLt, which is
-    /// the runtime's, so a plan with one is refused.
+    /// real execution (memory reuse, streams, CUDA graphs). GEMMs run through cuBLASLt with
+    /// its heuristic's algorithm and no TF32; a plan with a cuDNN convolution is refused.
     pub fn run_plan(&self, plan: &Plan, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let mut mem: Vec<Option<DeviceTensor>> = Vec::with_capacity(plan.buffers.len());
         for b in &plan.buffers {
@@ -131,12 +135,31 @@ impl KernelLibrary {
         }
         let addrs: Vec<u64> = mem.iter().map(|m| m.as_ref().map_or(0, |t| self.addr(t))).collect();
         let addr = |b: usize| addrs[b];
+        // cuBLASLt reads addresses directly, so a view's is its owner's.
+        let owner_addr = |b: usize| match plan.buffers.get(b).map(|x| &x.kind) {
+            Some(BufferKind::View(o)) => addrs.get(*o).copied().unwrap_or(0),
+            _ => addrs.get(b).copied().unwrap_or(0),
+        };
+        // cuBLASLt is loaded only for plans that call it.
+        let lt = if plan.steps.iter().any(|s| matches!(s.kind, StepKind::Gemm(_))) {
+            Some((LtHandle::new()?, self.gpu.zeros(RUN_PLAN_WORKSPACE)?))
+        } else {
+            None
+        };
         for step in &plan.steps {
             let k = match &step.kind {
                 StepKind::Kernel(k) => k,
-                StepKind::Gemm(_) | StepKind::Conv(_) => {
+                StepKind::Gemm(g) => {
+                    let (h, workspace) = lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
+                    let at = |e: CudaError| CudaError::Library(format!("node {}: {e}", step.node));
+                    let call = GemmCall::new(h, g, &owner_addr, false, RUN_PLAN_WORKSPACE).map_err(at)?;
+                    call.enqueue(h, self.gpu.stream(), self.gpu.addr(workspace, 0)).map_err(at)?;
+                    self.gpu.synchronize().map_err(at)?;
+                    continue;
+                }
+                StepKind::Conv(_) => {
                     return Err(CudaError::Unsupported(format!(
-                        "node {}: GEMM steps run through cuBLASLt in the runtime, not in run_plan",
+                        "node {}: convolution steps run through cuDNN in the runtime, not in run_plan",
                         step.node
                     )))
                 }

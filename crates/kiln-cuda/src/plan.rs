@@ -197,8 +197,12 @@ pub struct GemmStep {
     pub alpha: f32,
     /// Scale of C.
     pub beta: f32,
-    /// Element type of A, B, C and D; accumulation is f32.
+    /// Element type of A and B.
     pub dtype: DType,
+    /// Element type of C and D: `dtype` for the float GEMMs, which accumulate in f32; i32 for
+    /// i8 operands, which accumulate exactly in i32 on the integer tensor cores (IMMA; no
+    /// epilogue, alpha 1, beta 0, and B stored `[n, k]`: see [`crate::blas`]).
+    pub out_dtype: DType,
     /// The fused epilogue.
     pub epilogue: GemmEpilogue,
 }
@@ -447,6 +451,47 @@ impl Planner<'_> {
         self.plan.buffers.len() - 1
     }
 
+    /// Input `slot` of `id`, a constant, stored as `f` makes it (a filter in another layout, a
+    /// weight transposed): rewritten in place where `id` is the constant's only reader, else a
+    /// new constant named after it with `.suffix` (one for all readers that want the same).
+    /// `None` where the input is not a constant.
+    fn rewritten_const(
+        &mut self,
+        id: NodeId,
+        slot: usize,
+        suffix: &str,
+        f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Option<BufferId>> {
+        let w = self.required(id, slot)?;
+        let b = &self.plan.buffers[w];
+        let BufferKind::Const(t) = &b.kind else { return Ok(None) };
+        let t = f(t)?;
+        let v = self.g.inputs_of(id).get(slot).copied().flatten();
+        let v = v.ok_or_else(|| CudaError::Invalid(format!("input {slot} is missing")))?;
+        let only_reader = self.g.users(v).len() == 1 && !self.g.is_output(v);
+        let shape = t.shape().to_vec();
+        if only_reader {
+            let b = &mut self.plan.buffers[w];
+            b.shape = shape;
+            b.kind = BufferKind::Const(t);
+            return Ok(Some(w));
+        }
+        let (name, dtype) = (format!("{}.{suffix}", b.name), b.dtype);
+        let same = |x: &Buffer| x.name == name && matches!(&x.kind, BufferKind::Const(c) if *c == t);
+        if let Some(existing) = self.plan.buffers.iter().position(same) {
+            return Ok(Some(existing));
+        }
+        self.plan.buffers.push(Buffer {
+            name,
+            dtype,
+            shape,
+            kind: BufferKind::Const(t),
+            output: false,
+            last_use: None,
+        });
+        Ok(Some(self.plan.buffers.len() - 1))
+    }
+
     fn input(&self, id: NodeId, slot: usize) -> Result<Option<BufferId>> {
         match self.g.inputs_of(id).get(slot).copied().flatten() {
             None => Ok(None),
@@ -518,6 +563,11 @@ impl Planner<'_> {
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
                 self.conv(id, attrs, *base_inputs, Some(expr), false)
             }
+            Op::Fused(FusedOp::Epilogue {
+                base: base @ (LinalgOp::MatMulInteger | LinalgOp::ConvInteger(_)),
+                base_inputs,
+                expr,
+            }) => self.integer_epilogue(id, base, *base_inputs, expr),
             Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => self.matmul(id, base, *base_inputs, Some(expr)),
             Op::Linalg(base @ (LinalgOp::MatMul | LinalgOp::Gemm { .. })) => {
                 self.matmul(id, base, node.num_inputs, None)
@@ -825,6 +875,7 @@ impl Planner<'_> {
             alpha,
             beta: if gemm_c.is_some() { c_beta } else { 0.0 },
             dtype,
+            out_dtype: dtype,
             epilogue,
         };
         match fused {
@@ -1363,10 +1414,15 @@ impl fmt::Display for Plan {
             let mut line = String::new();
             match &s.kind {
                 StepKind::Gemm(g) => {
+                    let types = if g.out_dtype == g.dtype {
+                        g.dtype.to_string()
+                    } else {
+                        format!("{}->{}", g.dtype, g.out_dtype)
+                    };
                     let _ = write!(
                         line,
                         "gemm {}: {} = {}{} x {}{} m={} n={} k={} batch={} strides={:?} alpha={} beta={} epilogue={:?}",
-                        g.dtype,
+                        types,
                         buf(g.d),
                         buf(g.a),
                         if g.trans_a { "^T" } else { "" },

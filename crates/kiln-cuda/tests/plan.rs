@@ -655,3 +655,172 @@ fn index_ops_check_indices_at_run_time_and_need_constant_counts() {
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.contains("top (TopK): input 1 is computed at run time; the kernel needs it constant"), "{err}");
 }
+
+/// A graph of one MatMulInteger of input `a` (`[.., m, k]` of `at`) by `b` (a constant
+/// `[k, n]` of `bt` when `b_const`, else an input of shape `b_shape`), with the given constant
+/// zero points.
+fn matmul_integer(
+    at: DType,
+    a_shape: &[usize],
+    bt: DType,
+    b_shape: &[usize],
+    b_const: bool,
+    zero_points: Option<[Tensor; 2]>,
+) -> Graph {
+    let mut g = Graph::new("mmi");
+    let a = g.add_input("a", TypeInfo::known(at, a_shape));
+    let len: usize = b_shape.iter().product();
+    let b = if b_const {
+        let t = Tensor::from_vec(b_shape.to_vec(), (0..len).map(|i| (i % 11) as f32 - 5.0).collect::<Vec<f32>>());
+        g.add_const("w", t.unwrap().cast(bt))
+    } else {
+        g.add_input("b", TypeInfo::known(bt, b_shape))
+    };
+    let mut ins = vec![Some(a), Some(b)];
+    if let Some([za, zb]) = zero_points {
+        ins.extend([Some(g.add_const("a_zp", za)), Some(g.add_const("b_zp", zb))]);
+    }
+    let (m, n) = (a_shape[a_shape.len() - 2], b_shape[b_shape.len() - 1]);
+    let batch =
+        if a_shape.len() > b_shape.len() { &a_shape[..a_shape.len() - 2] } else { &b_shape[..b_shape.len() - 2] };
+    let mut out = batch.to_vec();
+    out.extend([m, n]);
+    let y = node(&mut g, "mm", Op::Linalg(LinalgOp::MatMulInteger), &ins, TypeInfo::known(DType::I32, &out));
+    g.add_output("y", y);
+    g
+}
+
+/// The GEMM steps and kernel names of a plan.
+fn gemms_and_kernels(p: &Plan) -> (Vec<&kiln_cuda::plan::GemmStep>, Vec<&str>) {
+    let gemms = p.steps.iter().filter_map(|s| if let StepKind::Gemm(g) = &s.kind { Some(g) } else { None }).collect();
+    let kernels = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    (gemms, kernels)
+}
+
+#[test]
+fn int8_matmuls_with_dims_of_four_run_on_cublaslt_int8() {
+    let zeros = || Some([Tensor::scalar(0i8), Tensor::from_vec(vec![16], vec![0i8; 16]).unwrap()]);
+    for zero_points in [None, zeros()] {
+        // A linear layer over [batch, seq, hidden] with a constant weight: one GEMM on i8 in,
+        // i32 out, of the weight transposed once at plan time (in place: the GEMM is its only
+        // reader); batches of A packed, the weight shared, so the runtime folds them.
+        let g = matmul_integer(DType::I8, &[2, 50, 32], DType::I8, &[32, 16], true, zero_points);
+        let p = plan(&g).unwrap();
+        let (gemms, kernels) = gemms_and_kernels(&p);
+        assert!(kernels.is_empty(), "{p}");
+        let [gm] = gemms[..] else { panic!("{p}") };
+        assert_eq!((gm.dtype, gm.out_dtype, gm.trans_a, gm.trans_b), (DType::I8, DType::I32, false, true));
+        assert_eq!((gm.m, gm.n, gm.k, gm.batch, gm.batch_strides), (50, 16, 32, 2, [50 * 32, 0, 50 * 16]));
+        assert_eq!((gm.alpha, gm.beta, gm.c, &gm.epilogue), (1.0, 0.0, None, &GemmEpilogue::None));
+        let w = &p.buffers[gm.b];
+        assert_eq!((w.name.as_str(), w.dtype, w.shape.as_slice()), ("w", DType::I8, &[16, 32][..]));
+        let BufferKind::Const(t) = &w.kind else { panic!("{p}") };
+        let v = t.to_f64_vec();
+        // w[i][j] = (i * 16 + j) % 11 - 5, stored at [j][i].
+        for (i, j) in [(0, 0), (3, 7), (31, 15)] {
+            assert_eq!(v[j * 32 + i], ((i * 16 + j) % 11) as f64 - 5.0, "w[{i}][{j}]");
+        }
+        assert!(p.to_string().contains("gemm i8->i32"), "{p}");
+    }
+    // Two computed operands (attention's products): B is transposed into a temp first.
+    let g = matmul_integer(DType::I8, &[2, 3, 5, 8], DType::I8, &[2, 3, 8, 4], false, None);
+    let p = plan(&g).unwrap();
+    let (gemms, kernels) = gemms_and_kernels(&p);
+    assert_eq!(kernels, ["permute_u8"], "{p}");
+    let [gm] = gemms[..] else { panic!("{p}") };
+    assert_eq!((gm.m, gm.n, gm.k, gm.batch, gm.batch_strides), (5, 4, 8, 6, [40, 32, 20]));
+    assert_eq!(p.buffers[gm.b].shape, [2, 3, 4, 8]);
+}
+
+#[test]
+fn int8_matmuls_cublaslt_cannot_run_keep_the_direct_kernel() {
+    let direct = |g: &Graph, kernel: &str| {
+        let p = plan(g).unwrap();
+        let (gemms, kernels) = gemms_and_kernels(&p);
+        assert!(gemms.is_empty(), "{p}");
+        assert_eq!(kernels, [kernel], "{p}");
+    };
+    // u8 operands (the IMMA kernels take i8 only).
+    direct(&matmul_integer(DType::U8, &[50, 32], DType::I8, &[32, 16], true, None), "matmul_integer_u8_i8");
+    direct(&matmul_integer(DType::I8, &[50, 32], DType::U8, &[32, 16], true, None), "matmul_integer_i8_u8");
+    // n or k not a multiple of 4 (a classifier of 10 classes).
+    direct(&matmul_integer(DType::I8, &[50, 64], DType::I8, &[64, 10], true, None), "matmul_integer_i8_i8");
+    direct(&matmul_integer(DType::I8, &[50, 30], DType::I8, &[30, 16], true, None), "matmul_integer_i8_i8");
+    // A zero point that is not zero.
+    let zp = Some([Tensor::scalar(0i8), Tensor::scalar(3i8)]);
+    direct(&matmul_integer(DType::I8, &[50, 32], DType::I8, &[32, 16], true, zp), "matmul_integer_i8_i8");
+    // A B-vector: n is 1.
+    let g = matmul_integer(DType::I8, &[3, 50, 32], DType::I8, &[32, 1], true, None);
+    direct(&g, "matmul_integer_i8_i8");
+}
+
+#[test]
+fn integer_epilogues_accumulate_in_i32_then_dequantize() {
+    use kiln_ir::ops::pool::AutoPad;
+    // MatMulInteger's epilogue: the GEMM into an i32 accumulator, then cast, scale and bias in
+    // one generated kernel. The weight has a second reader, so the GEMM gets a transposed copy.
+    let mut g = Graph::new("qlinear");
+    let x = g.add_input("x", TypeInfo::known(DType::I8, &[4, 32]));
+    let w = g.add_const("w", Tensor::from_vec(vec![32, 8], vec![1i8; 256]).unwrap());
+    let scale = g.add_const("scale", Tensor::from_vec(vec![8], vec![0.5f32; 8]).unwrap());
+    let bias = g.add_const("bias", Tensor::from_vec(vec![8], vec![1.0f32; 8]).unwrap());
+    let dequant = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+        ],
+    };
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant.clone() });
+    let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
+    let y = node(&mut g, "fc", ep, &ins, TypeInfo::known(DType::F32, &[4, 8]));
+    g.add_output("y", y);
+    let y2 = node(
+        &mut g,
+        "again",
+        Op::Linalg(LinalgOp::MatMulInteger),
+        &[Some(x), Some(w)],
+        TypeInfo::known(DType::I32, &[4, 8]),
+    );
+    g.add_output("y2", y2);
+    let p = plan(&g).unwrap();
+    let (gemms, kernels) = gemms_and_kernels(&p);
+    assert_eq!(gemms.len(), 2, "{p}");
+    let acc = &p.buffers[gemms[0].d];
+    assert_eq!((acc.name.as_str(), acc.dtype), ("fc.acc", DType::I32));
+    assert_eq!(p.buffers[gemms[0].b].name, "w.nk", "{p}");
+    assert_eq!(gemms[1].b, gemms[0].b, "one transposed copy for both readers: {p}");
+    assert_eq!(kernels.len(), 1, "{p}");
+    assert!(kernels[0].starts_with("epilogue_"), "{p}");
+
+    // ConvInteger's epilogue: the direct kernel into the accumulator, then the same kernel.
+    let mut g = Graph::new("qconv");
+    let x = g.add_input("x", TypeInfo::known(DType::I8, &[1, 2, 5, 5]));
+    let w = g.add_const("w", Tensor::from_vec(vec![4, 2, 3, 3], vec![1i8; 72]).unwrap());
+    let scale = g.add_const("scale", Tensor::from_vec(vec![4, 1, 1], vec![0.5f32; 4]).unwrap());
+    let bias = g.add_const("bias", Tensor::from_vec(vec![4, 1, 1], vec![1.0f32; 4]).unwrap());
+    let attrs = ConvAttrs {
+        kernel_shape: vec![3, 3],
+        strides: vec![],
+        dilations: vec![],
+        pads: vec![1, 1, 1, 1],
+        auto_pad: AutoPad::NotSet,
+        group: 1,
+    };
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr: dequant });
+    let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
+    let y = node(&mut g, "conv", ep, &ins, TypeInfo::known(DType::F32, &[1, 4, 5, 5]));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let (gemms, kernels) = gemms_and_kernels(&p);
+    assert!(gemms.is_empty(), "{p}");
+    assert_eq!(kernels[0], "conv_integer_i8_i8", "{p}");
+    assert!(kernels[1].starts_with("epilogue_"), "{p}");
+}

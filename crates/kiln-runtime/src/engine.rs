@@ -401,6 +401,10 @@ struct GemmMsg {
     dtype: String,
     #[prost(oneof = "EpilogueMsg", tags = "15, 16, 17, 18, 19, 20")]
     epilogue: Option<EpilogueMsg>,
+    /// The element type of C and D where it is not `dtype` (i32 for i8 operands); absent in
+    /// the float GEMMs, so their encoding is what it was before integer GEMMs.
+    #[prost(string, optional, tag = "21")]
+    out_dtype: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -609,8 +613,24 @@ fn encode_step(s: &Step) -> StepMsg {
             })
         }
         StepKind::Gemm(g) => {
-            let GemmStep { a, b, c, d, m, n, k, batch, batch_strides, trans_a, trans_b, alpha, beta, dtype, epilogue } =
-                g;
+            let GemmStep {
+                a,
+                b,
+                c,
+                d,
+                m,
+                n,
+                k,
+                batch,
+                batch_strides,
+                trans_a,
+                trans_b,
+                alpha,
+                beta,
+                dtype,
+                out_dtype,
+                epilogue,
+            } = g;
             let epilogue = match epilogue {
                 GemmEpilogue::None => EpilogueMsg::None(EmptyMsg {}),
                 GemmEpilogue::Bias(b) => EpilogueMsg::Bias(u(*b)),
@@ -635,6 +655,7 @@ fn encode_step(s: &Step) -> StepMsg {
                 beta: *beta,
                 dtype: dtype.name().to_string(),
                 epilogue: Some(epilogue),
+                out_dtype: (out_dtype != dtype).then(|| out_dtype.name().to_string()),
             })
         }
         StepKind::Conv(c) => {
@@ -859,6 +880,11 @@ fn decode_step(s: usize, m: StepMsg, families: &[KernelFamily]) -> Decoded<Step>
                 [a, b, d] => [id(a), id(b), id(d)],
                 _ => return Err(format!("step {s}: {} batch strides, expected 3", g.batch_strides.len())),
             };
+            let dt = dtype(&g.dtype, &|| format!("step {s}"))?;
+            let out_dtype = match &g.out_dtype {
+                Some(o) => dtype(o, &|| format!("step {s}: out_dtype"))?,
+                None => dt,
+            };
             StepKind::Gemm(GemmStep {
                 a: id(g.a),
                 b: id(g.b),
@@ -873,7 +899,8 @@ fn decode_step(s: usize, m: StepMsg, families: &[KernelFamily]) -> Decoded<Step>
                 trans_b: g.trans_b,
                 alpha: g.alpha,
                 beta: g.beta,
-                dtype: dtype(&g.dtype, &|| format!("step {s}"))?,
+                dtype: dt,
+                out_dtype,
                 epilogue,
             })
         }
@@ -1104,11 +1131,15 @@ fn validate_step(plan: &Plan, _s: usize, step: &Step) -> Result<(), String> {
             }
         }
         StepKind::Gemm(g) => {
-            let mut operands = vec![g.a, g.b, g.d];
-            operands.extend(g.c);
-            for &b in &operands {
-                if plan.buffers[b].dtype != g.dtype {
-                    return Err(format!("buffer {b} is {}, the GEMM is {}", plan.buffers[b].dtype, g.dtype));
+            let float = matches!(g.dtype, DType::F32 | DType::F16 | DType::BF16) && g.out_dtype == g.dtype;
+            if !float && (g.dtype, g.out_dtype) != (DType::I8, DType::I32) {
+                return Err(format!("a GEMM of {} into {}", g.dtype, g.out_dtype));
+            }
+            let mut operands = vec![(g.a, g.dtype), (g.b, g.dtype), (g.d, g.out_dtype)];
+            operands.extend(g.c.map(|c| (c, g.out_dtype)));
+            for (b, want) in operands {
+                if plan.buffers[b].dtype != want {
+                    return Err(format!("buffer {b} is {}, the GEMM takes {want} there", plan.buffers[b].dtype));
                 }
             }
             let mk = g.m.checked_mul(g.k);

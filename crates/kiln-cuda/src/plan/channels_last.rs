@@ -185,34 +185,16 @@ impl Planner<'_> {
     /// The filter input of convolution `id`, stored for a channels-last convolution (OHWI):
     /// rewritten in place where the convolution is its only reader, else a copy.
     pub(super) fn nhwc_filter(&mut self, id: NodeId) -> Result<BufferId> {
-        let w = self.required(id, 1)?;
-        let b = &self.plan.buffers[w];
-        let BufferKind::Const(t) = &b.kind else {
-            return Err(CudaError::Unsupported(format!(
-                "a channels-last convolution with filter {} computed at run time",
-                b.name
-            )));
-        };
-        let t = ohwi(t)?;
-        let v = self.g.inputs_of(id)[1].ok_or_else(|| CudaError::Invalid("input 1 is missing".into()))?;
-        let only_reader = self.g.users(v).len() == 1 && !self.g.is_output(v);
-        let shape = t.shape().to_vec();
-        if only_reader {
-            let b = &mut self.plan.buffers[w];
-            b.shape = shape;
-            b.kind = BufferKind::Const(t);
-            return Ok(w);
+        match self.rewritten_const(id, 1, "ohwi", ohwi)? {
+            Some(w) => Ok(w),
+            None => {
+                let w = self.required(id, 1)?;
+                Err(CudaError::Unsupported(format!(
+                    "a channels-last convolution with filter {} computed at run time",
+                    self.plan.buffers[w].name
+                )))
+            }
         }
-        let (name, dtype) = (format!("{}.ohwi", b.name), b.dtype);
-        self.plan.buffers.push(Buffer {
-            name,
-            dtype,
-            shape,
-            kind: BufferKind::Const(t),
-            output: false,
-            last_use: None,
-        });
-        Ok(self.plan.buffers.len() - 1)
     }
 
     /// An operand of a channels-last elementwise kernel with output `out` (logical NCHW): the

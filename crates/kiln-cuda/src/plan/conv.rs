@@ -369,6 +369,7 @@ impl Planner<'_> {
             alpha: 1.0,
             beta: if z.is_some() { 1.0 } else { 0.0 },
             dtype,
+            out_dtype: dtype,
             epilogue: epilogue(relu, false, bias),
         };
         match (fused, expr) {

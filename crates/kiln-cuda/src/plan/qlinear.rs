@@ -1,10 +1,52 @@
-//! The integer matrix products and convolutions through `kernels/qlinear.cu`: MatMulInteger
-//! and QLinearMatMul (batched, operands of one shared or one per batch matrix), ConvInteger
-//! and QLinearConv (1-D and 2-D, groups), on u8 and i8 operands. Direct kernels: correct and
-//! simple, not fast; scales are converted to f32 first where they have another type.
+//! The integer matrix products and convolutions: MatMulInteger and QLinearMatMul (batched,
+//! operands of one shared or one per batch matrix), ConvInteger and QLinearConv (1-D and 2-D,
+//! groups), on u8 and i8 operands, and the epilogue nodes of fusion's `qdq` rules over
+//! MatMulInteger and ConvInteger (the integer op into an i32 accumulator, then the epilogue's
+//! dequantization, bias and activation as a generated kernel).
+//!
+//! A MatMulInteger of i8 by i8 without zero points (or with constant zero ones) whose `k` and
+//! `n` are multiples of 4 is a cuBLASLt GEMM on the integer tensor cores ([`crate::blas`]): B
+//! is stored `[n, k]` for it (a constant transposed here, once; a computed B by a permute
+//! step). Everything else runs the direct kernels of `kernels/qlinear.cu`: correct and simple,
+//! not fast; scales are converted to f32 first where they have another type.
 
 use super::*;
 use kiln_ir::ops::linalg::ConvAttrs;
+
+/// `t` with its last two dims swapped: a weight `[..., k, n]` stored `[..., n, k]`.
+fn swap_last_two(t: &Tensor) -> Result<Tensor> {
+    let shape = t.shape();
+    let r = shape.len();
+    if r < 2 {
+        return Err(CudaError::Invalid(format!("a matrix of shape {shape:?} to transpose")));
+    }
+    let (rows, cols) = (shape[r - 2], shape[r - 1]);
+    let size = t.dtype().size();
+    let src = crate::host::tensor_bytes(t)?;
+    let mut dst = vec![0u8; src.len()];
+    let mat = rows * cols * size;
+    for (from, to) in src.chunks_exact(mat.max(1)).zip(dst.chunks_exact_mut(mat.max(1))) {
+        for i in 0..rows {
+            for j in 0..cols {
+                let (f, d) = ((i * cols + j) * size, (j * rows + i) * size);
+                to[d..d + size].copy_from_slice(&from[f..f + size]);
+            }
+        }
+    }
+    let mut out = shape.to_vec();
+    out.swap(r - 2, r - 1);
+    crate::host::tensor_from_bytes(t.dtype(), &out, &dst)
+}
+
+/// The shape of an integer matrix product: `[batch..., m, k] x [batch..., k, n]`, with each
+/// operand's elements between batches (0: one matrix for every batch).
+struct Product {
+    m: usize,
+    k: usize,
+    n: usize,
+    batch: usize,
+    strides: [usize; 2],
+}
 
 /// The kernel suffix of an 8-bit operand type.
 fn q8(dt: DType, what: &str) -> Result<&'static str> {
@@ -76,12 +118,64 @@ impl Planner<'_> {
         Ok((args, ys, Arg::I32(mode)))
     }
 
+    /// Whether `b` holds constant zeros (a zero point that changes nothing).
+    fn const_zeros(&self, b: BufferId) -> bool {
+        let owner = match self.plan.buffers[b].kind {
+            BufferKind::View(o) => o,
+            _ => b,
+        };
+        matches!(&self.plan.buffers[owner].kind, BufferKind::Const(t) if t.to_f64_vec().iter().all(|&v| v == 0.0))
+    }
+
+    /// A MatMulInteger or ConvInteger epilogue node: the integer op into an i32 accumulator of
+    /// the output's shape, then the epilogue as a generated kernel.
+    pub(super) fn integer_epilogue(
+        &mut self,
+        id: NodeId,
+        base: &LinalgOp,
+        base_inputs: usize,
+        expr: &Expr,
+    ) -> Result<()> {
+        let info = self.g.value_info(Value { node: id, slot: 0 });
+        let shape = info
+            .ty
+            .concrete_shape()
+            .ok_or_else(|| CudaError::Unsupported(format!("value {} has no static type ({})", info.name, info.ty)))?;
+        let acc = self.temp(format!("{}.acc", self.g.node(id).name), DType::I32, shape);
+        match base {
+            LinalgOp::MatMulInteger => self.integer_matmul_into(id, false, base_inputs, Some(acc))?,
+            LinalgOp::ConvInteger(attrs) => self.integer_conv_into(id, attrs, false, base_inputs, Some(acc))?,
+            other => return Err(CudaError::Unsupported(format!("an epilogue over {}", other.name()))),
+        }
+        let mut ins = vec![acc];
+        for s in base_inputs..self.g.node(id).num_inputs {
+            ins.push(self.required(id, s)?);
+        }
+        let dts: Vec<DType> = ins.iter().map(|&b| self.plan.buffers[b].dtype).collect();
+        let k = epilogue_kernel(expr, DType::I32, &dts[1..])?;
+        let out = self.out(id, 0)?;
+        self.launch_generated(id, k, &ins, out)
+    }
+
     /// MatMulInteger (`quantized` false) and QLinearMatMul.
     pub(super) fn integer_matmul(&mut self, id: NodeId, quantized: bool) -> Result<()> {
+        self.integer_matmul_into(id, quantized, self.g.node(id).num_inputs, None)
+    }
+
+    /// [`Planner::integer_matmul`] over the node's first `base_inputs` inputs, into `out`
+    /// where given (an accumulator), else into the node's output.
+    fn integer_matmul_into(
+        &mut self,
+        id: NodeId,
+        quantized: bool,
+        base_inputs: usize,
+        out: Option<BufferId>,
+    ) -> Result<()> {
+        let base_input = |p: &Self, slot: usize| if slot < base_inputs { p.input(id, slot) } else { Ok(None) };
         let (a, b, a_zp, b_zp) = if quantized {
-            (self.required(id, 0)?, self.required(id, 3)?, self.input(id, 2)?, self.input(id, 5)?)
+            (self.required(id, 0)?, self.required(id, 3)?, base_input(self, 2)?, base_input(self, 5)?)
         } else {
-            (self.required(id, 0)?, self.required(id, 1)?, self.input(id, 2)?, self.input(id, 3)?)
+            (self.required(id, 0)?, self.required(id, 1)?, base_input(self, 2)?, base_input(self, 3)?)
         };
         let (at, bt) = (self.plan.buffers[a].dtype, self.plan.buffers[b].dtype);
         let (asx, bsx) = (q8(at, "A")?, q8(bt, "B")?);
@@ -116,13 +210,23 @@ impl Planner<'_> {
         let (sa, sb) = (stride(ab, m * k)?, stride(bb, k * n)?);
         let a_zp_n = a_zp.map(|z| self.per_axis(z, "A's zero point", m, Some(at))).transpose()?.unwrap_or(1);
         let b_zp_n = b_zp.map(|z| self.per_axis(z, "B's zero point", n, Some(bt))).transpose()?.unwrap_or(1);
-        let y = self.out(id, 0)?;
+        let y = match out {
+            Some(y) => y,
+            None => self.out(id, 0)?,
+        };
         let total = batch * m * n;
         if self.len_of(y) != total {
             return Err(CudaError::Invalid(format!(
                 "the output {:?} does not hold {batch} x {m} x {n}",
                 self.plan.buffers[y].shape
             )));
+        }
+        let zero_points = [a_zp, b_zp].into_iter().flatten().all(|z| self.const_zeros(z));
+        if !quantized && at == DType::I8 && bt == DType::I8 && zero_points {
+            let p = Product { m, k, n, batch, strides: [sa, sb] };
+            if self.int8_gemm(id, a, b, &p, y)? {
+                return Ok(());
+            }
         }
         let mut args = vec![Arg::Buffer(a), Arg::Buffer(b), a_zp.map_or(Arg::Null, Arg::Buffer)];
         args.push(b_zp.map_or(Arg::Null, Arg::Buffer));
@@ -147,12 +251,77 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// The i8 product `y = a b` (i32) as a cuBLASLt GEMM on the integer tensor cores, if its
+    /// shape qualifies; else nothing is planned and the result is false.
+    ///
+    /// cuBLASLt's IMMA kernels over ordinary (column-major) layouts want the "TN" form (its A
+    /// transposed, its B not: both read along `k`), leading dimensions that are multiples of 4,
+    /// its `m` and `k` multiples of 4, and pointers 4-byte aligned. Its A is our B and its `m`
+    /// our `n` (see [`crate::blas`]), so B is stored `[n, k]` (`trans_b`), A stays `[m, k]`,
+    /// and `k` and `n` must be multiples of 4; `m` and the batch are free. Buffers start
+    /// 256-byte aligned (the runtime's arena and weights), and batches of i8 matrices whose
+    /// dims are multiples of 4 start 4-byte aligned.
+    fn int8_gemm(&mut self, id: NodeId, a: BufferId, b: BufferId, p: &Product, y: BufferId) -> Result<bool> {
+        let Product { m, k, n, batch, strides: [sa, sb] } = *p;
+        if m == 0 || batch == 0 || k == 0 || n == 0 || k % 4 != 0 || n % 4 != 0 {
+            return Ok(false);
+        }
+        // B as [..., n, k]: a constant transposed once here, a computed one by a permute step.
+        let b_nk = match self.rewritten_const(id, 1, "nk", swap_last_two)? {
+            Some(t) => t,
+            None => {
+                let (shape, dtype) = (self.plan.buffers[b].shape.clone(), self.plan.buffers[b].dtype);
+                let r = shape.len();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 2, r - 1);
+                let nk: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
+                let t = self.temp(format!("{}.b_nk", self.g.node(id).name), dtype, nk);
+                self.permute(id, b, t, &perm)?;
+                t
+            }
+        };
+        let gemm = GemmStep {
+            a,
+            b: b_nk,
+            c: None,
+            d: y,
+            m,
+            n,
+            k,
+            batch,
+            batch_strides: [sa, sb, m * n],
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+            dtype: DType::I8,
+            out_dtype: DType::I32,
+            epilogue: GemmEpilogue::None,
+        };
+        self.step(id, StepKind::Gemm(gemm));
+        Ok(true)
+    }
+
     /// ConvInteger (`quantized` false) and QLinearConv, 1-D and 2-D.
     pub(super) fn integer_conv(&mut self, id: NodeId, attrs: &ConvAttrs, quantized: bool) -> Result<()> {
+        self.integer_conv_into(id, attrs, quantized, self.g.node(id).num_inputs, None)
+    }
+
+    /// [`Planner::integer_conv`] over the node's first `base_inputs` inputs, into `out` where
+    /// given (an accumulator), else into the node's output.
+    fn integer_conv_into(
+        &mut self,
+        id: NodeId,
+        attrs: &ConvAttrs,
+        quantized: bool,
+        base_inputs: usize,
+        out: Option<BufferId>,
+    ) -> Result<()> {
+        let base_input = |p: &Self, slot: usize| if slot < base_inputs { p.input(id, slot) } else { Ok(None) };
         let (x, w, x_zp, w_zp) = if quantized {
-            (self.required(id, 0)?, self.required(id, 3)?, self.input(id, 2)?, self.input(id, 5)?)
+            (self.required(id, 0)?, self.required(id, 3)?, base_input(self, 2)?, base_input(self, 5)?)
         } else {
-            (self.required(id, 0)?, self.required(id, 1)?, self.input(id, 2)?, self.input(id, 3)?)
+            (self.required(id, 0)?, self.required(id, 1)?, base_input(self, 2)?, base_input(self, 3)?)
         };
         let (xt, wt) = (self.plan.buffers[x].dtype, self.plan.buffers[w].dtype);
         let (xsx, wsx) = (q8(xt, "the input")?, q8(wt, "the weight")?);
@@ -167,7 +336,10 @@ impl Planner<'_> {
         if c % group != 0 || m % group != 0 || ws[1] * group != c {
             return Err(CudaError::Invalid(format!("{group} groups do not divide input {xs:?} and weight {ws:?}")));
         }
-        let y = self.out(id, 0)?;
+        let y = match out {
+            Some(y) => y,
+            None => self.out(id, 0)?,
+        };
         let mut want = vec![xs[0], m];
         want.extend(dims.iter().map(|d| d.output));
         if self.plan.buffers[y].shape != want {

@@ -65,6 +65,7 @@ pub fn tiny_plan() -> Plan {
                 alpha: 1.0,
                 beta: 0.0,
                 dtype: f,
+                out_dtype: f,
                 epilogue: GemmEpilogue::ReluBias(2),
             }),
         },
