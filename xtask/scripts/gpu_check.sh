@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU=.gpu
 # Test binaries that need or use a GPU, as package:target.
-TESTS=(kiln-cuda:gpu_families kiln-cuda:gpu_index kiln-cuda:gpu_dtype kiln-cuda:gpu_attention kiln-cuda:gpu_spatial kiln-cuda:nvrtc_compile kiln-cuda:kiln_cuda kiln:gpu kiln:gpu_fault)
+TESTS=(kiln-cuda:gpu_families kiln-cuda:gpu_index kiln-cuda:gpu_dtype kiln-cuda:gpu_int8 kiln-cuda:gpu_attention kiln-cuda:gpu_spatial kiln-cuda:nvrtc_compile kiln-cuda:kiln_cuda kiln:gpu kiln:gpu_fault)
 
 build() {
     set -e

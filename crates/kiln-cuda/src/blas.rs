@@ -111,7 +111,7 @@ fn types(
                 Some("no epilogue")
             } else if step.trans_a || !step.trans_b {
                 Some("A stored [m, k] and B stored [n, k]")
-            } else if step.n % 4 != 0 || step.k % 4 != 0 {
+            } else if !step.n.is_multiple_of(4) || !step.k.is_multiple_of(4) {
                 Some("n and k multiples of 4")
             } else {
                 None

@@ -276,3 +276,72 @@ fn fuzz_seed_is_a_valid_engine() {
     let bytes = std::fs::read(&seed).unwrap_or_else(|e| panic!("{}: {e}", seed.display()));
     read(&bytes).unwrap_or_else(|e| panic!("{}: {e} (rewrite it with the engine_seeds example)", seed.display()));
 }
+
+/// An i8 GEMM into i32 (cuBLASLt's integer tensor cores): its output type survives the round
+/// trip, and operands of the wrong type or a pairing cuBLASLt has no kernel for are refused.
+#[test]
+fn int8_gemms_round_trip_and_are_checked() {
+    use kiln_cuda::plan::{Buffer, BufferKind, GemmEpilogue, GemmStep, Step, StepKind};
+    use kiln_ir::{DType, Tensor};
+    let buffer = |name: &str, dtype: DType, shape: &[usize], kind: BufferKind| Buffer {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        kind,
+        output: false,
+        last_use: Some(0),
+    };
+    let w = Tensor::from_vec(vec![12, 8], (0..96).map(|i| (i % 7) as i8 - 3).collect::<Vec<i8>>()).unwrap();
+    let mut d = buffer("y", DType::I32, &[4, 12], BufferKind::Temp);
+    d.output = true;
+    let gemm = GemmStep {
+        a: 0,
+        b: 1,
+        c: None,
+        d: 2,
+        m: 4,
+        n: 12,
+        k: 8,
+        batch: 1,
+        batch_strides: [0, 0, 0],
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        beta: 0.0,
+        dtype: DType::I8,
+        out_dtype: DType::I32,
+        epilogue: GemmEpilogue::None,
+    };
+    let plan = Plan {
+        buffers: vec![
+            buffer("x", DType::I8, &[4, 8], BufferKind::Input(0)),
+            buffer("w", DType::I8, &[12, 8], BufferKind::Const(w)),
+            d,
+        ],
+        steps: vec![Step { node: "fc".into(), kind: StepKind::Gemm(gemm) }],
+        outputs: vec![2],
+        ..Default::default()
+    };
+    let e = tiny::with_dummy_cubins(plan.clone(), "sm_90", 1024);
+    let back = read(&e.to_bytes()).unwrap();
+    assert_eq!(back.plan(), &plan);
+    let check = |what: &str, edit: &dyn Fn(&mut Plan), want: &str| {
+        let mut p = plan.clone();
+        edit(&mut p);
+        let bytes = encode_unchecked(e.header(), &p, e.memory(), e.cubins());
+        match read(&bytes) {
+            Err(EngineError::Corrupt(msg)) => assert!(msg.contains(want), "{what}: {msg}"),
+            Err(other) => panic!("{what}: refused, but not as corrupt: {other}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    };
+    fn gemm_of(p: &mut Plan) -> &mut GemmStep {
+        match &mut p.steps[0].kind {
+            StepKind::Gemm(g) => g,
+            _ => panic!("step 0 is the GEMM"),
+        }
+    }
+    check("f32 into i32", &|p| gemm_of(p).dtype = DType::F32, "a GEMM of f32 into i32");
+    check("i8 into i8", &|p| gemm_of(p).out_dtype = DType::I8, "a GEMM of i8 into i8");
+    check("i8 into an f32 buffer", &|p| p.buffers[2].dtype = DType::F32, "buffer 2 is f32, the GEMM takes i32 there");
+}

@@ -376,3 +376,134 @@ fn pointwise_convs_run_as_gemms_and_match_the_cpu_reference() {
     eprintln!("pointwise convs fp16: cosine {:.7}, rel L2 {:.2e}", m.cosine, m.rel_l2);
     assert!(m.cosine > 0.9999 && m.rel_l2 < 5e-3, "{m:?}");
 }
+
+/// Rows `[start, end)` of a tensor along dim 0, padded with zeros to `rows` rows.
+fn rows_padded(t: &Tensor, start: usize, end: usize, rows: usize) -> Tensor {
+    let per: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = rows;
+    let mut v = t.to_f64_vec()[start * per..end * per].to_vec();
+    v.resize(rows * per, 0.0);
+    Tensor::from_vec(shape, v).unwrap().cast(t.dtype())
+}
+
+/// Top-1 accuracy of `[n, classes]` logits.
+fn top1(logits: &[f64], classes: usize, labels: &[i64]) -> f64 {
+    let hits = labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &y)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])) == Some(y as usize)
+        })
+        .count();
+    hits as f64 / labels.len() as f64
+}
+
+/// Logits of `x` from an engine of fixed batch `batch`, run over it in padded batches.
+fn engine_logits(ctx: &mut ExecutionContext, x: &Tensor, batch: usize) -> Vec<f64> {
+    let n = x.shape()[0];
+    let mut out = vec![];
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let y = ctx.run(&[rows_padded(x, start, end, batch)]).unwrap().remove(0);
+        let classes = y.shape()[1];
+        out.extend_from_slice(&y.to_f64_vec()[..(end - start) * classes]);
+    }
+    out
+}
+
+/// INT8 engines of the two INT8 fixtures (entropy calibration on their `.calib.npy` through
+/// the facade's build, as `kiln build --int8 --calib` does) on the GPU keep held-out top-1
+/// within 0.5 points of FP32 on the CPU reference. The transformer's nine matrix products
+/// (projections, FFN, attention's two products, classifier) run on cuBLASLt's INT8 tensor
+/// cores; the CNN's convolutions and its 10-class classifier (n = 10 is not a multiple of 4)
+/// keep the direct kernels. Tuned GEMM tactics give the same bits: integer sums are exact.
+/// The builds and plans are checked everywhere, the accuracy where there is a GPU.
+#[test]
+fn int8_engines_keep_their_accuracy_on_the_gpu() {
+    use kiln::cuda::plan::StepKind;
+    use kiln::ir::DType;
+    let gpu = have_gpu("int8_engines_keep_their_accuracy_on_the_gpu");
+    for (name, batch, int8_gemms) in [("digits_cnn", 50, 0), ("count_transformer", 64, 9)] {
+        let onnx = fixture(&format!("{name}.onnx"));
+        let test_x = kiln::npy::read(&fixture(&format!("{name}.test_x.npy"))).unwrap();
+        let test_y = kiln::npy::read(&fixture(&format!("{name}.test_y.npy"))).unwrap();
+        let labels = test_y.as_slice::<i64>().unwrap().to_vec();
+        // FP32 on the CPU reference, the whole held-out set at once.
+        let mut m = kiln::load(&onnx).unwrap();
+        kiln::optimize_with(&mut m.graph, &kiln::OptimizeOptions { fuse: false, ..Default::default() }).unwrap();
+        let fp32_logits = kiln::run_cpu(&m.graph, std::slice::from_ref(&test_x)).unwrap().remove(0);
+        let classes = fp32_logits.shape()[1];
+        let fp32_acc = top1(&fp32_logits.to_f64_vec(), classes, &labels);
+        // INT8 at a fixed batch; the calibration rows split into batches of it.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("int8-calib-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture(&format!("{name}.calib.npy")), dir.join("calib.npy")).unwrap();
+        let g = kiln::load(&onnx).unwrap().graph;
+        let input = g.node(g.inputs[0]).outputs[0].clone();
+        let mut dims: Vec<usize> = input.ty.shape.unwrap().iter().map(|d| d.known().unwrap_or(batch)).collect();
+        dims[0] = batch;
+        let opts = kiln::BuildOptions {
+            shapes: HashMap::from([(input.name.clone(), dims)]),
+            int8: Some(kiln::Int8Options {
+                calib_dir: Some(dir),
+                calib_cache: None,
+                algo: kiln::quant::CalibAlgo::Entropy,
+            }),
+            ..Default::default()
+        };
+        let built = kiln::build(g, &opts).unwrap();
+        let plan = kiln::cuda::plan::plan(&built.graph).unwrap();
+        let lt_int8 = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.kind, StepKind::Gemm(m) if m.dtype == DType::I8 && m.out_dtype == DType::I32))
+            .count();
+        assert_eq!(lt_int8, int8_gemms, "{name}: GEMMs on cuBLASLt INT8 in\n{plan}");
+        // The same INT8 graph on the CPU reference.
+        let mut cpu_logits = vec![];
+        for start in (0..labels.len()).step_by(batch) {
+            let end = (start + batch).min(labels.len());
+            let y = kiln::run_cpu(&built.graph, &[rows_padded(&test_x, start, end, batch)]).unwrap().remove(0);
+            cpu_logits.extend_from_slice(&y.to_f64_vec()[..(end - start) * classes]);
+        }
+        let cpu_int8_acc = top1(&cpu_logits, classes, &labels);
+        if !gpu {
+            eprintln!(
+                "{name}: FP32 {:.2}%, INT8 {:.2}% on the CPU; {lt_int8} GEMMs planned on cuBLASLt INT8",
+                fp32_acc * 100.0,
+                cpu_int8_acc * 100.0
+            );
+            continue;
+        }
+        let engine = load_engine(&built.graph, &fp32()).unwrap();
+        let mut ctx = ExecutionContext::new(engine).unwrap();
+        let gpu_logits = engine_logits(&mut ctx, &test_x, batch);
+        let int8_acc = top1(&gpu_logits, classes, &labels);
+        eprintln!(
+            "{name}: FP32 (CPU) {:.2}%, INT8 on the GPU {:.2}% (INT8 on the CPU {:.2}%) on {} held-out examples; \
+             {lt_int8} GEMMs on cuBLASLt INT8",
+            fp32_acc * 100.0,
+            int8_acc * 100.0,
+            cpu_int8_acc * 100.0,
+            labels.len()
+        );
+        assert!(fp32_acc > 0.95, "{name}: the FP32 model is trained: {fp32_acc}");
+        assert!((fp32_acc - int8_acc).abs() <= 0.005, "{name}: FP32 {fp32_acc} vs INT8 on the GPU {int8_acc}");
+        assert!((cpu_int8_acc - int8_acc).abs() <= 0.005, "{name}: INT8 on the CPU {cpu_int8_acc}, GPU {int8_acc}");
+        if lt_int8 > 0 {
+            // Tactics timed by the first context and handed to the second give the same bits.
+            let mut tuned = fp32();
+            tuned.exec.tune_gemms = true;
+            let engine = load_engine(&built.graph, &tuned).unwrap();
+            let first = rows_padded(&test_x, 0, batch.min(labels.len()), batch);
+            let want = ctx.run(std::slice::from_ref(&first)).unwrap();
+            for i in 0..2 {
+                let mut c = ExecutionContext::new(engine.clone()).unwrap();
+                let got = c.run(std::slice::from_ref(&first)).unwrap();
+                assert!(got[0] == want[0], "{name}: tuned context {i} differs from the heuristic's");
+            }
+        }
+    }
+}

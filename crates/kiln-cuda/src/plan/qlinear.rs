@@ -263,7 +263,7 @@ impl Planner<'_> {
     /// dims are multiples of 4 start 4-byte aligned.
     fn int8_gemm(&mut self, id: NodeId, a: BufferId, b: BufferId, p: &Product, y: BufferId) -> Result<bool> {
         let Product { m, k, n, batch, strides: [sa, sb] } = *p;
-        if m == 0 || batch == 0 || k == 0 || n == 0 || k % 4 != 0 || n % 4 != 0 {
+        if m == 0 || batch == 0 || k == 0 || n == 0 || !k.is_multiple_of(4) || !n.is_multiple_of(4) {
             return Ok(false);
         }
         // B as [..., n, k]: a constant transposed once here, a computed one by a permute step.
