@@ -140,8 +140,10 @@ impl KernelLibrary {
             Some(BufferKind::View(o)) => addrs.get(*o).copied().unwrap_or(0),
             _ => addrs.get(b).copied().unwrap_or(0),
         };
-        // cuBLASLt is loaded only for plans that call it.
+        // cuBLASLt is loaded only for plans that call it, and works in the thread's current
+        // context: this GPU's.
         let lt = if plan.steps.iter().any(|s| matches!(s.kind, StepKind::Gemm(_))) {
+            self.gpu.context().bind_to_thread().map_err(|e| CudaError::Driver(format!("bind context: {e}")))?;
             Some((LtHandle::new()?, self.gpu.zeros(RUN_PLAN_WORKSPACE)?))
         } else {
             None
