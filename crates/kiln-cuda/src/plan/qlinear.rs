@@ -266,6 +266,10 @@ impl Planner<'_> {
         if m == 0 || batch == 0 || k == 0 || n == 0 || !k.is_multiple_of(4) || !n.is_multiple_of(4) {
             return Ok(false);
         }
+        // (A vector B has n = 1, so B here is a matrix or a stack of them.)
+        if self.plan.buffers[b].shape.len() < 2 {
+            return Ok(false);
+        }
         // B as [..., n, k]: a constant transposed once here, a computed one by a permute step.
         let b_nk = match self.rewritten_const(id, 1, "nk", swap_last_two)? {
             Some(t) => t,
