@@ -518,6 +518,9 @@ impl Planner<'_> {
             Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs, expr }) => {
                 self.conv(id, attrs, *base_inputs, Some(expr), false)
             }
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs, expr }) => {
+                self.integer_conv_epilogue(id, attrs, *base_inputs, expr)
+            }
             Op::Fused(FusedOp::Epilogue { base, base_inputs, expr }) => self.matmul(id, base, *base_inputs, Some(expr)),
             Op::Linalg(base @ (LinalgOp::MatMul | LinalgOp::Gemm { .. })) => {
                 self.matmul(id, base, node.num_inputs, None)

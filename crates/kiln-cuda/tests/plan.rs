@@ -655,3 +655,57 @@ fn index_ops_check_indices_at_run_time_and_need_constant_counts() {
     let err = plan(&g).unwrap_err().to_string();
     assert!(err.contains("top (TopK): input 1 is computed at run time; the kernel needs it constant"), "{err}");
 }
+
+/// A quantized convolution as the `qdq` fusion rules leave it: ConvInteger with its
+/// dequantization, bias and ReLU in the epilogue. The integer kernel writes an i32
+/// accumulator, and a generated kernel applies the epilogue (compiled where NVRTC is present).
+#[test]
+fn integer_convolution_epilogues_accumulate_in_i32_then_run_the_epilogue() {
+    let mut g = Graph::new("qconv");
+    let x = g.add_input("xq", TypeInfo::known(DType::I8, &[1, 4, 5, 5]));
+    let wv: Vec<i8> = (0..6 * 4 * 9).map(|i| (i % 11) as i8 - 5).collect();
+    let w = g.add_const("wq", Tensor::from_vec(vec![6, 4, 3, 3], wv).unwrap());
+    let scale = g.add_const("scale", Tensor::from_vec(vec![1, 6, 1, 1], vec![0.01f32; 6]).unwrap());
+    let bias = g.add_const("bias", Tensor::from_vec(vec![1, 6, 1, 1], vec![0.5f32; 6]).unwrap());
+    let expr = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: false }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+            op(ElementwiseOp::Unary(UnaryOp::Relu), &[5]),
+        ],
+    };
+    let base = LinalgOp::ConvInteger(conv_attrs(&[1, 1, 1, 1], AutoPad::NotSet, 1));
+    // ConvInteger's inputs: x, w and the absent zero points (symmetric).
+    let ep = Op::Fused(FusedOp::Epilogue { base, base_inputs: 4, expr });
+    let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
+    let y = node(&mut g, "qconv", ep, &ins, TypeInfo::known(DType::F32, &[1, 6, 5, 5]));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let kernels: Vec<(&str, &[Arg])> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Kernel(k) => Some((k.kernel.as_str(), k.args.as_slice())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kernels.len(), 2, "{p}");
+    assert_eq!(kernels[0].0, "conv_integer_i8_i8");
+    let acc = p.buffers.iter().position(|b| b.name == "qconv.acc").unwrap();
+    assert_eq!((p.buffers[acc].dtype, p.buffers[acc].shape.clone()), (DType::I32, vec![1, 6, 5, 5]));
+    assert!(kernels[0].1.contains(&Arg::Buffer(acc)), "the integer kernel writes the accumulator");
+    assert!(kernels[1].0.starts_with("epilogue"), "{}", kernels[1].0);
+    let nv = match Nvrtc::locate() {
+        Ok(n) => n.with_cache_dir(None),
+        Err(e) if std::env::var_os("CI").is_some_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    for k in &p.generated {
+        let c = nv.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.has_kernel(&k.name));
+    }
+}

@@ -147,8 +147,42 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// A ConvInteger epilogue (what the `qdq` fusion rules make of a quantized convolution):
+    /// the integer convolution into an i32 accumulator, then the epilogue (dequantization,
+    /// bias, activation) as a generated kernel.
+    pub(super) fn integer_conv_epilogue(
+        &mut self,
+        id: NodeId,
+        attrs: &ConvAttrs,
+        base_inputs: usize,
+        expr: &Expr,
+    ) -> Result<()> {
+        let out = self.out(id, 0)?;
+        let name = format!("{}.acc", self.g.node(id).name);
+        let acc = self.temp(name, DType::I32, self.plan.buffers[out].shape.clone());
+        self.integer_conv_into(id, attrs, false, Some(acc))?;
+        let mut ins = vec![acc];
+        for s in base_inputs..self.g.node(id).num_inputs {
+            ins.push(self.required(id, s)?);
+        }
+        let dts: Vec<DType> = ins.iter().map(|&x| self.plan.buffers[x].dtype).collect();
+        let k = epilogue_kernel(expr, DType::I32, &dts[1..])?;
+        self.launch_generated(id, k, &ins, out)
+    }
+
     /// ConvInteger (`quantized` false) and QLinearConv, 1-D and 2-D.
     pub(super) fn integer_conv(&mut self, id: NodeId, attrs: &ConvAttrs, quantized: bool) -> Result<()> {
+        self.integer_conv_into(id, attrs, quantized, None)
+    }
+
+    /// As [`Planner::integer_conv`], writing to `into` (of the output's shape) when given.
+    fn integer_conv_into(
+        &mut self,
+        id: NodeId,
+        attrs: &ConvAttrs,
+        quantized: bool,
+        into: Option<BufferId>,
+    ) -> Result<()> {
         let (x, w, x_zp, w_zp) = if quantized {
             (self.required(id, 0)?, self.required(id, 3)?, self.input(id, 2)?, self.input(id, 5)?)
         } else {
@@ -167,7 +201,10 @@ impl Planner<'_> {
         if c % group != 0 || m % group != 0 || ws[1] * group != c {
             return Err(CudaError::Invalid(format!("{group} groups do not divide input {xs:?} and weight {ws:?}")));
         }
-        let y = self.out(id, 0)?;
+        let y = match into {
+            Some(b) => b,
+            None => self.out(id, 0)?,
+        };
         let mut want = vec![xs[0], m];
         want.extend(dims.iter().map(|d| d.output));
         if self.plan.buffers[y].shape != want {
