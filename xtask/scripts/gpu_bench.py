@@ -129,6 +129,53 @@ def run_kiln(args, cmd):
     return r.stdout, None
 
 
+def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
+    """Kiln INT8 (with FP16 for what INT8 leaves) at batch `b`: entropy calibration on random
+    inputs at batch 1 (written to a calibration cache, which the batch-`b` build reuses), the
+    GPU time, and the output against the FP32 CPU reference at batch 1."""
+    import numpy as np
+    calib = os.path.join(args.models_dir, f"{name}-calib")
+    os.makedirs(calib, exist_ok=True)
+    torch.manual_seed(1)
+    for i in range(args.calib_samples):
+        np.save(os.path.join(calib, f"{i:03}.npy"), make(1)[0].numpy())
+    cache = os.path.join(args.models_dir, f"{name}.calib.txt")
+    shape = lambda n: f"{in_name}=" + "x".join(str(d) for d in [n] + in_shape)
+    row = {"model": name, "batch": b, "precision": "int8", "device": dev, "accuracy": {}}
+    q = ["--int8", "--fp16", "--calib-cache", cache]
+    t0 = time.time()
+    out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(1), "-o", f"/tmp/{name}-int8-1.kiln",
+                               "--calib", calib] + q)
+    row["calibrate_s"] = time.time() - t0
+    if err:
+        row["kiln_error"] = err
+        return row
+    out, err = run_kiln(args, [args.kiln, "compare", path, "--device", "cuda", "--shapes", shape(1), "--json",
+                               "--seed", "1"] + q)
+    if out:
+        o = json.loads(out)["outputs"][0]
+        row["accuracy"]["int8"] = {"cosine": o["cosine"], "max_abs": o["max_abs"], "rel_l2": o.get("rel_l2")}
+    else:
+        row["accuracy"]["int8"] = {"error": err}
+    engine = f"/tmp/{name}-int8-{b}.kiln"
+    out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q)
+    if out:
+        log(out[-4000:])
+        out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"])
+    if out:
+        k = json.loads(out)
+        row["kiln_ms"] = k["gpu_compute_ms"]["median"]
+        row["kiln"] = k
+        if fp16_row.get("kiln_ms"):
+            row["vs_kiln_fp16"] = fp16_row["kiln_ms"] / row["kiln_ms"]
+    else:
+        row["kiln_error"] = err
+    if args.profile:
+        out, err = run_kiln(args, [args.kiln, "profile", engine, "--top", args.top, "--runs", "10"])
+        log(f"== kiln profile {name} int8 batch {b}\n{out or err}")
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", default=".gpu/bin/kiln")
@@ -142,6 +189,10 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also log `kiln profile` of every row")
     ap.add_argument("--top", default="12", help="steps the profile lists")
     ap.add_argument("--export-only", action="store_true", help="export the models to --models-dir and stop")
+    ap.add_argument("--int8", default="resnet50,bert_base",
+                    help="models that also get an INT8 row (--int8 --fp16, entropy calibration on random "
+                         "inputs) at the largest batch; empty for none")
+    ap.add_argument("--calib-samples", type=int, default=16, help="random inputs INT8 calibrates on")
     args = ap.parse_args()
     os.makedirs(args.models_dir, exist_ok=True)
     if args.export_only:
@@ -202,6 +253,9 @@ def main():
             fl, by = flops_and_bytes(name, b)
             row["roofline_ms"] = max(fl / H100_FP16_FLOPS, by / H100_BYTES_PER_S) * 1e3
             rows.append(row)
+            if fp16 and name in args.int8.split(",") and b == max(int(x) for x in args.batches.split(",")):
+                rows.append(int8_row(args, name, path, make, in_name, in_shape, b, row, dev))
+                log(json.dumps({k: v for k, v in rows[-1].items() if k != "kiln"}))
             log(json.dumps({k: v for k, v in row.items() if k != "kiln"}))
             with open(os.path.join(args.out, "bench.json"), "w") as f:
                 json.dump(rows, f, indent=1)
@@ -214,7 +268,7 @@ def main():
         "| model | batch | Kiln ms | eager ms | compile ms | Kiln img/s | vs eager | vs compile | roofline share | cosine fp32 / fp16 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in [r for r in rows if r.get("precision") != "int8"]:
         k = r.get("kiln_ms")
         e, c = r.get("eager_ms"), r.get("compiled_ms")
         f = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"
@@ -225,6 +279,19 @@ def main():
             f"{r['batch'] * 1e3 / k:.0f} | {ratio(e)} | {ratio(c)} | "
             f"{r['roofline_ms'] / k * 100:.0f}% | {cos} |" if k else
             f"| {r['model']} | {r['batch']} | {r.get('kiln_error', '-')[:80]} | {f(e)} | {f(c)} | - | - | - | - | {cos} |")
+    int8 = [r for r in rows if r.get("precision") == "int8"]
+    if int8:
+        lines += ["", "Kiln INT8 (`--int8 --fp16`, entropy calibration on random inputs) against Kiln FP16, same run:", "",
+                  "| model | batch | INT8 ms | FP16 ms | INT8 speed-up | cosine to fp32 (batch 1) | rel L2 |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in int8:
+            a = r["accuracy"].get("int8", {})
+            fp = next((x.get("kiln_ms") for x in rows if x["model"] == r["model"] and x["batch"] == r["batch"]
+                       and x.get("precision") != "int8"), None)
+            k = r.get("kiln_ms")
+            lines.append(f"| {r['model']} | {r['batch']} | {f'{k:.3f}' if k else r.get('kiln_error', '-')[:60]} | "
+                         f"{f'{fp:.3f}' if fp else '-'} | {f'{fp / k:.2f}x' if k and fp else '-'} | "
+                         f"{a.get('cosine', a.get('error', '-'))} | {a.get('rel_l2', '-')} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(table + "\n")

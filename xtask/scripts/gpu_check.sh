@@ -130,6 +130,24 @@ run() {
         timeout "${KILN_BENCH_TIMEOUT:-420}" python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
         { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || grep -E '^\{|error' "$logs/bench.log" | tail -30; } >> "$summary"
     fi
+    if [[ " $stages " == *" accuracy "* ]]; then
+        # FP16 on the GPU against the FP32 CPU reference, for the two random-weight CNNs
+        # (KILN_ACCURACY_POLICIES: the early-layer policies to compare, default split).
+        local t0=$SECONDS dir=/tmp/kiln-models
+        python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/accuracy-export.log" 2>&1 || status=1
+        echo "== FP16 accuracy (kiln compare --device cuda --fp16, batch 1)" >> "$summary"
+        for m in resnet50 mobilenet_v2; do
+            for policy in ${KILN_ACCURACY_POLICIES:-split}; do
+                for seed in ${KILN_ACCURACY_SEEDS:-1 2 3}; do
+                    local line
+                    line=$(KILN_FP16_EARLY=$policy "$GPU/bin/kiln" compare $dir/$m.onnx --device cuda --fp16 \
+                        --shapes input=1x3x224x224 --seed "$seed" 2>&1 | tail -1) || status=1
+                    echo "$m $policy seed $seed: $line" >> "$summary"
+                done
+            done
+        done
+        echo "(accuracy: $((SECONDS - t0)) s)" >> "$summary"
+    fi
     if [[ " $stages " == *" soak "* ]]; then
         local t0=$SECONDS dir=/tmp/kiln-models
         python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/soak-export.log" 2>&1 || status=1
@@ -150,5 +168,5 @@ run() {
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 build | run [tests] [conformance] [bench] [soak]" >&2; exit 2 ;;
+    *) echo "usage: $0 build | run [tests] [conformance] [bench] [accuracy] [soak]" >&2; exit 2 ;;
 esac

@@ -178,10 +178,19 @@ pub fn run(a: Args) -> Result<()> {
         println!("{n8} of {} layers in INT8", done.precisions.len());
     }
     if let (Some(r), false) = (&done.fp16, a.json) {
-        println!("{} nodes in FP16, {} kept in FP32, {} casts added", r.fp16_nodes, r.kept.len(), r.casts);
+        println!(
+            "{} nodes in FP16, {} kept in FP32, {} casts added, {} early convolutions with f16 hi+lo weights",
+            r.fp16_nodes,
+            r.kept.len(),
+            r.casts,
+            r.split.len()
+        );
         if a.explain {
             for k in &r.kept {
                 println!("  fp32  {:<32} {:<16} {}", k.node, k.op, k.reason);
+            }
+            for n in &r.split {
+                println!("  split {n:<32} weights and bias as two f16 halves (hi + lo), two convolutions");
             }
         }
     }

@@ -656,6 +656,60 @@ fn index_ops_check_indices_at_run_time_and_need_constant_counts() {
     assert!(err.contains("top (TopK): input 1 is computed at run time; the kernel needs it constant"), "{err}");
 }
 
+/// A quantized convolution as the `qdq` fusion rules leave it: ConvInteger with its
+/// dequantization, bias and ReLU in the epilogue. The integer kernel writes an i32
+/// accumulator, and a generated kernel applies the epilogue (compiled where NVRTC is present).
+#[test]
+fn integer_convolution_epilogues_accumulate_in_i32_then_run_the_epilogue() {
+    let mut g = Graph::new("qconv");
+    let x = g.add_input("xq", TypeInfo::known(DType::I8, &[1, 4, 5, 5]));
+    let wv: Vec<i8> = (0..6 * 4 * 9).map(|i| (i % 11) as i8 - 5).collect();
+    let w = g.add_const("wq", Tensor::from_vec(vec![6, 4, 3, 3], wv).unwrap());
+    let scale = g.add_const("scale", Tensor::from_vec(vec![1, 6, 1, 1], vec![0.01f32; 6]).unwrap());
+    let bias = g.add_const("bias", Tensor::from_vec(vec![1, 6, 1, 1], vec![0.5f32; 6]).unwrap());
+    let expr = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: false }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+            op(ElementwiseOp::Unary(UnaryOp::Relu), &[5]),
+        ],
+    };
+    let base = LinalgOp::ConvInteger(conv_attrs(&[1, 1, 1, 1], AutoPad::NotSet, 1));
+    // ConvInteger's inputs: x, w and the absent zero points (symmetric).
+    let ep = Op::Fused(FusedOp::Epilogue { base, base_inputs: 4, expr });
+    let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
+    let y = node(&mut g, "qconv", ep, &ins, TypeInfo::known(DType::F32, &[1, 6, 5, 5]));
+    g.add_output("y", y);
+    let p = plan(&g).unwrap();
+    let kernels: Vec<(&str, &[Arg])> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Kernel(k) => Some((k.kernel.as_str(), k.args.as_slice())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kernels.len(), 2, "{p}");
+    assert_eq!(kernels[0].0, "conv_integer_i8_i8");
+    let acc = p.buffers.iter().position(|b| b.name == "qconv.acc").unwrap();
+    assert_eq!((p.buffers[acc].dtype, p.buffers[acc].shape.clone()), (DType::I32, vec![1, 6, 5, 5]));
+    assert!(kernels[0].1.contains(&Arg::Buffer(acc)), "the integer kernel writes the accumulator");
+    assert!(kernels[1].0.starts_with("epilogue"), "{}", kernels[1].0);
+    let nv = match Nvrtc::locate() {
+        Ok(n) => n.with_cache_dir(None),
+        Err(e) if std::env::var_os("CI").is_some_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    for k in &p.generated {
+        let c = nv.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.has_kernel(&k.name));
+    }
+}
+
 /// A graph of one MatMulInteger of input `a` (`[.., m, k]` of `at`) by `b` (a constant
 /// `[k, n]` of `bt` when `b_const`, else an input of shape `b_shape`), with the given constant
 /// zero points.
@@ -759,8 +813,7 @@ fn int8_matmuls_cublaslt_cannot_run_keep_the_direct_kernel() {
 }
 
 #[test]
-fn integer_epilogues_accumulate_in_i32_then_dequantize() {
-    use kiln_ir::ops::pool::AutoPad;
+fn integer_matmul_epilogues_accumulate_in_i32_then_dequantize() {
     // MatMulInteger's epilogue: the GEMM into an i32 accumulator, then cast, scale and bias in
     // one generated kernel. The weight has a second reader, so the GEMM gets a transposed copy.
     let mut g = Graph::new("qlinear");
@@ -778,7 +831,7 @@ fn integer_epilogues_accumulate_in_i32_then_dequantize() {
             op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
         ],
     };
-    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant.clone() });
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant });
     let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
     let y = node(&mut g, "fc", ep, &ins, TypeInfo::known(DType::F32, &[4, 8]));
     g.add_output("y", y);
@@ -799,28 +852,4 @@ fn integer_epilogues_accumulate_in_i32_then_dequantize() {
     assert_eq!(gemms[1].b, gemms[0].b, "one transposed copy for both readers: {p}");
     assert_eq!(kernels.len(), 1, "{p}");
     assert!(kernels[0].starts_with("epilogue_"), "{p}");
-
-    // ConvInteger's epilogue: the direct kernel into the accumulator, then the same kernel.
-    let mut g = Graph::new("qconv");
-    let x = g.add_input("x", TypeInfo::known(DType::I8, &[1, 2, 5, 5]));
-    let w = g.add_const("w", Tensor::from_vec(vec![4, 2, 3, 3], vec![1i8; 72]).unwrap());
-    let scale = g.add_const("scale", Tensor::from_vec(vec![4, 1, 1], vec![0.5f32; 4]).unwrap());
-    let bias = g.add_const("bias", Tensor::from_vec(vec![4, 1, 1], vec![1.0f32; 4]).unwrap());
-    let attrs = ConvAttrs {
-        kernel_shape: vec![3, 3],
-        strides: vec![],
-        dilations: vec![],
-        pads: vec![1, 1, 1, 1],
-        auto_pad: AutoPad::NotSet,
-        group: 1,
-    };
-    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr: dequant });
-    let ins = [Some(x), Some(w), None, None, Some(scale), Some(bias)];
-    let y = node(&mut g, "conv", ep, &ins, TypeInfo::known(DType::F32, &[1, 4, 5, 5]));
-    g.add_output("y", y);
-    let p = plan(&g).unwrap();
-    let (gemms, kernels) = gemms_and_kernels(&p);
-    assert!(gemms.is_empty(), "{p}");
-    assert_eq!(kernels[0], "conv_integer_i8_i8", "{p}");
-    assert!(kernels[1].starts_with("epilogue_"), "{p}");
 }

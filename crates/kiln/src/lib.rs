@@ -65,6 +65,14 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// An environment setting has a value Kiln does not know.
+    #[error("environment setting {name}: {msg}")]
+    Setting {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// Reading or writing a `.npy` file failed.
     #[error("{path}: {msg}")]
     Npy {
@@ -212,12 +220,16 @@ pub fn to_fp16(
     graph: &mut Graph,
     keep_fp32: std::collections::HashSet<String>,
 ) -> Result<kiln_ir::passes::Fp16Report, Error> {
-    use kiln_ir::passes::{DeadCodeElimination, InferTypes, ToFp16};
+    use kiln_ir::passes::{DeadCodeElimination, EarlyPolicy, InferTypes, ToFp16};
     let cx = PassContext::default();
     PassManager::new(vec![Box::new(InferTypes)]).always_verify(true).run(graph, &cx)?;
-    // Keeping a deep CNN's first layers in FP32 is opt-in: accurate, but slow.
-    let early_fp32 = std::env::var_os("KILN_FP16_EARLY_FP32").is_some_and(|v| v == "1");
-    let report = ToFp16 { keep_fp32, early_fp32 }.convert(graph)?;
+    // A deep CNN's first layers split their weights into f16 halves unless
+    // KILN_FP16_EARLY=fp32 (exact, but on CUDA cores) or off says otherwise.
+    let early = match std::env::var("KILN_FP16_EARLY") {
+        Ok(v) => v.parse().map_err(|msg| Error::Setting { name: "KILN_FP16_EARLY".into(), msg })?,
+        Err(_) => EarlyPolicy::default(),
+    };
+    let report = ToFp16 { keep_fp32, early }.convert(graph)?;
     PassManager::new(vec![Box::new(InferTypes), Box::new(DeadCodeElimination)]).always_verify(true).run(graph, &cx)?;
     Ok(report)
 }

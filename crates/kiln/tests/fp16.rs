@@ -266,3 +266,24 @@ fn values_beyond_the_f16_range_saturate_and_are_counted() {
     // -65504 + 1 rounds back to -65504 in f16; 1e-9 underflows to zero, which is fine.
     assert_eq!(y.to_f64_vec(), vec![65504.0, -65504.0, -65504.0, f64::INFINITY, 2.0]);
 }
+
+/// Splitting the early weights into f16 halves changes the graph, not what it computes: in
+/// FP32 the split ResNet-50 gives the unsplit one's output to within the rounding of `lo`.
+#[test]
+fn split_weights_compute_what_the_weights_computed() {
+    let Some(p) = light_model("light_resnet50") else { return };
+    let mut g = reweighted(&p);
+    let shapes = HashMap::from([("gpu_0/data_0".to_string(), vec![1, 3, 224, 224])]);
+    kiln::specialize(&mut g, &shapes).unwrap();
+    let built = kiln::build(g, &BuildOptions { shapes, ..Default::default() }).unwrap();
+    let mut split = built.graph.clone();
+    let order = split.topo_order().unwrap();
+    let names = kiln::ir::passes::split_weights(&mut split, &order[..order.len() / 8]).unwrap();
+    assert!(names.len() >= 4, "the first eighth of the nodes holds several convolutions: {names:?}");
+    split.verify().unwrap();
+    let x = kiln::random::random_tensor(DType::F32, &[1, 3, 224, 224], &mut kiln::random::Rng::new(5));
+    let want = kiln::run_cpu(&built.graph, std::slice::from_ref(&x)).unwrap();
+    let got = kiln::run_cpu(&split, &[x]).unwrap();
+    let m = kiln::compare::metrics("prob", &want[0], &got[0]).unwrap();
+    assert!(m.rel_l2 < 1e-5, "{} split convolutions changed the output by {:.2e}", names.len(), m.rel_l2);
+}

@@ -18,19 +18,22 @@
 //!   type of what they dequantize to), epilogues over an integer accumulator (an int32
 //!   accumulator easily exceeds f16's range before it is rescaled), nodes that carry
 //!   subgraphs and nodes over sequences or optionals.
-//! - Optionally, in a deep convolution network (at least [`EARLY_MIN_DEPTH`] convolutions on
-//!   its longest path), the float nodes of its first eighth stay f32 ([`KeepReason::Early`]): those that no
+//! - In a deep convolution network (at least [`EARLY_MIN_DEPTH`] convolutions on its longest
+//!   path), its first eighth gets more precision ([`EarlyPolicy`]): the float nodes that no
 //!   path from a graph input reaches through more than `ceil(depth / 8)` convolutions (Conv,
 //!   ConvTranspose and epilogues over them). A rounding error made early is amplified by every
-//!   convolution after it, so the first layers dominate the output's error: with
-//!   random weights, f16 weights alone give torchvision's ResNet-50 a relative L2 error of
-//!   about 1.2e-2, keeping its first 8 of 53 convolutions (stem and the first one and a half
-//!   bottlenecks) f32 halves it, while keeping the first convolution alone or the classifier
-//!   changes nothing. The kept region is contiguous, so it costs one cast at each of its
-//!   edges. It is opt-in ([`ToFp16::early_fp32`], `KILN_FP16_EARLY_FP32=1` for the `kiln`
-//!   tool): the kept layers compute in full f32, which costs ResNet-50 more than half its
-//!   FP16 speed. Transformers are left alone: their
-//!   normalizations keep early errors from growing (BERT-base in f16 is at 1.5e-3 without it).
+//!   convolution after it, so the first layers dominate the output's error: torchvision's
+//!   ResNet-50 and MobileNetV2 with random weights and BatchNorm statistics of random images
+//!   amplify it about fifty times, and all-f16 puts them above a relative L2 error of 1e-2.
+//!   By default ([`EarlyPolicy::Split`]) the early convolutions keep their weights as two f16
+//!   halves, `hi + lo`, and run twice on tensor cores ([`split_weights`]), and the cheap ones
+//!   at the very start (at most [`CHEAP_MACS`] multiply-adds per output, such as MobileNetV2's
+//!   stem, first depthwise and projection) stay f32 ([`KeepReason::CheapEarly`]), since their
+//!   activations' rounding counts as much as the weights'. [`EarlyPolicy::Fp32`] keeps the
+//!   whole early region f32 instead (accurate, but on CUDA cores; `KILN_FP16_EARLY=fp32` for
+//!   the `kiln` tool), and [`EarlyPolicy::Off`] converts it like the rest. Transformers are
+//!   left alone: their normalizations keep early errors from growing (BERT-base in f16 is at
+//!   1.5e-3 without it).
 //! - Integer, boolean, f64 and bf16 values are untouched.
 //!
 //! The pass runs after fusion, so that BatchNorm folding and constant folding happen in f32
@@ -40,6 +43,7 @@
 
 use super::infer_types::infer_node;
 use super::{Pass, PassContext};
+use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::ops::fused::{Expr, ExprNode, FusedOp};
 use crate::ops::layout::LayoutOp;
 use crate::ops::linalg::LinalgOp;
@@ -61,16 +65,51 @@ pub const EARLY_MIN_DEPTH: usize = 16;
 /// `1 / EARLY_FRACTION`.
 pub const EARLY_FRACTION: usize = 8;
 
+/// The most multiply-adds per output element of a convolution that [`EarlyPolicy::Split`]
+/// keeps in f32 at the start of a network ([`KeepReason::CheapEarly`]): such a convolution
+/// moves more bytes than it computes, so f32 costs it memory traffic, not tensor-core time.
+pub const CHEAP_MACS: usize = 32;
+
 /// Converts a graph to FP16; see the module documentation for the policy.
 #[derive(Clone, Debug, Default)]
 pub struct ToFp16 {
     /// Nodes (by name, or by a name a fused node covers) that stay in f32.
     pub keep_fp32: HashSet<String>,
-    /// Whether the first eighth of a deep convolution network stays f32
-    /// ([`KeepReason::Early`]). Off by default: it halves ResNet-50's error against FP32 but
-    /// runs those layers on CUDA cores, which on an H200 took ResNet-50 at batch 32 from 1.6
-    /// to 3.7 ms (TF32 there is no help: it rounds the weights as f16 does).
-    pub early_fp32: bool,
+    /// What becomes of the first eighth of a deep convolution network.
+    pub early: EarlyPolicy,
+}
+
+/// What [`ToFp16`] does with the first eighth of a deep convolution network (at least
+/// [`EARLY_MIN_DEPTH`] convolutions on its longest path): the layers whose rounding errors
+/// the most layers after them amplify.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EarlyPolicy {
+    /// Each early convolution with constant f32 weights computes with its weights (and bias)
+    /// split into two f16 halves, `w = hi + lo` with `lo` the rounding error of `hi`: a
+    /// second convolution by `lo` feeds the first one's epilogue (see [`split_weights`]).
+    /// The weights keep 21 bits of precision and both convolutions run on f16 tensor cores,
+    /// at about an eighth more multiply-adds for ResNet-50. The cheap convolutions at the
+    /// very start stay f32 instead ([`KeepReason::CheapEarly`]).
+    #[default]
+    Split,
+    /// The early layers stay f32 ([`KeepReason::Early`]): as accurate as `Split`, but they
+    /// run on CUDA cores, which on an H200 took ResNet-50 at batch 32 from 1.6 to 3.7 ms (TF32
+    /// is no help: it rounds the weights as f16 does).
+    Fp32,
+    /// The early layers are converted like any other.
+    Off,
+}
+
+impl std::str::FromStr for EarlyPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EarlyPolicy, String> {
+        match s {
+            "split" => Ok(EarlyPolicy::Split),
+            "fp32" => Ok(EarlyPolicy::Fp32),
+            "off" => Ok(EarlyPolicy::Off),
+            _ => Err(format!("unknown early-layer policy '{s}': expected split, fp32 or off")),
+        }
+    }
 }
 
 /// Why a node that computes on floats stays f32.
@@ -98,6 +137,17 @@ pub enum KeepReason {
         /// Matrix layers on the network's longest path.
         depth: usize,
     },
+    /// Under [`EarlyPolicy::Split`], the node is in the first eighth of a deep network, behind
+    /// at least one convolution, and every convolution on every path to it has at most
+    /// [`CHEAP_MACS`] multiply-adds per output: memory-bound layers, where f32 costs little.
+    CheapEarly {
+        /// As for `Early`.
+        at: usize,
+        /// As for `Early`.
+        limit: usize,
+        /// As for `Early`.
+        depth: usize,
+    },
 }
 
 impl fmt::Display for KeepReason {
@@ -114,6 +164,11 @@ impl fmt::Display for KeepReason {
             KeepReason::Early { at, limit, depth } => write!(
                 f,
                 "early layer ({at} of the first {limit} of {depth} convolutions): later layers amplify its rounding"
+            ),
+            KeepReason::CheapEarly { at, limit, depth } => write!(
+                f,
+                "early layer ({at} of the first {limit} of {depth} convolutions) behind convolutions of at most \
+                 {CHEAP_MACS} multiply-adds per output: later layers amplify its rounding, and f32 costs it only memory traffic"
             ),
         }
     }
@@ -144,6 +199,8 @@ pub struct Fp16Report {
     pub saturated: Vec<(String, usize)>,
     /// Names in `keep_fp32` that name no node.
     pub unknown_overrides: Vec<String>,
+    /// Early convolutions whose weights were split into f16 halves ([`EarlyPolicy::Split`]).
+    pub split: Vec<String>,
 }
 
 impl Fp16Report {
@@ -219,6 +276,192 @@ fn matrix_depths(g: &Graph, order: &[NodeId]) -> HashMap<NodeId, usize> {
         depth.insert(id, before.unwrap_or(0) + usize::from(is_matrix(&g.node(id).op)));
     }
     depth
+}
+
+/// The f16 halves of f32 values: `hi` is each value rounded to f16 (saturating), `lo` what
+/// `hi` misses, rounded to f16 in turn (zero where the value is not finite). `hi + lo` keeps
+/// 21 bits of a value, or is within 2^-25 of it where `lo` is an f16 subnormal (below 6.1e-5).
+/// Both are f32 tensors holding f16 values, so converting them to f16 later is exact.
+fn f16_halves(t: &Tensor, node: &str) -> Result<(Tensor, Tensor), IrError> {
+    let v = t.to_f64_vec();
+    let f16 = |x: f64| f64::from(half::f16::from_f64(x.clamp(-F16_MAX, F16_MAX)));
+    let hi: Vec<f32> = v.iter().map(|&x| f16(x) as f32).collect();
+    let lo: Vec<f32> =
+        v.iter().zip(&hi).map(|(&x, &h)| if x.is_finite() { f16(x - f64::from(h)) as f32 } else { 0.0 }).collect();
+    let shape = t.shape().to_vec();
+    let tensor = |v: Vec<f32>| {
+        Tensor::from_vec(shape.clone(), v).map_err(|e| IrError::Invalid {
+            node: node.to_string(),
+            op: "Conv".into(),
+            msg: format!("splitting its weights: {e}"),
+        })
+    };
+    Ok((tensor(hi)?, tensor(lo)?))
+}
+
+/// `e` with its accumulator `in0` replaced by `in0 + in{k}`.
+fn plus_input(e: &Expr, k: usize) -> Expr {
+    let mut nodes = vec![ExprNode::Input(0), ExprNode::Input(k)];
+    for n in &e.nodes {
+        nodes.push(match n {
+            ExprNode::Input(0) => ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![0, 1] },
+            ExprNode::Op { op, args } => ExprNode::Op { op: op.clone(), args: args.iter().map(|a| a + 2).collect() },
+            other => other.clone(),
+        });
+    }
+    Expr { nodes }
+}
+
+/// The epilogue input `k` (as the expression numbers it, so at least 1) that enters `e` only
+/// through one sum with the accumulator, `act?(in0 + ... + in{k} + ...)`, and for which
+/// `full(k)` holds. Adding a value to that input then adds it to the accumulator.
+fn summed_input(e: &Expr, full: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let nodes = &e.nodes;
+    let mut refs = vec![0usize; nodes.len()];
+    for n in nodes {
+        if let ExprNode::Op { args, .. } = n {
+            for &a in args {
+                refs[a] += 1;
+            }
+        }
+    }
+    let last = nodes.len().checked_sub(1)?;
+    let root = match &nodes[last] {
+        ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Relu) | ElementwiseOp::Clip { .. }, args }
+            if args.len() == 1 =>
+        {
+            args[0]
+        }
+        _ => last,
+    };
+    // The sum's leaves (step, input), each step referenced once, inside the sum tree only.
+    fn leaves(nodes: &[ExprNode], refs: &[usize], i: usize, top: bool, out: &mut Vec<usize>) -> bool {
+        if !top && refs[i] != 1 {
+            return false;
+        }
+        match &nodes[i] {
+            ExprNode::Input(k) => {
+                out.push(*k);
+                true
+            }
+            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args } => {
+                args.iter().all(|&a| leaves(nodes, refs, a, false, out))
+            }
+            _ => !top,
+        }
+    }
+    let mut terms = vec![];
+    if !leaves(nodes, &refs, root, true, &mut terms) || terms.iter().filter(|&&k| k == 0).count() != 1 {
+        return None;
+    }
+    // Neither input may be read anywhere else.
+    let reads = |k: usize| nodes.iter().filter(|n| matches!(n, ExprNode::Input(j) if *j == k)).count();
+    terms.into_iter().find(|&k| k != 0 && full(k) && reads(k) == 1 && reads(0) == 1)
+}
+
+/// [`EarlyPolicy::Split`]: each convolution among `nodes` whose weights (and bias, if any)
+/// are f32 constants computes `conv(x, w_hi) + conv(x, w_lo)` (biases likewise), with `w_hi`
+/// and `w_lo` the [`f16_halves`] of its weights. The `lo` convolution is a new node
+/// `{name}.lo`; the original node reads it in its epilogue. Where the epilogue adds a residual
+/// of the output's shape to the accumulator, the `lo` convolution takes that residual into its
+/// own epilogue and the original reads it in the residual's place, so the epilogue keeps its
+/// shape (one residual, which cuDNN fuses). Returns the split nodes' names.
+pub fn split_weights(g: &mut Graph, nodes: &[NodeId]) -> Result<Vec<String>, IrError> {
+    let mut split = vec![];
+    let mut namer =
+        Namer { taken: g.node_ids().flat_map(|id| g.node(id).outputs.iter().map(|o| o.name.clone())).collect() };
+    namer.taken.extend(g.node_ids().map(|id| g.node(id).name.clone()));
+    for &id in nodes {
+        let node = g.node(id);
+        let (attrs, base_inputs, expr) = match &node.op {
+            Op::Linalg(LinalgOp::Conv(a)) => (a.clone(), node.num_inputs, None),
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(a), base_inputs, expr }) => {
+                (a.clone(), *base_inputs, Some(expr.clone()))
+            }
+            _ => continue,
+        };
+        let ins = g.inputs_of(id);
+        let f32_const = |v: Option<Value>| match v.map(|v| &g.node(v.node).op) {
+            Some(Op::Const(t)) if t.dtype() == DType::F32 => Some(t.clone()),
+            _ => None,
+        };
+        let Some(w) = f32_const(ins[1]) else { continue };
+        let bias = ins.get(2).copied().flatten().filter(|_| base_inputs > 2);
+        let b = match bias {
+            Some(_) => match f32_const(bias) {
+                Some(b) => Some(b),
+                None => continue,
+            },
+            None => None,
+        };
+        let (name, out) = (node.name.clone(), node.outputs[0].clone());
+        let out_shape = out.ty.shape.clone();
+        let (w_hi, w_lo) = f16_halves(&w, &name)?;
+        let w_hi = g.add_const(namer.fresh(format!("{name}.weight_hi")), w_hi);
+        let w_lo = g.add_const(namer.fresh(format!("{name}.weight_lo")), w_lo);
+        g.set_input(id, 1, Some(w_hi));
+        let mut lo_inputs = vec![ins[0], Some(w_lo)];
+        if let Some(b) = &b {
+            let (b_hi, b_lo) = f16_halves(b, &name)?;
+            let b_hi = g.add_const(namer.fresh(format!("{name}.bias_hi")), b_hi);
+            g.set_input(id, 2, Some(b_hi));
+            lo_inputs.push(Some(g.add_const(namer.fresh(format!("{name}.bias_lo")), b_lo)));
+        }
+        // A residual the epilogue sums with the accumulator moves into the lo convolution.
+        let full = |k: usize| {
+            let v = ins.get(base_inputs + k - 1).copied().flatten();
+            v.is_some_and(|v| out_shape.is_some() && g.value_info(v).ty.shape == out_shape)
+        };
+        let residual = expr.as_ref().and_then(|e| summed_input(e, &full));
+        let lo_op = match residual {
+            Some(k) => {
+                lo_inputs.push(ins[base_inputs + k - 1]);
+                let lo_base = lo_inputs.len() - 1;
+                Op::Fused(FusedOp::Epilogue {
+                    base: LinalgOp::Conv(attrs.clone()),
+                    base_inputs: lo_base,
+                    expr: Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2),
+                })
+            }
+            None => Op::Linalg(LinalgOp::Conv(attrs.clone())),
+        };
+        let lo_name = namer.fresh(format!("{name}.lo"));
+        let info = ValueInfo { name: lo_name.clone(), ..out };
+        let lo = Value { node: g.add_node(lo_name.clone(), lo_op, &lo_inputs, vec![info]), slot: 0 };
+        match (residual, expr) {
+            (Some(k), _) => g.set_input(id, base_inputs + k - 1, Some(lo)),
+            (None, Some(e)) => {
+                let k = g.node(id).num_inputs - base_inputs + 1;
+                g.set_input(id, base_inputs + k - 1, Some(lo));
+                if let Op::Fused(FusedOp::Epilogue { expr, .. }) = &mut g.node_mut(id).op {
+                    *expr = plus_input(&e, k);
+                }
+            }
+            (None, None) => {
+                let n = g.node(id).num_inputs;
+                g.set_input(id, n, Some(lo));
+                g.node_mut(id).op = Op::Fused(FusedOp::Epilogue {
+                    base: LinalgOp::Conv(attrs),
+                    base_inputs: n,
+                    expr: Expr::op(ElementwiseOp::Binary(BinaryOp::Add), 2),
+                });
+            }
+        }
+        split.push(name);
+    }
+    Ok(split)
+}
+
+/// The multiply-adds per output element of a convolution (`cin / groups` times the kernel's
+/// size), if the node is one with a known weight shape.
+fn conv_macs(g: &Graph, id: NodeId) -> Option<usize> {
+    match &g.node(id).op {
+        Op::Linalg(LinalgOp::Conv(_)) | Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(_), .. }) => {}
+        _ => return None,
+    }
+    let w = g.inputs_of(id).get(1).copied().flatten()?;
+    let shape = g.value_info(w).ty.concrete_shape()?;
+    Some(shape.get(1..)?.iter().product())
 }
 
 /// Converts f32 values to f16, saturating at ±65504; returns the tensor and how many values
@@ -308,11 +551,51 @@ impl Namer {
 }
 
 impl ToFp16 {
+    /// The early region of a deep convolution network under [`ToFp16::early`]: the nodes that
+    /// stay f32 and why, and the convolutions whose weights split.
+    fn early_region(&self, g: &Graph) -> Result<(HashMap<NodeId, KeepReason>, Vec<NodeId>), IrError> {
+        let (mut keep, mut split) = (HashMap::new(), vec![]);
+        let order = g.topo_order()?;
+        let depths = matrix_depths(g, &order);
+        let depth = depths.values().copied().max().unwrap_or(0);
+        if self.early == EarlyPolicy::Off || depth < EARLY_MIN_DEPTH {
+            return Ok((keep, split));
+        }
+        let limit = depth.div_ceil(EARLY_FRACTION);
+        // Whether every convolution on every path from a graph input to the node is cheap.
+        let mut cheap: HashMap<NodeId, bool> = HashMap::with_capacity(order.len());
+        for &id in &order {
+            let macs = conv_macs(g, id);
+            let before = g.inputs_of(id).iter().flatten().all(|v| cheap.get(&v.node).copied().unwrap_or(true));
+            cheap.insert(id, before && macs.is_none_or(|m| m <= CHEAP_MACS));
+            let at = depths[&id];
+            if at > limit || matches!(g.node(id).op, Op::Input | Op::Const(_)) {
+                continue;
+            }
+            match self.early {
+                EarlyPolicy::Fp32 => {
+                    keep.insert(id, KeepReason::Early { at, limit, depth });
+                }
+                EarlyPolicy::Split if cheap[&id] && at > 0 => {
+                    keep.insert(id, KeepReason::CheapEarly { at, limit, depth });
+                }
+                EarlyPolicy::Split if macs.is_some() => split.push(id),
+                _ => {}
+            }
+        }
+        Ok((keep, split))
+    }
+
     /// Converts the graph in place and reports what it did. The graph must have its types
     /// inferred; afterwards it passes type inference and `verify()`.
     pub fn convert(&self, g: &mut Graph) -> Result<Fp16Report, IrError> {
-        let order = g.topo_order()?;
         let mut report = Fp16Report::default();
+        let asked =
+            |n: &crate::Node| self.keep_fp32.contains(&n.name) || n.covers.iter().any(|c| self.keep_fp32.contains(c));
+        let (early, to_split) = self.early_region(g)?;
+        let to_split: Vec<NodeId> = to_split.into_iter().filter(|&id| !asked(g.node(id))).collect();
+        report.split = split_weights(g, &to_split)?;
+        let order = g.topo_order()?;
         let orig: HashMap<Value, Option<DType>> = order
             .iter()
             .flat_map(|&id| {
@@ -325,9 +608,6 @@ impl ToFp16 {
         namer.taken.extend(order.iter().map(|&id| g.node(id).name.clone()));
 
         // Which nodes compute in which precision.
-        let depths = matrix_depths(g, &order);
-        let depth = depths.values().copied().max().unwrap_or(0);
-        let limit = if self.early_fp32 && depth >= EARLY_MIN_DEPTH { depth.div_ceil(EARLY_FRACTION) } else { 0 };
         let mut mode: HashMap<NodeId, Mode> = HashMap::new();
         let mut matched: HashSet<&str> = HashSet::new();
         for &id in &order {
@@ -347,10 +627,10 @@ impl ToFp16 {
             if !float {
                 continue;
             }
-            let at = depths[&id];
-            let early = (limit > 0 && at <= limit).then_some(KeepReason::Early { at, limit, depth });
-            let reason =
-                asked.map(|k| KeepReason::Override(k.to_string())).or_else(|| inherent_reason(g, id)).or(early);
+            let reason = asked
+                .map(|k| KeepReason::Override(k.to_string()))
+                .or_else(|| inherent_reason(g, id))
+                .or_else(|| early.get(&id).cloned());
             match reason {
                 Some(reason) => {
                     report.kept.push(KeptNode { node: node.name.clone(), op: node.op.name().to_string(), reason });
@@ -536,8 +816,14 @@ mod tests {
     /// Relu straight off the input (depth 0) into a second output. With `matmul`, the layers
     /// are MatMuls, which the early rule does not count.
     fn chain_of(n: usize, matmul: bool) -> Graph {
+        chain_with(n, matmul, 2)
+    }
+
+    /// `n` layers of `c` channels, 1x1 convolutions (or MatMuls) each followed by a ReLU.
+    fn chain_with(n: usize, matmul: bool, c: usize) -> Graph {
         let mut g = Graph::new("chain");
-        let ty = TypeInfo::known(DType::F32, &[1, 2, 2, 2]);
+        let shape = if matmul { [1, 2, 2, c] } else { [1, c, 2, 2] };
+        let ty = TypeInfo::known(DType::F32, &shape);
         let mut x = g.add_input("x", ty.clone());
         let side = g.add_node(
             "side",
@@ -546,10 +832,13 @@ mod tests {
             vec![ValueInfo::tensor("s", ty.clone())],
         );
         for i in 0..n {
+            // Values f16 does not hold exactly, so that splitting them leaves a remainder.
+            let v: Vec<f32> =
+                (0..c * c).map(|j| if j % (c + 1) == 0 { 1.0 } else { 0.1 / (1 + j % 7) as f32 }).collect();
             let w = if matmul {
-                g.add_const(format!("w{i}"), f32s(&[2, 2], vec![1.0, 0.5, -0.5, 1.0]))
+                g.add_const(format!("w{i}"), f32s(&[c, c], v))
             } else {
-                g.add_const(format!("w{i}"), f32s(&[2, 2, 1, 1], vec![1.0, 0.5, -0.5, 1.0]))
+                g.add_const(format!("w{i}"), f32s(&[c, c, 1, 1], v))
             };
             let layer = if matmul {
                 LinalgOp::MatMul
@@ -588,7 +877,8 @@ mod tests {
 
     fn check_early_of(n: usize, early_fp32: bool, matmul: bool) -> (Graph, Fp16Report) {
         let mut g = chain_of(n, matmul);
-        let r = ToFp16 { early_fp32, ..ToFp16::default() }.convert(&mut g).unwrap();
+        let early = if early_fp32 { EarlyPolicy::Fp32 } else { EarlyPolicy::Off };
+        let r = ToFp16 { early, ..ToFp16::default() }.convert(&mut g).unwrap();
         g.verify().unwrap();
         crate::passes::InferTypes.run(&mut g, &PassContext::default()).unwrap();
         (g, r)
@@ -609,6 +899,109 @@ mod tests {
         assert_eq!(dtype_of(&g, "w3"), Some(DType::F16));
         // The kept region is contiguous: one cast into f16 after it, one back before y.
         assert_eq!(r.casts, 2, "{r:?}");
+    }
+
+    fn converted(mut g: Graph, early: EarlyPolicy) -> (Graph, Fp16Report) {
+        let r = ToFp16 { early, ..ToFp16::default() }.convert(&mut g).unwrap();
+        g.verify().unwrap();
+        crate::passes::InferTypes.run(&mut g, &PassContext::default()).unwrap();
+        (g, r)
+    }
+
+    fn const_of<'a>(g: &'a Graph, name: &str) -> &'a Tensor {
+        let v = g.find_value(name).unwrap_or_else(|| panic!("no value {name}"));
+        match &g.node(v.node).op {
+            Op::Const(t) => t,
+            other => panic!("{name} is {}", other.name()),
+        }
+    }
+
+    #[test]
+    fn the_split_policy_runs_the_first_eighth_with_hi_and_lo_weights() {
+        // 17 convolutions of 40 multiply-adds per output: the first 3 split, none stays f32.
+        let original = chain_with(17, false, 40);
+        let (g, r) = converted(original.clone(), EarlyPolicy::Split);
+        assert_eq!(r.split, vec!["mm0", "mm1", "mm2"], "{r:?}");
+        assert!(r.kept.is_empty(), "{r:?}");
+        for i in 0..3 {
+            let (hi, lo) = (const_of(&g, &format!("mm{i}.weight_hi")), const_of(&g, &format!("mm{i}.weight_lo")));
+            assert_eq!((hi.dtype(), lo.dtype()), (DType::F16, DType::F16));
+            let w = const_of(&original, &format!("w{i}")).to_f64_vec();
+            let (hi, lo) = (hi.to_f64_vec(), lo.to_f64_vec());
+            for j in 0..w.len() {
+                let err = (hi[j] + lo[j] - w[j]).abs();
+                // 21 bits, or half the least f16 subnormal where `lo` is subnormal.
+                let bound = (w[j].abs() * 2f64.powi(-21)).max(2f64.powi(-25));
+                assert!(err <= bound, "w{i}[{j}] = {} = {} + {}", w[j], hi[j], lo[j]);
+            }
+            assert!(lo.iter().any(|&x| x != 0.0), "0.1 is not an f16: its remainder is not zero");
+            // The layer adds the lo convolution of the same input to its accumulator.
+            let layer = g.node(g.find_value(&format!("m{i}")).unwrap().node);
+            let lo_conv = g.find_value(&format!("mm{i}.lo")).unwrap();
+            assert_eq!(g.inputs_of(g.find_value(&format!("m{i}")).unwrap().node)[2], Some(lo_conv));
+            let Op::Fused(FusedOp::Epilogue { base_inputs: 2, expr, .. }) = &layer.op else {
+                panic!("mm{i} is {}", layer.op.name())
+            };
+            assert_eq!(expr.to_string(), "(in0 + in1)");
+        }
+        assert!(g.find_value("mm3.lo").is_none());
+        assert_eq!(dtype_of(&g, "m0"), Some(DType::F16));
+        // Cheap layers (2 multiply-adds per output) stay f32 instead, and nothing splits.
+        let (_, r) = converted(chain_with(17, false, 2), EarlyPolicy::Split);
+        assert!(r.split.is_empty(), "{r:?}");
+        let kept: Vec<&str> = r.kept.iter().map(|k| k.node.as_str()).collect();
+        assert_eq!(kept, vec!["mm0", "relu0", "mm1", "relu1", "mm2", "relu2"], "{r:?}");
+        assert_eq!(r.kept[0].reason, KeepReason::CheapEarly { at: 1, limit: 3, depth: 17 });
+        // Off leaves the network alone; shallow networks are left alone.
+        let (_, r) = converted(chain_with(17, false, 40), EarlyPolicy::Off);
+        assert!(r.split.is_empty() && r.kept.is_empty(), "{r:?}");
+        let (_, r) = converted(chain_with(EARLY_MIN_DEPTH - 1, false, 40), EarlyPolicy::Split);
+        assert!(r.split.is_empty() && r.kept.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_split_convolution_passes_its_residual_through_the_lo_convolution() {
+        let mut g = Graph::new("residual");
+        let ty = TypeInfo::known(DType::F32, &[1, 2, 2, 2]);
+        let x = g.add_input("x", ty.clone());
+        let r = g.add_input("r", ty.clone());
+        let w = g.add_const("w", f32s(&[2, 2, 1, 1], vec![0.1, 0.2, 0.3, 0.4]));
+        let b = g.add_const("b", f32s(&[2], vec![0.1, -0.1]));
+        let attrs = crate::ops::linalg::ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![],
+            dilations: vec![],
+            pads: vec![],
+            auto_pad: crate::ops::pool::AutoPad::NotSet,
+            group: 1,
+        };
+        // relu(conv(x, w, b) + r)
+        let expr = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                ExprNode::Input(1),
+                ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![0, 1] },
+                ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Relu), args: vec![2] },
+            ],
+        };
+        let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::Conv(attrs), base_inputs: 3, expr: expr.clone() });
+        let id = g.add_node("c", op, &[Some(x), Some(w), Some(b), Some(r)], vec![ValueInfo::tensor("y", ty)]);
+        g.add_output("y", Value { node: id, slot: 0 });
+        assert_eq!(split_weights(&mut g, &[id]).unwrap(), vec!["c"]);
+        g.verify().unwrap();
+        let ins = g.inputs_of(id);
+        let lo = ins[3].unwrap();
+        assert_eq!(g.value_info(lo).name, "c.lo");
+        assert_eq!(g.value_info(ins[1].unwrap()).name, "c.weight_hi");
+        assert_eq!(g.value_info(ins[2].unwrap()).name, "c.bias_hi");
+        let Op::Fused(FusedOp::Epilogue { base_inputs, expr: kept, .. }) = &g.node(id).op else { panic!() };
+        assert_eq!((*base_inputs, kept), (3, &expr), "the epilogue keeps its one residual");
+        // c.lo = conv(x, w_lo, b_lo) + r
+        let lo_ins = g.inputs_of(lo.node);
+        assert_eq!(lo_ins[0], Some(x));
+        assert_eq!(lo_ins[3], Some(r));
+        let Op::Fused(FusedOp::Epilogue { base_inputs: 3, expr, .. }) = &g.node(lo.node).op else { panic!() };
+        assert_eq!(expr.to_string(), "(in0 + in1)");
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod remove_noops;
 pub use const_fold::ConstFold;
 pub use dce::DeadCodeElimination;
 pub use fold_shapes::FoldShapes;
-pub use fp16::{param_slot, saturating_f16, Fp16Report, KeepReason, KeptNode, ToFp16, F16_MAX};
+pub use fp16::{
+    param_slot, saturating_f16, split_weights, EarlyPolicy, Fp16Report, KeepReason, KeptNode, ToFp16, F16_MAX,
+};
 pub use infer_types::InferTypes;
 pub use remove_noops::RemoveNoops;
 
