@@ -136,9 +136,15 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
     import numpy as np
     calib = os.path.join(args.models_dir, f"{name}-calib")
     os.makedirs(calib, exist_ok=True)
+    # The distribution `kiln compare` draws its random inputs from (floats uniform in [-1, 1),
+    # token ids as the model's own generator makes them), so calibration sees what the
+    # comparison feeds.
+    rng = np.random.default_rng(1)
     torch.manual_seed(1)
     for i in range(args.calib_samples):
-        np.save(os.path.join(calib, f"{i:03}.npy"), make(1)[0].numpy())
+        x = make(1)[0]
+        x = rng.uniform(-1, 1, tuple(x.shape)).astype(np.float32) if x.is_floating_point() else x.numpy()
+        np.save(os.path.join(calib, f"{i:03}.npy"), x)
     cache = os.path.join(args.models_dir, f"{name}.calib.txt")
     shape = lambda n: f"{in_name}=" + "x".join(str(d) for d in [n] + in_shape)
     row = {"model": name, "batch": b, "precision": "int8", "device": dev, "accuracy": {}}

@@ -128,7 +128,7 @@ impl PrecisionArgs {
 /// layer, FP16 values that saturated.
 pub fn warn_about(done: &kiln::Built, args: &PrecisionArgs) {
     for (node, _) in args.precision.iter().filter_map(|p| p.split_once('=')) {
-        let int8_knows = done.precisions.iter().any(|l| l.node == node);
+        let int8_knows = done.precisions.iter().any(|l| l.node == node || l.covers.iter().any(|c| c == node));
         let fp16_knows = done.fp16.as_ref().is_some_and(|r| !r.unknown_overrides.iter().any(|u| u == node));
         if !int8_knows && !fp16_knows {
             let what = if args.fp16 { "a node" } else { "a convolution or matrix product" };
@@ -172,7 +172,9 @@ pub fn run(a: Args) -> Result<()> {
     if int8_on && !a.json {
         println!("{:<32} {:<8} {:<9} why", "layer", "op", "precision");
         for l in &done.precisions {
-            println!("{:<32} {:<8} {:<9} {}", l.node, l.op, l.precision.to_string(), l.reason.as_deref().unwrap_or(""));
+            // A fused layer goes by the nodes it covers (the Conv and the BatchNorm folded in).
+            let name = if l.covers.is_empty() { l.node.clone() } else { l.covers.join("+") };
+            println!("{:<32} {:<8} {:<9} {}", name, l.op, l.precision.to_string(), l.reason.as_deref().unwrap_or(""));
         }
         let n8 = done.precisions.iter().filter(|l| l.precision == kiln::quant::Precision::Int8).count();
         println!("{n8} of {} layers in INT8", done.precisions.len());

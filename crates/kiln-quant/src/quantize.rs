@@ -49,6 +49,9 @@ impl fmt::Display for Precision {
 pub struct LayerPrecision {
     /// The node.
     pub node: String,
+    /// The model's nodes it computes, when fusion made it (a Conv with its BatchNorm folded
+    /// in); empty otherwise.
+    pub covers: Vec<String>,
     /// Its op.
     pub op: String,
     /// The precision it runs in.
@@ -109,8 +112,8 @@ fn weight_axis(g: &Graph, id: NodeId) -> Option<(Value, usize)> {
     Some((w, axis))
 }
 
-/// Inserts the QDQ pairs for `scales` into a copy of `g`. Layers named in `overrides` keep
-/// their precision; a layer whose activation has no scale stays FP32 (and says so).
+/// Inserts the QDQ pairs for `scales` into a copy of `g`. Layers named in `overrides` (by
+/// their own name or one of the nodes they cover) keep their precision; a layer whose activation has no scale stays FP32 (and says so).
 pub fn quantize(
     g: &Graph,
     cache: &CalibCache,
@@ -128,11 +131,15 @@ pub fn quantize(
         }
         let entry = |precision, reason: Option<String>| LayerPrecision {
             node: n.name.clone(),
+            covers: n.covers.clone(),
             op: n.op.name().to_string(),
             precision,
             reason,
         };
-        if let Some(&p) = overrides.get(&n.name) {
+        // A layer fusion made (a Conv with its BatchNorm folded in) answers to the names of
+        // the nodes it covers too.
+        let asked = overrides.get(&n.name).or_else(|| n.covers.iter().find_map(|c| overrides.get(c)));
+        if let Some(&p) = asked {
             if p != Precision::Int8 {
                 report.push(entry(p, Some("override".into())));
                 continue;

@@ -78,6 +78,10 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
     let (mut graph, precisions, cache) = match &opts.int8 {
         None => (graph, vec![], None),
         Some(q) => {
+            // BatchNorm folds into the convolutions first, as TensorRT does, so that the
+            // quantized weights are the folded ones and no float BatchNorm is left between an
+            // integer convolution and its epilogue.
+            let graph = if opts.optimize.fuse { fold_batchnorm(&graph)? } else { graph };
             let cache = scales(&graph, q)?;
             let (quantized, report) = kiln_quant::quantize(&graph, &cache, &opts.overrides)?;
             (quantized, report, Some(cache))
@@ -98,6 +102,16 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
         }
     };
     Ok(Built { graph, fusion, precisions, cache, fp16, tf32: !opts.no_tf32 })
+}
+
+/// `graph` with each BatchNormalization folded into the convolution or matrix product before
+/// it (kiln-fuse's `conv_bn` family alone; the rest of fusion comes after quantization).
+fn fold_batchnorm(graph: &Graph) -> Result<Graph, Error> {
+    let only = ["cleanup", "conv_bn"];
+    let disabled =
+        kiln_fuse::rules::families().into_iter().map(|(n, _)| n).filter(|n| !only.contains(n)).map(String::from);
+    let opts = kiln_fuse::FuseOptions { disabled: disabled.collect(), ..Default::default() };
+    Ok(kiln_fuse::fuse(graph, &opts)?.0)
 }
 
 /// The calibration scales: from data (then written to the cache file, if one is named), or

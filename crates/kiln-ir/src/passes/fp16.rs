@@ -815,6 +815,18 @@ mod tests {
     /// x -> n x (Conv(., w_i) -> Relu) -> y: `n` convolutions on the longest path, and a side
     /// Relu straight off the input (depth 0) into a second output. With `matmul`, the layers
     /// are MatMuls, which the early rule does not count.
+    /// A convolution with every attribute at its default (1x1 for a 1x1 filter).
+    fn plain_conv() -> crate::ops::linalg::ConvAttrs {
+        crate::ops::linalg::ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![],
+            dilations: vec![],
+            pads: vec![],
+            auto_pad: crate::ops::pool::AutoPad::NotSet,
+            group: 1,
+        }
+    }
+
     fn chain_of(n: usize, matmul: bool) -> Graph {
         chain_with(n, matmul, 2)
     }
@@ -840,18 +852,7 @@ mod tests {
             } else {
                 g.add_const(format!("w{i}"), f32s(&[c, c, 1, 1], v))
             };
-            let layer = if matmul {
-                LinalgOp::MatMul
-            } else {
-                LinalgOp::Conv(crate::ops::linalg::ConvAttrs {
-                    kernel_shape: vec![],
-                    strides: vec![],
-                    dilations: vec![],
-                    pads: vec![],
-                    auto_pad: crate::ops::pool::AutoPad::NotSet,
-                    group: 1,
-                })
-            };
+            let layer = if matmul { LinalgOp::MatMul } else { LinalgOp::Conv(plain_conv()) };
             let mm = g.add_node(
                 format!("mm{i}"),
                 Op::Linalg(layer),
@@ -967,14 +968,7 @@ mod tests {
         let r = g.add_input("r", ty.clone());
         let w = g.add_const("w", f32s(&[2, 2, 1, 1], vec![0.1, 0.2, 0.3, 0.4]));
         let b = g.add_const("b", f32s(&[2], vec![0.1, -0.1]));
-        let attrs = crate::ops::linalg::ConvAttrs {
-            kernel_shape: vec![],
-            strides: vec![],
-            dilations: vec![],
-            pads: vec![],
-            auto_pad: crate::ops::pool::AutoPad::NotSet,
-            group: 1,
-        };
+        let attrs = plain_conv();
         // relu(conv(x, w, b) + r)
         let expr = Expr {
             nodes: vec![
