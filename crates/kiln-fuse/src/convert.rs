@@ -91,7 +91,9 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
         egraph[o].data.materialized = true;
     }
     for id in g.node_ids() {
-        if matches!(g.node(id).op, Op::Elementwise(_)) {
+        // Pointwise readers leave a value free to fuse; so does QuantizeLinear, which the
+        // elementwise family can treat as pointwise (`quantize_form`).
+        if matches!(g.node(id).op, Op::Elementwise(_) | Op::Quant(kiln_ir::ops::QuantOp::QuantizeLinear { .. })) {
             continue;
         }
         for v in g.inputs_of(id).into_iter().flatten() {

@@ -784,6 +784,37 @@ fn dequantized_conv_with_bias_and_relu_is_one_integer_node() {
 }
 
 #[test]
+fn a_quantized_activation_is_written_by_its_producer_epilogue() {
+    // conv -> relu -> quantize -> conv: the first convolution's epilogue quantizes.
+    check_fires(
+        &["qdq-conv", "gemm-epilogue"],
+        "input x f32[1,3,6,6]
+         xs = const f32[] 0.02
+         xz = const i8[] 0
+         wq = const i8[4,3,3,3] rand
+         ws = const f32[4] 0.01,0.02,0.015,0.03
+         b = const f32[4] rand
+         xq = QuantizeLinear(x, xs, xz)
+         xd = DequantizeLinear(xq, xs, xz)
+         wd = DequantizeLinear{0}(wq, ws)
+         c = Conv{1}(xd, wd, b)
+         y = Relu(c)
+         ys = const f32[] 0.05
+         yq = QuantizeLinear(y, ys, xz)
+         yd = DequantizeLinear(yq, ys, xz)
+         vq = const i8[2,4,1,1] rand
+         vs = const f32[] 0.01
+         vd = DequantizeLinear(vq, vs)
+         z = Conv(yd, vd)
+         output z",
+        "%0 = QuantizeLinear(x, const[], const[])
+         %1 = ConvIntegerEpilogue[Cast<i8>(Clip<-128,127>(Round((Relu(((Cast<f32>(in0) * in1) + in2)) / 0.05))))](%0, const[4, 3, 3, 3], const[], _, const[4, 1, 1], const[4, 1, 1])
+         %2 = ConvIntegerEpilogue[(Cast<f32>(in0) * 0.0005)](%1, const[2, 4, 1, 1], const[], _)
+         output %2",
+    );
+}
+
+#[test]
 fn dequantized_conv_without_bias_and_matmul_run_on_integers() {
     check_fires(
         &["qdq-conv-nobias"],

@@ -10,8 +10,9 @@ use super::{add_equal, bound};
 use crate::analysis::{EGraph, Fuse, Rewrite};
 use crate::lang::KNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, SearchMatches, Searcher, Subst, Symbol, Var};
-use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp};
-use kiln_ir::Op;
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, QuantOp};
+use kiln_ir::{DType, Op};
 
 /// The largest expression a fused node may carry, in op steps, and its most inputs: bounds
 /// that keep generated kernels within registers and the e-graph small.
@@ -27,7 +28,8 @@ pub fn rules() -> Vec<Rewrite> {
 }
 
 /// An e-node as an expression over its inputs: an elementwise op (all inputs present, no
-/// legacy broadcasting) or a `FusedElementwise`.
+/// legacy broadcasting), a `FusedElementwise`, or a QuantizeLinear that is one
+/// ([`quantize_form`]).
 pub(crate) fn pointwise_form(eg: &EGraph, n: &KNode) -> Option<(Expr, Vec<Id>)> {
     let (op, _) = eg.analysis.op_of(n)?;
     match op.as_ref() {
@@ -39,8 +41,55 @@ pub(crate) fn pointwise_form(eg: &EGraph, n: &KNode) -> Option<(Expr, Vec<Id>)> 
             Some((Expr::op(e.clone(), n.args.len()), n.args.clone()))
         }
         Op::Fused(FusedOp::Elementwise(e)) => Some((e.clone(), n.args.clone())),
+        Op::Quant(QuantOp::QuantizeLinear { block_size: 0, output_dtype, .. }) => {
+            quantize_form(eg, n, *output_dtype).map(|e| (e, vec![n.args[0]]))
+        }
         _ => None,
     }
+}
+
+/// A QuantizeLinear of an f32 value to i8 or u8 with a constant per-tensor scale and zero
+/// point, as the pointwise expression ONNX defines it by:
+/// `Cast(Clip(Round(in0 / scale) + zero_point, lo, hi))`, dividing in f32 and rounding half
+/// to even as the CPU reference does. So the producer of a quantized activation (a
+/// convolution's epilogue above all) writes the 8-bit integers directly, instead of a float
+/// tensor that a separate kernel quantizes.
+fn quantize_form(eg: &EGraph, n: &KNode, output_dtype: Option<DType>) -> Option<Expr> {
+    let x = *n.args.first()?;
+    if super::ty(eg, x).dtype != Some(DType::F32) {
+        return None;
+    }
+    let scale = super::konst(eg, *n.args.get(1)?)?;
+    let zp = match n.args.get(2) {
+        Some(&z) if !eg[z].data.tys.is_empty() => Some(super::konst(eg, z)?),
+        _ => None,
+    };
+    let to = zp.as_ref().map(|z| z.dtype()).or(output_dtype).unwrap_or(DType::U8);
+    let (lo, hi) = match to {
+        DType::I8 => (-128.0, 127.0),
+        DType::U8 => (0.0, 255.0),
+        _ => return None,
+    };
+    if scale.len() != 1 || scale.dtype() != DType::F32 || zp.as_ref().is_some_and(|z| z.len() != 1) {
+        return None;
+    }
+    let s = scale.to_f64_vec()[0];
+    let z = zp.map_or(0.0, |z| z.to_f64_vec()[0]);
+    let f32s = |value: f64| ExprNode::Scalar { value, dtype: DType::F32 };
+    let op = |op: ElementwiseOp, args: Vec<usize>| ExprNode::Op { op, args };
+    let mut nodes = vec![
+        ExprNode::Input(0),
+        f32s(s),
+        op(ElementwiseOp::Binary(BinaryOp::Div), vec![0, 1]),
+        op(ElementwiseOp::Unary(UnaryOp::Round), vec![2]),
+    ];
+    if z != 0.0 {
+        nodes.extend([f32s(z), op(ElementwiseOp::Binary(BinaryOp::Add), vec![3, 4])]);
+    }
+    let last = nodes.len() - 1;
+    nodes.push(op(ElementwiseOp::Clip { min: Some(lo), max: Some(hi) }, vec![last]));
+    nodes.push(op(ElementwiseOp::Cast { to, saturate: false }, vec![last + 1]));
+    Some(Expr { nodes })
 }
 
 /// Whether the e-node is a plain (not yet fused) elementwise op.
