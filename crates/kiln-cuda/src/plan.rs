@@ -476,11 +476,18 @@ impl Planner<'_> {
             b.kind = BufferKind::Const(t);
             return Ok(Some(w));
         }
-        let (name, dtype) = (format!("{}.{suffix}", b.name), b.dtype);
+        let name = format!("{}.{suffix}", b.name);
         let same = |x: &Buffer| x.name == name && matches!(&x.kind, BufferKind::Const(c) if *c == t);
         if let Some(existing) = self.plan.buffers.iter().position(same) {
             return Ok(Some(existing));
         }
+        Ok(Some(self.const_buffer(name, t)))
+    }
+
+    /// A constant buffer that no graph value names (tables and rewritten weights the planner
+    /// makes).
+    pub(super) fn const_buffer(&mut self, name: String, t: Tensor) -> BufferId {
+        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
         self.plan.buffers.push(Buffer {
             name,
             dtype,
@@ -489,7 +496,7 @@ impl Planner<'_> {
             output: false,
             last_use: None,
         });
-        Ok(Some(self.plan.buffers.len() - 1))
+        self.plan.buffers.len() - 1
     }
 
     fn input(&self, id: NodeId, slot: usize) -> Result<Option<BufferId>> {

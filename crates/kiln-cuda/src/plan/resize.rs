@@ -11,20 +11,6 @@ use super::*;
 use kiln_ir::ops::spatial::{resize_taps, CoordTransform, ResizeAttrs};
 
 impl Planner<'_> {
-    /// A constant buffer that no graph value names (tables the planner builds).
-    fn const_buffer(&mut self, name: String, t: Tensor) -> BufferId {
-        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
-        self.plan.buffers.push(Buffer {
-            name,
-            dtype,
-            shape,
-            kind: BufferKind::Const(t),
-            output: false,
-            last_use: None,
-        });
-        self.plan.buffers.len() - 1
-    }
-
     /// Resize of `x` to `y` through tap tables: `scale`, `out_shape` and `roi` per dim (as
     /// the caller resolved them from the inputs), `axes` the resized dims in the order given.
     pub(super) fn resize_by_taps(
