@@ -385,7 +385,10 @@ pub fn split_weights(g: &mut Graph, nodes: &[NodeId]) -> Result<Vec<String>, IrE
             Some(Op::Const(t)) if t.dtype() == DType::F32 => Some(t.clone()),
             _ => None,
         };
-        let Some(w) = f32_const(ins[1]) else { continue };
+        // (A convolution without its input or weights has nothing to split.)
+        let (Some(x), Some(w)) = (ins.first().copied().flatten(), f32_const(ins.get(1).copied().flatten())) else {
+            continue;
+        };
         let bias = ins.get(2).copied().flatten().filter(|_| base_inputs > 2);
         let b = match bias {
             Some(_) => match f32_const(bias) {
@@ -400,7 +403,7 @@ pub fn split_weights(g: &mut Graph, nodes: &[NodeId]) -> Result<Vec<String>, IrE
         let w_hi = g.add_const(namer.fresh(format!("{name}.weight_hi")), w_hi);
         let w_lo = g.add_const(namer.fresh(format!("{name}.weight_lo")), w_lo);
         g.set_input(id, 1, Some(w_hi));
-        let mut lo_inputs = vec![ins[0], Some(w_lo)];
+        let mut lo_inputs = vec![Some(x), Some(w_lo)];
         if let Some(b) = &b {
             let (b_hi, b_lo) = f16_halves(b, &name)?;
             let b_hi = g.add_const(namer.fresh(format!("{name}.bias_hi")), b_hi);
