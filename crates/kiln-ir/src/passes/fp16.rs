@@ -14,8 +14,9 @@
 //!   Resize's roi and scales, Dropout's ratio, OneHot's depth, MelWeightMatrix's edges.
 //! - Some nodes stay f32 as a whole, with casts around them ([`KeepReason`]): the nodes the
 //!   caller names (a fused node is kept when it covers a named node), ops that ONNX defines
-//!   for f32 only (Range, NonMaxSuppression), quantize and dequantize (their scales set the
-//!   type of what they dequantize to), epilogues over an integer accumulator (an int32
+//!   for f32 only (Range, NonMaxSuppression), quantize and dequantize and fused expressions
+//!   that quantize (their scales set the type of what they dequantize to, and an f16 scale
+//!   would move the rounding boundaries), epilogues over an integer accumulator (an int32
 //!   accumulator easily exceeds f16's range before it is rescaled), nodes that carry
 //!   subgraphs and nodes over sequences or optionals.
 //! - In a deep convolution network (at least [`EARLY_MIN_DEPTH`] convolutions on its longest
@@ -253,6 +254,14 @@ fn inherent_reason(graph: &Graph, id: NodeId) -> Option<KeepReason> {
         Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger | LinalgOp::ConvInteger(_), .. }) => {
             Some(KeepReason::IntegerAccumulator)
         }
+        // Fusion's form of QuantizeLinear (an expression ending in a cast to 8-bit integers)
+        // keeps its scale in f32, as QuantizeLinear itself does: an f16 scale would move the
+        // rounding boundaries.
+        Op::Fused(FusedOp::Elementwise(_))
+            if node.outputs.iter().any(|o| matches!(o.ty.dtype, Some(DType::I8 | DType::U8))) =>
+        {
+            Some(KeepReason::Quantization)
+        }
         _ => None,
     }
 }
@@ -278,16 +287,20 @@ fn matrix_depths(g: &Graph, order: &[NodeId]) -> HashMap<NodeId, usize> {
     depth
 }
 
-/// The f16 halves of f32 values: `hi` is each value rounded to f16 (saturating), `lo` what
-/// `hi` misses, rounded to f16 in turn (zero where the value is not finite). `hi + lo` keeps
+/// The f16 halves of f32 values: `hi` is each value rounded to f16, `lo` what `hi` misses,
+/// rounded to f16 in turn (zero where the value is beyond f16's range or not finite, which
+/// `hi` keeps for the conversion to saturate and count). `hi + lo` keeps
 /// 21 bits of a value, or is within 2^-25 of it where `lo` is an f16 subnormal (below 6.1e-5).
 /// Both are f32 tensors holding f16 values, so converting them to f16 later is exact.
 fn f16_halves(t: &Tensor, node: &str) -> Result<(Tensor, Tensor), IrError> {
     let v = t.to_f64_vec();
-    let f16 = |x: f64| f64::from(half::f16::from_f64(x.clamp(-F16_MAX, F16_MAX)));
-    let hi: Vec<f32> = v.iter().map(|&x| f16(x) as f32).collect();
+    let f16 = |x: f64| f64::from(half::f16::from_f64(x));
+    // Values f16 cannot hold stay as they are in `hi` (the conversion saturates them and
+    // reports it, as for any weight), with nothing in `lo`.
+    let fits = |x: f64| x.is_finite() && x.abs() <= F16_MAX;
+    let hi: Vec<f32> = v.iter().map(|&x| if fits(x) { f16(x) as f32 } else { x as f32 }).collect();
     let lo: Vec<f32> =
-        v.iter().zip(&hi).map(|(&x, &h)| if x.is_finite() { f16(x - f64::from(h)) as f32 } else { 0.0 }).collect();
+        v.iter().zip(&hi).map(|(&x, &h)| if fits(x) { f16(x - f64::from(h)) as f32 } else { 0.0 }).collect();
     let shape = t.shape().to_vec();
     let tensor = |v: Vec<f32>| {
         Tensor::from_vec(shape.clone(), v).map_err(|e| IrError::Invalid {
@@ -961,6 +974,46 @@ mod tests {
         assert!(r.split.is_empty() && r.kept.is_empty(), "{r:?}");
         let (_, r) = converted(chain_with(EARLY_MIN_DEPTH - 1, false, 40), EarlyPolicy::Split);
         assert!(r.split.is_empty() && r.kept.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_fused_quantize_keeps_its_scale_in_f32() {
+        // relu(x) quantized with scale 0.05, as fusion writes QuantizeLinear.
+        let mut g = Graph::new("q");
+        let ty = TypeInfo::known(DType::F32, &[2, 3]);
+        let x = g.add_input("x", ty);
+        let op = |op: ElementwiseOp, args: Vec<usize>| ExprNode::Op { op, args };
+        let expr = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                op(ElementwiseOp::Unary(UnaryOp::Relu), vec![0]),
+                ExprNode::Scalar { value: 0.05, dtype: DType::F32 },
+                op(ElementwiseOp::Binary(BinaryOp::Div), vec![1, 2]),
+                op(ElementwiseOp::Unary(UnaryOp::Round), vec![3]),
+                op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, vec![4]),
+                op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, vec![5]),
+            ],
+        };
+        let out = ValueInfo::tensor("q", TypeInfo::known(DType::I8, &[2, 3]));
+        let id = g.add_node("quantize", Op::Fused(FusedOp::Elementwise(expr.clone())), &[Some(x)], vec![out]);
+        g.add_output("q", Value { node: id, slot: 0 });
+        let (g, r) = converted(g, EarlyPolicy::default());
+        assert_eq!(r.kept.len(), 1, "{r:?}");
+        assert_eq!(r.kept[0].reason, KeepReason::Quantization);
+        let Op::Fused(FusedOp::Elementwise(kept)) = &g.node(id).op else { panic!() };
+        assert_eq!(kept, &expr, "the scale stays an f32 scalar");
+    }
+
+    #[test]
+    fn halves_leave_what_f16_cannot_hold_to_the_conversion() {
+        let t = f32s(&[4], vec![0.1, 1e5, f32::INFINITY, -70000.0]);
+        let (hi, lo) = f16_halves(&t, "c").unwrap();
+        let (hi, lo) = (hi.to_f64_vec(), lo.to_f64_vec());
+        assert_eq!(hi[1..], [1e5, f64::INFINITY, -70000.0], "kept for the conversion to saturate and count");
+        assert_eq!(lo[1..], [0.0, 0.0, 0.0]);
+        assert!((hi[0] + lo[0] - f64::from(0.1f32)).abs() <= 2f64.powi(-25) && lo[0] != 0.0);
+        let (_, saturated) = saturating_f16(&f32s(&[4], hi.iter().map(|&x| x as f32).collect()));
+        assert_eq!(saturated, 2, "1e5 and -70000 saturate; the infinity stays one");
     }
 
     #[test]
