@@ -148,6 +148,34 @@ run() {
         done
         echo "(accuracy: $((SECONDS - t0)) s)" >> "$summary"
     fi
+    if [[ " $stages " == *" early "* ]]; then
+        # How many early layers of ResNet-50 split their weights: accuracy (batch 1, against
+        # the FP32 CPU reference) and GPU compute time at batch 32, per count in
+        # KILN_EARLY_LAYERS ("default" is an eighth, "off" splits none).
+        local t0=$SECONDS dir=/tmp/kiln-models m=${KILN_EARLY_MODEL:-resnet50}
+        python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/early-export.log" 2>&1 || status=1
+        echo "== early layers of $m: accuracy (seeds ${KILN_ACCURACY_SEEDS:-1 2}) and batch-32 median ms" >> "$summary"
+        for n in ${KILN_EARLY_LAYERS:-default 1 2 4 off}; do
+            local env=()
+            case $n in
+                default) ;;
+                off) env=(KILN_FP16_EARLY=off) ;;
+                *) env=(KILN_FP16_EARLY_LAYERS=$n) ;;
+            esac
+            local acc="" seed
+            for seed in ${KILN_ACCURACY_SEEDS:-1 2}; do
+                acc+=" $(env "${env[@]}" "$GPU/bin/kiln" compare $dir/$m.onnx --device cuda --fp16 \
+                    --shapes input=1x3x224x224 --seed "$seed" 2>&1 | tail -1)"
+            done
+            env "${env[@]}" "$GPU/bin/kiln" build $dir/$m.onnx --fp16 --shapes input=32x3x224x224 \
+                -o /tmp/early-$n.kiln > "$logs/early-$n.log" 2>&1 || status=1
+            local ms
+            ms=$("$GPU/bin/kiln" bench /tmp/early-$n.kiln --duration 2 --json 2>>"$logs/early-$n.log" |
+                python3 -c 'import json,sys; d=json.load(sys.stdin); print("steps", d["steps"], "gpu median", round(d["gpu_compute_ms"]["median"], 4), "ms")')
+            echo "$m layers=$n:$acc | bench $ms" >> "$summary"
+        done
+        echo "(early: $((SECONDS - t0)) s)" >> "$summary"
+    fi
     if [[ " $stages " == *" soak "* ]]; then
         local t0=$SECONDS dir=/tmp/kiln-models
         python3 xtask/scripts/gpu_bench.py --export-only --models-dir $dir > "$logs/soak-export.log" 2>&1 || status=1
@@ -168,5 +196,5 @@ run() {
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 build | run [tests] [conformance] [bench] [accuracy] [soak]" >&2; exit 2 ;;
+    *) echo "usage: $0 build | run [tests] [conformance] [bench] [accuracy] [early] [soak]" >&2; exit 2 ;;
 esac

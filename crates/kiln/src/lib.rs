@@ -229,7 +229,15 @@ pub fn to_fp16(
         Ok(v) => v.parse().map_err(|msg| Error::Setting { name: "KILN_FP16_EARLY".into(), msg })?,
         Err(_) => EarlyPolicy::default(),
     };
-    let report = ToFp16 { keep_fp32, early }.convert(graph)?;
+    // KILN_FP16_EARLY_LAYERS=N counts the first N matrix layers as early instead of an eighth.
+    let early_layers = match std::env::var("KILN_FP16_EARLY_LAYERS") {
+        Ok(v) => Some(v.parse().map_err(|e| Error::Setting {
+            name: "KILN_FP16_EARLY_LAYERS".into(),
+            msg: format!("'{v}' is not a layer count: {e}"),
+        })?),
+        Err(_) => None,
+    };
+    let report = ToFp16 { keep_fp32, early, early_layers }.convert(graph)?;
     PassManager::new(vec![Box::new(InferTypes), Box::new(DeadCodeElimination)]).always_verify(true).run(graph, &cx)?;
     Ok(report)
 }
