@@ -146,6 +146,18 @@ pub fn quantize(
             }
         }
         let ins = g.inputs_of(id);
+        // A product of two activations (attention's QK^T and PV) stays float unless asked
+        // for: the fused attention kernel computes it faster than INT8 products with their
+        // conversions around a softmax, and both of its operands would need per-tensor scales.
+        let constant =
+            |s: usize| ins.get(s).copied().flatten().is_some_and(|v| matches!(g.node(v.node).op, Op::Const(_)));
+        if asked.is_none() && matches!(n.op, Op::Linalg(LinalgOp::MatMul)) && !constant(0) && !constant(1) {
+            report.push(entry(
+                Precision::Fp32,
+                Some("a product of two activations (attention); `--precision NODE=int8` quantizes it".into()),
+            ));
+            continue;
+        }
         let slots: Vec<usize> = if matches!(n.op, Op::Linalg(LinalgOp::MatMul)) { vec![0, 1] } else { vec![0] };
         let weight = weight_axis(g, id);
         // Every non-constant input needs a scale, and at most one input may be a weight.

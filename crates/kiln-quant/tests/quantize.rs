@@ -79,3 +79,30 @@ fn calibration_without_data_is_an_error() {
     let e = calibrate(&tiny_cnn(), &[], CalibOptions::default(), &cpu).unwrap_err();
     assert!(e.to_string().contains("at least one batch"), "{e}");
 }
+
+#[test]
+fn attention_products_stay_float_unless_asked() {
+    // The count transformer: Q, K, V, output, FFN and classifier products read weights;
+    // MatMul_15 (QK^T) and MatMul_18 (PV) multiply two activations.
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/count_transformer.onnx");
+    let mut g = kiln_onnx::load_model(&p).unwrap().graph;
+    PassManager::new(vec![Box::new(InferTypes)]).run(&mut g, &PassContext::default()).unwrap();
+    // Token ids 0..9 (the model counts them), a batch of 4 sequences of 16.
+    let ids = Tensor::from_vec(vec![4, 16], (0..64).map(|i| (i * 7 % 10) as i64).collect::<Vec<i64>>()).unwrap();
+    let inputs = vec![ids];
+    let cache = calibrate(&g, &[inputs], CalibOptions::default(), &cpu).unwrap();
+    let (_, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
+    let float: Vec<&str> = report.iter().filter(|l| l.precision != Precision::Int8).map(|l| l.node.as_str()).collect();
+    assert_eq!(float, ["MatMul_15", "MatMul_18"], "{report:?}");
+    assert!(report.iter().filter(|l| l.precision != Precision::Int8).all(|l| l
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("two activations")));
+    assert_eq!(report.iter().filter(|l| l.precision == Precision::Int8).count(), 7);
+    // Asked for, they are quantized too.
+    let overrides: HashMap<String, Precision> =
+        ["MatMul_15", "MatMul_18"].iter().map(|n| (n.to_string(), Precision::Int8)).collect();
+    let (_, report) = quantize(&g, &cache, &overrides).unwrap();
+    assert!(report.iter().all(|l| l.precision == Precision::Int8), "{report:?}");
+}

@@ -425,7 +425,7 @@ fn int8_engines_keep_their_accuracy_on_the_gpu() {
     use kiln::cuda::plan::StepKind;
     use kiln::ir::DType;
     let gpu = have_gpu("int8_engines_keep_their_accuracy_on_the_gpu");
-    for (name, batch, int8_gemms) in [("digits_cnn", 50, 0), ("count_transformer", 64, 9)] {
+    for (name, batch, int8_gemms) in [("digits_cnn", 50, 0), ("count_transformer", 64, 7)] {
         let onnx = fixture(&format!("{name}.onnx"));
         let test_x = kiln::npy::read(&fixture(&format!("{name}.test_x.npy"))).unwrap();
         let test_y = kiln::npy::read(&fixture(&format!("{name}.test_y.npy"))).unwrap();

@@ -85,8 +85,9 @@ fn digits_cnn_keeps_its_accuracy_in_int8() {
 #[test]
 fn counting_transformer_keeps_its_accuracy_in_int8() {
     let (fp32, int8, layers) = fp32_and_int8("count_transformer");
-    // Q, K, V, output, FFN up and down projections, the two attention products, the classifier.
-    assert_eq!(layers, 9);
+    // Q, K, V, output, FFN up and down projections and the classifier; the two attention
+    // products (of two activations) stay float.
+    assert_eq!(layers, 7);
     assert!(fp32 > 0.95, "the FP32 model is trained: {fp32}");
     assert!((fp32 - int8).abs() <= 0.005, "FP32 {fp32} vs INT8 {int8}");
 }
