@@ -229,7 +229,7 @@ pub fn to_fp16(
         Ok(v) => v.parse().map_err(|msg| Error::Setting { name: "KILN_FP16_EARLY".into(), msg })?,
         Err(_) => EarlyPolicy::default(),
     };
-    // KILN_FP16_EARLY_LAYERS=N counts the first N matrix layers as early instead of an eighth.
+    // KILN_FP16_EARLY_LAYERS=N counts the first N matrix layers as early instead of a sixth.
     let early_layers = match std::env::var("KILN_FP16_EARLY_LAYERS") {
         Ok(v) => Some(v.parse().map_err(|e| Error::Setting {
             name: "KILN_FP16_EARLY_LAYERS".into(),
