@@ -26,9 +26,9 @@ done
 cargo run -q -p kiln-cuda --example emu_dump -- "$work"
 cp shim.h families.cpp generated.cpp qlinear.cpp "$work"
 cd "$work"
+g++ -std=c++20 -O1 -pthread -w qlinear.cpp -o qlinear
+./qlinear
 g++ -std=c++20 -O1 -pthread -w families.cpp -o families
 g++ -std=c++20 -O1 -pthread -w generated.cpp -o generated
-g++ -std=c++20 -O1 -pthread -w qlinear.cpp -o qlinear
 ./families
 ./generated
-./qlinear
