@@ -8,8 +8,10 @@
 // (`round_mode` 1: f16, 2: bf16, 0: f32) as the reference computes in that type, and the last
 // step is in f64 without contraction into an FMA. Scales arrive as f32 (the host converts).
 // Kernels: matmul_integer_<a>_<b>, qlinear_matmul_<a>_<b>_<y>, conv_integer_<x>_<w>,
-// qlinear_conv_<x>_<w>_<y>, for u8 and i8.
+// qlinear_conv_<x>_<w>_<y>, for u8 and i8; and the tensor-core convolutions
+// conv_integer_tc_i8_i8 and qlinear_conv_tc_i8_i8_<y> (see the end of the file).
 #include "common.cuh"
+#include <mma.h>
 
 __device__ __forceinline__ float ql_round(float v, int mode) {
     if (mode == 1) return __half2float(__float2half_rn(v));
@@ -142,3 +144,211 @@ QL_CONV(u8, unsigned char, u8, unsigned char)
 QL_CONV(u8, unsigned char, i8, signed char)
 QL_CONV(i8, signed char, u8, unsigned char)
 QL_CONV(i8, signed char, i8, signed char)
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core convolutions: i8 x i8 into i32 as an implicit GEMM on the integer tensor
+// cores (WMMA 16x16x16 over signed char, int accumulators: IMMA on sm_80 and sm_90), for
+// group 1 and zero points absent or zero (the planner checks both; they are not passed).
+//
+// The GEMM: rows are the output positions (batch, oy, ox) of the NCHW output, columns the
+// output channels, and the reduction k = (c, ky, kx) runs over the weight's row
+// [M, C, kh, kw] as it is stored. A block computes QTC_BM rows x QTC_BN columns with 8 warps in
+// a 4 x 2 grid of 32 x 32 warp tiles (2 x 2 fragments), QTC_BK of k per stage:
+// - A (input, gathered): thread t owns row t % 128 and one 16-deep half of the stage, so a
+//   warp reads 32 consecutive positions of one (c, ky, kx), which are consecutive bytes at
+//   stride 1; padding, k past K and rows past the end read as zero. The 16 bytes go to shared
+//   memory as one vector, in [half][row][16] order: each half is a row-major 128 x 16 matrix
+//   (ldm 16), every fragment starts 256-byte aligned and a warp's stores are one 512-byte run.
+// - B (weight): thread t owns 8 bytes of column t / 4, read as one 8-byte vector where K is a
+//   multiple of 16 (else bytewise, zero past K), stored [half][column][16]: each half is the
+//   column-major 16 x 64 matrix_b (ldm 16).
+// - Two stages in shared memory with the next stage's global loads held in registers while
+//   the tensor cores work on this one: one barrier per stage.
+// - The epilogue stores the accumulators into shared memory column-major (one output channel's
+//   128 positions in a row), then each thread writes its own row's positions, so a warp writes
+//   32 consecutive outputs of one channel.
+// The i32 sums wrap as the reference's do (mma without saturation); the sum of products is
+// exact in any order, so results are bit-identical to the direct kernel. Offsets inside one
+// image, one weight row and one output plane are int: the planner only picks these kernels
+// where C*H*W, C*kh*kw, OH*OW and the padded input extents fit in an int.
+#define QTC_BM 128
+#define QTC_BN 64
+#define QTC_BK 32
+#define QTC_THREADS 256
+
+// 16 bytes of A: row `ok` (else zeros) at reduction index k .. k + 15, from the image `xb`.
+__device__ __forceinline__ uint4 qtc_load_a(const signed char* __restrict__ xb, bool ok, int k, const QlConvArgs& g,
+                                            int iy0, int ix0) {
+    unsigned int v[4] = {0u, 0u, 0u, 0u};
+    if (ok) {
+        const int C = (int)g.c, H = (int)g.h, W = (int)g.w, KH = (int)g.kh, KW = (int)g.kw;
+        const int khw = KH * KW;
+        int c = k / khw;
+        const int r = k - c * khw;
+        int ky = r / KW, kx = r - (r / KW) * KW;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int iy = iy0 + ky * (int)g.dh, ix = ix0 + kx * (int)g.dw;
+            if (c < C && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W) {
+                v[j / 4] |= (unsigned int)(unsigned char)xb[(c * H + iy) * W + ix] << (8 * (j % 4));
+            }
+            if (++kx == KW) {
+                kx = 0;
+                if (++ky == KH) {
+                    ky = 0;
+                    ++c;
+                }
+            }
+        }
+    }
+    return make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+// 8 bytes of B: the weight row `wrow` (of K values) at k .. k + 7, zeros past K or where the
+// column is past M (`ok` false). `vec`: K is a multiple of 16 and the weight 16-byte aligned, so
+// k (a multiple of 8) below K has all 8 bytes in the row, aligned.
+__device__ __forceinline__ uint2 qtc_load_b(const signed char* __restrict__ wrow, bool ok, int k, int K, bool vec) {
+    if (!ok || k >= K) return make_uint2(0u, 0u);
+    if (vec) return *reinterpret_cast<const uint2*>(wrow + k);
+    unsigned int v[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        if (k + j < K) v[j / 4] |= (unsigned int)(unsigned char)wrow[k + j] << (8 * (j % 4));
+    }
+    return make_uint2(v[0], v[1]);
+}
+
+// One block's tile of the convolution; `epi(offset, channel, acc)` writes output element
+// `offset` (of channel `channel`) from its i32 sum.
+template <typename Epi>
+__device__ __forceinline__ void qtc_conv(const signed char* __restrict__ x, const signed char* __restrict__ w,
+                                         const QlConvArgs& g, const Epi& epi) {
+    using namespace nvcuda;
+    // Two stages of A (2 x 2 x 128 x 16 bytes) and B (2 x 2 x 64 x 16), then the C tile
+    // (64 x 128 ints) over the same bytes once the main loop is done.
+    __align__(128) __shared__ unsigned char smem[QTC_BN * QTC_BM * 4];
+    signed char* const As = reinterpret_cast<signed char*>(smem);
+    signed char* const Bs = As + 2 * 2 * QTC_BM * 16;
+    int* const Cs = reinterpret_cast<int*>(smem);
+
+    const int tid = threadIdx.x, warp = tid / 32;
+    const int M = (int)g.m, K = (int)(g.c * g.kh * g.kw), ohw = (int)(g.oh * g.ow);
+    const i64 rows = g.total / g.m;
+    const i64 row0 = (i64)blockIdx.x * QTC_BM;
+    const int col0 = blockIdx.y * QTC_BN;
+
+    // This thread's row of A (and of the output) and its half of each stage.
+    const int ar = tid % QTC_BM, ah = tid / QTC_BM;
+    const bool a_ok = row0 + ar < rows;
+    const i64 img = a_ok ? (row0 + ar) / ohw : 0;
+    const int sp = a_ok ? (int)((row0 + ar) - img * ohw) : 0;
+    const int iy0 = (sp / (int)g.ow) * (int)g.sh - (int)g.ph, ix0 = (sp % (int)g.ow) * (int)g.sw - (int)g.pw;
+    const signed char* const xb = x + img * g.c * g.h * g.w;
+
+    // This thread's piece of B: column bc, half bh, 8-byte quarter bq.
+    const int bc = tid / 4, bh = (tid / 2) % 2, bq = tid % 2;
+    const bool b_ok = col0 + bc < M;
+    const signed char* const wrow = w + (i64)(b_ok ? col0 + bc : 0) * K;
+    const bool b_vec = K % 16 == 0 && (reinterpret_cast<unsigned long long>(w) & 15) == 0;
+
+    signed char* const a_dst = As + (ah * QTC_BM + ar) * 16;
+    signed char* const b_dst = Bs + (bh * QTC_BN + bc) * 16 + bq * 8;
+    const int a_stage = 2 * QTC_BM * 16, b_stage = 2 * QTC_BN * 16;
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0);
+    // The warp's 32 x 32 tile: rows wr * 32, columns wc * 32 of the block's.
+    const int wr = warp % 4, wc = warp / 4;
+
+    const int stages = (K + QTC_BK - 1) / QTC_BK;
+    uint4 ra = qtc_load_a(xb, a_ok, ah * 16, g, iy0, ix0);
+    uint2 rb = qtc_load_b(wrow, b_ok, bh * 16 + bq * 8, K, b_vec);
+    *reinterpret_cast<uint4*>(a_dst) = ra;
+    *reinterpret_cast<uint2*>(b_dst) = rb;
+    __syncthreads();
+    for (int t = 0; t < stages; ++t) {
+        const int s = t & 1;
+        const bool more = t + 1 < stages;
+        if (more) {
+            const int k0 = (t + 1) * QTC_BK;
+            ra = qtc_load_a(xb, a_ok, k0 + ah * 16, g, iy0, ix0);
+            rb = qtc_load_b(wrow, b_ok, k0 + bh * 16 + bq * 8, K, b_vec);
+        }
+        const signed char* const as = As + s * a_stage;
+        const signed char* const bs = Bs + s * b_stage;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], as + (h * QTC_BM + wr * 32 + i * 16) * 16, 16);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], bs + (h * QTC_BN + wc * 32 + j * 16) * 16, 16);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        // The other stage was last read before the previous barrier, so it can be refilled.
+        if (more) {
+            *reinterpret_cast<uint4*>(a_dst + (s ^ 1) * a_stage) = ra;
+            *reinterpret_cast<uint2*>(b_dst + (s ^ 1) * b_stage) = rb;
+        }
+        __syncthreads();
+    }
+
+    // C column-major in shared memory: column (output channel) c at Cs + c * QTC_BM.
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(Cs + (wc * 32 + j * 16) * QTC_BM + wr * 32 + i * 16, acc[i][j], QTC_BM,
+                                    wmma::mem_col_major);
+    __syncthreads();
+    if (!a_ok) return;
+    const i64 y_row = img * g.m * ohw + sp;
+    for (int cc = ah; cc < QTC_BN && col0 + cc < M; cc += QTC_THREADS / QTC_BM) {
+        epi(y_row + (i64)(col0 + cc) * ohw, col0 + cc, Cs[cc * QTC_BM + ar]);
+    }
+}
+
+struct QtcStore {
+    int* y;
+    __device__ __forceinline__ void operator()(i64 p, int, int acc) const { y[p] = acc; }
+};
+
+template <typename Y> struct QtcRequantize {
+    Y* y;
+    const int* bias;
+    const float *x_scale, *w_scale, *y_scale;
+    const Y* y_zp;
+    i64 w_scale_n;
+    int round_mode;
+    __device__ __forceinline__ void operator()(i64 p, int oc, int acc) const {
+        if (bias) acc = (int)((unsigned int)acc + (unsigned int)bias[oc]);
+        y[p] = ql_requantize<Y>(acc, x_scale[0], w_scale[w_scale_n == 1 ? 0 : oc], y_scale[0], y_zp, round_mode);
+    }
+};
+
+// Launch: QTC_THREADS threads, grid (ceil(rows / QTC_BM), ceil(M / QTC_BN)). Two blocks per SM
+// give ptxas up to 128 registers a thread, which it needs to keep the prefetched stage and
+// the accumulators without spilling (about 110 on sm_80 and sm_90).
+extern "C" __global__ void __launch_bounds__(QTC_THREADS, 2)
+    conv_integer_tc_i8_i8(const signed char* x, const signed char* w, int* y, const QlConvArgs g) {
+    qtc_conv(x, w, g, QtcStore{y});
+}
+
+#define QL_QCONV_TC(ys, Y)                                                                              \
+    extern "C" __global__ void __launch_bounds__(QTC_THREADS, 2) qlinear_conv_tc_i8_i8_##ys(            \
+        const signed char* x, const signed char* w, Y* y, const QlConvArgs g, const int* bias,          \
+        const float* x_scale, const float* w_scale, const float* y_scale, const Y* y_zp, i64 w_scale_n, \
+        int round_mode) {                                                                               \
+        const QtcRequantize<Y> epi{y, bias, x_scale, w_scale, y_scale, y_zp, w_scale_n, round_mode};    \
+        qtc_conv(x, w, g, epi);                                                                         \
+    }
+
+QL_QCONV_TC(u8, unsigned char)
+QL_QCONV_TC(i8, signed char)

@@ -12,20 +12,22 @@ set -euo pipefail
 cd "$(dirname "$0")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for f in reduce norm attention layout pool index conv; do
+for f in reduce norm attention layout pool index conv qlinear; do
     python3 - "$f" "$work" <<'PY'
 import sys
 f, work = sys.argv[1], sys.argv[2]
 common = open('../../../kernels/common.cuh').read()
 src = open(f'../../../kernels/{f}.cu').read().replace('#include "common.cuh"', common, 1)
-for line in ('#include <cuda_fp16.h>', '#include <cuda_bf16.h>', '#pragma once'):
+for line in ('#include <cuda_fp16.h>', '#include <cuda_bf16.h>', '#include <mma.h>', '#pragma once'):
     src = src.replace(line, '')
 open(f'{work}/{f}_full.inc', 'w').write(src)
 PY
 done
 cargo run -q -p kiln-cuda --example emu_dump -- "$work"
-cp shim.h families.cpp generated.cpp "$work"
+cp shim.h families.cpp generated.cpp qlinear.cpp "$work"
 cd "$work"
+g++ -std=c++20 -O1 -pthread -w qlinear.cpp -o qlinear
+./qlinear
 g++ -std=c++20 -O1 -pthread -w families.cpp -o families
 g++ -std=c++20 -O1 -pthread -w generated.cpp -o generated
 ./families

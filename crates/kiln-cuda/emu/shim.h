@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +19,7 @@ using std::isinf;
 #define __host__
 #define __forceinline__ inline
 #define __restrict__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
@@ -42,10 +43,8 @@ inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; 
 inline long long __double_as_longlong(double d) { long long i; std::memcpy(&i, &d, 8); return i; }
 inline float __double2float_rn(double d) { return (float)d; }
 inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
-inline long long __double_as_longlong(double f) { long long i; std::memcpy(&i, &f, 8); return i; }
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline float __double2float_rn(double d) { return (float)d; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 struct __half { _Float16 v; };
 struct __nv_bfloat16 { uint16_t bits; };
@@ -67,14 +66,51 @@ struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = (uint32_t)b.bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
-struct uint4 { unsigned x, y, z, w; };
-inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
-inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-inline __half __ushort_as_half(unsigned short s) { __half h; std::memcpy(&h.v, &s, 2); return h; }
-inline unsigned short __half_as_ushort(__half h) { unsigned short s; std::memcpy(&s, &h.v, 2); return s; }
-inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short s) { return __nv_bfloat16{s}; }
-inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
+struct alignas(8) uint2 { unsigned x, y; };
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
+// WMMA (<mma.h>), 16x16x16 only: every lane holds the whole tile (the hardware's split of a
+// fragment over lanes is unspecified, and kernels may not depend on it), loads and stores
+// check the API's alignment rules (pointers 32-byte aligned, ldm a multiple of 16 bytes), and
+// lane 0 alone stores, so the kernel must synchronize before others read the tile, as on a GPU.
+namespace nvcuda { namespace wmma {
+struct matrix_a {}; struct matrix_b {}; struct accumulator {};
+struct row_major {}; struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulation has 16x16x16 only");
+    T v[16][16];
+};
+inline void wmma_check(const void* p, unsigned ldm, size_t elem) {
+    if ((uintptr_t)p % 32 || ldm * elem % 16) { fprintf(stderr, "wmma: misaligned %p or ldm %u\n", p, ldm); std::abort(); }
+}
+template <class Use, class T, class L, class P> void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const P* p, unsigned ldm) {
+    wmma_check(p, ldm, sizeof(P));
+    constexpr bool row = std::is_same_v<L, row_major>;
+    for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) f.v[r][c] = row ? p[r * ldm + c] : p[c * ldm + r];
+}
+template <class T, class V> void fill_fragment(fragment<accumulator, 16, 16, 16, T>& f, V x) {
+    for (auto& row : f.v) for (auto& e : row) e = (T)x;
+}
+template <class TA, class LA, class TB, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, int>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, int>& c) {
+    fragment<accumulator, 16, 16, 16, int> t;
+    for (int r = 0; r < 16; ++r) for (int n = 0; n < 16; ++n) {
+        uint32_t s = (uint32_t)c.v[r][n];  // wraps, as mma without saturation
+        for (int k = 0; k < 16; ++k) s += (uint32_t)((int)a.v[r][k] * (int)b.v[k][n]);
+        t.v[r][n] = (int)s;
+    }
+    d = t;
+}
+template <class T> void store_matrix_sync(T* p, const fragment<accumulator, 16, 16, 16, T>& f, unsigned ldm, layout_t l) {
+    wmma_check(p, ldm, sizeof(T));
+    if (g_lane != 0) return;
+    for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
+}
+} }
 
 // Runs `body` for every thread of every block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {

@@ -262,6 +262,9 @@ impl KernelFamily {
                         }
                     }
                 }
+                // The tensor-core convolutions (i8 by i8, group 1, no zero points).
+                k.push("conv_integer_tc_i8_i8".into());
+                k.extend(["u8", "i8"].map(|y| format!("qlinear_conv_tc_i8_i8_{y}")));
                 k
             }
             KernelFamily::Quant => {

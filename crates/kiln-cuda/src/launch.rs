@@ -735,6 +735,46 @@ impl QlConvArgs {
     }
 }
 
+impl QlConvArgs {
+    /// Whether the tensor-core kernels' int offsets hold: one image (`c * h * w`), one weight
+    /// row (`c * kh * kw`), one output plane (`oh * ow`) and the furthest tap of the padded
+    /// input along each axis fit in an `i32`, as do the output positions (`total / m`) once
+    /// divided into [`QTC_ROWS`] blocks.
+    pub fn fits_tensor_cores(&self) -> bool {
+        let fits = |v: Option<i64>| v.is_some_and(|v| (0..=i32::MAX as i64).contains(&v));
+        let extent =
+            |o: i64, s: i64, k: i64, d: i64, p: i64| o.checked_mul(s)?.checked_add(k.checked_mul(d)?)?.checked_add(p);
+        let rows = self.total.checked_div(self.m);
+        fits(self.c.checked_mul(self.h).and_then(|v| v.checked_mul(self.w)))
+            && fits(self.c.checked_mul(self.kh).and_then(|v| v.checked_mul(self.kw)))
+            && fits(self.oh.checked_mul(self.ow))
+            && fits(extent(self.oh, self.sh, self.kh, self.dh, self.ph))
+            && fits(extent(self.ow, self.sw, self.kw, self.dw, self.pw))
+            && fits(self.m.checked_add(QTC_COLS as i64))
+            && fits(rows.map(|r| r / QTC_ROWS as i64 + 1))
+    }
+}
+
+/// Output positions (GEMM rows) per block of the tensor-core convolutions (`QTC_BM` in
+/// `qlinear.cu`).
+pub const QTC_ROWS: u64 = 128;
+/// Output channels (GEMM columns) per block of the tensor-core convolutions (`QTC_BN`).
+pub const QTC_COLS: u64 = 64;
+/// Threads per block of the tensor-core convolutions (`QTC_THREADS`): 8 warps.
+pub const QTC_THREADS: u32 = 256;
+
+/// The launch of `conv_integer_tc_*` and `qlinear_conv_tc_*`: one block per [`QTC_ROWS`]
+/// output positions by [`QTC_COLS`] output channels.
+pub fn conv_tc(rows: u64, channels: u64) -> Result<LaunchConfig> {
+    let (gx, gy) = (rows.div_ceil(QTC_ROWS), channels.div_ceil(QTC_COLS));
+    if gx == 0 || gy == 0 || gx > i32::MAX as u64 || gy > MAX_BLOCKS {
+        return Err(CudaError::Invalid(format!(
+            "a tensor-core convolution of {rows} positions by {channels} channels does not fit one launch"
+        )));
+    }
+    Ok(LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (QTC_THREADS, 1, 1), shared_bytes: 0 })
+}
+
 /// RotaryEmbedding parameters (`RopeArgs` in `attention.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RopeArgs {

@@ -1,16 +1,21 @@
 //! INT8 matrix products on the GPU against the CPU reference (kiln-cpu), exactly: i8
 //! MatMulInteger on cuBLASLt's integer tensor cores where `k` and `n` are multiples of 4, the
 //! direct kernel where not, over odd numbers of rows (1, 3, 50, 783), batches folded into one
-//! GEMM, two computed operands, and the dequantizing epilogue nodes of fusion's `qdq` rules.
+//! GEMM, two computed operands, and the dequantizing epilogue nodes of fusion's `qdq` rules;
+//! i8 ConvInteger and QLinearConv on the tensor-core implicit-GEMM kernels over the shapes of
+//! a ResNet (1x1, 3x3, the 7x7 stem, strides 1 and 2) and odd ones (channels not multiples of
+//! 16, 1-D, dilation).
 //!
-//! The plans (which products go to cuBLASLt) are checked everywhere. Without a CUDA driver or
+//! The plans (which products go to cuBLASLt or the tensor-core kernels) are checked everywhere. Without a CUDA driver or
 //! device each test prints why it runs nothing on a GPU. With
 //! `KILN_REQUIRE_GPU=1` (as `xtask/scripts/gpu_check.sh` sets) a missing GPU or NVRTC fails
 //! instead, so a GPU run can never pass by skipping.
 
 use kiln_cuda::library::KernelLibrary;
-use kiln_cuda::plan::{plan, StepKind};
+use kiln_cuda::plan::{plan, Step, StepKind};
 use kiln_ir::ops::elementwise::BinaryOp;
+use kiln_ir::ops::linalg::ConvAttrs;
+use kiln_ir::ops::pool::AutoPad;
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LinalgOp};
 use kiln_ir::{DType, Graph, Op, Tensor};
 
@@ -25,20 +30,24 @@ fn i8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(shape.to_vec(), v).unwrap().cast(DType::I8)
 }
 
-/// Plans `g` and checks that `int8_gemms` of its steps are i8 cuBLASLt GEMMs; where there is
-/// a GPU, runs it and compares every output with the CPU executor: exactly, or within
-/// `atol + rtol * |want|` where `tol` gives them.
+/// Plans `g` and checks that `tensor_core` of its steps are i8 cuBLASLt GEMMs or tensor-core
+/// convolution kernels (`*_tc_*`); where there is a GPU, runs it and compares every output
+/// with the CPU executor: exactly, or within `atol + rtol * |want|` where `tol` gives them.
 fn check(
     lib: Option<&KernelLibrary>,
     what: &str,
     g: &Graph,
     inputs: &[Tensor],
-    int8_gemms: usize,
+    tensor_core: usize,
     tol: Option<(f64, f64)>,
 ) {
     let p = plan(g).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let gemms = p.steps.iter().filter(|s| matches!(&s.kind, StepKind::Gemm(m) if m.dtype == DType::I8)).count();
-    assert_eq!(gemms, int8_gemms, "{what}: i8 GEMMs in\n{p}");
+    let tc = |s: &&Step| match &s.kind {
+        StepKind::Gemm(m) => m.dtype == DType::I8,
+        StepKind::Kernel(k) => k.kernel.contains("_tc_"),
+        _ => false,
+    };
+    assert_eq!(p.steps.iter().filter(tc).count(), tensor_core, "{what}: tensor-core steps in\n{p}");
     let Some(lib) = lib else { return };
     let got = lib.run_plan(&p, inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
     let want = kiln_cpu::run_graph(g, inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -126,4 +135,88 @@ fn int8_epilogues_dequantize_on_the_gpu() {
             Some((1e-5, 1e-6)),
         );
     }
+}
+
+/// One convolution case: input and weight shapes, strides, pads (begins then ends), dilations.
+struct ConvCase {
+    x: &'static [usize],
+    w: &'static [usize],
+    strides: &'static [usize],
+    pads: &'static [usize],
+    dilations: &'static [usize],
+}
+
+const CONV_CASES: [ConvCase; 11] = [
+    // 1x1 stride 1 and 2, as a ResNet bottleneck's.
+    ConvCase { x: &[2, 64, 14, 14], w: &[96, 64, 1, 1], strides: &[1, 1], pads: &[0, 0, 0, 0], dilations: &[1, 1] },
+    ConvCase { x: &[2, 64, 14, 14], w: &[128, 64, 1, 1], strides: &[2, 2], pads: &[0, 0, 0, 0], dilations: &[1, 1] },
+    // 3x3 pad 1, strides 1 and 2; a long reduction (K = 1152, 36 stages).
+    ConvCase { x: &[1, 40, 9, 11], w: &[50, 40, 3, 3], strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] },
+    ConvCase { x: &[3, 24, 15, 15], w: &[36, 24, 3, 3], strides: &[2, 2], pads: &[1, 1, 1, 1], dilations: &[1, 1] },
+    ConvCase { x: &[2, 128, 14, 14], w: &[64, 128, 3, 3], strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] },
+    // The ResNet stem: 7x7 stride 2 pad 3 over 3 channels (K = 147).
+    ConvCase { x: &[2, 3, 32, 32], w: &[64, 3, 7, 7], strides: &[2, 2], pads: &[3, 3, 3, 3], dilations: &[1, 1] },
+    // Channels and outputs far from multiples of 16; asymmetric pads; dilation.
+    ConvCase { x: &[2, 5, 13, 13], w: &[7, 5, 3, 3], strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] },
+    ConvCase { x: &[1, 50, 7, 7], w: &[70, 50, 1, 1], strides: &[1, 1], pads: &[0, 0, 0, 0], dilations: &[1, 1] },
+    ConvCase { x: &[2, 9, 10, 12], w: &[20, 9, 3, 2], strides: &[2, 1], pads: &[0, 1, 2, 0], dilations: &[1, 1] },
+    ConvCase { x: &[1, 6, 11, 11], w: &[10, 6, 3, 3], strides: &[1, 1], pads: &[2, 2, 2, 2], dilations: &[2, 2] },
+    // 1-D.
+    ConvCase { x: &[2, 17, 60], w: &[24, 17, 5], strides: &[1], pads: &[2, 2], dilations: &[1] },
+];
+
+#[test]
+fn int8_convolutions_on_tensor_cores_match_the_cpu_exactly() {
+    let lib = lib();
+    let mut rng = Rng::new(37);
+    let attrs = |c: &ConvCase| ConvAttrs {
+        kernel_shape: vec![],
+        strides: c.strides.to_vec(),
+        dilations: c.dilations.to_vec(),
+        pads: c.pads.to_vec(),
+        auto_pad: AutoPad::NotSet,
+        group: 1,
+    };
+    let mut checked = vec![];
+    for c in &CONV_CASES {
+        let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
+        let m = c.w[0];
+        let shape =
+            format!("x {:?} w {:?} strides {:?} pads {:?} dilations {:?}", c.x, c.w, c.strides, c.pads, c.dilations);
+        let conv = || Op::Linalg(LinalgOp::ConvInteger(attrs(c)));
+        // A constant weight without zero points, with constant zero ones, and a computed weight.
+        let (g, ins) = one_node(conv(), &[&x], &[Some(w.clone())], 1);
+        check(lib, &format!("ConvInteger {shape}"), &g, &ins, 1, None);
+        let zps = [Some(Tensor::scalar(0i8)), Some(Tensor::from_vec(vec![m], vec![0i8; m]).unwrap())];
+        let (g, ins) = one_node(conv(), &[&x], &[Some(w.clone()), zps[0].clone(), zps[1].clone()], 1);
+        check(lib, &format!("ConvInteger {shape}, zero points 0"), &g, &ins, 1, None);
+        let (g, ins) = one_node(conv(), &[&x, &w], &[], 1);
+        check(lib, &format!("ConvInteger {shape}, computed weight"), &g, &ins, 1, None);
+        // QLinearConv to i8 and u8: bias, per-channel scales, an output zero point.
+        for (yt, y_zp) in [(DType::I8, Tensor::scalar(-3i8)), (DType::U8, Tensor::scalar(128u8))] {
+            let scale = |v: f32| Tensor::scalar(v);
+            let w_scale = rand_tensor(&mut rng, &[m], 1e-3, 3e-3, DType::F32);
+            let bias: Vec<i32> = (0..m).map(|_| rng.below(20001) as i32 - 10000).collect();
+            let consts = [
+                Some(scale(0.05)),
+                Some(Tensor::scalar(0i8)),
+                Some(w.clone()),
+                Some(w_scale),
+                Some(Tensor::scalar(0i8)),
+                Some(scale(0.5)),
+                Some(y_zp),
+                Some(Tensor::from_vec(vec![m], bias).unwrap()),
+            ];
+            let (g, ins) = one_node(Op::Linalg(LinalgOp::QLinearConv(attrs(c))), &[&x], &consts, 1);
+            check(lib, &format!("QLinearConv to {yt} {shape}"), &g, &ins, 1, None);
+        }
+        checked.push(shape);
+    }
+    // Two groups keep the direct kernel.
+    let (x, w) = (i8s(&mut rng, &[2, 8, 9, 9]), i8s(&mut rng, &[12, 4, 3, 3]));
+    let grouped = ConvAttrs { group: 2, ..attrs(&CONV_CASES[2]) };
+    let (g, ins) = one_node(Op::Linalg(LinalgOp::ConvInteger(grouped)), &[&x], &[Some(w)], 1);
+    check(lib, "ConvInteger x [2, 8, 9, 9] w [12, 4, 3, 3], 2 groups", &g, &ins, 0, None);
+    let ran = if lib.is_some() { "against the CPU reference on the GPU" } else { "as plans only (no GPU)" };
+    eprintln!("tensor-core convolutions checked {ran}:\n  {}", checked.join("\n  "));
 }

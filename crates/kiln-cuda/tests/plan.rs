@@ -694,7 +694,7 @@ fn integer_convolution_epilogues_accumulate_in_i32_then_run_the_epilogue() {
         })
         .collect();
     assert_eq!(kernels.len(), 2, "{p}");
-    assert_eq!(kernels[0].0, "conv_integer_i8_i8");
+    assert_eq!(kernels[0].0, "conv_integer_tc_i8_i8");
     let acc = p.buffers.iter().position(|b| b.name == "qconv.acc").unwrap();
     assert_eq!((p.buffers[acc].dtype, p.buffers[acc].shape.clone()), (DType::I32, vec![1, 6, 5, 5]));
     assert!(kernels[0].1.contains(&Arg::Buffer(acc)), "the integer kernel writes the accumulator");
@@ -708,6 +708,100 @@ fn integer_convolution_epilogues_accumulate_in_i32_then_run_the_epilogue() {
         let c = nv.compile(&k.name, &k.source, "sm_90").unwrap_or_else(|e| panic!("{e}"));
         assert!(c.has_kernel(&k.name));
     }
+}
+
+/// A graph of one ConvInteger (or, with `quantized`, QLinearConv to i8) of an input `x` of
+/// `xt` by a constant weight of `wt` (or an input where `w_const` is false), with the given
+/// constant zero points (x's, w's) and `group` groups, pads 1 on both spatial dims.
+fn integer_conv(
+    xt: DType,
+    wt: DType,
+    x_shape: &[usize],
+    w_shape: &[usize],
+    w_const: bool,
+    zero_points: Option<[Tensor; 2]>,
+    group: usize,
+    quantized: bool,
+) -> Graph {
+    let mut g = Graph::new("convi");
+    let x = g.add_input("x", TypeInfo::known(xt, x_shape));
+    let len: usize = w_shape.iter().product();
+    let w = if w_const {
+        let t = Tensor::from_vec(w_shape.to_vec(), (0..len).map(|i| (i % 11) as f32 - 5.0).collect::<Vec<f32>>());
+        g.add_const("w", t.unwrap().cast(wt))
+    } else {
+        g.add_input("w", TypeInfo::known(wt, w_shape))
+    };
+    let [x_zp, w_zp] = match zero_points {
+        Some([zx, zw]) => [Some(g.add_const("x_zp", zx)), Some(g.add_const("w_zp", zw))],
+        None => [None, None],
+    };
+    let pads = vec![1; 2 * (x_shape.len() - 2)];
+    let attrs = conv_attrs(&pads, AutoPad::NotSet, group);
+    let mut out = vec![x_shape[0], w_shape[0]];
+    out.extend(&x_shape[2..]);
+    let y = if quantized {
+        let scale = |g: &mut Graph, name: &str| Some(g.add_const(name, Tensor::scalar(0.5f32)));
+        let (xs, ws, ys) = (scale(&mut g, "xs"), scale(&mut g, "ws"), scale(&mut g, "ys"));
+        let y_zp = Some(g.add_const("y_zp", Tensor::scalar(0i8)));
+        let ins = [Some(x), xs, x_zp, Some(w), ws, w_zp, ys, y_zp];
+        node(&mut g, "conv", Op::Linalg(LinalgOp::QLinearConv(attrs)), &ins, TypeInfo::known(DType::I8, &out))
+    } else {
+        let ins = [Some(x), Some(w), x_zp, w_zp];
+        node(&mut g, "conv", Op::Linalg(LinalgOp::ConvInteger(attrs)), &ins, TypeInfo::known(DType::I32, &out))
+    };
+    g.add_output("y", y);
+    g
+}
+
+#[test]
+fn int8_convolutions_take_the_tensor_core_kernel_where_they_can() {
+    let kernel = |g: &Graph| {
+        let p = plan(g).unwrap();
+        let (gemms, kernels) = gemms_and_kernels(&p);
+        assert!(gemms.is_empty(), "{p}");
+        let [k] = kernels[..] else { panic!("{p}") };
+        k.to_string()
+    };
+    let (x, w) = (&[2, 20, 9, 9][..], &[70, 20, 3, 3][..]);
+    let zeros = || Some([Tensor::scalar(0i8), Tensor::from_vec(vec![70], vec![0i8; 70]).unwrap()]);
+    // i8 by i8, one group, zero points absent or constant zeros, the weight constant or not,
+    // 2-D and 1-D: the tensor cores, with the arguments the kernel reads.
+    for zero_points in [None, zeros()] {
+        for w_const in [true, false] {
+            let g = integer_conv(DType::I8, DType::I8, x, w, w_const, zero_points.clone(), 1, false);
+            assert_eq!(kernel(&g), "conv_integer_tc_i8_i8");
+            let g = integer_conv(DType::I8, DType::I8, x, w, w_const, zero_points.clone(), 1, true);
+            assert_eq!(kernel(&g), "qlinear_conv_tc_i8_i8_i8");
+        }
+    }
+    let g = integer_conv(DType::I8, DType::I8, &[2, 20, 50], &[70, 20, 3], true, None, 1, false);
+    assert_eq!(kernel(&g), "conv_integer_tc_i8_i8");
+    let p = plan(&integer_conv(DType::I8, DType::I8, x, w, true, None, 1, false)).unwrap();
+    let StepKind::Kernel(k) = &p.steps.iter().find(|s| matches!(s.kind, StepKind::Kernel(_))).unwrap().kind else {
+        unreachable!()
+    };
+    // 2 x 9 x 9 = 162 positions in 2 blocks of 128, 70 channels in 2 of 64.
+    assert_eq!((k.config.grid, k.config.block), ((2, 2, 1), (256, 1, 1)), "{p}");
+    assert_eq!(k.args.len(), 4, "x, w, y and the shape: {p}");
+    assert!(matches!(k.args[3], Arg::Struct(_)), "{p}");
+    // The rest keeps the direct kernels: u8 on either side, groups, a zero point that is not
+    // zero, or one computed at run time.
+    assert_eq!(kernel(&integer_conv(DType::U8, DType::I8, x, w, true, None, 1, false)), "conv_integer_u8_i8");
+    assert_eq!(kernel(&integer_conv(DType::I8, DType::U8, x, w, true, None, 1, false)), "conv_integer_i8_u8");
+    let grouped = integer_conv(DType::I8, DType::I8, x, &[70, 10, 3, 3], true, None, 2, false);
+    assert_eq!(kernel(&grouped), "conv_integer_i8_i8");
+    let three = Some([Tensor::scalar(0i8), Tensor::scalar(3i8)]);
+    assert_eq!(kernel(&integer_conv(DType::I8, DType::I8, x, w, true, three.clone(), 1, false)), "conv_integer_i8_i8");
+    assert_eq!(kernel(&integer_conv(DType::I8, DType::I8, x, w, true, three, 1, true)), "qlinear_conv_i8_i8_i8");
+    let mut g = Graph::new("convi");
+    let xv = g.add_input("x", TypeInfo::known(DType::I8, x));
+    let wv = g.add_const("w", Tensor::from_vec(w.to_vec(), vec![1i8; 70 * 180]).unwrap());
+    let zp = g.add_input("x_zp", TypeInfo::known(DType::I8, &[]));
+    let op = Op::Linalg(LinalgOp::ConvInteger(conv_attrs(&[1, 1, 1, 1], AutoPad::NotSet, 1)));
+    let y = node(&mut g, "conv", op, &[Some(xv), Some(wv), Some(zp)], TypeInfo::known(DType::I32, &[2, 70, 9, 9]));
+    g.add_output("y", y);
+    assert_eq!(kernel(&g), "conv_integer_i8_i8");
 }
 
 /// A graph of one MatMulInteger of input `a` (`[.., m, k]` of `at`) by `b` (a constant

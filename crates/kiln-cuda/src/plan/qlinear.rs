@@ -7,8 +7,11 @@
 //! A MatMulInteger of i8 by i8 without zero points (or with constant zero ones) whose `k` and
 //! `n` are multiples of 4 is a cuBLASLt GEMM on the integer tensor cores ([`crate::blas`]): B
 //! is stored `[n, k]` for it (a constant transposed here, once; a computed B by a permute
-//! step). Everything else runs the direct kernels of `kernels/qlinear.cu`: correct and simple,
-//! not fast; scales are converted to f32 first where they have another type.
+//! step). A ConvInteger or QLinearConv of i8 by i8 with one group and zero points absent or
+//! constant zeros runs the tensor-core implicit-GEMM kernels (`conv_integer_tc_i8_i8`,
+//! `qlinear_conv_tc_i8_i8_<y>`) on the layouts as they are. Everything else runs the direct
+//! kernels of `kernels/qlinear.cu`: correct and simple, not fast; scales are converted to f32
+//! first where they have another type.
 
 use super::*;
 use kiln_ir::ops::linalg::ConvAttrs;
@@ -383,8 +386,22 @@ impl Planner<'_> {
         };
         let word = |c: &[u8]| -> [u8; 8] { c.try_into().unwrap_or([0; 8]) };
         let fields = g.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(word(c)))).collect();
-        let mut args = vec![Arg::Buffer(x), Arg::Buffer(w), x_zp.map_or(Arg::Null, Arg::Buffer)];
-        args.extend([w_zp.map_or(Arg::Null, Arg::Buffer), Arg::Buffer(y), Arg::Struct(fields)]);
+        // The tensor-core kernels take i8 by i8, one group, and zero points that change nothing
+        // (so they are not passed); everything else runs the direct kernels.
+        let tc = xt == DType::I8
+            && wt == DType::I8
+            && group == 1
+            && total > 0
+            && [x_zp, w_zp].into_iter().flatten().all(|z| self.const_zeros(z))
+            && g.fits_tensor_cores();
+        let (mut args, infix, config) = if tc {
+            let cfg = launch::conv_tc((total / m) as u64, m as u64)?;
+            (vec![Arg::Buffer(x), Arg::Buffer(w), Arg::Buffer(y), Arg::Struct(fields)], "_tc", cfg)
+        } else {
+            let mut args = vec![Arg::Buffer(x), Arg::Buffer(w), x_zp.map_or(Arg::Null, Arg::Buffer)];
+            args.extend([w_zp.map_or(Arg::Null, Arg::Buffer), Arg::Buffer(y), Arg::Struct(fields)]);
+            (args, "", launch::grid_stride(total as u64))
+        };
         let kernel = if quantized {
             let bias = self.input(id, 8)?;
             if let Some(bb) = bias {
@@ -401,14 +418,14 @@ impl Planner<'_> {
             args.push(bias.map_or(Arg::Null, Arg::Buffer));
             args.extend(rq);
             args.extend([Arg::I64(w_scale_n as i64), mode]);
-            format!("qlinear_conv_{xsx}_{wsx}_{ys}")
+            format!("qlinear_conv{infix}_{xsx}_{wsx}_{ys}")
         } else {
             if self.plan.buffers[y].dtype != DType::I32 {
                 return Err(CudaError::Invalid("ConvInteger's output must be i32".into()));
             }
-            format!("conv_integer_{xsx}_{wsx}")
+            format!("conv_integer{infix}_{xsx}_{wsx}")
         };
-        self.kernel(id, KernelFamily::Qlinear, kernel, launch::grid_stride(total as u64), args);
+        self.kernel(id, KernelFamily::Qlinear, kernel, config, args);
         Ok(())
     }
 }
