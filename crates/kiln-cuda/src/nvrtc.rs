@@ -209,8 +209,12 @@ impl Nvrtc {
         let (image, log) = self.compile_uncached(name, source, arch)?;
         if let (Some(p), Some(dir)) = (&path, &self.cache_dir) {
             std::fs::create_dir_all(dir).map_err(|source| CudaError::Cache { path: dir.clone(), source })?;
-            // Write then rename, so that a concurrent reader never sees half a file.
-            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            // Write then rename, so that a concurrent reader never sees half a file. The
+            // temporary name is this write's own: threads of one process (the conformance
+            // runner's jobs) compiling the same source at once took each other's file away.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = p.with_extension(format!("tmp{}-{n}", std::process::id()));
             std::fs::write(&tmp, &image).map_err(|source| CudaError::Cache { path: tmp.clone(), source })?;
             std::fs::rename(&tmp, p).map_err(|source| CudaError::Cache { path: p.clone(), source })?;
         }
@@ -344,6 +348,24 @@ mod tests {
         let fresh = nv.compile("twice", src, "sm_80").unwrap();
         assert!(!fresh.cached);
         assert_eq!(std::fs::read(&entry).unwrap(), first.image);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn threads_compiling_one_source_share_the_cache_safely() {
+        let Some(nv) = nvrtc() else { return };
+        let dir = scratch("threads");
+        let nv = nv.with_cache_dir(Some(dir.clone()));
+        let src = "extern \"C\" __global__ void thrice(float* x) { x[threadIdx.x] *= 3.0f; }";
+        let images: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..6).map(|_| s.spawn(|| nv.compile("thrice", src, "sm_80").unwrap().image)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(images.windows(2).all(|w| w[0] == w[1]));
+        assert!(nv.compile("thrice", src, "sm_80").unwrap().cached);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "one entry and no temporary files: {left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

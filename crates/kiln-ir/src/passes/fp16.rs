@@ -914,7 +914,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_eighth_of_a_deep_network_stays_f32() {
+    fn the_first_sixth_of_a_deep_network_stays_f32() {
         // 17 convolutions: ceil(17 / 6) = 3 stay f32, with what lies between and before them.
         let (g, r) = check_early(17, true);
         let kept: Vec<&str> = r.kept.iter().map(|k| k.node.as_str()).collect();
@@ -946,7 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn the_split_policy_runs_the_first_eighth_with_hi_and_lo_weights() {
+    fn the_split_policy_runs_the_first_sixth_with_hi_and_lo_weights() {
         // 17 convolutions of 40 multiply-adds per output: the first 3 are early, the 2nd and
         // 3rd split (the first reads the input, as coarsely rounded as its weights), none
         // stays f32.
