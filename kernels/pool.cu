@@ -1,6 +1,7 @@
 // pool.cu: pooling over the last two dims of NCHW tensors (1-D pooling is H = 1), and over up
 // to three (the *3d kernels, fewer dims given as leading dims of size one).
-// maxpool2d, avgpool2d and the *3d kernels compute one output element per thread (grid-stride);
+// maxpool2d (f32, f16, bf16, and i8 and u8), avgpool2d and the *3d kernels compute one output
+// element per thread (grid-stride);
 // the host gives the output size, which holds ceil_mode. globalmaxpool and globalavgpool reduce one [H*W]
 // plane per block with warp shuffles. maxunpool scatters one input element per thread into an
 // output that maxunpool_zero cleared first.
@@ -215,6 +216,35 @@ __device__ __forceinline__ void maxunpool_impl(const T* __restrict__ x, const i6
 POOL_KERNELS(float, f32)
 POOL_KERNELS(__half, f16)
 POOL_KERNELS(__nv_bfloat16, bf16)
+
+// MaxPool over 8-bit integers (ONNX defines it for int8 and uint8; an INT8 network pools its
+// quantized activations): the window's largest value, exactly.
+template <typename T>
+__device__ __forceinline__ void maxpool_int_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p) {
+    KILN_GRID_STRIDE(i, p.planes * p.oh * p.ow) {
+        const i64 ox = i % p.ow, oy = (i / p.ow) % p.oh, pl = i / (p.ow * p.oh);
+        const T* xp = x + pl * p.ih * p.iw;
+        int m = -256;  // below every 8-bit value
+        for (i64 ky = 0; ky < p.kh; ++ky) {
+            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
+            if (yy < 0 || yy >= p.ih) continue;
+            for (i64 kx = 0; kx < p.kw; ++kx) {
+                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
+                if (xx < 0 || xx >= p.iw) continue;
+                m = max(m, (int)xp[yy * p.iw + xx]);
+            }
+        }
+        // Every window holds at least one input cell (pads are smaller than the kernel).
+        y[i] = (T)m;
+    }
+}
+
+extern "C" __global__ void maxpool2d_i8(const signed char* x, signed char* y, const PoolArgs p) {
+    maxpool_int_impl(x, y, p);
+}
+extern "C" __global__ void maxpool2d_u8(const unsigned char* x, unsigned char* y, const PoolArgs p) {
+    maxpool_int_impl(x, y, p);
+}
 
 // Channels-last (NHWC) pooling, for the FP16 convolution networks the planner runs in NHWC.
 // `planes` is N * C as above and `c` the channel count: consecutive threads take consecutive

@@ -228,7 +228,10 @@ impl KernelFamily {
                     "globalavgpool_nhwc",
                 ],
                 &floats,
-            ),
+            )
+            .into_iter()
+            .chain(["maxpool2d_i8".to_string(), "maxpool2d_u8".to_string()])
+            .collect(),
             KernelFamily::Resize => {
                 let mut k = per(&["resize_nearest", "resize_linear"], &floats);
                 let all = ["f32", "f16", "bf16", "f64"];

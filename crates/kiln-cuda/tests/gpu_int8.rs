@@ -220,3 +220,32 @@ fn int8_convolutions_on_tensor_cores_match_the_cpu_exactly() {
     let ran = if lib.is_some() { "against the CPU reference on the GPU" } else { "as plans only (no GPU)" };
     eprintln!("tensor-core convolutions checked {ran}:\n  {}", checked.join("\n  "));
 }
+
+#[test]
+fn int8_max_pooling_matches_the_cpu_exactly() {
+    use kiln_ir::ops::pool::{PoolOp, PoolWindow};
+    let lib = lib();
+    let mut rng = Rng::new(41);
+    // ResNet's stem pool (3x3, stride 2, pad 1) and a 2x2 window with ceil_mode, over i8 and u8.
+    for (kernel, strides, pads, ceil_mode) in
+        [([3, 3], [2, 2], [1, 1, 1, 1], false), ([2, 2], [2, 2], [0, 0, 0, 0], true)]
+    {
+        let window = PoolWindow {
+            kernel_shape: kernel.to_vec(),
+            strides: strides.to_vec(),
+            pads: pads.to_vec(),
+            auto_pad: AutoPad::NotSet,
+            dilations: vec![1, 1],
+            ceil_mode,
+        };
+        for dt in [DType::I8, DType::U8] {
+            // Every value of the type, at random.
+            let shift = if dt == DType::U8 { 0.0 } else { 128.0 };
+            let v: Vec<f64> = (0..2 * 5 * 17 * 12).map(|_| rng.below(256) as f64 - shift).collect();
+            let x = Tensor::from_vec(vec![2, 5, 17, 12], v).unwrap().cast(dt);
+            let op = Op::Pool(PoolOp::MaxPool { window: window.clone(), column_major: false });
+            let (g, ins) = one_node(op, &[&x], &[], 1);
+            check(lib, &format!("MaxPool {dt} kernel {kernel:?} ceil_mode {ceil_mode}"), &g, &ins, 0, None);
+        }
+    }
+}

@@ -37,7 +37,12 @@ impl Planner<'_> {
         let x = self.required(id, 0)?;
         let xs = self.plan.buffers[x].shape.clone();
         let what = if max { "maxpool2d" } else { "avgpool2d" };
-        let sfx = self.float_suffix(x, what)?;
+        // MaxPool also takes 8-bit integers (an INT8 network's quantized activations).
+        let sfx = match self.plan.buffers[x].dtype {
+            DType::I8 if max => "i8",
+            DType::U8 if max => "u8",
+            _ => self.float_suffix(x, what)?,
+        };
         if !(3..=4).contains(&xs.len()) {
             return Err(CudaError::Unsupported(format!(
                 "pooling over {} spatial dims (the kernels take 1 or 2)",
