@@ -96,12 +96,30 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
         if matches!(g.node(id).op, Op::Elementwise(_) | Op::Quant(kiln_ir::ops::QuantOp::QuantizeLinear { .. })) {
             continue;
         }
+        // So does a MaxPool that only QuantizeLinear reads: the qdq family moves the quantize
+        // in front of it (`qdq-maxpool`), where it may fuse into the producer.
+        if quantized_max_pool(g, id) {
+            continue;
+        }
         for v in g.inputs_of(id).into_iter().flatten() {
             egraph[value_class[&v]].data.materialized = true;
         }
     }
     egraph.rebuild();
     Ok(Lowered { egraph, outputs, value_class, node_class })
+}
+
+/// Whether `id` is a MaxPool without Indices whose output only QuantizeLinear reads.
+fn quantized_max_pool(g: &Graph, id: NodeId) -> bool {
+    let node = g.node(id);
+    if !matches!(node.op, Op::Pool(kiln_ir::ops::pool::PoolOp::MaxPool { .. })) || node.outputs.len() != 1 {
+        return false;
+    }
+    let out = Value { node: id, slot: 0 };
+    let users = g.users(out);
+    !users.is_empty()
+        && !g.is_output(out)
+        && users.iter().all(|&(u, _)| matches!(g.node(u).op, Op::Quant(kiln_ir::ops::QuantOp::QuantizeLinear { .. })))
 }
 
 /// Builds the IR graph of the chosen e-nodes.

@@ -99,6 +99,7 @@ const KINDS_WITH_ATTRIBUTES: &[&str] = &[
     "Flatten",
     "Gemm",
     "LayerNormalization",
+    "QuantizeLinear",
     "ReduceMax",
     "ReduceMean",
     "ReduceSum",

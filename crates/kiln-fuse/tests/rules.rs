@@ -815,6 +815,57 @@ fn a_quantized_activation_is_written_by_its_producer_epilogue() {
 }
 
 #[test]
+fn a_max_pool_of_a_quantized_activation_pools_the_integers() {
+    // conv -> relu -> maxpool -> quantize -> conv (ResNet's stem): the quantize moves in front
+    // of the pool and into the first convolution's epilogue; the pool reads and writes i8.
+    check_fires(
+        &["qdq-conv", "qdq-maxpool", "gemm-epilogue"],
+        "input x f32[1,3,8,8]
+         xs = const f32[] 0.02
+         xz = const i8[] 0
+         wq = const i8[4,3,3,3] rand
+         ws = const f32[4] 0.01,0.02,0.015,0.03
+         b = const f32[4] rand
+         xq = QuantizeLinear(x, xs, xz)
+         xd = DequantizeLinear(xq, xs, xz)
+         wd = DequantizeLinear{0}(wq, ws)
+         c = Conv{1}(xd, wd, b)
+         y = Relu(c)
+         p = MaxPool{3}(y)
+         ys = const f32[] 0.05
+         pq = QuantizeLinear(p, ys, xz)
+         pd = DequantizeLinear(pq, ys, xz)
+         vq = const i8[2,4,1,1] rand
+         vs = const f32[] 0.01
+         vd = DequantizeLinear(vq, vs)
+         z = Conv(pd, vd)
+         output z",
+        "%0 = QuantizeLinear(x, const[], const[])
+         %1 = ConvIntegerEpilogue[Cast<i8>(Clip<-128,127>(Round((Relu(((Cast<f32>(in0) * in1) + in2)) / 0.05))))](%0, const[4, 3, 3, 3], const[], _, const[4, 1, 1], const[4, 1, 1])
+         %2 = MaxPool(%1)
+         %3 = ConvIntegerEpilogue[(Cast<f32>(in0) * 0.0005)](%2, const[2, 4, 1, 1], const[], _)
+         output %3",
+    );
+}
+
+#[test]
+fn a_max_pool_quantized_without_a_zero_point_pools_the_integers() {
+    // relu -> maxpool -> quantize to u8 (no zero point): the pool runs on the u8 values.
+    check_fires(
+        &["qdq-maxpool-nozp"],
+        "input x f32[1,2,6,6]
+         y = Relu(x)
+         p = MaxPool{3}(y)
+         ys = const f32[] 0.05
+         pq = QuantizeLinear(p, ys)
+         output pq",
+        "%0 = FusedElementwise[Cast<u8>(Clip<0,255>(Round((Relu(in0) / 0.05))))](x)
+         %1 = MaxPool(%0)
+         output %1",
+    );
+}
+
+#[test]
 fn dequantized_conv_without_bias_and_matmul_run_on_integers() {
     check_fires(
         &["qdq-conv-nobias"],

@@ -7,12 +7,18 @@
 //! (and whatever activation follows) into the integer op. Likewise for MatMul with
 //! MatMulInteger. Activation scales must be per tensor; weight scales per tensor or per output
 //! channel; zero points may be absent (symmetric) or given (asymmetric).
+//!
+//! `QuantizeLinear(MaxPool(x))` is `MaxPool(QuantizeLinear(x))` with a positive per-tensor
+//! scale: quantizing (divide, round, add the zero point, clamp) never reverses an order, so the
+//! largest value quantizes to the largest integer. The quantize then folds into the producer's
+//! epilogue and the pool reads and writes 8-bit integers (ResNet's stem pool).
 
 use super::{add_const, add_equal, bound, konst, nodes_with_ops, ty};
 use crate::analysis::{EGraph, Fuse, Rewrite};
 use crate::lang::{Head, KNode};
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol};
 use kiln_ir::ops::elementwise::BinaryOp;
+use kiln_ir::ops::pool::PoolOp;
 use kiln_ir::ops::{ElementwiseOp, LinalgOp, QuantOp};
 use kiln_ir::{DType, Op, Tensor};
 
@@ -25,6 +31,8 @@ pub fn rules() -> Vec<Rewrite> {
         rw!("qdq-matmul";      "(MatMul ?xd ?wd)"  => { Integer::MatMul }),
         rw!("qdq-gemm";        "(Gemm ?xd ?wd ?b)" => { Integer::Gemm }),
         rw!("qdq-gemm-nobias"; "(Gemm ?xd ?wd)"    => { Integer::Gemm }),
+        rw!("qdq-maxpool";     "(QuantizeLinear ?p ?s ?z)" => { PoolFirst }),
+        rw!("qdq-maxpool-nozp"; "(QuantizeLinear ?p ?s)"   => { PoolFirst }),
     ]
 }
 
@@ -185,5 +193,44 @@ impl Applier<KNode, Fuse> for Integer {
         let scaled = eg.analysis.node(&mul, 1, vec![cast, scale], None);
         let scaled = eg.add(scaled);
         add_equal(eg, root, &Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add)), vec![scaled, b])
+    }
+}
+
+/// `QuantizeLinear(MaxPool(x), s, z)` as `MaxPool(QuantizeLinear(x, s, z))` (see the module
+/// documentation): for a MaxPool without Indices and a constant positive per-tensor scale.
+struct PoolFirst;
+
+impl Applier<KNode, Fuse> for PoolFirst {
+    fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
+        let (p, scale) = (eg.find(bound(s, "?p")), eg.find(bound(s, "?s")));
+        let zp = s.get(super::var("?z")).map(|&z| eg.find(z));
+        let Some(t) = konst(eg, scale) else { return vec![] };
+        if t.len() != 1 || !t.to_f64_vec()[0].is_finite() || t.to_f64_vec()[0] <= 0.0 {
+            return vec![];
+        }
+        // The quantize of this class, reading `p` (its op carries the output type and axis).
+        let quantize = nodes_with_ops(eg, root).into_iter().find_map(|(n, op)| match op {
+            q @ Op::Quant(QuantOp::QuantizeLinear { block_size: 0, .. }) if eg.find(n.args[0]) == p => Some(q),
+            _ => None,
+        });
+        let pool = eg[p].nodes.iter().find_map(|n| match eg.analysis.op_of(n) {
+            Some((op, 1)) => match op.as_ref() {
+                Op::Pool(PoolOp::MaxPool { .. }) => Some((op.into_owned(), n.args[0])),
+                _ => None,
+            },
+            _ => None,
+        });
+        let (Some(quantize), Some((pool, x))) = (quantize, pool) else { return vec![] };
+        if !eg.analysis.first_time(format!("qdq-maxpool {} {p}", eg.find(root))) {
+            return vec![];
+        }
+        let mut args = vec![x, scale];
+        args.extend(zp);
+        if super::infer_node(eg, &quantize, &args).is_none() {
+            return vec![];
+        }
+        let q = eg.analysis.node(&quantize, 1, args, None);
+        let q = eg.add(q);
+        add_equal(eg, root, &pool, vec![q])
     }
 }

@@ -125,6 +125,21 @@ pub fn op(name: &str, attrs: &str) -> Op {
             softmax_precision: None,
         })),
         "PRelu" => Op::Elementwise(ElementwiseOp::Binary(BinaryOp::PRelu)),
+        // `MaxPool{3}`: a 3x3 window, stride 2, padding 1 (ResNet's stem pool).
+        "MaxPool" => {
+            let k = ints(attrs)[0] as usize;
+            Op::Pool(kiln_ir::ops::pool::PoolOp::MaxPool {
+                window: kiln_ir::ops::pool::PoolWindow {
+                    kernel_shape: vec![k, k],
+                    strides: vec![2, 2],
+                    pads: vec![k / 2; 4],
+                    auto_pad: AutoPad::NotSet,
+                    dilations: vec![1, 1],
+                    ceil_mode: false,
+                },
+                column_major: false,
+            })
+        }
         "QuantizeLinear" => Op::Quant(QuantOp::QuantizeLinear {
             axis: if attrs.is_empty() { 1 } else { ints(attrs)[0] },
             block_size: 0,
