@@ -178,7 +178,9 @@ fn compare_reports_outputs_and_where_the_error_grows() {
     assert!(out["top1"].as_f64().unwrap() > 0.97, "{out}");
     let layers: Vec<&str> =
         v["layers"].as_array().unwrap().iter().map(|l| l["metrics"]["name"].as_str().unwrap()).collect();
-    assert_eq!(layers, ["r1", "p1", "r2", "p2", "flat", "logits"]);
+    // p1 is quantized (its scale is in the cache), so its pool runs on the integers and r1 is
+    // quantized by the first convolution's epilogue: neither survives as a float tensor.
+    assert_eq!(layers, ["r2", "p2", "flat", "logits"]);
 
     let (ok, _, stderr) = kiln(&["compare", &model]);
     assert!(!ok && stderr.contains("--shapes x=DIMS"), "{stderr}");
