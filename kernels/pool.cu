@@ -7,6 +7,13 @@
 // output that maxunpool_zero cleared first.
 #include "common.cuh"
 
+// 8-bit integers for MaxPool: f32 holds every 8-bit value exactly, and every window holds at
+// least one input cell (pads are smaller than the kernel), so the max converts back exactly.
+__device__ __forceinline__ float to_f32(signed char x) { return (float)x; }
+__device__ __forceinline__ float to_f32(unsigned char x) { return (float)x; }
+template <> __device__ __forceinline__ signed char from_f32<signed char>(float x) { return (signed char)x; }
+template <> __device__ __forceinline__ unsigned char from_f32<unsigned char>(float x) { return (unsigned char)x; }
+
 struct PoolArgs {
     i64 planes, ih, iw, oh, ow;
     i64 kh, kw, sh, sw, dh, dw;
@@ -218,32 +225,12 @@ POOL_KERNELS(__half, f16)
 POOL_KERNELS(__nv_bfloat16, bf16)
 
 // MaxPool over 8-bit integers (ONNX defines it for int8 and uint8; an INT8 network pools its
-// quantized activations): the window's largest value, exactly.
-template <typename T>
-__device__ __forceinline__ void maxpool_int_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p) {
-    KILN_GRID_STRIDE(i, p.planes * p.oh * p.ow) {
-        const i64 ox = i % p.ow, oy = (i / p.ow) % p.oh, pl = i / (p.ow * p.oh);
-        const T* xp = x + pl * p.ih * p.iw;
-        int m = -256;  // below every 8-bit value
-        for (i64 ky = 0; ky < p.kh; ++ky) {
-            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-            if (yy < 0 || yy >= p.ih) continue;
-            for (i64 kx = 0; kx < p.kw; ++kx) {
-                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-                if (xx < 0 || xx >= p.iw) continue;
-                m = max(m, (int)xp[yy * p.iw + xx]);
-            }
-        }
-        // Every window holds at least one input cell (pads are smaller than the kernel).
-        y[i] = (T)m;
-    }
-}
-
+// quantized activations) through the same window loop, with the 8-bit conversions at the top.
 extern "C" __global__ void maxpool2d_i8(const signed char* x, signed char* y, const PoolArgs p) {
-    maxpool_int_impl(x, y, p);
+    maxpool_impl(x, y, p);
 }
 extern "C" __global__ void maxpool2d_u8(const unsigned char* x, unsigned char* y, const PoolArgs p) {
-    maxpool_int_impl(x, y, p);
+    maxpool_impl(x, y, p);
 }
 
 // Channels-last (NHWC) pooling, for the FP16 convolution networks the planner runs in NHWC.
