@@ -24,10 +24,12 @@ open(f'{work}/{f}_full.inc', 'w').write(src)
 PY
 done
 cargo run -q -p kiln-cuda --example emu_dump -- "$work"
-cp shim.h families.cpp generated.cpp qlinear.cpp "$work"
+cp shim.h families.cpp generated.cpp qlinear.cpp igemm.cpp "$work"
 cd "$work"
 g++ -std=c++20 -O1 -pthread -w qlinear.cpp -o qlinear
 ./qlinear
+g++ -std=c++20 -O1 -pthread -w igemm.cpp -o igemm
+./igemm
 g++ -std=c++20 -O1 -pthread -w families.cpp -o families
 g++ -std=c++20 -O1 -pthread -w generated.cpp -o generated
 ./families

@@ -25,7 +25,7 @@ using std::isinf;
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
-struct WarpCtx { std::barrier<> bar{32}; uint64_t slot[32]; };
+struct WarpCtx { std::barrier<> bar{32}; uint64_t slot[32]; unsigned mma[32][6]; };
 inline thread_local WarpCtx* g_warp;
 inline thread_local int g_lane;
 inline std::barrier<>* g_block_bar;
@@ -111,6 +111,42 @@ template <class T> void store_matrix_sync(T* p, const fragment<accumulator, 16, 
     for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
 }
 } }
+
+// igemm.cu's PTX wrappers. cp.async copies at once (the waits have nothing to wait for);
+// mma.sync.m16n8k32 s8 gathers the warp's registers and computes each lane's four results
+// from the PTX ISA's fragment layout: lane (g, t) holds A rows g and g + 8, bytes 4t..4t+3
+// (a0, a1) and 16 + 4t.. (a2, a3) of k; B column g, the same bytes (b0, b1); D rows g and
+// g + 8, columns 2t and 2t + 1.
+#define KILN_HOST_EMU 1
+struct alignas(16) int4 { int x, y, z, w; };
+inline void ig_cp_async16(void* s, const void* g, int bytes) {
+    if (bytes) std::memcpy(s, g, 16); else std::memset(s, 0, 16);
+}
+inline void ig_cp_commit() {}
+template <int N> void ig_cp_wait() {}
+inline void ig_mma(int (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    unsigned* mine = g_warp->mma[g_lane];
+    mine[0] = a0; mine[1] = a1; mine[2] = a2; mine[3] = a3; mine[4] = b0; mine[5] = b1;
+    g_warp->bar.arrive_and_wait();
+    auto byte = [](unsigned v, int i) { return (int)(signed char)(v >> (8 * i)); };
+    // A[row][k] and B[k][col] as the hardware sees them.
+    auto A = [&](int row, int k) {
+        const int t = (k % 16) / 4, reg = (row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0);
+        return byte(g_warp->mma[(row % 8) * 4 + t][reg], k % 4);
+    };
+    auto B = [&](int k, int col) {
+        const int t = (k % 16) / 4;
+        return byte(g_warp->mma[col * 4 + t][4 + (k >= 16 ? 1 : 0)], k % 4);
+    };
+    const int g = g_lane >> 2, t = g_lane & 3;
+    for (int q = 0; q < 4; ++q) {
+        const int row = g + (q >= 2 ? 8 : 0), col = 2 * t + (q & 1);
+        int s = 0;
+        for (int k = 0; k < 32; ++k) s += A(row, k) * B(k, col);
+        d[q] += s;
+    }
+    g_warp->bar.arrive_and_wait();
+}
 
 // Runs `body` for every thread of every block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {

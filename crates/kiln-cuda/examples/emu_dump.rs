@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::elementwise_kernel;
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -35,8 +35,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("brr", bias_residual_relu, vec![DType::F32; 3]),
         ("pymod", pymod, vec![DType::I32; 2]),
     ];
+    // The INT8 implicit GEMM's epilogue: relu(f32(acc) * scale[c] + bias[c]).
+    let dequant_bias_relu = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            node(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
+            ExprNode::Input(1),
+            node(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+            node(ElementwiseOp::Unary(UnaryOp::Relu), &[5]),
+        ],
+    };
+    let mut kernels = vec![];
     for (name, e, ins) in cases {
-        let k = elementwise_kernel(&e, &ins)?;
+        kernels.push((name.to_string(), elementwise_kernel(&e, &ins)?));
+    }
+    for bn in [64, 128] {
+        kernels.push((format!("igemm{bn}"), igemm_kernel(&dequant_bias_relu, &[DType::F32; 2], bn)?));
+    }
+    for (name, k) in kernels {
         let src = k
             .source
             .replace("#include <cuda_fp16.h>", "")

@@ -652,6 +652,60 @@ pub fn epilogue_kernel(expr: &Expr, acc: DType, extra: &[DType]) -> Result<Eleme
     generate("epilogue", expr, &inputs)
 }
 
+/// The template of the INT8 implicit-GEMM kernels (see [`igemm_kernel`]).
+const IGEMM_TEMPLATE: &str = include_str!("../../../kernels/igemm.cu");
+
+/// The most epilogue inputs besides the accumulator an INT8 implicit-GEMM kernel takes
+/// (`IG_MAX_EXTRA` in `kernels/igemm.cu`).
+pub const IGEMM_MAX_EXTRA: usize = 8;
+
+/// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
+/// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
+/// accumulator (input 0) and `extra` (the other inputs, read with strides over the output's
+/// image, row, column and channel) applied in registers. `bn` is the block's output channels,
+/// 64 or 128. The kernel is named `igemm<bn>_<hash>_<output dtype>`.
+pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<ElementwiseKernel> {
+    if !matches!(bn, 64 | 128) {
+        return Err(CudaError::Invalid(format!("an implicit-GEMM block of {bn} channels (64 or 128)")));
+    }
+    if extra.len() > IGEMM_MAX_EXTRA {
+        return Err(CudaError::Unsupported(format!(
+            "an implicit-GEMM epilogue of {} inputs (at most {IGEMM_MAX_EXTRA})",
+            extra.len()
+        )));
+    }
+    let mut inputs = vec![DType::I32];
+    inputs.extend_from_slice(extra);
+    let e = expr_function(expr, &inputs, "kiln_expr")?;
+    let out = e.output;
+    let mut defs = String::new();
+    writeln!(defs, "#define KILN_BN {bn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());
+    if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
+        defs.push_str(HELPERS);
+    }
+    defs.push_str(&e.code);
+    let mut body = String::from(
+        "__device__ __forceinline__ void kiln_epilogue(const EpiArgs& e, void* out, i64 o, const i64* ro, i64 c, int acc) {\n",
+    );
+    let mut args = vec!["acc".to_string()];
+    for (k, &dt) in extra.iter().enumerate() {
+        let st = storage_type(dt)?;
+        let load = load_expr(dt, &format!("((const {st}*)e.in[{k}])[ro[{k}] + c * e.st[{k}][3]]"));
+        writeln!(body, "    const {} x{} = {load};", compute_type(dt)?, k + 1).unwrap_or(());
+        args.push(format!("x{}", k + 1));
+    }
+    let out_st = storage_type(out)?;
+    writeln!(body, "    (({out_st}*)out)[o] = {};", store_expr(out, &format!("kiln_expr({})", args.join(", ")))?)
+        .unwrap_or(());
+    body.push_str("}\n");
+    let generated = format!("{defs}\n{body}");
+    let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let name = format!("igemm{bn}_{hash}_{}", dtype_suffix(out)?);
+    let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
+    let source = inline_common(&IGEMM_TEMPLATE.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
+    Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })
+}
+
 fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {
     if inputs.is_empty() {
         return Err(CudaError::Invalid(format!("{prefix} kernel for {expr} has no inputs")));

@@ -36,6 +36,7 @@ mod attention;
 mod channels_last;
 mod conv;
 mod data;
+mod igemm;
 mod index;
 mod legacy;
 mod norm;

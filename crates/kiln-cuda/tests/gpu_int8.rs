@@ -30,8 +30,8 @@ fn i8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(shape.to_vec(), v).unwrap().cast(DType::I8)
 }
 
-/// Plans `g` and checks that `tensor_core` of its steps are i8 cuBLASLt GEMMs or tensor-core
-/// convolution kernels (`*_tc_*`); where there is a GPU, runs it and compares every output
+/// Plans `g` and checks that `tensor_core` of its steps are i8 cuBLASLt GEMMs, tensor-core
+/// convolution kernels (`*_tc_*`) or INT8 implicit GEMMs with their epilogue (`igemm*`); where there is a GPU, runs it and compares every output
 /// with the CPU executor: exactly, or within `atol + rtol * |want|` where `tol` gives them.
 fn check(
     lib: Option<&KernelLibrary>,
@@ -44,7 +44,7 @@ fn check(
     let p = plan(g).unwrap_or_else(|e| panic!("{what}: {e}"));
     let tc = |s: &&Step| match &s.kind {
         StepKind::Gemm(m) => m.dtype == DType::I8,
-        StepKind::Kernel(k) => k.kernel.contains("_tc_"),
+        StepKind::Kernel(k) => k.kernel.contains("_tc_") || k.kernel.starts_with("igemm"),
         _ => false,
     };
     assert_eq!(p.steps.iter().filter(tc).count(), tensor_core, "{what}: tensor-core steps in\n{p}");
@@ -120,20 +120,14 @@ fn int8_epilogues_dequantize_on_the_gpu() {
             ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![3, 4] },
         ],
     };
-    for (m, k, n, lt) in [(50, 64, 32, true), (3, 64, 10, false)] {
+    // Both run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
+    for (m, k, n) in [(50, 64, 32), (3, 64, 10), (130, 96, 200)] {
         let (x, w) = (i8s(&mut rng, &[m, k]), i8s(&mut rng, &[k, n]));
         let scale = rand_tensor(&mut rng, &[n], 1e-4, 1e-3, DType::F32);
         let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32);
         let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant.clone() });
         let (g, ins) = one_node(op, &[&x], &[Some(w), None, None, Some(scale), Some(bias)], 1);
-        check(
-            lib,
-            &format!("MatMulIntegerEpilogue [{m}, {k}] x [{k}, {n}]"),
-            &g,
-            &ins,
-            lt as usize,
-            Some((1e-5, 1e-6)),
-        );
+        check(lib, &format!("MatMulIntegerEpilogue [{m}, {k}] x [{k}, {n}]"), &g, &ins, 1, Some((1e-5, 1e-6)));
     }
 }
 
@@ -219,6 +213,77 @@ fn int8_convolutions_on_tensor_cores_match_the_cpu_exactly() {
     check(lib, "ConvInteger x [2, 8, 9, 9] w [12, 4, 3, 3], 2 groups", &g, &ins, 0, None);
     let ran = if lib.is_some() { "against the CPU reference on the GPU" } else { "as plans only (no GPU)" };
     eprintln!("tensor-core convolutions checked {ran}:\n  {}", checked.join("\n  "));
+}
+
+/// `ConvIntegerEpilogue` nodes as fusion leaves them in an INT8 network: the convolutions whose
+/// input channels are a multiple of 16 run the INT8 implicit GEMM channels-last with the
+/// epilogue in registers (dequantize, bias, a residual, ReLU, then f32 or the next layer's
+/// i8), the others the accumulator path; all against the CPU reference.
+#[test]
+fn int8_convolution_epilogues_match_the_cpu() {
+    let lib = lib();
+    let mut rng = Rng::new(43);
+    let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
+    let cast = |to: DType| ElementwiseOp::Cast { to, saturate: true };
+    // relu(f32(acc) * scale[c] + bias[c] + residual), then stored as `to` (i8: times 1/0.05).
+    let expr = |to: DType| {
+        let mut nodes = vec![
+            ExprNode::Input(0),
+            op(cast(DType::F32), &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+            ExprNode::Input(3),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[5, 6]),
+            op(ElementwiseOp::Unary(kiln_ir::ops::elementwise::UnaryOp::Relu), &[7]),
+        ];
+        if to == DType::I8 {
+            nodes.push(ExprNode::Input(4));
+            nodes.push(op(ElementwiseOp::Binary(BinaryOp::Mul), &[8, 9]));
+            nodes.push(op(cast(DType::I8), &[10]));
+        }
+        Expr { nodes }
+    };
+    let mut fused = 0;
+    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4) {
+        let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
+        let m = c.w[0];
+        let attrs = ConvAttrs {
+            kernel_shape: vec![],
+            strides: c.strides.to_vec(),
+            dilations: c.dilations.to_vec(),
+            pads: c.pads.to_vec(),
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let out = kiln_ir::ops::linalg::ConvAttrs::dims(&attrs, &c.x[2..], &c.w[2..]).unwrap();
+        let out_shape = [c.x[0], m, out[0].output, out[1].output];
+        let scale = rand_tensor(&mut rng, &[1, m, 1, 1], 1e-4, 1e-3, DType::F32);
+        let bias = rand_tensor(&mut rng, &[1, m, 1, 1], -1.0, 1.0, DType::F32);
+        let residual = rand_tensor(&mut rng, &out_shape, -1.0, 1.0, DType::F32);
+        let igemm = c.x[1] % 16 == 0;
+        fused += igemm as usize;
+        for to in [DType::F32, DType::I8] {
+            let mut consts = vec![Some(w.clone()), None, None, Some(scale.clone()), Some(bias.clone())];
+            consts.push(Some(residual.clone()));
+            if to == DType::I8 {
+                consts.push(Some(Tensor::scalar(20.0f32)));
+            }
+            let base = LinalgOp::ConvInteger(attrs.clone());
+            let ep = Op::Fused(FusedOp::Epilogue { base, base_inputs: 4, expr: expr(to) });
+            let (g, ins) = one_node(ep, &[&x], &consts, 1);
+            // The i8 result may round the other way where the GPU fuses a multiply-add.
+            let tol = if to == DType::I8 { (1.0, 0.0) } else { (1e-5, 1e-5) };
+            let what = format!("ConvIntegerEpilogue to {to} x {:?} w {:?} strides {:?}", c.x, c.w, c.strides);
+            check(lib, &what, &g, &ins, 1, Some(tol));
+            let p = plan(&g).unwrap();
+            let uses_igemm =
+                p.steps.iter().any(|s| matches!(&s.kind, StepKind::Kernel(k) if k.kernel.starts_with("igemm")));
+            assert_eq!(uses_igemm, igemm, "{what}: the implicit GEMM where the channels allow\n{p}");
+        }
+    }
+    assert!(fused >= 3, "only {fused} cases ran the implicit GEMM");
 }
 
 #[test]

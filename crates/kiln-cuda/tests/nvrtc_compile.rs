@@ -4,7 +4,7 @@
 //! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
 //! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
 
-use kiln_cuda::codegen::elementwise_kernel;
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::nvrtc::Nvrtc;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
@@ -55,6 +55,39 @@ fn every_family_compiles_for_sm80_and_sm90() {
 
 fn op(op: ElementwiseOp, args: &[usize]) -> ExprNode {
     ExprNode::Op { op, args: args.to_vec() }
+}
+
+/// The INT8 implicit-GEMM template with the epilogues INT8 networks give it: dequantize, add a
+/// bias, ReLU, and store f32, f16, or i8 (the next layer's quantization), at both block widths.
+#[test]
+fn generated_igemm_kernels_compile() {
+    let Some(nv) = nvrtc() else { return };
+    let dequant_bias_relu = |to: DType| Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+            op(ElementwiseOp::Unary(UnaryOp::Relu), &[5]),
+            op(ElementwiseOp::Cast { to, saturate: true }, &[6]),
+        ],
+    };
+    let mut failures = vec![];
+    for to in [DType::F32, DType::F16, DType::I8] {
+        for bn in [64, 128] {
+            let k = igemm_kernel(&dequant_bias_relu(to), &[DType::F32, DType::F32], bn).expect("generates");
+            for arch in ARCHS {
+                match nv.compile(&k.name, &k.source, arch) {
+                    Ok(c) if c.has_kernel(&k.name) => {}
+                    Ok(_) => failures.push(format!("{arch}: CUBIN lacks {}", k.name)),
+                    Err(err) => failures.push(format!("{}: {err}", k.name)),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// One expression per elementwise op the code generator lowers, over each float type, plus

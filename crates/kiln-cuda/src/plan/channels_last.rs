@@ -109,6 +109,9 @@ impl Planner<'_> {
                     _ => Ok(false),
                 }
             }
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs, expr }) => {
+                self.igemm_conv(id, attrs, *base_inputs, expr)
+            }
             Op::Elementwise(e) if !matches!(e, ElementwiseOp::CastLike { .. }) => {
                 let expr = Expr::op(e.clone(), node.num_inputs);
                 if expr.check().is_err() {

@@ -17,7 +17,7 @@ use super::*;
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// `t` with its last two dims swapped: a weight `[..., k, n]` stored `[..., n, k]`.
-fn swap_last_two(t: &Tensor) -> Result<Tensor> {
+pub(super) fn swap_last_two(t: &Tensor) -> Result<Tensor> {
     let shape = t.shape();
     let r = shape.len();
     if r < 2 {
@@ -122,7 +122,7 @@ impl Planner<'_> {
     }
 
     /// Whether `b` holds constant zeros (a zero point that changes nothing).
-    fn const_zeros(&self, b: BufferId) -> bool {
+    pub(super) fn const_zeros(&self, b: BufferId) -> bool {
         let owner = match self.plan.buffers[b].kind {
             BufferKind::View(o) => o,
             _ => b,
@@ -139,6 +139,9 @@ impl Planner<'_> {
         base_inputs: usize,
         expr: &Expr,
     ) -> Result<()> {
+        if matches!(base, LinalgOp::MatMulInteger) && self.igemm_matmul(id, base_inputs, expr)? {
+            return Ok(());
+        }
         let info = self.g.value_info(Value { node: id, slot: 0 });
         let shape = info
             .ty

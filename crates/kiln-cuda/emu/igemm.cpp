@@ -1,0 +1,77 @@
+// Host runs of the generated INT8 implicit-GEMM kernels (kernels/igemm.cu, written by
+// examples/emu_dump.rs with the epilogue relu(f32(acc) * scale[c] + bias[c])) against a naive
+// NHWC convolution; see run.sh.
+#include "shim.h"
+#include <random>
+namespace G64 {
+#include "igemm64.inc"
+}
+namespace G128 {
+#include "igemm128.inc"
+}
+typedef long long i64;
+static std::mt19937 rng(11);
+static int fails = 0;
+
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn; };
+
+template <class Args, class Epi, class Kernel>
+static void run(const Case& k, Kernel kernel) {
+    const i64 oh = (k.h + 2 * k.ph - k.dh * (k.kh - 1) - 1) / k.sh + 1;
+    const i64 ow = (k.w + 2 * k.pw - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+    const i64 K = k.kh * k.kw * k.c, rows = k.n * oh * ow;
+    // Input NHWC, filter OHWI ([m][kh][kw][c]), both 16-byte aligned as the arena's are.
+    std::vector<int4> xs((k.n * k.h * k.w * k.c) / 16 + 1), ws((k.m * K) / 16 + 1);
+    signed char* x = (signed char*)xs.data();
+    signed char* w = (signed char*)ws.data();
+    for (i64 i = 0; i < k.n * k.h * k.w * k.c; ++i) x[i] = (signed char)(rng() % 256);
+    for (i64 i = 0; i < k.m * K; ++i) w[i] = (signed char)(rng() % 256);
+    x[0] = -128; w[0] = -128;
+    std::vector<float> scale(k.m), bias(k.m), y(rows * k.m, -7.0f);
+    for (auto& v : scale) v = 1e-4f * (1 + rng() % 100);
+    for (auto& v : bias) v = ((int)(rng() % 2001) - 1000) * 1e-3f;
+    Args g{rows, k.n, k.h, k.w, k.c, k.m, k.kh, k.kw, oh, ow, k.sh, k.sw, k.dh, k.dw, k.ph, k.pw, K};
+    Epi e{};
+    e.in[0] = scale.data(); e.in[1] = bias.data();
+    e.st[0][3] = 1; e.st[1][3] = 1;
+    const dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(2 * k.bn)};
+    launch(grid, block, [&] { kernel(x, w, y.data(), g, e); });
+    int bad = 0;
+    for (i64 b = 0; b < k.n; ++b) for (i64 oy = 0; oy < oh; ++oy) for (i64 ox = 0; ox < ow; ++ox) for (i64 oc = 0; oc < k.m; ++oc) {
+        int acc = 0;
+        for (i64 ky = 0; ky < k.kh; ++ky) for (i64 kx = 0; kx < k.kw; ++kx) {
+            const i64 iy = oy * k.sh - k.ph + ky * k.dh, ix = ox * k.sw - k.pw + kx * k.dw;
+            if (iy < 0 || iy >= k.h || ix < 0 || ix >= k.w) continue;
+            for (i64 c = 0; c < k.c; ++c)
+                acc += x[((b * k.h + iy) * k.w + ix) * k.c + c] * w[((oc * k.kh + ky) * k.kw + kx) * k.c + c];
+        }
+        const float want = std::max((float)acc * scale[oc] + bias[oc], 0.0f);
+        const float got = y[((b * oh + oy) * ow + ox) * k.m + oc];
+        if (std::fabs(got - want) > 1e-5f * (1 + std::fabs(want)) && bad++ < 5)
+            printf("FAIL igemm%d [%lld %lld %lld %lld] y[%lld, %lld, %lld, %lld] = %g, want %g\n", k.bn, k.n, k.h, k.w, k.c,
+                   b, oy, ox, oc, got, want);
+    }
+    fails += bad;
+    printf("igemm%d n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.n, k.c, k.h, k.w, k.m,
+           k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
+}
+
+int main() {
+    const Case cases[] = {
+        // 3x3, padding, K = 288 (four and a half 64-byte steps), a row tail and a channel tail.
+        {2, 32, 7, 6, 40, 3, 3, 1, 1, 1, 1, 1, 1, 64},
+        // 1x1 stride 2 (a ResNet downsample), two channel blocks with a tail.
+        {3, 16, 9, 9, 136, 1, 1, 2, 2, 0, 0, 1, 1, 128},
+        // Dilation 2, asymmetric kernel, more rows than one block.
+        {3, 48, 11, 10, 24, 3, 2, 1, 1, 2, 1, 2, 2, 64},
+        // A matrix product: 150 rows of k = 96 by 72 columns.
+        {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128},
+    };
+    for (const Case& k : cases) {
+        if (k.bn == 64) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64(a...); });
+        else run<G128::IgemmArgs, G128::EpiArgs>(k, [](auto... a) { G128::kernel_igemm128(a...); });
+    }
+    if (fails) { printf("%d failures\n", fails); return 1; }
+    printf("igemm: all ok\n");
+    return 0;
+}

@@ -1,0 +1,298 @@
+//! The INT8 implicit-GEMM kernels (`kernels/igemm.cu`): an i8 convolution or matrix product on
+//! the integer tensor cores with its epilogue applied in registers, for the epilogue nodes of
+//! fusion's `qdq` rules (`ConvIntegerEpilogue`, `MatMulIntegerEpilogue`). No i32 accumulator
+//! reaches memory: the kernel stores the epilogue's result (f16, f32, or i8 where the epilogue
+//! ends in the next layer's quantization) directly.
+//!
+//! A convolution runs channels-last: its input is read NHWC (a value kept so by its producer,
+//! or a permuted copy), its filter is stored OHWI and its output is kept NHWC, so INT8 networks
+//! stay channels-last from one convolution to the next, as FP16 ones do. It takes i8 by i8, one
+//! group, 2 spatial dims, zero points absent or constant zeros, a constant filter and input
+//! channels a multiple of 16 (each 16-byte load is one pixel's channels). A matrix product is
+//! the 1x1 case: A `[..., m, k]` by a constant B `[k, n]` stored `[n, k]`, with `k` a multiple
+//! of 16. Anything else takes the accumulator path of [`super::qlinear`].
+
+use super::*;
+use crate::codegen::{igemm_kernel, IGEMM_MAX_EXTRA};
+use kiln_ir::ops::linalg::ConvAttrs;
+
+/// Rows of the GEMM (output positions) per block (`IG_BM`).
+const BM: usize = 128;
+/// Blocks the H100's 132 SMs hold at two a time: fewer than this with 128-channel blocks and
+/// the kernel takes 64-channel ones, for twice the blocks.
+const FULL_WAVE: usize = 264;
+
+/// The shape of one implicit GEMM (`IgemmArgs` in `kernels/igemm.cu`).
+struct Shape {
+    rows: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    m: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl Shape {
+    /// The launch: 128 rows by 64 or 128 channels a block.
+    fn config(&self) -> Result<(usize, LaunchConfig)> {
+        let gx = self.rows.div_ceil(BM);
+        let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < FULL_WAVE { 64 } else { 128 };
+        let gy = self.m.div_ceil(bn);
+        // The kernel's pixel and offset arithmetic is 32-bit inside one image.
+        let image = self.h.checked_mul(self.w).and_then(|v| v.checked_mul(self.c));
+        if gx == 0
+            || gx > i32::MAX as usize
+            || gy as u64 > launch::MAX_BLOCKS
+            || image.is_none_or(|v| v > i32::MAX as usize)
+        {
+            return Err(CudaError::Unsupported(format!(
+                "an INT8 implicit GEMM of {} rows by {} channels over {}x{}x{} images does not fit one launch",
+                self.rows, self.m, self.h, self.w, self.c
+            )));
+        }
+        let block = (64 * bn / 32) as u32;
+        Ok((bn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
+    }
+
+    fn fields(&self) -> Vec<Field> {
+        let k = self.kh * self.kw * self.c;
+        [
+            self.rows, self.n, self.h, self.w, self.c, self.m, self.kh, self.kw, self.oh, self.ow, self.sh, self.sw,
+            self.dh, self.dw, self.ph, self.pw, k,
+        ]
+        .into_iter()
+        .map(|v| Field::I64(v as i64))
+        .collect()
+    }
+}
+
+impl Planner<'_> {
+    /// Whether input `slot` of `id` is absent or constant zeros (a zero point that changes
+    /// nothing).
+    fn zero_or_absent(&self, id: NodeId, slot: usize) -> bool {
+        match self.input(id, slot) {
+            Ok(None) => true,
+            Ok(Some(b)) => self.const_zeros(b),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether input `slot` of `id` is a constant.
+    fn is_const(&self, id: NodeId, slot: usize) -> bool {
+        let Ok(b) = self.required(id, slot) else { return false };
+        matches!(self.plan.buffers[b].kind, BufferKind::Const(_))
+    }
+
+    /// A `ConvIntegerEpilogue` as one implicit-GEMM kernel, channels-last, if it qualifies
+    /// (see the module's notes); else nothing is planned and the result is false.
+    pub(super) fn igemm_conv(
+        &mut self,
+        id: NodeId,
+        attrs: &ConvAttrs,
+        base_inputs: usize,
+        expr: &Expr,
+    ) -> Result<bool> {
+        let (Some((xt, xs)), Some((wt, ws))) = (self.input_type(id, 0), self.input_type(id, 1)) else {
+            return Ok(false);
+        };
+        let n_extra = self.g.node(id).num_inputs - base_inputs;
+        let qualifies = xt == DType::I8
+            && wt == DType::I8
+            && xs.len() == 4
+            && ws.len() == 4
+            && attrs.group.max(1) == 1
+            && xs[1] > 0
+            && xs[1].is_multiple_of(16)
+            && ws[1] == xs[1]
+            && n_extra <= IGEMM_MAX_EXTRA
+            && self.is_const(id, 1)
+            && (2..base_inputs).all(|s| self.zero_or_absent(id, s));
+        if !qualifies {
+            return Ok(false);
+        }
+        let dims = attrs.dims(&xs[2..], &ws[2..]).map_err(CudaError::Invalid)?;
+        let [hd, wd] = dims[..] else { return Ok(false) };
+        let out_shape = vec![xs[0], ws[0], hd.output, wd.output];
+        let shape = Shape {
+            rows: xs[0] * hd.output * wd.output,
+            n: xs[0],
+            h: xs[2],
+            w: xs[3],
+            c: xs[1],
+            m: ws[0],
+            kh: hd.kernel,
+            kw: wd.kernel,
+            oh: hd.output,
+            ow: wd.output,
+            sh: hd.stride,
+            sw: wd.stride,
+            dh: hd.dilation,
+            dw: wd.dilation,
+            ph: hd.pad_begin,
+            pw: wd.pad_begin,
+        };
+        if shape.rows == 0 || shape.m == 0 {
+            return Ok(false);
+        }
+        let Ok((bn, config)) = shape.config() else { return Ok(false) };
+        let mut extra = Vec::with_capacity(n_extra);
+        for s in base_inputs..base_inputs + n_extra {
+            extra.push(self.nhwc_operand(id, s, &out_shape)?);
+        }
+        let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
+        let k = igemm_kernel(expr, &dts, bn)?;
+        let x = self.nhwc_input(id, 0)?;
+        let w = self.nhwc_filter(id)?;
+        let y = self.nhwc_out(id, 0)?;
+        self.launch_igemm(id, k, [x, w, y], &shape, config, extra)?;
+        Ok(true)
+    }
+
+    /// A `MatMulIntegerEpilogue` as one implicit-GEMM kernel (the 1x1 case), if it qualifies
+    /// (see the module's notes); else nothing is planned and the result is false.
+    pub(super) fn igemm_matmul(&mut self, id: NodeId, base_inputs: usize, expr: &Expr) -> Result<bool> {
+        let (Some((at, ash)), Some((bt, bsh))) = (self.input_type(id, 0), self.input_type(id, 1)) else {
+            return Ok(false);
+        };
+        let n_extra = self.g.node(id).num_inputs - base_inputs;
+        let qualifies = at == DType::I8
+            && bt == DType::I8
+            && ash.len() >= 2
+            && bsh.len() == 2
+            && ash[ash.len() - 1] == bsh[0]
+            && bsh[0] > 0
+            && bsh[0].is_multiple_of(16)
+            && n_extra <= IGEMM_MAX_EXTRA
+            && self.is_const(id, 1)
+            && (2..base_inputs).all(|s| self.zero_or_absent(id, s));
+        if !qualifies {
+            return Ok(false);
+        }
+        let (k, n) = (bsh[0], bsh[1]);
+        let rows: usize = ash[..ash.len() - 1].iter().product();
+        let mut out_shape = ash[..ash.len() - 1].to_vec();
+        out_shape.push(n);
+        let shape = Shape {
+            rows,
+            n: rows,
+            h: 1,
+            w: 1,
+            c: k,
+            m: n,
+            kh: 1,
+            kw: 1,
+            oh: 1,
+            ow: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: 0,
+            pw: 0,
+        };
+        if rows == 0 || n == 0 {
+            return Ok(false);
+        }
+        let Ok((bn, config)) = shape.config() else { return Ok(false) };
+        // Each epilogue input read as rows by channels: its strides over the leading dims must
+        // fold into one row stride.
+        let mut extra = Vec::with_capacity(n_extra);
+        for s in base_inputs..base_inputs + n_extra {
+            let b = self.required(id, s)?;
+            let strides = broadcast_strides(&self.plan.buffers[b].shape, &out_shape)?;
+            let Some(row) = row_stride(&out_shape, &strides) else { return Ok(false) };
+            extra.push((b, vec![row, 0, 0, strides[strides.len() - 1]]));
+        }
+        let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
+        let kernel = igemm_kernel(expr, &dts, bn)?;
+        let a = self.required(id, 0)?;
+        let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
+        let y = self.out(id, 0)?;
+        self.launch_igemm(id, kernel, [a, b_nk, y], &shape, config, extra)?;
+        Ok(true)
+    }
+
+    /// Plans one implicit-GEMM launch of `k` over `[x, w, y]`, registering the kernel.
+    fn launch_igemm(
+        &mut self,
+        id: NodeId,
+        k: ElementwiseKernel,
+        [x, w, y]: [BufferId; 3],
+        shape: &Shape,
+        config: LaunchConfig,
+        extra: Vec<(BufferId, Vec<i64>)>,
+    ) -> Result<()> {
+        if k.output != self.plan.buffers[y].dtype {
+            return Err(CudaError::Invalid(format!(
+                "the epilogue gives {}, the node's output is {}",
+                k.output, self.plan.buffers[y].dtype
+            )));
+        }
+        let mut epi: Vec<Field> = (0..IGEMM_MAX_EXTRA)
+            .map(|i| extra.get(i).map_or(Field::Null, |&(b, _)| Field::Ptr { buffer: b, offset_bytes: 0 }))
+            .collect();
+        for i in 0..IGEMM_MAX_EXTRA {
+            let st = extra.get(i).map_or(&[0i64; 4][..], |(_, s)| &s[..]);
+            epi.extend(st.iter().map(|&v| Field::I64(v)));
+        }
+        let kernel = k.name.clone();
+        let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
+            Some(i) => i,
+            None => {
+                self.plan.generated.push(k);
+                self.plan.generated.len() - 1
+            }
+        };
+        let args = vec![Arg::Buffer(x), Arg::Buffer(w), Arg::Buffer(y), Arg::Struct(shape.fields()), Arg::Struct(epi)];
+        self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Generated(index), kernel, config, args }));
+        Ok(())
+    }
+}
+
+/// The one stride over the rows of an `[..., m, n]` output that `strides` (an input's, over
+/// the output's dims) amount to: the dims before the last must be read as one run (each
+/// stride the next one's times its size, or 0 throughout). None where they are not.
+fn row_stride(out: &[usize], strides: &[i64]) -> Option<i64> {
+    let lead = out.len() - 1;
+    let live: Vec<usize> = (0..lead).filter(|&d| out[d] > 1).collect();
+    if live.iter().all(|&d| strides[d] == 0) {
+        return Some(0);
+    }
+    let last = *live.last()?;
+    let row = strides[last];
+    let mut expect = row;
+    for &d in live.iter().rev() {
+        if strides[d] != expect {
+            return None;
+        }
+        expect *= out[d] as i64;
+    }
+    Some(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_stride;
+
+    #[test]
+    fn row_strides_fold_the_leading_dims() {
+        // A residual [2, 3, 8] over the output [2, 3, 8]: rows 8 apart.
+        assert_eq!(row_stride(&[2, 3, 8], &[24, 8, 1]), Some(8));
+        // A bias [8]: the same row for every row.
+        assert_eq!(row_stride(&[2, 3, 8], &[0, 0, 1]), Some(0));
+        // Unit dims carry nothing.
+        assert_eq!(row_stride(&[1, 3, 8], &[0, 8, 1]), Some(8));
+        // [3, 8] broadcast over a batch of 2 is not one run of rows.
+        assert_eq!(row_stride(&[2, 3, 8], &[0, 8, 1]), None);
+    }
+}
