@@ -450,8 +450,8 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     constexpr int ND = D / 8;   // 8-wide column tiles of the output
     constexpr int NS = KT / 8;  // 8-wide key tiles of the scores
     constexpr int CH = D / 8;   // 16-byte pieces of a K or V row
-    __shared__ __align__(16) T ks[KT * LD];
-    __shared__ __align__(16) T vs[KT * LD];
+    __align__(16) __shared__ T ks[KT * LD];
+    __align__(16) __shared__ T vs[KT * LD];
     const float ninf = attn_ninf();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, q4 = lane & 3;

@@ -4,8 +4,9 @@
 // accumulators in registers and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
 // defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_NUM_EXTRA
-// (the epilogue's inputs besides the accumulator) and the expression; BODY defines
-// `kiln_epilogue`, which loads those inputs for one output element, computes and stores it.
+// (the epilogue's inputs besides the accumulator), the output's storage type `kiln_out_t` and
+// the expression; BODY defines
+// `kiln_epilogue`, which loads those inputs for one output element and computes its value.
 //
 // The GEMM: row r is an output position (n, oy, ox), column c an output channel, and the
 // reduction runs over k = (ky, kx, ci), in the order both operands are stored: the input NHWC,
@@ -14,12 +15,13 @@
 // of the reduction is one contiguous load from one input pixel, or zeros (padding, the tail).
 //
 // A block computes 128 rows by KILN_BN channels with 2 x KILN_BN/32 warps of 64 x 32 each,
-// over k in steps of 64 bytes: `cp.async` fills a STAGES-deep ring of shared tiles ([row][64]
-// bytes, no padding: 16-byte reads of 8 lanes cover two whole rows, so no bank conflicts)
-// while the warps run `mma.sync.m16n8k32` on the tile before. The reduction need not follow
-// k's order: a lane's four A registers of one mma are bytes 16t..16t+7 (first step) or
-// 16t+8..16t+15 (second) of its two rows, and its two B registers the same bytes of its
-// column, so one 16-byte shared load feeds two steps and the products still pair up.
+// over k in steps of 64 bytes: `cp.async` fills a STAGES-deep ring of shared tiles while the
+// warps run `mma.sync.m16n8k32` on the tile before, their fragments read with `ldmatrix` (one
+// x4 load gives an A fragment, or the B fragments of two 8-channel tiles, in the registers the
+// mma takes). A tile row is 64 bytes, four 16-byte pieces; piece c of row r is stored at
+// position c ^ ((r / 2) % 4), so the eight rows an `ldmatrix` phase reads fall in distinct
+// banks. Each thread copies one piece column of its rows and keeps where the next tile starts
+// (input pixel offset and channel) incrementally, so the copy loop divides nothing.
 #include "common.cuh"
 
 /*{{DEFS}}*/
@@ -57,6 +59,12 @@ __device__ __forceinline__ void ig_cp_async16(void* smem, const void* gmem, int 
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
+__device__ __forceinline__ void ig_ldsm4(unsigned (&r)[4], const void* smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
 __device__ __forceinline__ void ig_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void ig_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 __device__ __forceinline__ void ig_mma(int (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
@@ -69,6 +77,9 @@ __device__ __forceinline__ void ig_mma(int (&d)[4], unsigned a0, unsigned a1, un
 }
 #endif
 
+// Shared-memory byte offset of piece `c` (0..3) of tile row `r`.
+__device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ ((r >> 1) & 3)) << 4); }
+
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
@@ -77,47 +88,77 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
     const i64 row0 = (i64)blockIdx.x * IG_BM;
-    const i64 col0 = (i64)blockIdx.y * KILN_BN;
-    // Each thread copies the same 16-byte column `piece` of its rows of A and B at every stage.
+    const int col0 = blockIdx.y * KILN_BN;
+    // The host guarantees that the input and the filter have fewer than 2^31 bytes and the
+    // GEMM fewer than 2^31 rows, so every offset and row here is 32-bit (the output's are not).
+    const int C = (int)g.c, H = (int)g.h, W = (int)g.w, KW = (int)g.kw, K = (int)g.k;
     const int piece = tid & 3;
-    const i64 hw_out = g.oh * g.ow;
-    const signed char* a_base[IG_A_PIECES];
-    int a_iy[IG_A_PIECES], a_ix[IG_A_PIECES];
+    const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
+    // Per row this thread copies: the offset of its top-left input pixel, and that pixel.
+    int a_off[IG_A_PIECES], a_iy[IG_A_PIECES], a_ix[IG_A_PIECES];
 #pragma unroll
     for (int i = 0; i < IG_A_PIECES; ++i) {
         const i64 r = row0 + (tid >> 2) + i * (IG_THREADS / 4);
         if (r < g.rows) {
-            const i64 img = r / hw_out, p = r - img * hw_out, oy = p / g.ow, ox = p - oy * g.ow;
-            a_base[i] = x + img * g.h * g.w * g.c;
-            a_iy[i] = (int)(oy * g.sh - g.ph);
-            a_ix[i] = (int)(ox * g.sw - g.pw);
+            const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
+            a_iy[i] = oy * (int)g.sh - (int)g.ph;
+            a_ix[i] = ox * (int)g.sw - (int)g.pw;
+            a_off[i] = ((img * H + a_iy[i]) * W + a_ix[i]) * C;
         } else {
-            a_base[i] = x;
             a_iy[i] = -(1 << 30);  // never inside the image
             a_ix[i] = 0;
+            a_off[i] = 0;
         }
     }
-    const int iw = (int)g.w, ih = (int)g.h, ic = (int)g.c;
-    auto load = [&](int stage, i64 kt) {
-        const i64 k = kt * IG_BK + piece * 16;
-        const bool kin = k < g.k;
-        const int kpos = kin ? (int)(k / g.c) : 0;
-        const int c0 = kin ? (int)(k - (i64)kpos * g.c) : 0;
-        const int ky = kpos / (int)g.kw, kx = kpos - ky * (int)g.kw;
+    // Where this thread's piece of the next tile lies in the reduction: filter row and column,
+    // channel, and the byte offset within a filter row.
+    int ky, kx, c0;
+    {
+        const int k = piece * 16, kpos = k / C;
+        c0 = k - kpos * C;
+        ky = kpos / KW;
+        kx = kpos - ky * KW;
+    }
+    // Shared offsets of this thread's pieces (the same at every stage), and its filter rows.
+    int a_soff[IG_A_PIECES], b_soff[IG_B_PIECES];
+    const signed char* b_src[IG_B_PIECES];
+    bool b_in[IG_B_PIECES];
+#pragma unroll
+    for (int i = 0; i < IG_A_PIECES; ++i) a_soff[i] = ig_swz((tid >> 2) + i * (IG_THREADS / 4), piece);
+#pragma unroll
+    for (int i = 0; i < IG_B_PIECES; ++i) {
+        const int cc = (tid >> 2) + i * (IG_THREADS / 4);
+        b_soff[i] = ig_swz(cc, piece);
+        b_in[i] = col0 + cc < (int)g.m;
+        b_src[i] = wt + (b_in[i] ? (col0 + cc) * K + piece * 16 : 0);
+    }
+    int kb = piece * 16;  // the piece's byte in the reduction
+    auto load = [&](int stage) {
+        const bool kin = kb < K;
+        const int dy = ky * (int)g.dh, dx = kx * (int)g.dw, dk = (dy * W + dx) * C + c0;
+        signed char* sa_s = sa[stage];
+        signed char* sb_s = sb[stage];
 #pragma unroll
         for (int i = 0; i < IG_A_PIECES; ++i) {
-            const int yy = a_iy[i] + ky * (int)g.dh, xx = a_ix[i] + kx * (int)g.dw;
-            const bool ok = kin && yy >= 0 && yy < ih && xx >= 0 && xx < iw;
-            const signed char* src = ok ? a_base[i] + ((i64)yy * iw + xx) * ic + c0 : x;
-            const int rr = (tid >> 2) + i * (IG_THREADS / 4);
-            ig_cp_async16(&sa[stage][rr * IG_BK + piece * 16], src, ok ? 16 : 0);
+            const int yy = a_iy[i] + dy, xx = a_ix[i] + dx;
+            const bool ok = kin && (unsigned)yy < (unsigned)H && (unsigned)xx < (unsigned)W;
+            ig_cp_async16(sa_s + a_soff[i], ok ? x + (a_off[i] + dk) : x, ok ? 16 : 0);
         }
 #pragma unroll
         for (int i = 0; i < IG_B_PIECES; ++i) {
-            const int cc = (tid >> 2) + i * (IG_THREADS / 4);
-            const bool ok = kin && col0 + cc < g.m;
-            const signed char* src = ok ? wt + (col0 + cc) * g.k + k : wt;
-            ig_cp_async16(&sb[stage][cc * IG_BK + piece * 16], src, ok ? 16 : 0);
+            const bool ok = kin && b_in[i];
+            ig_cp_async16(sb_s + b_soff[i], ok ? b_src[i] : wt, ok ? 16 : 0);
+            b_src[i] += IG_BK;
+        }
+        // On to the next tile: 64 bytes further along (channel, filter column, filter row).
+        kb += IG_BK;
+        c0 += IG_BK;
+        while (c0 >= C) {
+            c0 -= C;
+            if (++kx == KW) {
+                kx = 0;
+                ++ky;
+            }
         }
     };
 
@@ -129,57 +170,77 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0;
 
-    const i64 tiles = (g.k + IG_BK - 1) / IG_BK;
+    const int tiles = (K + IG_BK - 1) / IG_BK;
 #pragma unroll
     for (int s = 0; s < IG_STAGES - 1; ++s) {
-        if (s < tiles) load(s, s);
+        if (s < tiles) load(s);
         ig_cp_commit();
     }
-    const int gq = lane >> 2, t = lane & 3;
-    for (i64 kt = 0; kt < tiles; ++kt) {
+    // ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
+    // (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
+    // (channels 0-7, 8-15): b0, b1 of two 8-channel tiles.
+    const int lq = lane >> 3, lr = lane & 7;
+    const int a_row = wm * 64 + (lq & 1) * 8 + lr, a_piece = lq >> 1;
+    const int b_row = wn * 32 + (lq >> 1) * 8 + lr, b_piece = lq & 1;
+    for (int kt = 0; kt < tiles; ++kt) {
         ig_cp_wait<IG_STAGES - 2>();
         __syncthreads();
         // The stage read in the step before is free now that every warp has passed the barrier.
-        const i64 next = kt + IG_STAGES - 1;
-        if (next < tiles) load((int)(next % IG_STAGES), next);
+        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
         ig_cp_commit();
         const signed char* as = sa[kt % IG_STAGES];
         const signed char* bs = sb[kt % IG_STAGES];
-        int4 bf[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) bf[j] = *(const int4*)&bs[(wn * 32 + j * 8 + gq) * IG_BK + t * 16];
+        for (int s = 0; s < 2; ++s) {
+            unsigned b[4][2];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = wm * 64 + i * 16 + gq;
-            const int4 a0 = *(const int4*)&as[r * IG_BK + t * 16];
-            const int4 a1 = *(const int4*)&as[(r + 8) * IG_BK + t * 16];
+            for (int j = 0; j < 4; j += 2) {
+                unsigned r[4];
+                ig_ldsm4(r, &bs[ig_swz(b_row + j * 8, s * 2 + b_piece)]);
+                b[j][0] = r[0];
+                b[j][1] = r[1];
+                b[j + 1][0] = r[2];
+                b[j + 1][1] = r[3];
+            }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                ig_mma(acc[i][j], a0.x, a1.x, a0.y, a1.y, bf[j].x, bf[j].y);
-                ig_mma(acc[i][j], a0.z, a1.z, a0.w, a1.w, bf[j].z, bf[j].w);
+            for (int i = 0; i < 4; ++i) {
+                unsigned a[4];
+                ig_ldsm4(a, &as[ig_swz(a_row + i * 16, s * 2 + a_piece)]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) ig_mma(acc[i][j], a[0], a[1], a[2], a[3], b[j][0], b[j][1]);
             }
         }
     }
     ig_cp_wait<0>();
 
     // The epilogue: lane (gq, t) holds rows gq and gq + 8 of each 16-row tile, columns 2t and
-    // 2t + 1 of each 8-column tile.
+    // 2t + 1 of each 8-column tile. A row's eight values are computed, then stored.
+    const int gq = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const i64 r = row0 + wm * 64 + i * 16 + gq + half * 8;
             if (r >= g.rows) continue;
-            const i64 img = r / hw_out, p = r - img * hw_out, oy = p / g.ow, ox = p - oy * g.ow;
+            const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
             i64 ro[KILN_NUM_EXTRA > 0 ? KILN_NUM_EXTRA : 1];
 #pragma unroll
             for (int q = 0; q < KILN_NUM_EXTRA; ++q) ro[q] = img * e.st[q][0] + oy * e.st[q][1] + ox * e.st[q][2];
+            kiln_out_t v[4][2];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                    const i64 c = col0 + wn * 32 + j * 8 + t * 2 + q;
-                    if (c < g.m) kiln_epilogue(e, out, r * g.m + c, ro, c, acc[i][j][half * 2 + q]);
+                    const int c = col0 + wn * 32 + j * 8 + t * 2 + q;
+                    if (c < g.m) v[j][q] = kiln_epilogue(e, ro, c, acc[i][j][half * 2 + q]);
+                }
+            kiln_out_t* o = (kiln_out_t*)out + r * g.m;
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                    const int c = col0 + wn * 32 + j * 8 + t * 2 + q;
+                    if (c < g.m) o[c] = v[j][q];
                 }
         }
 }

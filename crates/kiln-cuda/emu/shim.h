@@ -123,6 +123,18 @@ inline void ig_cp_async16(void* s, const void* g, int bytes) {
     if (bytes) std::memcpy(s, g, 16); else std::memset(s, 0, 16);
 }
 inline void ig_cp_commit() {}
+// ldmatrix.m8n8.x4.b16: lanes 8q..8q+7 give the row addresses of matrix q; register q of lane
+// T is bytes 4 (T % 4).. of row T / 4 of matrix q.
+inline void ig_ldsm4(unsigned (&r)[4], const void* smem) {
+    if ((uintptr_t)smem % 16) { fprintf(stderr, "ldmatrix: row address %p not 16-byte aligned\n", smem); std::abort(); }
+    g_warp->slot[g_lane] = (uint64_t)(uintptr_t)smem;
+    g_warp->bar.arrive_and_wait();
+    for (int q = 0; q < 4; ++q) {
+        const char* row = (const char*)(uintptr_t)g_warp->slot[8 * q + g_lane / 4];
+        std::memcpy(&r[q], row + 4 * (g_lane % 4), 4);
+    }
+    g_warp->bar.arrive_and_wait();
+}
 template <int N> void ig_cp_wait() {}
 inline void ig_mma(int (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
     unsigned* mine = g_warp->mma[g_lane];

@@ -684,8 +684,12 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<Elementwi
         defs.push_str(HELPERS);
     }
     defs.push_str(&e.code);
+    let out_st = storage_type(out)?;
+    writeln!(defs, "typedef {out_st} kiln_out_t;").unwrap_or(());
+    // The value of one output element; the kernel stores a row's values after computing them
+    // all, so the loads of the epilogue's inputs overlap instead of waiting on each store.
     let mut body = String::from(
-        "__device__ __forceinline__ void kiln_epilogue(const EpiArgs& e, void* out, i64 o, const i64* ro, i64 c, int acc) {\n",
+        "__device__ __forceinline__ kiln_out_t kiln_epilogue(const EpiArgs& e, const i64* ro, i64 c, int acc) {\n",
     );
     let mut args = vec!["acc".to_string()];
     for (k, &dt) in extra.iter().enumerate() {
@@ -694,9 +698,7 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<Elementwi
         writeln!(body, "    const {} x{} = {load};", compute_type(dt)?, k + 1).unwrap_or(());
         args.push(format!("x{}", k + 1));
     }
-    let out_st = storage_type(out)?;
-    writeln!(body, "    (({out_st}*)out)[o] = {};", store_expr(out, &format!("kiln_expr({})", args.join(", ")))?)
-        .unwrap_or(());
+    writeln!(body, "    return {};", store_expr(out, &format!("kiln_expr({})", args.join(", ")))?).unwrap_or(());
     body.push_str("}\n");
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();

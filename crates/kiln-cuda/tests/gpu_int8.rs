@@ -225,7 +225,7 @@ fn int8_convolution_epilogues_match_the_cpu() {
     let mut rng = Rng::new(43);
     let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
     let cast = |to: DType| ElementwiseOp::Cast { to, saturate: true };
-    // relu(f32(acc) * scale[c] + bias[c] + residual), then stored as `to` (i8: times 1/0.05).
+    // relu(f32(acc) * scale[c] + bias[c] + residual), then stored as `to` (i8: quantized by 0.05).
     let expr = |to: DType| {
         let mut nodes = vec![
             ExprNode::Input(0),
@@ -239,9 +239,12 @@ fn int8_convolution_epilogues_match_the_cpu() {
             op(ElementwiseOp::Unary(kiln_ir::ops::elementwise::UnaryOp::Relu), &[7]),
         ];
         if to == DType::I8 {
-            nodes.push(ExprNode::Input(4));
-            nodes.push(op(ElementwiseOp::Binary(BinaryOp::Mul), &[8, 9]));
-            nodes.push(op(cast(DType::I8), &[10]));
+            // QuantizeLinear as fusion writes it: Cast(Clip(Round(y / 0.05), -128, 127)).
+            nodes.push(ExprNode::Scalar { value: 0.05, dtype: DType::F32 });
+            nodes.push(op(ElementwiseOp::Binary(BinaryOp::Div), &[8, 9]));
+            nodes.push(op(ElementwiseOp::Unary(kiln_ir::ops::elementwise::UnaryOp::Round), &[10]));
+            nodes.push(op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, &[11]));
+            nodes.push(op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[12]));
         }
         Expr { nodes }
     };
@@ -267,9 +270,6 @@ fn int8_convolution_epilogues_match_the_cpu() {
         for to in [DType::F32, DType::I8] {
             let mut consts = vec![Some(w.clone()), None, None, Some(scale.clone()), Some(bias.clone())];
             consts.push(Some(residual.clone()));
-            if to == DType::I8 {
-                consts.push(Some(Tensor::scalar(20.0f32)));
-            }
             let base = LinalgOp::ConvInteger(attrs.clone());
             let ep = Op::Fused(FusedOp::Epilogue { base, base_inputs: 4, expr: expr(to) });
             let (g, ins) = one_node(ep, &[&x], &consts, 1);

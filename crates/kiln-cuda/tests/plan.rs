@@ -906,13 +906,12 @@ fn int8_matmuls_cublaslt_cannot_run_keep_the_direct_kernel() {
     direct(&g, "matmul_integer_i8_i8");
 }
 
-#[test]
-fn integer_matmul_epilogues_accumulate_in_i32_then_dequantize() {
-    // MatMulInteger's epilogue: the GEMM into an i32 accumulator, then cast, scale and bias in
-    // one generated kernel. The weight has a second reader, so the GEMM gets a transposed copy.
+/// A MatMulInteger epilogue node over an i8 `[4, k]` input and a constant `[k, 8]` weight
+/// that a plain MatMulInteger reads too.
+fn integer_matmul_epilogue(k: usize) -> Graph {
     let mut g = Graph::new("qlinear");
-    let x = g.add_input("x", TypeInfo::known(DType::I8, &[4, 32]));
-    let w = g.add_const("w", Tensor::from_vec(vec![32, 8], vec![1i8; 256]).unwrap());
+    let x = g.add_input("x", TypeInfo::known(DType::I8, &[4, k]));
+    let w = g.add_const("w", Tensor::from_vec(vec![k, 8], vec![1i8; k * 8]).unwrap());
     let scale = g.add_const("scale", Tensor::from_vec(vec![8], vec![0.5f32; 8]).unwrap());
     let bias = g.add_const("bias", Tensor::from_vec(vec![8], vec![1.0f32; 8]).unwrap());
     let dequant = Expr {
@@ -937,7 +936,15 @@ fn integer_matmul_epilogues_accumulate_in_i32_then_dequantize() {
         TypeInfo::known(DType::I32, &[4, 8]),
     );
     g.add_output("y2", y2);
-    let p = plan(&g).unwrap();
+    g
+}
+
+#[test]
+fn integer_matmul_epilogues_accumulate_in_i32_then_dequantize() {
+    // k = 36 is a multiple of 4 (cuBLASLt) but not of 16 (the implicit GEMM): the GEMM into an
+    // i32 accumulator, then cast, scale and bias in one generated kernel. The weight has a
+    // second reader, so the GEMM gets a transposed copy.
+    let p = plan(&integer_matmul_epilogue(36)).unwrap();
     let (gemms, kernels) = gemms_and_kernels(&p);
     assert_eq!(gemms.len(), 2, "{p}");
     let acc = &p.buffers[gemms[0].d];
@@ -946,4 +953,25 @@ fn integer_matmul_epilogues_accumulate_in_i32_then_dequantize() {
     assert_eq!(gemms[1].b, gemms[0].b, "one transposed copy for both readers: {p}");
     assert_eq!(kernels.len(), 1, "{p}");
     assert!(kernels[0].starts_with("epilogue_"), "{p}");
+}
+
+#[test]
+fn integer_matmul_epilogues_run_the_implicit_gemm() {
+    // k = 32: one INT8 implicit-GEMM kernel with the epilogue in registers, no accumulator; it
+    // reads the same transposed weight as the other reader's cuBLASLt GEMM.
+    let p = plan(&integer_matmul_epilogue(32)).unwrap();
+    let (gemms, kernels) = gemms_and_kernels(&p);
+    assert_eq!((gemms.len(), kernels.len()), (1, 1), "{p}");
+    assert!(kernels[0].starts_with("igemm64_") && kernels[0].ends_with("_f32"), "{p}");
+    assert!(p.buffers.iter().all(|b| !b.name.ends_with(".acc")), "{p}");
+    assert_eq!(p.buffers[gemms[0].b].name, "w.nk", "{p}");
+    let nv = match Nvrtc::locate() {
+        Ok(n) => n.with_cache_dir(None),
+        Err(e) if std::env::var_os("CI").is_some_and(|v| v == "true") => panic!("CI=true and {e}"),
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    for k in &p.generated {
+        let c = nv.compile(&k.name, &k.source, "sm_80").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.has_kernel(&k.name));
+    }
 }

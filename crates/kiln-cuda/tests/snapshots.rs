@@ -2,7 +2,7 @@
 //! of a few expressions. Bless changes with `INSTA_UPDATE=always` or `cargo insta review`
 //! after reading the diff.
 
-use kiln_cuda::codegen::{elementwise_kernel, epilogue_kernel, ElementwiseKernel};
+use kiln_cuda::codegen::{elementwise_kernel, epilogue_kernel, igemm_kernel, ElementwiseKernel};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
@@ -80,4 +80,32 @@ fn bias_residual_relu_epilogue() {
     let k = epilogue_kernel(&e, DType::F32, &[DType::F16, DType::F16]).unwrap();
     assert!(k.name.starts_with("epilogue_") && k.name.ends_with("_f16"), "{}", k.name);
     insta::assert_snapshot!("bias_residual_relu_epilogue", render(&k));
+}
+
+#[test]
+fn int8_implicit_gemm() {
+    // An INT8 convolution's epilogue: dequantize, add a per-channel bias in f16, ReLU, and
+    // quantize for the next layer (scale 0.05) to i8.
+    let e = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: false }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: false }, &[4]),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 5]),
+            op(ElementwiseOp::Unary(UnaryOp::Relu), &[6]),
+            ExprNode::Scalar { value: 0.05, dtype: DType::F32 },
+            op(ElementwiseOp::Binary(BinaryOp::Div), &[7, 8]),
+            op(ElementwiseOp::Unary(UnaryOp::Round), &[9]),
+            op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, &[10]),
+            op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[11]),
+        ],
+    };
+    let k = igemm_kernel(&e, &[DType::F32, DType::F16], 128).unwrap();
+    assert!(k.name.starts_with("igemm128_") && k.name.ends_with("_i8"), "{}", k.name);
+    insta::assert_snapshot!("int8_implicit_gemm", render(&k));
+    // The template as NVRTC gets it, once.
+    insta::assert_snapshot!("int8_implicit_gemm_source", k.source);
 }

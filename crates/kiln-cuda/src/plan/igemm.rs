@@ -48,16 +48,14 @@ impl Shape {
         let gx = self.rows.div_ceil(BM);
         let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < FULL_WAVE { 64 } else { 128 };
         let gy = self.m.div_ceil(bn);
-        // The kernel's pixel and offset arithmetic is 32-bit inside one image.
-        let image = self.h.checked_mul(self.w).and_then(|v| v.checked_mul(self.c));
-        if gx == 0
-            || gx > i32::MAX as usize
-            || gy as u64 > launch::MAX_BLOCKS
-            || image.is_none_or(|v| v > i32::MAX as usize)
-        {
+        // The kernel's row, input and filter offsets are 32-bit.
+        let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
+        let input = self.n.checked_mul(self.h).and_then(|v| v.checked_mul(self.w)).and_then(|v| v.checked_mul(self.c));
+        let filter = (self.m + 128).checked_mul(self.kh * self.kw * self.c);
+        if gx == 0 || gy as u64 > launch::MAX_BLOCKS || !fits(Some(self.rows)) || !fits(input) || !fits(filter) {
             return Err(CudaError::Unsupported(format!(
-                "an INT8 implicit GEMM of {} rows by {} channels over {}x{}x{} images does not fit one launch",
-                self.rows, self.m, self.h, self.w, self.c
+                "an INT8 implicit GEMM of {} rows by {} channels over {}x{}x{}x{} input does not fit 32-bit offsets",
+                self.rows, self.m, self.n, self.h, self.w, self.c
             )));
         }
         let block = (64 * bn / 32) as u32;
@@ -160,7 +158,13 @@ impl Planner<'_> {
 
     /// A `MatMulIntegerEpilogue` as one implicit-GEMM kernel (the 1x1 case), if it qualifies
     /// (see the module's notes); else nothing is planned and the result is false.
+    ///
+    /// `KILN_INT8_GEMM=cublaslt` at build time keeps matrix products on cuBLASLt (an i32
+    /// accumulator, then the epilogue), to compare the two in one benchmark run.
     pub(super) fn igemm_matmul(&mut self, id: NodeId, base_inputs: usize, expr: &Expr) -> Result<bool> {
+        if std::env::var("KILN_INT8_GEMM").is_ok_and(|v| v == "cublaslt") {
+            return Ok(false);
+        }
         let (Some((at, ash)), Some((bt, bsh))) = (self.input_type(id, 0), self.input_type(id, 1)) else {
             return Ok(false);
         };
