@@ -120,9 +120,10 @@ def time_torch(fn, inputs, iters=200, warmup=30):
     return times[len(times) // 2]
 
 
-def run_kiln(args, cmd):
-    log("$ " + " ".join(cmd))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.kiln_timeout)
+def run_kiln(args, cmd, env=None):
+    log("$ " + " ".join([f"{k}={v}" for k, v in (env or {}).items()] + cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.kiln_timeout,
+                       env={**os.environ, **env} if env else None)
     if r.returncode != 0:
         log(r.stderr[-3000:])
         return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
@@ -179,6 +180,14 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
     if args.profile:
         out, err = run_kiln(args, [args.kiln, "profile", engine, "--top", args.top, "--runs", "10"])
         log(f"== kiln profile {name} int8 batch {b}\n{out or err}")
+    if args.int8_gemm_ab:
+        # The same build with matrix products on cuBLASLt and a separate epilogue kernel.
+        env = {"KILN_INT8_GEMM": "cublaslt"}
+        engine = f"/tmp/{name}-int8-{b}-cublaslt.kiln"
+        out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q, env)
+        if out:
+            out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"])
+        row["kiln_ms_cublaslt_gemm"] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
     return row
 
 
@@ -199,6 +208,8 @@ def main():
                     help="models that also get an INT8 row (--int8 --fp16, entropy calibration on random "
                          "inputs) at the largest batch; empty for none")
     ap.add_argument("--calib-samples", type=int, default=16, help="random inputs INT8 calibrates on")
+    ap.add_argument("--int8-gemm-ab", action="store_true",
+                    help="also time each INT8 engine with its matrix products on cuBLASLt (KILN_INT8_GEMM=cublaslt)")
     args = ap.parse_args()
     os.makedirs(args.models_dir, exist_ok=True)
     if args.export_only:
@@ -288,8 +299,9 @@ def main():
     int8 = [r for r in rows if r.get("precision") == "int8"]
     if int8:
         lines += ["", "Kiln INT8 (`--int8 --fp16`, entropy calibration on random inputs) against Kiln FP16, same run:", "",
-                  "| model | batch | INT8 ms | FP16 ms | INT8 speed-up | cosine to fp32 (batch 1) | rel L2 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | batch | INT8 ms | FP16 ms | INT8 speed-up | cosine to fp32 (batch 1) | rel L2 "
+                  "| INT8 ms, products on cuBLASLt |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in int8:
             a = r["accuracy"].get("int8", {})
             fp = next((x.get("kiln_ms") for x in rows if x["model"] == r["model"] and x["batch"] == r["batch"]
@@ -297,7 +309,8 @@ def main():
             k = r.get("kiln_ms")
             lines.append(f"| {r['model']} | {r['batch']} | {f'{k:.3f}' if k else r.get('kiln_error', '-')[:60]} | "
                          f"{f'{fp:.3f}' if fp else '-'} | {f'{fp / k:.2f}x' if k and fp else '-'} | "
-                         f"{a.get('cosine', a.get('error', '-'))} | {a.get('rel_l2', '-')} |")
+                         f"{a.get('cosine', a.get('error', '-'))} | {a.get('rel_l2', '-')} | "
+                         f"{r.get('kiln_ms_cublaslt_gemm', '-')} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(table + "\n")
