@@ -66,6 +66,8 @@ int main() {
         {3, 48, 11, 10, 24, 3, 2, 1, 1, 2, 1, 2, 2, 64},
         // 3x3 over 64 channels (a ResNet stage), two channel blocks.
         {2, 64, 6, 5, 70, 3, 3, 1, 1, 1, 1, 1, 1, 64},
+        // 3x3 stride 2 (a ResNet stage's first block), 128 channels: two pieces of K per pixel.
+        {2, 128, 9, 9, 40, 3, 3, 2, 2, 1, 1, 1, 1, 64},
         // A matrix product: 150 rows of k = 96 by 72 columns.
         {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128},
     };
