@@ -65,6 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::build::warn_about(&built, &a.precision);
     let mut gpu_opts = kiln::gpu::GpuOptions::default();
     gpu_opts.exec.tf32 = built.tf32;
+    let scales = built.cache.as_ref().map(|c| &c.scales);
     let (outs, layers) = if a.device == "cuda" {
         // One engine for every batch: the graph compared is the same each time.
         let mut ctx: Option<kiln::runtime::exec::ExecutionContext> = None;
@@ -78,9 +79,9 @@ pub fn run(a: Args) -> Result<()> {
             };
             Ok(c.run(inputs)?)
         };
-        kiln::compare::compare_with(&reference, &built.graph, &batches, a.per_layer, &mut on_gpu)?
+        kiln::compare::compare_with(&reference, &built.graph, &batches, a.per_layer, scales, &mut on_gpu)?
     } else {
-        kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer)?
+        kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer, scales)?
     };
     if a.json {
         let layers: Vec<_> = layers.iter().map(|(op, m)| serde_json::json!({ "op": op, "metrics": m })).collect();

@@ -179,8 +179,13 @@ fn compare_reports_outputs_and_where_the_error_grows() {
     let layers: Vec<&str> =
         v["layers"].as_array().unwrap().iter().map(|l| l["metrics"]["name"].as_str().unwrap()).collect();
     // p1 is quantized (its scale is in the cache), so its pool runs on the integers and r1 is
-    // quantized by the first convolution's epilogue: neither survives as a float tensor.
-    assert_eq!(layers, ["r2", "p2", "flat", "logits"]);
+    // quantized by the first convolution's epilogue: neither survives as a float tensor, and
+    // p1 is compared as its integers times its scale.
+    assert_eq!(layers, ["p1", "r2", "p2", "flat", "logits"]);
+    let p1 = &v["layers"][0];
+    assert_eq!(p1["op"], "MaxPool (int8)", "{p1}");
+    // Rounding to steps of 0.035 and clipping at 127 steps (the cache's range is hand-written).
+    assert!(p1["metrics"]["cosine"].as_f64().unwrap() > 0.999, "{p1}");
 
     let (ok, _, stderr) = kiln(&["compare", &model]);
     assert!(!ok && stderr.contains("--shapes x=DIMS"), "{stderr}");

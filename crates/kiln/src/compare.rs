@@ -3,7 +3,7 @@
 
 use crate::Error;
 use kiln_ir::{DType, Graph, Op, Tensor, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How far one tensor is from its reference.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,9 +63,27 @@ pub fn metrics(name: &str, want: &Tensor, got: &Tensor) -> Result<Metrics, Error
     })
 }
 
+/// A value both graphs compute: its name, its op in the reference, its value in each graph,
+/// and the scale that dequantizes the build's value where the build has it as integers.
+struct Shared {
+    name: String,
+    op: String,
+    reference: Value,
+    built: Value,
+    scale: Option<f32>,
+}
+
+/// An i8 tensor times `scale`, as f64.
+fn dequantize(t: &Tensor, scale: f32) -> Result<Tensor, Error> {
+    let v: Vec<f64> = t.to_f64_vec().into_iter().map(|x| x * scale as f64).collect();
+    Tensor::from_vec(t.shape().to_vec(), v).map_err(|e| Error::Shape { input: "dequantize".into(), msg: e.to_string() })
+}
+
 /// The float values both graphs compute under the same name (graph inputs and constants left
-/// out), in the reference's topological order, with their ops in the reference.
-fn shared_values(reference: &Graph, built: &Graph) -> Result<Vec<(String, String, Value, Value)>, Error> {
+/// out), in the reference's topological order, with their ops in the reference; and, for a
+/// value the build has only as the quantizer's `NAME.int8` (i8, with a scale in `scales`),
+/// that one, to be dequantized.
+fn shared_values(reference: &Graph, built: &Graph, scales: &BTreeMap<String, f32>) -> Result<Vec<Shared>, Error> {
     let mut in_built: HashMap<String, Value> = HashMap::new();
     for id in built.node_ids() {
         let n = built.node(id);
@@ -86,12 +104,28 @@ fn shared_values(reference: &Graph, built: &Graph) -> Result<Vec<(String, String
             continue;
         }
         for (slot, o) in n.outputs.iter().enumerate() {
-            let float = o.ty.dtype.is_some_and(|d| d.is_float());
-            if let (true, Some(&b)) = (float, in_built.get(&o.name)) {
-                if seen.insert(o.name.clone()) {
-                    out.push((o.name.clone(), n.op.name().to_string(), Value { node: id, slot }, b));
-                }
+            if !o.ty.dtype.is_some_and(|d| d.is_float()) || seen.contains(&o.name) {
+                continue;
             }
+            let (built_value, scale) = match in_built.get(&o.name) {
+                Some(&b) => (b, None),
+                None => {
+                    let int8 = in_built.get(&format!("{}.int8", o.name)).copied();
+                    let int8 = int8.filter(|&b| built.value_info(b).ty.dtype == Some(DType::I8));
+                    match (int8, scales.get(&o.name)) {
+                        (Some(b), Some(&s)) => (b, Some(s)),
+                        _ => continue,
+                    }
+                }
+            };
+            seen.insert(o.name.clone());
+            out.push(Shared {
+                name: o.name.clone(),
+                op: n.op.name().to_string(),
+                reference: Value { node: id, slot },
+                built: built_value,
+                scale,
+            });
         }
     }
     Ok(out)
@@ -100,13 +134,18 @@ fn shared_values(reference: &Graph, built: &Graph) -> Result<Vec<(String, String
 /// Runs both graphs on the CPU reference over the same inputs and measures every output, and,
 /// with `per_layer`, every intermediate value that survives optimization under its name.
 /// Returns the outputs' metrics and the layers' (in the reference's order).
+///
+/// `int8_scales` (an INT8 build's calibration scales, by tensor name) lets the layers include
+/// the activations that became integers: where the build has no float value `X` but the
+/// quantizer's `X.int8`, that is compared dequantized (times X's scale; the zero point is 0).
 pub fn compare(
     reference: &Graph,
     built: &Graph,
     batches: &[Vec<Tensor>],
     per_layer: bool,
+    int8_scales: Option<&BTreeMap<String, f32>>,
 ) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
-    compare_with(reference, built, batches, per_layer, &mut |g, inputs| crate::run_cpu(g, inputs))
+    compare_with(reference, built, batches, per_layer, int8_scales, &mut |g, inputs| crate::run_cpu(g, inputs))
 }
 
 /// [`compare`], running the built graph with `run_built` (the GPU, for example) instead of
@@ -117,15 +156,17 @@ pub fn compare_with(
     built: &Graph,
     batches: &[Vec<Tensor>],
     per_layer: bool,
+    int8_scales: Option<&BTreeMap<String, f32>>,
     run_built: &mut dyn FnMut(&Graph, &[Tensor]) -> Result<Vec<Tensor>, Error>,
 ) -> Result<(Vec<Metrics>, Vec<(String, Metrics)>), Error> {
     // The imported graph's intermediate types may be unknown until inferred.
     let mut typed = reference.clone();
     kiln_ir::passes::PassManager::new(vec![Box::new(kiln_ir::passes::InferTypes)])
         .run(&mut typed, &kiln_ir::passes::PassContext::default())?;
-    let shared = if per_layer { shared_values(&typed, built)? } else { vec![] };
+    let empty = BTreeMap::new();
+    let shared = if per_layer { shared_values(&typed, built, int8_scales.unwrap_or(&empty))? } else { vec![] };
     let (mut r, mut b) = (reference.clone(), built.clone());
-    for (name, _, rv, bv) in &shared {
+    for Shared { name, reference: rv, built: bv, .. } in &shared {
         r.add_output(format!("__cmp__{name}"), *rv);
         b.add_output(format!("__cmp__{name}"), *bv);
     }
@@ -134,7 +175,10 @@ pub fn compare_with(
     for inputs in batches {
         let want = crate::run_cpu(&r, inputs)?;
         let got = run_built(&b, inputs)?;
-        for (i, (w, g)) in want.into_iter().zip(got).enumerate() {
+        for (i, (w, mut g)) in want.into_iter().zip(got).enumerate() {
+            if let Some(scale) = i.checked_sub(outs).and_then(|j| shared[j].scale) {
+                g = dequantize(&g, scale)?;
+            }
             acc[i].push((w, g));
         }
     }
@@ -162,10 +206,10 @@ pub fn compare_with(
         out_metrics.push(join(&acc[i], &o.name)?);
     }
     let mut layers = vec![];
-    for (j, (name, op, _, _)) in shared.iter().enumerate() {
+    for (j, Shared { name, op, scale, .. }) in shared.iter().enumerate() {
         // Arg-max agreement means something for a classifier's output only.
         let m = Metrics { top1: None, ..join(&acc[outs + j], name)? };
-        layers.push((op.clone(), m));
+        layers.push((if scale.is_some() { format!("{op} (int8)") } else { op.clone() }, m));
     }
     Ok((out_metrics, layers))
 }

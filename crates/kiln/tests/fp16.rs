@@ -141,7 +141,7 @@ fn check_graph(
     }
     let inputs = kiln::random::graph_inputs(&reference, &mut given, seed).unwrap();
     let want = kiln::run_cpu(&reference, &inputs).unwrap();
-    let (outs, _) = kiln::compare::compare(&reference, g, &[inputs], false).unwrap();
+    let (outs, _) = kiln::compare::compare(&reference, g, &[inputs], false, None).unwrap();
     let name = model.file_stem().unwrap().to_string_lossy();
     for (m, w) in outs.iter().zip(&want) {
         let v = w.to_f64_vec();
@@ -231,7 +231,7 @@ fn an_fp32_override_keeps_that_node_and_only_it_in_fp32() {
     }
     let inputs = kiln::random::graph_inputs(&built.graph, &mut HashMap::new(), 4).unwrap();
     let reference = kiln::load(&path).unwrap().graph;
-    let (outs, _) = kiln::compare::compare(&reference, g, &[inputs], false).unwrap();
+    let (outs, _) = kiln::compare::compare(&reference, g, &[inputs], false, None).unwrap();
     assert!(outs.iter().all(|m| m.cosine >= MIN_COSINE && m.rel_l2 <= MAX_REL_L2), "{outs:?}");
 }
 
