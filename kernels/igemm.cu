@@ -3,7 +3,8 @@
 // epilogue (dequantization, bias, residual, activation, requantization) applied to the i32
 // accumulators in registers and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
-// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_NUM_EXTRA
+// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_WN (a warp's
+// channels: 32 or 64), KILN_NUM_EXTRA
 // (the epilogue's inputs besides the accumulator), the output's storage type `kiln_out_t` and
 // the expression; BODY defines
 // `kiln_epilogue`, which loads those inputs for one output element and computes its value.
@@ -14,7 +15,8 @@
 // its B stored [m][k]. The channels are a multiple of 16, so every 16-byte piece of a row
 // of the reduction is one contiguous load from one input pixel, or zeros (padding, the tail).
 //
-// A block computes 128 rows by KILN_BN channels with 2 x KILN_BN/32 warps of 64 x 32 each,
+// A block computes 128 rows by KILN_BN channels with 2 x KILN_BN/KILN_WN warps of 64 x KILN_WN
+// each (KILN_WN 32 or 64),
 // over k in steps of 64 bytes: `cp.async` fills a STAGES-deep ring of shared tiles while the
 // warps run `mma.sync.m16n8k32` on the tile before, their fragments read with `ldmatrix` (one
 // x4 load gives an A fragment, or the B fragments of two 8-channel tiles, in the registers the
@@ -28,8 +30,11 @@
 
 #define IG_BM 128
 #define IG_BK 64
-#define IG_WARPS_N (KILN_BN / 32)
+// Warps: 2 along the rows (64 each) by KILN_BN / KILN_WN along the channels (KILN_WN each).
+#define IG_WARPS_N (KILN_BN / KILN_WN)
 #define IG_THREADS (64 * IG_WARPS_N)
+// 8-channel mma tiles per warp.
+#define IG_NT (KILN_WN / 8)
 #define IG_STAGES (KILN_BN == 128 ? 3 : 4)
 // 16-byte pieces of A and of B each thread copies per stage.
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
@@ -95,7 +100,8 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     const int piece = tid & 3;
     const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
     // Per row this thread copies: the offset of its top-left input pixel, and that pixel.
-    int a_off[IG_A_PIECES], a_iy[IG_A_PIECES], a_ix[IG_A_PIECES];
+    const signed char* a_src[IG_A_PIECES];
+    int a_iy[IG_A_PIECES], a_ix[IG_A_PIECES];
 #pragma unroll
     for (int i = 0; i < IG_A_PIECES; ++i) {
         const i64 r = row0 + (tid >> 2) + i * (IG_THREADS / 4);
@@ -103,11 +109,11 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
             const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
             a_iy[i] = oy * (int)g.sh - (int)g.ph;
             a_ix[i] = ox * (int)g.sw - (int)g.pw;
-            a_off[i] = ((img * H + a_iy[i]) * W + a_ix[i]) * C;
+            a_src[i] = x + ((img * H + a_iy[i]) * W + a_ix[i]) * C;
         } else {
             a_iy[i] = -(1 << 30);  // never inside the image
             a_ix[i] = 0;
-            a_off[i] = 0;
+            a_src[i] = x;
         }
     }
     // Where this thread's piece of the next tile lies in the reduction: filter row and column,
@@ -142,12 +148,13 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         for (int i = 0; i < IG_A_PIECES; ++i) {
             const int yy = a_iy[i] + dy, xx = a_ix[i] + dx;
             const bool ok = kin && (unsigned)yy < (unsigned)H && (unsigned)xx < (unsigned)W;
-            ig_cp_async16(sa_s + a_soff[i], ok ? x + (a_off[i] + dk) : x, ok ? 16 : 0);
+            // A copy of 0 bytes reads nothing (it zero-fills): its address need not be valid.
+            ig_cp_async16(sa_s + a_soff[i], a_src[i] + dk, ok ? 16 : 0);
         }
 #pragma unroll
         for (int i = 0; i < IG_B_PIECES; ++i) {
             const bool ok = kin && b_in[i];
-            ig_cp_async16(sb_s + b_soff[i], ok ? b_src[i] : wt, ok ? 16 : 0);
+            ig_cp_async16(sb_s + b_soff[i], b_src[i], ok ? 16 : 0);
             b_src[i] += IG_BK;
         }
         // On to the next tile: 64 bytes further along (channel, filter column, filter row).
@@ -162,11 +169,11 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         }
     };
 
-    int acc[4][4][4];
+    int acc[4][IG_NT][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < IG_NT; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0;
 
@@ -179,9 +186,13 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     // ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
     // (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
     // (channels 0-7, 8-15): b0, b1 of two 8-channel tiles.
+    // The swizzle of rows r and r + 8k is the same, so each k-step's addresses are one base
+    // per operand plus constants: 16 rows (1024 bytes) per A tile, 8 (512) per B tile.
     const int lq = lane >> 3, lr = lane & 7;
     const int a_row = wm * 64 + (lq & 1) * 8 + lr, a_piece = lq >> 1;
-    const int b_row = wn * 32 + (lq >> 1) * 8 + lr, b_piece = lq & 1;
+    const int b_row = wn * KILN_WN + (lq >> 1) * 8 + lr, b_piece = lq & 1;
+    const int a_ld[2] = {ig_swz(a_row, a_piece), ig_swz(a_row, 2 + a_piece)};
+    const int b_ld[2] = {ig_swz(b_row, b_piece), ig_swz(b_row, 2 + b_piece)};
     for (int kt = 0; kt < tiles; ++kt) {
         ig_cp_wait<IG_STAGES - 2>();
         __syncthreads();
@@ -192,11 +203,11 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         const signed char* bs = sb[kt % IG_STAGES];
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-            unsigned b[4][2];
+            unsigned b[IG_NT][2];
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
+            for (int j = 0; j < IG_NT; j += 2) {
                 unsigned r[4];
-                ig_ldsm4(r, &bs[ig_swz(b_row + j * 8, s * 2 + b_piece)]);
+                ig_ldsm4(r, &bs[b_ld[s] + j * 8 * IG_BK]);
                 b[j][0] = r[0];
                 b[j][1] = r[1];
                 b[j + 1][0] = r[2];
@@ -205,9 +216,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 unsigned a[4];
-                ig_ldsm4(a, &as[ig_swz(a_row + i * 16, s * 2 + a_piece)]);
+                ig_ldsm4(a, &as[a_ld[s] + i * 16 * IG_BK]);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) ig_mma(acc[i][j], a[0], a[1], a[2], a[3], b[j][0], b[j][1]);
+                for (int j = 0; j < IG_NT; ++j) ig_mma(acc[i][j], a[0], a[1], a[2], a[3], b[j][0], b[j][1]);
             }
         }
     }
@@ -226,20 +237,20 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
             i64 ro[KILN_NUM_EXTRA > 0 ? KILN_NUM_EXTRA : 1];
 #pragma unroll
             for (int q = 0; q < KILN_NUM_EXTRA; ++q) ro[q] = img * e.st[q][0] + oy * e.st[q][1] + ox * e.st[q][2];
-            kiln_out_t v[4][2];
+            kiln_out_t v[IG_NT][2];
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < IG_NT; ++j)
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                    const int c = col0 + wn * 32 + j * 8 + t * 2 + q;
+                    const int c = col0 + wn * KILN_WN + j * 8 + t * 2 + q;
                     if (c < g.m) v[j][q] = kiln_epilogue(e, ro, c, acc[i][j][half * 2 + q]);
                 }
             kiln_out_t* o = (kiln_out_t*)out + r * g.m;
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < IG_NT; ++j)
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                    const int c = col0 + wn * 32 + j * 8 + t * 2 + q;
+                    const int c = col0 + wn * KILN_WN + j * 8 + t * 2 + q;
                     if (c < g.m) o[c] = v[j][q];
                 }
         }

@@ -4,16 +4,19 @@
 #include "shim.h"
 #include <random>
 namespace G64 {
-#include "igemm64.inc"
+#include "igemm64w32.inc"
 }
 namespace G128 {
-#include "igemm128.inc"
+#include "igemm128w32.inc"
+}
+namespace G128W {
+#include "igemm128w64.inc"
 }
 typedef long long i64;
 static std::mt19937 rng(11);
 static int fails = 0;
 
-struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn; };
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; };
 
 template <class Args, class Epi, class Kernel>
 static void run(const Case& k, Kernel kernel) {
@@ -34,7 +37,7 @@ static void run(const Case& k, Kernel kernel) {
     Epi e{};
     e.in[0] = scale.data(); e.in[1] = bias.data();
     e.st[0][3] = 1; e.st[1][3] = 1;
-    const dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(2 * k.bn)};
+    const dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(64 * k.bn / k.wn)};
     launch(grid, block, [&] { kernel(x, w, y.data(), g, e); });
     int bad = 0;
     for (i64 b = 0; b < k.n; ++b) for (i64 oy = 0; oy < oh; ++oy) for (i64 ox = 0; ox < ow; ++ox) for (i64 oc = 0; oc < k.m; ++oc) {
@@ -48,32 +51,35 @@ static void run(const Case& k, Kernel kernel) {
         const float want = std::max((float)acc * scale[oc] + bias[oc], 0.0f);
         const float got = y[((b * oh + oy) * ow + ox) * k.m + oc];
         if (std::fabs(got - want) > 1e-5f * (1 + std::fabs(want)) && bad++ < 5)
-            printf("FAIL igemm%d [%lld %lld %lld %lld] y[%lld, %lld, %lld, %lld] = %g, want %g\n", k.bn, k.n, k.h, k.w, k.c,
+            printf("FAIL igemm%dw%d [%lld %lld %lld %lld] y[%lld, %lld, %lld, %lld] = %g, want %g\n", k.bn, k.wn, k.n, k.h, k.w, k.c,
                    b, oy, ox, oc, got, want);
     }
     fails += bad;
-    printf("igemm%d n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.n, k.c, k.h, k.w, k.m,
+    printf("igemm%dw%d n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.n, k.c, k.h, k.w, k.m,
            k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
 }
 
 int main() {
     const Case cases[] = {
         // 3x3, padding, K = 288 (four and a half 64-byte steps), a row tail and a channel tail.
-        {2, 32, 7, 6, 40, 3, 3, 1, 1, 1, 1, 1, 1, 64},
+        {2, 32, 7, 6, 40, 3, 3, 1, 1, 1, 1, 1, 1, 64, 32},
         // 1x1 stride 2 (a ResNet downsample), two channel blocks with a tail.
-        {3, 16, 9, 9, 136, 1, 1, 2, 2, 0, 0, 1, 1, 128},
+        {3, 16, 9, 9, 136, 1, 1, 2, 2, 0, 0, 1, 1, 128, 64},
         // Dilation 2, asymmetric kernel, more rows than one block.
-        {3, 48, 11, 10, 24, 3, 2, 1, 1, 2, 1, 2, 2, 64},
+        {3, 48, 11, 10, 24, 3, 2, 1, 1, 2, 1, 2, 2, 64, 32},
         // 3x3 over 64 channels (a ResNet stage), two channel blocks.
-        {2, 64, 6, 5, 70, 3, 3, 1, 1, 1, 1, 1, 1, 64},
+        {2, 64, 6, 5, 70, 3, 3, 1, 1, 1, 1, 1, 1, 64, 32},
         // 3x3 stride 2 (a ResNet stage's first block), 128 channels: two pieces of K per pixel.
-        {2, 128, 9, 9, 40, 3, 3, 2, 2, 1, 1, 1, 1, 64},
-        // A matrix product: 150 rows of k = 96 by 72 columns.
-        {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128},
+        {2, 128, 9, 9, 40, 3, 3, 2, 2, 1, 1, 1, 1, 64, 32},
+        {2, 64, 7, 7, 136, 3, 3, 1, 1, 1, 1, 1, 1, 128, 64},
+        // A matrix product: 150 rows of k = 96 by 72 columns, both 128-channel shapes.
+        {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64},
+        {150, 96, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32},
     };
     for (const Case& k : cases) {
-        if (k.bn == 64) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64(a...); });
-        else run<G128::IgemmArgs, G128::EpiArgs>(k, [](auto... a) { G128::kernel_igemm128(a...); });
+        if (k.bn == 64) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64w32(a...); });
+        else if (k.wn == 32) run<G128::IgemmArgs, G128::EpiArgs>(k, [](auto... a) { G128::kernel_igemm128w32(a...); });
+        else run<G128W::IgemmArgs, G128W::EpiArgs>(k, [](auto... a) { G128W::kernel_igemm128w64(a...); });
     }
     if (fails) { printf("%d failures\n", fails); return 1; }
     printf("igemm: all ok\n");

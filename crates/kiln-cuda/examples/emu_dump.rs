@@ -51,8 +51,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, e, ins) in cases {
         kernels.push((name.to_string(), elementwise_kernel(&e, &ins)?));
     }
-    for bn in [64, 128] {
-        kernels.push((format!("igemm{bn}"), igemm_kernel(&dequant_bias_relu, &[DType::F32; 2], bn)?));
+    for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
+        kernels.push((format!("igemm{bn}w{wn}"), igemm_kernel(&dequant_bias_relu, &[DType::F32; 2], bn, wn)?));
     }
     for (name, k) in kernels {
         let src = k

@@ -663,10 +663,13 @@ pub const IGEMM_MAX_EXTRA: usize = 8;
 /// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
 /// accumulator (input 0) and `extra` (the other inputs, read with strides over the output's
 /// image, row, column and channel) applied in registers. `bn` is the block's output channels,
-/// 64 or 128. The kernel is named `igemm<bn>_<hash>_<output dtype>`.
-pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<ElementwiseKernel> {
-    if !matches!(bn, 64 | 128) {
-        return Err(CudaError::Invalid(format!("an implicit-GEMM block of {bn} channels (64 or 128)")));
+/// 64 or 128, and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn`
+/// threads. The kernel is named `igemm<bn>w<wn>_<hash>_<output dtype>`.
+pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize, wn: usize) -> Result<ElementwiseKernel> {
+    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn {
+        return Err(CudaError::Invalid(format!(
+            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64)"
+        )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {
         return Err(CudaError::Unsupported(format!(
@@ -679,7 +682,7 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<Elementwi
     let e = expr_function(expr, &inputs, "kiln_expr")?;
     let out = e.output;
     let mut defs = String::new();
-    writeln!(defs, "#define KILN_BN {bn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());
+    writeln!(defs, "#define KILN_BN {bn}\n#define KILN_WN {wn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());
     if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
         defs.push_str(HELPERS);
     }
@@ -702,7 +705,7 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize) -> Result<Elementwi
     body.push_str("}\n");
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let name = format!("igemm{bn}_{hash}_{}", dtype_suffix(out)?);
+    let name = format!("igemm{bn}w{wn}_{hash}_{}", dtype_suffix(out)?);
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
     let source = inline_common(&IGEMM_TEMPLATE.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
     Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })

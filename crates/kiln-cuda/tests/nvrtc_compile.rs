@@ -58,7 +58,7 @@ fn op(op: ElementwiseOp, args: &[usize]) -> ExprNode {
 }
 
 /// The INT8 implicit-GEMM template with the epilogues INT8 networks give it: dequantize, add a
-/// bias, ReLU, and store f32, f16, or i8 (the next layer's quantization), at both block widths.
+/// bias, ReLU, and store f32, f16, or i8 (the next layer's quantization), at each block shape.
 #[test]
 fn generated_igemm_kernels_compile() {
     let Some(nv) = nvrtc() else { return };
@@ -76,8 +76,8 @@ fn generated_igemm_kernels_compile() {
     };
     let mut failures = vec![];
     for to in [DType::F32, DType::F16, DType::I8] {
-        for bn in [64, 128] {
-            let k = igemm_kernel(&dequant_bias_relu(to), &[DType::F32, DType::F32], bn).expect("generates");
+        for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
+            let k = igemm_kernel(&dequant_bias_relu(to), &[DType::F32, DType::F32], bn, wn).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

@@ -22,6 +22,17 @@ const BM: usize = 128;
 /// the kernel takes 64-channel ones, for twice the blocks.
 const FULL_WAVE: usize = 264;
 
+/// A warp's output channels in a 128-channel block: 64 (four warps of 64 x 64, CUTLASS's
+/// shape for INT8 on sm_80), or 32 with `KILN_IGEMM_WN=32` at build time (eight warps of
+/// 64 x 32), to compare the two.
+fn warp_channels() -> usize {
+    if std::env::var("KILN_IGEMM_WN").is_ok_and(|v| v == "32") {
+        32
+    } else {
+        64
+    }
+}
+
 /// The shape of one implicit GEMM (`IgemmArgs` in `kernels/igemm.cu`).
 struct Shape {
     rows: usize,
@@ -43,10 +54,12 @@ struct Shape {
 }
 
 impl Shape {
-    /// The launch: 128 rows by 64 or 128 channels a block.
-    fn config(&self) -> Result<(usize, LaunchConfig)> {
+    /// The launch: 128 rows by 64 or 128 channels a block, and a warp's channels (see
+    /// [`warp_channels`]).
+    fn config(&self) -> Result<(usize, usize, LaunchConfig)> {
         let gx = self.rows.div_ceil(BM);
         let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < FULL_WAVE { 64 } else { 128 };
+        let wn = if bn == 64 { 32 } else { warp_channels() };
         let gy = self.m.div_ceil(bn);
         // The kernel's row, input and filter offsets are 32-bit.
         let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
@@ -58,8 +71,8 @@ impl Shape {
                 self.rows, self.m, self.n, self.h, self.w, self.c
             )));
         }
-        let block = (64 * bn / 32) as u32;
-        Ok((bn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
+        let block = (64 * bn / wn) as u32;
+        Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
     }
 
     fn fields(&self) -> Vec<Field> {
@@ -142,13 +155,13 @@ impl Planner<'_> {
         if shape.rows == 0 || shape.m == 0 {
             return Ok(false);
         }
-        let Ok((bn, config)) = shape.config() else { return Ok(false) };
+        let Ok((bn, wn, config)) = shape.config() else { return Ok(false) };
         let mut extra = Vec::with_capacity(n_extra);
         for s in base_inputs..base_inputs + n_extra {
             extra.push(self.nhwc_operand(id, s, &out_shape)?);
         }
         let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
-        let k = igemm_kernel(expr, &dts, bn)?;
+        let k = igemm_kernel(expr, &dts, bn, wn)?;
         let x = self.nhwc_input(id, 0)?;
         let w = self.nhwc_filter(id)?;
         let y = self.nhwc_out(id, 0)?;
@@ -207,7 +220,7 @@ impl Planner<'_> {
         if rows == 0 || n == 0 {
             return Ok(false);
         }
-        let Ok((bn, config)) = shape.config() else { return Ok(false) };
+        let Ok((bn, wn, config)) = shape.config() else { return Ok(false) };
         // Each epilogue input read as rows by channels: its strides over the leading dims must
         // fold into one row stride.
         let mut extra = Vec::with_capacity(n_extra);
@@ -218,7 +231,7 @@ impl Planner<'_> {
             extra.push((b, vec![row, 0, 0, strides[strides.len() - 1]]));
         }
         let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
-        let kernel = igemm_kernel(expr, &dts, bn)?;
+        let kernel = igemm_kernel(expr, &dts, bn, wn)?;
         let a = self.required(id, 0)?;
         let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
         let y = self.out(id, 0)?;
