@@ -91,17 +91,28 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
         egraph[o].data.materialized = true;
     }
     for id in g.node_ids() {
-        // Pointwise readers leave a value free to fuse; so does QuantizeLinear, which the
-        // elementwise family can treat as pointwise (`quantize_form`).
-        if matches!(g.node(id).op, Op::Elementwise(_) | Op::Quant(kiln_ir::ops::QuantOp::QuantizeLinear { .. })) {
+        // Pointwise readers (fused ones too, when fusion runs again on a fused graph) leave a
+        // value free to fuse; so does QuantizeLinear, which the elementwise family can treat
+        // as pointwise (`quantize_form`).
+        if matches!(
+            g.node(id).op,
+            Op::Elementwise(_)
+                | Op::Quant(kiln_ir::ops::QuantOp::QuantizeLinear { .. })
+                | Op::Fused(kiln_ir::ops::FusedOp::Elementwise(_))
+        ) {
             continue;
         }
+        // An epilogue reads its inputs past the base op's pointwise too (`epilogue-input`).
+        let skip = match &g.node(id).op {
+            Op::Fused(kiln_ir::ops::FusedOp::Epilogue { base_inputs, .. }) => *base_inputs,
+            _ => usize::MAX,
+        };
         // So does a MaxPool that only QuantizeLinear reads: the qdq family moves the quantize
         // in front of it (`qdq-maxpool`), where it may fuse into the producer.
         if quantized_max_pool(g, id) {
             continue;
         }
-        for v in g.inputs_of(id).into_iter().flatten() {
+        for v in g.inputs_of(id).into_iter().take(skip).flatten() {
             egraph[value_class[&v]].data.materialized = true;
         }
     }

@@ -298,6 +298,23 @@ fn a_value_read_by_a_matrix_op_is_not_fused_into_pointwise_consumers() {
 // ---- epilogues -----------------------------------------------------------------------------
 
 #[test]
+fn an_epilogue_absorbs_the_producer_of_its_residual() {
+    // A second fusion (of an INT8 FP16 build, after FP16 conversion) finds an epilogue whose
+    // residual is an f16 value cast to f32: the epilogue reads the f16 value and casts it.
+    check_fires(
+        &["epilogue-input"],
+        "input a f32[4,8]
+         input h f16[4,5]
+         w = const f32[8,5] rand
+         c = Cast{f32}(h)
+         o = MatMulEpilogue{add}(a, w, c)
+         output o",
+        "%0 = MatMulEpilogue[(in0 + Cast<f32>(in1))](a, const[8, 5], h)
+         output %0",
+    );
+}
+
+#[test]
 fn conv_bias_residual_relu_is_one_node() {
     check_fires(
         &["conv-add-const", "gemm-epilogue"],

@@ -91,3 +91,42 @@ fn counting_transformer_keeps_its_accuracy_in_int8() {
     assert!(fp32 > 0.95, "the FP32 model is trained: {fp32}");
     assert!((fp32 - int8).abs() <= 0.005, "FP32 {fp32} vs INT8 {int8}");
 }
+
+/// An INT8 build in FP16 (`kiln build --int8 --fp16`): every cast the FP16 conversion adds
+/// around the integer layers is fused into a neighbour, into a quantizing kernel or into an
+/// integer epilogue's residual input (`epilogue-input`), so no Cast runs on its own, and the
+/// held-out accuracy stays within 0.5 points of FP32.
+#[test]
+fn counting_transformer_in_int8_fp16_runs_no_cast_alone() {
+    let name = "count_transformer";
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("int8-fp16-calib");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture(&format!("{name}.calib.npy")), dir.join("calib.npy")).unwrap();
+    let g = kiln::load(&fixture(&format!("{name}.onnx"))).unwrap().graph;
+    let test_x = kiln::npy::read(&fixture(&format!("{name}.test_x.npy"))).unwrap();
+    let labels = kiln::npy::read(&fixture(&format!("{name}.test_y.npy"))).unwrap().as_slice::<i64>().unwrap().to_vec();
+    let input = g.node(g.inputs[0]).outputs[0].name.clone();
+    // Batches of 8: the calibration set (256 rows) and the held-out one (1000) split evenly.
+    let batch = 8;
+    let opts = kiln::BuildOptions {
+        shapes: HashMap::from([(input, vec![batch, test_x.shape()[1]])]),
+        int8: Some(kiln::Int8Options { calib_dir: Some(dir), calib_cache: None, algo: CalibAlgo::Entropy }),
+        precision: kiln::FloatPrecision::Fp16,
+        ..Default::default()
+    };
+    let built = kiln::build(g.clone(), &opts).unwrap();
+    let counts = built.graph.op_counts();
+    assert_eq!(counts.get("Cast"), None, "{counts:?}");
+    let mut m = kiln::load(&fixture(&format!("{name}.onnx"))).unwrap();
+    kiln::optimize_with(&mut m.graph, &kiln::OptimizeOptions { fuse: false, ..Default::default() }).unwrap();
+    let fp32 = accuracy(&kiln::run_cpu(&m.graph, std::slice::from_ref(&test_x)).unwrap()[0], &labels);
+    let parts: Vec<Tensor> = (0..labels.len())
+        .step_by(batch)
+        .map(|s| kiln::run_cpu(&built.graph, &[rows(&test_x, s, s + batch)]).unwrap().remove(0))
+        .collect();
+    let classes = parts[0].shape()[1];
+    let all: Vec<f32> = parts.iter().flat_map(|t| t.to_f64_vec()).map(|v| v as f32).collect();
+    let logits = Tensor::from_vec(vec![labels.len(), classes], all).unwrap();
+    let int8_fp16 = accuracy(&logits, &labels);
+    assert!((fp32 - int8_fp16).abs() <= 0.005, "FP32 {fp32} vs INT8 with FP16 {int8_fp16}");
+}

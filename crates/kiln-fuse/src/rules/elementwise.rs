@@ -93,7 +93,7 @@ fn quantize_form(eg: &EGraph, n: &KNode, output_dtype: Option<DType>) -> Option<
 }
 
 /// Whether the e-node is a plain (not yet fused) elementwise op.
-fn is_plain_pointwise(eg: &EGraph, n: &KNode) -> bool {
+pub(crate) fn is_plain_pointwise(eg: &EGraph, n: &KNode) -> bool {
     matches!(eg.analysis.op_of(n), Some((op, _)) if matches!(op.as_ref(), Op::Elementwise(e) if !matches!(e, ElementwiseOp::LegacyBinary { .. })))
 }
 

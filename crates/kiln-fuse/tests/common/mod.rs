@@ -125,6 +125,19 @@ pub fn op(name: &str, attrs: &str) -> Op {
             softmax_precision: None,
         })),
         "PRelu" => Op::Elementwise(ElementwiseOp::Binary(BinaryOp::PRelu)),
+        // `MatMulEpilogue{add}(a, w, r)`: a fused MatMul with the epilogue `in0 + in1` (the
+        // residual r), as a first fusion leaves it for a second.
+        "MatMulEpilogue" => {
+            assert_eq!(attrs, "add", "the one epilogue the parser knows");
+            let expr = Expr {
+                nodes: vec![
+                    ExprNode::Input(0),
+                    ExprNode::Input(1),
+                    ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![0, 1] },
+                ],
+            };
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMul, base_inputs: 2, expr })
+        }
         // `MaxPool{3}`: a 3x3 window, stride 2, padding 1 (ResNet's stem pool).
         "MaxPool" => {
             let k = ints(attrs)[0] as usize;
