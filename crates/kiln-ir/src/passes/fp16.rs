@@ -17,7 +17,8 @@
 //!   for f32 only (Range, NonMaxSuppression), quantize and dequantize and fused expressions
 //!   that quantize (their scales set the type of what they dequantize to, and an f16 scale
 //!   would move the rounding boundaries), epilogues over an integer accumulator (an int32
-//!   accumulator easily exceeds f16's range before it is rescaled), nodes that carry
+//!   accumulator easily exceeds f16's range before it is rescaled; their result is still
+//!   stored f16, see `store_f16`), nodes that carry
 //!   subgraphs and nodes over sequences or optionals.
 //! - In a deep convolution network (at least [`EARLY_MIN_DEPTH`] convolutions on its longest
 //!   path), its first sixth gets more precision ([`EarlyPolicy`]): the float nodes that no
@@ -54,6 +55,32 @@ use crate::ops::ElementwiseOp;
 use crate::{DType, Graph, IrError, NodeId, Op, Tensor, TypeInfo, Value, ValueInfo, ValueKind};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+
+/// An epilogue over an integer accumulator computes in f32 (its accumulator would overflow
+/// f16 before the rescale) but its result is an activation like any other: it is stored f16.
+/// Its f32 output `v` gets one cast to f16 that every reader takes, f16 readers as it is and
+/// f32 ones (another integer epilogue's residual, a quantize) through a cast back, so the
+/// tensor between two such layers is f16 in memory, as in an FP16 network; fusion then folds
+/// the casts into the epilogues (`gemm-epilogue` and `epilogue-input`). A graph output keeps
+/// reading `v`.
+fn store_f16(
+    g: &mut Graph,
+    id: NodeId,
+    mode: &HashMap<NodeId, Mode>,
+    cast: &mut dyn FnMut(&mut Graph, Value, DType) -> Value,
+) {
+    let v = Value { node: id, slot: 0 };
+    let users = g.users(v);
+    if g.node(id).outputs.len() != 1 || g.value_info(v).ty.dtype != Some(DType::F32) || users.is_empty() {
+        return;
+    }
+    let half = cast(g, v, DType::F16);
+    for (n, slot) in users {
+        let wants16 = mode.get(&n) == Some(&Mode::Fp16) && !param_slot(&g.node(n).op, slot);
+        let to = if wants16 { half } else { cast(g, half, DType::F32) };
+        g.set_input(n, slot, Some(to));
+    }
+}
 
 /// The largest finite f16.
 pub const F16_MAX: f64 = 65504.0;
@@ -637,6 +664,8 @@ impl ToFp16 {
 
         // Which nodes compute in which precision.
         let mut mode: HashMap<NodeId, Mode> = HashMap::new();
+        // Epilogues over an integer accumulator compute in f32 but store f16 (see below).
+        let mut stores_f16: HashSet<NodeId> = HashSet::new();
         let mut matched: HashSet<&str> = HashSet::new();
         for &id in &order {
             let node = g.node(id);
@@ -661,6 +690,9 @@ impl ToFp16 {
                 .or_else(|| early.get(&id).cloned());
             match reason {
                 Some(reason) => {
+                    if reason == KeepReason::IntegerAccumulator {
+                        stores_f16.insert(id);
+                    }
                     report.kept.push(KeptNode { node: node.name.clone(), op: node.op.name().to_string(), reason });
                     mode.insert(id, Mode::Fp32);
                 }
@@ -745,6 +777,9 @@ impl ToFp16 {
                 }
             }
             if m == Mode::Fp32 {
+                if stores_f16.contains(&id) {
+                    store_f16(g, id, &mode, &mut |g, v, to| cast(g, v, to, &mut report));
+                }
                 continue;
             }
             let sat = attrs_to_f16(&mut g.node_mut(id).op);
@@ -1017,6 +1052,50 @@ mod tests {
         assert_eq!(r.kept[0].reason, KeepReason::Quantization);
         let Op::Fused(FusedOp::Elementwise(kept)) = &g.node(id).op else { panic!() };
         assert_eq!(kept, &expr, "the scale stays an f32 scalar");
+    }
+
+    #[test]
+    fn an_integer_epilogue_computes_in_f32_and_stores_f16() {
+        // e1 = dequantize(xq w1) feeds a Relu (converted to f16) and, as its residual, a second
+        // integer epilogue e2 = dequantize(xq w2) + e1.
+        let mut g = Graph::new("int");
+        let xq = g.add_input("xq", TypeInfo::known(DType::I8, &[2, 4]));
+        let w =
+            |g: &mut Graph, name: &str| g.add_const(name, Tensor::from_vec(vec![4, 3], vec![1i8; 12]).expect("weight"));
+        let (w1, w2) = (w(&mut g, "w1"), w(&mut g, "w2"));
+        let scale = g.add_const("s", f32s(&[3], vec![0.5; 3]));
+        let op = |op: ElementwiseOp, args: Vec<usize>| ExprNode::Op { op, args };
+        let dequant = vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, vec![0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), vec![1, 2]),
+        ];
+        let mut plus = dequant.clone();
+        plus.extend([ExprNode::Input(2), op(ElementwiseOp::Binary(BinaryOp::Add), vec![3, 4])]);
+        let ty = || TypeInfo::known(DType::F32, &[2, 3]);
+        let epi = |e: Vec<ExprNode>| {
+            Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 2, expr: Expr { nodes: e } })
+        };
+        let e1 =
+            g.add_node("e1", epi(dequant), &[Some(xq), Some(w1), Some(scale)], vec![ValueInfo::tensor("e1", ty())]);
+        let e1 = Value { node: e1, slot: 0 };
+        let relu = Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu));
+        let r = g.add_node("relu", relu, &[Some(e1)], vec![ValueInfo::tensor("r", ty())]);
+        let ins = [Some(xq), Some(w2), Some(scale), Some(e1)];
+        let e2 = g.add_node("e2", epi(plus), &ins, vec![ValueInfo::tensor("e2", ty())]);
+        g.add_output("r", Value { node: r, slot: 0 });
+        g.add_output("e2", Value { node: e2, slot: 0 });
+        let (g, rep) = converted(g, EarlyPolicy::default());
+        assert!(rep.kept.iter().all(|k| k.reason == KeepReason::IntegerAccumulator), "{rep:?}");
+        // One f16 copy of e1: the Relu reads it, e2 reads it cast back to f32.
+        let relu_in = g.inputs_of(r)[0].expect("relu input");
+        assert_eq!(g.value_info(relu_in).ty.dtype, Some(DType::F16));
+        assert_eq!(g.inputs_of(relu_in.node)[0], Some(e1), "the f16 copy is a cast of e1");
+        let residual = g.inputs_of(e2)[3].expect("residual");
+        assert_eq!(g.value_info(residual).ty.dtype, Some(DType::F32));
+        assert_eq!(g.inputs_of(residual.node)[0], Some(relu_in), "e2 reads the f16 copy, cast back");
+        assert_eq!(g.value_info(e1).ty.dtype, Some(DType::F32), "e1 itself computes and is typed f32");
     }
 
     #[test]
