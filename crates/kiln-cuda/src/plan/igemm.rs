@@ -116,7 +116,7 @@ impl Planner<'_> {
         let (Some((xt, xs)), Some((wt, ws))) = (self.input_type(id, 0), self.input_type(id, 1)) else {
             return Ok(false);
         };
-        let n_extra = self.g.node(id).num_inputs - base_inputs;
+        let Some(n_extra) = self.g.node(id).num_inputs.checked_sub(base_inputs) else { return Ok(false) };
         let qualifies = xt == DType::I8
             && wt == DType::I8
             && xs.len() == 4
@@ -134,8 +134,9 @@ impl Planner<'_> {
         let dims = attrs.dims(&xs[2..], &ws[2..]).map_err(CudaError::Invalid)?;
         let [hd, wd] = dims[..] else { return Ok(false) };
         let out_shape = vec![xs[0], ws[0], hd.output, wd.output];
+        let Some(rows) = xs[0].checked_mul(hd.output).and_then(|v| v.checked_mul(wd.output)) else { return Ok(false) };
         let shape = Shape {
-            rows: xs[0] * hd.output * wd.output,
+            rows,
             n: xs[0],
             h: xs[2],
             w: xs[3],
@@ -181,7 +182,7 @@ impl Planner<'_> {
         let (Some((at, ash)), Some((bt, bsh))) = (self.input_type(id, 0), self.input_type(id, 1)) else {
             return Ok(false);
         };
-        let n_extra = self.g.node(id).num_inputs - base_inputs;
+        let Some(n_extra) = self.g.node(id).num_inputs.checked_sub(base_inputs) else { return Ok(false) };
         let qualifies = at == DType::I8
             && bt == DType::I8
             && ash.len() >= 2
@@ -196,7 +197,9 @@ impl Planner<'_> {
             return Ok(false);
         }
         let (k, n) = (bsh[0], bsh[1]);
-        let rows: usize = ash[..ash.len() - 1].iter().product();
+        let Some(rows) = ash[..ash.len() - 1].iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+            return Ok(false);
+        };
         let mut out_shape = ash[..ash.len() - 1].to_vec();
         out_shape.push(n);
         let shape = Shape {
