@@ -102,16 +102,16 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
         ) {
             continue;
         }
-        // An epilogue reads its inputs past the base op's pointwise too (`epilogue-input`).
-        let skip = match &g.node(id).op {
-            Op::Fused(kiln_ir::ops::FusedOp::Epilogue { base_inputs, .. }) => *base_inputs,
-            _ => usize::MAX,
-        };
         // So does a MaxPool that only QuantizeLinear reads: the qdq family moves the quantize
         // in front of it (`qdq-maxpool`), where it may fuse into the producer.
         if quantized_max_pool(g, id) {
             continue;
         }
+        // An epilogue reads its inputs past the base op's pointwise too (`epilogue-input`).
+        let skip = match &g.node(id).op {
+            Op::Fused(kiln_ir::ops::FusedOp::Epilogue { base_inputs, .. }) => *base_inputs,
+            _ => usize::MAX,
+        };
         for v in g.inputs_of(id).into_iter().take(skip).flatten() {
             egraph[value_class[&v]].data.materialized = true;
         }
