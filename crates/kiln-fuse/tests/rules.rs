@@ -578,6 +578,106 @@ fn attention_with_head_split_and_packed_projections_is_two_nodes() {
 // ---- the rest of each family's operand orders and forms ----------------------------------
 
 #[test]
+fn int8_projections_pack_into_one_integer_product() {
+    // Q, K and V as the quantizer writes them (per-column weight scales) over one quantized x:
+    // one MatMulInteger epilogue over the joined weights, scales and biases.
+    check_fires(
+        &["qdq-matmul", "attention", "attention-heads", "attention-packed-int8"],
+        "input x f32[2,8,32]
+         input mask f32[2,1,1,8]
+         xs = const f32[] 0.02
+         wq = const i8[32,32] rand
+         wk = const i8[32,32] rand
+         wv = const i8[32,32] rand
+         sq = const f32[32] rand
+         sk = const f32[32] rand
+         sv = const f32[32] rand
+         bq = const f32[32] rand
+         bk = const f32[32] rand
+         bv = const f32[32] rand
+         hs = const i64[4] 2,8,2,16
+         ms = const i64[3] 2,8,32
+         scale = const f32[] 4.0
+         xq = QuantizeLinear(x, xs)
+         xd = DequantizeLinear(xq, xs)
+         wqd = DequantizeLinear{1}(wq, sq)
+         wkd = DequantizeLinear{1}(wk, sk)
+         wvd = DequantizeLinear{1}(wv, sv)
+         q0 = MatMul(xd, wqd)
+         q1 = Add(q0, bq)
+         k0 = MatMul(xd, wkd)
+         k1 = Add(k0, bk)
+         v0 = MatMul(xd, wvd)
+         v1 = Add(v0, bv)
+         qr = Reshape(q1, hs)
+         kr = Reshape(k1, hs)
+         vr = Reshape(v1, hs)
+         qh = Transpose{0,2,1,3}(qr)
+         kh = Transpose{0,2,1,3}(kr)
+         vh = Transpose{0,2,1,3}(vr)
+         kt = Transpose{0,1,3,2}(kh)
+         s = MatMul(qh, kt)
+         sc = Div(s, scale)
+         sm = Add(sc, mask)
+         p = Softmax{-1}(sm)
+         c = MatMul(p, vh)
+         ct = Transpose{0,2,1,3}(c)
+         y = Reshape(ct, ms)
+         output y",
+        "%0 = QuantizeLinear(x, const[])
+         %1 = MatMulIntegerEpilogue[((Cast<f32>(in0) * in1) + in2)](%0, const[32, 96], _, _, const[96], const[96])
+         %2 = PackedAttention(%1, mask)
+         output %2",
+    );
+    check_fires(
+        &["attention-packed-int8-nomask"],
+        "input x f32[2,8,32]
+         xs = const f32[] 0.02
+         wq = const i8[32,32] rand
+         wk = const i8[32,32] rand
+         wv = const i8[32,32] rand
+         sq = const f32[32] rand
+         sk = const f32[32] rand
+         sv = const f32[32] rand
+         bq = const f32[32] rand
+         bk = const f32[32] rand
+         bv = const f32[32] rand
+         hs = const i64[4] 2,8,2,16
+         ms = const i64[3] 2,8,32
+         scale = const f32[] 4.0
+         xq = QuantizeLinear(x, xs)
+         xd = DequantizeLinear(xq, xs)
+         wqd = DequantizeLinear{1}(wq, sq)
+         wkd = DequantizeLinear{1}(wk, sk)
+         wvd = DequantizeLinear{1}(wv, sv)
+         q0 = MatMul(xd, wqd)
+         q1 = Add(q0, bq)
+         k0 = MatMul(xd, wkd)
+         k1 = Add(k0, bk)
+         v0 = MatMul(xd, wvd)
+         v1 = Add(v0, bv)
+         qr = Reshape(q1, hs)
+         kr = Reshape(k1, hs)
+         vr = Reshape(v1, hs)
+         qh = Transpose{0,2,1,3}(qr)
+         kh = Transpose{0,2,1,3}(kr)
+         vh = Transpose{0,2,1,3}(vr)
+         kt = Transpose{0,1,3,2}(kh)
+         s = MatMul(qh, kt)
+         sc = Div(s, scale)
+         p = Softmax{-1}(sc)
+         c = MatMul(p, vh)
+         ct = Transpose{0,2,1,3}(c)
+         y = Reshape(ct, ms)
+         output y",
+        "%0 = QuantizeLinear(x, const[])
+         %1 = MatMulIntegerEpilogue[((Cast<f32>(in0) * in1) + in2)](%0, const[32, 96], _, _, const[96], const[96])
+         %2 = PackedAttention(%1)
+         output %2",
+    );
+}
+
+#[test]
 fn zero_plus_x_is_x() {
     check_fires(
         &["zero-add"],

@@ -9,7 +9,10 @@
 //!    split is Transpose(Reshape(X3, [b, s, h, d]), [0, 2, 1, 3]) is Attention over the 3-D
 //!    `[batch, seq, hidden]` tensors directly.
 //! 3. `attention-packed`: 3-D Attention whose Q, K and V are `x W + b` for one `x` and constant
-//!    weights is PackedAttention over `x [Wq Wk Wv] + [bq bk bv]`.
+//!    weights is PackedAttention over `x [Wq Wk Wv] + [bq bk bv]`. `attention-packed-int8` does
+//!    the same for INT8 projections (the `qdq` rules' MatMulInteger epilogues over one quantized
+//!    `x`, with one expression and per-column constants): one integer product over the joined
+//!    weights, scales and biases.
 
 use super::{add_const, add_equal, bound, konst, nodes_with_ops, scalar, shape, ty};
 use crate::analysis::{EGraph, Fuse, Rewrite};
@@ -28,6 +31,8 @@ pub fn rules() -> Vec<Rewrite> {
         rw!("attention-heads";        "(Reshape (Transpose ?a) ?shape)"   => { MergeHeads }),
         rw!("attention-packed";       "(Attention ?q ?k ?v ?mask)"        => { PackQkv }),
         rw!("attention-packed-nomask"; "(Attention ?q ?k ?v)"             => { PackQkv }),
+        rw!("attention-packed-int8";  "(Attention ?q ?k ?v ?mask)"        => { PackQkvInt8 }),
+        rw!("attention-packed-int8-nomask"; "(Attention ?q ?k ?v)"       => { PackQkvInt8 }),
     ]
 }
 
@@ -300,5 +305,102 @@ impl Applier<KNode, Fuse> for PackQkv {
         let mut args = vec![qkv];
         args.extend(mask);
         add_equal(eg, root, &Op::Fused(FusedOp::PackedAttention { num_heads: heads, scale }), args)
+    }
+}
+
+/// The heads and scale of a 3-D Attention e-node in `root` that PackedAttention can take:
+/// equal query and key-value heads, not causal, no softcap, `mask` present or not as matched.
+fn packable_attention(eg: &EGraph, root: Id, mask: bool) -> Option<(usize, Option<f32>)> {
+    nodes_with_ops(eg, root).into_iter().find_map(|(n, op)| match op {
+        Op::Attention(AttentionOp::Attention(at))
+            if n.args.len() == 3 + usize::from(mask)
+                && at.q_num_heads.is_some()
+                && at.q_num_heads == at.kv_num_heads
+                && !at.is_causal
+                && at.softcap == 0.0 =>
+        {
+            Some((at.q_num_heads?, at.scale))
+        }
+        _ => None,
+    })
+}
+
+/// An INT8 projection in `class`: a MatMulInteger epilogue whose weight (input 1) is a
+/// constant `[k, n]`: its base inputs, expression and the inputs after the base.
+fn int8_projection(eg: &EGraph, class: Id) -> Option<(Vec<Id>, usize, kiln_ir::ops::Expr, Vec<Id>)> {
+    nodes_with_ops(eg, class).into_iter().find_map(|(n, op)| match op {
+        Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs, expr })
+            if base_inputs >= 2 && n.args.len() >= base_inputs =>
+        {
+            let w = konst(eg, n.args[1])?;
+            (w.rank() == 2).then(|| (n.args[..base_inputs].to_vec(), base_inputs, expr, n.args[base_inputs..].to_vec()))
+        }
+        _ => None,
+    })
+}
+
+/// 3-D Attention over three INT8 projections of one quantized input is PackedAttention over
+/// one INT8 projection: the weights joined along `n`, and each per-column constant of the
+/// epilogue (scale, bias) joined too; the base inputs other than the weight (the input and its
+/// zero points) and the expression must be the same in all three.
+struct PackQkvInt8;
+
+impl Applier<KNode, Fuse> for PackQkvInt8 {
+    fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
+        let (q, k, v) = (bound(s, "?q"), bound(s, "?k"), bound(s, "?v"));
+        let mask = s.get(super::var("?mask")).copied();
+        let Some((heads, scale)) = packable_attention(eg, root, mask.is_some()) else { return vec![] };
+        let (Some(pq), Some(pk), Some(pv)) = (int8_projection(eg, q), int8_projection(eg, k), int8_projection(eg, v))
+        else {
+            return vec![];
+        };
+        let same_base = |a: &[Id], b: &[Id]| {
+            a.len() == b.len() && a.iter().zip(b).enumerate().all(|(i, (&x, &y))| i == 1 || eg.find(x) == eg.find(y))
+        };
+        if pq.1 != pk.1
+            || pk.1 != pv.1
+            || pq.2 != pk.2
+            || pk.2 != pv.2
+            || pq.3.len() != pk.3.len()
+            || pk.3.len() != pv.3.len()
+        {
+            return vec![];
+        }
+        if !same_base(&pq.0, &pk.0) || !same_base(&pk.0, &pv.0) {
+            return vec![];
+        }
+        let ws: Vec<_> = [pq.0[1], pk.0[1], pv.0[1]].iter().filter_map(|&w| konst(eg, w)).collect();
+        if ws.len() != 3 || ws.iter().any(|w| w.shape() != ws[0].shape()) {
+            return vec![];
+        }
+        let n = ws[0].shape()[1];
+        if n % heads != 0 {
+            return vec![];
+        }
+        // Each input after the base: per column (`[n]`, joined) in all three.
+        let mut extras = vec![];
+        for i in 0..pq.3.len() {
+            let ts: Vec<_> = [pq.3[i], pk.3[i], pv.3[i]].iter().filter_map(|&c| konst(eg, c)).collect();
+            if ts.len() != 3 || ts.iter().any(|t| t.shape() != [n]) {
+                return vec![];
+            }
+            let Some(joined) = concat_last(&[&ts[0], &ts[1], &ts[2]]) else { return vec![] };
+            extras.push(joined);
+        }
+        let Some(w) = concat_last(&[&ws[0], &ws[1], &ws[2]]) else { return vec![] };
+        let mut args = pq.0.clone();
+        args[1] = add_const(eg, w);
+        for t in extras {
+            let c = add_const(eg, t);
+            args.push(c);
+        }
+        let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: pq.1, expr: pq.2.clone() });
+        let node = eg.analysis.node(&op, 1, args, None);
+        let qkv = eg.add(node);
+        eg.analysis.provenance.push((qkv, vec![q, k, v]));
+        let scale = scale.unwrap_or(1.0 / ((n / heads) as f32).sqrt());
+        let mut pargs = vec![qkv];
+        pargs.extend(mask);
+        add_equal(eg, root, &Op::Fused(FusedOp::PackedAttention { num_heads: heads, scale }), pargs)
     }
 }
