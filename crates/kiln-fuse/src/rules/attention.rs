@@ -263,19 +263,7 @@ impl Applier<KNode, Fuse> for PackQkv {
     fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
         let (q, k, v) = (bound(s, "?q"), bound(s, "?k"), bound(s, "?v"));
         let mask = s.get(super::var("?mask")).copied();
-        let heads_scale = nodes_with_ops(eg, root).into_iter().find_map(|(n, op)| match op {
-            Op::Attention(AttentionOp::Attention(at))
-                if n.args.len() == 3 + usize::from(mask.is_some())
-                    && at.q_num_heads.is_some()
-                    && at.q_num_heads == at.kv_num_heads
-                    && !at.is_causal
-                    && at.softcap == 0.0 =>
-            {
-                Some((at.q_num_heads?, at.scale))
-            }
-            _ => None,
-        });
-        let Some((heads, scale)) = heads_scale else { return vec![] };
+        let Some((heads, scale)) = packable_attention(eg, root, mask.is_some()) else { return vec![] };
         let (Some(pq), Some(pk), Some(pv)) = (projection(eg, q), projection(eg, k), projection(eg, v)) else {
             return vec![];
         };
