@@ -703,6 +703,18 @@ impl Planner<'_> {
         self.launch_elementwise(id, k, inputs, out)
     }
 
+    /// The index of generated kernel `k` in the plan, adding it the first time (kernels with
+    /// the same name are the same source).
+    fn generated_index(&mut self, k: ElementwiseKernel) -> usize {
+        match self.plan.generated.iter().position(|g| g.name == k.name) {
+            Some(i) => i,
+            None => {
+                self.plan.generated.push(k);
+                self.plan.generated.len() - 1
+            }
+        }
+    }
+
     /// A generated kernel over `out`'s shape, each input read with its strides over it.
     fn launch_elementwise(
         &mut self,
@@ -721,13 +733,7 @@ impl Planner<'_> {
         let strides: Vec<Vec<i64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
         let config = crate::codegen::elementwise_launch(&k, shape, &strides)?;
         let kernel = k.name.clone();
-        let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
-            Some(i) => i,
-            None => {
-                self.plan.generated.push(k);
-                self.plan.generated.len() - 1
-            }
-        };
+        let index = self.generated_index(k);
         self.step(
             id,
             StepKind::Kernel(KernelStep {

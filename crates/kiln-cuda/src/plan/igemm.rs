@@ -266,13 +266,7 @@ impl Planner<'_> {
             epi.extend(st.iter().map(|&v| Field::I64(v)));
         }
         let kernel = k.name.clone();
-        let index = match self.plan.generated.iter().position(|g| g.name == k.name) {
-            Some(i) => i,
-            None => {
-                self.plan.generated.push(k);
-                self.plan.generated.len() - 1
-            }
-        };
+        let index = self.generated_index(k);
         let args = vec![Arg::Buffer(x), Arg::Buffer(w), Arg::Buffer(y), Arg::Struct(shape.fields()), Arg::Struct(epi)];
         self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Generated(index), kernel, config, args }));
         Ok(())
