@@ -40,6 +40,13 @@
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
 #define IG_B_PIECES (KILN_BN * 4 / IG_THREADS)
 #define IG_MAX_EXTRA 8
+// The epilogue's staging tile: rows per pass, and the row stride in ints (padded by 8 so that
+// the warps' 8-byte writes and the 16-byte reads fall in distinct banks).
+#define IG_EPI_ROWS (KILN_BN == 128 ? 64 : 128)
+#define IG_EPI_LD (KILN_BN + 8)
+#define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
+#define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
+#define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
 
 struct IgemmArgs {
     // Rows of the GEMM (n * oh * ow) and the input's n, h, w, c (NHWC).
@@ -56,6 +63,46 @@ struct EpiArgs {
     const void* in[IG_MAX_EXTRA];
     i64 st[IG_MAX_EXTRA][4];
 };
+
+// Four adjacent elements of type T, moved as one vector (T of 1, 2, 4 or 8 bytes; the address
+// aligned to four elements).
+template <typename T> __device__ __forceinline__ void ig_ld4(T (&d)[4], const T* p) {
+    if constexpr (sizeof(T) == 1) {
+        const unsigned v = *reinterpret_cast<const unsigned*>(p);
+        memcpy(d, &v, 4);
+    } else if constexpr (sizeof(T) == 2) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        memcpy(d, &v, 8);
+    } else if constexpr (sizeof(T) == 4) {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        memcpy(d, &v, 16);
+    } else {
+        const uint4 v0 = reinterpret_cast<const uint4*>(p)[0], v1 = reinterpret_cast<const uint4*>(p)[1];
+        memcpy(d, &v0, 16);
+        memcpy(reinterpret_cast<char*>(d) + 16, &v1, 16);
+    }
+}
+template <typename T> __device__ __forceinline__ void ig_st4(T* p, const T (&d)[4]) {
+    if constexpr (sizeof(T) == 1) {
+        unsigned v;
+        memcpy(&v, d, 4);
+        *reinterpret_cast<unsigned*>(p) = v;
+    } else if constexpr (sizeof(T) == 2) {
+        uint2 v;
+        memcpy(&v, d, 8);
+        *reinterpret_cast<uint2*>(p) = v;
+    } else if constexpr (sizeof(T) == 4) {
+        uint4 v;
+        memcpy(&v, d, 16);
+        *reinterpret_cast<uint4*>(p) = v;
+    } else {
+        uint4 v0, v1;
+        memcpy(&v0, d, 16);
+        memcpy(&v1, reinterpret_cast<const char*>(d) + 16, 16);
+        reinterpret_cast<uint4*>(p)[0] = v0;
+        reinterpret_cast<uint4*>(p)[1] = v1;
+    }
+}
 
 /*{{BODY}}*/
 
@@ -88,8 +135,10 @@ __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ (
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
-    __align__(16) __shared__ signed char sa[IG_STAGES][IG_BM * IG_BK];
-    __align__(16) __shared__ signed char sb[IG_STAGES][KILN_BN * IG_BK];
+    // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
+    __align__(16) __shared__ signed char smem[IG_SMEM];
+    signed char(*sa)[IG_BM * IG_BK] = reinterpret_cast<signed char(*)[IG_BM * IG_BK]>(smem);
+    signed char(*sb)[KILN_BN * IG_BK] = reinterpret_cast<signed char(*)[KILN_BN * IG_BK]>(smem + IG_STAGES * IG_BM * IG_BK);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
     const i64 row0 = (i64)blockIdx.x * IG_BM;
@@ -223,35 +272,41 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         }
     }
     ig_cp_wait<0>();
+    __syncthreads();
 
-    // The epilogue: lane (gq, t) holds rows gq and gq + 8 of each 16-row tile, columns 2t and
-    // 2t + 1 of each 8-column tile. A row's eight values are computed, then stored.
+    // The epilogue, through shared memory: the warps write their accumulators into a staging
+    // tile of IG_EPI_ROWS rows (all the block's rows for 64-channel blocks, half of them for
+    // 128), then every thread takes four adjacent channels of a row at a time, so the
+    // epilogue's inputs are read and its result stored in whole vectors, coalesced along the
+    // row. Inputs constant along the rows (per-channel scales, biases) are read once.
+    int* stg = reinterpret_cast<int*>(smem);
     const int gq = lane >> 2, t = lane & 3;
+    const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4;
+    EpiPre pre;
+    kiln_epi_pre(e, g, c, pre);
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int pass = 0; pass < IG_BM / IG_EPI_ROWS; ++pass) {
+        if (pass > 0) __syncthreads();  // the previous pass's reads are done
+        if ((wm * 64) / IG_EPI_ROWS == pass) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const i64 r = row0 + wm * 64 + i * 16 + gq + half * 8;
-            if (r >= g.rows) continue;
-            const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
-            i64 ro[KILN_NUM_EXTRA > 0 ? KILN_NUM_EXTRA : 1];
+            for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int q = 0; q < KILN_NUM_EXTRA; ++q) ro[q] = img * e.st[q][0] + oy * e.st[q][1] + ox * e.st[q][2];
-            kiln_out_t v[IG_NT][2];
+                for (int half = 0; half < 2; ++half) {
+                    const int lr = wm * 64 - pass * IG_EPI_ROWS + i * 16 + gq + half * 8;
 #pragma unroll
-            for (int j = 0; j < IG_NT; ++j)
-#pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    const int c = col0 + wn * KILN_WN + j * 8 + t * 2 + q;
-                    if (c < g.m) v[j][q] = kiln_epilogue(e, ro, c, acc[i][j][half * 2 + q]);
-                }
-            kiln_out_t* o = (kiln_out_t*)out + r * g.m;
-#pragma unroll
-            for (int j = 0; j < IG_NT; ++j)
-#pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    const int c = col0 + wn * KILN_WN + j * 8 + t * 2 + q;
-                    if (c < g.m) o[c] = v[j][q];
+                    for (int j = 0; j < IG_NT; ++j)
+                        *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wn * KILN_WN + j * 8 + t * 2]) =
+                            make_int2(acc[i][j][half * 2], acc[i][j][half * 2 + 1]);
                 }
         }
+        __syncthreads();
+#pragma unroll 4
+        for (int lr = tid / (KILN_BN / 4); lr < IG_EPI_ROWS; lr += IG_THREADS / (KILN_BN / 4)) {
+            const i64 r = row0 + pass * IG_EPI_ROWS + lr;
+            if (r >= g.rows || c >= g.m) continue;
+            const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
+            const int a[4] = {a4.x, a4.y, a4.z, a4.w};
+            kiln_epi_row(e, g, pre, r, c, a, out);
+        }
+    }
 }

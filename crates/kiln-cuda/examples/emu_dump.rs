@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -35,8 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("brr", bias_residual_relu, vec![DType::F32; 3]),
         ("pymod", pymod, vec![DType::I32; 2]),
     ];
-    // The INT8 implicit GEMM's epilogue: relu(f32(acc) * scale[c] + bias[c]).
-    let dequant_bias_relu = Expr {
+    // The INT8 implicit GEMM's epilogue: f16(relu(f32(acc) * scale[c] + bias[c] + f32(res[r, c]))),
+    // with res f16 and laid out as the output. Vectorized kernels (`v`, for channels a
+    // multiple of 4) read the bias once per thread; the others (`s`) read it by its strides.
+    let dequant_bias_res_relu = Expr {
         nodes: vec![
             ExprNode::Input(0),
             node(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
@@ -44,7 +46,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             node(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
             ExprNode::Input(2),
             node(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
-            node(ElementwiseOp::Unary(UnaryOp::Relu), &[5]),
+            ExprNode::Input(3),
+            node(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[6]),
+            node(ElementwiseOp::Binary(BinaryOp::Add), &[5, 7]),
+            node(ElementwiseOp::Unary(UnaryOp::Relu), &[8]),
+            node(ElementwiseOp::Cast { to: DType::F16, saturate: true }, &[9]),
         ],
     };
     let mut kernels = vec![];
@@ -52,7 +58,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         kernels.push((name.to_string(), elementwise_kernel(&e, &ins)?));
     }
     for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-        kernels.push((format!("igemm{bn}w{wn}"), igemm_kernel(&dequant_bias_relu, &[DType::F32; 2], bn, wn)?));
+        for vec in [true, false] {
+            let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
+            let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
+            let name = format!("igemm{bn}w{wn}{}", if vec { "v" } else { "s" });
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec)?));
+        }
     }
     for (name, k) in kernels {
         let src = k

@@ -659,13 +659,34 @@ const IGEMM_TEMPLATE: &str = include_str!("../../../kernels/igemm.cu");
 /// (`IG_MAX_EXTRA` in `kernels/igemm.cu`).
 pub const IGEMM_MAX_EXTRA: usize = 8;
 
+/// How an INT8 implicit-GEMM kernel's epilogue reads one of its inputs, known when the node is
+/// planned from the input's strides over the output's (image, row, column, channel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpiRead {
+    /// Constant along the output's rows (a per-channel scale or bias, or a scalar): each
+    /// thread reads its four channels' values once, before the rows.
+    Channels,
+    /// Laid out as the output (element (r, c) at `r * m + c`): read four channels at a time,
+    /// as one vector where the kernel is vectorized.
+    Dense,
+    /// Any other strides: read element by element, from the row's image and position.
+    Strided,
+}
+
 /// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
 /// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
-/// accumulator (input 0) and `extra` (the other inputs, read with strides over the output's
-/// image, row, column and channel) applied in registers. `bn` is the block's output channels,
-/// 64 or 128, and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn`
-/// threads. The kernel is named `igemm<bn>w<wn>_<hash>_<output dtype>`.
-pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize, wn: usize) -> Result<ElementwiseKernel> {
+/// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
+/// [`EpiRead`]) applied to each accumulator. `bn` is the block's output channels, 64 or 128,
+/// and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn` threads. With
+/// `vec` (the output channels a multiple of 4) the epilogue moves four channels at a time as
+/// one vector. The kernel is named `igemm<bn>w<wn>_<hash>_<output dtype>`.
+pub fn igemm_kernel(
+    expr: &Expr,
+    extra: &[(DType, EpiRead)],
+    bn: usize,
+    wn: usize,
+    vec: bool,
+) -> Result<ElementwiseKernel> {
     if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn {
         return Err(CudaError::Invalid(format!(
             "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64)"
@@ -678,7 +699,7 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize, wn: usize) -> Resul
         )));
     }
     let mut inputs = vec![DType::I32];
-    inputs.extend_from_slice(extra);
+    inputs.extend(extra.iter().map(|&(dt, _)| dt));
     let e = expr_function(expr, &inputs, "kiln_expr")?;
     let out = e.output;
     let mut defs = String::new();
@@ -689,26 +710,80 @@ pub fn igemm_kernel(expr: &Expr, extra: &[DType], bn: usize, wn: usize) -> Resul
     defs.push_str(&e.code);
     let out_st = storage_type(out)?;
     writeln!(defs, "typedef {out_st} kiln_out_t;").unwrap_or(());
-    // The value of one output element; the kernel stores a row's values after computing them
-    // all, so the loads of the epilogue's inputs overlap instead of waiting on each store.
-    let mut body = String::from(
-        "__device__ __forceinline__ kiln_out_t kiln_epilogue(const EpiArgs& e, const i64* ro, i64 c, int acc) {\n",
-    );
-    let mut args = vec!["acc".to_string()];
-    for (k, &dt) in extra.iter().enumerate() {
-        let st = storage_type(dt)?;
-        let load = load_expr(dt, &format!("((const {st}*)e.in[{k}])[ro[{k}] + c * e.st[{k}][3]]"));
-        writeln!(body, "    const {} x{} = {load};", compute_type(dt)?, k + 1).unwrap_or(());
-        args.push(format!("x{}", k + 1));
-    }
-    writeln!(body, "    return {};", store_expr(out, &format!("kiln_expr({})", args.join(", ")))?).unwrap_or(());
-    body.push_str("}\n");
+    let body = igemm_epilogue(extra, out, vec)?;
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     let name = format!("igemm{bn}w{wn}_{hash}_{}", dtype_suffix(out)?);
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
     let source = inline_common(&IGEMM_TEMPLATE.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
     Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })
+}
+
+/// The generated part of an implicit-GEMM epilogue: `EpiPre`, the values a thread reads once
+/// for its four channels `c..c+4` (inputs read by [`EpiRead::Channels`]), `kiln_epi_pre`, which
+/// reads them, and `kiln_epi_row`, which reads the other inputs at row `r`, computes the four
+/// outputs from the accumulators `acc` and stores them.
+fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<String> {
+    // A vector moves four elements (of 1, 2, 4 or 8 bytes: every storage type is one).
+    let vectorizable = |dt: DType| vec && matches!(storage_size(dt), 1 | 2 | 4 | 8);
+    let mut pre = String::from("struct EpiPre {\n");
+    let mut pre_fn = String::from(
+        "__device__ __forceinline__ void kiln_epi_pre(const EpiArgs& e, const IgemmArgs& g, int c, EpiPre& p) {\n",
+    );
+    let mut row = String::from(
+        "__device__ __forceinline__ void kiln_epi_row(const EpiArgs& e, const IgemmArgs& g, const EpiPre& p, i64 r, int c,\n\
+         \x20                                            const int (&acc)[4], void* out) {\n",
+    );
+    if extra.iter().any(|&(_, read)| read == EpiRead::Strided) {
+        row.push_str(
+            "    const i64 hw = g.oh * g.ow, img = r / hw, pos = r - img * hw, oy = pos / g.ow, ox = pos - oy * g.ow;\n",
+        );
+    }
+    let mut args: Vec<String> = vec!["acc[u]".into()];
+    for (k, &(dt, read)) in extra.iter().enumerate() {
+        let st = storage_type(dt)?;
+        let ct = compute_type(dt)?;
+        let ptr = format!("((const {st}*)e.in[{k}])");
+        match read {
+            EpiRead::Channels => {
+                writeln!(pre, "    {ct} x{k}[4];").unwrap_or(());
+                let load = load_expr(dt, &format!("{ptr}[(c + u) * e.st[{k}][3]]"));
+                writeln!(pre_fn, "    for (int u = 0; u < 4; ++u) p.x{k}[u] = c + u < g.m ? {load} : ({ct})0;")
+                    .unwrap_or(());
+                args.push(format!("p.x{k}[u]"));
+            }
+            EpiRead::Dense if vectorizable(dt) => {
+                writeln!(row, "    {st} v{k}[4];\n    ig_ld4(v{k}, {ptr} + r * g.m + c);").unwrap_or(());
+                args.push(load_expr(dt, &format!("v{k}[u]")));
+            }
+            EpiRead::Dense | EpiRead::Strided => {
+                let at = if read == EpiRead::Dense {
+                    "r * g.m + c + u".to_string()
+                } else {
+                    format!("img * e.st[{k}][0] + oy * e.st[{k}][1] + ox * e.st[{k}][2] + (c + u) * e.st[{k}][3]")
+                };
+                writeln!(row, "    {st} v{k}[4];\n    for (int u = 0; u < 4; ++u) v{k}[u] = c + u < g.m ? {ptr}[{at}] : ({st})0;")
+                    .unwrap_or(());
+                args.push(load_expr(dt, &format!("v{k}[u]")));
+            }
+        }
+    }
+    pre.push_str("    char unused;\n};\n");
+    pre_fn.push_str("}\n");
+    writeln!(row, "    kiln_out_t o[4];").unwrap_or(());
+    writeln!(
+        row,
+        "#pragma unroll\n    for (int u = 0; u < 4; ++u) o[u] = {};",
+        store_expr(out, &format!("kiln_expr({})", args.join(", ")))?
+    )
+    .unwrap_or(());
+    if vectorizable(out) {
+        row.push_str("    ig_st4((kiln_out_t*)out + r * g.m + c, o);\n");
+    } else {
+        row.push_str("    for (int u = 0; u < 4 && c + u < g.m; ++u) ((kiln_out_t*)out)[r * g.m + c + u] = o[u];\n");
+    }
+    row.push_str("}\n");
+    Ok(format!("{pre}{pre_fn}{row}"))
 }
 
 fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {

@@ -4,7 +4,7 @@
 //! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
 //! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::nvrtc::Nvrtc;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
@@ -75,9 +75,15 @@ fn generated_igemm_kernels_compile() {
         ],
     };
     let mut failures = vec![];
-    for to in [DType::F32, DType::F16, DType::I8] {
+    // Every way of reading an input, vectorized and not (what the inputs mean does not
+    // matter to the compiler).
+    let reads = |vec: bool| {
+        let scale = if vec { EpiRead::Channels } else { EpiRead::Strided };
+        [(DType::F32, scale), (DType::F32, EpiRead::Dense)]
+    };
+    for (to, vec) in [(DType::F32, true), (DType::F16, false), (DType::I8, true), (DType::I8, false)] {
         for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-            let k = igemm_kernel(&dequant_bias_relu(to), &[DType::F32, DType::F32], bn, wn).expect("generates");
+            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

@@ -13,7 +13,7 @@
 //! of 16. Anything else takes the accumulator path of [`super::qlinear`].
 
 use super::*;
-use crate::codegen::{igemm_kernel, IGEMM_MAX_EXTRA};
+use crate::codegen::{igemm_kernel, EpiRead, IGEMM_MAX_EXTRA};
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
@@ -73,6 +73,20 @@ impl Shape {
         }
         let block = (64 * bn / wn) as u32;
         Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
+    }
+
+    /// How the epilogue reads an input with strides `st` over the output's (image, row,
+    /// column, channel).
+    fn read(&self, st: &[i64]) -> EpiRead {
+        let (m, ow, oh) = (self.m as i64, self.ow as i64, self.oh as i64);
+        match st {
+            [0, 0, 0, _] => EpiRead::Channels,
+            // Unit output dims (a matrix product's) leave their strides unread.
+            &[s0, s1, s2, 1] if s0 == oh * ow * m && (oh == 1 || s1 == ow * m) && (ow == 1 || s2 == m) => {
+                EpiRead::Dense
+            }
+            _ => EpiRead::Strided,
+        }
     }
 
     fn fields(&self) -> Vec<Field> {
@@ -161,12 +175,10 @@ impl Planner<'_> {
         for s in base_inputs..base_inputs + n_extra {
             extra.push(self.nhwc_operand(id, s, &out_shape)?);
         }
-        let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
-        let k = igemm_kernel(expr, &dts, bn, wn)?;
         let x = self.nhwc_input(id, 0)?;
         let w = self.nhwc_filter(id)?;
         let y = self.nhwc_out(id, 0)?;
-        self.launch_igemm(id, k, [x, w, y], &shape, config, extra)?;
+        self.launch_igemm(id, expr, [x, w, y], &shape, (bn, wn, config), extra)?;
         Ok(true)
     }
 
@@ -233,25 +245,28 @@ impl Planner<'_> {
             let Some(row) = row_stride(&out_shape, &strides) else { return Ok(false) };
             extra.push((b, vec![row, 0, 0, strides[strides.len() - 1]]));
         }
-        let dts: Vec<DType> = extra.iter().map(|&(b, _)| self.plan.buffers[b].dtype).collect();
-        let kernel = igemm_kernel(expr, &dts, bn, wn)?;
         let a = self.required(id, 0)?;
         let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
         let y = self.out(id, 0)?;
-        self.launch_igemm(id, kernel, [a, b_nk, y], &shape, config, extra)?;
+        self.launch_igemm(id, expr, [a, b_nk, y], &shape, (bn, wn, config), extra)?;
         Ok(true)
     }
 
-    /// Plans one implicit-GEMM launch of `k` over `[x, w, y]`, registering the kernel.
+    /// Plans one implicit-GEMM launch over `[x, w, y]` with the epilogue `expr` over `extra`
+    /// (each input with its strides over the output's image, row, column and channel), in
+    /// blocks of `bn` channels and warps of `wn`, generating and registering the kernel.
     fn launch_igemm(
         &mut self,
         id: NodeId,
-        k: ElementwiseKernel,
+        expr: &Expr,
         [x, w, y]: [BufferId; 3],
         shape: &Shape,
-        config: LaunchConfig,
+        (bn, wn, config): (usize, usize, LaunchConfig),
         extra: Vec<(BufferId, Vec<i64>)>,
     ) -> Result<()> {
+        let reads: Vec<(DType, EpiRead)> =
+            extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
+        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4))?;
         if k.output != self.plan.buffers[y].dtype {
             return Err(CudaError::Invalid(format!(
                 "the epilogue gives {}, the node's output is {}",
