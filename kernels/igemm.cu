@@ -44,6 +44,11 @@
 // the warps' 8-byte writes and the 16-byte reads fall in distinct banks).
 #define IG_EPI_ROWS (KILN_BN == 128 ? 64 : 128)
 #define IG_EPI_LD (KILN_BN + 8)
+// A thread's rows in a pass: IG_EPI_ITERS of them, IG_EPI_STEP apart, loaded IG_EPI_CHUNK at
+// a time.
+#define IG_EPI_STEP (IG_THREADS / (KILN_BN / 4))
+#define IG_EPI_ITERS (IG_EPI_ROWS / IG_EPI_STEP)
+#define IG_EPI_CHUNK 8
 #define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
 #define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
@@ -281,7 +286,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     // row. Inputs constant along the rows (per-channel scales, biases) are read once.
     int* stg = reinterpret_cast<int*>(smem);
     const int gq = lane >> 2, t = lane & 3;
-    const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4;
+    const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4, lr0 = tid / (KILN_BN / 4);
     EpiPre pre;
     kiln_epi_pre(e, g, c, pre);
 #pragma unroll
@@ -300,13 +305,25 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
                 }
         }
         __syncthreads();
-#pragma unroll 4
-        for (int lr = tid / (KILN_BN / 4); lr < IG_EPI_ROWS; lr += IG_THREADS / (KILN_BN / 4)) {
-            const i64 r = row0 + pass * IG_EPI_ROWS + lr;
-            if (r >= g.rows || c >= g.m) continue;
-            const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
-            const int a[4] = {a4.x, a4.y, a4.z, a4.w};
-            kiln_epi_row(e, g, pre, r, c, a, out);
+        // A thread's rows in chunks: each chunk's inputs are all requested before any row is
+        // computed, so their loads are in flight together.
+#pragma unroll
+        for (int ch = 0; ch < IG_EPI_ITERS; ch += IG_EPI_CHUNK) {
+            EpiIn in[IG_EPI_CHUNK];
+#pragma unroll
+            for (int q = 0; q < IG_EPI_CHUNK; ++q) {
+                const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (ch + q) * IG_EPI_STEP;
+                if (r < g.rows && c < g.m) kiln_epi_load(e, g, r, c, in[q]);
+            }
+#pragma unroll
+            for (int q = 0; q < IG_EPI_CHUNK; ++q) {
+                const int lr = lr0 + (ch + q) * IG_EPI_STEP;
+                const i64 r = row0 + pass * IG_EPI_ROWS + lr;
+                if (r >= g.rows || c >= g.m) continue;
+                const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
+                const int a[4] = {a4.x, a4.y, a4.z, a4.w};
+                kiln_epi_row(e, g, pre, in[q], r, c, a, out);
+            }
         }
     }
 }

@@ -257,6 +257,42 @@ __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __
     }
 }
 
+// MaxPool over channels-last data, 16 bytes of channels a thread (8 f16, 16 i8): one vector
+// load per window cell, the same per-element max as above. The channels times the element
+// size must be a multiple of 16 (the planner checks).
+template <typename T>
+__device__ __forceinline__ void maxpool_nhwc16_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
+                                                    i64 c) {
+    constexpr int V = 16 / sizeof(T);
+    const i64 cv = c / V, images = p.planes / c;
+    KILN_GRID_STRIDE(i, images * p.oh * p.ow * cv) {
+        const i64 g = i % cv, cell = i / cv, ox = cell % p.ow, oy = (cell / p.ow) % p.oh, n = cell / (p.ow * p.oh);
+        const T* xp = x + n * p.ih * p.iw * c + g * V;
+        float m[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) m[v] = -__int_as_float(0x7f800000);
+        for (i64 ky = 0; ky < p.kh; ++ky) {
+            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
+            if (yy < 0 || yy >= p.ih) continue;
+            for (i64 kx = 0; kx < p.kw; ++kx) {
+                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
+                if (xx < 0 || xx >= p.iw) continue;
+                const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
+                T e[V];
+                memcpy(e, &raw, 16);
+#pragma unroll
+                for (int v = 0; v < V; ++v) m[v] = nan_max(m[v], to_f32(e[v]));
+            }
+        }
+        T o[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) o[v] = from_f32<T>(m[v]);
+        uint4 out;
+        memcpy(&out, o, 16);
+        *reinterpret_cast<uint4*>(y + cell * c + g * V) = out;
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void avgpool_nhwc_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
                                                   i64 c) {
@@ -302,6 +338,9 @@ __device__ __forceinline__ void global_pool_nhwc_impl(const T* __restrict__ x, T
     extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
         maxpool_nhwc_impl<T>(x, y, p, c);                                                              \
     }                                                                                                  \
+    extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
+        maxpool_nhwc16_impl<T>(x, y, p, c);                                                            \
+    }                                                                                                  \
     extern "C" __global__ void avgpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
         avgpool_nhwc_impl<T>(x, y, p, c);                                                              \
     }                                                                                                  \
@@ -315,3 +354,15 @@ __device__ __forceinline__ void global_pool_nhwc_impl(const T* __restrict__ x, T
 POOL_NHWC_KERNELS(float, f32)
 POOL_NHWC_KERNELS(__half, f16)
 POOL_NHWC_KERNELS(__nv_bfloat16, bf16)
+
+// Channels-last MaxPool over 8-bit integers, for INT8 networks whose quantized activations
+// stay NHWC between convolutions.
+#define MAXPOOL_NHWC_INT_KERNELS(T, sfx)                                                               \
+    extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
+        maxpool_nhwc_impl<T>(x, y, p, c);                                                              \
+    }                                                                                                  \
+    extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
+        maxpool_nhwc16_impl<T>(x, y, p, c);                                                            \
+    }
+MAXPOOL_NHWC_INT_KERNELS(signed char, i8)
+MAXPOOL_NHWC_INT_KERNELS(unsigned char, u8)

@@ -180,15 +180,22 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
     if args.profile:
         out, err = run_kiln(args, [args.kiln, "profile", engine, "--top", args.top, "--runs", "10"])
         log(f"== kiln profile {name} int8 batch {b}\n{out or err}")
-    if args.int8_gemm_ab:
-        # The same build with matrix products on cuBLASLt and a separate epilogue kernel.
-        env = {"KILN_INT8_GEMM": "cublaslt"}
-        engine = f"/tmp/{name}-int8-{b}-cublaslt.kiln"
+    # The same build under other settings (KILN_INT8_GEMM=cublaslt: matrix products on
+    # cuBLASLt with a separate epilogue kernel; KILN_IGEMM_WN=32: 8-warp implicit-GEMM blocks).
+    variants = list(args.int8_env) + (["KILN_INT8_GEMM=cublaslt"] if args.int8_gemm_ab else [])
+    for i, setting in enumerate(variants):
+        env = dict(kv.split("=", 1) for kv in setting.split(","))
+        engine = f"/tmp/{name}-int8-{b}-variant{i}.kiln"
         out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q, env)
         if out:
             out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"])
-        row["kiln_ms_cublaslt_gemm"] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
+        row.setdefault("variants", {})[setting] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
     return row
+
+
+def variants_cell(r):
+    v = r.get("variants") or {}
+    return "; ".join(f"{k}: {x:.3f}" if isinstance(x, float) else f"{k}: {str(x)[:40]}" for k, x in v.items()) or "-"
 
 
 def main():
@@ -208,6 +215,8 @@ def main():
                     help="models that also get an INT8 row (--int8 --fp16, entropy calibration on random "
                          "inputs) at the largest batch; empty for none")
     ap.add_argument("--calib-samples", type=int, default=16, help="random inputs INT8 calibrates on")
+    ap.add_argument("--int8-env", action="append", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
+                    help="also build and time each INT8 engine with these environment settings (repeatable)")
     ap.add_argument("--int8-gemm-ab", action="store_true",
                     help="also time each INT8 engine with its matrix products on cuBLASLt (KILN_INT8_GEMM=cublaslt)")
     args = ap.parse_args()
@@ -300,7 +309,7 @@ def main():
     if int8:
         lines += ["", "Kiln INT8 (`--int8 --fp16`, entropy calibration on random inputs) against Kiln FP16, same run:", "",
                   "| model | batch | INT8 ms | FP16 ms | INT8 speed-up | cosine to fp32 (batch 1) | rel L2 "
-                  "| INT8 ms, products on cuBLASLt |",
+                  "| INT8 ms under other settings |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in int8:
             a = r["accuracy"].get("int8", {})
@@ -310,7 +319,7 @@ def main():
             lines.append(f"| {r['model']} | {r['batch']} | {f'{k:.3f}' if k else r.get('kiln_error', '-')[:60]} | "
                          f"{f'{fp:.3f}' if fp else '-'} | {f'{fp / k:.2f}x' if k and fp else '-'} | "
                          f"{a.get('cosine', a.get('error', '-'))} | {a.get('rel_l2', '-')} | "
-                         f"{r.get('kiln_ms_cublaslt_gemm', '-')} |")
+                         f"{variants_cell(r)} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(table + "\n")

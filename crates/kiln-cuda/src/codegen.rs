@@ -719,10 +719,11 @@ pub fn igemm_kernel(
     Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })
 }
 
-/// The generated part of an implicit-GEMM epilogue: `EpiPre`, the values a thread reads once
-/// for its four channels `c..c+4` (inputs read by [`EpiRead::Channels`]), `kiln_epi_pre`, which
-/// reads them, and `kiln_epi_row`, which reads the other inputs at row `r`, computes the four
-/// outputs from the accumulators `acc` and stores them.
+/// The generated part of an implicit-GEMM epilogue, for a thread's four channels `c..c+4`:
+/// `EpiPre`, the values read once (inputs read by [`EpiRead::Channels`]), and `kiln_epi_pre`,
+/// which reads them; `EpiIn`, a row's values of the other inputs, and `kiln_epi_load`, which
+/// reads them at row `r`; and `kiln_epi_row`, which computes the row's four outputs from the
+/// accumulators `acc` and stores them.
 fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<String> {
     // A vector moves four elements (of 1, 2, 4 or 8 bytes: every storage type is one).
     let vectorizable = |dt: DType| vec && matches!(storage_size(dt), 1 | 2 | 4 | 8);
@@ -730,46 +731,51 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
     let mut pre_fn = String::from(
         "__device__ __forceinline__ void kiln_epi_pre(const EpiArgs& e, const IgemmArgs& g, int c, EpiPre& p) {\n",
     );
-    let mut row = String::from(
-        "__device__ __forceinline__ void kiln_epi_row(const EpiArgs& e, const IgemmArgs& g, const EpiPre& p, i64 r, int c,\n\
-         \x20                                            const int (&acc)[4], void* out) {\n",
+    let mut rin = String::from("struct EpiIn {\n");
+    let mut load = String::from(
+        "__device__ __forceinline__ void kiln_epi_load(const EpiArgs& e, const IgemmArgs& g, i64 r, int c, EpiIn& in) {\n",
     );
     if extra.iter().any(|&(_, read)| read == EpiRead::Strided) {
-        row.push_str(
+        load.push_str(
             "    const i64 hw = g.oh * g.ow, img = r / hw, pos = r - img * hw, oy = pos / g.ow, ox = pos - oy * g.ow;\n",
         );
     }
     let mut args: Vec<String> = vec!["acc[u]".into()];
     for (k, &(dt, read)) in extra.iter().enumerate() {
         let st = storage_type(dt)?;
-        let ct = compute_type(dt)?;
         let ptr = format!("((const {st}*)e.in[{k}])");
-        match read {
-            EpiRead::Channels => {
-                writeln!(pre, "    {ct} x{k}[4];").unwrap_or(());
-                let load = load_expr(dt, &format!("{ptr}[(c + u) * e.st[{k}][3]]"));
-                writeln!(pre_fn, "    for (int u = 0; u < 4; ++u) p.x{k}[u] = c + u < g.m ? {load} : ({ct})0;")
-                    .unwrap_or(());
-                args.push(format!("p.x{k}[u]"));
-            }
-            EpiRead::Dense if vectorizable(dt) => {
-                writeln!(row, "    {st} v{k}[4];\n    ig_ld4(v{k}, {ptr} + r * g.m + c);").unwrap_or(());
-                args.push(load_expr(dt, &format!("v{k}[u]")));
-            }
-            EpiRead::Dense | EpiRead::Strided => {
-                let at = if read == EpiRead::Dense {
-                    "r * g.m + c + u".to_string()
-                } else {
-                    format!("img * e.st[{k}][0] + oy * e.st[{k}][1] + ox * e.st[{k}][2] + (c + u) * e.st[{k}][3]")
-                };
-                writeln!(row, "    {st} v{k}[4];\n    for (int u = 0; u < 4; ++u) v{k}[u] = c + u < g.m ? {ptr}[{at}] : ({st})0;")
-                    .unwrap_or(());
-                args.push(load_expr(dt, &format!("v{k}[u]")));
-            }
+        if read == EpiRead::Channels {
+            let ct = compute_type(dt)?;
+            writeln!(pre, "    {ct} x{k}[4];").unwrap_or(());
+            let value = load_expr(dt, &format!("{ptr}[(c + u) * e.st[{k}][3]]"));
+            writeln!(pre_fn, "    for (int u = 0; u < 4; ++u) p.x{k}[u] = c + u < g.m ? {value} : ({ct})0;")
+                .unwrap_or(());
+            args.push(format!("p.x{k}[u]"));
+            continue;
         }
+        writeln!(rin, "    {st} v{k}[4];").unwrap_or(());
+        args.push(load_expr(dt, &format!("in.v{k}[u]")));
+        if read == EpiRead::Dense && vectorizable(dt) {
+            writeln!(load, "    ig_ld4(in.v{k}, {ptr} + r * g.m + c);").unwrap_or(());
+            continue;
+        }
+        let at = if read == EpiRead::Dense {
+            "r * g.m + c + u".to_string()
+        } else {
+            format!("img * e.st[{k}][0] + oy * e.st[{k}][1] + ox * e.st[{k}][2] + (c + u) * e.st[{k}][3]")
+        };
+        writeln!(load, "    for (int u = 0; u < 4; ++u) in.v{k}[u] = c + u < g.m ? {ptr}[{at}] : ({st})0;")
+            .unwrap_or(());
     }
+    // An empty struct would still take a byte; a named one keeps every compiler quiet.
     pre.push_str("    char unused;\n};\n");
+    rin.push_str("    char unused;\n};\n");
     pre_fn.push_str("}\n");
+    load.push_str("}\n");
+    let mut row = String::from(
+        "__device__ __forceinline__ void kiln_epi_row(const EpiArgs& e, const IgemmArgs& g, const EpiPre& p,\n\
+         \x20                                            const EpiIn& in, i64 r, int c, const int (&acc)[4], void* out) {\n",
+    );
     writeln!(row, "    kiln_out_t o[4];").unwrap_or(());
     writeln!(
         row,
@@ -783,7 +789,7 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
         row.push_str("    for (int u = 0; u < 4 && c + u < g.m; ++u) ((kiln_out_t*)out)[r * g.m + c + u] = o[u];\n");
     }
     row.push_str("}\n");
-    Ok(format!("{pre}{pre_fn}{row}"))
+    Ok(format!("{pre}{pre_fn}{rin}{load}{row}"))
 }
 
 fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {

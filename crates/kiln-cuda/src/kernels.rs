@@ -223,6 +223,7 @@ impl KernelFamily {
                     "globalmaxpool",
                     "globalavgpool",
                     "maxpool2d_nhwc",
+                    "maxpool2d_nhwc16",
                     "avgpool2d_nhwc",
                     "globalmaxpool_nhwc",
                     "globalavgpool_nhwc",
@@ -230,7 +231,11 @@ impl KernelFamily {
                 &floats,
             )
             .into_iter()
-            .chain(["maxpool2d_i8".to_string(), "maxpool2d_u8".to_string()])
+            .chain(
+                ["maxpool2d", "maxpool2d_nhwc", "maxpool2d_nhwc16"]
+                    .iter()
+                    .flat_map(|k| ["i8", "u8"].map(|t| format!("{k}_{t}"))),
+            )
             .collect(),
             KernelFamily::Resize => {
                 let mut k = per(&["resize_nearest", "resize_linear"], &floats);

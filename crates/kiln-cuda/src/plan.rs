@@ -1105,6 +1105,23 @@ impl Planner<'_> {
     /// A step writing `x` with its dims permuted by `perm` into `y`.
     fn permute(&mut self, id: NodeId, x: BufferId, y: BufferId, perm: &[usize]) -> Result<()> {
         let shape = &self.plan.buffers[x].shape;
+        // A batched 2-D transpose (NCHW <-> NHWC among them) goes through shared-memory
+        // tiles, so both its reads and its writes are coalesced.
+        // (Past one launch's tiles, the element-wise permute below takes it.)
+        let tiled = batched_transpose(shape, perm)
+            .and_then(|(b, r, c)| Some((b, r, c, launch::transpose2d(b as u64, r as u64, c as u64).ok()?)));
+        if let Some((batch, rows, cols, config)) = tiled {
+            let w = self.width(x)?;
+            let args = vec![
+                Arg::Buffer(x),
+                Arg::Buffer(y),
+                Arg::I64(batch as i64),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+            ];
+            self.kernel(id, KernelFamily::Layout, format!("transpose2d_{w}"), config, args);
+            return Ok(());
+        }
         let strides = crate::codegen::broadcast_strides(shape, shape)?;
         let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
         let out_strides: Vec<i64> = perm.iter().map(|&p| strides[p]).collect();
@@ -1536,6 +1553,25 @@ impl fmt::Display for Plan {
     }
 }
 
+/// `perm` over `shape` as a batched 2-D transpose, `(batch, rows, cols)`: leading dims kept,
+/// then the dims from some `j` on moved before the rest (`[0, 2, 3, 1]` is NCHW to NHWC, a
+/// batch of N transposes of C x HW). None for any other permutation, or a trivial one.
+fn batched_transpose(shape: &[usize], perm: &[usize]) -> Option<(usize, usize, usize)> {
+    let n = perm.len();
+    let k = perm.iter().enumerate().take_while(|&(i, &p)| i == p).count();
+    if k >= n {
+        return None;
+    }
+    let j = perm[k];
+    let rotated = (k..n).map(|i| if i < k + (n - j) { j + (i - k) } else { k + (i - k - (n - j)) });
+    if j <= k || !perm[k..].iter().copied().eq(rotated) {
+        return None;
+    }
+    let prod = |d: &[usize]| d.iter().product::<usize>();
+    let (batch, rows, cols) = (prod(&shape[..k]), prod(&shape[k..j]), prod(&shape[j..]));
+    (rows > 1 && cols > 1).then_some((batch, rows, cols))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1559,5 +1595,24 @@ mod tests {
         want.ptrs = [0x1000, 0x1000 + 128 * 2, 0x1000 + 256 * 2, 0x2000, 0, 0];
         assert_eq!(got.0, want.param().0);
         assert_eq!(k.kernel, "attention_r1_d64_f16");
+    }
+
+    #[test]
+    fn batched_transposes_are_recognized() {
+        use super::batched_transpose as bt;
+        // NCHW -> NHWC: N transposes of C x HW; and back.
+        assert_eq!(bt(&[2, 3, 4, 5], &[0, 2, 3, 1]), Some((2, 3, 20)));
+        assert_eq!(bt(&[2, 4, 5, 3], &[0, 3, 1, 2]), Some((2, 20, 3)));
+        // A plain 2-D transpose, and a rotation of three dims.
+        assert_eq!(bt(&[6, 7], &[1, 0]), Some((1, 6, 7)));
+        assert_eq!(bt(&[2, 3, 4], &[2, 0, 1]), Some((1, 6, 4)));
+        // Not rotations: swapping the last two of three is a batch of one 2-D transpose only
+        // after the first dim, which is kept.
+        assert_eq!(bt(&[2, 3, 4], &[0, 2, 1]), Some((2, 3, 4)));
+        assert_eq!(bt(&[2, 3, 4, 5], &[0, 3, 2, 1]), None);
+        assert_eq!(bt(&[2, 3, 4, 5], &[1, 0, 3, 2]), None);
+        // The identity, and a transpose with a unit side, move nothing worth tiling.
+        assert_eq!(bt(&[2, 3], &[0, 1]), None);
+        assert_eq!(bt(&[2, 1, 5], &[0, 2, 1]), None);
     }
 }

@@ -258,7 +258,19 @@ impl Planner<'_> {
         let [h, w] = dims[..] else { return Ok(false) };
         let x = self.nhwc_input(id, 0)?;
         let what = if max { "maxpool2d_nhwc" } else { "avgpool2d_nhwc" };
-        let sfx = self.float_suffix(x, what)?;
+        let dt = self.plan.buffers[x].dtype;
+        // MaxPool also takes 8-bit integers (an INT8 network's quantized activations).
+        let sfx = if max && matches!(dt, DType::I8 | DType::U8) {
+            crate::codegen::dtype_suffix(dt)?
+        } else {
+            self.float_suffix(x, what)?
+        };
+        // Where a pixel's channels come in whole 16-byte pieces, a thread takes one piece.
+        let (what, per_thread) = if max && (xs[1] * dt.size()).is_multiple_of(16) {
+            ("maxpool2d_nhwc16", 16 / dt.size())
+        } else {
+            (what, 1)
+        };
         let y = self.nhwc_out(id, 0)?;
         let want = [xs[0], h.output, w.output, xs[1]];
         if self.plan.buffers[y].shape != want {
@@ -271,7 +283,7 @@ impl Planner<'_> {
         let n: usize = want.iter().product();
         let fields = args.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(pool::word(c)))).collect();
         let args = vec![Arg::Buffer(x), Arg::Buffer(y), Arg::Struct(fields), Arg::I64(xs[1] as i64)];
-        self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride(n as u64), args);
+        self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride((n / per_thread) as u64), args);
         Ok(true)
     }
 
