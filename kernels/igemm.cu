@@ -289,7 +289,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4, lr0 = tid / (KILN_BN / 4);
     EpiPre pre;
     kiln_epi_pre(e, g, c, pre);
-#pragma unroll
+    // The passes and chunks stay loops: unrolled, a long epilogue (GELU's erf) would be
+    // copied for every row and overflow the instruction cache.
+#pragma unroll 1
     for (int pass = 0; pass < IG_BM / IG_EPI_ROWS; ++pass) {
         if (pass > 0) __syncthreads();  // the previous pass's reads are done
         if ((wm * 64) / IG_EPI_ROWS == pass) {
@@ -307,7 +309,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         __syncthreads();
         // A thread's rows in chunks: each chunk's inputs are all requested before any row is
         // computed, so their loads are in flight together.
-#pragma unroll
+#pragma unroll 1
         for (int ch = 0; ch < IG_EPI_ITERS; ch += IG_EPI_CHUNK) {
             EpiIn in[IG_EPI_CHUNK];
 #pragma unroll

@@ -10,7 +10,9 @@
 //               bytes long;
 //   where       Where with its three operands broadcast by strides;
 //   transpose2d a batched 2-D transpose through 32x32 shared-memory tiles, the fast path of
-//               the NCHW<->NHWC conversions ([N, C, HW] <-> [N, HW, C]).
+//               the NCHW<->NHWC conversions ([N, C, HW] <-> [N, HW, C]);
+//   transpose_narrow the same where one side is under 16 (an image's channels): a thread per
+//               element of the long side.
 // cast_<from>_<to> converts between element types.
 #include "common.cuh"
 
@@ -152,6 +154,25 @@ __device__ __forceinline__ void where_impl(const bool* __restrict__ c, const W* 
     }
 }
 
+// The same transpose where one side is narrow (an image's 3 channels): a thread per element
+// of the long side loops over the narrow one, so reads and writes stay coalesced without
+// launching a block per 32x32 tile that is mostly empty.
+template <typename W>
+__device__ __forceinline__ void transpose_narrow_impl(const W* __restrict__ x, W* __restrict__ y, i64 batch, i64 rows,
+                                                      i64 cols) {
+    const bool narrow_rows = rows <= cols;
+    const i64 along = narrow_rows ? cols : rows, across = narrow_rows ? rows : cols;
+    KILN_GRID_STRIDE(i, batch * along) {
+        const i64 b = i / along, l = i - b * along;
+        const W* xb = x + b * rows * cols;
+        W* yb = y + b * rows * cols;
+        for (i64 k = 0; k < across; ++k) {
+            const i64 r = narrow_rows ? k : l, c = narrow_rows ? l : k;
+            yb[c * rows + r] = xb[r * cols + c];
+        }
+    }
+}
+
 // y[b][c][r] = x[b][r][c]; blocks of 32x8 threads move 32x32 tiles, padded against bank
 // conflicts.
 template <typename W>
@@ -214,6 +235,9 @@ __device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __r
     }                                                                                                         \
     extern "C" __global__ void transpose2d_##sfx(const W* x, W* y, i64 batch, i64 rows, i64 cols) {           \
         transpose2d_impl<W>(x, y, batch, rows, cols);                                                         \
+    }                                                                                                         \
+    extern "C" __global__ void transpose_narrow_##sfx(const W* x, W* y, i64 batch, i64 rows, i64 cols) {      \
+        transpose_narrow_impl<W>(x, y, batch, rows, cols);                                                    \
     }
 
 MOVE_KERNELS(unsigned char, u8)

@@ -181,7 +181,7 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
         out, err = run_kiln(args, [args.kiln, "profile", engine, "--top", args.top, "--runs", "10"])
         log(f"== kiln profile {name} int8 batch {b}\n{out or err}")
     # The same build under other settings (KILN_INT8_GEMM=cublaslt: matrix products on
-    # cuBLASLt with a separate epilogue kernel; KILN_IGEMM_WN=32: 8-warp implicit-GEMM blocks).
+    # cuBLASLt with a separate epilogue kernel; KILN_IGEMM_WN=64: 4-warp implicit-GEMM blocks).
     variants = list(args.int8_env) + (["KILN_INT8_GEMM=cublaslt"] if args.int8_gemm_ab else [])
     for i, setting in enumerate(variants):
         env = dict(kv.split("=", 1) for kv in setting.split(","))

@@ -9,7 +9,8 @@
 #                                            # conformance suite
 #   bash xtask/scripts/gpu_check.sh run [STAGES]   # on the GPU machine, with .gpu carried
 #
-# STAGES (default all but soak): tests conformance bench soak. `soak` exports ResNet-50 and
+# STAGES (default: tests conformance bench): also soak, accuracy, early, and probe (after bench:
+# Nsight Compute over the INT8 engines' kernels, ResNet-50's INT8 error layer by layer). `soak` exports ResNet-50 and
 # BERT-base and runs 8 threads with their own contexts on each for KILN_SOAK_SECONDS (300 by
 # default), one model after the other (KILN_SOAK_MODELS picks them), so that the memory check
 # sees no other process. KILN_TESTS="crate:test ..." runs a subset of the GPU tests.
@@ -130,6 +131,28 @@ run() {
         timeout "${KILN_BENCH_TIMEOUT:-420}" python3 xtask/scripts/gpu_bench.py --kiln "$GPU/bin/kiln" --out "$out" ${KILN_BENCH_ARGS:-} > "$logs/bench.log" 2>&1 || status=1
         { echo "== benchmark ($((SECONDS - t0)) s)"; cat "$out/bench.md" 2>/dev/null || grep -E '^\{|error' "$logs/bench.log" | tail -30; } >> "$summary"
     fi
+    if [[ " $stages " == *" probe "* ]]; then
+        # Where INT8 time and accuracy go, after `bench` has built the INT8 engines: Nsight
+        # Compute over their implicit-GEMM kernels (KILN_NCU_KERNELS, a regex; KILN_NCU_COUNT
+        # launches each), and ResNet-50 in INT8 compared layer by layer on the GPU and as a
+        # whole on the CPU reference, with the calibration cache the bench made.
+        local t0=$SECONDS dir=/tmp/kiln-models ncu
+        ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+        for e in ${KILN_PROBE_ENGINES:-/tmp/resnet50-int8-32.kiln /tmp/bert_base-int8-32.kiln}; do
+            [[ -f $e ]] || { echo "probe: no $e (run the bench stage first)" >> "$summary"; continue; }
+            timeout "${KILN_NCU_TIMEOUT:-200}" "$ncu" --clock-control none -k "regex:${KILN_NCU_KERNELS:-igemm}" \
+                --launch-count "${KILN_NCU_COUNT:-40}" --section SpeedOfLight --section Occupancy \
+                --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
+                "$GPU/bin/kiln" run "$e" --device cuda > "$out/ncu-$(basename "$e" .kiln).txt" 2>&1 || status=1
+        done
+        if [[ -f $dir/resnet50.calib.txt ]]; then
+            "$GPU/bin/kiln" compare $dir/resnet50.onnx --device cuda --shapes input=1x3x224x224 --seed 1 --int8 --fp16 \
+                --calib-cache $dir/resnet50.calib.txt --per-layer > "$out/resnet50-int8-per-layer.txt" 2>&1 || status=1
+            "$GPU/bin/kiln" compare $dir/resnet50.onnx --device cpu --shapes input=1x3x224x224 --seed 1 --int8 \
+                --calib-cache $dir/resnet50.calib.txt > "$out/resnet50-int8-cpu.txt" 2>&1 || status=1
+        fi
+        echo "== probe ($((SECONDS - t0)) s): ncu-*.txt, resnet50-int8-per-layer.txt, resnet50-int8-cpu.txt" >> "$summary"
+    fi
     if [[ " $stages " == *" accuracy "* ]]; then
         # FP16 on the GPU against the FP32 CPU reference, for the two random-weight CNNs
         # (KILN_ACCURACY_POLICIES: the early-layer policies to compare, default split).
@@ -195,5 +218,5 @@ run() {
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 build | run [tests] [conformance] [bench] [accuracy] [early] [soak]" >&2; exit 2 ;;
+    *) echo "usage: $0 build | run [tests] [conformance] [bench] [probe] [accuracy] [early] [soak]" >&2; exit 2 ;;
 esac

@@ -334,6 +334,13 @@ int main() {
         for (size_t i = 0; i < x.size(); ++i) x[i] = (unsigned)i;
         launch(dim3{(unsigned)((cols + 31) / 32), (unsigned)((rows + 31) / 32), (unsigned)batch}, dim3{32, 8}, [&] { L::transpose2d_u32(x.data(), y.data(), batch, rows, cols); });
         for (i64 bq = 0; bq < batch; ++bq) for (i64 r = 0; r < rows; ++r) for (i64 c = 0; c < cols; ++c) check("transpose2d", y[(bq * cols + c) * rows + r], x[(bq * rows + r) * cols + c], 0);
+        // The narrow transpose, both ways round: [3, n] and [n, 3].
+        for (int flip = 0; flip < 2; ++flip) {
+            const i64 rr = flip ? cols : rows, cc = flip ? rows : cols;
+            std::fill(y.begin(), y.end(), 0u);
+            launch(dim3{4}, dim3{64}, [&] { L::transpose_narrow_u32(x.data(), y.data(), batch, rr, cc); });
+            for (i64 bq = 0; bq < batch; ++bq) for (i64 r = 0; r < rr; ++r) for (i64 c = 0; c < cc; ++c) check("transpose_narrow", y[(bq * cc + c) * rr + r], x[(bq * rr + r) * cc + c], 0);
+        }
         if (n >= 3) {
             L::PadArgs p{}; for (int d = 0; d < 8; ++d) { p.in_dims[d] = 1; p.out_dims[d] = 1; p.begin[d] = 0; }
             p.in_dims[0] = 2; p.in_dims[1] = n; p.out_dims[0] = 5; p.out_dims[1] = n + 3; p.begin[0] = 1; p.begin[1] = 2;

@@ -200,7 +200,17 @@ impl KernelFamily {
             ),
             KernelFamily::Layout => {
                 let mut k = per(
-                    &["permute", "copy_rows", "pad", "pad_from", "gather", "gather_rows", "where", "transpose2d"],
+                    &[
+                        "permute",
+                        "copy_rows",
+                        "pad",
+                        "pad_from",
+                        "gather",
+                        "gather_rows",
+                        "where",
+                        "transpose2d",
+                        "transpose_narrow",
+                    ],
                     &widths,
                 );
                 let casts = ["f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool"];

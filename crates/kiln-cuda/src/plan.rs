@@ -1107,10 +1107,16 @@ impl Planner<'_> {
         let shape = &self.plan.buffers[x].shape;
         // A batched 2-D transpose (NCHW <-> NHWC among them) goes through shared-memory
         // tiles, so both its reads and its writes are coalesced.
-        // (Past one launch's tiles, the element-wise permute below takes it.)
-        let tiled = batched_transpose(shape, perm)
-            .and_then(|(b, r, c)| Some((b, r, c, launch::transpose2d(b as u64, r as u64, c as u64).ok()?)));
-        if let Some((batch, rows, cols, config)) = tiled {
+        // One side under 16 takes a thread per element of the other instead. (Past one
+        // launch's tiles, the element-wise permute below takes it.)
+        let tiled = batched_transpose(shape, perm).and_then(|(b, r, c)| {
+            if r.min(c) < 16 {
+                Some((b, r, c, "transpose_narrow", launch::grid_stride((b * r.max(c)) as u64)))
+            } else {
+                Some((b, r, c, "transpose2d", launch::transpose2d(b as u64, r as u64, c as u64).ok()?))
+            }
+        });
+        if let Some((batch, rows, cols, kernel, config)) = tiled {
             let w = self.width(x)?;
             let args = vec![
                 Arg::Buffer(x),
@@ -1119,7 +1125,7 @@ impl Planner<'_> {
                 Arg::I64(rows as i64),
                 Arg::I64(cols as i64),
             ];
-            self.kernel(id, KernelFamily::Layout, format!("transpose2d_{w}"), config, args);
+            self.kernel(id, KernelFamily::Layout, format!("{kernel}_{w}"), config, args);
             return Ok(());
         }
         let strides = crate::codegen::broadcast_strides(shape, shape)?;
