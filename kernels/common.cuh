@@ -27,6 +27,14 @@ template <> __device__ __forceinline__ double from_f32<double>(float x) { return
 
 // NaN-propagating max and min, as numpy's maximum and minimum (fmaxf drops NaN).
 __device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+// x / c for a constant c, given r = 1 / c rounded: the quotient rounded from the residual, as
+// a division's fast path computes it (correctly rounded where x / c is a normal float), without
+// the range check and branch around it. An exact quotient, an infinity and NaN pass as x * r.
+__device__ __forceinline__ float kiln_div_k(float x, float c, float r) {
+    const float q = x * r;
+    const float e = fmaf(-q, c, x);
+    return (e != 0.0f && isfinite(q)) ? fmaf(e, r, q) : q;
+}
 __device__ __forceinline__ float nan_min(float a, float b) { return (a < b || a != a) ? a : b; }
 
 // ---------------------------------------------------------------------------------------------

@@ -308,23 +308,26 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
         }
         __syncthreads();
         // A thread's rows in chunks: each chunk's inputs are all requested before any row is
-        // computed, so their loads are in flight together.
+        // computed, so their loads are in flight together. Rows past the last are computed
+        // from the last row's inputs and not stored: no branch separates the rows, so their
+        // epilogues interleave.
+        if (c < g.m) {
 #pragma unroll 1
-        for (int ch = 0; ch < IG_EPI_ITERS; ch += IG_EPI_CHUNK) {
-            EpiIn in[IG_EPI_CHUNK];
+            for (int ch = 0; ch < IG_EPI_ITERS; ch += IG_EPI_CHUNK) {
+                EpiIn in[IG_EPI_CHUNK];
 #pragma unroll
-            for (int q = 0; q < IG_EPI_CHUNK; ++q) {
-                const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (ch + q) * IG_EPI_STEP;
-                if (r < g.rows && c < g.m) kiln_epi_load(e, g, r, c, in[q]);
-            }
+                for (int q = 0; q < IG_EPI_CHUNK; ++q) {
+                    const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (ch + q) * IG_EPI_STEP;
+                    kiln_epi_load(e, g, r < g.rows ? r : g.rows - 1, c, in[q]);
+                }
 #pragma unroll
-            for (int q = 0; q < IG_EPI_CHUNK; ++q) {
-                const int lr = lr0 + (ch + q) * IG_EPI_STEP;
-                const i64 r = row0 + pass * IG_EPI_ROWS + lr;
-                if (r >= g.rows || c >= g.m) continue;
-                const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
-                const int a[4] = {a4.x, a4.y, a4.z, a4.w};
-                kiln_epi_row(e, g, pre, in[q], r, c, a, out);
+                for (int q = 0; q < IG_EPI_CHUNK; ++q) {
+                    const int lr = lr0 + (ch + q) * IG_EPI_STEP;
+                    const i64 r = row0 + pass * IG_EPI_ROWS + lr;
+                    const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
+                    const int a[4] = {a4.x, a4.y, a4.z, a4.w};
+                    kiln_epi_row(e, g, pre, in[q], r, c, a, out, r < g.rows);
+                }
             }
         }
     }

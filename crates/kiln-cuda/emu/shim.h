@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 using std::isinf;
+using std::isfinite;
 #define __global__
 #define __device__
 #define __host__

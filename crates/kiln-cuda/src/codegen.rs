@@ -221,7 +221,10 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
                 let arg_types: Vec<DType> = args.iter().map(|&a| types[a]).collect();
                 let dt = step_type(op, &arg_types)?;
                 let names: Vec<String> = args.iter().map(|a| format!("t{a}")).collect();
-                (dt, emit_op(op, &names, &arg_types, dt)?)
+                match const_divisor(expr, op, args, dt) {
+                    Some((c, r)) => (dt, format!("kiln_div_k({}, {c}, {r})", names[0])),
+                    None => (dt, emit_op(op, &names, &arg_types, dt)?),
+                }
             }
         };
         writeln!(body, "    const {} t{i} = {value};", compute_type(dt)?).unwrap_or(());
@@ -241,6 +244,21 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
     writeln!(code, "    return t{};", expr.nodes.len() - 1).unwrap_or(());
     code.push_str("}\n");
     Ok(ExprCode { code, output })
+}
+
+/// An f32 division by a constant (a quantization's scale) as the constant and its reciprocal,
+/// both literals, where both are normal floats: `kiln_div_k` divides by them without a
+/// division's range check and branch, which in an epilogue keep the rows from interleaving.
+fn const_divisor(expr: &Expr, op: &ElementwiseOp, args: &[usize], dt: DType) -> Option<(String, String)> {
+    let ElementwiseOp::Binary(BinaryOp::Div) = op else { return None };
+    let &[_, d] = args else { return None };
+    let ExprNode::Scalar { value, dtype: DType::F32 } = expr.nodes[d] else { return None };
+    let c = value as f32;
+    let r = (1.0 / c as f64) as f32;
+    if dt != DType::F32 || !c.is_normal() || !r.is_normal() {
+        return None;
+    }
+    Some((literal(c as f64, DType::F32).ok()?, literal(r as f64, DType::F32).ok()?))
 }
 
 /// The element type of one step, by the IR's own type rule.
@@ -723,7 +741,8 @@ pub fn igemm_kernel(
 /// `EpiPre`, the values read once (inputs read by [`EpiRead::Channels`]), and `kiln_epi_pre`,
 /// which reads them; `EpiIn`, a row's values of the other inputs, and `kiln_epi_load`, which
 /// reads them at row `r`; and `kiln_epi_row`, which computes the row's four outputs from the
-/// accumulators `acc` and stores them.
+/// accumulators `acc` and stores them if the row is `live` (past the last row it is computed
+/// from the last row's inputs and not stored, so that rows need no branch between them).
 fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<String> {
     // A vector moves four elements (of 1, 2, 4 or 8 bytes: every storage type is one).
     let vectorizable = |dt: DType| vec && matches!(storage_size(dt), 1 | 2 | 4 | 8);
@@ -774,7 +793,8 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
     load.push_str("}\n");
     let mut row = String::from(
         "__device__ __forceinline__ void kiln_epi_row(const EpiArgs& e, const IgemmArgs& g, const EpiPre& p,\n\
-         \x20                                            const EpiIn& in, i64 r, int c, const int (&acc)[4], void* out) {\n",
+         \x20                                            const EpiIn& in, i64 r, int c, const int (&acc)[4], void* out,\n\
+         \x20                                            bool live) {\n",
     );
     writeln!(row, "    kiln_out_t o[4];").unwrap_or(());
     writeln!(
@@ -784,9 +804,11 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
     )
     .unwrap_or(());
     if vectorizable(out) {
-        row.push_str("    ig_st4((kiln_out_t*)out + r * g.m + c, o);\n");
+        row.push_str("    if (live) ig_st4((kiln_out_t*)out + r * g.m + c, o);\n");
     } else {
-        row.push_str("    for (int u = 0; u < 4 && c + u < g.m; ++u) ((kiln_out_t*)out)[r * g.m + c + u] = o[u];\n");
+        row.push_str(
+            "    for (int u = 0; u < 4 && c + u < g.m; ++u)\n        if (live) ((kiln_out_t*)out)[r * g.m + c + u] = o[u];\n",
+        );
     }
     row.push_str("}\n");
     Ok(format!("{pre}{pre_fn}{rin}{load}{row}"))

@@ -360,7 +360,7 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
         .collect();
     let names: Vec<(&str, &str)> = kernels.iter().map(|(n, k, _)| (*n, *k)).collect();
     // The input goes NHWC once; the output comes back to NCHW once, for the graph output.
-    assert_eq!(names, [("x", "transpose2d_u16"), ("dwconv", "dwconv2d_nhwc_v8_f16"), ("dwconv", "transpose2d_u16")]);
+    assert_eq!(names, [("x", "transpose_narrow_u16"), ("dwconv", "dwconv2d_nhwc_v8_f16"), ("dwconv", "transpose_narrow_u16")]);
     let [Arg::Buffer(x), Arg::Buffer(w), Arg::Null, Arg::Buffer(y), Arg::Struct(f)] = kernels[1].2 else {
         panic!("{:?}", kernels[1].2)
     };
@@ -878,7 +878,7 @@ fn int8_matmuls_with_dims_of_four_run_on_cublaslt_int8() {
     let g = matmul_integer(DType::I8, &[2, 3, 5, 8], DType::I8, &[2, 3, 8, 4], false, None);
     let p = plan(&g).unwrap();
     let (gemms, kernels) = gemms_and_kernels(&p);
-    assert_eq!(kernels, ["transpose2d_u8"], "{p}");
+    assert_eq!(kernels, ["transpose_narrow_u8"], "{p}");
     let [gm] = gemms[..] else { panic!("{p}") };
     assert_eq!((gm.m, gm.n, gm.k, gm.batch, gm.batch_strides), (5, 4, 8, 6, [40, 32, 20]));
     assert_eq!(p.buffers[gm.b].shape, [2, 3, 4, 8]);

@@ -19,8 +19,14 @@ use kiln_ir::ops::linalg::ConvAttrs;
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
 const BM: usize = 128;
 /// Blocks the H100's 132 SMs hold at two a time: fewer than this with 128-channel blocks and
-/// the kernel takes 64-channel ones, for twice the blocks.
+/// the kernel takes 64-channel ones, for twice the blocks. `KILN_IGEMM_WAVE=N` at build time
+/// sets another bound (0: 128-channel blocks wherever there are more than 64 channels), to
+/// compare them.
 const FULL_WAVE: usize = 264;
+
+fn full_wave() -> usize {
+    std::env::var("KILN_IGEMM_WAVE").ok().and_then(|v| v.parse().ok()).unwrap_or(FULL_WAVE)
+}
 
 /// A warp's output channels in a 128-channel block: 32 (eight warps of 64 x 32, which hide
 /// latency better: on an H100 ResNet-50 and BERT-base at batch 32 ran 18% and 24% faster than
@@ -59,7 +65,7 @@ impl Shape {
     /// [`warp_channels`]).
     fn config(&self) -> Result<(usize, usize, LaunchConfig)> {
         let gx = self.rows.div_ceil(BM);
-        let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < FULL_WAVE { 64 } else { 128 };
+        let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < full_wave() { 64 } else { 128 };
         let wn = if bn == 64 { 32 } else { warp_channels() };
         let gy = self.m.div_ceil(bn);
         // The kernel's row, input and filter offsets are 32-bit.
