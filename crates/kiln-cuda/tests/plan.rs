@@ -360,7 +360,10 @@ fn convs_fuse_what_cudnn_can_and_pad_asymmetric_inputs() {
         .collect();
     let names: Vec<(&str, &str)> = kernels.iter().map(|(n, k, _)| (*n, *k)).collect();
     // The input goes NHWC once; the output comes back to NCHW once, for the graph output.
-    assert_eq!(names, [("x", "transpose_narrow_u16"), ("dwconv", "dwconv2d_nhwc_v8_f16"), ("dwconv", "transpose_narrow_u16")]);
+    assert_eq!(
+        names,
+        [("x", "transpose_narrow_u16"), ("dwconv", "dwconv2d_nhwc_v8_f16"), ("dwconv", "transpose_narrow_u16")]
+    );
     let [Arg::Buffer(x), Arg::Buffer(w), Arg::Null, Arg::Buffer(y), Arg::Struct(f)] = kernels[1].2 else {
         panic!("{:?}", kernels[1].2)
     };

@@ -283,7 +283,13 @@ impl Planner<'_> {
         let n: usize = want.iter().product();
         let fields = args.param().0.chunks_exact(8).map(|c| Field::I64(i64::from_ne_bytes(pool::word(c)))).collect();
         let args = vec![Arg::Buffer(x), Arg::Buffer(y), Arg::Struct(fields), Arg::I64(xs[1] as i64)];
-        self.kernel(id, KernelFamily::Pool, format!("{what}_{sfx}"), launch::grid_stride((n / per_thread) as u64), args);
+        self.kernel(
+            id,
+            KernelFamily::Pool,
+            format!("{what}_{sfx}"),
+            launch::grid_stride((n / per_thread) as u64),
+            args,
+        );
         Ok(true)
     }
 
