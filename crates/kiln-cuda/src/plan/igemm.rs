@@ -318,7 +318,39 @@ fn row_stride(out: &[usize], strides: &[i64]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::row_stride;
+    use super::{row_stride, EpiRead, Shape};
+
+    #[test]
+    fn epilogue_inputs_are_read_by_their_strides() {
+        // A 3x3 convolution to [2, 8 channels, 5, 6] NHWC, and a matrix product of 30 rows by 8.
+        let conv = Shape {
+            rows: 60,
+            n: 2,
+            h: 5,
+            w: 6,
+            c: 16,
+            m: 8,
+            kh: 3,
+            kw: 3,
+            oh: 5,
+            ow: 6,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: 1,
+            pw: 1,
+        };
+        let mm = Shape { rows: 30, n: 30, h: 1, w: 1, c: 16, m: 8, kh: 1, kw: 1, oh: 1, ow: 1, ..conv };
+        // A bias, a scalar, a residual laid out as the output, and one read NCHW.
+        assert_eq!(conv.read(&[0, 0, 0, 1]), EpiRead::Channels);
+        assert_eq!(conv.read(&[0, 0, 0, 0]), EpiRead::Channels);
+        assert_eq!(conv.read(&[5 * 6 * 8, 6 * 8, 8, 1]), EpiRead::Dense);
+        assert_eq!(conv.read(&[8 * 5 * 6, 6, 1, 5 * 6]), EpiRead::Strided);
+        // A product's rows are its images: only their stride counts.
+        assert_eq!(mm.read(&[8, 0, 0, 1]), EpiRead::Dense);
+        assert_eq!(mm.read(&[16, 0, 0, 1]), EpiRead::Strided);
+    }
 
     #[test]
     fn row_strides_fold_the_leading_dims() {
