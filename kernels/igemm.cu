@@ -40,6 +40,9 @@
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
 #define IG_B_PIECES (KILN_BN * 4 / IG_THREADS)
 #define IG_MAX_EXTRA 8
+// Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
+// KiB of shared memory each) or two 128-channel ones, 16 warps either way.
+#define IG_MIN_BLOCKS (KILN_BN == 64 ? 4 : 2)
 // The epilogue's staging tile: rows per pass, and the row stride in ints (padded by 8 so that
 // the warps' 8-byte writes and the 16-byte reads fall in distinct banks).
 #define IG_EPI_ROWS (KILN_BN == 128 ? 64 : 128)
@@ -137,7 +140,7 @@ __device__ __forceinline__ void ig_mma(int (&d)[4], unsigned a0, unsigned a1, un
 // Shared-memory byte offset of piece `c` (0..3) of tile row `r`.
 __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ ((r >> 1) & 3)) << 4); }
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
