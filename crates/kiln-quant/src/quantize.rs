@@ -113,7 +113,7 @@ fn weight_axis(g: &Graph, id: NodeId) -> Option<(Value, usize)> {
 }
 
 /// Input channels below which a convolution stays float unless asked for (see [`quantize`]).
-pub const MIN_INT8_CONV_CHANNELS: usize = 16;
+pub const MIN_INT8_CONV_CHANNELS: usize = 4;
 
 /// The input channels of a convolution `id` (dim 1 of its input), where known.
 fn conv_input_channels(g: &Graph, id: NodeId) -> Option<usize> {
@@ -173,15 +173,15 @@ pub fn quantize(
             ));
             continue;
         }
-        // A convolution over fewer than 16 input channels (an image network's stem, over 3)
-        // stays float unless asked for: INT8 tensor cores reduce 16 channels or more at a
-        // step, so it has no fast INT8 kernel, and it is the layer INT8 hurts most.
+        // A convolution over fewer than 4 input channels (an image network's stem, over 3 or
+        // 1) stays float unless asked for: INT8 tensor cores reduce 16 channels at a step, so
+        // its INT8 kernel is a slow one, and it is the layer INT8 hurts most.
         if let (None, Some(ch)) = (asked, conv_input_channels(g, id)) {
             if ch < MIN_INT8_CONV_CHANNELS {
                 report.push(entry(
                     Precision::Fp32,
                     Some(format!(
-                        "a convolution over {ch} input channels (INT8 needs {MIN_INT8_CONV_CHANNELS}); \
+                        "a convolution over only {ch} input channels (an image network's stem); \
                          `--precision NODE=int8` quantizes it"
                     )),
                 ));

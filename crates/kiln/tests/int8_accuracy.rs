@@ -53,12 +53,12 @@ fn fp32_and_int8(name: &str) -> (f64, f64, usize) {
     let batches: Vec<Vec<Tensor>> = (0..n).step_by(50).map(|s| vec![rows(&calib, s, (s + 50).min(n))]).collect();
     let run = |g: &kiln::ir::Graph, ins: &[Tensor]| kiln::run_cpu(g, ins).map_err(|e| e.to_string());
     let cache = calibrate(&g, &batches, CalibOptions { algo: CalibAlgo::Entropy, bins: 2048 }, &run).unwrap();
-    // Convolutions over fewer than 16 channels (the digits CNN's first, over 1) stay float
+    // Convolutions over fewer than 4 channels (the digits CNN's first, over 1) stay float
     // unless asked for: ask, so that every layer is checked in INT8.
     let (_, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
     let narrow: HashMap<String, kiln::quant::Precision> = report
         .iter()
-        .filter(|l| l.reason.as_deref().is_some_and(|r| r.contains("input channels (INT8 needs")))
+        .filter(|l| l.reason.as_deref().is_some_and(|r| r.contains("input channels (an image network's stem)")))
         .map(|l| (l.node.clone(), kiln::quant::Precision::Int8))
         .collect();
     let (q, report) = quantize(&g, &cache, &narrow).unwrap();
