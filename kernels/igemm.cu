@@ -1,13 +1,14 @@
 // igemm.cu: the template of the generated INT8 implicit-GEMM kernels, a convolution over a
 // channels-last (NHWC) i8 input or a matrix product, on the integer tensor cores, with the
 // epilogue (dequantization, bias, residual, activation, requantization) applied to the i32
-// accumulators in registers and the result stored in the output's type. Code generation
+// accumulators on chip and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
 // defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_WN (a warp's
-// channels: 32 or 64), KILN_NUM_EXTRA
-// (the epilogue's inputs besides the accumulator), the output's storage type `kiln_out_t` and
-// the expression; BODY defines
-// `kiln_epilogue`, which loads those inputs for one output element and computes its value.
+// channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator), the
+// output's storage type `kiln_out_t` and the expression; BODY defines what a thread does for
+// four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
+// `kiln_epi_load` a row's other inputs, and `kiln_epi_row` computes and stores the row's four
+// outputs (see the epilogue at the end).
 //
 // The GEMM: row r is an output position (n, oy, ox), column c an output channel, and the
 // reduction runs over k = (ky, kx, ci), in the order both operands are stored: the input NHWC,
