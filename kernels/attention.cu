@@ -366,6 +366,9 @@ ATTN_KERNELS(__nv_bfloat16, bf16)
 // rescaled in place. Lane l holds rows l / 4 and l / 4 + 8 of the warp's 16, and columns
 // (l % 4) * 2 and + 1 of every 8-wide tile (the PTX fragment layout of m16n8k16).
 
+// The host emulation (crates/kiln-cuda/emu) has no tensor cores for these: the GPU tests run
+// them (gpu_attention).
+#ifndef KILN_HOST_EMU
 #define ATTN_MMA_KT 64
 
 // c += a b for one m16n8k16 tile: a four registers of the A fragment, b two of the B fragment.
@@ -642,3 +645,4 @@ ATTN_MMA_KERNELS(64, __half, f16)
 ATTN_MMA_KERNELS(128, __half, f16)
 ATTN_MMA_KERNELS(64, __nv_bfloat16, bf16)
 ATTN_MMA_KERNELS(128, __nv_bfloat16, bf16)
+#endif  // KILN_HOST_EMU
