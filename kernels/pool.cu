@@ -237,33 +237,13 @@ extern "C" __global__ void maxpool2d_u8(const unsigned char* x, unsigned char* y
 // `planes` is N * C as above and `c` the channel count: consecutive threads take consecutive
 // channels of one output cell, so every load is coalesced. The global forms read [N, H*W, C]
 // and write [N, C], which is the same memory as NCHW's [N, C, 1, 1].
-template <typename T>
+// MaxPool over channels-last data, V adjacent channels a thread: one, or 16 bytes of them (8
+// f16, 16 i8) moved as one vector per window cell, which needs the channels times the element
+// size to be a multiple of 16 (the planner checks).
+template <typename T, int V>
 __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
                                                   i64 c) {
-    KILN_GRID_STRIDE(i, p.planes * p.oh * p.ow) {
-        const i64 ch = i % c, ox = (i / c) % p.ow, oy = (i / (c * p.ow)) % p.oh, n = i / (c * p.ow * p.oh);
-        const T* xp = x + n * p.ih * p.iw * c + ch;
-        float m = -__int_as_float(0x7f800000);
-        for (i64 ky = 0; ky < p.kh; ++ky) {
-            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-            if (yy < 0 || yy >= p.ih) continue;
-            for (i64 kx = 0; kx < p.kw; ++kx) {
-                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-                if (xx < 0 || xx >= p.iw) continue;
-                m = nan_max(m, to_f32(xp[(yy * p.iw + xx) * c]));
-            }
-        }
-        y[i] = from_f32<T>(m);
-    }
-}
-
-// MaxPool over channels-last data, 16 bytes of channels a thread (8 f16, 16 i8): one vector
-// load per window cell, the same per-element max as above. The channels times the element
-// size must be a multiple of 16 (the planner checks).
-template <typename T>
-__device__ __forceinline__ void maxpool_nhwc16_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
-                                                    i64 c) {
-    constexpr int V = 16 / sizeof(T);
+    static_assert(V == 1 || V * sizeof(T) == 16, "one channel or 16 bytes of them a thread");
     const i64 cv = c / V, images = p.planes / c;
     KILN_GRID_STRIDE(i, images * p.oh * p.ow * cv) {
         const i64 g = i % cv, cell = i / cv, ox = cell % p.ow, oy = (cell / p.ow) % p.oh, n = cell / (p.ow * p.oh);
@@ -277,9 +257,13 @@ __device__ __forceinline__ void maxpool_nhwc16_impl(const T* __restrict__ x, T* 
             for (i64 kx = 0; kx < p.kw; ++kx) {
                 const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
                 if (xx < 0 || xx >= p.iw) continue;
-                const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
                 T e[V];
-                memcpy(e, &raw, 16);
+                if constexpr (V == 1) {
+                    e[0] = xp[(yy * p.iw + xx) * c];
+                } else {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
+                    memcpy(e, &raw, 16);
+                }
 #pragma unroll
                 for (int v = 0; v < V; ++v) m[v] = nan_max(m[v], to_f32(e[v]));
             }
@@ -287,9 +271,13 @@ __device__ __forceinline__ void maxpool_nhwc16_impl(const T* __restrict__ x, T* 
         T o[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) o[v] = from_f32<T>(m[v]);
-        uint4 out;
-        memcpy(&out, o, 16);
-        *reinterpret_cast<uint4*>(y + cell * c + g * V) = out;
+        if constexpr (V == 1) {
+            y[i] = o[0];
+        } else {
+            uint4 out;
+            memcpy(&out, o, 16);
+            *reinterpret_cast<uint4*>(y + cell * c + g * V) = out;
+        }
     }
 }
 
@@ -336,10 +324,10 @@ __device__ __forceinline__ void global_pool_nhwc_impl(const T* __restrict__ x, T
 
 #define POOL_NHWC_KERNELS(T, sfx)                                                                      \
     extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
-        maxpool_nhwc_impl<T>(x, y, p, c);                                                              \
+        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                              \
     }                                                                                                  \
     extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
-        maxpool_nhwc16_impl<T>(x, y, p, c);                                                            \
+        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                                            \
     }                                                                                                  \
     extern "C" __global__ void avgpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
         avgpool_nhwc_impl<T>(x, y, p, c);                                                              \
@@ -359,10 +347,10 @@ POOL_NHWC_KERNELS(__nv_bfloat16, bf16)
 // stay NHWC between convolutions.
 #define MAXPOOL_NHWC_INT_KERNELS(T, sfx)                                                               \
     extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
-        maxpool_nhwc_impl<T>(x, y, p, c);                                                              \
+        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                              \
     }                                                                                                  \
     extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
-        maxpool_nhwc16_impl<T>(x, y, p, c);                                                            \
+        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                                            \
     }
 MAXPOOL_NHWC_INT_KERNELS(signed char, i8)
 MAXPOOL_NHWC_INT_KERNELS(unsigned char, u8)

@@ -382,6 +382,40 @@ int main() {
         launch(dim3{6}, dim3{row_threads(hw)}, [&] { P::globalavgpool_f32(x.data(), y.data(), 6, hw); });
         for (int p = 0; p < 6; ++p) { double s = 0; for (i64 k = 0; k < hw; ++k) s += x[p * hw + k]; check("globalavg", y[p], s / hw, 1e-5); }
     }
+    // 3x3/2 max pool with padding, channels-last, one channel a thread and 16 bytes of them
+    // (i8 over 32 channels, f16 over 16), against a naive loop.
+    {
+        const i64 N = 2, H = 7, W = 6, OH = 4, OW = 3;
+        P::PoolArgs a{};
+        a.ih = H; a.iw = W; a.oh = OH; a.ow = OW; a.kh = a.kw = 3; a.sh = a.sw = 2; a.dh = a.dw = 1;
+        a.ph0 = a.pw0 = a.ph1 = a.pw1 = 1;
+        auto want = [&](auto& x, i64 c, i64 n, i64 oy, i64 ox, i64 ch) {
+            double m = -1e30;
+            for (i64 ky = 0; ky < 3; ++ky) for (i64 kx = 0; kx < 3; ++kx) {
+                const i64 yy = oy * 2 - 1 + ky, xx = ox * 2 - 1 + kx;
+                if (yy >= 0 && yy < H && xx >= 0 && xx < W) m = std::max(m, (double)P::to_f32(x[((n * H + yy) * W + xx) * c + ch]));
+            }
+            return m;
+        };
+        for (int vec : {0, 1}) {
+            const i64 c8 = 32;
+            a.planes = N * c8;
+            std::vector<signed char> x(N * H * W * c8), y(N * OH * OW * c8);
+            for (auto& v : x) v = (signed char)(rng() % 256);
+            const unsigned threads = (unsigned)(N * OH * OW * c8 / (vec ? 16 : 1));
+            launch(dim3{(threads + 63) / 64}, dim3{64}, [&] { (vec ? P::maxpool2d_nhwc16_i8 : P::maxpool2d_nhwc_i8)(x.data(), y.data(), a, c8); });
+            for (i64 n = 0; n < N; ++n) for (i64 oy = 0; oy < OH; ++oy) for (i64 ox = 0; ox < OW; ++ox) for (i64 ch = 0; ch < c8; ++ch)
+                check("maxpool nhwc i8", y[((n * OH + oy) * OW + ox) * c8 + ch], want(x, c8, n, oy, ox, ch), 0);
+            const i64 c16 = 16;
+            a.planes = N * c16;
+            std::vector<__half> xh(N * H * W * c16), yh(N * OH * OW * c16);
+            for (auto& v : xh) v = __float2half_rn(U(-4, 4));
+            const unsigned th = (unsigned)(N * OH * OW * c16 / (vec ? 8 : 1));
+            launch(dim3{(th + 63) / 64}, dim3{64}, [&] { (vec ? P::maxpool2d_nhwc16_f16 : P::maxpool2d_nhwc_f16)(xh.data(), yh.data(), a, c16); });
+            for (i64 n = 0; n < N; ++n) for (i64 oy = 0; oy < OH; ++oy) for (i64 ox = 0; ox < OW; ++ox) for (i64 ch = 0; ch < c16; ++ch)
+                check("maxpool nhwc f16", __half2float(yh[((n * OH + oy) * OW + ox) * c16 + ch]), want(xh, c16, n, oy, ox, ch), 0);
+        }
+    }
     printf("pool done, %d fails\n", fails);
     // Index: the gathers, scatters (duplicates resolve in index order), CumSum, TopK (ties and
     // NaN), Hardmax, the NLL loss, OneHot, Trilu and EyeLike.

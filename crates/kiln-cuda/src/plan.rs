@@ -1569,8 +1569,7 @@ fn batched_transpose(shape: &[usize], perm: &[usize]) -> Option<(usize, usize, u
         return None;
     }
     let j = perm[k];
-    let rotated = (k..n).map(|i| if i < k + (n - j) { j + (i - k) } else { k + (i - k - (n - j)) });
-    if j <= k || !perm[k..].iter().copied().eq(rotated) {
+    if j <= k || !perm[k..].iter().copied().eq((j..n).chain(k..j)) {
         return None;
     }
     let prod = |d: &[usize]| d.iter().product::<usize>();
@@ -1612,9 +1611,9 @@ mod tests {
         // A plain 2-D transpose, and a rotation of three dims.
         assert_eq!(bt(&[6, 7], &[1, 0]), Some((1, 6, 7)));
         assert_eq!(bt(&[2, 3, 4], &[2, 0, 1]), Some((1, 6, 4)));
-        // Not rotations: swapping the last two of three is a batch of one 2-D transpose only
-        // after the first dim, which is kept.
+        // Swapping the last two of three keeps the first: a batch of 2 transposes of 3 x 4.
         assert_eq!(bt(&[2, 3, 4], &[0, 2, 1]), Some((2, 3, 4)));
+        // Not rotations of the dims after the kept ones.
         assert_eq!(bt(&[2, 3, 4, 5], &[0, 3, 2, 1]), None);
         assert_eq!(bt(&[2, 3, 4, 5], &[1, 0, 3, 2]), None);
         // The identity, and a transpose with a unit side, move nothing worth tiling.
