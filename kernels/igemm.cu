@@ -31,11 +31,28 @@
 
 #define IG_BM 128
 #define IG_BK 64
+// On sm_90a the products are `wgmma` (warpgroup) instructions reading both operands from the
+// shared tiles; elsewhere, and in the host emulation, `mma.sync` on fragments from `ldmatrix`.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && !defined(KILN_HOST_EMU)
+#define IG_WGMMA 1
+#else
+#define IG_WGMMA 0
+#endif
 // Warps: 2 along the rows (64 each) by KILN_BN / KILN_WN along the channels (KILN_WN each).
 #define IG_WARPS_N (KILN_BN / KILN_WN)
 #define IG_THREADS (64 * IG_WARPS_N)
 // 8-channel mma tiles per warp.
 #define IG_NT (KILN_WN / 8)
+// With wgmma: warpgroups (of 128 threads), each computing all 128 rows (two m64 halves) by
+// IG_WG_N channels (64, or 128 for four 64 x 64 warps' block).
+#define IG_WGS (IG_THREADS / 128)
+#ifdef IG_WG_WIDE
+#define IG_WG_HALVES (2 / IG_WGS)
+#define IG_WG_N KILN_BN
+#else
+#define IG_WG_HALVES 2
+#define IG_WG_N (KILN_BN / IG_WGS)
+#endif
 #define IG_STAGES (KILN_BN == 128 ? 3 : 4)
 // 16-byte pieces of A and of B each thread copies per stage.
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
@@ -138,6 +155,35 @@ __device__ __forceinline__ void ig_mma(int (&d)[4], unsigned a0, unsigned a1, un
 }
 #endif
 
+#if IG_WGMMA
+// sm_90a: the warpgroup's asynchronous product. A shared-memory operand is described by its
+// start address, the distance between 8-row groups (512 bytes) and the swizzle (64-byte: the
+// tile layout above, piece c of row r at c ^ ((r / 2) % 4), which the hardware undoes).
+__device__ __forceinline__ unsigned long long ig_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(512 >> 4) << 32) |
+           (2ull << 62);
+}
+__device__ __forceinline__ void ig_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void ig_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void ig_wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// The copies' writes (generic proxy) made visible to the products' reads (async proxy).
+__device__ __forceinline__ void ig_fence_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void ig_wgmma_n64(int (&d)[32], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        : "l"(da), "l"(db), "n"(1));
+}
+__device__ __forceinline__ void ig_wgmma_n128(int (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(da), "l"(db), "n"(1));
+}
+#endif
+
 // Shared-memory byte offset of piece `c` (0..3) of tile row `r`.
 __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ ((r >> 1) & 3)) << 4); }
 
@@ -145,17 +191,33 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
-    __align__(16) __shared__ signed char smem[IG_SMEM];
+    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
+    __align__(1024) __shared__ signed char smem[IG_SMEM];
     signed char(*sa)[IG_BM * IG_BK] = reinterpret_cast<signed char(*)[IG_BM * IG_BK]>(smem);
     signed char(*sb)[KILN_BN * IG_BK] = reinterpret_cast<signed char(*)[KILN_BN * IG_BK]>(smem + IG_STAGES * IG_BM * IG_BK);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#if !IG_WGMMA
     const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
+#endif
     const i64 row0 = (i64)blockIdx.x * IG_BM;
     const int col0 = blockIdx.y * KILN_BN;
     // The host guarantees that the input and the filter have fewer than 2^31 bytes and the
     // GEMM fewer than 2^31 rows, so every offset and row here is 32-bit (the output's are not).
-    const int C = (int)g.c, H = (int)g.h, W = (int)g.w, KW = (int)g.kw, K = (int)g.k;
+    const int K = (int)g.k;
     const int piece = tid & 3;
+#ifdef KILN_IG_DENSE
+    // A plain product (a matrix product, or a 1x1 convolution of stride 1 without padding):
+    // row r of the reduction is the K bytes at x + r * K.
+    const signed char* a_src[IG_A_PIECES];
+    bool a_in[IG_A_PIECES];
+#pragma unroll
+    for (int i = 0; i < IG_A_PIECES; ++i) {
+        const i64 r = row0 + (tid >> 2) + i * (IG_THREADS / 4);
+        a_in[i] = r < g.rows;
+        a_src[i] = x + (a_in[i] ? (int)r * K + piece * 16 : 0);
+    }
+#else
+    const int C = (int)g.c, H = (int)g.h, W = (int)g.w, KW = (int)g.kw;
     const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
     // Per row this thread copies: the offset of its top-left input pixel, and that pixel.
     const signed char* a_src[IG_A_PIECES];
@@ -183,6 +245,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         ky = kpos / KW;
         kx = kpos - ky * KW;
     }
+#endif
     // Shared offsets of this thread's pieces (the same at every stage), and its filter rows.
     int a_soff[IG_A_PIECES], b_soff[IG_B_PIECES];
     const signed char* b_src[IG_B_PIECES];
@@ -199,16 +262,24 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     int kb = piece * 16;  // the piece's byte in the reduction
     auto load = [&](int stage) {
         const bool kin = kb < K;
-        const int dy = ky * (int)g.dh, dx = kx * (int)g.dw, dk = (dy * W + dx) * C + c0;
         signed char* sa_s = sa[stage];
         signed char* sb_s = sb[stage];
+        // A copy of 0 bytes reads nothing (it zero-fills): its address need not be valid.
+#ifdef KILN_IG_DENSE
+#pragma unroll
+        for (int i = 0; i < IG_A_PIECES; ++i) {
+            ig_cp_async16(sa_s + a_soff[i], a_src[i], kin && a_in[i] ? 16 : 0);
+            a_src[i] += IG_BK;
+        }
+#else
+        const int dy = ky * (int)g.dh, dx = kx * (int)g.dw, dk = (dy * W + dx) * C + c0;
 #pragma unroll
         for (int i = 0; i < IG_A_PIECES; ++i) {
             const int yy = a_iy[i] + dy, xx = a_ix[i] + dx;
             const bool ok = kin && (unsigned)yy < (unsigned)H && (unsigned)xx < (unsigned)W;
-            // A copy of 0 bytes reads nothing (it zero-fills): its address need not be valid.
             ig_cp_async16(sa_s + a_soff[i], a_src[i] + dk, ok ? 16 : 0);
         }
+#endif
 #pragma unroll
         for (int i = 0; i < IG_B_PIECES; ++i) {
             const bool ok = kin && b_in[i];
@@ -217,6 +288,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         }
         // On to the next tile: 64 bytes further along (channel, filter column, filter row).
         kb += IG_BK;
+#ifndef KILN_IG_DENSE
         c0 += IG_BK;
         while (c0 >= C) {
             c0 -= C;
@@ -225,8 +297,16 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
                 ++ky;
             }
         }
+#endif
     };
 
+#if IG_WGMMA
+    int acc[IG_WG_HALVES][IG_WG_N / 2];
+#pragma unroll
+    for (int h = 0; h < IG_WG_HALVES; ++h)
+#pragma unroll
+        for (int q = 0; q < IG_WG_N / 2; ++q) acc[h][q] = 0;
+#else
     int acc[4][IG_NT][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -234,6 +314,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         for (int j = 0; j < IG_NT; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0;
+#endif
 
     const int tiles = (K + IG_BK - 1) / IG_BK;
 #pragma unroll
@@ -241,6 +322,44 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         if (s < tiles) load(s);
         ig_cp_commit();
     }
+#if IG_WGMMA
+    // Each warpgroup: per 32-byte step of the tile, one product per 64-row half over its
+    // channels, all issued before waiting for them. The stage is rewritten only after the next
+    // barrier, when every warpgroup's products on it are complete.
+    const int wg = warp >> 2;
+#ifdef IG_WG_WIDE
+    const int wg_row0 = wg * 64 * IG_WG_HALVES, wg_col0 = 0;
+#else
+    const int wg_row0 = 0, wg_col0 = wg * IG_WG_N;
+#endif
+    const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa[0]) + wg_row0 * IG_BK;
+    const unsigned sb0 = (unsigned)__cvta_generic_to_shared(sb[0]) + wg_col0 * IG_BK;
+    for (int kt = 0; kt < tiles; ++kt) {
+        ig_cp_wait<IG_STAGES - 2>();
+#ifndef IG_NO_FENCE
+        ig_fence_async();
+#endif
+        __syncthreads();
+        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
+        ig_cp_commit();
+        const unsigned as = sa0 + (kt % IG_STAGES) * (IG_BM * IG_BK), bs = sb0 + (kt % IG_STAGES) * (KILN_BN * IG_BK);
+        ig_wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const unsigned long long db = ig_desc(bs + s * 32);
+#pragma unroll
+            for (int h = 0; h < IG_WG_HALVES; ++h) {
+#if IG_WG_N == 64
+                ig_wgmma_n64(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
+#else
+                ig_wgmma_n128(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
+#endif
+            }
+        }
+        ig_wgmma_commit();
+        ig_wgmma_wait0();
+    }
+#else
     // ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
     // (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
     // (channels 0-7, 8-15): b0, b1 of two 8-channel tiles.
@@ -280,6 +399,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
             }
         }
     }
+#endif
     ig_cp_wait<0>();
     __syncthreads();
 
@@ -298,6 +418,22 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 #pragma unroll 1
     for (int pass = 0; pass < IG_BM / IG_EPI_ROWS; ++pass) {
         if (pass > 0) __syncthreads();  // the previous pass's reads are done
+#if IG_WGMMA
+        // A warp's accumulators of half h: rows h * 64 + 16 * (warp % 4) + gq (+ 8), channels
+        // j * 8 + 2 * t (+ 1) of its warpgroup's, as mma.sync's m16n8 tiles.
+#pragma unroll
+        for (int h = 0; h < IG_WG_HALVES; ++h) {
+            if ((wg_row0 + h * 64) / IG_EPI_ROWS != pass) continue;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int lr = wg_row0 + h * 64 - pass * IG_EPI_ROWS + (warp & 3) * 16 + gq + half * 8;
+#pragma unroll
+                for (int j = 0; j < IG_WG_N / 8; ++j)
+                    *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wg_col0 + j * 8 + t * 2]) =
+                        make_int2(acc[h][j * 4 + half * 2], acc[h][j * 4 + half * 2 + 1]);
+            }
+        }
+#else
         if ((wm * 64) / IG_EPI_ROWS == pass) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
@@ -310,6 +446,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
                             make_int2(acc[i][j][half * 2], acc[i][j][half * 2 + 1]);
                 }
         }
+#endif
         __syncthreads();
         // A thread's rows in chunks: each chunk's inputs are all requested before any row is
         // computed, so their loads are in flight together. Rows past the last are computed

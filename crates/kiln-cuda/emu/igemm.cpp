@@ -22,11 +22,21 @@ namespace S128 {
 namespace S128W {
 #include "igemm128w64s.inc"
 }
+namespace D64 {
+#include "igemm64w32d.inc"
+}
+namespace D128 {
+#include "igemm128w32d.inc"
+}
+namespace D128W {
+#include "igemm128w64d.inc"
+}
 typedef long long i64;
 static std::mt19937 rng(11);
 static int fails = 0;
 
-struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; };
+// `dense`: run the plain-product kernels (1x1, stride 1, no padding, or a matrix product).
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; };
 
 template <class Args, class Epi, class Kernel>
 static void run(const Case& k, Kernel kernel) {
@@ -70,7 +80,7 @@ static void run(const Case& k, Kernel kernel) {
                    b, oy, ox, oc, got, want);
     }
     fails += bad;
-    printf("igemm%dw%d%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.m % 4 ? "s" : "v", k.n, k.c,
+    printf("igemm%dw%d%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.dense ? "d" : k.m % 4 ? "s" : "v", k.n, k.c,
            k.h, k.w, k.m, k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
 }
 
@@ -93,10 +103,18 @@ int main() {
         // Channels not a multiple of 4 in 128-channel blocks: the element-by-element epilogue.
         {2, 32, 5, 6, 130, 3, 3, 1, 1, 1, 1, 1, 1, 128, 64},
         {150, 48, 1, 1, 66, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32},
+        // The plain-product loader: a 1x1 convolution over 64 channels (a ResNet bottleneck's)
+        // with a row tail, and matrix products with K not a multiple of 64.
+        {3, 64, 7, 9, 136, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true},
+        {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true},
+        {200, 208, 1, 1, 40, 1, 1, 1, 1, 0, 0, 1, 1, 64, 32, true},
     };
     for (const Case& k : cases) {
         const bool v = k.m % 4 == 0;
-        if (k.bn == 64 && v) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64w32v(a...); });
+        if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });
+        else if (k.dense && k.wn == 32) run<D128::IgemmArgs, D128::EpiArgs>(k, [](auto... a) { D128::kernel_igemm128w32d(a...); });
+        else if (k.dense) run<D128W::IgemmArgs, D128W::EpiArgs>(k, [](auto... a) { D128W::kernel_igemm128w64d(a...); });
+        else if (k.bn == 64 && v) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64w32v(a...); });
         else if (k.bn == 64) run<S64::IgemmArgs, S64::EpiArgs>(k, [](auto... a) { S64::kernel_igemm64w32s(a...); });
         else if (k.wn == 32 && v) run<G128::IgemmArgs, G128::EpiArgs>(k, [](auto... a) { G128::kernel_igemm128w32v(a...); });
         else if (k.wn == 32) run<S128::IgemmArgs, S128::EpiArgs>(k, [](auto... a) { S128::kernel_igemm128w32s(a...); });

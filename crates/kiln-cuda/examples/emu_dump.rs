@@ -57,12 +57,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, e, ins) in cases {
         kernels.push((name.to_string(), elementwise_kernel(&e, &ins)?));
     }
+    // Vectorized and element by element, and vectorized with the plain-product loader ("d").
     for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-        for vec in [true, false] {
+        for (vec, dense) in [(true, false), (false, false), (true, true)] {
             let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
             let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
-            let name = format!("igemm{bn}w{wn}{}", if vec { "v" } else { "s" });
-            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec)?));
+            let kind = match (vec, dense) {
+                (_, true) => "d",
+                (true, false) => "v",
+                (false, false) => "s",
+            };
+            let name = format!("igemm{bn}w{wn}{kind}");
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, dense)?));
         }
     }
     for (name, k) in kernels {

@@ -697,13 +697,17 @@ pub enum EpiRead {
 /// [`EpiRead`]) applied to each accumulator. `bn` is the block's output channels, 64 or 128,
 /// and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn` threads. With
 /// `vec` (the output channels a multiple of 4) the epilogue moves four channels at a time as
-/// one vector. The kernel is named `igemm<bn>w<wn>_<hash>_<output dtype>`.
+/// one vector. With `dense` the product is a plain one (a matrix product, or a 1x1
+/// convolution of stride 1 without padding): row `r` of the reduction is the `k` bytes at
+/// `r * k`, and the kernel loads it without the convolution's index arithmetic. The kernel is
+/// named `igemm<bn>w<wn>[d]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
     bn: usize,
     wn: usize,
     vec: bool,
+    dense: bool,
 ) -> Result<ElementwiseKernel> {
     if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn {
         return Err(CudaError::Invalid(format!(
@@ -722,6 +726,9 @@ pub fn igemm_kernel(
     let out = e.output;
     let mut defs = String::new();
     writeln!(defs, "#define KILN_BN {bn}\n#define KILN_WN {wn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());
+    if dense {
+        defs.push_str("#define KILN_IG_DENSE 1\n");
+    }
     if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
         defs.push_str(HELPERS);
     }
@@ -731,7 +738,7 @@ pub fn igemm_kernel(
     let body = igemm_epilogue(extra, out, vec)?;
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let name = format!("igemm{bn}w{wn}_{hash}_{}", dtype_suffix(out)?);
+    let name = format!("igemm{bn}w{wn}{}_{hash}_{}", if dense { "d" } else { "" }, dtype_suffix(out)?);
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
     let source = inline_common(&IGEMM_TEMPLATE.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
     Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })

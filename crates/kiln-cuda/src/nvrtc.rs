@@ -172,9 +172,11 @@ impl Nvrtc {
         self.version
     }
 
-    /// The options every compile gets for `arch`.
+    /// The options every compile gets for `arch`. Hopper (`sm_90`) compiles for `sm_90a`, its
+    /// architecture-specific features (`wgmma`) included: the CUBIN runs on every sm_90 GPU.
     pub fn options(&self, arch: &str) -> Vec<String> {
-        vec![format!("-arch={arch}"), "-std=c++17".into(), format!("-I{}", self.include_dir.display())]
+        let target = if arch == "sm_90" { "sm_90a" } else { arch };
+        vec![format!("-arch={target}"), "-std=c++17".into(), format!("-I{}", self.include_dir.display())]
     }
 
     /// The cache key of a compile: a hash of the source, the options and NVRTC's version.

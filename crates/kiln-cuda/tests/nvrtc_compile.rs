@@ -81,9 +81,12 @@ fn generated_igemm_kernels_compile() {
         let scale = if vec { EpiRead::Channels } else { EpiRead::Strided };
         [(DType::F32, scale), (DType::F32, EpiRead::Dense)]
     };
-    for (to, vec) in [(DType::F32, true), (DType::F16, false), (DType::I8, true), (DType::I8, false)] {
+    // The plain-product loader with each output type (the convolution's with the others).
+    for (to, vec, dense) in
+        [(DType::F32, true, false), (DType::F16, false, true), (DType::I8, true, true), (DType::I8, false, false)]
+    {
         for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec).expect("generates");
+            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, dense).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

@@ -82,6 +82,19 @@ impl Shape {
         Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
     }
 
+    /// Whether the product is a plain one: row `r` of the reduction is the input's `c` bytes
+    /// at `r * c` (a matrix product, or a 1x1 convolution of stride 1 without padding).
+    fn dense(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.ph == 0
+            && self.pw == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+
     /// How the epilogue reads an input with strides `st` over the output's (image, row,
     /// column, channel).
     fn read(&self, st: &[i64]) -> EpiRead {
@@ -273,7 +286,19 @@ impl Planner<'_> {
     ) -> Result<()> {
         let reads: Vec<(DType, EpiRead)> =
             extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
-        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4))?;
+        let mut k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense())?;
+        // EXPERIMENT (not for commit): KILN_IGEMM_DEFS="A=1+B=2" adds defines.
+        if let Ok(defs) = std::env::var("KILN_IGEMM_DEFS") {
+            let mut pre = String::new();
+            for d in defs.split('+').filter(|d| !d.is_empty()) {
+                let (a, b) = d.split_once('=').unwrap_or((d, "1"));
+                pre.push_str(&format!("#define {a} {b}\n"));
+            }
+            let tag: String = defs.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
+            let name = format!("{}_{tag}", k.name);
+            k.source = format!("{pre}{}", k.source.replace(&k.name, &name));
+            k.name = name;
+        }
         if k.output != self.plan.buffers[y].dtype {
             return Err(CudaError::Invalid(format!(
                 "the epilogue gives {}, the node's output is {}",
