@@ -4,8 +4,9 @@
 // accumulators on chip and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
 // defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_WN (a warp's
-// channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator), the
-// output's storage type `kiln_out_t` and the expression; BODY defines what a thread does for
+// channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator),
+// KILN_IG_DENSE for a plain product (see below), the output's storage type `kiln_out_t` and
+// the expression; BODY defines what a thread does for
 // four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
 // `kiln_epi_load` a row's other inputs, and `kiln_epi_row` computes and stores the row's four
 // outputs (see the epilogue at the end).
@@ -24,7 +25,17 @@
 // mma takes). A tile row is 64 bytes, four 16-byte pieces; piece c of row r is stored at
 // position c ^ ((r / 2) % 4), so the eight rows an `ldmatrix` phase reads fall in distinct
 // banks. Each thread copies one piece column of its rows and keeps where the next tile starts
-// (input pixel offset and channel) incrementally, so the copy loop divides nothing.
+// (input pixel offset and channel) incrementally, so the copy loop divides nothing. With
+// KILN_IG_DENSE (a matrix product, or a 1x1 convolution of stride 1 without padding) row r of
+// the reduction is simply the k bytes at r * k, and the copies skip the pixel arithmetic.
+//
+// On sm_90a (NVRTC compiles Hopper's sm_90 so) the same tiles feed `wgmma` instead: the
+// block's warpgroups each take all 128 rows (two m64 products) by KILN_BN / warpgroups
+// channels, reading both operands from shared memory through descriptors. The tile layout
+// above is exactly wgmma's 64-byte swizzle, so the copies are unchanged; a proxy fence makes
+// the copies visible to the products, and the products of a stage complete before the next
+// barrier, after which the stage is refilled. The accumulators come out in mma.sync's
+// fragment layout, so the epilogue is shared.
 #include "common.cuh"
 
 /*{{DEFS}}*/
@@ -44,15 +55,9 @@
 // 8-channel mma tiles per warp.
 #define IG_NT (KILN_WN / 8)
 // With wgmma: warpgroups (of 128 threads), each computing all 128 rows (two m64 halves) by
-// IG_WG_N channels (64, or 128 for four 64 x 64 warps' block).
+// IG_WG_N channels (64, or 128 for the block of four 64 x 64 warps).
 #define IG_WGS (IG_THREADS / 128)
-#ifdef IG_WG_WIDE
-#define IG_WG_HALVES (2 / IG_WGS)
-#define IG_WG_N KILN_BN
-#else
-#define IG_WG_HALVES 2
 #define IG_WG_N (KILN_BN / IG_WGS)
-#endif
 #define IG_STAGES (KILN_BN == 128 ? 3 : 4)
 // 16-byte pieces of A and of B each thread copies per stage.
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
@@ -301,9 +306,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     };
 
 #if IG_WGMMA
-    int acc[IG_WG_HALVES][IG_WG_N / 2];
+    int acc[2][IG_WG_N / 2];
 #pragma unroll
-    for (int h = 0; h < IG_WG_HALVES; ++h)
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int q = 0; q < IG_WG_N / 2; ++q) acc[h][q] = 0;
 #else
@@ -327,18 +332,12 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     // channels, all issued before waiting for them. The stage is rewritten only after the next
     // barrier, when every warpgroup's products on it are complete.
     const int wg = warp >> 2;
-#ifdef IG_WG_WIDE
-    const int wg_row0 = wg * 64 * IG_WG_HALVES, wg_col0 = 0;
-#else
-    const int wg_row0 = 0, wg_col0 = wg * IG_WG_N;
-#endif
-    const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa[0]) + wg_row0 * IG_BK;
+    const int wg_col0 = wg * IG_WG_N;
+    const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa[0]);
     const unsigned sb0 = (unsigned)__cvta_generic_to_shared(sb[0]) + wg_col0 * IG_BK;
     for (int kt = 0; kt < tiles; ++kt) {
         ig_cp_wait<IG_STAGES - 2>();
-#ifndef IG_NO_FENCE
         ig_fence_async();
-#endif
         __syncthreads();
         if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
         ig_cp_commit();
@@ -348,7 +347,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         for (int s = 0; s < 2; ++s) {
             const unsigned long long db = ig_desc(bs + s * 32);
 #pragma unroll
-            for (int h = 0; h < IG_WG_HALVES; ++h) {
+            for (int h = 0; h < 2; ++h) {
 #if IG_WG_N == 64
                 ig_wgmma_n64(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
 #else
@@ -422,11 +421,11 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         // A warp's accumulators of half h: rows h * 64 + 16 * (warp % 4) + gq (+ 8), channels
         // j * 8 + 2 * t (+ 1) of its warpgroup's, as mma.sync's m16n8 tiles.
 #pragma unroll
-        for (int h = 0; h < IG_WG_HALVES; ++h) {
-            if ((wg_row0 + h * 64) / IG_EPI_ROWS != pass) continue;
+        for (int h = 0; h < 2; ++h) {
+            if ((h * 64) / IG_EPI_ROWS != pass) continue;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                const int lr = wg_row0 + h * 64 - pass * IG_EPI_ROWS + (warp & 3) * 16 + gq + half * 8;
+                const int lr = h * 64 - pass * IG_EPI_ROWS + (warp & 3) * 16 + gq + half * 8;
 #pragma unroll
                 for (int j = 0; j < IG_WG_N / 8; ++j)
                     *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wg_col0 + j * 8 + t * 2]) =

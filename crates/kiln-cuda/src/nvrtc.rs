@@ -334,6 +334,9 @@ mod tests {
         let Some(nv) = nvrtc() else { return };
         let dir = scratch("cache");
         let nv = nv.with_cache_dir(Some(dir.clone()));
+        // Hopper compiles with its architecture-specific features (wgmma); others as named.
+        assert!(nv.options("sm_90").contains(&"-arch=sm_90a".to_string()));
+        assert!(nv.options("sm_80").contains(&"-arch=sm_80".to_string()));
         let src = "extern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }";
         let first = nv.compile("twice", src, "sm_80").unwrap();
         assert!(!first.cached && first.has_kernel("twice") && !first.has_kernel("twic"));

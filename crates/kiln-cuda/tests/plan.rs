@@ -965,7 +965,8 @@ fn integer_matmul_epilogues_run_the_implicit_gemm() {
     let p = plan(&integer_matmul_epilogue(32)).unwrap();
     let (gemms, kernels) = gemms_and_kernels(&p);
     assert_eq!((gemms.len(), kernels.len()), (1, 1), "{p}");
-    assert!(kernels[0].starts_with("igemm64w32_") && kernels[0].ends_with("_f32"), "{p}");
+    // A matrix product: the plain-product loader ("d").
+    assert!(kernels[0].starts_with("igemm64w32d_") && kernels[0].ends_with("_f32"), "{p}");
     assert!(p.buffers.iter().all(|b| !b.name.ends_with(".acc")), "{p}");
     assert_eq!(p.buffers[gemms[0].b].name, "w.nk", "{p}");
     let nv = match Nvrtc::locate() {

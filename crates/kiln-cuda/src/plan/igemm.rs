@@ -286,19 +286,7 @@ impl Planner<'_> {
     ) -> Result<()> {
         let reads: Vec<(DType, EpiRead)> =
             extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
-        let mut k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense())?;
-        // EXPERIMENT (not for commit): KILN_IGEMM_DEFS="A=1+B=2" adds defines.
-        if let Ok(defs) = std::env::var("KILN_IGEMM_DEFS") {
-            let mut pre = String::new();
-            for d in defs.split('+').filter(|d| !d.is_empty()) {
-                let (a, b) = d.split_once('=').unwrap_or((d, "1"));
-                pre.push_str(&format!("#define {a} {b}\n"));
-            }
-            let tag: String = defs.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
-            let name = format!("{}_{tag}", k.name);
-            k.source = format!("{pre}{}", k.source.replace(&k.name, &name));
-            k.name = name;
-        }
+        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense())?;
         if k.output != self.plan.buffers[y].dtype {
             return Err(CudaError::Invalid(format!(
                 "the epilogue gives {}, the node's output is {}",
