@@ -36,6 +36,26 @@ __device__ __forceinline__ float kiln_div_k(float x, float c, float r) {
     return (e != 0.0f && isfinite(q)) ? fmaf(e, r, q) : q;
 }
 __device__ __forceinline__ float nan_min(float a, float b) { return (a < b || a != a) ? a : b; }
+// Cast<i8>(Clip<-128,127>(Round(x))) (and u8 over [0, 255]), a quantization's last steps, as
+// one conversion: round half to even, saturate, NaN to 0 (PTX's cvt.rni.sat).
+__device__ __forceinline__ signed char kiln_rni_sat_s8(float x) {
+#ifdef __CUDA_ARCH__
+    int r;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return (signed char)r;
+#else
+    return x != x ? 0 : (signed char)fminf(fmaxf(rintf(x), -128.0f), 127.0f);
+#endif
+}
+__device__ __forceinline__ unsigned char kiln_rni_sat_u8(float x) {
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("cvt.rni.sat.u8.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return (unsigned char)r;
+#else
+    return x != x ? 0 : (unsigned char)fminf(fmaxf(rintf(x), 0.0f), 255.0f);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reductions. Blocks are a multiple of 32 threads, at most 1024.

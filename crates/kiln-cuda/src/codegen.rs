@@ -221,9 +221,13 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
                 let arg_types: Vec<DType> = args.iter().map(|&a| types[a]).collect();
                 let dt = step_type(op, &arg_types)?;
                 let names: Vec<String> = args.iter().map(|a| format!("t{a}")).collect();
-                match const_divisor(expr, op, args, dt) {
-                    Some((c, r)) => (dt, format!("kiln_div_k({}, {c}, {r})", names[0])),
-                    None => (dt, emit_op(op, &names, &arg_types, dt)?),
+                if let Some((f, x)) = rounded_saturating_cast(expr, op, args, &types) {
+                    (dt, format!("{f}(t{x})"))
+                } else {
+                    match const_divisor(expr, op, args, dt) {
+                        Some((c, r)) => (dt, format!("kiln_div_k({}, {c}, {r})", names[0])),
+                        None => (dt, emit_op(op, &names, &arg_types, dt)?),
+                    }
                 }
             }
         };
@@ -244,6 +248,36 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
     writeln!(code, "    return t{};", expr.nodes.len() - 1).unwrap_or(());
     code.push_str("}\n");
     Ok(ExprCode { code, output })
+}
+
+/// `Cast<i8>(Clip<-128,127>(Round(x)))` over an f32 `x` (a quantization's last three steps),
+/// or the u8 form over [0, 255]: the helper that does it in one conversion (`kiln_rni_sat_s8`,
+/// `kiln_rni_sat_u8`: round half to even, saturate, NaN to 0, as the three steps give) and the
+/// node of `x`. The clip and round nodes are still emitted, unread.
+fn rounded_saturating_cast(
+    expr: &Expr,
+    op: &ElementwiseOp,
+    args: &[usize],
+    types: &[DType],
+) -> Option<(&'static str, usize)> {
+    let ElementwiseOp::Cast { to, .. } = op else { return None };
+    let (f, lo, hi) = match to {
+        DType::I8 => ("kiln_rni_sat_s8", -128.0, 127.0),
+        DType::U8 => ("kiln_rni_sat_u8", 0.0, 255.0),
+        _ => return None,
+    };
+    let &[clip] = args else { return None };
+    let ExprNode::Op { op: ElementwiseOp::Clip { min: Some(min), max: Some(max) }, args: clip_args } =
+        &expr.nodes[clip]
+    else {
+        return None;
+    };
+    let &[round] = &clip_args[..] else { return None };
+    let ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Round), args: round_args } = &expr.nodes[round] else {
+        return None;
+    };
+    let &[x] = &round_args[..] else { return None };
+    (*min == lo && *max == hi && types[x] == DType::F32).then_some((f, x))
 }
 
 /// An f32 division by a constant (a quantization's scale) as the constant and its reciprocal,
@@ -1145,6 +1179,27 @@ mod tests {
 
     fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
         ExprNode::Op { op, args: args.to_vec() }
+    }
+
+    /// A quantization's round, clip to the target's range and cast become one saturating
+    /// conversion, for i8 and u8; another clip range keeps the three steps.
+    #[test]
+    fn quantization_tails_are_one_conversion() {
+        let quantize = |to: DType, lo: f32, hi: f32| Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                ExprNode::Scalar { value: 0.5, dtype: DType::F32 },
+                node(ElementwiseOp::Binary(BinaryOp::Div), &[0, 1]),
+                node(ElementwiseOp::Unary(UnaryOp::Round), &[2]),
+                node(ElementwiseOp::Clip { min: Some(lo), max: Some(hi) }, &[3]),
+                node(ElementwiseOp::Cast { to, saturate: true }, &[4]),
+            ],
+        };
+        let code = |e: &Expr| expr_function(e, &[DType::F32], "f").expect("generates").code;
+        assert!(code(&quantize(DType::I8, -128.0, 127.0)).contains("const signed char t5 = kiln_rni_sat_s8(t2);"));
+        assert!(code(&quantize(DType::U8, 0.0, 255.0)).contains("kiln_rni_sat_u8(t2)"));
+        let narrow = code(&quantize(DType::I8, -127.0, 127.0));
+        assert!(!narrow.contains("kiln_rni_sat") && narrow.contains("rintf"), "{narrow}");
     }
 
     /// The one place these tests call the generator: the error of lowering `e` over `inputs`.
