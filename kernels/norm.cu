@@ -109,10 +109,15 @@ __device__ __forceinline__ void rmsnorm_rows(const T* __restrict__ x, const T* _
 // mean of (x - mean)^2. No shared memory and no block barrier: a row is one warp's business.
 // VEC picks 16-byte loads and stores when every pointer is 16-byte aligned (then every row is,
 // as a row is a whole number of vectors); otherwise the same math runs on element loads.
+// With `q`, the output is also quantized to i8 as the next layer's QuantizeLinear does it
+// (its stored value over the constant scale qc, whose reciprocal is qr; see kiln_div_k), so an
+// INT8 network's LayerNorm writes the f16 its residual reads and the i8 its product reads.
 template <typename T, bool VEC, bool RMS>
 __device__ __forceinline__ void norm_warp_rows(const T* __restrict__ x, const T* __restrict__ scale,
                                                const T* __restrict__ bias, T* __restrict__ y, i64 rows, i64 n,
-                                               float eps, float* mean_out, float* invstd_out) {
+                                               float eps, float* mean_out, float* invstd_out,
+                                               signed char* __restrict__ q = nullptr, float qc = 1.0f,
+                                               float qr = 1.0f) {
     constexpr int N = Vec16<T>::N;
     const int lane = threadIdx.x & 31;
     const int nvec = (int)(n / N);
@@ -170,6 +175,25 @@ __device__ __forceinline__ void norm_warp_rows(const T* __restrict__ x, const T*
                     for (int e = 0; e < N; ++e) o[e] += b[e];
                 }
                 store_vec16<T, VEC>(yr, c, o);
+                if (q) {
+                    // The stored value, rounded to T, is what the quantize reads.
+                    signed char b[N];
+#pragma unroll
+                    for (int e = 0; e < N; ++e) b[e] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(o[e])), qc, qr));
+                    signed char* qrow = q + r * n + (i64)c * N;
+                    if (VEC && N == 8) {
+                        uint2 w;
+                        memcpy(&w, b, 8);
+                        *reinterpret_cast<uint2*>(qrow) = w;
+                    } else if (VEC && N == 4) {
+                        unsigned w;
+                        memcpy(&w, b, 4);
+                        *reinterpret_cast<unsigned*>(qrow) = w;
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < N; ++e) qrow[e] = b[e];
+                    }
+                }
             }
         }
     }
@@ -184,6 +208,17 @@ __device__ __forceinline__ void norm_warp(const T* x, const T* scale, const T* b
         norm_warp_rows<T, true, RMS>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);
     else
         norm_warp_rows<T, false, RMS>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);
+}
+// The same LayerNorm, its output quantized to `q` too (aligned as `y`, an i8 row being a
+// quarter or half of a T row's bytes: 16-byte alignment of q is checked with the others).
+template <typename T>
+__device__ __forceinline__ void layernorm_warp_q(const T* x, const T* scale, const T* bias, T* y, i64 rows, i64 n,
+                                                 float eps, float* mean_out, float* invstd_out, signed char* q,
+                                                 float qc, float qr) {
+    if (aligned16(x) && aligned16(scale) && aligned16(bias) && aligned16(y) && aligned16(q))
+        norm_warp_rows<T, true, false>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out, q, qc, qr);
+    else
+        norm_warp_rows<T, false, false>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out, q, qc, qr);
 }
 
 // GroupNorm and InstanceNorm (groups = channels): row r is group r % groups of its sample, n =
@@ -321,6 +356,12 @@ __device__ __forceinline__ void batchnorm_stats_rows(const T* __restrict__ x, co
                                                     i64 rows, i64 n, float eps, float* mean_out,            \
                                                     float* invstd_out) {                                    \
         norm_warp<T, false>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out);                         \
+    }                                                                                                       \
+    extern "C" __global__ void layernorm_warp_q_##sfx(const T* x, const T* scale, const T* bias, T* y,     \
+                                                      i64 rows, i64 n, float eps, float* mean_out,          \
+                                                      float* invstd_out, signed char* q, float qc,          \
+                                                      float qr) {                                           \
+        layernorm_warp_q<T>(x, scale, bias, y, rows, n, eps, mean_out, invstd_out, q, qc, qr);              \
     }                                                                                                       \
     extern "C" __global__ void rmsnorm_warp_##sfx(const T* x, const T* scale, T* y, i64 rows, i64 n,       \
                                                   float eps) {                                              \

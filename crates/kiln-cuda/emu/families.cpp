@@ -166,6 +166,26 @@ int main() {
                 for (i64 k = 0; k < n; ++k) check("layernorm_warp", get(r * n + k), (xf[r * n + k] - m) / std::sqrt(v + 1e-5) * sf[k] + (with_bias ? bf[k] : 0), tol);
             }
         }
+        // The quantizing LayerNorm: the same output, and its i8 copy exactly the quantization of
+        // the stored value (round half to even, saturated: the scale makes some values clip).
+        {
+            std::vector<signed char> q(rows * n + 16, 99);
+            const float qc = 0.0123f, qr = (float)(1.0 / (double)qc);
+            launch(g, b, [&] {
+                if (half) N::layernorm_warp_q_f16(xh.data() + shift, sh.data() + shift, bh.data() + shift, yh.data() + shift, rows, n, 1e-5f, nullptr, nullptr, q.data() + shift, qc, qr);
+                else N::layernorm_warp_q_f32(xs.data() + shift, ss.data() + shift, bs.data() + shift, ysf.data() + shift, rows, n, 1e-5f, nullptr, nullptr, q.data() + shift, qc, qr);
+            });
+            for (i64 r = 0; r < rows; ++r) {
+                double m = 0, v = 0; for (i64 k = 0; k < n; ++k) m += xf[r * n + k]; m /= n;
+                for (i64 k = 0; k < n; ++k) v += (xf[r * n + k] - m) * (xf[r * n + k] - m); v /= n;
+                for (i64 k = 0; k < n; ++k) {
+                    const float y = get(r * n + k);
+                    check("layernorm_warp_q", y, (xf[r * n + k] - m) / std::sqrt(v + 1e-5) * sf[k] + bf[k], tol);
+                    const float want = std::fmin(std::fmax(std::nearbyint(y / qc), -128.0f), 127.0f);
+                    check("layernorm_warp_q i8", q[r * n + k + shift], want, 0);
+                }
+            }
+        }
         launch(g, b, [&] {
             if (half) N::rmsnorm_warp_f16(xh.data() + shift, sh.data() + shift, yh.data() + shift, rows, n, 1e-6f);
             else N::rmsnorm_warp_f32(xs.data() + shift, ss.data() + shift, ysf.data() + shift, rows, n, 1e-6f);

@@ -288,11 +288,17 @@ fn const_divisor(expr: &Expr, op: &ElementwiseOp, args: &[usize], dt: DType) -> 
     let &[_, d] = args else { return None };
     let ExprNode::Scalar { value, dtype: DType::F32 } = expr.nodes[d] else { return None };
     let c = value as f32;
-    let r = (1.0 / c as f64) as f32;
-    if dt != DType::F32 || !c.is_normal() || !r.is_normal() {
+    let r = const_reciprocal(c)?;
+    if dt != DType::F32 {
         return None;
     }
     Some((literal(c as f64, DType::F32).ok()?, literal(r as f64, DType::F32).ok()?))
+}
+
+/// The reciprocal `kiln_div_k` divides by `c` with, where `c` and it are normal floats.
+pub fn const_reciprocal(c: f32) -> Option<f32> {
+    let r = (1.0 / c as f64) as f32;
+    (c.is_normal() && r.is_normal()).then_some(r)
 }
 
 /// The element type of one step, by the IR's own type rule.

@@ -187,6 +187,7 @@ impl KernelFamily {
                 &[
                     "layernorm",
                     "layernorm_warp",
+                    "layernorm_warp_q",
                     "rmsnorm",
                     "rmsnorm_warp",
                     "groupnorm",

@@ -29,7 +29,7 @@ use kiln_ir::ops::{
     AttentionOp, ElementwiseOp, Expr, ExprNode, FusedOp, LayoutOp, LinalgOp, NormOp, ReduceOp, SpatialOp,
 };
 use kiln_ir::{DType, Graph, NodeId, Op, Tensor, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write};
 
 mod attention;
@@ -356,18 +356,30 @@ struct Planner<'g> {
     /// Whether f32 2-D convolutions run channels-last too: in an FP16 network, whose first
     /// layers the FP16 policy keeps in f32 (see [`channels_last`]).
     nhwc_f32: bool,
+    /// Nodes another node's step computes already (a quantize a LayerNorm writes too).
+    absorbed: HashSet<NodeId>,
 }
 
 /// Plans `g`, or fails naming every node that has no GPU lowering.
 pub fn plan(g: &Graph) -> Result<Plan> {
     let order = g.topo_order().map_err(|e| CudaError::Invalid(e.to_string()))?;
     let nhwc_f32 = channels_last::half_convolutions(g);
-    let mut p = Planner { g, plan: Plan::default(), values: HashMap::new(), nhwc: HashMap::new(), nhwc_f32 };
+    let mut p = Planner {
+        g,
+        plan: Plan::default(),
+        values: HashMap::new(),
+        nhwc: HashMap::new(),
+        nhwc_f32,
+        absorbed: HashSet::new(),
+    };
     for (i, &id) in g.inputs.iter().enumerate() {
         p.buffer(Value { node: id, slot: 0 }, BufferKind::Input(i))?;
     }
     let mut unsupported = vec![];
     for id in order {
+        if p.absorbed.contains(&id) {
+            continue;
+        }
         let node = g.node(id);
         match p.node(id) {
             Ok(()) => {}
@@ -404,6 +416,30 @@ pub fn plan(g: &Graph) -> Result<Plan> {
         }
     }
     Ok(p.plan)
+}
+
+/// The scale `c` of `Cast<i8>(Clip<-128,127>(Round(x / c)))` over input 0, where `x` is the
+/// input or the input cast to f32.
+fn quantize_scale(e: &Expr) -> Option<f32> {
+    let op = |i: usize| match &e.nodes[i] {
+        ExprNode::Op { op, args } => Some((op, &args[..])),
+        _ => None,
+    };
+    let (ElementwiseOp::Cast { to: DType::I8, .. }, &[clip]) = op(e.nodes.len().checked_sub(1)?)? else {
+        return None;
+    };
+    let (&ElementwiseOp::Clip { min: Some(lo), max: Some(hi) }, &[round]) = op(clip)? else { return None };
+    let (ElementwiseOp::Unary(UnaryOp::Round), &[div]) = op(round)? else { return None };
+    let (ElementwiseOp::Binary(BinaryOp::Div), &[x, c]) = op(div)? else { return None };
+    let ExprNode::Scalar { value, dtype: DType::F32 } = e.nodes[c] else { return None };
+    let input = match &e.nodes[x] {
+        ExprNode::Input(0) => true,
+        ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F32, .. }, args } => {
+            matches!(args[..], [a] if matches!(e.nodes[a], ExprNode::Input(0)))
+        }
+        _ => false,
+    };
+    (input && lo == -128.0 && hi == 127.0).then_some(value as f32)
 }
 
 /// The buffers a step reads.
@@ -995,9 +1031,23 @@ impl Planner<'_> {
         };
         self.use_family(KernelFamily::Norm);
         let op = if rms { "rmsnorm" } else { "layernorm" };
+        let warp = launch::warp_row_fits(n as u64, dtype.size() as u64);
+        // A LayerNorm whose output a QuantizeLinear also reads writes the i8 copy itself.
+        if !rms && warp {
+            if let Some((quantize, c, r)) = self.quantize_reader(Value { node: id, slot: 0 }) {
+                let mut args = args;
+                args.extend([Arg::Buffer(self.out(quantize, 0)?), Arg::F32(c), Arg::F32(r)]);
+                self.absorbed.insert(quantize);
+                let kernel = format!("layernorm_warp_q_{sfx}");
+                let config = launch::warp_per_row(rows as u64);
+                let module = ModuleRef::Family(KernelFamily::Norm);
+                self.step(id, StepKind::Kernel(KernelStep { module, kernel, config, args }));
+                return Ok(());
+            }
+        }
         // Rows that fit one warp's registers take the warp-per-row kernel (same arguments);
         // the kernel itself falls back to element loads if a pointer is not 16-byte aligned.
-        let (kernel, config) = if launch::warp_row_fits(n as u64, dtype.size() as u64) {
+        let (kernel, config) = if warp {
             (format!("{op}_warp_{sfx}"), launch::warp_per_row(rows as u64))
         } else {
             (format!("{op}_{sfx}"), launch::per_row(rows as u64, n as u64))
@@ -1007,6 +1057,30 @@ impl Planner<'_> {
             StepKind::Kernel(KernelStep { module: ModuleRef::Family(KernelFamily::Norm), kernel, config, args }),
         );
         Ok(())
+    }
+
+    /// A reader of `v` that quantizes it to i8 by a constant scale, element for element
+    /// (`Cast<i8>(Clip<-128,127>(Round(Cast<f32>(v) / c)))`, as fusion leaves a
+    /// QuantizeLinear without zero point), with `c` and its reciprocal as the generated kernel
+    /// would divide by them (see `codegen::const_reciprocal`); none where there is no such
+    /// reader or its output is not an i8 value of `v`'s shape.
+    fn quantize_reader(&self, v: Value) -> Option<(NodeId, f32, f32)> {
+        let shape = self.g.value_info(v).ty.concrete_shape()?;
+        self.g.users(v).into_iter().find_map(|(u, slot)| {
+            let node = self.g.node(u);
+            let Op::Fused(FusedOp::Elementwise(e)) = &node.op else { return None };
+            let out = Value { node: u, slot: 0 };
+            if slot != 0 || node.num_inputs != 1 {
+                return None;
+            }
+            let ty = &self.g.value_info(out).ty;
+            if ty.dtype != Some(DType::I8) || ty.concrete_shape()? != shape {
+                return None;
+            }
+            let c = quantize_scale(e)?;
+            let r = crate::codegen::const_reciprocal(c)?;
+            Some((u, c, r))
+        })
     }
 
     fn softmax(&mut self, id: NodeId, axis: i64, coerce_2d: bool, log: bool) -> Result<()> {

@@ -979,3 +979,53 @@ fn integer_matmul_epilogues_run_the_implicit_gemm() {
         assert!(c.has_kernel(&k.name));
     }
 }
+
+/// A LayerNorm whose output is quantized for the next product and read as it is by a residual
+/// (a BERT layer's, in INT8): one kernel writes both, the quantize runs no step of its own. A
+/// quantize clipping to another range is not taken.
+#[test]
+fn layernorms_write_the_quantized_copy_their_readers_need() {
+    let graph = |lo: f32| {
+        let mut g = Graph::new("ln_quantize");
+        let x = g.add_input("x", f16(&[4, 64]));
+        let (s, b) = (konst(&mut g, "ln_scale", &[64]), konst(&mut g, "ln_bias", &[64]));
+        let ln = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+        let h = node(&mut g, "ln", ln, &[Some(x), Some(s), Some(b)], f16(&[4, 64]));
+        let quantize = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
+                ExprNode::Scalar { value: 0.05, dtype: DType::F32 },
+                op(ElementwiseOp::Binary(BinaryOp::Div), &[1, 2]),
+                op(ElementwiseOp::Unary(UnaryOp::Round), &[3]),
+                op(ElementwiseOp::Clip { min: Some(lo), max: Some(127.0) }, &[4]),
+                op(ElementwiseOp::Cast { to: DType::I8, saturate: true }, &[5]),
+            ],
+        };
+        let q = node(
+            &mut g,
+            "q",
+            Op::Fused(FusedOp::Elementwise(quantize)),
+            &[Some(h)],
+            TypeInfo::known(DType::I8, &[4, 64]),
+        );
+        g.add_output("q", q);
+        g.add_output("h", h);
+        g
+    };
+    let kernels = |p: &Plan| -> Vec<String> {
+        p.steps
+            .iter()
+            .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.clone()) } else { None })
+            .collect()
+    };
+    let p = plan(&graph(-128.0)).unwrap();
+    assert_eq!(kernels(&p), ["layernorm_warp_q_f16"], "{p}");
+    let StepKind::Kernel(k) = &p.steps[0].kind else { unreachable!() };
+    let q = p.buffers.iter().position(|b| b.name == "q").unwrap();
+    assert!(k.args.iter().any(|a| matches!(a, Arg::Buffer(b) if *b == q)), "{p}");
+    assert!(k.args.iter().any(|a| matches!(a, Arg::F32(c) if *c == 0.05)), "{p}");
+    let other = plan(&graph(-127.0)).unwrap();
+    assert_eq!(kernels(&other).len(), 2, "{other}");
+    assert_eq!(kernels(&other)[0], "layernorm_warp_f16");
+}
