@@ -324,10 +324,10 @@ __device__ __forceinline__ void global_pool_nhwc_impl(const T* __restrict__ x, T
 
 #define POOL_NHWC_KERNELS(T, sfx)                                                                      \
     extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
-        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                              \
+        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                           \
     }                                                                                                  \
     extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
-        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                                            \
+        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                              \
     }                                                                                                  \
     extern "C" __global__ void avgpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
         avgpool_nhwc_impl<T>(x, y, p, c);                                                              \
@@ -347,10 +347,10 @@ POOL_NHWC_KERNELS(__nv_bfloat16, bf16)
 // stay NHWC between convolutions.
 #define MAXPOOL_NHWC_INT_KERNELS(T, sfx)                                                               \
     extern "C" __global__ void maxpool2d_nhwc_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {       \
-        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                              \
+        maxpool_nhwc_impl<T, 1>(x, y, p, c);                                                           \
     }                                                                                                  \
     extern "C" __global__ void maxpool2d_nhwc16_##sfx(const T* x, T* y, const PoolArgs p, i64 c) {     \
-        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                                            \
+        maxpool_nhwc_impl<T, 16 / sizeof(T)>(x, y, p, c);                                              \
     }
 MAXPOOL_NHWC_INT_KERNELS(signed char, i8)
 MAXPOOL_NHWC_INT_KERNELS(unsigned char, u8)

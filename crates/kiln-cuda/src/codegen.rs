@@ -221,7 +221,7 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
                 let arg_types: Vec<DType> = args.iter().map(|&a| types[a]).collect();
                 let dt = step_type(op, &arg_types)?;
                 let names: Vec<String> = args.iter().map(|a| format!("t{a}")).collect();
-                if let Some((f, x)) = rounded_saturating_cast(expr, op, args, &types) {
+                if let Some((f, x)) = rounded_saturating_cast(expr, i, &types) {
                     (dt, format!("{f}(t{x})"))
                 } else {
                     match const_divisor(expr, op, args, dt) {
@@ -250,34 +250,32 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
     Ok(ExprCode { code, output })
 }
 
-/// `Cast<i8>(Clip<-128,127>(Round(x)))` over an f32 `x` (a quantization's last three steps),
-/// or the u8 form over [0, 255]: the helper that does it in one conversion (`kiln_rni_sat_s8`,
-/// `kiln_rni_sat_u8`: round half to even, saturate, NaN to 0, as the three steps give) and the
-/// node of `x`. The clip and round nodes are still emitted, unread.
-fn rounded_saturating_cast(
-    expr: &Expr,
-    op: &ElementwiseOp,
-    args: &[usize],
-    types: &[DType],
-) -> Option<(&'static str, usize)> {
-    let ElementwiseOp::Cast { to, .. } = op else { return None };
-    let (f, lo, hi) = match to {
-        DType::I8 => ("kiln_rni_sat_s8", -128.0, 127.0),
-        DType::U8 => ("kiln_rni_sat_u8", 0.0, 255.0),
+/// `Cast<i8>(Clip<-128,127>(Round(x)))` over an f32 `x` at node `at` (a quantization's last
+/// three steps), or the u8 form over [0, 255]: the helper that does it in one conversion
+/// (`kiln_rni_sat_s8`, `kiln_rni_sat_u8`: round half to even, saturate, NaN to 0, as the three
+/// steps give) and the node of `x`. The clip and round nodes are still emitted, unread.
+fn rounded_saturating_cast(expr: &Expr, at: usize, types: &[DType]) -> Option<(&'static str, usize)> {
+    let (to, x) = quantize_tail(expr, at)?;
+    let f = if to == DType::I8 { "kiln_rni_sat_s8" } else { "kiln_rni_sat_u8" };
+    (types[x] == DType::F32).then_some((f, x))
+}
+
+/// Whether node `at` of `expr` is `Cast<i8>(Clip<-128,127>(Round(x)))` or the u8 form over
+/// [0, 255] (how a QuantizeLinear ends): the target type and the node of `x`.
+pub fn quantize_tail(expr: &Expr, at: usize) -> Option<(DType, usize)> {
+    let op = |i: usize| match &expr.nodes[i] {
+        ExprNode::Op { op, args } => Some((op, &args[..])),
+        _ => None,
+    };
+    let (&ElementwiseOp::Cast { to, .. }, &[clip]) = op(at)? else { return None };
+    let (lo, hi) = match to {
+        DType::I8 => (-128.0, 127.0),
+        DType::U8 => (0.0, 255.0),
         _ => return None,
     };
-    let &[clip] = args else { return None };
-    let ExprNode::Op { op: ElementwiseOp::Clip { min: Some(min), max: Some(max) }, args: clip_args } =
-        &expr.nodes[clip]
-    else {
-        return None;
-    };
-    let &[round] = &clip_args[..] else { return None };
-    let ExprNode::Op { op: ElementwiseOp::Unary(UnaryOp::Round), args: round_args } = &expr.nodes[round] else {
-        return None;
-    };
-    let &[x] = &round_args[..] else { return None };
-    (*min == lo && *max == hi && types[x] == DType::F32).then_some((f, x))
+    let (&ElementwiseOp::Clip { min: Some(min), max: Some(max) }, &[round]) = op(clip)? else { return None };
+    let (ElementwiseOp::Unary(UnaryOp::Round), &[x]) = op(round)? else { return None };
+    (min == lo && max == hi).then_some((to, x))
 }
 
 /// An f32 division by a constant (a quantization's scale) as the constant and its reciprocal,

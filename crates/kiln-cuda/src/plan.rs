@@ -421,16 +421,9 @@ pub fn plan(g: &Graph) -> Result<Plan> {
 /// The scale `c` of `Cast<i8>(Clip<-128,127>(Round(x / c)))` over input 0, where `x` is the
 /// input or the input cast to f32.
 fn quantize_scale(e: &Expr) -> Option<f32> {
-    let op = |i: usize| match &e.nodes[i] {
-        ExprNode::Op { op, args } => Some((op, &args[..])),
-        _ => None,
-    };
-    let (ElementwiseOp::Cast { to: DType::I8, .. }, &[clip]) = op(e.nodes.len().checked_sub(1)?)? else {
-        return None;
-    };
-    let (&ElementwiseOp::Clip { min: Some(lo), max: Some(hi) }, &[round]) = op(clip)? else { return None };
-    let (ElementwiseOp::Unary(UnaryOp::Round), &[div]) = op(round)? else { return None };
-    let (ElementwiseOp::Binary(BinaryOp::Div), &[x, c]) = op(div)? else { return None };
+    let (DType::I8, div) = crate::codegen::quantize_tail(e, e.nodes.len().checked_sub(1)?)? else { return None };
+    let ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Div), args } = &e.nodes[div] else { return None };
+    let &[x, c] = &args[..] else { return None };
     let ExprNode::Scalar { value, dtype: DType::F32 } = e.nodes[c] else { return None };
     let input = match &e.nodes[x] {
         ExprNode::Input(0) => true,
@@ -439,7 +432,7 @@ fn quantize_scale(e: &Expr) -> Option<f32> {
         }
         _ => false,
     };
-    (input && lo == -128.0 && hi == 127.0).then_some(value as f32)
+    input.then_some(value as f32)
 }
 
 /// The buffers a step reads.

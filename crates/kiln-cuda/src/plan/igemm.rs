@@ -89,6 +89,8 @@ impl Shape {
     /// Whether the product is a plain one: row `r` of the reduction is the input's `c` bytes
     /// at `r * c` (a matrix product, or a 1x1 convolution of stride 1 without padding).
     fn dense(&self) -> bool {
+        // The output's size matching the input's rules out padding at the end, which the
+        // shape does not hold.
         self.kh == 1
             && self.kw == 1
             && self.sh == 1
