@@ -113,6 +113,12 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
             _ => usize::MAX,
         };
         for v in g.inputs_of(id).into_iter().take(skip).flatten() {
+            // A DequantizeLinear that a convolution or product reads is gone once the qdq
+            // family makes the reader an integer op over the 8-bit input; left free, it can
+            // fold into a pointwise reader too (a residual sum reading the block input).
+            if matches!(g.node(v.node).op, Op::Quant(kiln_ir::ops::QuantOp::DequantizeLinear { .. })) {
+                continue;
+            }
             egraph[value_class[&v]].data.materialized = true;
         }
     }

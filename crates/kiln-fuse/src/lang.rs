@@ -96,6 +96,7 @@ const KINDS_WITH_ATTRIBUTES: &[&str] = &[
     "Clip",
     "Conv",
     "ConvTranspose",
+    "DequantizeLinear",
     "Flatten",
     "Gemm",
     "LayerNormalization",

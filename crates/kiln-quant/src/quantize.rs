@@ -139,7 +139,7 @@ pub fn quantize(
     // One Q/DQ pair per activation, shared by every layer that reads it.
     let mut dq_of: BTreeMap<Value, Value> = BTreeMap::new();
     let order = g.topo_order().map_err(|e| QuantError::Graph(e.to_string()))?;
-    for id in order {
+    for &id in &order {
         let n = g.node(id);
         if !is_quantizable(&n.op) {
             continue;
@@ -248,7 +248,41 @@ pub fn quantize(
         }
         report.push(entry(Precision::Int8, None));
     }
+    quantize_residuals(g, &mut out, &dq_of, &order);
     Ok((out, report))
+}
+
+/// A residual sum whose result is itself stored quantized (a ResNet block's `Relu(conv + x)`,
+/// which the next block's convolution reads as INT8) reads through the same QDQ pairs any
+/// input that is quantized anyway: the block input `x` then lives only as INT8, as TensorRT
+/// and ONNX Runtime's QDQ models keep it, instead of being stored twice (INT8 for the next
+/// convolution, float for the sum) with the block's last convolution computed once for each.
+/// Inputs with no QDQ pair of their own (a downsampling convolution's float output) stay float,
+/// and so does a sum whose result is read in float (a transformer's residual, which a
+/// LayerNorm reads).
+fn quantize_residuals(g: &Graph, out: &mut Graph, dq_of: &BTreeMap<Value, Value>, order: &[NodeId]) {
+    use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+    use kiln_ir::ops::ElementwiseOp;
+    for &id in order {
+        if !matches!(g.node(id).op, Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add))) {
+            continue;
+        }
+        // Follow the sum through a Relu to the value the quantized layers read.
+        let mut v = Value { node: id, slot: 0 };
+        if let [(user, 0)] = g.users(v)[..] {
+            if matches!(g.node(user).op, Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu))) && !g.is_output(v) {
+                v = Value { node: user, slot: 0 };
+            }
+        }
+        if !dq_of.contains_key(&v) {
+            continue;
+        }
+        for (slot, input) in g.inputs_of(id).into_iter().enumerate() {
+            if let Some(&dq) = input.and_then(|x| dq_of.get(&x)) {
+                out.set_input(id, slot, Some(dq));
+            }
+        }
+    }
 }
 
 /// `DequantizeLinear(QuantizeLinear(v))` with a symmetric INT8 scale; returns the DQ value.

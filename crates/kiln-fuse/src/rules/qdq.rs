@@ -12,6 +12,10 @@
 //! scale: quantizing (divide, round, add the zero point, clamp) never reverses an order, so the
 //! largest value quantizes to the largest integer. The quantize then folds into the producer's
 //! epilogue and the pool reads and writes 8-bit integers (ResNet's stem pool).
+//!
+//! `DequantizeLinear(q, s, z)` with a constant per-tensor scale is the pointwise
+//! `(Cast(q) - z) * s`, so a reader other than an integer op (a residual sum that reads the
+//! block input in INT8) folds it into its own kernel and reads the 8-bit integers directly.
 
 use super::{add_const, add_equal, bound, konst, nodes_with_ops, ty};
 use crate::analysis::{EGraph, Fuse, Rewrite};
@@ -33,6 +37,8 @@ pub fn rules() -> Vec<Rewrite> {
         rw!("qdq-gemm-nobias"; "(Gemm ?xd ?wd)"    => { Integer::Gemm }),
         rw!("qdq-maxpool";     "(QuantizeLinear ?p ?s ?z)" => { PoolFirst }),
         rw!("qdq-maxpool-nozp"; "(QuantizeLinear ?p ?s)"   => { PoolFirst }),
+        rw!("qdq-dequantize";      "(DequantizeLinear ?q ?s ?z)" => { Pointwise }),
+        rw!("qdq-dequantize-nozp"; "(DequantizeLinear ?q ?s)"    => { Pointwise }),
     ]
 }
 
@@ -232,5 +238,43 @@ impl Applier<KNode, Fuse> for PoolFirst {
         let q = eg.analysis.node(&quantize, 1, args, None);
         let q = eg.add(q);
         add_equal(eg, root, &pool, vec![q])
+    }
+}
+
+/// `DequantizeLinear(q, s, z)` as `(Cast(q) - z) * s` (see the module documentation): for an
+/// 8-bit integer `q`, a constant per-tensor float scale and a constant or absent zero point.
+struct Pointwise;
+
+impl Applier<KNode, Fuse> for Pointwise {
+    fn apply_one(&self, eg: &mut EGraph, root: Id, s: &Subst, _: Option<&PatternAst<KNode>>, _: Symbol) -> Vec<Id> {
+        let (q, scale) = (eg.find(bound(s, "?q")), eg.find(bound(s, "?s")));
+        let zp = s.get(super::var("?z")).map(|&z| eg.find(z)).filter(|&z| !eg[z].data.tys.is_empty());
+        if !matches!(ty(eg, q).dtype, Some(DType::I8 | DType::U8)) {
+            return vec![];
+        }
+        let Some(t) = konst(eg, scale) else { return vec![] };
+        if t.len() != 1 || !t.dtype().is_float() {
+            return vec![];
+        }
+        let z = match zp {
+            None => 0.0,
+            Some(z) => match konst(eg, z) {
+                Some(z) if z.len() == 1 => z.to_f64_vec()[0],
+                _ => return vec![],
+            },
+        };
+        if !eg.analysis.first_time(format!("qdq-dequantize {}", eg.find(root))) {
+            return vec![];
+        }
+        let to = t.dtype();
+        let cast = Op::Elementwise(ElementwiseOp::Cast { to, saturate: false });
+        let cast = eg.analysis.node(&cast, 1, vec![q], None);
+        let mut x = eg.add(cast);
+        if z != 0.0 {
+            let zc = add_const(eg, Tensor::scalar(z as f32).cast(to));
+            let sub = eg.analysis.node(&Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Sub)), 1, vec![x, zc], None);
+            x = eg.add(sub);
+        }
+        add_equal(eg, root, &Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Mul)), vec![x, scale])
     }
 }
