@@ -227,6 +227,9 @@ impl Applier<KNode, Fuse> for PoolFirst {
             _ => None,
         });
         let (Some(quantize), Some((pool, x))) = (quantize, pool) else { return vec![] };
+        if float_conv_below(eg, x, 4) {
+            return vec![];
+        }
         if !eg.analysis.first_time(format!("qdq-maxpool {} {p}", eg.find(root))) {
             return vec![];
         }
@@ -239,6 +242,21 @@ impl Applier<KNode, Fuse> for PoolFirst {
         let q = eg.add(q);
         add_equal(eg, root, &pool, vec![q])
     }
+}
+
+/// Whether `class` is a float convolution, or pointwise work over one within `depth` steps (an
+/// image network's stem kept float). Such a convolution runs on cuDNN, whose fused epilogue
+/// is a bias and a ReLU at most: a quantize moved in front of the pool would run as a pass
+/// of its own over the convolution's output, four times the pool's, so the pool keeps reading
+/// floats and the quantize stays behind it.
+fn float_conv_below(eg: &EGraph, class: Id, depth: usize) -> bool {
+    eg[class].nodes.iter().any(|n| match eg.analysis.op_of(n).map(|(op, _)| op) {
+        Some(op) if matches!(op.as_ref(), Op::Linalg(LinalgOp::Conv(_))) => true,
+        Some(op) if matches!(op.as_ref(), Op::Elementwise(_)) && depth > 0 => {
+            n.args.iter().any(|&a| float_conv_below(eg, a, depth - 1))
+        }
+        _ => false,
+    })
 }
 
 /// `DequantizeLinear(q, s, z)` as `(Cast(q) - z) * s` (see the module documentation): for an
