@@ -44,7 +44,7 @@ pub struct Args {
     /// Leave out fusion (the IR passes still run).
     #[arg(long)]
     no_fuse: bool,
-    /// Leave out a rule family (cleanup, conv_bn, qdq, elementwise, gemm_epilogue, norm, attention);
+    /// Leave out a rule family (cleanup, conv_bn, qdq, pool, elementwise, gemm_epilogue, norm, attention);
     /// may be repeated.
     #[arg(long = "disable-rules", value_name = "FAMILY")]
     disable: Vec<String>,

@@ -100,6 +100,7 @@ const KINDS_WITH_ATTRIBUTES: &[&str] = &[
     "Flatten",
     "Gemm",
     "LayerNormalization",
+    "MaxPool",
     "QuantizeLinear",
     "ReduceMax",
     "ReduceMean",

@@ -72,7 +72,7 @@ impl Default for FuseOptions {
 pub fn phases() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         ("simplify", vec!["cleanup"]),
-        ("fuse", vec!["conv_bn", "qdq", "elementwise", "gemm_epilogue", "norm", "attention"]),
+        ("fuse", vec!["conv_bn", "qdq", "pool", "elementwise", "gemm_epilogue", "norm", "attention"]),
     ]
 }
 

@@ -2,8 +2,9 @@
 //! reads, its range and a histogram of its magnitudes.
 
 use crate::{Histogram, QuantError};
-use kiln_ir::ops::{LinalgOp, Op};
-use kiln_ir::{DType, Graph, Tensor, Value};
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+use kiln_ir::ops::{ElementwiseOp, LinalgOp, Op};
+use kiln_ir::{DType, Graph, NodeId, Tensor, Value};
 use std::collections::BTreeMap;
 
 /// Runs a graph on inputs (in graph-input order): the CPU reference or a GPU engine.
@@ -36,8 +37,58 @@ pub fn calibrated_values(g: &Graph) -> Vec<(String, Value)> {
             }
         }
     }
+    // A residual sum whose result a layer reads quantized reads quantized the inputs that
+    // layers compute for it alone, but for the one whose epilogue takes the sum
+    // ([`residual_side_inputs`]), so those are calibrated as well.
+    if let Ok(order) = g.topo_order() {
+        for &id in &order {
+            let Some(sum) = residual_output(g, id) else { continue };
+            if !out.iter().any(|(_, x)| *x == sum) {
+                continue;
+            }
+            for v in residual_side_inputs(g, id, &order) {
+                let info = g.value_info(v);
+                if info.ty.dtype.is_some_and(|d| d.is_float()) && !out.iter().any(|(_, x)| *x == v) {
+                    out.push((info.name.clone(), v));
+                }
+            }
+        }
+    }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The inputs of residual sum `id` that quantizable layers compute for it alone (a ResNet
+/// block's last convolution and its downsampling one), but for the one computed last in
+/// `order`, whose epilogue will take the sum: the others can be stored quantized, as
+/// TensorRT stores a downsampling branch, without a conversion of their own.
+pub fn residual_side_inputs(g: &Graph, id: NodeId, order: &[NodeId]) -> Vec<Value> {
+    let mut side: Vec<Value> = g
+        .inputs_of(id)
+        .into_iter()
+        .flatten()
+        .filter(|&v| is_quantizable(&g.node(v.node).op) && g.users(v).len() == 1 && !g.is_output(v))
+        .collect();
+    side.sort_by_key(|v| order.iter().position(|&n| n == v.node));
+    side.pop();
+    side
+}
+
+/// What a residual sum `id` (an Add) hands on: its output, or that of a ReLU that alone reads
+/// it (ResNet's `Relu(conv + x)`). `None` for other nodes.
+pub fn residual_output(g: &Graph, id: NodeId) -> Option<Value> {
+    if !matches!(g.node(id).op, Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add))) {
+        return None;
+    }
+    let v = Value { node: id, slot: 0 };
+    match g.users(v)[..] {
+        [(user, 0)]
+            if !g.is_output(v) && matches!(g.node(user).op, Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu))) =>
+        {
+            Some(Value { node: user, slot: 0 })
+        }
+        _ => Some(v),
+    }
 }
 
 /// The graph with every calibrated value added as an output (after the original outputs).

@@ -4,7 +4,7 @@
 //! channel. The CPU reference runs this form as it is (simulated quantization, exact to the
 //! INT8 rounding); the GPU backend folds the pairs into INT8 kernels.
 
-use crate::collect::is_quantizable;
+use crate::collect::{is_quantizable, residual_output, residual_side_inputs};
 use crate::{CalibCache, QuantError};
 use kiln_ir::ops::{LinalgOp, Op, QuantOp};
 use kiln_ir::{DType, Dim, Graph, NodeId, Tensor, TypeInfo, Value, ValueInfo};
@@ -138,6 +138,8 @@ pub fn quantize(
     let mut report = vec![];
     // One Q/DQ pair per activation, shared by every layer that reads it.
     let mut dq_of: BTreeMap<Value, Value> = BTreeMap::new();
+    // The layers quantized so far.
+    let mut int8 = vec![];
     let order = g.topo_order().map_err(|e| QuantError::Graph(e.to_string()))?;
     for &id in &order {
         let n = g.node(id);
@@ -247,8 +249,9 @@ pub fn quantize(
             out.set_input(id, 1, Some(Value { node: dq, slot: 0 }));
         }
         report.push(entry(Precision::Int8, None));
+        int8.push(id);
     }
-    quantize_residuals(g, &mut out, &dq_of, &order);
+    quantize_residuals(g, &mut out, cache, &mut dq_of, &int8, &order)?;
     Ok((out, report))
 }
 
@@ -257,25 +260,29 @@ pub fn quantize(
 /// input that is quantized anyway: the block input `x` then lives only as INT8, as TensorRT
 /// and ONNX Runtime's QDQ models keep it, instead of being stored twice (INT8 for the next
 /// convolution, float for the sum) with the block's last convolution computed once for each.
-/// Inputs with no QDQ pair of their own (a downsampling convolution's float output) stay float,
-/// and so does a sum whose result is read in float (a transformer's residual, which a
-/// LayerNorm reads).
-fn quantize_residuals(g: &Graph, out: &mut Graph, dq_of: &BTreeMap<Value, Value>, order: &[NodeId]) {
-    use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
-    use kiln_ir::ops::ElementwiseOp;
+/// An input that an INT8 layer computes for this sum alone (a downsampling convolution's
+/// output) gets a QDQ pair of its own, with its calibrated scale, so that layer stores INT8 too.
+/// Other inputs stay float, and so does a sum whose result is read in float (a transformer's
+/// residual, which a LayerNorm reads).
+fn quantize_residuals(
+    g: &Graph,
+    out: &mut Graph,
+    cache: &CalibCache,
+    dq_of: &mut BTreeMap<Value, Value>,
+    int8: &[NodeId],
+    order: &[NodeId],
+) -> Result<(), QuantError> {
     for &id in order {
-        if !matches!(g.node(id).op, Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add))) {
-            continue;
-        }
-        // Follow the sum through a Relu to the value the quantized layers read.
-        let mut v = Value { node: id, slot: 0 };
-        if let [(user, 0)] = g.users(v)[..] {
-            if matches!(g.node(user).op, Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu))) && !g.is_output(v) {
-                v = Value { node: user, slot: 0 };
-            }
-        }
+        let Some(v) = residual_output(g, id) else { continue };
         if !dq_of.contains_key(&v) {
             continue;
+        }
+        for x in residual_side_inputs(g, id, order) {
+            let name = &g.value_info(x).name;
+            if let (false, true, Some(&scale)) = (dq_of.contains_key(&x), int8.contains(&x.node), cache.scales.get(name)) {
+                let dq = qdq(out, x, scale, name)?;
+                dq_of.insert(x, dq);
+            }
         }
         for (slot, input) in g.inputs_of(id).into_iter().enumerate() {
             if let Some(&dq) = input.and_then(|x| dq_of.get(&x)) {
@@ -283,6 +290,7 @@ fn quantize_residuals(g: &Graph, out: &mut Graph, dq_of: &BTreeMap<Value, Value>
             }
         }
     }
+    Ok(())
 }
 
 /// `DequantizeLinear(QuantizeLinear(v))` with a symmetric INT8 scale; returns the DQ value.

@@ -11,6 +11,7 @@ pub mod conv_bn;
 pub mod elementwise;
 pub mod gemm_epilogue;
 pub mod norm;
+pub mod pool;
 pub mod qdq;
 
 use crate::analysis::{EGraph, Rewrite};
@@ -35,6 +36,7 @@ pub fn families() -> Vec<(&'static str, fn() -> Vec<Rewrite>)> {
         ("norm", norm::rules),
         ("attention", attention::rules),
         ("qdq", qdq::rules),
+        ("pool", pool::rules),
     ]
 }
 
