@@ -1069,3 +1069,83 @@ fn every_rule_has_a_case() {
         kiln_fuse::rules::all().iter().map(|r| r.name.to_string()).filter(|n| !covered.contains(n)).collect();
     assert!(missing.is_empty(), "rules without a case in tests/rules.rs: {missing:?}");
 }
+
+#[test]
+fn a_residual_sum_reads_its_quantized_input_as_integers() {
+    // Relu(conv(x) + x) with x quantized for the convolution (a ResNet block that reads its
+    // input in INT8 for the sum too): the dequantize folds into the epilogue, which reads the
+    // i8 input directly.
+    check_fires(
+        &["qdq-conv-nobias", "qdq-dequantize", "gemm-epilogue"],
+        "input x f32[1,4,6,6]
+         xs = const f32[] 0.02
+         xz = const i8[] 0
+         wq = const i8[4,4,1,1] rand
+         ws = const f32[4] 0.01,0.02,0.015,0.03
+         xq = QuantizeLinear(x, xs, xz)
+         xd = DequantizeLinear(xq, xs, xz)
+         wd = DequantizeLinear{0}(wq, ws)
+         c = Conv(xd, wd)
+         s = Add(c, xd)
+         y = Relu(s)
+         output y",
+        "%0 = QuantizeLinear(x, const[], const[])
+         %1 = ConvIntegerEpilogue[Relu(((Cast<f32>(in0) * in1) + (Cast<f32>(in2) * 0.02)))](%0, const[4, 4, 1, 1], const[], _, const[4, 1, 1], %0)
+         output %1",
+    );
+}
+
+#[test]
+fn a_dequantize_without_a_zero_point_folds_into_its_reader() {
+    check_fires(
+        &["qdq-dequantize-nozp"],
+        "input x f32[2,8]
+         xs = const f32[] 0.05
+         xq = QuantizeLinear(x, xs)
+         xd = DequantizeLinear(xq, xs)
+         y = Add(xd, x)
+         output y",
+        "%0 = QuantizeLinear(x, const[])
+         %1 = FusedElementwise[((Cast<f32>(in0) * 0.05) + in1)](%0, x)
+         output %1",
+    );
+}
+
+#[test]
+fn a_max_pool_over_a_float_convolution_runs_before_its_bias_and_relu() {
+    // conv -> relu -> maxpool -> quantize (ResNet's stem kept float in an INT8 build): the
+    // pool reads the plain convolution, and the bias, ReLU and quantize run over the pooled
+    // tensor in one kernel; the quantize does not move in front of the pool (`qdq-maxpool`),
+    // where it would cost a pass over the convolution's output.
+    check_fires(
+        &["pool-before-bias"],
+        "input x f32[1,3,8,8]
+         w = const f32[4,3,3,3] rand
+         b = const f32[4] rand
+         c = Conv{1}(x, w, b)
+         y = Relu(c)
+         p = MaxPool{3}(y)
+         ys = const f32[] 0.05
+         yz = const i8[] 0
+         pq = QuantizeLinear(p, ys, yz)
+         output pq",
+        "%0 = Conv(x, const[4, 3, 3, 3])
+         %1 = MaxPool(%0)
+         %2 = FusedElementwise[Cast<i8>(Clip<-128,127>(Round((Relu((in0 + in1)) / 0.05))))](%1, const[4, 1, 1])
+         output %2",
+    );
+    // Without the quantize, the convolution's epilogue takes the bias and ReLU: two launches
+    // rather than three.
+    check(
+        "input x f32[1,3,8,8]
+         w = const f32[4,3,3,3] rand
+         b = const f32[4] rand
+         c = Conv{1}(x, w, b)
+         y = Relu(c)
+         p = MaxPool{3}(y)
+         output p",
+        "%0 = ConvEpilogue[Relu(in0)](x, const[4, 3, 3, 3], const[4])
+         %1 = MaxPool(%0)
+         output %1",
+    );
+}

@@ -279,7 +279,9 @@ fn quantize_residuals(
         }
         for x in residual_side_inputs(g, id, order) {
             let name = &g.value_info(x).name;
-            if let (false, true, Some(&scale)) = (dq_of.contains_key(&x), int8.contains(&x.node), cache.scales.get(name)) {
+            if let (false, true, Some(&scale)) =
+                (dq_of.contains_key(&x), int8.contains(&x.node), cache.scales.get(name))
+            {
                 let dq = qdq(out, x, scale, name)?;
                 dq_of.insert(x, dq);
             }

@@ -122,3 +122,121 @@ fn attention_products_stay_float_unless_asked() {
     let (_, report) = quantize(&g, &cache, &overrides).unwrap();
     assert!(report.iter().all(|l| l.precision == Precision::Int8), "{report:?}");
 }
+
+/// Two ResNet-style blocks over `[1, 8, 6, 6]`: `r1 = Relu(b(a(x)) + d(x))` with a
+/// downsampling-like side convolution `d`, then `r2 = Relu(f(e(r1)) + r1)`, read by `g`.
+fn residual_blocks() -> Graph {
+    use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+    use kiln_ir::ops::linalg::ConvAttrs;
+    use kiln_ir::ops::pool::AutoPad;
+    use kiln_ir::ops::{ElementwiseOp, LinalgOp, Op};
+    use kiln_ir::{DType, TypeInfo, Value, ValueInfo};
+    let mut g = Graph::new("residual");
+    let ty = TypeInfo::known(DType::F32, &[1, 8, 6, 6]);
+    let x = g.add_input("x", ty.clone());
+    let mut seed = 7u64;
+    let mut conv = |g: &mut Graph, name: &str, input: Value, relu: bool| -> Value {
+        let w: Vec<f32> = (0..64)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.7
+            })
+            .collect();
+        let w = g.add_const(format!("{name}.w"), Tensor::from_vec(vec![8, 8, 1, 1], w).unwrap());
+        let b = g.add_const(format!("{name}.b"), Tensor::from_vec(vec![8], vec![0.05f32; 8]).unwrap());
+        let attrs = ConvAttrs {
+            kernel_shape: vec![1, 1],
+            strides: vec![],
+            dilations: vec![],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let c = g.add_node(
+            name,
+            Op::Linalg(LinalgOp::Conv(attrs)),
+            &[Some(input), Some(w), Some(b)],
+            vec![ValueInfo::tensor(name, ty.clone())],
+        );
+        let c = Value { node: c, slot: 0 };
+        if !relu {
+            return c;
+        }
+        let r = format!("{name}.relu");
+        let n = g.add_node(
+            r.clone(),
+            Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu)),
+            &[Some(c)],
+            vec![ValueInfo::tensor(r, ty.clone())],
+        );
+        Value { node: n, slot: 0 }
+    };
+    let sum = |g: &mut Graph, name: &str, a: Value, b: Value| -> Value {
+        let s = g.add_node(
+            format!("{name}.sum"),
+            Op::Elementwise(ElementwiseOp::Binary(BinaryOp::Add)),
+            &[Some(a), Some(b)],
+            vec![ValueInfo::tensor(format!("{name}.sum"), ty.clone())],
+        );
+        let r = g.add_node(
+            name,
+            Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu)),
+            &[Some(Value { node: s, slot: 0 })],
+            vec![ValueInfo::tensor(name, ty.clone())],
+        );
+        Value { node: r, slot: 0 }
+    };
+    let a = conv(&mut g, "a", x, true);
+    let d = conv(&mut g, "d", x, false);
+    let b = conv(&mut g, "b", a, false);
+    let r1 = sum(&mut g, "r1", b, d);
+    let e = conv(&mut g, "e", r1, true);
+    let f = conv(&mut g, "f", e, false);
+    let r2 = sum(&mut g, "r2", f, r1);
+    let out = conv(&mut g, "g", r2, false);
+    g.add_output("y", out);
+    PassManager::new(vec![Box::new(InferTypes)]).run(&mut g, &PassContext::default()).unwrap();
+    g
+}
+
+#[test]
+fn a_residual_path_is_quantized_where_the_sum_is() {
+    let g = residual_blocks();
+    let batches: Vec<Vec<Tensor>> = (0..4)
+        .map(|s| {
+            let v: Vec<f32> = batch(s)[0].to_f64_vec().iter().take(8 * 36).map(|&x| x as f32).collect();
+            vec![Tensor::from_vec(vec![1, 8, 6, 6], v).unwrap()]
+        })
+        .collect();
+    let cache = calibrate(&g, &batches, CalibOptions { algo: CalibAlgo::MinMax, bins: 2048 }, &cpu).unwrap();
+    // The layers' inputs, and the side input of the first sum: `d`, computed before `b`,
+    // whose epilogue takes the sum. The second sum's own inputs are `r1`, read by `e` anyway,
+    // and `f`, which takes it.
+    assert_eq!(cache.scales.keys().cloned().collect::<Vec<_>>(), ["a.relu", "d", "e.relu", "r1", "r2", "x"]);
+    let (q, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
+    assert!(report.iter().all(|l| l.precision == Precision::Int8), "{report:?}");
+    q.verify().unwrap();
+    let reads = |sum: &str| -> Vec<String> {
+        let id = q.node_ids().find(|&n| q.node(n).name == sum).unwrap();
+        q.inputs_of(id).into_iter().flatten().map(|v| q.node(v.node).name.clone()).collect()
+    };
+    // Both sums read their quantized inputs through the same QDQ pairs as the layers.
+    assert_eq!(reads("r1.sum"), ["b", "d.dequantize"]);
+    assert_eq!(reads("r2.sum"), ["f", "r1.dequantize"]);
+    assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&6));
+    let test =
+        vec![Tensor::from_vec(vec![1, 8, 6, 6], batch(99)[0].to_f64_vec()[..288].iter().map(|&x| x as f32).collect())
+            .unwrap()];
+    let want = cpu(&g, &test).unwrap();
+    let got = cpu(&q, &test).unwrap();
+    let c = cosine(&want[0], &got[0]);
+    assert!(c > 0.995, "cosine {c}");
+    // A sum whose result is read in float (as a transformer's LayerNorm reads it) keeps float
+    // inputs: without `g`, r2 has no scale and the second sum reads r1 as it is.
+    let mut cache2 = cache.clone();
+    cache2.scales.remove("r2");
+    let (q2, _) = quantize(&g, &cache2, &[("g".to_string(), Precision::Fp32)].into_iter().collect()).unwrap();
+    let id = q2.node_ids().find(|&n| q2.node(n).name == "r2.sum").unwrap();
+    let names: Vec<String> = q2.inputs_of(id).into_iter().flatten().map(|v| q2.node(v.node).name.clone()).collect();
+    assert_eq!(names, ["f", "r1"]);
+}

@@ -6,7 +6,9 @@
 //! cells are -inf either way). The bias and the ReLU then run over the pooled tensor, a
 //! quarter of the convolution's output for ResNet's 3x3 stride-2 stem pool, together with
 //! whatever pointwise work follows (the quantize of an INT8 build), and the convolution is a
-//! plain one. Without the ReLU the rule is the same with the bias alone.
+//! plain one. Without the ReLU the rule is the same with the bias alone. Only for a float
+//! convolution (cuDNN's, whose fused epilogue is slow or absent): an integer one takes the
+//! bias, ReLU and quantize into its own epilogue at no cost.
 
 use super::{add_const, add_equal, bound, konst, nodes_with_ops, ty};
 use crate::analysis::{EGraph, Fuse, Rewrite};
@@ -45,7 +47,9 @@ impl Applier<KNode, Fuse> for PoolBeforeBias {
             .map(|c| eg.find(c));
         let conv_class = under_relu.unwrap_or(y);
         let conv = nodes_with_ops(eg, conv_class).into_iter().find_map(|(n, op)| match op {
-            Op::Linalg(LinalgOp::Conv(a)) if n.args.len() == 3 && !eg[n.args[2]].data.tys.is_empty() => {
+            Op::Linalg(LinalgOp::Conv(a))
+                if n.args.len() == 3 && !eg[n.args[2]].data.tys.is_empty() && super::qdq::is_float_conv(eg, &n) =>
+            {
                 Some((a, n.args[0], n.args[1], n.args[2]))
             }
             _ => None,

@@ -251,12 +251,18 @@ impl Applier<KNode, Fuse> for PoolFirst {
 /// floats and the quantize stays behind it.
 fn float_conv_below(eg: &EGraph, class: Id, depth: usize) -> bool {
     eg[class].nodes.iter().any(|n| match eg.analysis.op_of(n).map(|(op, _)| op) {
-        Some(op) if matches!(op.as_ref(), Op::Linalg(LinalgOp::Conv(_))) => true,
+        Some(op) if matches!(op.as_ref(), Op::Linalg(LinalgOp::Conv(_))) => is_float_conv(eg, n),
         Some(op) if matches!(op.as_ref(), Op::Elementwise(_)) && depth > 0 => {
             n.args.iter().any(|&a| float_conv_below(eg, a, depth - 1))
         }
         _ => false,
     })
+}
+
+/// Whether the convolution e-node `n` stays float: its input is not dequantized (else the
+/// `qdq-conv` rules make it an integer op, whose epilogue takes any pointwise work).
+pub(crate) fn is_float_conv(eg: &EGraph, n: &KNode) -> bool {
+    !nodes_with_ops(eg, n.args[0]).iter().any(|(_, op)| matches!(op, Op::Quant(QuantOp::DequantizeLinear { .. })))
 }
 
 /// `DequantizeLinear(q, s, z)` as `(Cast(q) - z) * s` (see the module documentation): for an
