@@ -58,22 +58,13 @@
 // IG_WG_N channels (64, or 128 for the block of four 64 x 64 warps).
 #define IG_WGS (IG_THREADS / 128)
 #define IG_WG_N (KILN_BN / IG_WGS)
-// The shared ring's stages, and how many tiles the copies run ahead of the products. On
-// sm_90a a stage's products stay in flight while the next stage is waited for, so a stage is
-// refilled only two steps after its products were issued; `mma.sync` products are done within
-// their step.
-#define IG_STAGES 4
-#if IG_WGMMA
-#define IG_AHEAD (IG_STAGES - 2)
-#else
-#define IG_AHEAD (IG_STAGES - 1)
-#endif
+#define IG_STAGES (KILN_BN == 128 ? 3 : 4)
 // 16-byte pieces of A and of B each thread copies per stage.
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
 #define IG_B_PIECES (KILN_BN * 4 / IG_THREADS)
 #define IG_MAX_EXTRA 8
-// Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 49
-// KiB of shared memory each) or two 128-channel ones (65 KiB each), 16 warps either way.
+// Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
+// KiB of shared memory each) or two 128-channel ones, 16 warps either way.
 #define IG_MIN_BLOCKS (KILN_BN == 64 ? 4 : 2)
 // The epilogue's staging tile: rows per pass, and the row stride in ints (padded by 8 so that
 // the warps' 8-byte writes and the 16-byte reads fall in distinct banks).
@@ -87,9 +78,6 @@
 #define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
 #define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
-// The dynamic shared memory a launch gives (`plan::igemm`'s `smem_bytes` computes the same):
-// IG_SMEM and room to align it to 1024 bytes.
-#define IG_SMEM_LAUNCH (IG_SMEM + 1024)
 
 struct IgemmArgs {
     // Rows of the GEMM (n * oh * ow) and the input's n, h, w, c (NHWC).
@@ -182,10 +170,7 @@ __device__ __forceinline__ unsigned long long ig_desc(unsigned addr) {
 }
 __device__ __forceinline__ void ig_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void ig_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-// Waits until at most N of the warpgroup's committed product groups are still running.
-template <int N> __device__ __forceinline__ void ig_wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
+__device__ __forceinline__ void ig_wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 // The copies' writes (generic proxy) made visible to the products' reads (async proxy).
 __device__ __forceinline__ void ig_fence_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void ig_wgmma_n64(int (&d)[32], unsigned long long da, unsigned long long db) {
@@ -211,16 +196,8 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
-    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits. It is
-    // dynamic shared memory (a 128-channel block's four stages pass the 48 KiB a kernel may
-    // declare statically), IG_SMEM_LAUNCH bytes of it.
-#ifdef KILN_HOST_EMU
+    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
     __align__(1024) __shared__ signed char smem[IG_SMEM];
-#else
-    extern __shared__ __align__(16) signed char ig_smem_raw[];
-    signed char* const smem =
-        ig_smem_raw + ((1024u - ((unsigned)__cvta_generic_to_shared(ig_smem_raw) & 1023u)) & 1023u);
-#endif
     signed char(*sa)[IG_BM * IG_BK] = reinterpret_cast<signed char(*)[IG_BM * IG_BK]>(smem);
     signed char(*sb)[KILN_BN * IG_BK] = reinterpret_cast<signed char(*)[KILN_BN * IG_BK]>(smem + IG_STAGES * IG_BM * IG_BK);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -346,24 +323,23 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 
     const int tiles = (K + IG_BK - 1) / IG_BK;
 #pragma unroll
-    for (int s = 0; s < IG_AHEAD; ++s) {
+    for (int s = 0; s < IG_STAGES - 1; ++s) {
         if (s < tiles) load(s);
         ig_cp_commit();
     }
 #if IG_WGMMA
     // Each warpgroup: per 32-byte step of the tile, one product per 64-row half over its
-    // channels, all issued, then a wait for the products of the step before (this step's run
-    // on while the next tile is waited for). A stage is refilled two steps after its products
-    // were issued, after a barrier that every warpgroup passed only once they were complete.
+    // channels, all issued before waiting for them. The stage is rewritten only after the next
+    // barrier, when every warpgroup's products on it are complete.
     const int wg = warp >> 2;
     const int wg_col0 = wg * IG_WG_N;
     const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa[0]);
     const unsigned sb0 = (unsigned)__cvta_generic_to_shared(sb[0]) + wg_col0 * IG_BK;
     for (int kt = 0; kt < tiles; ++kt) {
-        ig_cp_wait<IG_AHEAD - 1>();
+        ig_cp_wait<IG_STAGES - 2>();
         ig_fence_async();
         __syncthreads();
-        if (kt + IG_AHEAD < tiles) load((kt + IG_AHEAD) % IG_STAGES);
+        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
         ig_cp_commit();
         const unsigned as = sa0 + (kt % IG_STAGES) * (IG_BM * IG_BK), bs = sb0 + (kt % IG_STAGES) * (KILN_BN * IG_BK);
         ig_wgmma_fence();
@@ -380,9 +356,8 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
             }
         }
         ig_wgmma_commit();
-        ig_wgmma_wait<1>();
+        ig_wgmma_wait0();
     }
-    ig_wgmma_wait<0>();
 #else
     // ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
     // (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
@@ -395,10 +370,10 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     const int a_ld[2] = {ig_swz(a_row, a_piece), ig_swz(a_row, 2 + a_piece)};
     const int b_ld[2] = {ig_swz(b_row, b_piece), ig_swz(b_row, 2 + b_piece)};
     for (int kt = 0; kt < tiles; ++kt) {
-        ig_cp_wait<IG_AHEAD - 1>();
+        ig_cp_wait<IG_STAGES - 2>();
         __syncthreads();
         // The stage read in the step before is free now that every warp has passed the barrier.
-        if (kt + IG_AHEAD < tiles) load((kt + IG_AHEAD) % IG_STAGES);
+        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
         ig_cp_commit();
         const signed char* as = sa[kt % IG_STAGES];
         const signed char* bs = sb[kt % IG_STAGES];

@@ -64,17 +64,6 @@ struct Shape {
     pw: usize,
 }
 
-/// The dynamic shared memory of a block of `bn` channels, as `igemm.cu` lays it out
-/// (`IG_SMEM_LAUNCH`): four stages of 128 rows and `bn` channels of 64-byte tiles, or the
-/// epilogue's staging tile where that is larger, and 1024 bytes to align it.
-pub(crate) fn smem_bytes(bn: usize) -> u32 {
-    const STAGES: usize = 4;
-    let tiles = STAGES * (BM + bn) * 64;
-    let epi_rows = if bn == 128 { 64 } else { 128 };
-    let epi = epi_rows * (bn + 8) * 4;
-    (tiles.max(epi) + 1024) as u32
-}
-
 impl Shape {
     /// The launch: 128 rows by 64 or 128 channels a block (see [`FULL_WAVE`]; `matmul` for a
     /// matrix product), and a warp's channels (see [`warp_channels`]).
@@ -94,8 +83,7 @@ impl Shape {
             )));
         }
         let block = (64 * bn / wn) as u32;
-        let shared_bytes = smem_bytes(bn);
-        Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes }))
+        Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
     }
 
     /// Whether the product is a plain one: row `r` of the reduction is the input's `c` bytes
