@@ -116,7 +116,15 @@ pub fn to_egraph(g: &Graph) -> Result<Lowered, FuseError> {
             // A DequantizeLinear that a convolution or product reads is gone once the qdq
             // family makes the reader an integer op over the 8-bit input; left free, it can
             // fold into a pointwise reader too (a residual sum reading the block input).
-            if matches!(g.node(v.node).op, Op::Quant(kiln_ir::ops::QuantOp::DequantizeLinear { .. })) {
+            let matrix = matches!(
+                g.node(id).op,
+                Op::Linalg(
+                    kiln_ir::ops::LinalgOp::Conv(_)
+                        | kiln_ir::ops::LinalgOp::MatMul
+                        | kiln_ir::ops::LinalgOp::Gemm { .. }
+                )
+            );
+            if matrix && matches!(g.node(v.node).op, Op::Quant(kiln_ir::ops::QuantOp::DequantizeLinear { .. })) {
                 continue;
             }
             egraph[value_class[&v]].data.materialized = true;

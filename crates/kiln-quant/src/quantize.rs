@@ -260,10 +260,11 @@ pub fn quantize(
 /// input that is quantized anyway: the block input `x` then lives only as INT8, as TensorRT
 /// and ONNX Runtime's QDQ models keep it, instead of being stored twice (INT8 for the next
 /// convolution, float for the sum) with the block's last convolution computed once for each.
-/// An input that an INT8 layer computes for this sum alone (a downsampling convolution's
-/// output) gets a QDQ pair of its own, with its calibrated scale, so that layer stores INT8 too.
-/// Other inputs stay float, and so does a sum whose result is read in float (a transformer's
-/// residual, which a LayerNorm reads).
+/// Of the inputs INT8 layers compute for this sum alone, the one computed last (the block's
+/// last convolution) stays float, its epilogue taking the sum; the others (a downsampling
+/// convolution's output) get QDQ pairs of their own, with their calibrated scales, so those
+/// layers store INT8 too ([`residual_side_inputs`]). A sum whose result is read in float (a
+/// transformer's residual, which a LayerNorm reads) keeps float inputs.
 fn quantize_residuals(
     g: &Graph,
     out: &mut Graph,
