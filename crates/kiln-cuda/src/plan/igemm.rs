@@ -18,14 +18,17 @@ use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
 const BM: usize = 128;
-/// Blocks the H100's 132 SMs hold at two a time: a convolution with fewer than this in
-/// 128-channel blocks takes 64-channel ones, for twice the blocks. Matrix products take
-/// 128-channel blocks wherever they have more than 64 channels: with wgmma, BERT-base at batch
-/// 32 ran 2.241 ms so against 2.289 with this bound (its 768-channel products), while
-/// ResNet-50's convolutions ran 1.480 against 1.446 without it (H100, one run).
+/// A block for each of the H100's 132 SMs: a convolution with fewer than this in 128-channel
+/// blocks takes 64-channel ones, for twice the blocks. Matrix products take 128-channel blocks
+/// wherever they have more than 64 channels: with wgmma, BERT-base at batch 32 ran 2.241 ms so
+/// against 2.289 with a bound of 264 (its 768-channel products), while ResNet-50's
+/// convolutions ran 1.480 against 1.446 without one (H100, one run). For the convolutions 132
+/// beats 264 (two blocks an SM): ResNet-50 ran 1.119 against 1.133 ms in each of two H100 runs
+/// (ResNet-50's 128-channel layer2 convolutions, 196 blocks of 128 rows, take 128-channel
+/// blocks), and 66 and 400 ran 1.136 and 1.141.
 /// `KILN_IGEMM_WAVE=N` at build time sets the bound for both (0: 128-channel blocks wherever
 /// there are more than 64 channels), to compare them.
-const FULL_WAVE: usize = 264;
+const FULL_WAVE: usize = 132;
 
 fn full_wave(matmul: bool) -> usize {
     let default = if matmul { 0 } else { FULL_WAVE };
