@@ -1117,18 +1117,21 @@ fn a_max_pool_over_a_float_convolution_runs_before_its_bias_and_relu() {
     // pool reads the plain convolution, and the bias, ReLU and quantize run over the pooled
     // tensor in one kernel; the quantize does not move in front of the pool (`qdq-maxpool`),
     // where it would cost a pass over the convolution's output.
-    check_fires(
-        &["pool-before-bias"],
-        "input x f32[1,3,8,8]
+    let stem = "input x f32[1,3,8,8]
          w = const f32[4,3,3,3] rand
          b = const f32[4] rand
          c = Conv{1}(x, w, b)
          y = Relu(c)
-         p = MaxPool{3}(y)
-         ys = const f32[] 0.05
-         yz = const i8[] 0
-         pq = QuantizeLinear(p, ys, yz)
-         output pq",
+         p = MaxPool{3}(y)";
+    check_fires(
+        &["pool-before-bias"],
+        &format!(
+            "{stem}
+             ys = const f32[] 0.05
+             yz = const i8[] 0
+             pq = QuantizeLinear(p, ys, yz)
+             output pq"
+        ),
         "%0 = Conv(x, const[4, 3, 3, 3])
          %1 = MaxPool(%0)
          %2 = FusedElementwise[Cast<i8>(Clip<-128,127>(Round((Relu((in0 + in1)) / 0.05))))](%1, const[4, 1, 1])
@@ -1137,13 +1140,7 @@ fn a_max_pool_over_a_float_convolution_runs_before_its_bias_and_relu() {
     // Without the quantize, the convolution's epilogue takes the bias and ReLU: two launches
     // rather than three.
     check(
-        "input x f32[1,3,8,8]
-         w = const f32[4,3,3,3] rand
-         b = const f32[4] rand
-         c = Conv{1}(x, w, b)
-         y = Relu(c)
-         p = MaxPool{3}(y)
-         output p",
+        &format!("{stem}\n output p"),
         "%0 = ConvEpilogue[Relu(in0)](x, const[4, 3, 3, 3], const[4])
          %1 = MaxPool(%0)
          output %1",
