@@ -170,7 +170,10 @@ __device__ __forceinline__ unsigned long long ig_desc(unsigned addr) {
 }
 __device__ __forceinline__ void ig_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void ig_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void ig_wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most N of the warpgroup's committed product groups are still running.
+template <int N> __device__ __forceinline__ void ig_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // The copies' writes (generic proxy) made visible to the products' reads (async proxy).
 __device__ __forceinline__ void ig_fence_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void ig_wgmma_n64(int (&d)[32], unsigned long long da, unsigned long long db) {
@@ -189,104 +192,135 @@ __device__ __forceinline__ void ig_wgmma_n128(int (&d)[64], unsigned long long d
 }
 #endif
 
+
+#if defined(KILN_IG_PP) && !defined(KILN_HOST_EMU)
+// The ping-pong kernel's barriers in shared memory (`mbarrier`): a phase completes when its
+// count of threads has arrived; a wait names the parity of the phase it waits for.
+__device__ __forceinline__ unsigned pp_addr(unsigned long long* bar) { return (unsigned)__cvta_generic_to_shared(bar); }
+__device__ __forceinline__ void pp_init(unsigned long long* bar, int count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(pp_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void pp_arrive(unsigned long long* bar) {
+    unsigned long long state;
+    asm volatile("mbarrier.arrive.shared.b64 %0, [%1];\n" : "=l"(state) : "r"(pp_addr(bar)) : "memory");
+    (void)state;
+}
+__device__ __forceinline__ void pp_wait(unsigned long long* bar, int parity) {
+    unsigned done;
+    do {
+#if IG_WGMMA
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(pp_addr(bar)), "r"(parity)
+                     : "memory");
+#else
+        asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(pp_addr(bar)), "r"(parity)
+                     : "memory");
+#endif
+    } while (!done);
+}
+// The barrier of one warpgroup's 128 threads (id 1 or 2; 0 is __syncthreads').
+__device__ __forceinline__ void pp_bar(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+// A producer's completed copies made visible to the products' reads (async proxy).
+__device__ __forceinline__ void pp_fence_async() {
+#if IG_WGMMA
+    ig_fence_async();
+#endif
+}
+#endif
+
 // Shared-memory byte offset of piece `c` (0..3) of tile row `r`.
 __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ ((r >> 1) & 3)) << 4); }
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
-    KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
-                     const IgemmArgs g, const EpiArgs e) {
-    // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
-    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
-    __align__(1024) __shared__ signed char smem[IG_SMEM];
-    signed char(*sa)[IG_BM * IG_BK] = reinterpret_cast<signed char(*)[IG_BM * IG_BK]>(smem);
-    signed char(*sb)[KILN_BN * IG_BK] = reinterpret_cast<signed char(*)[KILN_BN * IG_BK]>(smem + IG_STAGES * IG_BM * IG_BK);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-#if !IG_WGMMA
-    const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
-#endif
-    const i64 row0 = (i64)blockIdx.x * IG_BM;
-    const int col0 = blockIdx.y * KILN_BN;
-    // The host guarantees that the input and the filter have fewer than 2^31 bytes and the
-    // GEMM fewer than 2^31 rows, so every offset and row here is 32-bit (the output's are not).
-    const int K = (int)g.k;
-    const int piece = tid & 3;
+// What one of THREADS copying threads keeps to fill the A and B tiles of a block's rows
+// (row0 on) and channels (col0 on): its pieces' sources and shared offsets, and where its
+// piece of the next tile lies in the reduction. `begin` sets it up for a block, `load` copies
+// one tile into a stage and moves on to the next. Each thread copies one piece column of its
+// rows and keeps where the next tile starts (input pixel offset and channel) incrementally,
+// so the copy loop divides nothing.
+template <int THREADS> struct IgLoader {
+    static constexpr int AP = IG_BM * 4 / THREADS, BP = KILN_BN * 4 / THREADS;
+    const signed char* a_src[AP];
+    const signed char* b_src[BP];
+    int a_soff[AP], b_soff[BP];
+    bool b_in[BP];
 #ifdef KILN_IG_DENSE
-    // A plain product (a matrix product, or a 1x1 convolution of stride 1 without padding):
-    // row r of the reduction is the K bytes at x + r * K.
-    const signed char* a_src[IG_A_PIECES];
-    bool a_in[IG_A_PIECES];
-#pragma unroll
-    for (int i = 0; i < IG_A_PIECES; ++i) {
-        const i64 r = row0 + (tid >> 2) + i * (IG_THREADS / 4);
-        a_in[i] = r < g.rows;
-        a_src[i] = x + (a_in[i] ? (int)r * K + piece * 16 : 0);
-    }
+    bool a_in[AP];
 #else
-    const int C = (int)g.c, H = (int)g.h, W = (int)g.w, KW = (int)g.kw;
-    const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
-    // Per row this thread copies: the offset of its top-left input pixel, and that pixel.
-    const signed char* a_src[IG_A_PIECES];
-    int a_iy[IG_A_PIECES], a_ix[IG_A_PIECES];
-#pragma unroll
-    for (int i = 0; i < IG_A_PIECES; ++i) {
-        const i64 r = row0 + (tid >> 2) + i * (IG_THREADS / 4);
-        if (r < g.rows) {
-            const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
-            a_iy[i] = oy * (int)g.sh - (int)g.ph;
-            a_ix[i] = ox * (int)g.sw - (int)g.pw;
-            a_src[i] = x + ((img * H + a_iy[i]) * W + a_ix[i]) * C;
-        } else {
-            a_iy[i] = -(1 << 30);  // never inside the image
-            a_ix[i] = 0;
-            a_src[i] = x;
-        }
-    }
-    // Where this thread's piece of the next tile lies in the reduction: filter row and column,
-    // channel, and the byte offset within a filter row.
+    // Per row: its top-left input pixel; and the piece's filter row, column and channel.
+    int a_iy[AP], a_ix[AP];
     int ky, kx, c0;
-    {
-        const int k = piece * 16, kpos = k / C;
-        c0 = k - kpos * C;
-        ky = kpos / KW;
-        kx = kpos - ky * KW;
-    }
 #endif
-    // Shared offsets of this thread's pieces (the same at every stage), and its filter rows.
-    int a_soff[IG_A_PIECES], b_soff[IG_B_PIECES];
-    const signed char* b_src[IG_B_PIECES];
-    bool b_in[IG_B_PIECES];
+    int kb;  // the piece's byte in the reduction
+
+    __device__ __forceinline__ void begin(int tid, const signed char* x, const signed char* wt, const IgemmArgs& g,
+                                          i64 row0, int col0) {
+        // The host guarantees that the input and the filter have fewer than 2^31 bytes and
+        // the GEMM fewer than 2^31 rows, so every offset and row here is 32-bit.
+        const int K = (int)g.k, piece = tid & 3;
 #pragma unroll
-    for (int i = 0; i < IG_A_PIECES; ++i) a_soff[i] = ig_swz((tid >> 2) + i * (IG_THREADS / 4), piece);
+        for (int i = 0; i < AP; ++i) {
+            const i64 r = row0 + (tid >> 2) + i * (THREADS / 4);
+            a_soff[i] = ig_swz((tid >> 2) + i * (THREADS / 4), piece);
+#ifdef KILN_IG_DENSE
+            // A plain product: row r of the reduction is the K bytes at x + r * K.
+            a_in[i] = r < g.rows;
+            a_src[i] = x + (a_in[i] ? (int)r * K + piece * 16 : 0);
+#else
+            if (r < g.rows) {
+                const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
+                const int rr = (int)r, img = rr / hw_out, p = rr - img * hw_out, oy = p / ow, ox = p - oy * ow;
+                a_iy[i] = oy * (int)g.sh - (int)g.ph;
+                a_ix[i] = ox * (int)g.sw - (int)g.pw;
+                a_src[i] = x + ((img * (int)g.h + a_iy[i]) * (int)g.w + a_ix[i]) * (int)g.c;
+            } else {
+                a_iy[i] = -(1 << 30);  // never inside the image
+                a_ix[i] = 0;
+                a_src[i] = x;
+            }
+#endif
+        }
+#ifndef KILN_IG_DENSE
+        {
+            const int k = piece * 16, kpos = k / (int)g.c;
+            c0 = k - kpos * (int)g.c;
+            ky = kpos / (int)g.kw;
+            kx = kpos - ky * (int)g.kw;
+        }
+#endif
 #pragma unroll
-    for (int i = 0; i < IG_B_PIECES; ++i) {
-        const int cc = (tid >> 2) + i * (IG_THREADS / 4);
-        b_soff[i] = ig_swz(cc, piece);
-        b_in[i] = col0 + cc < (int)g.m;
-        b_src[i] = wt + (b_in[i] ? (col0 + cc) * K + piece * 16 : 0);
+        for (int i = 0; i < BP; ++i) {
+            const int cc = (tid >> 2) + i * (THREADS / 4);
+            b_soff[i] = ig_swz(cc, piece);
+            b_in[i] = col0 + cc < (int)g.m;
+            b_src[i] = wt + (b_in[i] ? (col0 + cc) * K + piece * 16 : 0);
+        }
+        kb = piece * 16;
     }
-    int kb = piece * 16;  // the piece's byte in the reduction
-    auto load = [&](int stage) {
-        const bool kin = kb < K;
-        signed char* sa_s = sa[stage];
-        signed char* sb_s = sb[stage];
+
+    __device__ __forceinline__ void load(signed char* sa_s, signed char* sb_s, const IgemmArgs& g) {
+        const bool kin = kb < (int)g.k;
         // A copy of 0 bytes reads nothing (it zero-fills): its address need not be valid.
 #ifdef KILN_IG_DENSE
 #pragma unroll
-        for (int i = 0; i < IG_A_PIECES; ++i) {
+        for (int i = 0; i < AP; ++i) {
             ig_cp_async16(sa_s + a_soff[i], a_src[i], kin && a_in[i] ? 16 : 0);
             a_src[i] += IG_BK;
         }
 #else
+        const int C = (int)g.c, H = (int)g.h, W = (int)g.w;
         const int dy = ky * (int)g.dh, dx = kx * (int)g.dw, dk = (dy * W + dx) * C + c0;
 #pragma unroll
-        for (int i = 0; i < IG_A_PIECES; ++i) {
+        for (int i = 0; i < AP; ++i) {
             const int yy = a_iy[i] + dy, xx = a_ix[i] + dx;
             const bool ok = kin && (unsigned)yy < (unsigned)H && (unsigned)xx < (unsigned)W;
             ig_cp_async16(sa_s + a_soff[i], a_src[i] + dk, ok ? 16 : 0);
         }
 #endif
 #pragma unroll
-        for (int i = 0; i < IG_B_PIECES; ++i) {
+        for (int i = 0; i < BP; ++i) {
             const bool ok = kin && b_in[i];
             ig_cp_async16(sb_s + b_soff[i], b_src[i], ok ? 16 : 0);
             b_src[i] += IG_BK;
@@ -297,118 +331,138 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         c0 += IG_BK;
         while (c0 >= C) {
             c0 -= C;
-            if (++kx == KW) {
+            if (++kx == (int)g.kw) {
                 kx = 0;
                 ++ky;
             }
         }
 #endif
-    };
+    }
+};
 
 #if IG_WGMMA
-    int acc[2][IG_WG_N / 2];
+// A warpgroup's accumulators: two m64 halves of its IG_WG_N channels.
+typedef int IgAcc[2][IG_WG_N / 2];
+__device__ __forceinline__ void ig_zero(IgAcc& acc) {
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int q = 0; q < IG_WG_N / 2; ++q) acc[h][q] = 0;
+}
+// Issues the products of one stage (A at shared address `as`, the warpgroup's B at `bs`):
+// per 32-byte step of the tile, one product per 64-row half, all issued before any wait.
+__device__ __forceinline__ void ig_products(IgAcc& acc, unsigned as, unsigned bs) {
+    ig_wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        const unsigned long long db = ig_desc(bs + s * 32);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#if IG_WG_N == 64
+            ig_wgmma_n64(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
 #else
-    int acc[4][IG_NT][4];
+            ig_wgmma_n128(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
+#endif
+        }
+    }
+    ig_wgmma_commit();
+}
+#else
+// A warp's accumulators: four 16-row tiles by IG_NT 8-channel ones, mma.sync's fragments.
+typedef int IgAcc[4][IG_NT][4];
+__device__ __forceinline__ void ig_zero(IgAcc& acc) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < IG_NT; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0;
-#endif
-
-    const int tiles = (K + IG_BK - 1) / IG_BK;
-#pragma unroll
-    for (int s = 0; s < IG_STAGES - 1; ++s) {
-        if (s < tiles) load(s);
-        ig_cp_commit();
-    }
-#if IG_WGMMA
-    // Each warpgroup: per 32-byte step of the tile, one product per 64-row half over its
-    // channels, all issued before waiting for them. The stage is rewritten only after the next
-    // barrier, when every warpgroup's products on it are complete.
-    const int wg = warp >> 2;
-    const int wg_col0 = wg * IG_WG_N;
-    const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa[0]);
-    const unsigned sb0 = (unsigned)__cvta_generic_to_shared(sb[0]) + wg_col0 * IG_BK;
-    for (int kt = 0; kt < tiles; ++kt) {
-        ig_cp_wait<IG_STAGES - 2>();
-        ig_fence_async();
-        __syncthreads();
-        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
-        ig_cp_commit();
-        const unsigned as = sa0 + (kt % IG_STAGES) * (IG_BM * IG_BK), bs = sb0 + (kt % IG_STAGES) * (KILN_BN * IG_BK);
-        ig_wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            const unsigned long long db = ig_desc(bs + s * 32);
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#if IG_WG_N == 64
-                ig_wgmma_n64(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
-#else
-                ig_wgmma_n128(acc[h], ig_desc(as + h * 64 * IG_BK + s * 32), db);
-#endif
-            }
-        }
-        ig_wgmma_commit();
-        ig_wgmma_wait0();
-    }
-#else
-    // ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
-    // (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
-    // (channels 0-7, 8-15): b0, b1 of two 8-channel tiles.
-    // The swizzle of rows r and r + 8k is the same, so each k-step's addresses are one base
-    // per operand plus constants: 16 rows (1024 bytes) per A tile, 8 (512) per B tile.
+}
+// ldmatrix: lane L gives row L % 8 of matrix L / 8. A's matrices are (rows 0-7, 8-15) x
+// (k bytes 0-15, 16-31) of a 16-row tile: a0..a3 of the mma. B's are (k 0-15, 16-31) x
+// (channels 0-7, 8-15): b0, b1 of two 8-channel tiles. The swizzle of rows r and r + 8k is
+// the same, so each k-step's addresses are one base per operand (these offsets, per 32-byte
+// step) plus constants: 16 rows (1024 bytes) per A tile, 8 (512) per B tile.
+struct IgFrag {
+    int a[2], b[2];
+};
+__device__ __forceinline__ IgFrag ig_frag(int warp, int lane) {
+    const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
     const int lq = lane >> 3, lr = lane & 7;
     const int a_row = wm * 64 + (lq & 1) * 8 + lr, a_piece = lq >> 1;
     const int b_row = wn * KILN_WN + (lq >> 1) * 8 + lr, b_piece = lq & 1;
-    const int a_ld[2] = {ig_swz(a_row, a_piece), ig_swz(a_row, 2 + a_piece)};
-    const int b_ld[2] = {ig_swz(b_row, b_piece), ig_swz(b_row, 2 + b_piece)};
-    for (int kt = 0; kt < tiles; ++kt) {
-        ig_cp_wait<IG_STAGES - 2>();
-        __syncthreads();
-        // The stage read in the step before is free now that every warp has passed the barrier.
-        if (kt + IG_STAGES - 1 < tiles) load((kt + IG_STAGES - 1) % IG_STAGES);
-        ig_cp_commit();
-        const signed char* as = sa[kt % IG_STAGES];
-        const signed char* bs = sb[kt % IG_STAGES];
+    return IgFrag{{ig_swz(a_row, a_piece), ig_swz(a_row, 2 + a_piece)}, {ig_swz(b_row, b_piece), ig_swz(b_row, 2 + b_piece)}};
+}
+__device__ __forceinline__ void ig_products(IgAcc& acc, const signed char* as, const signed char* bs, const IgFrag& f) {
 #pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            unsigned b[IG_NT][2];
+    for (int s = 0; s < 2; ++s) {
+        unsigned b[IG_NT][2];
 #pragma unroll
-            for (int j = 0; j < IG_NT; j += 2) {
-                unsigned r[4];
-                ig_ldsm4(r, &bs[b_ld[s] + j * 8 * IG_BK]);
-                b[j][0] = r[0];
-                b[j][1] = r[1];
-                b[j + 1][0] = r[2];
-                b[j + 1][1] = r[3];
-            }
+        for (int j = 0; j < IG_NT; j += 2) {
+            unsigned r[4];
+            ig_ldsm4(r, &bs[f.b[s] + j * 8 * IG_BK]);
+            b[j][0] = r[0];
+            b[j][1] = r[1];
+            b[j + 1][0] = r[2];
+            b[j + 1][1] = r[3];
+        }
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                unsigned a[4];
-                ig_ldsm4(a, &as[a_ld[s] + i * 16 * IG_BK]);
+        for (int i = 0; i < 4; ++i) {
+            unsigned a[4];
+            ig_ldsm4(a, &as[f.a[s] + i * 16 * IG_BK]);
 #pragma unroll
-                for (int j = 0; j < IG_NT; ++j) ig_mma(acc[i][j], a[0], a[1], a[2], a[3], b[j][0], b[j][1]);
-            }
+            for (int j = 0; j < IG_NT; ++j) ig_mma(acc[i][j], a[0], a[1], a[2], a[3], b[j][0], b[j][1]);
         }
     }
+}
 #endif
-    ig_cp_wait<0>();
-    __syncthreads();
 
-    // The epilogue, through shared memory: the warps write their accumulators into a staging
-    // tile of IG_EPI_ROWS rows (all the block's rows for 64-channel blocks, half of them for
-    // 128), then every thread takes four adjacent channels of a row at a time, so the
-    // epilogue's inputs are read and its result stored in whole vectors, coalesced along the
-    // row. Inputs constant along the rows (per-channel scales, biases) are read once.
-    int* stg = reinterpret_cast<int*>(smem);
+// Writes the accumulators of pass `pass`'s rows into the staging tile, for warp `warp` of the
+// block's IG_THREADS.
+__device__ __forceinline__ void ig_stage(const IgAcc& acc, int* stg, int pass, int warp, int lane) {
     const int gq = lane >> 2, t = lane & 3;
+#if IG_WGMMA
+    // A warp's accumulators of half h: rows h * 64 + 16 * (warp % 4) + gq (+ 8), channels
+    // j * 8 + 2 * t (+ 1) of its warpgroup's, as mma.sync's m16n8 tiles.
+    const int wg_col0 = (warp >> 2) * IG_WG_N;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if ((h * 64) / IG_EPI_ROWS != pass) continue;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int lr = h * 64 - pass * IG_EPI_ROWS + (warp & 3) * 16 + gq + half * 8;
+#pragma unroll
+            for (int j = 0; j < IG_WG_N / 8; ++j)
+                *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wg_col0 + j * 8 + t * 2]) =
+                    make_int2(acc[h][j * 4 + half * 2], acc[h][j * 4 + half * 2 + 1]);
+        }
+    }
+#else
+    const int wm = warp / IG_WARPS_N, wn = warp % IG_WARPS_N;
+    if ((wm * 64) / IG_EPI_ROWS != pass) return;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int lr = wm * 64 - pass * IG_EPI_ROWS + i * 16 + gq + half * 8;
+#pragma unroll
+            for (int j = 0; j < IG_NT; ++j)
+                *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wn * KILN_WN + j * 8 + t * 2]) =
+                    make_int2(acc[i][j][half * 2], acc[i][j][half * 2 + 1]);
+        }
+#endif
+}
+
+// The epilogue of a block's tile (rows row0 on, channels col0 on), by its IG_THREADS threads
+// (`tid` among them), through shared memory: the warps write their accumulators into a
+// staging tile of IG_EPI_ROWS rows (all the block's rows for 64-channel blocks, half of them
+// for 128), then every thread takes four adjacent channels of a row at a time, so the
+// epilogue's inputs are read and its result stored in whole vectors, coalesced along the
+// row. Inputs constant along the rows (per-channel scales, biases) are read once. `sync` is
+// the threads' barrier; the first one also waits for whatever read `stg` before.
+template <class Sync>
+__device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid, i64 row0, int col0, const IgemmArgs& g,
+                                            const EpiArgs& e, void* out, Sync sync) {
     const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4, lr0 = tid / (KILN_BN / 4);
     EpiPre pre;
     kiln_epi_pre(e, g, c, pre);
@@ -416,37 +470,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     // copied for every row and overflow the instruction cache.
 #pragma unroll 1
     for (int pass = 0; pass < IG_BM / IG_EPI_ROWS; ++pass) {
-        if (pass > 0) __syncthreads();  // the previous pass's reads are done
-#if IG_WGMMA
-        // A warp's accumulators of half h: rows h * 64 + 16 * (warp % 4) + gq (+ 8), channels
-        // j * 8 + 2 * t (+ 1) of its warpgroup's, as mma.sync's m16n8 tiles.
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            if ((h * 64) / IG_EPI_ROWS != pass) continue;
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int lr = h * 64 - pass * IG_EPI_ROWS + (warp & 3) * 16 + gq + half * 8;
-#pragma unroll
-                for (int j = 0; j < IG_WG_N / 8; ++j)
-                    *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wg_col0 + j * 8 + t * 2]) =
-                        make_int2(acc[h][j * 4 + half * 2], acc[h][j * 4 + half * 2 + 1]);
-            }
-        }
-#else
-        if ((wm * 64) / IG_EPI_ROWS == pass) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int lr = wm * 64 - pass * IG_EPI_ROWS + i * 16 + gq + half * 8;
-#pragma unroll
-                    for (int j = 0; j < IG_NT; ++j)
-                        *reinterpret_cast<int2*>(&stg[lr * IG_EPI_LD + wn * KILN_WN + j * 8 + t * 2]) =
-                            make_int2(acc[i][j][half * 2], acc[i][j][half * 2 + 1]);
-                }
-        }
-#endif
-        __syncthreads();
+        sync();
+        ig_stage(acc, stg, pass, tid >> 5, tid & 31);
+        sync();
         // A thread's rows in chunks: each chunk's inputs are all requested before any row is
         // computed, so their loads are in flight together. Rows past the last are computed
         // from the last row's inputs and not stored: no branch separates the rows, so their
@@ -472,3 +498,172 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
         }
     }
 }
+
+#ifndef KILN_IG_PP
+// One block a tile: 128 rows by KILN_BN channels, over k in steps of 64 bytes. The copies
+// fill a STAGES-deep ring while the warps compute on the stage before; a barrier at every
+// step frees the stage read in the step before.
+extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
+    KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
+                     const IgemmArgs g, const EpiArgs e) {
+    // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
+    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
+    __align__(1024) __shared__ signed char smem[IG_SMEM];
+    signed char* sa = smem;
+    signed char* sb = smem + IG_STAGES * IG_BM * IG_BK;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const i64 row0 = (i64)blockIdx.x * IG_BM;
+    const int col0 = blockIdx.y * KILN_BN;
+    IgLoader<IG_THREADS> ld;
+    ld.begin(tid, x, wt, g, row0, col0);
+    IgAcc acc;
+    ig_zero(acc);
+    const int tiles = ((int)g.k + IG_BK - 1) / IG_BK;
+#pragma unroll
+    for (int s = 0; s < IG_STAGES - 1; ++s) {
+        if (s < tiles) ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
+        ig_cp_commit();
+    }
+#if IG_WGMMA
+    // Each warpgroup takes all 128 rows by its IG_WG_N channels. The stage is rewritten only
+    // after the next barrier, when every warpgroup's products on it are complete.
+    const unsigned sa0 = (unsigned)__cvta_generic_to_shared(sa);
+    const unsigned sb0 = (unsigned)__cvta_generic_to_shared(sb) + (warp >> 2) * IG_WG_N * IG_BK;
+#else
+    const IgFrag frag = ig_frag(warp, tid & 31);
+#endif
+    for (int kt = 0; kt < tiles; ++kt) {
+        ig_cp_wait<IG_STAGES - 2>();
+#if IG_WGMMA
+        ig_fence_async();
+#endif
+        __syncthreads();
+        // The stage read in the step before is free now that every warp has passed the barrier.
+        if (kt + IG_STAGES - 1 < tiles) {
+            const int s = (kt + IG_STAGES - 1) % IG_STAGES;
+            ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
+        }
+        ig_cp_commit();
+        const int s = kt % IG_STAGES;
+#if IG_WGMMA
+        ig_products(acc, sa0 + s * (IG_BM * IG_BK), sb0 + s * (KILN_BN * IG_BK));
+        ig_wgmma_wait<0>();
+#else
+        ig_products(acc, sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, frag);
+#endif
+    }
+    ig_cp_wait<0>();
+    ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { __syncthreads(); });
+}
+#else
+// The persistent ping-pong kernel (KILN_IG_PP: 128-channel blocks of one warpgroup's 128 x 128
+// tile, KILN_WN 64). One block an SM takes tiles blockIdx.x, + gridDim.x, ... (in the order a
+// grid of tiles would run: down the rows, then the next channel block). Two warpgroups take
+// the block's tiles in turn, and while one runs its products the other runs the epilogue of
+// its last tile, so the tensor cores and the epilogue's arithmetic overlap. Two producer warps
+// copy every tile's stages, in the order the warpgroups use them, into a ring of PP_STAGES
+// stages, ahead of both; barriers in shared memory (`mbarrier`) say when a stage is full
+// (its copies complete) and when it is empty again (its products done), and a third pair
+// passes the turn from one warpgroup's products to the other's.
+#define PP_STAGES 5
+// Copies a producer keeps in flight before it signals the oldest (its copies complete).
+#define PP_LAG 3
+#define PP_PRODUCERS 64
+#define PP_THREADS (2 * IG_THREADS + PP_PRODUCERS)
+#define PP_TILE ((IG_BM + KILN_BN) * IG_BK)
+#define PP_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
+#define PP_BARS (PP_STAGES * PP_TILE + 2 * PP_EPI)
+#define PP_SMEM (PP_BARS + 8 * (2 * PP_STAGES + 2))
+static_assert(KILN_BN == 128 && IG_THREADS == 128, "the ping-pong kernel takes 128-channel blocks of one warpgroup");
+static_assert(PP_LAG < PP_STAGES, "a producer signals a stage before it waits for that stage again");
+
+extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
+    KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
+                     const IgemmArgs g, const EpiArgs e) {
+    // The stages (A then B in each), each warpgroup's staging tile, the barriers: full[s],
+    // empty[s], then the turn of warpgroup 0 and 1. The launch adds 1024 bytes to align it.
+#ifdef KILN_HOST_EMU
+    __align__(1024) __shared__ signed char dsm[PP_SMEM];
+    signed char* smem = dsm;
+#else
+    extern __shared__ __align__(16) signed char dsm[];
+    signed char* smem = dsm + ((1024 - ((unsigned)__cvta_generic_to_shared(dsm) & 1023)) & 1023);
+#endif
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + PP_BARS);
+    unsigned long long* empty = full + PP_STAGES;
+    unsigned long long* turn = full + 2 * PP_STAGES;
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int s = 0; s < PP_STAGES; ++s) {
+            pp_init(&full[s], PP_PRODUCERS);
+            pp_init(&empty[s], IG_THREADS);
+        }
+        pp_init(&turn[0], IG_THREADS);
+        pp_init(&turn[1], IG_THREADS);
+    }
+    __syncthreads();
+    const int gx = (int)((g.rows + IG_BM - 1) / IG_BM), ntiles = gx * (int)((g.m + KILN_BN - 1) / KILN_BN);
+    const int kt_n = ((int)g.k + IG_BK - 1) / IG_BK;
+    if (tid >= 2 * IG_THREADS) {
+        // Producer: fill q of the block's sequence goes to stage q % PP_STAGES once the
+        // products of fill q - PP_STAGES are done (the first pass finds every stage empty).
+        IgLoader<PP_PRODUCERS> ld;
+        int q = 0;
+        for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+            ld.begin(tid - 2 * IG_THREADS, x, wt, g, (i64)(t % gx) * IG_BM, (t / gx) * KILN_BN);
+            for (int kt = 0; kt < kt_n; ++kt, ++q) {
+                const int s = q % PP_STAGES;
+                pp_wait(&empty[s], ((q / PP_STAGES) & 1) ^ 1);
+                ld.load(smem + s * PP_TILE, smem + s * PP_TILE + IG_BM * IG_BK, g);
+                ig_cp_commit();
+                if (q >= PP_LAG) {
+                    ig_cp_wait<PP_LAG>();
+                    pp_fence_async();
+                    pp_arrive(&full[(q - PP_LAG) % PP_STAGES]);
+                }
+            }
+        }
+        ig_cp_wait<0>();
+        pp_fence_async();
+        for (int p = q > PP_LAG ? q - PP_LAG : 0; p < q; ++p) pp_arrive(&full[p % PP_STAGES]);
+        return;
+    }
+    // Consumers: warpgroup w takes the block's tiles w, w + 2, ...
+    const int w = tid / IG_THREADS, wtid = tid % IG_THREADS;
+    int* stg = reinterpret_cast<int*>(smem + PP_STAGES * PP_TILE + w * PP_EPI);
+#if IG_WGMMA
+    const unsigned tiles0 = (unsigned)__cvta_generic_to_shared(smem);
+#else
+    const IgFrag frag = ig_frag(wtid >> 5, wtid & 31);
+#endif
+    IgAcc acc;
+    int i = 0;
+    for (int t = blockIdx.x + w * gridDim.x; t < ntiles; t += 2 * gridDim.x, ++i) {
+        // The turn: warpgroup 1's products on its tile i follow warpgroup 0's on its tile i,
+        // and warpgroup 0's on its tile i follow warpgroup 1's on tile i - 1.
+        if (w == 1) pp_wait(&turn[1], i & 1);
+        else if (i > 0) pp_wait(&turn[0], (i - 1) & 1);
+        ig_zero(acc);
+        const int q0 = (2 * i + w) * kt_n;
+        for (int kt = 0; kt < kt_n; ++kt) {
+            const int q = q0 + kt, s = q % PP_STAGES;
+            pp_wait(&full[s], (q / PP_STAGES) & 1);
+#if IG_WGMMA
+            ig_products(acc, tiles0 + s * PP_TILE, tiles0 + s * PP_TILE + IG_BM * IG_BK);
+            // The step before's products are done: its stage is free.
+            ig_wgmma_wait<1>();
+            if (kt > 0) pp_arrive(&empty[(q - 1) % PP_STAGES]);
+#else
+            ig_products(acc, smem + s * PP_TILE, smem + s * PP_TILE + IG_BM * IG_BK, frag);
+            pp_arrive(&empty[s]);
+#endif
+        }
+#if IG_WGMMA
+        ig_wgmma_wait<0>();
+        pp_arrive(&empty[(q0 + kt_n - 1) % PP_STAGES]);
+#endif
+        pp_arrive(&turn[1 - w]);
+        ig_epilogue(acc, stg, wtid, (i64)(t % gx) * IG_BM, (t / gx) * KILN_BN, g, e, out, [w] { pp_bar(1 + w); });
+    }
+}
+#endif

@@ -4,39 +4,75 @@
 // a multiple of 4 run the vectorized kernels, the others the element-by-element ones.
 #include "shim.h"
 #include <random>
+// Each file defines its switches (KILN_IG_DENSE, KILN_IG_PP) for the whole translation unit:
+// they are undone before the next.
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace G64 {
 #include "igemm64w32v.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace G128 {
 #include "igemm128w32v.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace G128W {
 #include "igemm128w64v.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace S64 {
 #include "igemm64w32s.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace S128 {
 #include "igemm128w32s.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace S128W {
 #include "igemm128w64s.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace D64 {
 #include "igemm64w32d.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace D128 {
 #include "igemm128w32d.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
 namespace D128W {
 #include "igemm128w64d.inc"
+}
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PV {
+#include "igemm128w64pv.inc"
+}
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PS {
+#include "igemm128w64ps.inc"
+}
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PD {
+#include "igemm128w64pd.inc"
 }
 typedef long long i64;
 static std::mt19937 rng(11);
 static int fails = 0;
 
 // `dense`: run the plain-product kernels (1x1, stride 1, no padding, or a matrix product).
-struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; };
+// `pp`: the persistent ping-pong kernel (128-channel tiles), on `pp` blocks.
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; unsigned pp = 0; };
 
 template <class Args, class Epi, class Kernel>
 static void run(const Case& k, Kernel kernel) {
@@ -60,7 +96,11 @@ static void run(const Case& k, Kernel kernel) {
     e.in[0] = scale.data(); e.in[1] = bias.data(); e.in[2] = res.data();
     e.st[0][3] = 1; e.st[1][3] = 1;
     e.st[2][0] = oh * ow * k.m; e.st[2][1] = ow * k.m; e.st[2][2] = k.m; e.st[2][3] = 1;
-    const dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(64 * k.bn / k.wn)};
+    dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(64 * k.bn / k.wn)};
+    if (k.pp) {
+        grid = dim3{k.pp, 1};
+        block = dim3{320};
+    }
     launch(grid, block, [&] { kernel(x, w, y.data(), g, e); });
     int bad = 0;
     for (i64 b = 0; b < k.n; ++b) for (i64 oy = 0; oy < oh; ++oy) for (i64 ox = 0; ox < ow; ++ox) for (i64 oc = 0; oc < k.m; ++oc) {
@@ -80,7 +120,7 @@ static void run(const Case& k, Kernel kernel) {
                    b, oy, ox, oc, got, want);
     }
     fails += bad;
-    printf("igemm%dw%d%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.dense ? "d" : k.m % 4 ? "s" : "v", k.n, k.c,
+    printf("igemm%dw%d%s%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.pp ? "p" : "", k.dense ? "d" : k.m % 4 ? "s" : "v", k.n, k.c,
            k.h, k.w, k.m, k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
 }
 
@@ -108,10 +148,20 @@ int main() {
         {3, 64, 7, 9, 136, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true},
         {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true},
         {200, 208, 1, 1, 40, 1, 1, 1, 1, 0, 0, 1, 1, 64, 32, true},
+        // The persistent kernel: 9 tiles of 4.5 64-byte steps on 2 blocks (the ring of stages
+        // wraps, each warpgroup takes turns more than once), an element-by-element epilogue,
+        // and plain products with 2 and 1 steps a tile.
+        {3, 32, 9, 10, 260, 3, 3, 1, 1, 1, 1, 1, 1, 128, 64, false, 2},
+        {2, 32, 5, 6, 130, 3, 3, 1, 1, 1, 1, 1, 1, 128, 64, false, 2},
+        {300, 96, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true, 2},
+        {3, 64, 7, 9, 260, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true, 3},
     };
     for (const Case& k : cases) {
         const bool v = k.m % 4 == 0;
-        if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });
+        if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });
+        else if (k.pp && v) run<PV::IgemmArgs, PV::EpiArgs>(k, [](auto... a) { PV::kernel_igemm128w64pv(a...); });
+        else if (k.pp) run<PS::IgemmArgs, PS::EpiArgs>(k, [](auto... a) { PS::kernel_igemm128w64ps(a...); });
+        else if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });
         else if (k.dense && k.wn == 32) run<D128::IgemmArgs, D128::EpiArgs>(k, [](auto... a) { D128::kernel_igemm128w32d(a...); });
         else if (k.dense) run<D128W::IgemmArgs, D128W::EpiArgs>(k, [](auto... a) { D128W::kernel_igemm128w64d(a...); });
         else if (k.bn == 64 && v) run<G64::IgemmArgs, G64::EpiArgs>(k, [](auto... a) { G64::kernel_igemm64w32v(a...); });

@@ -2,6 +2,7 @@
 // blocks run one after another (so `static` stands in for __shared__).
 // See run.sh for what it can and cannot check.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -163,6 +164,29 @@ inline void ig_mma(int (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned 
     g_warp->bar.arrive_and_wait();
 }
 
+// The persistent implicit GEMM's barriers (igemm.cu, KILN_IG_PP). An mbarrier's 8 bytes hold
+// its phase (bits 32-63), its count (16-31) and the arrivals its phase still waits for (0-15);
+// a wait for parity p returns once the phase's parity is no longer p (phase p is complete).
+inline void pp_init(unsigned long long* bar, int count) {
+    std::atomic_ref<unsigned long long>(*bar).store(((unsigned long long)count << 16) | (unsigned long long)count);
+}
+inline void pp_arrive(unsigned long long* bar) {
+    std::atomic_ref<unsigned long long> a(*bar);
+    unsigned long long v = a.load(), next;
+    do {
+        const unsigned long long count = (v >> 16) & 0xffff;
+        next = (v & 0xffff) == 1 ? (((v >> 32) + 1) << 32) | (count << 16) | count : v - 1;
+    } while (!a.compare_exchange_weak(v, next));
+}
+inline void pp_wait(unsigned long long* bar, int parity) {
+    std::atomic_ref<unsigned long long> a(*bar);
+    while (((a.load() >> 32) & 1) == (unsigned long long)parity) std::this_thread::yield();
+}
+inline void pp_fence_async() {}
+// Named barriers 1 and 2 (`bar.sync id, 128`): one warpgroup's 128 threads each.
+inline std::barrier<>* g_named_bar[3];
+inline void pp_bar(int id) { g_named_bar[id]->arrive_and_wait(); }
+
 // Runs `body` for every thread of every block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
     gridDim = grid; blockDim = block;
@@ -171,8 +195,10 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
     for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(nthreads);
+        std::barrier<> bar(nthreads), named1(128), named2(128);
         g_block_bar = &bar;
+        g_named_bar[1] = &named1;
+        g_named_bar[2] = &named2;
         std::vector<std::unique_ptr<WarpCtx>> warps;
         for (unsigned w = 0; w < nthreads / 32; ++w) warps.emplace_back(new WarpCtx());
         std::vector<std::thread> ts;

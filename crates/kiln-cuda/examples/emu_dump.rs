@@ -68,8 +68,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (false, false) => "s",
             };
             let name = format!("igemm{bn}w{wn}{kind}");
-            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, dense)?));
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, dense, false)?));
         }
+    }
+    // The persistent ping-pong kernel, the same three ways.
+    for (vec, dense, kind) in [(true, false, "v"), (false, false, "s"), (true, true, "d")] {
+        let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
+        let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
+        kernels.push((
+            format!("igemm128w64p{kind}"),
+            igemm_kernel(&dequant_bias_res_relu, &reads, 128, 64, vec, dense, true)?,
+        ));
     }
     for (name, k) in kernels {
         let src = k

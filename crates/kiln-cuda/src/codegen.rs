@@ -729,6 +729,18 @@ pub enum EpiRead {
     Strided,
 }
 
+/// Threads of a block of the persistent implicit-GEMM kernel (`PP_THREADS` in
+/// `kernels/igemm.cu`): two warpgroups and two producer warps.
+pub const PP_THREADS: u32 = 2 * 128 + 64;
+
+/// Dynamic shared memory of the persistent implicit-GEMM kernel (`PP_SMEM` in
+/// `kernels/igemm.cu`, and 1024 bytes to align it): five stages of 128 rows and 128 channels
+/// of 64-byte tiles, each warpgroup's staging tile of 64 rows by 136 ints, and 12 barriers.
+pub fn pp_shared_bytes() -> u32 {
+    const STAGES: u32 = 5;
+    STAGES * (128 + 128) * 64 + 2 * 64 * (128 + 8) * 4 + 8 * (2 * STAGES + 2) + 1024
+}
+
 /// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
 /// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
 /// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
@@ -737,8 +749,11 @@ pub enum EpiRead {
 /// `vec` (the output channels a multiple of 4) the epilogue moves four channels at a time as
 /// one vector. With `dense` the product is a plain one (a matrix product, or a 1x1
 /// convolution of stride 1 without padding): row `r` of the reduction is the `k` bytes at
-/// `r * k`, and the kernel loads it without the convolution's index arithmetic. The kernel is
-/// named `igemm<bn>w<wn>[d]_<hash>_<output dtype>`.
+/// `r * k`, and the kernel loads it without the convolution's index arithmetic. With
+/// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles of one
+/// warpgroup each, so `bn` 128 and `wn` 64), launched with [`PP_THREADS`] threads and
+/// [`pp_shared_bytes`] of dynamic shared memory, a block an SM. The kernel is named
+/// `igemm<bn>w<wn>[p][d]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
@@ -746,10 +761,11 @@ pub fn igemm_kernel(
     wn: usize,
     vec: bool,
     dense: bool,
+    persistent: bool,
 ) -> Result<ElementwiseKernel> {
-    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn {
+    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn || (persistent && (bn, wn) != (128, 64)) {
         return Err(CudaError::Invalid(format!(
-            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64)"
+            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64; 128 and 64 for the persistent kernel)"
         )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {
@@ -767,6 +783,9 @@ pub fn igemm_kernel(
     if dense {
         defs.push_str("#define KILN_IG_DENSE 1\n");
     }
+    if persistent {
+        defs.push_str("#define KILN_IG_PP 1\n");
+    }
     if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
         defs.push_str(HELPERS);
     }
@@ -776,7 +795,12 @@ pub fn igemm_kernel(
     let body = igemm_epilogue(extra, out, vec)?;
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let name = format!("igemm{bn}w{wn}{}_{hash}_{}", if dense { "d" } else { "" }, dtype_suffix(out)?);
+    let name = format!(
+        "igemm{bn}w{wn}{}{}_{hash}_{}",
+        if persistent { "p" } else { "" },
+        if dense { "d" } else { "" },
+        dtype_suffix(out)?
+    );
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
     let source = inline_common(&IGEMM_TEMPLATE.replacen("/*{{DEFS}}*/", &defs, 1).replacen("/*{{BODY}}*/", &body, 1));
     Ok(ElementwiseKernel { name, source, generated: format!("{defs}\n{body}"), inputs, output: out, vec: 1 })

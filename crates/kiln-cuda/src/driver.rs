@@ -189,6 +189,7 @@ impl Gpu {
     /// in declaration order (use [`Param`]), and waits for it to finish.
     pub fn launch(&self, kernel: Kernel, cfg: LaunchConfig, params: &[Param]) -> Result<()> {
         self.ctx.bind_to_thread().map_err(drv)?;
+        kernel.reserve_shared(cfg.shared_bytes)?;
         let mut storage: Vec<Vec<u8>> = params.iter().map(|p| p.0.clone()).collect();
         let mut ptrs: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         #[allow(unsafe_code)]
@@ -211,7 +212,30 @@ impl Gpu {
     }
 }
 
+/// The dynamic shared memory any kernel may take without asking for more.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
+
 impl Kernel {
+    /// Lets the kernel launch with `bytes` of dynamic shared memory where that is more than the
+    /// 48 KiB every kernel may take (the INT8 implicit GEMM's stages); the driver refuses a
+    /// size past the device's limit.
+    pub fn reserve_shared(&self, bytes: u32) -> Result<()> {
+        if bytes <= DEFAULT_DYNAMIC_SHARED {
+            return Ok(());
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: `raw` is a function of a loaded module (see `Module::kernel`); the attribute
+        // takes a byte count.
+        unsafe {
+            cudarc::driver::result::function::set_function_attribute(
+                self.raw,
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .map_err(|e| CudaError::Driver(format!("{bytes} bytes of shared memory: {e}")))
+    }
+
     /// Enqueues the kernel on `stream` without waiting; the driver copies `params` before
     /// returning, so they need not outlive the call. The caller binds the context to the
     /// thread and keeps every buffer the kernel touches alive until the stream has run it.

@@ -120,8 +120,10 @@ fn int8_epilogues_dequantize_on_the_gpu() {
             ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![3, 4] },
         ],
     };
-    // Both run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
-    for (m, k, n) in [(50, 64, 32), (3, 64, 10), (130, 96, 200)] {
+    // All run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
+    // The last two have more 128 x 128 tiles than two an SM (288 and 272) of one and of five
+    // 64-byte steps: the persistent kernel's warpgroups take turns on several tiles each.
+    for (m, k, n) in [(50, 64, 32), (3, 64, 10), (130, 96, 200), (4096, 64, 1152), (2048, 320, 2176)] {
         let (x, w) = (i8s(&mut rng, &[m, k]), i8s(&mut rng, &[k, n]));
         let scale = rand_tensor(&mut rng, &[n], 1e-4, 1e-3, DType::F32);
         let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32);
@@ -248,8 +250,16 @@ fn int8_convolution_epilogues_match_the_cpu() {
         }
         Expr { nodes }
     };
+    // A ResNet stage's 3x3 convolution over enough rows for 196 blocks of 128 channels.
+    let stage = ConvCase {
+        x: &[16, 64, 28, 28],
+        w: &[256, 64, 3, 3],
+        strides: &[1, 1],
+        pads: &[1, 1, 1, 1],
+        dilations: &[1, 1],
+    };
     let mut fused = 0;
-    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4) {
+    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage]) {
         let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
         let m = c.w[0];
         let attrs = ConvAttrs {

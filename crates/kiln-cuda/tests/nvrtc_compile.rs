@@ -85,8 +85,10 @@ fn generated_igemm_kernels_compile() {
     for (to, vec, dense) in
         [(DType::F32, true, false), (DType::F16, false, true), (DType::I8, true, true), (DType::I8, false, false)]
     {
-        for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, dense).expect("generates");
+        // The three block shapes, and the persistent ping-pong kernel.
+        for (bn, wn, persistent) in [(64, 32, false), (128, 32, false), (128, 64, false), (128, 64, true)] {
+            let k =
+                igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, dense, persistent).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

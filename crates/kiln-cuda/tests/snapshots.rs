@@ -103,8 +103,9 @@ fn int8_implicit_gemm() {
             op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[11]),
         ],
     };
-    let k = igemm_kernel(&e, &[(DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)], 128, 64, true, false)
-        .unwrap();
+    let k =
+        igemm_kernel(&e, &[(DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)], 128, 64, true, false, false)
+            .unwrap();
     assert!(k.name.starts_with("igemm128w64_") && k.name.ends_with("_i8"), "{}", k.name);
     insta::assert_snapshot!("int8_implicit_gemm", render(&k));
     // The template as NVRTC gets it, once.

@@ -120,7 +120,8 @@ impl Engine {
                             m
                         }
                     };
-                    Some(m.kernel(&k.kernel).map_err(|e| CudaError::Driver(format!("node {}: {e}", step.node)))?)
+                    let kernel = m.kernel(&k.kernel).and_then(|f| f.reserve_shared(k.config.shared_bytes).map(|_| f));
+                    Some(kernel.map_err(|e| CudaError::Driver(format!("node {}: {e}", step.node)))?)
                 }
                 _ => None,
             });

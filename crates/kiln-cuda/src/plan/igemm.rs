@@ -13,7 +13,7 @@
 //! of 16. Anything else takes the accumulator path of [`super::qlinear`].
 
 use super::*;
-use crate::codegen::{igemm_kernel, EpiRead, IGEMM_MAX_EXTRA};
+use crate::codegen::{igemm_kernel, pp_shared_bytes, EpiRead, IGEMM_MAX_EXTRA, PP_THREADS};
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
@@ -67,13 +67,40 @@ struct Shape {
     pw: usize,
 }
 
+/// Whether 128-channel products take the persistent ping-pong kernel (`KILN_IGEMM_PP=1` at
+/// build time).
+fn persistent() -> bool {
+    std::env::var("KILN_IGEMM_PP").is_ok_and(|v| v == "1")
+}
+
+/// Blocks of the persistent kernel: one an SM of an H100 SXM or H200 (132). On a GPU with
+/// fewer SMs the blocks past them wait for a free SM, and the kernel is still correct.
+const PERSISTENT_BLOCKS: usize = 132;
+
+/// An implicit GEMM's launch: the block's channels and a warp's, whether it is the persistent
+/// kernel, and the launch configuration.
+struct IgemmLaunch {
+    bn: usize,
+    wn: usize,
+    persistent: bool,
+    config: LaunchConfig,
+}
+
 impl Shape {
     /// The launch: 128 rows by 64 or 128 channels a block (see [`FULL_WAVE`]; `matmul` for a
-    /// matrix product), and a warp's channels (see [`warp_channels`]).
-    fn config(&self, matmul: bool) -> Result<(usize, usize, LaunchConfig)> {
+    /// matrix product), and a warp's channels (see [`warp_channels`]); or, for 128-channel
+    /// blocks with [`persistent`], the persistent kernel's 128 x 128 tiles, a block an SM.
+    fn config(&self, matmul: bool) -> Result<IgemmLaunch> {
         let gx = self.rows.div_ceil(BM);
         let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < full_wave(matmul) { 64 } else { 128 };
-        let wn = if bn == 64 { 32 } else { warp_channels() };
+        let pp = bn == 128 && persistent();
+        let wn = if bn == 64 {
+            32
+        } else if pp {
+            64
+        } else {
+            warp_channels()
+        };
         let gy = self.m.div_ceil(bn);
         // The kernel's row, input and filter offsets are 32-bit.
         let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
@@ -85,8 +112,14 @@ impl Shape {
                 self.rows, self.m, self.n, self.h, self.w, self.c
             )));
         }
-        let block = (64 * bn / wn) as u32;
-        Ok((bn, wn, LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }))
+        let config = if pp {
+            let blocks = (gx * gy).min(PERSISTENT_BLOCKS) as u32;
+            LaunchConfig { grid: (blocks, 1, 1), block: (PP_THREADS, 1, 1), shared_bytes: pp_shared_bytes() }
+        } else {
+            let block = (64 * bn / wn) as u32;
+            LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }
+        };
+        Ok(IgemmLaunch { bn, wn, persistent: pp, config })
     }
 
     /// Whether the product is a plain one: row `r` of the reduction is the input's `c` bytes
@@ -199,7 +232,7 @@ impl Planner<'_> {
         if shape.rows == 0 || shape.m == 0 {
             return Ok(false);
         }
-        let Ok((bn, wn, config)) = shape.config(false) else { return Ok(false) };
+        let Ok(launch) = shape.config(false) else { return Ok(false) };
         let mut extra = Vec::with_capacity(n_extra);
         for s in base_inputs..base_inputs + n_extra {
             extra.push(self.nhwc_operand(id, s, &out_shape)?);
@@ -207,7 +240,7 @@ impl Planner<'_> {
         let x = self.nhwc_input(id, 0)?;
         let w = self.nhwc_filter(id)?;
         let y = self.nhwc_out(id, 0)?;
-        self.launch_igemm(id, expr, [x, w, y], &shape, (bn, wn, config), extra)?;
+        self.launch_igemm(id, expr, [x, w, y], &shape, launch, extra)?;
         Ok(true)
     }
 
@@ -264,7 +297,7 @@ impl Planner<'_> {
         if rows == 0 || n == 0 {
             return Ok(false);
         }
-        let Ok((bn, wn, config)) = shape.config(true) else { return Ok(false) };
+        let Ok(launch) = shape.config(true) else { return Ok(false) };
         // Each epilogue input read as rows by channels: its strides over the leading dims must
         // fold into one row stride.
         let mut extra = Vec::with_capacity(n_extra);
@@ -277,25 +310,26 @@ impl Planner<'_> {
         let a = self.required(id, 0)?;
         let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
         let y = self.out(id, 0)?;
-        self.launch_igemm(id, expr, [a, b_nk, y], &shape, (bn, wn, config), extra)?;
+        self.launch_igemm(id, expr, [a, b_nk, y], &shape, launch, extra)?;
         Ok(true)
     }
 
     /// Plans one implicit-GEMM launch over `[x, w, y]` with the epilogue `expr` over `extra`
-    /// (each input with its strides over the output's image, row, column and channel), in
-    /// blocks of `bn` channels and warps of `wn`, generating and registering the kernel.
+    /// (each input with its strides over the output's image, row, column and channel), as
+    /// `launch` says, generating and registering the kernel.
     fn launch_igemm(
         &mut self,
         id: NodeId,
         expr: &Expr,
         [x, w, y]: [BufferId; 3],
         shape: &Shape,
-        (bn, wn, config): (usize, usize, LaunchConfig),
+        launch: IgemmLaunch,
         extra: Vec<(BufferId, Vec<i64>)>,
     ) -> Result<()> {
         let reads: Vec<(DType, EpiRead)> =
             extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
-        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense())?;
+        let IgemmLaunch { bn, wn, persistent, config } = launch;
+        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense(), persistent)?;
         if k.output != self.plan.buffers[y].dtype {
             return Err(CudaError::Invalid(format!(
                 "the epilogue gives {}, the node's output is {}",
