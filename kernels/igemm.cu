@@ -36,6 +36,9 @@
 // the copies visible to the products, and the products of a stage complete before the next
 // barrier, after which the stage is refilled. The accumulators come out in mma.sync's
 // fragment layout, so the epilogue is shared.
+//
+// With KILN_IG_PP the file defines the persistent ping-pong kernel instead (see it below): the
+// same loader, products and epilogue, one block an SM, two warpgroups taking tiles in turn.
 #include "common.cuh"
 
 /*{{DEFS}}*/
