@@ -224,8 +224,10 @@ __device__ __forceinline__ void pp_wait(unsigned long long* bar, int parity) {
 #endif
     } while (!done);
 }
-// The barrier of one warpgroup's 128 threads (id 1 or 2; 0 is __syncthreads').
-__device__ __forceinline__ void pp_bar(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+// The barrier of one consumer group's `count` threads (id 1 or 2; 0 is __syncthreads').
+__device__ __forceinline__ void pp_bar(int id, int count) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
 // A producer's completed copies made visible to the products' reads (async proxy).
 __device__ __forceinline__ void pp_fence_async() {
 #if IG_WGMMA
@@ -559,25 +561,31 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { __syncthreads(); });
 }
 #else
-// The persistent ping-pong kernel (KILN_IG_PP: 128-channel blocks of one warpgroup's 128 x 128
-// tile, KILN_WN 64). One block an SM takes tiles blockIdx.x, + gridDim.x, ... (in the order a
-// grid of tiles would run: down the rows, then the next channel block). Two warpgroups take
-// the block's tiles in turn, and while one runs its products the other runs the epilogue of
-// its last tile, so the tensor cores and the epilogue's arithmetic overlap. Two producer warps
-// copy every tile's stages, in the order the warpgroups use them, into a ring of PP_STAGES
-// stages, ahead of both; barriers in shared memory (`mbarrier`) say when a stage is full
-// (its copies complete) and when it is empty again (its products done), and a third pair
-// passes the turn from one warpgroup's products to the other's.
+// The persistent ping-pong kernel (KILN_IG_PP, 128-channel tiles). One block an SM takes tiles
+// blockIdx.x, + gridDim.x, ... (in the order a grid of tiles would run: down the rows, then the
+// next channel block). Two consumer groups, each the IG_THREADS threads of a one-tile block
+// (two warpgroups of 128 x 64 with KILN_WN 32, one of 128 x 128 with 64), take the block's
+// tiles in turn, and while one runs its products the other runs the epilogue of its last
+// tile, so the tensor cores and the epilogue's arithmetic overlap. A producer warpgroup copies
+// every tile's stages, in the order the groups use them, into a ring of PP_STAGES stages,
+// ahead of both; barriers in shared memory (`mbarrier`) say when a stage is full (its copies
+// complete) and when it is empty again (its products done), and a third pair passes the turn
+// from one group's products to the other's. On sm_90a the producer hands most of its
+// registers to the consumers (`setmaxnreg`).
 #define PP_STAGES 5
 // Copies a producer keeps in flight before it signals the oldest (its copies complete).
 #define PP_LAG 3
-#define PP_PRODUCERS 64
+#define PP_PRODUCERS 128
+// Registers a thread of the producer and of the consumers keep (sm_90a): the launch gives
+// each 65536 / PP_THREADS.
+#define PP_PRODUCER_REGS 40
+#define PP_CONSUMER_REGS (KILN_WN == 64 ? 232 : 112)
 #define PP_THREADS (2 * IG_THREADS + PP_PRODUCERS)
 #define PP_TILE ((IG_BM + KILN_BN) * IG_BK)
 #define PP_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define PP_BARS (PP_STAGES * PP_TILE + 2 * PP_EPI)
 #define PP_SMEM (PP_BARS + 8 * (2 * PP_STAGES + 2))
-static_assert(KILN_BN == 128 && IG_THREADS == 128, "the ping-pong kernel takes 128-channel blocks of one warpgroup");
+static_assert(KILN_BN == 128, "the ping-pong kernel takes 128-channel tiles");
 static_assert(PP_LAG < PP_STAGES, "a producer signals a stage before it waits for that stage again");
 
 extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
@@ -608,6 +616,9 @@ extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
     const int gx = (int)((g.rows + IG_BM - 1) / IG_BM), ntiles = gx * (int)((g.m + KILN_BN - 1) / KILN_BN);
     const int kt_n = ((int)g.k + IG_BK - 1) / IG_BK;
     if (tid >= 2 * IG_THREADS) {
+#if IG_WGMMA
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PP_PRODUCER_REGS));
+#endif
         // Producer: fill q of the block's sequence goes to stage q % PP_STAGES once the
         // products of fill q - PP_STAGES are done (the first pass finds every stage empty).
         IgLoader<PP_PRODUCERS> ld;
@@ -631,19 +642,24 @@ extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
         for (int p = q > PP_LAG ? q - PP_LAG : 0; p < q; ++p) pp_arrive(&full[p % PP_STAGES]);
         return;
     }
-    // Consumers: warpgroup w takes the block's tiles w, w + 2, ...
+    // Consumers: group w takes the block's tiles w, w + 2, ...
+#if IG_WGMMA
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(PP_CONSUMER_REGS));
+#endif
     const int w = tid / IG_THREADS, wtid = tid % IG_THREADS;
     int* stg = reinterpret_cast<int*>(smem + PP_STAGES * PP_TILE + w * PP_EPI);
 #if IG_WGMMA
+    // A's stages, and this warpgroup's channels of B's.
     const unsigned tiles0 = (unsigned)__cvta_generic_to_shared(smem);
+    const unsigned b0 = tiles0 + IG_BM * IG_BK + (wtid >> 7) * IG_WG_N * IG_BK;
 #else
     const IgFrag frag = ig_frag(wtid >> 5, wtid & 31);
 #endif
     IgAcc acc;
     int i = 0;
     for (int t = blockIdx.x + w * gridDim.x; t < ntiles; t += 2 * gridDim.x, ++i) {
-        // The turn: warpgroup 1's products on its tile i follow warpgroup 0's on its tile i,
-        // and warpgroup 0's on its tile i follow warpgroup 1's on tile i - 1.
+        // The turn: group 1's products on its tile i follow group 0's on its tile i, and
+        // group 0's on its tile i follow group 1's on tile i - 1.
         if (w == 1) pp_wait(&turn[1], i & 1);
         else if (i > 0) pp_wait(&turn[0], (i - 1) & 1);
         ig_zero(acc);
@@ -652,7 +668,7 @@ extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
             const int q = q0 + kt, s = q % PP_STAGES;
             pp_wait(&full[s], (q / PP_STAGES) & 1);
 #if IG_WGMMA
-            ig_products(acc, tiles0 + s * PP_TILE, tiles0 + s * PP_TILE + IG_BM * IG_BK);
+            ig_products(acc, tiles0 + s * PP_TILE, b0 + s * PP_TILE);
             // The step before's products are done: its stage is free.
             ig_wgmma_wait<1>();
             if (kt > 0) pp_arrive(&empty[(q - 1) % PP_STAGES]);
@@ -666,7 +682,7 @@ extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
         pp_arrive(&empty[(q0 + kt_n - 1) % PP_STAGES]);
 #endif
         pp_arrive(&turn[1 - w]);
-        ig_epilogue(acc, stg, wtid, (i64)(t % gx) * IG_BM, (t / gx) * KILN_BN, g, e, out, [w] { pp_bar(1 + w); });
+        ig_epilogue(acc, stg, wtid, (i64)(t % gx) * IG_BM, (t / gx) * KILN_BN, g, e, out, [w] { pp_bar(1 + w, IG_THREADS); });
     }
 }
 #endif

@@ -66,6 +66,21 @@ namespace PS {
 namespace PD {
 #include "igemm128w64pd.inc"
 }
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PV32 {
+#include "igemm128w32pv.inc"
+}
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PS32 {
+#include "igemm128w32ps.inc"
+}
+#undef KILN_IG_DENSE
+#undef KILN_IG_PP
+namespace PD32 {
+#include "igemm128w32pd.inc"
+}
 typedef long long i64;
 static std::mt19937 rng(11);
 static int fails = 0;
@@ -99,7 +114,7 @@ static void run(const Case& k, Kernel kernel) {
     dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(64 * k.bn / k.wn)};
     if (k.pp) {
         grid = dim3{k.pp, 1};
-        block = dim3{320};
+        block = dim3{(unsigned)(2 * 64 * 128 / k.wn + 128)};
     }
     launch(grid, block, [&] { kernel(x, w, y.data(), g, e); });
     int bad = 0;
@@ -155,10 +170,18 @@ int main() {
         {2, 32, 5, 6, 130, 3, 3, 1, 1, 1, 1, 1, 1, 128, 64, false, 2},
         {300, 96, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true, 2},
         {3, 64, 7, 9, 260, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true, 3},
+        // The same with two warpgroups a turn.
+        {3, 32, 9, 10, 260, 3, 3, 1, 1, 1, 1, 1, 1, 128, 32, false, 2},
+        {2, 32, 5, 6, 130, 3, 3, 1, 1, 1, 1, 1, 1, 128, 32, false, 2},
+        {300, 96, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true, 2},
+        {3, 64, 7, 9, 260, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true, 3},
     };
     for (const Case& k : cases) {
         const bool v = k.m % 4 == 0;
-        if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });
+        if (k.pp && k.wn == 32 && k.dense) run<PD32::IgemmArgs, PD32::EpiArgs>(k, [](auto... a) { PD32::kernel_igemm128w32pd(a...); });
+        else if (k.pp && k.wn == 32 && v) run<PV32::IgemmArgs, PV32::EpiArgs>(k, [](auto... a) { PV32::kernel_igemm128w32pv(a...); });
+        else if (k.pp && k.wn == 32) run<PS32::IgemmArgs, PS32::EpiArgs>(k, [](auto... a) { PS32::kernel_igemm128w32ps(a...); });
+        else if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });
         else if (k.pp && v) run<PV::IgemmArgs, PV::EpiArgs>(k, [](auto... a) { PV::kernel_igemm128w64pv(a...); });
         else if (k.pp) run<PS::IgemmArgs, PS::EpiArgs>(k, [](auto... a) { PS::kernel_igemm128w64ps(a...); });
         else if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -183,9 +184,18 @@ inline void pp_wait(unsigned long long* bar, int parity) {
     while (((a.load() >> 32) & 1) == (unsigned long long)parity) std::this_thread::yield();
 }
 inline void pp_fence_async() {}
-// Named barriers 1 and 2 (`bar.sync id, 128`): one warpgroup's 128 threads each.
-inline std::barrier<>* g_named_bar[3];
-inline void pp_bar(int id) { g_named_bar[id]->arrive_and_wait(); }
+// Named barriers (`bar.sync id, count`), made at a block's first use of each id.
+inline std::mutex g_named_mu;
+inline std::unique_ptr<std::barrier<>> g_named_bar[16];
+inline void pp_bar(int id, int count) {
+    std::barrier<>* b;
+    {
+        std::lock_guard<std::mutex> lock(g_named_mu);
+        if (!g_named_bar[id]) g_named_bar[id] = std::make_unique<std::barrier<>>(count);
+        b = g_named_bar[id].get();
+    }
+    b->arrive_and_wait();
+}
 
 // Runs `body` for every thread of every block.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
@@ -195,10 +205,9 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
     for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(nthreads), named1(128), named2(128);
+        std::barrier<> bar(nthreads);
         g_block_bar = &bar;
-        g_named_bar[1] = &named1;
-        g_named_bar[2] = &named2;
+        for (auto& b : g_named_bar) b.reset();
         std::vector<std::unique_ptr<WarpCtx>> warps;
         for (unsigned w = 0; w < nthreads / 32; ++w) warps.emplace_back(new WarpCtx());
         std::vector<std::thread> ts;

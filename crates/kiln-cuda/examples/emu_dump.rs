@@ -71,14 +71,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, dense, false)?));
         }
     }
-    // The persistent ping-pong kernel, the same three ways.
-    for (vec, dense, kind) in [(true, false, "v"), (false, false, "s"), (true, true, "d")] {
-        let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
-        let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
-        kernels.push((
-            format!("igemm128w64p{kind}"),
-            igemm_kernel(&dequant_bias_res_relu, &reads, 128, 64, vec, dense, true)?,
-        ));
+    // The persistent ping-pong kernel with both warp shapes, the same three ways.
+    for wn in [32, 64] {
+        for (vec, dense, kind) in [(true, false, "v"), (false, false, "s"), (true, true, "d")] {
+            let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
+            let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
+            let k = igemm_kernel(&dequant_bias_res_relu, &reads, 128, wn, vec, dense, true)?;
+            kernels.push((format!("igemm128w{wn}p{kind}"), k));
+        }
     }
     for (name, k) in kernels {
         let src = k

@@ -729,9 +729,12 @@ pub enum EpiRead {
     Strided,
 }
 
-/// Threads of a block of the persistent implicit-GEMM kernel (`PP_THREADS` in
-/// `kernels/igemm.cu`): two warpgroups and two producer warps.
-pub const PP_THREADS: u32 = 2 * 128 + 64;
+/// Threads of a block of the persistent implicit-GEMM kernel with warps of `wn` channels
+/// (`PP_THREADS` in `kernels/igemm.cu`): two consumer groups of a one-tile block's threads and
+/// a producer warpgroup.
+pub fn pp_threads(wn: usize) -> u32 {
+    (2 * 64 * 128 / wn + 128) as u32
+}
 
 /// Dynamic shared memory of the persistent implicit-GEMM kernel (`PP_SMEM` in
 /// `kernels/igemm.cu`, and 1024 bytes to align it): five stages of 128 rows and 128 channels
@@ -750,8 +753,8 @@ pub fn pp_shared_bytes() -> u32 {
 /// one vector. With `dense` the product is a plain one (a matrix product, or a 1x1
 /// convolution of stride 1 without padding): row `r` of the reduction is the `k` bytes at
 /// `r * k`, and the kernel loads it without the convolution's index arithmetic. With
-/// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles of one
-/// warpgroup each, so `bn` 128 and `wn` 64), launched with [`PP_THREADS`] threads and
+/// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles, so `bn`
+/// 128), launched with [`pp_threads`] threads and
 /// [`pp_shared_bytes`] of dynamic shared memory, a block an SM. The kernel is named
 /// `igemm<bn>w<wn>[p][d]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
@@ -763,9 +766,9 @@ pub fn igemm_kernel(
     dense: bool,
     persistent: bool,
 ) -> Result<ElementwiseKernel> {
-    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn || (persistent && (bn, wn) != (128, 64)) {
+    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn || (persistent && bn != 128) {
         return Err(CudaError::Invalid(format!(
-            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64; 128 and 64 for the persistent kernel)"
+            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64; 128 for the persistent kernel)"
         )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {

@@ -85,8 +85,10 @@ fn generated_igemm_kernels_compile() {
     for (to, vec, dense) in
         [(DType::F32, true, false), (DType::F16, false, true), (DType::I8, true, true), (DType::I8, false, false)]
     {
-        // The three block shapes, and the persistent ping-pong kernel.
-        for (bn, wn, persistent) in [(64, 32, false), (128, 32, false), (128, 64, false), (128, 64, true)] {
+        // The three block shapes, and the persistent ping-pong kernel with both warp shapes.
+        for (bn, wn, persistent) in
+            [(64, 32, false), (128, 32, false), (128, 64, false), (128, 32, true), (128, 64, true)]
+        {
             let k =
                 igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, dense, persistent).expect("generates");
             for arch in ARCHS {

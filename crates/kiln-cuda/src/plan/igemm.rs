@@ -13,7 +13,7 @@
 //! of 16. Anything else takes the accumulator path of [`super::qlinear`].
 
 use super::*;
-use crate::codegen::{igemm_kernel, pp_shared_bytes, EpiRead, IGEMM_MAX_EXTRA, PP_THREADS};
+use crate::codegen::{igemm_kernel, pp_shared_bytes, pp_threads, EpiRead, IGEMM_MAX_EXTRA};
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
@@ -114,7 +114,7 @@ impl Shape {
         }
         let config = if pp {
             let blocks = (gx * gy).min(PERSISTENT_BLOCKS) as u32;
-            LaunchConfig { grid: (blocks, 1, 1), block: (PP_THREADS, 1, 1), shared_bytes: pp_shared_bytes() }
+            LaunchConfig { grid: (blocks, 1, 1), block: (pp_threads(wn), 1, 1), shared_bytes: pp_shared_bytes() }
         } else {
             let block = (64 * bn / wn) as u32;
             LaunchConfig { grid: (gx as u32, gy as u32, 1), block: (block, 1, 1), shared_bytes: 0 }
