@@ -572,9 +572,12 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 // complete) and when it is empty again (its products done), and a third pair passes the turn
 // from one group's products to the other's. On sm_90a the producer hands most of its
 // registers to the consumers (`setmaxnreg`).
+// The ring's stages, and the copies the producer keeps in flight before it signals the oldest
+// (its copies complete): code generation defines both.
+#ifndef PP_STAGES
 #define PP_STAGES 5
-// Copies a producer keeps in flight before it signals the oldest (its copies complete).
 #define PP_LAG 3
+#endif
 #define PP_PRODUCERS 128
 // Registers a thread of the producer and of the consumers keep (sm_90a): the launch gives
 // each 65536 / PP_THREADS.

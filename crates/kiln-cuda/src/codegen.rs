@@ -736,12 +736,24 @@ pub fn pp_threads(wn: usize) -> u32 {
     (2 * 64 * 128 / wn + 128) as u32
 }
 
+/// The persistent implicit-GEMM kernel's ring: its stages, and the copies its producer keeps
+/// in flight before it signals the oldest (`PP_STAGES`, `PP_LAG`): 5 and 3, or
+/// `KILN_IGEMM_PP_STAGES` and `KILN_IGEMM_PP_LAG` at build time (2 to 8 stages, a lag of 0 to
+/// one less), to compare them.
+pub fn pp_depth() -> (u32, u32) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let stages = var("KILN_IGEMM_PP_STAGES").unwrap_or(5).clamp(2, 8);
+    let lag = var("KILN_IGEMM_PP_LAG").unwrap_or(3).min(stages - 1);
+    (stages, lag)
+}
+
 /// Dynamic shared memory of the persistent implicit-GEMM kernel (`PP_SMEM` in
-/// `kernels/igemm.cu`, and 1024 bytes to align it): five stages of 128 rows and 128 channels
-/// of 64-byte tiles, each warpgroup's staging tile of 64 rows by 136 ints, and 12 barriers.
+/// `kernels/igemm.cu`, and 1024 bytes to align it): the stages of 128 rows and 128 channels
+/// of 64-byte tiles (see [`pp_depth`]), each consumer group's staging tile of 64 rows by 136
+/// ints, and the barriers.
 pub fn pp_shared_bytes() -> u32 {
-    const STAGES: u32 = 5;
-    STAGES * (128 + 128) * 64 + 2 * 64 * (128 + 8) * 4 + 8 * (2 * STAGES + 2) + 1024
+    let (stages, _) = pp_depth();
+    stages * (128 + 128) * 64 + 2 * 64 * (128 + 8) * 4 + 8 * (2 * stages + 2) + 1024
 }
 
 /// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
@@ -787,7 +799,8 @@ pub fn igemm_kernel(
         defs.push_str("#define KILN_IG_DENSE 1\n");
     }
     if persistent {
-        defs.push_str("#define KILN_IG_PP 1\n");
+        let (stages, lag) = pp_depth();
+        writeln!(defs, "#define KILN_IG_PP 1\n#define PP_STAGES {stages}\n#define PP_LAG {lag}").unwrap_or(());
     }
     if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
         defs.push_str(HELPERS);

@@ -94,13 +94,7 @@ impl Shape {
         let gx = self.rows.div_ceil(BM);
         let bn = if self.m <= 64 || gx * self.m.div_ceil(128) < full_wave(matmul) { 64 } else { 128 };
         let pp = bn == 128 && persistent();
-        let wn = if bn == 64 {
-            32
-        } else if pp {
-            64
-        } else {
-            warp_channels()
-        };
+        let wn = if bn == 64 { 32 } else { warp_channels() };
         let gy = self.m.div_ceil(bn);
         // The kernel's row, input and filter offsets are 32-bit.
         let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
