@@ -579,16 +579,21 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 #define PP_LAG 3
 #endif
 #define PP_PRODUCERS 128
-// Registers a thread of the producer and of the consumers keep (sm_90a): the launch gives
-// each 65536 / PP_THREADS.
+// Registers a thread of the producer and of the consumers keep (sm_90a). The launch gives
+// each thread PP_LAUNCH_REGS (65536 / PP_THREADS, in steps of 8), and a consumer can take only
+// what the producer gives back within the block: 232 for 384 threads, 104 for 640.
 #define PP_PRODUCER_REGS 40
-#define PP_CONSUMER_REGS (KILN_WN == 64 ? 232 : 112)
+#define PP_LAUNCH_REGS ((65536 / PP_THREADS) / 8 * 8)
+#define PP_CONSUMER_REGS \
+    ((PP_LAUNCH_REGS + (PP_LAUNCH_REGS - PP_PRODUCER_REGS) * PP_PRODUCERS / (2 * IG_THREADS)) / 8 * 8)
 #define PP_THREADS (2 * IG_THREADS + PP_PRODUCERS)
 #define PP_TILE ((IG_BM + KILN_BN) * IG_BK)
 #define PP_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define PP_BARS (PP_STAGES * PP_TILE + 2 * PP_EPI)
 #define PP_SMEM (PP_BARS + 8 * (2 * PP_STAGES + 2))
 static_assert(KILN_BN == 128, "the ping-pong kernel takes 128-channel tiles");
+static_assert(PP_PRODUCERS * PP_PRODUCER_REGS + 2 * IG_THREADS * PP_CONSUMER_REGS <= PP_THREADS * PP_LAUNCH_REGS,
+              "the consumers take no more registers than the producer gives back");
 static_assert(PP_LAG < PP_STAGES, "a producer signals a stage before it waits for that stage again");
 
 extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
