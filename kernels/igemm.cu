@@ -138,13 +138,6 @@ template <typename T> __device__ __forceinline__ void ig_st4(T* p, const T (&d)[
     }
 }
 
-// Brings the 128-byte line at `p` into L2 (a hint: an address outside memory is not read).
-#ifdef KILN_HOST_EMU
-inline void ig_prefetch_l2(const void*) {}
-#else
-__device__ __forceinline__ void ig_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
-#endif
-
 /*{{BODY}}*/
 
 #ifndef KILN_HOST_EMU
@@ -528,9 +521,6 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     const int col0 = blockIdx.y * KILN_BN;
     IgLoader<IG_THREADS> ld;
     ld.begin(tid, x, wt, g, row0, col0);
-#ifdef KILN_IG_PREFETCH
-    kiln_epi_prefetch(e, g, row0, col0, tid, IG_THREADS);
-#endif
     IgAcc acc;
     ig_zero(acc);
     const int tiles = ((int)g.k + IG_BK - 1) / IG_BK;

@@ -798,9 +798,6 @@ pub fn igemm_kernel(
     if dense {
         defs.push_str("#define KILN_IG_DENSE 1\n");
     }
-    if std::env::var("KILN_IGEMM_PREFETCH").is_ok_and(|v| v == "1") {
-        defs.push_str("#define KILN_IG_PREFETCH 1\n");
-    }
     if persistent {
         let (stages, lag) = pp_depth();
         writeln!(defs, "#define KILN_IG_PP 1\n#define PP_STAGES {stages}\n#define PP_LAG {lag}").unwrap_or(());
@@ -874,33 +871,6 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
         writeln!(load, "    for (int u = 0; u < 4; ++u) in.v{k}[u] = c + u < g.m ? {ptr}[{at}] : ({st})0;")
             .unwrap_or(());
     }
-    // The block's tile of each input laid out as the output, prefetched into L2 at the start
-    // (KILN_IG_PREFETCH), so the epilogue's loads wait on L2 rather than on memory: 128-byte
-    // lines of KILN_BN channels by IG_BM rows.
-    let mut prefetch = String::from(
-        "__device__ __forceinline__ void kiln_epi_prefetch(const EpiArgs& e, const IgemmArgs& g, i64 row0, int col0,\n\
-         \x20                                                 int tid, int threads) {\n",
-    );
-    for (k, &(dt, read)) in extra.iter().enumerate() {
-        if read != EpiRead::Dense {
-            continue;
-        }
-        let (st, size) = (storage_type(dt)?, storage_size(dt));
-        if size == 0 || size > 128 {
-            continue;
-        }
-        let per_line = 128 / size;
-        let lines = format!("((KILN_BN + {}) / {per_line})", per_line - 1);
-        writeln!(prefetch, "    for (int i = tid; i < IG_BM * {lines}; i += threads) {{").unwrap_or(());
-        writeln!(prefetch, "        const int r = i / {lines}, c = col0 + (i % {lines}) * {per_line};").unwrap_or(());
-        writeln!(
-            prefetch,
-            "        if (row0 + r < g.rows && c < g.m) ig_prefetch_l2(((const {st}*)e.in[{k}]) + (row0 + r) * g.m + c);"
-        )
-        .unwrap_or(());
-        prefetch.push_str("    }\n");
-    }
-    prefetch.push_str("}\n");
     // An empty struct would still take a byte; a named one keeps every compiler quiet.
     pre.push_str("    char unused;\n};\n");
     rin.push_str("    char unused;\n};\n");
@@ -926,7 +896,7 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
         );
     }
     row.push_str("}\n");
-    Ok(format!("{pre}{pre_fn}{rin}{load}{row}{prefetch}"))
+    Ok(format!("{pre}{pre_fn}{rin}{load}{row}"))
 }
 
 fn generate(prefix: &str, expr: &Expr, inputs: &[DType]) -> Result<ElementwiseKernel> {
