@@ -594,6 +594,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 static_assert(KILN_BN == 128, "the ping-pong kernel takes 128-channel tiles");
 static_assert(PP_PRODUCERS * PP_PRODUCER_REGS + 2 * IG_THREADS * PP_CONSUMER_REGS <= PP_THREADS * PP_LAUNCH_REGS,
               "the consumers take no more registers than the producer gives back");
+#ifdef PP_SMEM_LAUNCH
+static_assert(PP_SMEM + 1024 <= PP_SMEM_LAUNCH, "the launch gives the layout and 1024 bytes to align it");
+#endif
 static_assert(PP_LAG < PP_STAGES, "a producer signals a stage before it waits for that stage again");
 
 extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)

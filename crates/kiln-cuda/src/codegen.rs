@@ -766,9 +766,8 @@ pub fn pp_shared_bytes() -> u32 {
 /// convolution of stride 1 without padding): row `r` of the reduction is the `k` bytes at
 /// `r * k`, and the kernel loads it without the convolution's index arithmetic. With
 /// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles, so `bn`
-/// 128), launched with [`pp_threads`] threads and
-/// [`pp_shared_bytes`] of dynamic shared memory, a block an SM. The kernel is named
-/// `igemm<bn>w<wn>[p][d]_<hash>_<output dtype>`.
+/// 128), launched with [`pp_threads`] threads and [`pp_shared_bytes`] of dynamic shared
+/// memory, a block an SM. The kernel is named `igemm<bn>w<wn>[p][d]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
@@ -800,7 +799,13 @@ pub fn igemm_kernel(
     }
     if persistent {
         let (stages, lag) = pp_depth();
-        writeln!(defs, "#define KILN_IG_PP 1\n#define PP_STAGES {stages}\n#define PP_LAG {lag}").unwrap_or(());
+        // The launch's shared memory, which the kernel checks its layout against.
+        writeln!(
+            defs,
+            "#define KILN_IG_PP 1\n#define PP_STAGES {stages}\n#define PP_LAG {lag}\n#define PP_SMEM_LAUNCH {}",
+            pp_shared_bytes()
+        )
+        .unwrap_or(());
     }
     if e.code.contains("kiln_ipow") || e.code.contains("kiln_pymod") {
         defs.push_str(HELPERS);
