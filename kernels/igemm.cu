@@ -602,8 +602,8 @@ static_assert(PP_LAG < PP_STAGES, "a producer signals a stage before it waits fo
 extern "C" __global__ void __launch_bounds__(PP_THREADS, 1)
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
-    // The stages (A then B in each), each warpgroup's staging tile, the barriers: full[s],
-    // empty[s], then the turn of warpgroup 0 and 1. The launch adds 1024 bytes to align it.
+    // The stages (A then B in each), each consumer group's staging tile, the barriers:
+    // full[s], empty[s], then the turn of group 0 and 1. The launch adds 1024 bytes to align it.
 #ifdef KILN_HOST_EMU
     __align__(1024) __shared__ signed char dsm[PP_SMEM];
     signed char* smem = dsm;

@@ -212,7 +212,7 @@ def main():
     ap.add_argument("--top", default="12", help="steps the profile lists")
     ap.add_argument("--export-only", action="store_true", help="export the models to --models-dir and stop")
     ap.add_argument("--int8", default="resnet50,bert_base",
-                    help="models that also get an INT8 row (--int8 --fp16, entropy calibration on random "
+                    help="models that also get an INT8 row (--int8 --fp16, calibrated by --calib-algo on random "
                          "inputs) at the largest batch; empty for none")
     ap.add_argument("--calib-samples", type=int, default=16, help="random inputs INT8 calibrates on")
     ap.add_argument("--calib-algo", default="entropy", help="the INT8 calibrator (kiln build --calib-algo)")
