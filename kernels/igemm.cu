@@ -28,6 +28,11 @@
 // (input pixel offset and channel) incrementally, so the copy loop divides nothing. With
 // KILN_IG_DENSE (a matrix product, or a 1x1 convolution of stride 1 without padding) row r of
 // the reduction is simply the k bytes at r * k, and the copies skip the pixel arithmetic.
+// With KILN_IG_NARROW (a convolution over at most 4 channels: an image network's stem) the
+// input is NHWC with its channels padded to 4, the reduction runs over (ky, kx) with one
+// 4-byte word a pixel, so a 16-byte piece is four pixels, each copied on its own (zeros
+// outside the image and past the filter), and the filter is stored [m][k], k = kh * kw * 4
+// rounded up to 16 bytes.
 //
 // On sm_90a (NVRTC compiles Hopper's sm_90 so) the same tiles feed `wgmma` instead: the
 // block's warpgroups each take all 128 rows (two m64 products) by KILN_BN / warpgroups
@@ -145,6 +150,10 @@ __device__ __forceinline__ void ig_cp_async16(void* smem, const void* gmem, int 
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
+__device__ __forceinline__ void ig_cp_async4(void* smem, const void* gmem, int bytes) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
 __device__ __forceinline__ void ig_ldsm4(unsigned (&r)[4], const void* smem) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -254,9 +263,15 @@ template <int THREADS> struct IgLoader {
 #ifdef KILN_IG_DENSE
     bool a_in[AP];
 #else
-    // Per row: its top-left input pixel; and the piece's filter row, column and channel.
+    // Per row: its top-left input pixel.
     int a_iy[AP], a_ix[AP];
+#ifdef KILN_IG_NARROW
+    // Per word of the piece (one pixel): its filter row and column.
+    int wky[4], wkx[4];
+#else
+    // The piece's filter row, column and channel.
     int ky, kx, c0;
+#endif
 #endif
     int kb;  // the piece's byte in the reduction
 
@@ -287,7 +302,14 @@ template <int THREADS> struct IgLoader {
             }
 #endif
         }
-#ifndef KILN_IG_DENSE
+#if defined(KILN_IG_NARROW)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int kpos = piece * 4 + j;
+            wky[j] = kpos / (int)g.kw;
+            wkx[j] = kpos - wky[j] * (int)g.kw;
+        }
+#elif !defined(KILN_IG_DENSE)
         {
             const int k = piece * 16, kpos = k / (int)g.c;
             c0 = k - kpos * (int)g.c;
@@ -314,6 +336,27 @@ template <int THREADS> struct IgLoader {
             ig_cp_async16(sa_s + a_soff[i], a_src[i], kin && a_in[i] ? 16 : 0);
             a_src[i] += IG_BK;
         }
+#elif defined(KILN_IG_NARROW)
+        // Word j of each row's piece: pixel (ky, kx) of the filter, all 4 channels; zeros past
+        // the filter (ky = kh on) and outside the image.
+        const int H = (int)g.h, W = (int)g.w;
+        int dy[4], dx[4], dk[4];
+        bool kok[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            dy[j] = wky[j] * (int)g.dh;
+            dx[j] = wkx[j] * (int)g.dw;
+            dk[j] = (dy[j] * W + dx[j]) * 4;
+            kok[j] = wky[j] < (int)g.kh;
+        }
+#pragma unroll
+        for (int i = 0; i < AP; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int yy = a_iy[i] + dy[j], xx = a_ix[i] + dx[j];
+                const bool ok = kok[j] && (unsigned)yy < (unsigned)H && (unsigned)xx < (unsigned)W;
+                ig_cp_async4(sa_s + a_soff[i] + 4 * j, a_src[i] + dk[j], ok ? 4 : 0);
+            }
 #else
         const int C = (int)g.c, H = (int)g.h, W = (int)g.w;
         const int dy = ky * (int)g.dh, dx = kx * (int)g.dw, dk = (dy * W + dx) * C + c0;
@@ -332,7 +375,16 @@ template <int THREADS> struct IgLoader {
         }
         // On to the next tile: 64 bytes further along (channel, filter column, filter row).
         kb += IG_BK;
-#ifndef KILN_IG_DENSE
+#if defined(KILN_IG_NARROW)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            wkx[j] += IG_BK / 4;
+            while (wkx[j] >= (int)g.kw) {
+                wkx[j] -= (int)g.kw;
+                ++wky[j];
+            }
+        }
+#elif !defined(KILN_IG_DENSE)
         c0 += IG_BK;
         while (c0 >= C) {
             c0 -= C;

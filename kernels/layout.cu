@@ -13,6 +13,7 @@
 //               the NCHW<->NHWC conversions ([N, C, HW] <-> [N, HW, C]);
 //   transpose_narrow the same where one side is under 16 (an image's channels): a thread per
 //               element of the long side.
+// nhwc4_u8 an NCHW byte input of at most 4 channels channels-last, padded to 4 (INT8 stems).
 // cast_<from>_<to> converts between element types.
 #include "common.cuh"
 
@@ -239,6 +240,19 @@ __device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __r
     extern "C" __global__ void transpose_narrow_##sfx(const W* x, W* y, i64 batch, i64 rows, i64 cols) {      \
         transpose_narrow_impl<W>(x, y, batch, rows, cols);                                                    \
     }
+
+// y[b][p] = x[b][0..c][p] as one 4-byte word, the bytes past c zero: an NCHW input of at most 4
+// byte channels (an image's) copied channels-last with its channels padded to 4, as the INT8
+// implicit GEMM's narrow loader reads it.
+extern "C" __global__ void nhwc4_u8(const unsigned char* __restrict__ x, unsigned* __restrict__ y, i64 batch, i64 c,
+                                    i64 hw) {
+    KILN_GRID_STRIDE(i, batch * hw) {
+        const i64 b = i / hw, p = i - b * hw;
+        unsigned v = 0;
+        for (i64 ch = 0; ch < c && ch < 4; ++ch) v |= (unsigned)x[(b * c + ch) * hw + p] << (8 * ch);
+        y[i] = v;
+    }
+}
 
 MOVE_KERNELS(unsigned char, u8)
 MOVE_KERNELS(unsigned short, u16)

@@ -181,15 +181,25 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
         out, err = run_kiln(args, [args.kiln, "profile", engine, "--top", args.top, "--runs", "10"])
         log(f"== kiln profile {name} int8 batch {b}\n{out or err}")
     # The same build under other settings (KILN_INT8_GEMM=cublaslt: matrix products on
-    # cuBLASLt with a separate epilogue kernel; KILN_IGEMM_WN=64: 4-warp implicit-GEMM blocks).
-    variants = list(args.int8_env) + (["KILN_INT8_GEMM=cublaslt"] if args.int8_gemm_ab else [])
-    for i, setting in enumerate(variants):
-        env = dict(kv.split("=", 1) for kv in setting.split(","))
+    # cuBLASLt with a separate epilogue kernel; KILN_IGEMM_WN=64: 4-warp implicit-GEMM blocks),
+    # then with other build flags (--int8-args), each with its cosine where the flags change
+    # what is quantized.
+    variants = [(s, dict(kv.split("=", 1) for kv in s.split(",")), []) for s in args.int8_env]
+    if args.int8_gemm_ab:
+        variants.append(("KILN_INT8_GEMM=cublaslt", {"KILN_INT8_GEMM": "cublaslt"}, []))
+    variants += [(a, None, a.split()) for a in args.int8_args]
+    for i, (label, env, extra) in enumerate(variants):
         engine = f"/tmp/{name}-int8-{b}-variant{i}.kiln"
-        out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q, env)
+        out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q + extra, env)
         if out:
             out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"])
-        row.setdefault("variants", {})[setting] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
+        row.setdefault("variants", {})[label] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
+        if extra:
+            out, err = run_kiln(args, [args.kiln, "compare", path, "--device", "cuda", "--shapes", shape(1), "--json",
+                                       "--seed", "1"] + q + extra, env)
+            cos = json.loads(out)["outputs"][0]["cosine"] if out else err
+            row.setdefault("variant_cosines", {})[label] = cos
+            log(f"{name} int8 variant '{label}': cosine {cos}")
     return row
 
 
@@ -218,6 +228,9 @@ def main():
     ap.add_argument("--calib-algo", default="entropy", help="the INT8 calibrator (kiln build --calib-algo)")
     ap.add_argument("--int8-env", action="append", default=[], metavar="VAR=VALUE[,VAR=VALUE]",
                     help="also build and time each INT8 engine with these environment settings (repeatable)")
+    ap.add_argument("--int8-args", action="append", default=[], metavar="FLAGS",
+                    help="also build, time and compare each INT8 engine with these extra build flags, as "
+                         "'--precision NODE=fp16' (repeatable)")
     ap.add_argument("--int8-gemm-ab", action="store_true",
                     help="also time each INT8 engine with its matrix products on cuBLASLt (KILN_INT8_GEMM=cublaslt)")
     args = ap.parse_args()

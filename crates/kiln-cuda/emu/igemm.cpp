@@ -53,6 +53,14 @@ namespace D128W {
 }
 #undef KILN_IG_DENSE
 #undef KILN_IG_PP
+namespace N64 {
+#include "igemm64w32n.inc"
+}
+#undef KILN_IG_NARROW
+namespace N128 {
+#include "igemm128w32n.inc"
+}
+#undef KILN_IG_NARROW
 namespace PV {
 #include "igemm128w64pv.inc"
 }
@@ -86,27 +94,34 @@ static std::mt19937 rng(11);
 static int fails = 0;
 
 // `dense`: run the plain-product kernels (1x1, stride 1, no padding, or a matrix product).
-// `pp`: the persistent ping-pong kernel (128-channel tiles), on `pp` blocks.
-struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; unsigned pp = 0; };
+// `pp`: the persistent ping-pong kernel (128-channel tiles), on `pp` blocks. `narrow`: the
+// narrow loader (c at most 4, the input NHWC padded to 4 channels, the filter [m][k] with k
+// kh * kw * 4 rounded up to 16).
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; unsigned pp = 0; bool narrow = false; };
 
 template <class Args, class Epi, class Kernel>
 static void run(const Case& k, Kernel kernel) {
     const i64 oh = (k.h + 2 * k.ph - k.dh * (k.kh - 1) - 1) / k.sh + 1;
     const i64 ow = (k.w + 2 * k.pw - k.dw * (k.kw - 1) - 1) / k.sw + 1;
-    const i64 K = k.kh * k.kw * k.c, rows = k.n * oh * ow;
-    // Input NHWC, filter OHWI ([m][kh][kw][c]), both 16-byte aligned as the arena's are.
-    std::vector<int4> xs((k.n * k.h * k.w * k.c) / 16 + 1), ws((k.m * K) / 16 + 1);
+    // The stored channels and the filter rows' length.
+    const i64 C = k.narrow ? 4 : k.c;
+    const i64 K = k.narrow ? (k.kh * k.kw * 4 + 15) / 16 * 16 : k.kh * k.kw * k.c, rows = k.n * oh * ow;
+    // Input NHWC, filter OHWI ([m][kh][kw][c]), both 16-byte aligned as the arena's are; a
+    // narrow one's padding channels and filter tail zero.
+    std::vector<int4> xs((k.n * k.h * k.w * C) / 16 + 1), ws((k.m * K) / 16 + 1);
     signed char* x = (signed char*)xs.data();
     signed char* w = (signed char*)ws.data();
-    for (i64 i = 0; i < k.n * k.h * k.w * k.c; ++i) x[i] = (signed char)(rng() % 256);
-    for (i64 i = 0; i < k.m * K; ++i) w[i] = (signed char)(rng() % 256);
+    for (i64 i = 0; i < k.n * k.h * k.w * C; ++i) x[i] = i % C < k.c ? (signed char)(rng() % 256) : 0;
+    for (i64 i = 0; i < k.m * K; ++i) w[i] = !k.narrow || (i % K < k.kh * k.kw * 4 && i % 4 < k.c) ? (signed char)(rng() % 256) : 0;
     x[0] = -128; w[0] = -128;
+    // Element (ky, kx, c) of filter row oc.
+    auto widx = [&](i64 oc, i64 ky, i64 kx, i64 c) { return k.narrow ? oc * K + (ky * k.kw + kx) * 4 + c : ((oc * k.kh + ky) * k.kw + kx) * k.c + c; };
     std::vector<float> scale(k.m), bias(k.m);
     std::vector<__half> res(rows * k.m), y(rows * k.m, __float2half_rn(-7.0f));
     for (auto& v : scale) v = 1e-4f * (1 + rng() % 100);
     for (auto& v : bias) v = ((int)(rng() % 2001) - 1000) * 1e-3f;
     for (auto& v : res) v = __float2half_rn(((int)(rng() % 2001) - 1000) * 1e-3f);
-    Args g{rows, k.n, k.h, k.w, k.c, k.m, k.kh, k.kw, oh, ow, k.sh, k.sw, k.dh, k.dw, k.ph, k.pw, K};
+    Args g{rows, k.n, k.h, k.w, C, k.m, k.kh, k.kw, oh, ow, k.sh, k.sw, k.dh, k.dw, k.ph, k.pw, K};
     Epi e{};
     e.in[0] = scale.data(); e.in[1] = bias.data(); e.in[2] = res.data();
     e.st[0][3] = 1; e.st[1][3] = 1;
@@ -124,7 +139,7 @@ static void run(const Case& k, Kernel kernel) {
             const i64 iy = oy * k.sh - k.ph + ky * k.dh, ix = ox * k.sw - k.pw + kx * k.dw;
             if (iy < 0 || iy >= k.h || ix < 0 || ix >= k.w) continue;
             for (i64 c = 0; c < k.c; ++c)
-                acc += x[((b * k.h + iy) * k.w + ix) * k.c + c] * w[((oc * k.kh + ky) * k.kw + kx) * k.c + c];
+                acc += x[((b * k.h + iy) * k.w + ix) * C + c] * w[widx(oc, ky, kx, c)];
         }
         const i64 at = ((b * oh + oy) * ow + ox) * k.m + oc;
         const float want = std::max((float)acc * scale[oc] + bias[oc] + __half2float(res[at]), 0.0f);
@@ -135,7 +150,7 @@ static void run(const Case& k, Kernel kernel) {
                    b, oy, ox, oc, got, want);
     }
     fails += bad;
-    printf("igemm%dw%d%s%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.pp ? "p" : "", k.dense ? "d" : k.m % 4 ? "s" : "v", k.n, k.c,
+    printf("igemm%dw%d%s%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.pp ? "p" : "", k.dense ? "d" : k.narrow ? "n" : k.m % 4 ? "s" : "v", k.n, k.c,
            k.h, k.w, k.m, k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
 }
 
@@ -175,10 +190,18 @@ int main() {
         {2, 32, 5, 6, 130, 3, 3, 1, 1, 1, 1, 1, 1, 128, 32, false, 2},
         {300, 96, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true, 2},
         {3, 64, 7, 9, 260, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true, 3},
+        // The narrow loader: a ResNet stem (7x7 stride 2, padding 3, 3 channels: k = 147 of
+        // 208 bytes, four 64-byte steps) with a row tail, a one-channel 3x3 over 128-channel
+        // blocks, and two channels with dilation 2 and an asymmetric kernel.
+        {2, 3, 19, 17, 64, 7, 7, 2, 2, 3, 3, 1, 1, 64, 32, false, 0, true},
+        {2, 1, 11, 13, 136, 3, 3, 1, 1, 1, 1, 1, 1, 128, 32, false, 0, true},
+        {3, 2, 9, 8, 40, 3, 2, 1, 1, 2, 1, 2, 2, 64, 32, false, 0, true},
     };
     for (const Case& k : cases) {
         const bool v = k.m % 4 == 0;
-        if (k.pp && k.wn == 32 && k.dense) run<PD32::IgemmArgs, PD32::EpiArgs>(k, [](auto... a) { PD32::kernel_igemm128w32pd(a...); });
+        if (k.narrow && k.bn == 64) run<N64::IgemmArgs, N64::EpiArgs>(k, [](auto... a) { N64::kernel_igemm64w32n(a...); });
+        else if (k.narrow) run<N128::IgemmArgs, N128::EpiArgs>(k, [](auto... a) { N128::kernel_igemm128w32n(a...); });
+        else if (k.pp && k.wn == 32 && k.dense) run<PD32::IgemmArgs, PD32::EpiArgs>(k, [](auto... a) { PD32::kernel_igemm128w32pd(a...); });
         else if (k.pp && k.wn == 32 && v) run<PV32::IgemmArgs, PV32::EpiArgs>(k, [](auto... a) { PV32::kernel_igemm128w32pv(a...); });
         else if (k.pp && k.wn == 32) run<PS32::IgemmArgs, PS32::EpiArgs>(k, [](auto... a) { PS32::kernel_igemm128w32ps(a...); });
         else if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });

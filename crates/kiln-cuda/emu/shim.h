@@ -127,6 +127,10 @@ struct alignas(16) int4 { int x, y, z, w; };
 inline void ig_cp_async16(void* s, const void* g, int bytes) {
     if (bytes) std::memcpy(s, g, 16); else std::memset(s, 0, 16);
 }
+inline void ig_cp_async4(void* s, const void* g, int bytes) {
+    if (((uintptr_t)s | (uintptr_t)g) % 4) { fprintf(stderr, "cp.async 4: %p <- %p not 4-byte aligned\n", s, g); std::abort(); }
+    if (bytes) std::memcpy(s, g, 4); else std::memset(s, 0, 4);
+}
 inline void ig_cp_commit() {}
 // ldmatrix.m8n8.x4.b16: lanes 8q..8q+7 give the row addresses of matrix q; register q of lane
 // T is bytes 4 (T % 4).. of row T / 4 of matrix q.

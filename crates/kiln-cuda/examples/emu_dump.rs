@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -57,26 +57,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, e, ins) in cases {
         kernels.push((name.to_string(), elementwise_kernel(&e, &ins)?));
     }
-    // Vectorized and element by element, and vectorized with the plain-product loader ("d").
+    // Vectorized and element by element, and vectorized with the plain-product loader ("d")
+    // and the narrow one ("n").
     for (bn, wn) in [(64, 32), (128, 32), (128, 64)] {
-        for (vec, dense) in [(true, false), (false, false), (true, true)] {
+        for (vec, load, kind) in [
+            (true, IgLoad::Conv, "v"),
+            (false, IgLoad::Conv, "s"),
+            (true, IgLoad::Dense, "d"),
+            (true, IgLoad::Narrow, "n"),
+        ] {
             let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
             let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
-            let kind = match (vec, dense) {
-                (_, true) => "d",
-                (true, false) => "v",
-                (false, false) => "s",
-            };
             let name = format!("igemm{bn}w{wn}{kind}");
-            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, dense, false)?));
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, load, false)?));
         }
     }
     // The persistent ping-pong kernel with both warp shapes, the same three ways.
     for wn in [32, 64] {
-        for (vec, dense, kind) in [(true, false, "v"), (false, false, "s"), (true, true, "d")] {
+        for (vec, load, kind) in [(true, IgLoad::Conv, "v"), (false, IgLoad::Conv, "s"), (true, IgLoad::Dense, "d")] {
             let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
             let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
-            let k = igemm_kernel(&dequant_bias_res_relu, &reads, 128, wn, vec, dense, true)?;
+            let k = igemm_kernel(&dequant_bias_res_relu, &reads, 128, wn, vec, load, true)?;
             kernels.push((format!("igemm128w{wn}p{kind}"), k));
         }
     }

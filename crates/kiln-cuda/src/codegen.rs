@@ -756,25 +756,40 @@ pub fn pp_shared_bytes() -> u32 {
     stages * (128 + 128) * 64 + 2 * 64 * (128 + 8) * 4 + 8 * (2 * stages + 2) + 1024
 }
 
+/// How an implicit-GEMM kernel's copies read the reduction (`kernels/igemm.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgLoad {
+    /// A convolution over a channels-last input whose channels are a multiple of 16: each
+    /// 16-byte piece of a row of the reduction is one pixel's channels, or zeros.
+    Conv,
+    /// A plain product (a matrix product, or a 1x1 convolution of stride 1 without padding):
+    /// row `r` of the reduction is the `k` bytes at `r * k`, read without the convolution's
+    /// index arithmetic (`KILN_IG_DENSE`).
+    Dense,
+    /// A convolution over at most 4 channels (an image network's stem), its input channels
+    /// padded to 4: each 4-byte word of the reduction is one pixel, and the filter is stored
+    /// `[m][k]` with `k` the filter's `kh * kw * 4` bytes rounded up to 16 (`KILN_IG_NARROW`).
+    Narrow,
+}
+
 /// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
 /// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
 /// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
 /// [`EpiRead`]) applied to each accumulator. `bn` is the block's output channels, 64 or 128,
 /// and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn` threads. With
 /// `vec` (the output channels a multiple of 4) the epilogue moves four channels at a time as
-/// one vector. With `dense` the product is a plain one (a matrix product, or a 1x1
-/// convolution of stride 1 without padding): row `r` of the reduction is the `k` bytes at
-/// `r * k`, and the kernel loads it without the convolution's index arithmetic. With
+/// one vector. `load` says how the kernel reads the reduction (see [`IgLoad`]). With
 /// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles, so `bn`
 /// 128), launched with [`pp_threads`] threads and [`pp_shared_bytes`] of dynamic shared
-/// memory, a block an SM. The kernel is named `igemm<bn>w<wn>[p][d]_<hash>_<output dtype>`.
+/// memory, a block an SM. The kernel is named
+/// `igemm<bn>w<wn>[p][d|n]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
     bn: usize,
     wn: usize,
     vec: bool,
-    dense: bool,
+    load: IgLoad,
     persistent: bool,
 ) -> Result<ElementwiseKernel> {
     if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn || (persistent && bn != 128) {
@@ -794,8 +809,10 @@ pub fn igemm_kernel(
     let out = e.output;
     let mut defs = String::new();
     writeln!(defs, "#define KILN_BN {bn}\n#define KILN_WN {wn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());
-    if dense {
-        defs.push_str("#define KILN_IG_DENSE 1\n");
+    match load {
+        IgLoad::Conv => {}
+        IgLoad::Dense => defs.push_str("#define KILN_IG_DENSE 1\n"),
+        IgLoad::Narrow => defs.push_str("#define KILN_IG_NARROW 1\n"),
     }
     if persistent {
         let (stages, lag) = pp_depth();
@@ -819,7 +836,11 @@ pub fn igemm_kernel(
     let name = format!(
         "igemm{bn}w{wn}{}{}_{hash}_{}",
         if persistent { "p" } else { "" },
-        if dense { "d" } else { "" },
+        match load {
+            IgLoad::Conv => "",
+            IgLoad::Dense => "d",
+            IgLoad::Narrow => "n",
+        },
         dtype_suffix(out)?
     );
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");

@@ -214,6 +214,7 @@ impl KernelFamily {
                     ],
                     &widths,
                 );
+                k.push("nhwc4_u8".into());
                 let casts = ["f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool"];
                 for from in casts {
                     for to in casts {

@@ -258,8 +258,14 @@ fn int8_convolution_epilogues_match_the_cpu() {
         pads: &[1, 1, 1, 1],
         dilations: &[1, 1],
     };
+    // An image network's stem over more rows (196 blocks), and a one-channel convolution: the
+    // narrow loader, its input copied channels-last with 4 channels.
+    let stem =
+        ConvCase { x: &[8, 3, 112, 112], w: &[64, 3, 7, 7], strides: &[2, 2], pads: &[3, 3, 3, 3], dilations: &[1, 1] };
+    let mono =
+        ConvCase { x: &[2, 1, 20, 21], w: &[136, 1, 3, 3], strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] };
     let mut fused = 0;
-    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage]) {
+    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage, &stem, &mono]) {
         let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
         let m = c.w[0];
         let attrs = ConvAttrs {
@@ -275,7 +281,7 @@ fn int8_convolution_epilogues_match_the_cpu() {
         let scale = rand_tensor(&mut rng, &[1, m, 1, 1], 1e-4, 1e-3, DType::F32);
         let bias = rand_tensor(&mut rng, &[1, m, 1, 1], -1.0, 1.0, DType::F32);
         let residual = rand_tensor(&mut rng, &out_shape, -1.0, 1.0, DType::F32);
-        let igemm = c.x[1] % 16 == 0;
+        let igemm = c.x[1] % 16 == 0 || c.x[1] <= 4;
         fused += igemm as usize;
         for to in [DType::F32, DType::I8] {
             let mut consts = vec![Some(w.clone()), None, None, Some(scale.clone()), Some(bias.clone())];

@@ -4,7 +4,7 @@
 //! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
 //! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::nvrtc::Nvrtc;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
@@ -81,16 +81,22 @@ fn generated_igemm_kernels_compile() {
         let scale = if vec { EpiRead::Channels } else { EpiRead::Strided };
         [(DType::F32, scale), (DType::F32, EpiRead::Dense)]
     };
-    // The plain-product loader with each output type (the convolution's with the others).
-    for (to, vec, dense) in
-        [(DType::F32, true, false), (DType::F16, false, true), (DType::I8, true, true), (DType::I8, false, false)]
-    {
+    // The plain-product and narrow loaders with each output type (the convolution's with the
+    // others).
+    for (to, vec, load) in [
+        (DType::F32, true, IgLoad::Conv),
+        (DType::F16, false, IgLoad::Dense),
+        (DType::I8, true, IgLoad::Dense),
+        (DType::I8, false, IgLoad::Conv),
+        (DType::I8, true, IgLoad::Narrow),
+        (DType::F16, false, IgLoad::Narrow),
+    ] {
         // The three block shapes, and the persistent ping-pong kernel with both warp shapes.
         for (bn, wn, persistent) in
             [(64, 32, false), (128, 32, false), (128, 64, false), (128, 32, true), (128, 64, true)]
         {
             let k =
-                igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, dense, persistent).expect("generates");
+                igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, load, persistent).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

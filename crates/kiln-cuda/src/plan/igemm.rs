@@ -8,12 +8,14 @@
 //! or a permuted copy), its filter is stored OHWI and its output is kept NHWC, so INT8 networks
 //! stay channels-last from one convolution to the next, as FP16 ones do. It takes i8 by i8, one
 //! group, 2 spatial dims, zero points absent or constant zeros, a constant filter and input
-//! channels a multiple of 16 (each 16-byte load is one pixel's channels). A matrix product is
+//! channels a multiple of 16 (each 16-byte load is one pixel's channels), or at most 4 (an
+//! image network's stem, read from an NCHW input: a copy with its channels padded to 4, one
+//! 4-byte word a pixel, see [`IgLoad::Narrow`]). A matrix product is
 //! the 1x1 case: A `[..., m, k]` by a constant B `[k, n]` stored `[n, k]`, with `k` a multiple
 //! of 16. Anything else takes the accumulator path of [`super::qlinear`].
 
 use super::*;
-use crate::codegen::{igemm_kernel, pp_shared_bytes, pp_threads, EpiRead, IGEMM_MAX_EXTRA};
+use crate::codegen::{igemm_kernel, pp_shared_bytes, pp_threads, EpiRead, IgLoad, IGEMM_MAX_EXTRA};
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
@@ -65,6 +67,8 @@ struct Shape {
     dw: usize,
     ph: usize,
     pw: usize,
+    /// A narrow convolution: `c` is the input's channels padded to 4 (see [`IgLoad::Narrow`]).
+    narrow: bool,
 }
 
 /// Whether 128-channel products take the persistent ping-pong kernel (`KILN_IGEMM_PP=1` at
@@ -99,7 +103,7 @@ impl Shape {
         // The kernel's row, input and filter offsets are 32-bit.
         let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
         let input = self.n.checked_mul(self.h).and_then(|v| v.checked_mul(self.w)).and_then(|v| v.checked_mul(self.c));
-        let filter = (self.m + 128).checked_mul(self.kh * self.kw * self.c);
+        let filter = (self.m + 128).checked_mul(self.k());
         if gx == 0 || gy as u64 > launch::MAX_BLOCKS || !fits(Some(self.rows)) || !fits(input) || !fits(filter) {
             return Err(CudaError::Unsupported(format!(
                 "an INT8 implicit GEMM of {} rows by {} channels over {}x{}x{}x{} input does not fit 32-bit offsets",
@@ -116,19 +120,37 @@ impl Shape {
         Ok(IgemmLaunch { bn, wn, persistent: pp, config })
     }
 
-    /// Whether the product is a plain one: row `r` of the reduction is the input's `c` bytes
-    /// at `r * c` (a matrix product, or a 1x1 convolution of stride 1 without padding).
-    fn dense(&self) -> bool {
+    /// The reduction's length in bytes: `kh * kw * c`, rounded up to 16 for a narrow
+    /// convolution (its filter rows' length).
+    fn k(&self) -> usize {
+        let k = self.kh * self.kw * self.c;
+        if self.narrow {
+            k.next_multiple_of(16)
+        } else {
+            k
+        }
+    }
+
+    /// How the kernel reads the reduction: a plain product's row `r` is the input's `c`
+    /// bytes at `r * c` (a matrix product, or a 1x1 convolution of stride 1 without padding).
+    fn load(&self) -> IgLoad {
         // The output's size matching the input's rules out padding at the end, which the
         // shape does not hold.
-        self.kh == 1
+        let dense = self.kh == 1
             && self.kw == 1
             && self.sh == 1
             && self.sw == 1
             && self.ph == 0
             && self.pw == 0
             && self.oh == self.h
-            && self.ow == self.w
+            && self.ow == self.w;
+        if self.narrow {
+            IgLoad::Narrow
+        } else if dense {
+            IgLoad::Dense
+        } else {
+            IgLoad::Conv
+        }
     }
 
     /// How the epilogue reads an input with strides `st` over the output's (image, row,
@@ -146,7 +168,7 @@ impl Shape {
     }
 
     fn fields(&self) -> Vec<Field> {
-        let k = self.kh * self.kw * self.c;
+        let k = self.k();
         [
             self.rows, self.n, self.h, self.w, self.c, self.m, self.kh, self.kw, self.oh, self.ow, self.sh, self.sw,
             self.dh, self.dw, self.ph, self.pw, k,
@@ -187,13 +209,15 @@ impl Planner<'_> {
             return Ok(false);
         };
         let Some(n_extra) = self.g.node(id).num_inputs.checked_sub(base_inputs) else { return Ok(false) };
+        // A narrow input (an image's channels) is read through a padded NCHW copy.
+        let narrow = xs.len() == 4 && xs[1] <= 4 && !self.is_nhwc(id, 0);
         let qualifies = xt == DType::I8
             && wt == DType::I8
             && xs.len() == 4
             && ws.len() == 4
             && attrs.group.max(1) == 1
             && xs[1] > 0
-            && xs[1].is_multiple_of(16)
+            && (xs[1].is_multiple_of(16) || narrow)
             && ws[1] == xs[1]
             && n_extra <= IGEMM_MAX_EXTRA
             && self.is_const(id, 1)
@@ -210,7 +234,7 @@ impl Planner<'_> {
             n: xs[0],
             h: xs[2],
             w: xs[3],
-            c: xs[1],
+            c: if narrow { 4 } else { xs[1] },
             m: ws[0],
             kh: hd.kernel,
             kw: wd.kernel,
@@ -222,6 +246,7 @@ impl Planner<'_> {
             dw: wd.dilation,
             ph: hd.pad_begin,
             pw: wd.pad_begin,
+            narrow,
         };
         if shape.rows == 0 || shape.m == 0 {
             return Ok(false);
@@ -231,8 +256,12 @@ impl Planner<'_> {
         for s in base_inputs..base_inputs + n_extra {
             extra.push(self.nhwc_operand(id, s, &out_shape)?);
         }
-        let x = self.nhwc_input(id, 0)?;
-        let w = self.nhwc_filter(id)?;
+        let (x, w) = if narrow {
+            let Some(w) = self.rewritten_const(id, 1, "narrow", narrow_filter)? else { return Ok(false) };
+            (self.narrow_input(id, 0)?, w)
+        } else {
+            (self.nhwc_input(id, 0)?, self.nhwc_filter(id)?)
+        };
         let y = self.nhwc_out(id, 0)?;
         self.launch_igemm(id, expr, [x, w, y], &shape, launch, extra)?;
         Ok(true)
@@ -287,6 +316,7 @@ impl Planner<'_> {
             dw: 1,
             ph: 0,
             pw: 0,
+            narrow: false,
         };
         if rows == 0 || n == 0 {
             return Ok(false);
@@ -323,7 +353,7 @@ impl Planner<'_> {
         let reads: Vec<(DType, EpiRead)> =
             extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
         let IgemmLaunch { bn, wn, persistent, config } = launch;
-        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.dense(), persistent)?;
+        let k = igemm_kernel(expr, &reads, bn, wn, shape.m.is_multiple_of(4), shape.load(), persistent)?;
         if k.output != self.plan.buffers[y].dtype {
             return Err(CudaError::Invalid(format!(
                 "the epilogue gives {}, the node's output is {}",
@@ -343,6 +373,53 @@ impl Planner<'_> {
         self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Generated(index), kernel, config, args }));
         Ok(())
     }
+}
+
+impl Planner<'_> {
+    /// A narrow convolution's input (NCHW, at most 4 channels) copied channels-last with its
+    /// channels padded to 4 with zeros: one 4-byte word a pixel (`nhwc4_u8`).
+    fn narrow_input(&mut self, id: NodeId, slot: usize) -> Result<BufferId> {
+        let x = self.required(id, slot)?;
+        let b = &self.plan.buffers[x];
+        let &[n, c, h, w] = &b.shape[..] else {
+            return Err(CudaError::Invalid(format!("a narrow convolution's input of shape {:?}", b.shape)));
+        };
+        if c > 4 || b.dtype.size() != 1 {
+            return Err(CudaError::Invalid(format!("a narrow convolution's input {} [{n}, {c}, {h}, {w}]", b.dtype)));
+        }
+        let y = self.temp(format!("{}.nhwc4", b.name), b.dtype, vec![n, h, w, 4]);
+        let config = launch::grid_stride((n * h * w) as u64);
+        let args =
+            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(n as i64), Arg::I64(c as i64), Arg::I64((h * w) as i64)];
+        self.kernel(id, KernelFamily::Layout, "nhwc4_u8".into(), config, args);
+        Ok(y)
+    }
+}
+
+/// A narrow convolution's filter `[m, c, kh, kw]` (`c` at most 4, one byte an element) as
+/// [`IgLoad::Narrow`] reads it: `[m, k]`, row `o` holding element `(ky, kx, i)` at
+/// `(ky * kw + kx) * 4 + i`, the channels past `c` and the row's tail zero, `k` the filter's
+/// `kh * kw * 4` bytes rounded up to 16.
+fn narrow_filter(t: &Tensor) -> Result<Tensor> {
+    let &[m, c, kh, kw] = t.shape() else {
+        return Err(CudaError::Invalid(format!("a filter of shape {:?} is not 4-D", t.shape())));
+    };
+    if c > 4 || t.dtype().size() != 1 {
+        return Err(CudaError::Invalid(format!("a narrow filter {} {:?}", t.dtype(), t.shape())));
+    }
+    let src = crate::host::tensor_bytes(t)?;
+    let k = (kh * kw * 4).next_multiple_of(16);
+    let mut dst = vec![0u8; m * k];
+    for o in 0..m {
+        for i in 0..c {
+            for y in 0..kh {
+                for x in 0..kw {
+                    dst[o * k + (y * kw + x) * 4 + i] = src[((o * c + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    crate::host::tensor_from_bytes(t.dtype(), &[m, k], &dst)
 }
 
 /// The one stride over the rows of an `[..., m, n]` output that `strides` (an input's, over
@@ -390,6 +467,7 @@ mod tests {
             dw: 1,
             ph: 1,
             pw: 1,
+            narrow: false,
         };
         let mm = Shape { rows: 30, n: 30, h: 1, w: 1, c: 16, m: 8, kh: 1, kw: 1, oh: 1, ow: 1, ..conv };
         // A bias, a scalar, a residual laid out as the output, and one read NCHW.
