@@ -35,6 +35,16 @@ __device__ __forceinline__ float kiln_div_k(float x, float c, float r) {
     const float e = fmaf(-q, c, x);
     return (e != 0.0f && isfinite(q)) ? fmaf(e, r, q) : q;
 }
+// erf(x) within 1e-6: Abramowitz and Stegun's 7.1.26 (1.5e-7) with the hardware's approximate
+// reciprocal and exp2, about half of erff's instructions. The INT8 implicit GEMM's epilogues
+// take it (codegen's ExprMath::Int8Epilogue): their results are rounded to 8 bits.
+__device__ __forceinline__ float kiln_erf_fast(float x) {
+    const float a = fabsf(x);
+    const float t = __fdividef(1.0f, fmaf(0.3275911f, a, 1.0f));
+    const float p =
+        t * fmaf(t, fmaf(t, fmaf(t, fmaf(t, 1.061405429f, -1.453152027f), 1.421413741f), -0.284496736f), 0.254829592f);
+    return copysignf(fmaf(-p, __expf(-a * a), 1.0f), x);
+}
 __device__ __forceinline__ float nan_min(float a, float b) { return (a < b || a != a) ? a : b; }
 // Cast<i8>(Clip<-128,127>(Round(x))) (and u8 over [0, 255]), a quantization's last steps, as
 // one conversion: round half to even, saturate, NaN to 0 (PTX's cvt.rni.sat).

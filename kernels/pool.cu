@@ -248,6 +248,28 @@ __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __
     KILN_GRID_STRIDE(i, images * p.oh * p.ow * cv) {
         const i64 g = i % cv, cell = i / cv, ox = cell % p.ow, oy = (cell / p.ow) % p.oh, n = cell / (p.ow * p.oh);
         const T* xp = x + n * p.ih * p.iw * c + g * V;
+        if constexpr (V == 16 && sizeof(T) == 1) {
+            // Bytes: four lanes a SIMD max, from the type's least value (a window always
+            // holds at least one pixel).
+            constexpr bool is_signed = (T)-1 < (T)0;
+            unsigned m[4];
+#pragma unroll
+            for (int v = 0; v < 4; ++v) m[v] = is_signed ? 0x80808080u : 0u;
+            for (i64 ky = 0; ky < p.kh; ++ky) {
+                const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
+                if (yy < 0 || yy >= p.ih) continue;
+                for (i64 kx = 0; kx < p.kw; ++kx) {
+                    const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
+                    if (xx < 0 || xx >= p.iw) continue;
+                    const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
+                    const unsigned e[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+                    for (int v = 0; v < 4; ++v) m[v] = is_signed ? __vmaxs4(m[v], e[v]) : __vmaxu4(m[v], e[v]);
+                }
+            }
+            *reinterpret_cast<uint4*>(y + cell * c + g * V) = make_uint4(m[0], m[1], m[2], m[3]);
+            continue;
+        }
         float m[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) m[v] = -__int_as_float(0x7f800000);

@@ -12,6 +12,8 @@
 #include "common.cuh"
 
 __device__ __forceinline__ i64 quant_scale_index(i64 i, i64 dim, i64 inner, i64 block_size, i64 blocks) {
+    // Per tensor (the common case: every activation's scale) needs no 64-bit division.
+    if (dim == 1 && block_size == 0) return 0;
     const i64 c = (i / inner) % dim;
     if (block_size == 0) return c;
     const i64 o = i / (inner * dim);

@@ -49,6 +49,8 @@ inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __expf(float x) { return std::exp(x); }
 struct __half { _Float16 v; };
 struct __nv_bfloat16 { uint16_t bits; };
 inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
@@ -67,6 +69,17 @@ inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+// Per-byte SIMD max, signed and unsigned.
+inline unsigned __vmaxs4(unsigned a, unsigned b) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; i += 8) r |= (unsigned)(unsigned char)std::max((signed char)(a >> i), (signed char)(b >> i)) << i;
+    return r;
+}
+inline unsigned __vmaxu4(unsigned a, unsigned b) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; i += 8) r |= (unsigned)std::max((unsigned char)(a >> i), (unsigned char)(b >> i)) << i;
+    return r;
+}
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = (uint32_t)b.bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
 struct alignas(8) uint2 { unsigned x, y; };

@@ -203,6 +203,26 @@ pub struct ExprCode {
 /// Emits `expr` over inputs of the given element types as a straight-line `__device__`
 /// function named `fname`.
 pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprCode> {
+    expr_function_with(expr, inputs, fname, ExprMath::Exact)
+}
+
+/// How a generated expression computes the f32 steps where speed and the last ulp trade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExprMath {
+    /// As the CPU reference does: a division by a constant correctly rounded (`kiln_div_k`),
+    /// erf as CUDA's `erff` (2 ulp).
+    Exact,
+    /// A division by a constant multiplied by the constant's reciprocal (within an ulp of the
+    /// quotient, one instruction), and erf as `kiln_erf_fast` (within 1e-6, about half of
+    /// `erff`'s instructions). The INT8 implicit GEMM's epilogues compute so, as TensorRT's
+    /// INT8 kernels scale by reciprocals: their results are rounded to 8 bits (or stored as
+    /// f16 or f32 from an i32 product), which such differences move only at a rounding
+    /// boundary.
+    Int8Epilogue,
+}
+
+/// [`expr_function`], computing as `math` says.
+pub fn expr_function_with(expr: &Expr, inputs: &[DType], fname: &str, math: ExprMath) -> Result<ExprCode> {
     expr.check().map_err(|e| CudaError::Invalid(format!("bad expression {expr}: {e}")))?;
     if expr.num_inputs() > inputs.len() {
         return Err(CudaError::Invalid(format!(
@@ -225,7 +245,12 @@ pub fn expr_function(expr: &Expr, inputs: &[DType], fname: &str) -> Result<ExprC
                     (dt, format!("{f}(t{x})"))
                 } else {
                     match const_divisor(expr, op, args, dt) {
+                        Some((_, r)) if math == ExprMath::Int8Epilogue => (dt, format!("{} * {r}", names[0])),
                         Some((c, r)) => (dt, format!("kiln_div_k({}, {c}, {r})", names[0])),
+                        // f32 erf (of Erf and of GELU) is `erff` in the exact form.
+                        None if math == ExprMath::Int8Epilogue => {
+                            (dt, emit_op(op, &names, &arg_types, dt)?.replace("erff(", "kiln_erf_fast("))
+                        }
                         None => (dt, emit_op(op, &names, &arg_types, dt)?),
                     }
                 }
@@ -805,7 +830,13 @@ pub fn igemm_kernel(
     }
     let mut inputs = vec![DType::I32];
     inputs.extend(extra.iter().map(|&(dt, _)| dt));
-    let e = expr_function(expr, &inputs, "kiln_expr")?;
+    // `KILN_IGEMM_EXACT_MATH=1` at build time keeps the exact forms, to compare the two.
+    let math = if std::env::var("KILN_IGEMM_EXACT_MATH").is_ok_and(|v| v == "1") {
+        ExprMath::Exact
+    } else {
+        ExprMath::Int8Epilogue
+    };
+    let e = expr_function_with(expr, &inputs, "kiln_expr", math)?;
     let out = e.output;
     let mut defs = String::new();
     writeln!(defs, "#define KILN_BN {bn}\n#define KILN_WN {wn}\n#define KILN_NUM_EXTRA {}", extra.len()).unwrap_or(());

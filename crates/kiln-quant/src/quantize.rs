@@ -7,7 +7,7 @@
 use crate::collect::{is_quantizable, residual_output, residual_side_inputs};
 use crate::{CalibCache, QuantError};
 use kiln_ir::ops::{LinalgOp, Op, QuantOp};
-use kiln_ir::{DType, Dim, Graph, NodeId, Tensor, TypeInfo, Value, ValueInfo};
+use kiln_ir::{DType, Graph, NodeId, Tensor, TypeInfo, Value, ValueInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -112,21 +112,6 @@ fn weight_axis(g: &Graph, id: NodeId) -> Option<(Value, usize)> {
     Some((w, axis))
 }
 
-/// Input channels below which a convolution stays float unless asked for (see [`quantize`]).
-pub const MIN_INT8_CONV_CHANNELS: usize = 4;
-
-/// The input channels of a convolution `id` (dim 1 of its input), where known.
-fn conv_input_channels(g: &Graph, id: NodeId) -> Option<usize> {
-    if !matches!(g.node(id).op, Op::Linalg(LinalgOp::Conv(_))) {
-        return None;
-    }
-    let x = g.inputs_of(id).first().copied().flatten()?;
-    match g.value_info(x).ty.shape.as_deref()?.get(1)? {
-        Dim::Known(c) => Some(*c),
-        _ => None,
-    }
-}
-
 /// Inserts the QDQ pairs for `scales` into a copy of `g`. Layers named in `overrides` (by
 /// their own name or one of the nodes they cover) keep their precision; a layer whose activation has no scale stays FP32 (and says so).
 pub fn quantize(
@@ -174,21 +159,6 @@ pub fn quantize(
                 Some("a product of two activations (attention); `--precision NODE=int8` quantizes it".into()),
             ));
             continue;
-        }
-        // A convolution over fewer than 4 input channels (an image network's stem, over 3 or
-        // 1) stays float unless asked for: INT8 tensor cores reduce 16 channels at a step, so
-        // its INT8 kernel is a slow one, and it is the layer INT8 hurts most.
-        if let (None, Some(ch)) = (asked, conv_input_channels(g, id)) {
-            if ch < MIN_INT8_CONV_CHANNELS {
-                report.push(entry(
-                    Precision::Fp32,
-                    Some(format!(
-                        "a convolution over only {ch} input channels (an image network's stem); \
-                         `--precision NODE=int8` quantizes it"
-                    )),
-                ));
-                continue;
-            }
         }
         let slots: Vec<usize> = if matches!(n.op, Op::Linalg(LinalgOp::MatMul)) { vec![0, 1] } else { vec![0] };
         let weight = weight_axis(g, id);

@@ -45,8 +45,8 @@ fn every_layer_runs_in_int8_and_the_output_stays_close() {
         let cache = calibrate(&g, &batches, CalibOptions { algo, bins: 2048 }, &cpu).unwrap();
         // The two convolutions and the classifier read x, r1 (twice over, shared) and flat.
         assert_eq!(cache.scales.keys().cloned().collect::<Vec<_>>(), ["flat", "r1", "x"], "{algo}");
-        // The first convolution reads the 3-channel image: asked for, it runs in INT8 too.
-        let (q, report) = quantize(&g, &cache, &int8("conv1")).unwrap();
+        // The first convolution, over the 3-channel image, runs in INT8 too.
+        let (q, report) = quantize(&g, &cache, &HashMap::new()).unwrap();
         assert_eq!(report.len(), 3);
         assert!(report.iter().all(|l| l.precision == Precision::Int8), "{report:?}");
         assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&3));
@@ -69,25 +69,18 @@ fn overrides_and_missing_scales_keep_layers_in_float() {
     let (q, report) = quantize(&g, &cache, &overrides).unwrap();
     let by_node: HashMap<&str, (Precision, Option<&str>)> =
         report.iter().map(|l| (l.node.as_str(), (l.precision, l.reason.as_deref()))).collect();
-    // The first convolution reads the 3-channel image: float unless asked for.
-    let stem =
-        "a convolution over only 3 input channels (an image network's stem); `--precision NODE=int8` quantizes it";
-    assert_eq!(by_node["conv1"], (Precision::Fp32, Some(stem)));
+    // The first convolution reads the 3-channel image, and is quantized as any other.
+    assert_eq!(by_node["conv1"], (Precision::Int8, None));
     assert_eq!(by_node["conv2"], (Precision::Fp16, Some("override")));
     assert_eq!(by_node["fc"], (Precision::Fp32, Some("no calibration scale for 'flat'")));
-    assert_eq!(q.op_counts().get("QuantizeLinear"), None);
-    overrides.extend(int8("conv1"));
+    assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&1));
+    overrides.extend([("conv1".to_string(), Precision::Fp32)]);
     let (q, report) = quantize(&g, &cache, &overrides).unwrap();
     assert_eq!(
         (report[0].node.as_str(), report[0].precision, report[0].reason.as_deref()),
-        ("conv1", Precision::Int8, None)
+        ("conv1", Precision::Fp32, Some("override"))
     );
-    assert_eq!(q.op_counts().get("QuantizeLinear"), Some(&1));
-}
-
-/// An override that asks for `node` in INT8.
-fn int8(node: &str) -> HashMap<String, Precision> {
-    [(node.to_string(), Precision::Int8)].into_iter().collect()
+    assert_eq!(q.op_counts().get("QuantizeLinear"), None);
 }
 
 #[test]
