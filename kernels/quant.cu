@@ -63,6 +63,15 @@ __device__ __forceinline__ void quantize_int(const X* __restrict__ x, const C* _
     KILN_GRID_STRIDE(i, n) {
         const i64 k = quant_scale_index(i, dim, inner, block_size, blocks);
         const C q = quant_load(x[i]) / scale[k];
+        if constexpr (sizeof(C) == 4 && sizeof(typename Y::S) <= 2) {
+            // 8- and 16-bit results in f32, without f64 conversions: the rounded quotient and
+            // the zero point are exact in f32 up to 2^24, and past it both forms saturate.
+            const float r = rintf(q);
+            float v = (r != r ? 0.0f : r) + (zp ? (float)zp[k] : 0.0f);
+            v = v < (float)Y::lo ? (float)Y::lo : (v > (float)Y::hi ? (float)Y::hi : v);
+            y[i] = (typename Y::S)(int)v;
+            continue;
+        }
         const double r = rint((double)q);
         const double z = zp ? (double)zp[k] : 0.0;
         double v = (r != r ? 0.0 : r) + z;
