@@ -54,6 +54,12 @@ struct AttnArgs {
     i64 causal_offset;  // the past sequence length
     float softcap;      // 0: none
     int is_causal;
+    // attention_mma only: the output quantized to i8 as well (laid out as `o`), by
+    // QuantizeLinear's Cast<i8>(Clip(Round(o / oq_c))) of the stored (rounded) output, with
+    // oq_r = 1 / oq_c for kiln_div_k; null for none. `o` itself may then be null (nothing
+    // else reads it).
+    signed char* oq;
+    float oq_c, oq_r;
 };
 
 #define ATTN_WARPS 8
@@ -613,6 +619,7 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     // A row whose scores are all -inf has l = 0 and comes out NaN, as the reference does.
     T* O = (T*)a.o + b * a.o_sb + h * a.o_sh;
     const bool o_pair = ((unsigned long long)O & 3) == 0 && a.o_ss % 2 == 0;
+    signed char* OQ = a.oq + b * a.o_sb + h * a.o_sh;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const i64 row = half ? row_b : row_a;
@@ -623,6 +630,13 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         for (int n = 0; n < ND; ++n) {
             const int col = n * 8 + q4 * 2;
             const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
+            if (a.oq) {
+                // The quantize reads the output as stored: rounded to T first.
+                signed char* qrow = OQ + row * a.o_ss;
+                qrow[col] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(x)), a.oq_c, a.oq_r));
+                qrow[col + 1] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(y)), a.oq_c, a.oq_r));
+                if (!a.o) continue;
+            }
             if (o_pair) {
                 *(unsigned*)(orow + col) = Vec16<T>::put(x, y);
             } else {

@@ -1407,8 +1407,9 @@ impl Planner<'_> {
         args.mask_len = mask_len as i64;
         args.mask_bool = mask_bool;
         let ptr = |buffer: BufferId, offset_bytes: usize| Field::Ptr { buffer, offset_bytes };
-        let operands = [ptr(qkv, 0), ptr(qkv, heads * d * esize), ptr(qkv, 2 * heads * d * esize), ptr(y, 0)];
-        self.launch_attention(id, &args, sfx, operands, mask, None)
+        let (o, quant) = self.attention_output(id, &args, sfx, y)?;
+        let operands = [ptr(qkv, 0), ptr(qkv, heads * d * esize), ptr(qkv, 2 * heads * d * esize), o];
+        self.launch_attention(id, &args, sfx, operands, mask, None, quant)
     }
 }
 

@@ -364,3 +364,75 @@ fn tensor_core_attention() {
         }
     }
 }
+
+/// An f16 attention whose output a quantize (to i8) reads writes the i8 copy itself, the
+/// quantize planned as no step of its own; the f16 output is left out where nothing else
+/// reads it, and written where it is also a graph output.
+#[test]
+fn tensor_core_attention_writes_its_quantized_output() {
+    use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
+    use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp};
+    use kiln_ir::{Graph, TypeInfo, Value, ValueInfo};
+    let mut rng = Rng::new(41);
+    let c = Case { b: 4, hq: 12, hk: 12, sq: 128, sk: 128, d: 64, dv: 64, three_d: true };
+    let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
+    // QuantizeLinear by 0.02 as fusion writes it.
+    let quantize = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: false }, &[0]),
+            ExprNode::Scalar { value: 0.02, dtype: DType::F32 },
+            op(ElementwiseOp::Binary(BinaryOp::Div), &[1, 2]),
+            op(ElementwiseOp::Unary(UnaryOp::Round), &[3]),
+            op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, &[4]),
+            op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[5]),
+        ],
+    };
+    for keep_f16 in [false, true] {
+        let what = format!("attention then quantize (f16 output kept: {keep_f16})");
+        let inputs = c.qkv(&mut rng, DType::F16).to_vec();
+        let mut g = Graph::new("attention_q");
+        let ins: Vec<Option<Value>> = ["q", "k", "v"]
+            .iter()
+            .zip(&inputs)
+            .map(|(n, t)| Some(g.add_input(*n, TypeInfo::known(DType::F16, t.shape()))))
+            .collect();
+        let shape = c.shape(c.hq, c.sq, c.dv);
+        let ty = |dt: DType| TypeInfo::known(dt, &shape);
+        let att = Op::Attention(AttentionOp::Attention(c.attrs(attrs())));
+        let a = g.add_node("attention", att, &ins, vec![ValueInfo::tensor("attention", ty(DType::F16))]);
+        let a = Value { node: a, slot: 0 };
+        let q = g.add_node(
+            "quantize",
+            Op::Fused(FusedOp::Elementwise(quantize.clone())),
+            &[Some(a)],
+            vec![ValueInfo::tensor("quantized", ty(DType::I8))],
+        );
+        g.add_output("quantized", Value { node: q, slot: 0 });
+        if keep_f16 {
+            g.add_output("attention", a);
+        }
+        let plan = kiln_cuda::plan::plan(&g).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let kernels: Vec<String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                kiln_cuda::plan::StepKind::Kernel(k) => Some(k.kernel.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            kernels.len() == 1 && kernels[0].starts_with("attention_mma"),
+            "{what}: one tensor-core kernel in\n{plan}"
+        );
+        let Some(lib) = lib() else { continue };
+        let got = lib.run_plan(&plan, &inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = kiln_cpu::run_graph(&g, &inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        // The f16 attention rounds a little differently from the CPU's; the quantized values
+        // may then round the other way, by one step.
+        check_close(&format!("{what}: i8"), &got[0], &want[0], 1.0, 0.0);
+        if keep_f16 {
+            check_close(&format!("{what}: f16"), &got[1], &want[1], 4e-3, 1e-2);
+        }
+    }
+}

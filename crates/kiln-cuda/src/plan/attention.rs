@@ -135,9 +135,10 @@ impl Planner<'_> {
         args.causal = a.is_causal.then_some(past as i64);
         args.softcap = a.softcap;
         let ptr = |buffer: BufferId| Field::Ptr { buffer, offset_bytes: 0 };
-        let operands = [ptr(q), ptr(kb), ptr(vb), ptr(y)];
+        let (o, quant) = self.attention_output(id, &args, sfx, y)?;
+        let operands = [ptr(q), ptr(kb), ptr(vb), o];
         if b * hq * sq * dv > 0 {
-            self.launch_attention(id, &args, sfx, operands.clone(), mask, nonpad)?;
+            self.launch_attention(id, &args, sfx, operands.clone(), mask, nonpad, quant)?;
         }
         if want_qk {
             let out = self.out(id, 3)?;
@@ -155,7 +156,7 @@ impl Planner<'_> {
             };
             let rows = b * hq * sq;
             if rows > 0 {
-                let fields = attention_fields(&args, operands, mask, nonpad);
+                let fields = attention_fields(&args, operands, mask, nonpad, None);
                 self.kernel(
                     id,
                     KernelFamily::Attention,
@@ -289,6 +290,31 @@ impl Planner<'_> {
 
     /// Launches the fused attention kernel for `args` (whose `ptrs` are left to the runtime):
     /// Q, K, V and the output as `operands`, then the mask and `nonpad_kv_seqlen`.
+    /// The output operand of attention `id` (output buffer `y`) and its quantized copy: the
+    /// tensor-core kernel whose output a QuantizeLinear (to i8, by a constant) reads writes
+    /// the i8 copy itself, bit for bit what the quantize gives (the quantize node is then
+    /// absorbed), and leaves out the float one where nothing else reads it (an INT8 network's
+    /// attention, read by its output projection).
+    pub(super) fn attention_output(
+        &mut self,
+        id: NodeId,
+        args: &launch::AttnArgs,
+        sfx: &str,
+        y: BufferId,
+    ) -> Result<(Field, Option<(BufferId, f32, f32)>)> {
+        let o = Field::Ptr { buffer: y, offset_bytes: 0 };
+        let v = Value { node: id, slot: 0 };
+        let quantized = match args.launch(sfx) {
+            Ok((kernel, _)) if kernel.starts_with("attention_mma") => self.quantize_reader(v),
+            _ => None,
+        };
+        let Some((quantize, c, r)) = quantized else { return Ok((o, None)) };
+        let oq = self.out(quantize, 0)?;
+        self.absorbed.insert(quantize);
+        let read_otherwise = self.g.is_output(v) || self.g.users(v).iter().any(|&(u, _)| u != quantize);
+        Ok((if read_otherwise { o } else { Field::Null }, Some((oq, c, r))))
+    }
+
     pub(super) fn launch_attention(
         &mut self,
         id: NodeId,
@@ -297,9 +323,10 @@ impl Planner<'_> {
         operands: [Field; 4],
         mask: Option<BufferId>,
         nonpad: Option<BufferId>,
+        quant: Option<(BufferId, f32, f32)>,
     ) -> Result<()> {
         let (kernel, config) = args.launch(sfx)?;
-        let fields = attention_fields(args, operands, mask, nonpad);
+        let fields = attention_fields(args, operands, mask, nonpad, quant);
         self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
         Ok(())
     }
@@ -420,6 +447,7 @@ fn attention_fields(
     operands: [Field; 4],
     mask: Option<BufferId>,
     nonpad: Option<BufferId>,
+    quant: Option<(BufferId, f32, f32)>,
 ) -> Vec<Field> {
     let ptr = |b: Option<BufferId>| b.map_or(Field::Null, |buffer| Field::Ptr { buffer, offset_bytes: 0 });
     let mut fields = operands.to_vec();
@@ -434,5 +462,10 @@ fn attention_fields(
     fields.push(ptr(nonpad));
     fields.extend(args.tail().map(Field::I64));
     fields.push(Field::F32I32(args.softcap, args.causal.is_some() as i32));
+    // The quantized output, its scale and the scale's reciprocal (`oq`, `oq_c`, `oq_r`: two
+    // floats, the second passed by its bits).
+    let (oq, c, r) = quant.map_or((None, 0.0, 0.0), |(b, c, r)| (Some(b), c, r));
+    fields.push(ptr(oq));
+    fields.push(Field::F32I32(c, r.to_bits() as i32));
     fields
 }
