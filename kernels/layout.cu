@@ -246,8 +246,10 @@ __device__ __forceinline__ void transpose2d_impl(const W* __restrict__ x, W* __r
 // implicit GEMM's narrow loader reads it.
 extern "C" __global__ void nhwc4_u8(const unsigned char* __restrict__ x, unsigned* __restrict__ y, i64 batch, i64 c,
                                     i64 hw) {
+#pragma unroll 1
     KILN_GRID_STRIDE(i, batch * hw) {
-        const i64 b = i / hw, p = i - b * hw;
+        // 32-bit division where the sizes allow (an image batch's pixels do).
+        const i64 b = batch * hw <= 0xffffffffll ? (i64)((unsigned)i / (unsigned)hw) : i / hw, p = i - b * hw;
         unsigned v = 0;
         for (i64 ch = 0; ch < c && ch < 4; ++ch) v |= (unsigned)x[(b * c + ch) * hw + p] << (8 * ch);
         y[i] = v;

@@ -596,6 +596,8 @@ impl AttnArgs {
         b.extend(Param::i64s(&self.tail()).0);
         b.extend(self.softcap.to_ne_bytes());
         b.extend((self.causal.is_some() as i32).to_ne_bytes());
+        // No quantized output (`oq` null, its scale and reciprocal 0).
+        b.extend([0u8; 16]);
         Param(b)
     }
 
@@ -954,7 +956,7 @@ mod tests {
         a.ptrs = [1, 2, 3, 4, 0, 0];
         // 5 pointers, 4 sizes, 12 strides, 4 mask strides, a float and an int, the nonpad
         // pointer, 5 words, then a float and an int.
-        assert_eq!(a.param().0.len(), 25 * 8 + 8 + 8 + 5 * 8 + 8);
+        assert_eq!(a.param().0.len(), 25 * 8 + 8 + 8 + 5 * 8 + 8 + 16);
         // Two blocks in all: too few to fill a GPU, so one row per warp.
         let (name, cfg) = a.launch("f16").unwrap();
         assert_eq!(name, "attention_r1_d64_f16");

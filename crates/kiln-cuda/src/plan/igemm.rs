@@ -32,10 +32,6 @@ const BM: usize = 128;
 /// there are more than 64 channels), to compare them.
 const FULL_WAVE: usize = 132;
 
-/// The reduction (bytes) from which a matrix product of fewer than a quarter of
-/// [`FULL_WAVE`] blocks takes cuBLASLt (see [`Planner::igemm_matmul`]).
-const SPLIT_K_REDUCTION: usize = 1024;
-
 fn full_wave(matmul: bool) -> usize {
     let default = if matmul { 0 } else { FULL_WAVE };
     std::env::var("KILN_IGEMM_WAVE").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -275,8 +271,7 @@ impl Planner<'_> {
     /// (see the module's notes); else nothing is planned and the result is false.
     ///
     /// `KILN_INT8_GEMM=cublaslt` at build time keeps matrix products on cuBLASLt (an i32
-    /// accumulator, then the epilogue), to compare the two in one benchmark run; so do
-    /// products of few blocks over a long reduction (see [`SPLIT_K_REDUCTION`]).
+    /// accumulator, then the epilogue), to compare the two in one benchmark run.
     pub(super) fn igemm_matmul(&mut self, id: NodeId, base_inputs: usize, expr: &Expr) -> Result<bool> {
         if std::env::var("KILN_INT8_GEMM").is_ok_and(|v| v == "cublaslt") {
             return Ok(false);
@@ -327,13 +322,6 @@ impl Planner<'_> {
             return Ok(false);
         }
         let Ok(launch) = shape.config(true) else { return Ok(false) };
-        // A product of few rows and a long reduction (a classifier at a small batch: ResNet-50's
-        // at batch 32 is 8 blocks over 2048) would leave most SMs idle for the whole
-        // reduction; cuBLASLt splits such reductions.
-        let (gx, gy, _) = launch.config.grid;
-        if ((gx * gy) as usize) < FULL_WAVE / 4 && k >= SPLIT_K_REDUCTION {
-            return Ok(false);
-        }
         // Each epilogue input read as rows by channels: its strides over the leading dims must
         // fold into one row stride.
         let mut extra = Vec::with_capacity(n_extra);
