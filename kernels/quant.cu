@@ -8,7 +8,8 @@
 // precision (f64 for f64, f32 otherwise: the host passes the scale in that type); dequantization
 // computes (x - zero_point) * scale in f32 and rounds once to the output type.
 // Kernels: quantize_<x>_<y> and dequantize_<x>_<y>, dynamic_quantize_range_<x> and
-// dynamic_quantize_<x>.
+// dynamic_quantize_<x>; quantize_nhwc4_f32_i8, an image quantized into the INT8 implicit
+// GEMM's narrow input.
 #include "common.cuh"
 
 __device__ __forceinline__ i64 quant_scale_index(i64 i, i64 dim, i64 inner, i64 block_size, i64 blocks) {
@@ -53,6 +54,15 @@ QUANT_FLOAT(q_f8e5m2, f8e5m2)
 QUANT_FLOAT(q_f8e5m2fnuz, f8e5m2fnuz)
 QUANT_FLOAT(q_f4e2m1, f4e2m1)
 
+// saturate(round_half_even(q) + z) for an 8- or 16-bit Y, in f32: the rounded quotient and the
+// zero point are exact in f32 up to 2^24, and past it both this and the f64 form saturate.
+template <typename Y> __device__ __forceinline__ typename Y::S quant_round_f32(float q, float z) {
+    const float r = rintf(q);
+    float v = (r != r ? 0.0f : r) + z;
+    v = v < (float)Y::lo ? (float)Y::lo : (v > (float)Y::hi ? (float)Y::hi : v);
+    return (typename Y::S)(int)v;
+}
+
 // saturate(round_half_even(x / scale) + zero_point). NaN rounds to 0 (Rust's `as i64`), and
 // the sum is clamped in f64, which gives the reference's saturating i64 result since the
 // clamp range is far inside both.
@@ -67,12 +77,8 @@ __device__ __forceinline__ void quantize_int(const X* __restrict__ x, const C* _
         const i64 k = quant_scale_index(i, dim, inner, block_size, blocks);
         const C q = quant_load(x[i]) / scale[k];
         if constexpr (sizeof(C) == 4 && sizeof(typename Y::S) <= 2) {
-            // 8- and 16-bit results in f32, without f64 conversions: the rounded quotient and
-            // the zero point are exact in f32 up to 2^24, and past it both forms saturate.
-            const float r = rintf(q);
-            float v = (r != r ? 0.0f : r) + (zp ? (float)zp[k] : 0.0f);
-            v = v < (float)Y::lo ? (float)Y::lo : (v > (float)Y::hi ? (float)Y::hi : v);
-            y[i] = (typename Y::S)(int)v;
+            // 8- and 16-bit results in f32, without f64 conversions.
+            y[i] = quant_round_f32<Y>(q, zp ? (float)zp[k] : 0.0f);
             continue;
         }
         const double r = rint((double)q);
@@ -80,6 +86,25 @@ __device__ __forceinline__ void quantize_int(const X* __restrict__ x, const C* _
         double v = (r != r ? 0.0 : r) + z;
         v = v < (double)Y::lo ? (double)Y::lo : (v > (double)Y::hi ? (double)Y::hi : v);
         y[i] = (typename Y::S)(long long)v;
+    }
+}
+
+// QuantizeLinear to i8 by one scale (and zero point) of an NCHW f32 input of at most 4
+// channels, stored channels-last with its channels padded to 4 (zeros): y[b][p] holds the
+// quantized x[b][0..c][p] as one 4-byte word, what quantize_f32_i8 and nhwc4_u8 give in turn
+// (the INT8 implicit GEMM's narrow loader reads it).
+extern "C" __global__ void quantize_nhwc4_f32_i8(const float* __restrict__ x, const float* __restrict__ scale,
+                                                 const signed char* __restrict__ zp, unsigned* __restrict__ y,
+                                                 i64 batch, i64 c, i64 hw) {
+    const float s = scale[0], z = zp ? (float)zp[0] : 0.0f;
+#pragma unroll 1
+    KILN_GRID_STRIDE(i, batch * hw) {
+        // 32-bit division where the sizes allow (an image batch's pixels do).
+        const i64 b = batch * hw <= 0xffffffffll ? (i64)((unsigned)i / (unsigned)hw) : i / hw, p = i - b * hw;
+        unsigned v = 0;
+        for (i64 ch = 0; ch < c && ch < 4; ++ch)
+            v |= (unsigned)(unsigned char)quant_round_f32<q_i8>(x[(b * c + ch) * hw + p] / s, z) << (8 * ch);
+        y[i] = v;
     }
 }
 

@@ -304,6 +304,7 @@ impl KernelFamily {
                         k.push(format!("dequantize_{x}_{y}"));
                     }
                 }
+                k.push("quantize_nhwc4_f32_i8".into());
                 k
             }
             KernelFamily::Attention => {

@@ -302,6 +302,72 @@ fn int8_convolution_epilogues_match_the_cpu() {
     assert!(fused >= 3, "only {fused} cases ran the implicit GEMM");
 }
 
+/// An image network's first layers in INT8: an f32 image quantized by one scale, read by a
+/// narrow convolution only, is quantized straight into the convolution's channels-last copy
+/// (`quantize_nhwc4_f32_i8`, no i8 NCHW copy), then convolved and dequantized.
+#[test]
+fn int8_stems_quantize_their_input_into_the_narrow_copy() {
+    use kiln_ir::ops::QuantOp;
+    use kiln_ir::{TypeInfo, Value, ValueInfo};
+    let lib = lib();
+    let mut rng = Rng::new(47);
+    let (n, m) = (4, 64);
+    let x = rand_tensor(&mut rng, &[n, 3, 60, 58], -2.0, 2.0, DType::F32);
+    let w = i8s(&mut rng, &[m, 3, 7, 7]);
+    let scale = rand_tensor(&mut rng, &[1, m, 1, 1], 1e-4, 1e-3, DType::F32);
+    let bias = rand_tensor(&mut rng, &[1, m, 1, 1], -1.0, 1.0, DType::F32);
+    let mut g = Graph::new("stem");
+    let xin = g.add_input("x", TypeInfo::known(DType::F32, x.shape()));
+    let (xs, xz) = (g.add_const("x_scale", Tensor::scalar(0.02f32)), g.add_const("x_zero", Tensor::scalar(0i8)));
+    let quantize = Op::Quant(QuantOp::QuantizeLinear { axis: 1, block_size: 0, output_dtype: None, saturate: true });
+    let q = g.add_node(
+        "quantize",
+        quantize,
+        &[Some(xin), Some(xs), Some(xz)],
+        vec![ValueInfo::tensor("xq", TypeInfo::known(DType::I8, x.shape()))],
+    );
+    let attrs = ConvAttrs {
+        kernel_shape: vec![],
+        strides: vec![2, 2],
+        dilations: vec![1, 1],
+        pads: vec![3, 3, 3, 3],
+        auto_pad: AutoPad::NotSet,
+        group: 1,
+    };
+    // f32(acc) * scale[c] + bias[c].
+    let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
+    let expr = Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
+            ExprNode::Input(1),
+            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
+            ExprNode::Input(2),
+            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
+        ],
+    };
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr });
+    let ins = [
+        Some(Value { node: q, slot: 0 }),
+        Some(g.add_const("w", w)),
+        None,
+        None,
+        Some(g.add_const("scale", scale)),
+        Some(g.add_const("bias", bias)),
+    ];
+    let y = g.add_node("conv", ep, &ins, vec![ValueInfo::tensor("y", TypeInfo::known(DType::F32, &[n, m, 30, 29]))]);
+    g.add_output("y", Value { node: y, slot: 0 });
+    let p = plan(&g).unwrap();
+    let kernels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.as_str()) } else { None })
+        .collect();
+    // Then the output back to NCHW.
+    assert!(kernels[0] == "quantize_nhwc4_f32_i8" && kernels[1].starts_with("igemm64w32n_"), "{p}");
+    check(lib, "quantized image into a narrow convolution", &g, &[x], 1, Some((1e-5, 1e-5)));
+}
+
 #[test]
 fn int8_max_pooling_matches_the_cpu_exactly() {
     use kiln_ir::ops::pool::{PoolOp, PoolWindow};

@@ -389,10 +389,39 @@ impl Planner<'_> {
         }
         let y = self.temp(format!("{}.nhwc4", b.name), b.dtype, vec![n, h, w, 4]);
         let config = launch::grid_stride((n * h * w) as u64);
-        let args =
-            vec![Arg::Buffer(x), Arg::Buffer(y), Arg::I64(n as i64), Arg::I64(c as i64), Arg::I64((h * w) as i64)];
+        let sizes = [Arg::I64(n as i64), Arg::I64(c as i64), Arg::I64((h * w) as i64)];
+        // Where the step just planned quantized an f32 input into `x` by one scale, and nothing
+        // else reads `x` (a network's image), that step quantizes into the copy instead.
+        if let Some((node, [xf, scale, zp])) = self.input_quantize_step(id, slot, x) {
+            self.plan.steps.pop();
+            let mut args = vec![xf, scale, zp, Arg::Buffer(y)];
+            args.extend(sizes);
+            let kernel = "quantize_nhwc4_f32_i8".to_string();
+            let module = ModuleRef::Family(KernelFamily::Quant);
+            self.use_family(KernelFamily::Quant);
+            self.step(node, StepKind::Kernel(KernelStep { module, kernel, config, args }));
+            return Ok(y);
+        }
+        let mut args = vec![Arg::Buffer(x), Arg::Buffer(y)];
+        args.extend(sizes);
         self.kernel(id, KernelFamily::Layout, "nhwc4_u8".into(), config, args);
         Ok(y)
+    }
+
+    /// The last planned step, where it is `quantize_f32_i8` by one scale writing `x`, input
+    /// `slot` of `id` and read by nothing else: its node and its input, scale and zero point.
+    fn input_quantize_step(&self, id: NodeId, slot: usize, x: BufferId) -> Option<(NodeId, [Arg; 3])> {
+        let v = self.g.inputs_of(id).get(slot).copied().flatten()?;
+        if self.g.users(v).len() != 1 || self.g.is_output(v) {
+            return None;
+        }
+        let StepKind::Kernel(k) = &self.plan.steps.last()?.kind else { return None };
+        let per_tensor = matches!(k.args.get(5..8), Some([Arg::I64(1), _, Arg::I64(0)]));
+        let ours = matches!(k.module, ModuleRef::Family(KernelFamily::Quant))
+            && k.kernel == "quantize_f32_i8"
+            && k.args.get(3) == Some(&Arg::Buffer(x))
+            && per_tensor;
+        ours.then(|| (v.node, [k.args[0].clone(), k.args[1].clone(), k.args[2].clone()]))
     }
 }
 
