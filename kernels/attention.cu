@@ -54,7 +54,7 @@ struct AttnArgs {
     i64 causal_offset;  // the past sequence length
     float softcap;      // 0: none
     int is_causal;
-    // attention_mma only: the output quantized to i8 as well (laid out as `o`), by
+    // attention_mma_q only: the output quantized to i8 as well (laid out as `o`), by
     // QuantizeLinear's Cast<i8>(Clip(Round(o / oq_c))) of the stored (rounded) output, with
     // oq_r = 1 / oq_c for kiln_div_k; null for none. `o` itself may then be null (nothing
     // else reads it).
@@ -451,7 +451,9 @@ __device__ __forceinline__ void attn_load_tile(T* tile, const T* X, i64 ss, i64 
     }
 }
 
-template <typename T, int D, int W>
+// Q: the output is also stored quantized (`a.oq`; the `attention_mma_q_*` kernels), a
+// separate instantiation so that the plain kernels' code stays as it was.
+template <typename T, int D, int W, bool Q>
 __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     constexpr int KT = ATTN_MMA_KT;
     constexpr int LD = D + 8;  // row pitch in elements: 16 bytes over D, off the banks for ldmatrix
@@ -630,7 +632,7 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         for (int n = 0; n < ND; ++n) {
             const int col = n * 8 + q4 * 2;
             const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
-            if (a.oq) {
+            if constexpr (Q) {
                 // The quantize reads the output as stored: rounded to T first.
                 signed char* qrow = OQ + row * a.o_ss;
                 qrow[col] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(x)), a.oq_c, a.oq_r));
@@ -649,10 +651,16 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
 
 #define ATTN_MMA_KERNELS(D, T, sfx)                                                                         \
     extern "C" __global__ void __launch_bounds__(128) attention_mma_d##D##_##sfx(const AttnArgs a) {        \
-        attention_mma<T, D, 4>(a);                                                                          \
+        attention_mma<T, D, 4, false>(a);                                                                   \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(32) attention_mma_w1_d##D##_##sfx(const AttnArgs a) {      \
-        attention_mma<T, D, 1>(a);                                                                          \
+        attention_mma<T, D, 1, false>(a);                                                                   \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) attention_mma_q_d##D##_##sfx(const AttnArgs a) {      \
+        attention_mma<T, D, 4, true>(a);                                                                    \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32) attention_mma_q_w1_d##D##_##sfx(const AttnArgs a) {    \
+        attention_mma<T, D, 1, true>(a);                                                                    \
     }
 
 ATTN_MMA_KERNELS(64, __half, f16)

@@ -319,11 +319,14 @@ impl KernelFamily {
                         .collect::<Vec<_>>(),
                     &floats,
                 );
-                // Tensor cores: f16 and bf16, head sizes 64 and 128, blocks of four warps or one.
+                // Tensor cores: f16 and bf16, head sizes 64 and 128, blocks of four warps or one,
+                // each also storing its output quantized (`q`).
                 for d in crate::launch::ATTN_MMA_HEAD_SIZES {
                     for dt in ["f16", "bf16"] {
-                        k.push(format!("attention_mma_d{d}_{dt}"));
-                        k.push(format!("attention_mma_w1_d{d}_{dt}"));
+                        for q in ["", "q_"] {
+                            k.push(format!("attention_mma_{q}d{d}_{dt}"));
+                            k.push(format!("attention_mma_{q}w1_d{d}_{dt}"));
+                        }
                     }
                 }
                 k

@@ -325,7 +325,11 @@ impl Planner<'_> {
         nonpad: Option<BufferId>,
         quant: Option<(BufferId, f32, f32)>,
     ) -> Result<()> {
-        let (kernel, config) = args.launch(sfx)?;
+        let (mut kernel, config) = args.launch(sfx)?;
+        // The instantiation that stores the quantized output too.
+        if quant.is_some() {
+            kernel = kernel.replacen("attention_mma_", "attention_mma_q_", 1);
+        }
         let fields = attention_fields(args, operands, mask, nonpad, quant);
         self.kernel(id, KernelFamily::Attention, kernel, config, vec![Arg::Struct(fields)]);
         Ok(())
