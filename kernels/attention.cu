@@ -451,9 +451,9 @@ __device__ __forceinline__ void attn_load_tile(T* tile, const T* X, i64 ss, i64 
     }
 }
 
-// Q: the output is also stored quantized (`a.oq`; the `attention_mma_q_*` kernels), a
+// QUANT: the output is also stored quantized (`a.oq`; the `attention_mma_q_*` kernels), a
 // separate instantiation so that the plain kernels' code stays as it was.
-template <typename T, int D, int W, bool Q>
+template <typename T, int D, int W, bool QUANT>
 __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     constexpr int KT = ATTN_MMA_KT;
     constexpr int LD = D + 8;  // row pitch in elements: 16 bytes over D, off the banks for ldmatrix
@@ -632,7 +632,7 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         for (int n = 0; n < ND; ++n) {
             const int col = n * 8 + q4 * 2;
             const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
-            if constexpr (Q) {
+            if constexpr (QUANT) {
                 // The quantize reads the output as stored: rounded to T first.
                 signed char* qrow = OQ + row * a.o_ss;
                 qrow[col] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(x)), a.oq_c, a.oq_r));

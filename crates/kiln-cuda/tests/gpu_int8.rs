@@ -307,15 +307,23 @@ fn int8_convolution_epilogues_match_the_cpu() {
 /// (`quantize_nhwc4_f32_i8`, no i8 NCHW copy), then convolved and dequantized.
 #[test]
 fn int8_stems_quantize_their_input_into_the_narrow_copy() {
-    use kiln_ir::ops::QuantOp;
-    use kiln_ir::{TypeInfo, Value, ValueInfo};
     let lib = lib();
     let mut rng = Rng::new(47);
+    // Planes of a multiple of 4 pixels (four a thread) and not (one a thread).
+    for (h, oh) in [(60, 30), (61, 31)] {
+        stem_case(lib, &mut rng, h, oh);
+    }
+}
+
+/// One case of [`int8_stems_quantize_their_input_into_the_narrow_copy`]: `[4, 3, h, 58]`.
+fn stem_case(lib: Option<&KernelLibrary>, rng: &mut Rng, h: usize, oh: usize) {
+    use kiln_ir::ops::QuantOp;
+    use kiln_ir::{TypeInfo, Value, ValueInfo};
     let (n, m) = (4, 64);
-    let x = rand_tensor(&mut rng, &[n, 3, 60, 58], -2.0, 2.0, DType::F32);
-    let w = i8s(&mut rng, &[m, 3, 7, 7]);
-    let scale = rand_tensor(&mut rng, &[1, m, 1, 1], 1e-4, 1e-3, DType::F32);
-    let bias = rand_tensor(&mut rng, &[1, m, 1, 1], -1.0, 1.0, DType::F32);
+    let x = rand_tensor(rng, &[n, 3, h, 58], -2.0, 2.0, DType::F32);
+    let w = i8s(rng, &[m, 3, 7, 7]);
+    let scale = rand_tensor(rng, &[1, m, 1, 1], 1e-4, 1e-3, DType::F32);
+    let bias = rand_tensor(rng, &[1, m, 1, 1], -1.0, 1.0, DType::F32);
     let mut g = Graph::new("stem");
     let xin = g.add_input("x", TypeInfo::known(DType::F32, x.shape()));
     let (xs, xz) = (g.add_const("x_scale", Tensor::scalar(0.02f32)), g.add_const("x_zero", Tensor::scalar(0i8)));
@@ -355,7 +363,7 @@ fn int8_stems_quantize_their_input_into_the_narrow_copy() {
         Some(g.add_const("scale", scale)),
         Some(g.add_const("bias", bias)),
     ];
-    let y = g.add_node("conv", ep, &ins, vec![ValueInfo::tensor("y", TypeInfo::known(DType::F32, &[n, m, 30, 29]))]);
+    let y = g.add_node("conv", ep, &ins, vec![ValueInfo::tensor("y", TypeInfo::known(DType::F32, &[n, m, oh, 29]))]);
     g.add_output("y", Value { node: y, slot: 0 });
     let p = plan(&g).unwrap();
     let kernels: Vec<&str> = p
@@ -365,7 +373,7 @@ fn int8_stems_quantize_their_input_into_the_narrow_copy() {
         .collect();
     // Then the output back to NCHW.
     assert!(kernels[0] == "quantize_nhwc4_f32_i8" && kernels[1].starts_with("igemm64w32n_"), "{p}");
-    check(lib, "quantized image into a narrow convolution", &g, &[x], 1, Some((1e-5, 1e-5)));
+    check(lib, &format!("quantized {h}x58 image into a narrow convolution"), &g, &[x], 1, Some((1e-5, 1e-5)));
 }
 
 #[test]
