@@ -1220,7 +1220,7 @@ fn every_kernel_loads_and_fits_its_launch() {
             ));
             // The tensor-core attention kernels launch with the fixed blocks they are built for.
             let launched = match name.as_str() {
-                n if n.starts_with("attention_mma_w1_") => 32,
+                n if n.starts_with("attention_mma_w1_") || n.starts_with("attention_mma_q_w1_") => 32,
                 n if n.starts_with("attention_mma_") => 128,
                 _ => largest,
             };
