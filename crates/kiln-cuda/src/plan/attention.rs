@@ -288,8 +288,6 @@ impl Planner<'_> {
         Ok(([st[0], st[1], st[2], st[3]], len, is_bool))
     }
 
-    /// Launches the fused attention kernel for `args` (whose `ptrs` are left to the runtime):
-    /// Q, K, V and the output as `operands`, then the mask and `nonpad_kv_seqlen`.
     /// The output operand of attention `id` (output buffer `y`) and its quantized copy: the
     /// tensor-core kernel whose output a QuantizeLinear (to i8, by a constant) reads writes
     /// the i8 copy itself, bit for bit what the quantize gives (the quantize node is then
@@ -315,6 +313,10 @@ impl Planner<'_> {
         Ok((if read_otherwise { o } else { Field::Null }, Some((oq, c, r))))
     }
 
+    /// Launches the fused attention kernel for `args` (whose `ptrs` are left to the runtime):
+    /// Q, K, V and the output as `operands`, then the mask and `nonpad_kv_seqlen`, and the
+    /// quantized output (`quant`: its buffer, scale and the scale's reciprocal), for which the
+    /// `attention_mma_q_*` instantiation runs.
     pub(super) fn launch_attention(
         &mut self,
         id: NodeId,

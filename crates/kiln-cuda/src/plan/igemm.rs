@@ -209,7 +209,8 @@ impl Planner<'_> {
             return Ok(false);
         };
         let Some(n_extra) = self.g.node(id).num_inputs.checked_sub(base_inputs) else { return Ok(false) };
-        // A narrow input (an image's channels) is read through a padded NCHW copy.
+        // A narrow input (an image's channels, NCHW) is read through a channels-last copy
+        // padded to 4 channels.
         let narrow = xs.len() == 4 && xs[1] <= 4 && !self.is_nhwc(id, 0);
         let qualifies = xt == DType::I8
             && wt == DType::I8
