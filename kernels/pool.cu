@@ -237,6 +237,21 @@ extern "C" __global__ void maxpool2d_u8(const unsigned char* x, unsigned char* y
 // `planes` is N * C as above and `c` the channel count: consecutive threads take consecutive
 // channels of one output cell, so every load is coalesced. The global forms read [N, H*W, C]
 // and write [N, C], which is the same memory as NCHW's [N, C, 1, 1].
+// Calls f(q) for every cell of output (oy, ox)'s window inside the image, q the cell's
+// channels in the channels-last image xp (c channels a pixel).
+template <typename T, class F>
+__device__ __forceinline__ void pool_window_nhwc(const T* xp, const PoolArgs& p, i64 c, i64 oy, i64 ox, F f) {
+    for (i64 ky = 0; ky < p.kh; ++ky) {
+        const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
+        if (yy < 0 || yy >= p.ih) continue;
+        for (i64 kx = 0; kx < p.kw; ++kx) {
+            const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
+            if (xx < 0 || xx >= p.iw) continue;
+            f(xp + (yy * p.iw + xx) * c);
+        }
+    }
+}
+
 // MaxPool over channels-last data, V adjacent channels a thread: one, or 16 bytes of them (8
 // f16, 16 i8) moved as one vector per window cell, which needs the channels times the element
 // size to be a multiple of 16 (the planner checks).
@@ -255,41 +270,29 @@ __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __
             unsigned m[4];
 #pragma unroll
             for (int v = 0; v < 4; ++v) m[v] = is_signed ? 0x80808080u : 0u;
-            for (i64 ky = 0; ky < p.kh; ++ky) {
-                const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-                if (yy < 0 || yy >= p.ih) continue;
-                for (i64 kx = 0; kx < p.kw; ++kx) {
-                    const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-                    if (xx < 0 || xx >= p.iw) continue;
-                    const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
-                    const unsigned e[4] = {raw.x, raw.y, raw.z, raw.w};
+            pool_window_nhwc(xp, p, c, oy, ox, [&](const T* q) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(q);
+                const unsigned e[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-                    for (int v = 0; v < 4; ++v) m[v] = is_signed ? __vmaxs4(m[v], e[v]) : __vmaxu4(m[v], e[v]);
-                }
-            }
+                for (int v = 0; v < 4; ++v) m[v] = is_signed ? __vmaxs4(m[v], e[v]) : __vmaxu4(m[v], e[v]);
+            });
             *reinterpret_cast<uint4*>(y + cell * c + g * V) = make_uint4(m[0], m[1], m[2], m[3]);
             continue;
         }
         float m[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) m[v] = -__int_as_float(0x7f800000);
-        for (i64 ky = 0; ky < p.kh; ++ky) {
-            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-            if (yy < 0 || yy >= p.ih) continue;
-            for (i64 kx = 0; kx < p.kw; ++kx) {
-                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-                if (xx < 0 || xx >= p.iw) continue;
-                T e[V];
-                if constexpr (V == 1) {
-                    e[0] = xp[(yy * p.iw + xx) * c];
-                } else {
-                    const uint4 raw = *reinterpret_cast<const uint4*>(xp + (yy * p.iw + xx) * c);
-                    memcpy(e, &raw, 16);
-                }
-#pragma unroll
-                for (int v = 0; v < V; ++v) m[v] = nan_max(m[v], to_f32(e[v]));
+        pool_window_nhwc(xp, p, c, oy, ox, [&](const T* q) {
+            T e[V];
+            if constexpr (V == 1) {
+                e[0] = *q;
+            } else {
+                const uint4 raw = *reinterpret_cast<const uint4*>(q);
+                memcpy(e, &raw, 16);
             }
-        }
+#pragma unroll
+            for (int v = 0; v < V; ++v) m[v] = nan_max(m[v], to_f32(e[v]));
+        });
         T o[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) o[v] = from_f32<T>(m[v]);

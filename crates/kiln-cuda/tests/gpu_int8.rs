@@ -109,17 +109,7 @@ fn int8_matmuls_match_the_cpu_exactly() {
 fn int8_epilogues_dequantize_on_the_gpu() {
     let lib = lib();
     let mut rng = Rng::new(31);
-    // y = f32(x w) * scale[n] + bias[n], as the qdq rules build it.
-    let dequant = Expr {
-        nodes: vec![
-            ExprNode::Input(0),
-            ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F32, saturate: true }, args: vec![0] },
-            ExprNode::Input(1),
-            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Mul), args: vec![1, 2] },
-            ExprNode::Input(2),
-            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![3, 4] },
-        ],
-    };
+    let dequant = dequant_bias();
     // All run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
     // The last two have more 128 x 128 tiles than two an SM (288 and 272) of one and of five
     // 64-byte steps: the persistent kernel's warpgroups take turns on several tiles each.
@@ -130,6 +120,20 @@ fn int8_epilogues_dequantize_on_the_gpu() {
         let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant.clone() });
         let (g, ins) = one_node(op, &[&x], &[Some(w), None, None, Some(scale), Some(bias)], 1);
         check(lib, &format!("MatMulIntegerEpilogue [{m}, {k}] x [{k}, {n}]"), &g, &ins, 1, Some((1e-5, 1e-6)));
+    }
+}
+
+/// y = f32(acc) * scale[c] + bias[c], as the qdq rules build an integer op's epilogue.
+fn dequant_bias() -> Expr {
+    Expr {
+        nodes: vec![
+            ExprNode::Input(0),
+            ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F32, saturate: true }, args: vec![0] },
+            ExprNode::Input(1),
+            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Mul), args: vec![1, 2] },
+            ExprNode::Input(2),
+            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![3, 4] },
+        ],
     }
 }
 
@@ -342,19 +346,7 @@ fn stem_case(lib: Option<&KernelLibrary>, rng: &mut Rng, h: usize, oh: usize) {
         auto_pad: AutoPad::NotSet,
         group: 1,
     };
-    // f32(acc) * scale[c] + bias[c].
-    let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
-    let expr = Expr {
-        nodes: vec![
-            ExprNode::Input(0),
-            op(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0]),
-            ExprNode::Input(1),
-            op(ElementwiseOp::Binary(BinaryOp::Mul), &[1, 2]),
-            ExprNode::Input(2),
-            op(ElementwiseOp::Binary(BinaryOp::Add), &[3, 4]),
-        ],
-    };
-    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr });
+    let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr: dequant_bias() });
     let ins = [
         Some(Value { node: q, slot: 0 }),
         Some(g.add_const("w", w)),
