@@ -57,6 +57,19 @@
 #else
 #define IG_WGMMA 0
 #endif
+// Split-K (KILN_IG_SPLIT > 1, a small grid's long reduction): the launch's z blocks of a tile
+// form one cluster, each takes a contiguous share of the reduction's steps, and the epilogue
+// sums their accumulators through distributed shared memory, each block of the cluster taking
+// its share of the rows. Clusters are Hopper's (sm_90a); elsewhere (and in the host emulation)
+// the first block of the z blocks computes the whole reduction and the others return.
+#ifndef KILN_IG_SPLIT
+#define KILN_IG_SPLIT 1
+#endif
+#if KILN_IG_SPLIT > 1 && IG_WGMMA
+#define IG_CLUSTER KILN_IG_SPLIT
+#else
+#define IG_CLUSTER 1
+#endif
 // Warps: 2 along the rows (64 each) by KILN_BN / KILN_WN along the channels (KILN_WN each).
 #define IG_WARPS_N (KILN_BN / KILN_WN)
 #define IG_THREADS (64 * IG_WARPS_N)
@@ -83,6 +96,11 @@
 #define IG_EPI_STEP (IG_THREADS / (KILN_BN / 4))
 #define IG_EPI_ITERS (IG_EPI_ROWS / IG_EPI_STEP)
 #define IG_EPI_CHUNK 8
+// A thread's rows in a pass of a cluster's epilogue (its block's share), loaded IG_EPI_CH at a
+// time.
+#define IG_EPI_MINE (IG_EPI_ITERS / IG_CLUSTER)
+#define IG_EPI_CH (IG_EPI_MINE < IG_EPI_CHUNK ? IG_EPI_MINE : IG_EPI_CHUNK)
+static_assert(IG_EPI_ITERS % IG_CLUSTER == 0, "a cluster's blocks share a pass's rows evenly");
 #define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
 #define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
@@ -204,6 +222,30 @@ __device__ __forceinline__ void ig_wgmma_n128(int (&d)[64], unsigned long long d
 }
 #endif
 
+#if IG_CLUSTER > 1
+// sm_90a clusters: this block's rank, the cluster's barrier (every thread of every block;
+// release and acquire, so shared-memory writes before it are seen by all the blocks after
+// it), and a load from another block's shared memory (`mapa` turns a shared address of this
+// block into the same address in block `rank`).
+__device__ __forceinline__ int ig_cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return (int)r;
+}
+__device__ __forceinline__ void ig_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ int4 ig_ld_cluster(unsigned addr, int rank) {
+    unsigned a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(addr), "r"(rank));
+    int4 v;
+    asm volatile("ld.shared::cluster.v4.s32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(a)
+                 : "memory");
+    return v;
+}
+#endif
 
 #if defined(KILN_IG_PP) && !defined(KILN_HOST_EMU)
 // The ping-pong kernel's barriers in shared memory (`mbarrier`): a phase completes when its
@@ -250,8 +292,9 @@ __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ (
 
 // What one of THREADS copying threads keeps to fill the A and B tiles of a block's rows
 // (row0 on) and channels (col0 on): its pieces' sources and shared offsets, and where its
-// piece of the next tile lies in the reduction. `begin` sets it up for a block, `load` copies
-// one tile into a stage and moves on to the next. Each thread copies one piece column of its
+// piece of the next tile lies in the reduction. `begin` sets it up for a block whose first
+// tile starts at byte k0 of the reduction (a multiple of IG_BK), `load` copies one tile into a
+// stage and moves on to the next. Each thread copies one piece column of its
 // rows and keeps where the next tile starts (input pixel offset and channel) incrementally,
 // so the copy loop divides nothing.
 template <int THREADS> struct IgLoader {
@@ -276,10 +319,10 @@ template <int THREADS> struct IgLoader {
     int kb;  // the piece's byte in the reduction
 
     __device__ __forceinline__ void begin(int tid, const signed char* x, const signed char* wt, const IgemmArgs& g,
-                                          i64 row0, int col0) {
+                                          i64 row0, int col0, int k0 = 0) {
         // The host guarantees that the input and the filter have fewer than 2^31 bytes and
         // the GEMM fewer than 2^31 rows, so every offset and row here is 32-bit.
-        const int K = (int)g.k, piece = tid & 3;
+        const int K = (int)g.k, piece = tid & 3, kp = k0 + piece * 16;
 #pragma unroll
         for (int i = 0; i < AP; ++i) {
             const i64 r = row0 + (tid >> 2) + i * (THREADS / 4);
@@ -287,7 +330,7 @@ template <int THREADS> struct IgLoader {
 #ifdef KILN_IG_DENSE
             // A plain product: row r of the reduction is the K bytes at x + r * K.
             a_in[i] = r < g.rows;
-            a_src[i] = x + (a_in[i] ? (int)r * K + piece * 16 : 0);
+            a_src[i] = x + (a_in[i] ? (int)r * K + kp : 0);
 #else
             if (r < g.rows) {
                 const int ow = (int)g.ow, hw_out = (int)(g.oh * g.ow);
@@ -305,14 +348,14 @@ template <int THREADS> struct IgLoader {
 #if defined(KILN_IG_NARROW)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int kpos = piece * 4 + j;
+            const int kpos = kp / 4 + j;
             wky[j] = kpos / (int)g.kw;
             wkx[j] = kpos - wky[j] * (int)g.kw;
         }
 #elif !defined(KILN_IG_DENSE)
         {
-            const int k = piece * 16, kpos = k / (int)g.c;
-            c0 = k - kpos * (int)g.c;
+            const int kpos = kp / (int)g.c;
+            c0 = kp - kpos * (int)g.c;
             ky = kpos / (int)g.kw;
             kx = kpos - ky * (int)g.kw;
         }
@@ -322,9 +365,9 @@ template <int THREADS> struct IgLoader {
             const int cc = (tid >> 2) + i * (THREADS / 4);
             b_soff[i] = ig_swz(cc, piece);
             b_in[i] = col0 + cc < (int)g.m;
-            b_src[i] = wt + (b_in[i] ? (col0 + cc) * K + piece * 16 : 0);
+            b_src[i] = wt + (b_in[i] ? (col0 + cc) * K + kp : 0);
         }
-        kb = piece * 16;
+        kb = kp;
     }
 
     __device__ __forceinline__ void load(signed char* sa_s, signed char* sb_s, const IgemmArgs& g) {
@@ -516,11 +559,17 @@ __device__ __forceinline__ void ig_stage(const IgAcc& acc, int* stg, int pass, i
 // for 128), then every thread takes four adjacent channels of a row at a time, so the
 // epilogue's inputs are read and its result stored in whole vectors, coalesced along the
 // row. Inputs constant along the rows (per-channel scales, biases) are read once. `sync` is
-// the threads' barrier; the first one also waits for whatever read `stg` before.
+// the threads' barrier (the cluster's, split-K); the first one also waits for whatever read
+// `stg` before.
 template <class Sync>
 __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid, i64 row0, int col0, const IgemmArgs& g,
                                             const EpiArgs& e, void* out, Sync sync) {
     const int cg = tid % (KILN_BN / 4), c = col0 + cg * 4, lr0 = tid / (KILN_BN / 4);
+#if IG_CLUSTER > 1
+    const int rank = ig_cluster_rank();
+#else
+    const int rank = 0;
+#endif
     EpiPre pre;
     kiln_epi_pre(e, g, c, pre);
     // The passes and chunks stay loops: unrolled, a long epilogue (GELU's erf) would be
@@ -534,21 +583,36 @@ __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid,
         // computed, so their loads are in flight together. Rows past the last are computed
         // from the last row's inputs and not stored: no branch separates the rows, so their
         // epilogues interleave.
+        // In a cluster each block takes its share of the pass's rows (IG_EPI_MINE of a thread's
+        // IG_EPI_ITERS), summing every block's accumulators for them.
         if (c < g.m) {
 #pragma unroll 1
-            for (int ch = 0; ch < IG_EPI_ITERS; ch += IG_EPI_CHUNK) {
-                EpiIn in[IG_EPI_CHUNK];
+            for (int ch = 0; ch < IG_EPI_MINE; ch += IG_EPI_CH) {
+                EpiIn in[IG_EPI_CH];
 #pragma unroll
-                for (int q = 0; q < IG_EPI_CHUNK; ++q) {
-                    const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (ch + q) * IG_EPI_STEP;
+                for (int q = 0; q < IG_EPI_CH; ++q) {
+                    const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (rank * IG_EPI_MINE + ch + q) * IG_EPI_STEP;
                     kiln_epi_load(e, g, r < g.rows ? r : g.rows - 1, c, in[q]);
                 }
 #pragma unroll
-                for (int q = 0; q < IG_EPI_CHUNK; ++q) {
-                    const int lr = lr0 + (ch + q) * IG_EPI_STEP;
+                for (int q = 0; q < IG_EPI_CH; ++q) {
+                    const int lr = lr0 + (rank * IG_EPI_MINE + ch + q) * IG_EPI_STEP;
                     const i64 r = row0 + pass * IG_EPI_ROWS + lr;
+#if IG_CLUSTER > 1
+                    const unsigned sa = (unsigned)__cvta_generic_to_shared(&stg[lr * IG_EPI_LD + cg * 4]);
+                    int a[4] = {0, 0, 0, 0};
+#pragma unroll
+                    for (int b = 0; b < IG_CLUSTER; ++b) {
+                        const int4 v = ig_ld_cluster(sa, b);
+                        a[0] += v.x;
+                        a[1] += v.y;
+                        a[2] += v.z;
+                        a[3] += v.w;
+                    }
+#else
                     const int4 a4 = *reinterpret_cast<const int4*>(&stg[lr * IG_EPI_LD + cg * 4]);
                     const int a[4] = {a4.x, a4.y, a4.z, a4.w};
+#endif
                     kiln_epi_row(e, g, pre, in[q], r, c, a, out, r < g.rows);
                 }
             }
@@ -560,7 +624,12 @@ __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid,
 // One block a tile: 128 rows by KILN_BN channels, over k in steps of 64 bytes. The copies
 // fill a STAGES-deep ring while the warps compute on the stage before; a barrier at every
 // step frees the stage read in the step before.
-extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
+#if IG_CLUSTER > 1
+#define IG_CLUSTER_DIMS __cluster_dims__(1, 1, IG_CLUSTER)
+#else
+#define IG_CLUSTER_DIMS
+#endif
+extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUSTER_DIMS
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
                      const IgemmArgs g, const EpiArgs e) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
@@ -571,11 +640,18 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
     const int tid = threadIdx.x, warp = tid >> 5;
     const i64 row0 = (i64)blockIdx.x * IG_BM;
     const int col0 = blockIdx.y * KILN_BN;
+    // The block's steps of the reduction: all of them, or its share of a cluster's.
+    const int all = ((int)g.k + IG_BK - 1) / IG_BK;
+#if IG_CLUSTER > 1
+    const int rank = ig_cluster_rank(), t0 = rank * all / IG_CLUSTER, tiles = (rank + 1) * all / IG_CLUSTER - t0;
+#else
+    if (blockIdx.z != 0) return;
+    const int t0 = 0, tiles = all;
+#endif
     IgLoader<IG_THREADS> ld;
-    ld.begin(tid, x, wt, g, row0, col0);
+    ld.begin(tid, x, wt, g, row0, col0, t0 * IG_BK);
     IgAcc acc;
     ig_zero(acc);
-    const int tiles = ((int)g.k + IG_BK - 1) / IG_BK;
 #pragma unroll
     for (int s = 0; s < IG_STAGES - 1; ++s) {
         if (s < tiles) ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
@@ -610,7 +686,13 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS)
 #endif
     }
     ig_cp_wait<0>();
+#if IG_CLUSTER > 1
+    ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { ig_cluster_sync(); });
+    // No block leaves while another may still read its accumulators.
+    ig_cluster_sync();
+#else
     ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { __syncthreads(); });
+#endif
 }
 #else
 // The persistent ping-pong kernel (KILN_IG_PP, 128-channel tiles). One block an SM takes tiles

@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
             let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
             let name = format!("igemm{bn}w{wn}{kind}");
-            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, bn, wn, vec, load, false)?));
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, IgemmBlock::new(bn, wn, load), vec)?));
         }
     }
     // The persistent ping-pong kernel with both warp shapes, the same three ways.
@@ -77,7 +77,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (vec, load, kind) in [(true, IgLoad::Conv, "v"), (false, IgLoad::Conv, "s"), (true, IgLoad::Dense, "d")] {
             let bias = if vec { EpiRead::Channels } else { EpiRead::Strided };
             let reads = [(DType::F32, EpiRead::Channels), (DType::F32, bias), (DType::F16, EpiRead::Dense)];
-            let k = igemm_kernel(&dequant_bias_res_relu, &reads, 128, wn, vec, load, true)?;
+            let block = IgemmBlock { persistent: true, ..IgemmBlock::new(128, wn, load) };
+            let k = igemm_kernel(&dequant_bias_res_relu, &reads, block, vec)?;
             kernels.push((format!("igemm128w{wn}p{kind}"), k));
         }
     }

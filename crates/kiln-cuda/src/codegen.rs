@@ -797,29 +797,54 @@ pub enum IgLoad {
     Narrow,
 }
 
+/// The shape of a generated implicit-GEMM kernel (`kernels/igemm.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IgemmBlock {
+    /// The block's output channels: 64 or 128.
+    pub bn: usize,
+    /// A warp's output channels: 32 or 64 (at most `bn`); the block has `64 * bn / wn` threads.
+    pub wn: usize,
+    /// How the kernel reads the reduction.
+    pub load: IgLoad,
+    /// The persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles, so `bn` 128), launched
+    /// with [`pp_threads`] threads and [`pp_shared_bytes`] of dynamic shared memory, a block an
+    /// SM.
+    pub persistent: bool,
+    /// Split-K (`KILN_IG_SPLIT`): 1, or the 2, 4 or 8 blocks along the launch's z that share a
+    /// tile's reduction as one cluster (sm_90a; elsewhere the first computes it all).
+    pub split: usize,
+}
+
+impl IgemmBlock {
+    /// A one-tile kernel of `bn` by `wn` channels reading as `load`, not split.
+    pub fn new(bn: usize, wn: usize, load: IgLoad) -> Self {
+        IgemmBlock { bn, wn, load, persistent: false, split: 1 }
+    }
+}
+
 /// Generates an INT8 implicit-GEMM kernel (`kernels/igemm.cu`): an i8 convolution over a
 /// channels-last input, or an i8 matrix product, with the epilogue `expr` over the i32
 /// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
-/// [`EpiRead`]) applied to each accumulator. `bn` is the block's output channels, 64 or 128,
-/// and `wn` a warp's, 32 or 64 (at most `bn`): the block has `64 * bn / wn` threads. With
-/// `vec` (the output channels a multiple of 4) the epilogue moves four channels at a time as
-/// one vector. `load` says how the kernel reads the reduction (see [`IgLoad`]). With
-/// `persistent` it is the persistent ping-pong kernel (`KILN_IG_PP`, 128 x 128 tiles, so `bn`
-/// 128), launched with [`pp_threads`] threads and [`pp_shared_bytes`] of dynamic shared
-/// memory, a block an SM. The kernel is named
-/// `igemm<bn>w<wn>[p][d|n]_<hash>_<output dtype>`.
+/// [`EpiRead`]) applied to each accumulator, shaped as `block` says. With `vec` (the output
+/// channels a multiple of 4) the epilogue moves four channels at a time as one vector. The
+/// kernel is named `igemm<bn>w<wn>[p][d|n][s<split>]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
-    bn: usize,
-    wn: usize,
+    block: IgemmBlock,
     vec: bool,
-    load: IgLoad,
-    persistent: bool,
 ) -> Result<ElementwiseKernel> {
-    if !matches!(bn, 64 | 128) || !matches!(wn, 32 | 64) || wn > bn || (persistent && bn != 128) {
+    let IgemmBlock { bn, wn, load, persistent, split } = block;
+    if !matches!(bn, 64 | 128)
+        || !matches!(wn, 32 | 64)
+        || wn > bn
+        || (persistent && bn != 128)
+        || !matches!(split, 1 | 2 | 4 | 8)
+        || (persistent && split > 1)
+    {
         return Err(CudaError::Invalid(format!(
-            "an implicit-GEMM block of {bn} channels with warps of {wn} (64 or 128, and 32 or 64; 128 for the persistent kernel)"
+            "an implicit-GEMM block of {bn} channels with warps of {wn}, split {split} (64 or 128, and 32 or 64; 128 and \
+             unsplit for the persistent kernel; split 1, 2, 4 or 8)"
         )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {
@@ -845,6 +870,9 @@ pub fn igemm_kernel(
         IgLoad::Dense => defs.push_str("#define KILN_IG_DENSE 1\n"),
         IgLoad::Narrow => defs.push_str("#define KILN_IG_NARROW 1\n"),
     }
+    if split > 1 {
+        writeln!(defs, "#define KILN_IG_SPLIT {split}").unwrap_or(());
+    }
     if persistent {
         let (stages, lag) = pp_depth();
         // The launch's shared memory, which the kernel checks its layout against.
@@ -865,13 +893,14 @@ pub fn igemm_kernel(
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     let name = format!(
-        "igemm{bn}w{wn}{}{}_{hash}_{}",
+        "igemm{bn}w{wn}{}{}{}_{hash}_{}",
         if persistent { "p" } else { "" },
         match load {
             IgLoad::Conv => "",
             IgLoad::Dense => "d",
             IgLoad::Narrow => "n",
         },
+        if split > 1 { format!("s{split}") } else { String::new() },
         dtype_suffix(out)?
     );
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");

@@ -112,8 +112,10 @@ fn int8_epilogues_dequantize_on_the_gpu() {
     let dequant = dequant_bias();
     // All run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
     // The last two have more 128 x 128 tiles than two an SM (288 and 272) of one and of five
-    // 64-byte steps: the persistent kernel's warpgroups take turns on several tiles each.
-    for (m, k, n) in [(50, 64, 32), (3, 64, 10), (130, 96, 200), (4096, 64, 1152), (2048, 320, 2176)] {
+    // 64-byte steps: the persistent kernel's warpgroups take turns on several tiles each. The
+    // last is a classifier's: 8 blocks of 128 channels, each reduction split 8 ways.
+    for (m, k, n) in [(50, 64, 32), (3, 64, 10), (130, 96, 200), (4096, 64, 1152), (2048, 320, 2176), (32, 2048, 1000)]
+    {
         let (x, w) = (i8s(&mut rng, &[m, k]), i8s(&mut rng, &[k, n]));
         let scale = rand_tensor(&mut rng, &[n], 1e-4, 1e-3, DType::F32);
         let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32);
@@ -268,8 +270,18 @@ fn int8_convolution_epilogues_match_the_cpu() {
         ConvCase { x: &[8, 3, 112, 112], w: &[64, 3, 7, 7], strides: &[2, 2], pads: &[3, 3, 3, 3], dilations: &[1, 1] };
     let mono =
         ConvCase { x: &[2, 1, 20, 21], w: &[136, 1, 3, 3], strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] };
-    let mut fused = 0;
-    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage, &stem, &mono]) {
+    // A ResNet's last stage at batch 2: 8 blocks over a 4608-byte reduction, split 8 ways (one
+    // cluster of 8 on Hopper). CONV_CASES' 3x3 over 128 channels splits 4 ways, its blocks'
+    // shares starting inside a filter pixel's channels.
+    let last = ConvCase {
+        x: &[2, 512, 7, 7],
+        w: &[512, 512, 3, 3],
+        strides: &[1, 1],
+        pads: &[1, 1, 1, 1],
+        dilations: &[1, 1],
+    };
+    let (mut fused, mut split) = (0, 0);
+    for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage, &stem, &mono, &last]) {
         let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
         let m = c.w[0];
         let attrs = ConvAttrs {
@@ -301,9 +313,11 @@ fn int8_convolution_epilogues_match_the_cpu() {
             let uses_igemm =
                 p.steps.iter().any(|s| matches!(&s.kind, StepKind::Kernel(k) if k.kernel.starts_with("igemm")));
             assert_eq!(uses_igemm, igemm, "{what}: the implicit GEMM where the channels allow\n{p}");
+            split += p.steps.iter().any(|s| matches!(&s.kind, StepKind::Kernel(k) if k.config.grid.2 > 1)) as usize;
         }
     }
     assert!(fused >= 3, "only {fused} cases ran the implicit GEMM");
+    assert!(split >= 4, "only {split} cases split the reduction");
 }
 
 /// An image network's first layers in INT8: an f32 image quantized by one scale, read by a

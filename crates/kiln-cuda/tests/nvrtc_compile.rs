@@ -4,7 +4,7 @@
 //! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
 //! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::nvrtc::Nvrtc;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
@@ -91,12 +91,19 @@ fn generated_igemm_kernels_compile() {
         (DType::I8, true, IgLoad::Narrow),
         (DType::F16, false, IgLoad::Narrow),
     ] {
-        // The three block shapes, and the persistent ping-pong kernel with both warp shapes.
-        for (bn, wn, persistent) in
-            [(64, 32, false), (128, 32, false), (128, 64, false), (128, 32, true), (128, 64, true)]
-        {
-            let k =
-                igemm_kernel(&dequant_bias_relu(to), &reads(vec), bn, wn, vec, load, persistent).expect("generates");
+        // The three block shapes, split-K clusters, and the persistent ping-pong kernel with
+        // both warp shapes.
+        for (bn, wn, persistent, split) in [
+            (64, 32, false, 1),
+            (128, 32, false, 1),
+            (128, 64, false, 1),
+            (64, 32, false, 8),
+            (128, 32, false, 2),
+            (128, 32, true, 1),
+            (128, 64, true, 1),
+        ] {
+            let block = IgemmBlock { persistent, split, ..IgemmBlock::new(bn, wn, load) };
+            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), block, vec).expect("generates");
             for arch in ARCHS {
                 match nv.compile(&k.name, &k.source, arch) {
                     Ok(c) if c.has_kernel(&k.name) => {}

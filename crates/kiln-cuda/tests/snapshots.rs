@@ -2,7 +2,9 @@
 //! of a few expressions. Bless changes with `INSTA_UPDATE=always` or `cargo insta review`
 //! after reading the diff.
 
-use kiln_cuda::codegen::{elementwise_kernel, epilogue_kernel, igemm_kernel, ElementwiseKernel, EpiRead, IgLoad};
+use kiln_cuda::codegen::{
+    elementwise_kernel, epilogue_kernel, igemm_kernel, ElementwiseKernel, EpiRead, IgLoad, IgemmBlock,
+};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
@@ -106,11 +108,8 @@ fn int8_implicit_gemm() {
     let k = igemm_kernel(
         &e,
         &[(DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)],
-        128,
-        64,
+        IgemmBlock::new(128, 64, IgLoad::Conv),
         true,
-        IgLoad::Conv,
-        false,
     )
     .unwrap();
     assert!(k.name.starts_with("igemm128w64_") && k.name.ends_with("_i8"), "{}", k.name);

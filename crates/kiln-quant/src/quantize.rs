@@ -6,7 +6,8 @@
 
 use crate::collect::{is_quantizable, residual_output, residual_side_inputs};
 use crate::{CalibCache, QuantError};
-use kiln_ir::ops::{LinalgOp, Op, QuantOp};
+use kiln_ir::ops::elementwise::UnaryOp;
+use kiln_ir::ops::{ElementwiseOp, LinalgOp, Op, QuantOp};
 use kiln_ir::{DType, Graph, NodeId, Tensor, TypeInfo, Value, ValueInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -234,7 +235,10 @@ pub fn quantize(
 /// last convolution) stays float, its epilogue taking the sum; the others (a downsampling
 /// convolution's output) get QDQ pairs of their own, with their calibrated scales, so those
 /// layers store INT8 too ([`residual_side_inputs`]). A sum whose result is read in float (a
-/// transformer's residual, which a LayerNorm reads) keeps float inputs.
+/// transformer's residual, which a LayerNorm reads) keeps float inputs, but for the output of
+/// a residual sum before it that is quantized anyway (a ResNet's last block, whose sum the
+/// average pool reads in float, reads the block before's output as its next convolution
+/// does), which would otherwise be computed twice as well.
 fn quantize_residuals(
     g: &Graph,
     out: &mut Graph,
@@ -246,6 +250,11 @@ fn quantize_residuals(
     for &id in order {
         let Some(v) = residual_output(g, id) else { continue };
         if !dq_of.contains_key(&v) {
+            for (slot, input) in g.inputs_of(id).into_iter().enumerate() {
+                if let Some(&dq) = input.filter(|&x| is_residual_output(g, x)).and_then(|x| dq_of.get(&x)) {
+                    out.set_input(id, slot, Some(dq));
+                }
+            }
             continue;
         }
         for x in residual_side_inputs(g, id, order) {
@@ -264,6 +273,16 @@ fn quantize_residuals(
         }
     }
     Ok(())
+}
+
+/// Whether `x` is what a residual sum hands on ([`residual_output`]: the sum, or the ReLU that
+/// alone reads it).
+fn is_residual_output(g: &Graph, x: Value) -> bool {
+    let sum = match g.node(x.node).op {
+        Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Relu)) => g.inputs_of(x.node).first().copied().flatten(),
+        _ => Some(x),
+    };
+    sum.is_some_and(|s| residual_output(g, s.node) == Some(x))
 }
 
 /// `DequantizeLinear(QuantizeLinear(v))` with a symmetric INT8 scale; returns the DQ value.

@@ -224,12 +224,14 @@ fn a_residual_path_is_quantized_where_the_sum_is() {
     let got = cpu(&q, &test).unwrap();
     let c = cosine(&want[0], &got[0]);
     assert!(c > 0.995, "cosine {c}");
-    // A sum whose result is read in float (as a transformer's LayerNorm reads it) keeps float
-    // inputs: without `g`, r2 has no scale and the second sum reads r1 as it is.
+    // A sum whose result is read in float (as a transformer's LayerNorm reads it, or a ResNet's
+    // average pool its last block's) keeps float inputs, but for the output of a quantized
+    // residual sum before it: without `g`, r2 has no scale and the second sum reads `f` as it
+    // is, and r1 through the QDQ pair `e` reads it by, so that r1 is stored once, as INT8.
     let mut cache2 = cache.clone();
     cache2.scales.remove("r2");
     let (q2, _) = quantize(&g, &cache2, &[("g".to_string(), Precision::Fp32)].into_iter().collect()).unwrap();
     let id = q2.node_ids().find(|&n| q2.node(n).name == "r2.sum").unwrap();
     let names: Vec<String> = q2.inputs_of(id).into_iter().flatten().map(|v| q2.node(v.node).name.clone()).collect();
-    assert_eq!(names, ["f", "r1"]);
+    assert_eq!(names, ["f", "r1.dequantize"]);
 }
