@@ -255,10 +255,54 @@ __device__ __forceinline__ void pool_window_nhwc(const T* xp, const PoolArgs& p,
 // MaxPool over channels-last data, V adjacent channels a thread: one, or 16 bytes of them (8
 // f16, 16 i8) moved as one vector per window cell, which needs the channels times the element
 // size to be a multiple of 16 (the planner checks).
+// The byte kernels' common case: a 3x3 window without dilation over fewer than 2^31 bytes
+// (ResNet's stem pool). Indices in 32 bits and the window unrolled, so a thread's nine loads
+// (predicated off outside the image) are all in flight at once; the general loop below
+// divides 64-bit indices and waits for each cell's branch.
+template <bool SIGNED>
+__device__ __forceinline__ void maxpool3x3_nhwc16_u8(const unsigned char* __restrict__ x, unsigned char* __restrict__ y,
+                                                     const PoolArgs p, int c) {
+    const unsigned cv = (unsigned)c / 16, ow = (unsigned)p.ow, oh = (unsigned)p.oh;
+    const unsigned n = (unsigned)(p.planes / c) * oh * ow * cv;
+    const int ih = (int)p.ih, iw = (int)p.iw;
+    const unsigned least = SIGNED ? 0x80808080u : 0u;
+#pragma unroll 1
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const unsigned g = i % cv, cell = i / cv, ox = cell % ow, t = cell / ow, oy = t % oh, img = t / oh;
+        const int y0 = (int)oy * (int)p.sh - (int)p.ph0, x0 = (int)ox * (int)p.sw - (int)p.pw0;
+        const unsigned char* xp = x + (size_t)img * ih * iw * c + g * 16;
+        uint4 v[9];
+#pragma unroll
+        for (int k = 0; k < 9; ++k) {
+            const int yy = y0 + k / 3, xx = x0 + k % 3;
+            v[k] = (unsigned)yy < (unsigned)ih && (unsigned)xx < (unsigned)iw
+                       ? *reinterpret_cast<const uint4*>(xp + (yy * iw + xx) * c)
+                       : make_uint4(least, least, least, least);
+        }
+        unsigned m[4] = {least, least, least, least};
+#pragma unroll
+        for (int k = 0; k < 9; ++k) {
+            const unsigned e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) m[q] = SIGNED ? __vmaxs4(m[q], e[q]) : __vmaxu4(m[q], e[q]);
+        }
+        *reinterpret_cast<uint4*>(y + (size_t)cell * c + g * 16) = make_uint4(m[0], m[1], m[2], m[3]);
+    }
+}
+
 template <typename T, int V>
 __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
                                                   i64 c) {
     static_assert(V == 1 || V * sizeof(T) == 16, "one channel or 16 bytes of them a thread");
+    if constexpr (V == 16 && sizeof(T) == 1) {
+        const i64 bytes = p.planes * (p.ih * p.iw > p.oh * p.ow ? p.ih * p.iw : p.oh * p.ow);
+        if (p.kh == 3 && p.kw == 3 && p.dh == 1 && p.dw == 1 && bytes < (1ll << 31)) {
+            constexpr bool is_signed = (T)-1 < (T)0;
+            maxpool3x3_nhwc16_u8<is_signed>(reinterpret_cast<const unsigned char*>(x),
+                                            reinterpret_cast<unsigned char*>(y), p, (int)c);
+            return;
+        }
+    }
     const i64 cv = c / V, images = p.planes / c;
     KILN_GRID_STRIDE(i, images * p.oh * p.ow * cv) {
         const i64 g = i % cv, cell = i / cv, ox = cell % p.ow, oy = (cell / p.ow) % p.oh, n = cell / (p.ow * p.oh);

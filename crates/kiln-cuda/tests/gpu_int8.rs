@@ -409,4 +409,62 @@ fn int8_max_pooling_matches_the_cpu_exactly() {
             check(lib, &format!("MaxPool {dt} kernel {kernel:?} ceil_mode {ceil_mode}"), &g, &ins, 0, None);
         }
     }
+    // Channels-last i8 from an implicit GEMM's quantizing epilogue, 16 channels a thread
+    // (`maxpool2d_nhwc16_i8`): ResNet's stem pool, then a 2x2 window (the general loop).
+    for (kernel, strides, pads, oh, ow) in
+        [([3, 3], [2, 2], [1, 1, 1, 1], 8, 7), ([2, 2], [1, 1], [0, 0, 0, 0], 14, 12)]
+    {
+        use kiln_ir::{TypeInfo, Value, ValueInfo};
+        let (x, w) = (i8s(&mut rng, &[2, 16, 15, 13]), i8s(&mut rng, &[32, 16, 1, 1]));
+        let scale = rand_tensor(&mut rng, &[1, 32, 1, 1], 1e-4, 1e-3, DType::F32);
+        let bias = rand_tensor(&mut rng, &[1, 32, 1, 1], -1.0, 1.0, DType::F32);
+        let mut expr = dequant_bias();
+        let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
+        expr.nodes.extend([
+            ExprNode::Scalar { value: 0.01, dtype: DType::F32 },
+            op(ElementwiseOp::Binary(BinaryOp::Div), &[5, 6]),
+            op(ElementwiseOp::Unary(kiln_ir::ops::elementwise::UnaryOp::Round), &[7]),
+            op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, &[8]),
+            op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[9]),
+        ]);
+        let attrs = ConvAttrs {
+            kernel_shape: vec![],
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            group: 1,
+        };
+        let mut g = Graph::new("conv_pool");
+        let xin = g.add_input("x", TypeInfo::known(DType::I8, x.shape()));
+        let ep = Op::Fused(FusedOp::Epilogue { base: LinalgOp::ConvInteger(attrs), base_inputs: 4, expr });
+        let ins = [
+            Some(xin),
+            Some(g.add_const("w", w)),
+            None,
+            None,
+            Some(g.add_const("scale", scale)),
+            Some(g.add_const("bias", bias)),
+        ];
+        let ty = TypeInfo::known(DType::I8, &[2, 32, 15, 13]);
+        let c = g.add_node("conv", ep, &ins, vec![ValueInfo::tensor("c", ty)]);
+        let window = PoolWindow {
+            kernel_shape: kernel.to_vec(),
+            strides: strides.to_vec(),
+            pads: pads.to_vec(),
+            auto_pad: AutoPad::NotSet,
+            dilations: vec![1, 1],
+            ceil_mode: false,
+        };
+        let pool = Op::Pool(PoolOp::MaxPool { window, column_major: false });
+        let ty = TypeInfo::known(DType::I8, &[2, 32, oh, ow]);
+        let y = g.add_node("pool", pool, &[Some(Value { node: c, slot: 0 })], vec![ValueInfo::tensor("y", ty)]);
+        g.add_output("y", Value { node: y, slot: 0 });
+        let p = plan(&g).unwrap();
+        let pooled =
+            p.steps.iter().any(|s| matches!(&s.kind, StepKind::Kernel(k) if k.kernel == "maxpool2d_nhwc16_i8"));
+        assert!(pooled, "channels-last i8 pooling\n{p}");
+        // The convolution's i8 result may round the other way where the GPU fuses a multiply-add.
+        check(lib, &format!("conv then MaxPool i8 channels-last kernel {kernel:?}"), &g, &[x], 1, Some((1.0, 0.0)));
+    }
 }
