@@ -287,6 +287,23 @@ __device__ __forceinline__ void pp_fence_async() {
 }
 #endif
 
+// Programmatic dependent launch (sm_90a): the runtime may launch this kernel before the one
+// before it on the stream has finished (`codegen::waits_for_dependencies`). `ig_pdl_wait`
+// waits for that kernel to finish and its writes to be visible; nothing the kernel reads or
+// writes but the constant filter may be touched before it. `ig_pdl_trigger` lets the next
+// kernel launch once every block of this one has called it or exited. Without such a launch
+// both do nothing.
+__device__ __forceinline__ void ig_pdl_wait() {
+#if IG_WGMMA
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void ig_pdl_trigger() {
+#if IG_WGMMA
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Shared-memory byte offset of piece `c` (0..3) of tile row `r`.
 __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ ((r >> 1) & 3)) << 4); }
 
@@ -370,6 +387,18 @@ template <int THREADS> struct IgLoader {
         kb = kp;
     }
 
+    // Copies B's part of the tile `ahead` steps past the next one into stage `sb_s`, without
+    // moving on: the filter is constant, so this may run before the kernel waits for the one
+    // before it (see `ig_pdl_wait`).
+    __device__ __forceinline__ void load_b(signed char* sb_s, const IgemmArgs& g, int ahead) const {
+        const bool kin = kb + ahead * IG_BK < (int)g.k;
+#pragma unroll
+        for (int i = 0; i < BP; ++i) ig_cp_async16(sb_s + b_soff[i], b_src[i] + ahead * IG_BK, kin && b_in[i] ? 16 : 0);
+    }
+
+    // Copies the next tile into stage (sa_s, sb_s) and moves on to the one after; with B false
+    // only A's part (B's copied by `load_b` before).
+    template <bool B = true>
     __device__ __forceinline__ void load(signed char* sa_s, signed char* sb_s, const IgemmArgs& g) {
         const bool kin = kb < (int)g.k;
         // A copy of 0 bytes reads nothing (it zero-fills): its address need not be valid.
@@ -412,8 +441,7 @@ template <int THREADS> struct IgLoader {
 #endif
 #pragma unroll
         for (int i = 0; i < BP; ++i) {
-            const bool ok = kin && b_in[i];
-            ig_cp_async16(sb_s + b_soff[i], b_src[i], ok ? 16 : 0);
+            if (B) ig_cp_async16(sb_s + b_soff[i], b_src[i], kin && b_in[i] ? 16 : 0);
             b_src[i] += IG_BK;
         }
         // On to the next tile: 64 bytes further along (channel, filter column, filter row).
@@ -652,9 +680,15 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     ld.begin(tid, x, wt, g, row0, col0, t0 * IG_BK);
     IgAcc acc;
     ig_zero(acc);
+    // The first stages' filter tiles while the kernel before may still run, then (in the first
+    // stage's copy group, so the waits below count as before) the input's.
+#pragma unroll
+    for (int s = 0; s < IG_STAGES - 1; ++s)
+        if (s < tiles) ld.load_b(sb + s * KILN_BN * IG_BK, g, s);
+    ig_pdl_wait();
 #pragma unroll
     for (int s = 0; s < IG_STAGES - 1; ++s) {
-        if (s < tiles) ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
+        if (s < tiles) ld.load<false>(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
         ig_cp_commit();
     }
 #if IG_WGMMA
@@ -686,6 +720,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
 #endif
     }
     ig_cp_wait<0>();
+    ig_pdl_trigger();
 #if IG_CLUSTER > 1
     ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { ig_cluster_sync(); });
     // No block leaves while another may still read its accumulators.

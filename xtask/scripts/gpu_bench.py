@@ -192,7 +192,7 @@ def int8_row(args, name, path, make, in_name, in_shape, b, fp16_row, dev):
         engine = f"/tmp/{name}-int8-{b}-variant{i}.kiln"
         out, err = run_kiln(args, [args.kiln, "build", path, "--shapes", shape(b), "-o", engine] + q + extra, env)
         if out:
-            out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"])
+            out, err = run_kiln(args, [args.kiln, "bench", engine, "--json", "--duration", "3"], env)
         row.setdefault("variants", {})[label] = json.loads(out)["gpu_compute_ms"]["median"] if out else err
         if extra:
             out, err = run_kiln(args, [args.kiln, "compare", path, "--device", "cuda", "--shapes", shape(1), "--json",

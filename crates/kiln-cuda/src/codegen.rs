@@ -797,6 +797,15 @@ pub enum IgLoad {
     Narrow,
 }
 
+/// Whether kernel `name` waits for the work before it on the stream itself, so that the
+/// runtime may launch it before that work has finished (programmatic dependent launch, sm_90
+/// on): the one-tile implicit-GEMM kernels (`igemm…`, not the persistent `igemm…p…`) copy
+/// their first filter tiles, then wait (`ig_pdl_wait`) before they touch anything else.
+pub fn waits_for_dependencies(name: &str) -> bool {
+    let head = name.split('_').next().unwrap_or("");
+    head.strip_prefix("igemm").is_some_and(|rest| !rest.contains('p'))
+}
+
 /// The shape of a generated implicit-GEMM kernel (`kernels/igemm.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IgemmBlock {
@@ -1309,6 +1318,27 @@ mod tests {
 
     fn node(op: ElementwiseOp, args: &[usize]) -> ExprNode {
         ExprNode::Op { op, args: args.to_vec() }
+    }
+
+    /// The one-tile implicit-GEMM kernels, split or not, wait for the work before them; the
+    /// persistent kernel and every other family do not.
+    #[test]
+    fn only_one_tile_implicit_gemms_launch_dependent() {
+        let q = Expr {
+            nodes: vec![ExprNode::Input(0), node(ElementwiseOp::Cast { to: DType::F32, saturate: true }, &[0])],
+        };
+        for (block, waits) in [
+            (IgemmBlock::new(64, 32, IgLoad::Conv), true),
+            (IgemmBlock { split: 4, ..IgemmBlock::new(64, 32, IgLoad::Dense) }, true),
+            (IgemmBlock::new(128, 32, IgLoad::Narrow), true),
+            (IgemmBlock { persistent: true, ..IgemmBlock::new(128, 64, IgLoad::Dense) }, false),
+        ] {
+            let k = igemm_kernel(&q, &[], block, true).unwrap();
+            assert_eq!(waits_for_dependencies(&k.name), waits, "{}", k.name);
+        }
+        for name in ["quantize_nhwc4_f32_i8", "maxpool2d_nhwc16_i8", "attention_mma_q_d64_f16", "fused_0a1b_i8"] {
+            assert!(!waits_for_dependencies(name), "{name}");
+        }
     }
 
     /// A quantization's round, clip to the target's range and cast become one saturating

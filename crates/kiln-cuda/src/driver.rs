@@ -239,9 +239,47 @@ impl Kernel {
     /// Enqueues the kernel on `stream` without waiting; the driver copies `params` before
     /// returning, so they need not outlive the call. The caller binds the context to the
     /// thread and keeps every buffer the kernel touches alive until the stream has run it.
-    pub fn launch_on(&self, cfg: LaunchConfig, params: &[Param], stream: &cudarc::driver::CudaStream) -> Result<()> {
+    /// With `dependent` the kernel may start before the work before it on the stream has
+    /// finished (programmatic dependent launch, sm_90 on): only for a kernel that waits for
+    /// that work itself before it touches its buffers ([`crate::codegen::waits_for_dependencies`]).
+    pub fn launch_on(
+        &self,
+        cfg: LaunchConfig,
+        params: &[Param],
+        stream: &cudarc::driver::CudaStream,
+        dependent: bool,
+    ) -> Result<()> {
         let mut storage: Vec<Vec<u8>> = params.iter().map(|p| p.0.clone()).collect();
         let mut ptrs: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        if dependent {
+            use cudarc::driver::sys;
+            #[allow(unsafe_code)]
+            // SAFETY: the attribute value is a plain C union; all zeros is a valid value.
+            let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.programmaticStreamSerializationAllowed = 1;
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: cfg.grid.0,
+                gridDimY: cfg.grid.1,
+                gridDimZ: cfg.grid.2,
+                blockDimX: cfg.block.0,
+                blockDimY: cfg.block.1,
+                blockDimZ: cfg.block.2,
+                sharedMemBytes: cfg.shared_bytes,
+                hStream: stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: as for the plain launch below; `config` and its one attribute live for
+            // the call, which copies them.
+            let r = unsafe { sys::cuLaunchKernelEx(&config, self.raw, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+            return r.result().map_err(drv);
+        }
         #[allow(unsafe_code)]
         // SAFETY: as for `Gpu::launch`: one pointer per parameter, each to bytes of that
         // parameter's layout, alive for the call; cuLaunchKernel copies them.

@@ -10,6 +10,7 @@ use crate::memory::MemoryPlan;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaEvent, CudaGraph, CudaStream};
 use kiln_cuda::blas::{GemmAlgo, GemmCall, LtHandle};
+use kiln_cuda::codegen::waits_for_dependencies;
 use kiln_cuda::dnn::{ConvCall, DnnHandle};
 use kiln_cuda::driver::{Buffer, Gpu, Kernel, LaunchConfig, Module, Param};
 use kiln_cuda::host::{tensor_bytes, tensor_from_bytes};
@@ -174,7 +175,15 @@ impl Engine {
 
 /// One prepared step.
 enum Call {
-    Kernel { name: String, kernel: Kernel, config: LaunchConfig, params: Vec<Param> },
+    /// `dependent`: launched to start before the step before it has finished (see
+    /// [`Kernel::launch_on`]).
+    Kernel {
+        name: String,
+        kernel: Kernel,
+        config: LaunchConfig,
+        params: Vec<Param>,
+        dependent: bool,
+    },
     Gemm(GemmCall),
     Conv(ConvCall),
 }
@@ -188,6 +197,16 @@ impl Call {
             Call::Conv(_) => "cuDNN convolution",
         }
     }
+}
+
+/// Whether kernels that wait for the work before them themselves are launched to start before
+/// it has finished (programmatic dependent launch): on sm_90 and later, unless `KILN_PDL=0`
+/// (to compare). Between two INT8 implicit GEMMs the next one's blocks then take the SMs the
+/// last one's free and copy their filter tiles while its last blocks finish.
+fn dependent_launches(arch: &str) -> bool {
+    let major =
+        arch.strip_prefix("sm_").and_then(|v| v.get(..v.len().saturating_sub(1))).and_then(|v| v.parse::<u32>().ok());
+    major.is_some_and(|m| m >= 9) && std::env::var("KILN_PDL").map_or(true, |v| v != "0")
 }
 
 /// One stream of execution of an engine, with its own arena. Create one per thread.
@@ -257,10 +276,12 @@ impl ExecutionContext {
         let tuned = tactics.is_some();
         let mut chosen = vec![None; plan.steps.len()];
         let mut calls = Vec::with_capacity(plan.steps.len());
+        let dependent_launch = dependent_launches(engine.gpu.arch());
         for (s, step) in plan.steps.iter().enumerate() {
             let at = |e: CudaError| CudaError::Invalid(format!("node {}: {e}", step.node));
             let call = match &step.kind {
                 StepKind::Kernel(k) => Call::Kernel {
+                    dependent: dependent_launch && waits_for_dependencies(&k.kernel),
                     name: k.kernel.clone(),
                     kernel: engine.kernels[s].ok_or_else(|| CudaError::Invalid(format!("step {s} has no kernel")))?,
                     config: k.config,
@@ -325,7 +346,9 @@ impl ExecutionContext {
     fn enqueue_call(&self, node: &str, call: &Call) -> Result<()> {
         let at = |e: CudaError| CudaError::Driver(format!("node {node} ({}): {e}", call.what()));
         match call {
-            Call::Kernel { kernel, config, params, .. } => kernel.launch_on(*config, params, &self.stream).map_err(at),
+            Call::Kernel { kernel, config, params, dependent, .. } => {
+                kernel.launch_on(*config, params, &self.stream, *dependent).map_err(at)
+            }
             Call::Gemm(g) => {
                 let h = self.lt.as_ref().ok_or_else(|| CudaError::Invalid("no cuBLASLt handle".into()))?;
                 g.enqueue(h, &self.stream, self.workspace.0).map_err(at)
