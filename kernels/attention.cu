@@ -376,6 +376,8 @@ ATTN_KERNELS(__nv_bfloat16, bf16)
 // them (gpu_attention).
 #ifndef KILN_HOST_EMU
 #define ATTN_MMA_KT 64
+// log2(e): scores are kept in log2 units for exp2.
+#define ATTN_LOG2E 1.4426950408889634f
 
 // c += a b for one m16n8k16 tile: a four registers of the A fragment, b two of the B fragment.
 template <typename T> __device__ __forceinline__ void attn_mma(float* c, const unsigned* a, const unsigned* b);
@@ -546,6 +548,8 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
                 } else if (biased) {
                     v = attn_softcap(a, attn_bias<T>(a, M, b, row, key) + v);
                 }
+                // In log2 units from here: the exponentials are exp2 (one MUFU.EX2 each).
+                v *= ATTN_LOG2E;
                 s[j][e] = v;
                 if (e < 2) {
                     tmax_a = fmaxf(tmax_a, v);
@@ -560,15 +564,15 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
             tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, x));
         }
         const float mn_a = fmaxf(m_a, tmax_a), mn_b = fmaxf(m_b, tmax_b);
-        const float al_a = mn_a == ninf ? 1.0f : expf(m_a - mn_a);
-        const float al_b = mn_b == ninf ? 1.0f : expf(m_b - mn_b);
+        const float al_a = mn_a == ninf ? 1.0f : exp2f(m_a - mn_a);
+        const float al_b = mn_b == ninf ? 1.0f : exp2f(m_b - mn_b);
         float ps_a = 0.0f, ps_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < NS; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float mn = e < 2 ? mn_a : mn_b;
-                const float p = mn == ninf ? 0.0f : expf(s[j][e] - mn);
+                const float p = mn == ninf ? 0.0f : exp2f(s[j][e] - mn);
                 s[j][e] = p;
                 if (e < 2) {
                     ps_a += p;
