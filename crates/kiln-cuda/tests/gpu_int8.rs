@@ -148,6 +148,13 @@ struct ConvCase {
     dilations: &'static [usize],
 }
 
+impl ConvCase {
+    /// A 3x3 convolution of stride 1 padded to keep its input's size.
+    fn same3x3(x: &'static [usize], w: &'static [usize]) -> Self {
+        ConvCase { x, w, strides: &[1, 1], pads: &[1, 1, 1, 1], dilations: &[1, 1] }
+    }
+}
+
 const CONV_CASES: [ConvCase; 11] = [
     // 1x1 stride 1 and 2, as a ResNet bottleneck's.
     ConvCase { x: &[2, 64, 14, 14], w: &[96, 64, 1, 1], strides: &[1, 1], pads: &[0, 0, 0, 0], dilations: &[1, 1] },
@@ -257,13 +264,7 @@ fn int8_convolution_epilogues_match_the_cpu() {
         Expr { nodes }
     };
     // A ResNet stage's 3x3 convolution over enough rows for 196 blocks of 128 channels.
-    let stage = ConvCase {
-        x: &[16, 64, 28, 28],
-        w: &[256, 64, 3, 3],
-        strides: &[1, 1],
-        pads: &[1, 1, 1, 1],
-        dilations: &[1, 1],
-    };
+    let stage = ConvCase::same3x3(&[16, 64, 28, 28], &[256, 64, 3, 3]);
     // An image network's stem over more rows (196 blocks), and a one-channel convolution: the
     // narrow loader, its input copied channels-last with 4 channels.
     let stem =
@@ -273,13 +274,7 @@ fn int8_convolution_epilogues_match_the_cpu() {
     // A ResNet's last stage at batch 2: 8 blocks over a 4608-byte reduction, split 8 ways (one
     // cluster of 8 on Hopper). CONV_CASES' 3x3 over 128 channels splits 4 ways, its blocks'
     // shares starting inside a filter pixel's channels.
-    let last = ConvCase {
-        x: &[2, 512, 7, 7],
-        w: &[512, 512, 3, 3],
-        strides: &[1, 1],
-        pads: &[1, 1, 1, 1],
-        dilations: &[1, 1],
-    };
+    let last = ConvCase::same3x3(&[2, 512, 7, 7], &[512, 512, 3, 3]);
     let (mut fused, mut split) = (0, 0);
     for c in CONV_CASES.iter().filter(|c| c.x.len() == 4).chain([&stage, &stem, &mono, &last]) {
         let (x, w) = (i8s(&mut rng, c.x), i8s(&mut rng, c.w));
@@ -387,18 +382,19 @@ fn int8_max_pooling_matches_the_cpu_exactly() {
     use kiln_ir::ops::pool::{PoolOp, PoolWindow};
     let lib = lib();
     let mut rng = Rng::new(41);
+    let pool_window = |kernel: [usize; 2], strides: [usize; 2], pads: [usize; 4], ceil_mode: bool| PoolWindow {
+        kernel_shape: kernel.to_vec(),
+        strides: strides.to_vec(),
+        pads: pads.to_vec(),
+        auto_pad: AutoPad::NotSet,
+        dilations: vec![1, 1],
+        ceil_mode,
+    };
     // ResNet's stem pool (3x3, stride 2, pad 1) and a 2x2 window with ceil_mode, over i8 and u8.
     for (kernel, strides, pads, ceil_mode) in
         [([3, 3], [2, 2], [1, 1, 1, 1], false), ([2, 2], [2, 2], [0, 0, 0, 0], true)]
     {
-        let window = PoolWindow {
-            kernel_shape: kernel.to_vec(),
-            strides: strides.to_vec(),
-            pads: pads.to_vec(),
-            auto_pad: AutoPad::NotSet,
-            dilations: vec![1, 1],
-            ceil_mode,
-        };
+        let window = pool_window(kernel, strides, pads, ceil_mode);
         for dt in [DType::I8, DType::U8] {
             // Every value of the type, at random.
             let shift = if dt == DType::U8 { 0.0 } else { 128.0 };
@@ -448,15 +444,7 @@ fn int8_max_pooling_matches_the_cpu_exactly() {
         ];
         let ty = TypeInfo::known(DType::I8, &[2, 32, 15, 13]);
         let c = g.add_node("conv", ep, &ins, vec![ValueInfo::tensor("c", ty)]);
-        let window = PoolWindow {
-            kernel_shape: kernel.to_vec(),
-            strides: strides.to_vec(),
-            pads: pads.to_vec(),
-            auto_pad: AutoPad::NotSet,
-            dilations: vec![1, 1],
-            ceil_mode: false,
-        };
-        let pool = Op::Pool(PoolOp::MaxPool { window, column_major: false });
+        let pool = Op::Pool(PoolOp::MaxPool { window: pool_window(kernel, strides, pads, false), column_major: false });
         let ty = TypeInfo::known(DType::I8, &[2, 32, oh, ow]);
         let y = g.add_node("pool", pool, &[Some(Value { node: c, slot: 0 })], vec![ValueInfo::tensor("y", ty)]);
         g.add_output("y", Value { node: y, slot: 0 });
