@@ -5,8 +5,8 @@
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
 // defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_WN (a warp's
 // channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator),
-// KILN_IG_DENSE for a plain product (see below), the output's storage type `kiln_out_t` and
-// the expression; BODY defines what a thread does for
+// KILN_IG_DENSE for a plain product (see below), KILN_IG_SPLIT for split-K (see below), the
+// output's storage type `kiln_out_t` and the expression; BODY defines what a thread does for
 // four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
 // `kiln_epi_load` a row's other inputs, and `kiln_epi_row` computes and stores the row's four
 // outputs (see the epilogue at the end).
@@ -649,9 +649,10 @@ __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid,
 }
 
 #ifndef KILN_IG_PP
-// One block a tile: 128 rows by KILN_BN channels, over k in steps of 64 bytes. The copies
-// fill a STAGES-deep ring while the warps compute on the stage before; a barrier at every
-// step frees the stage read in the step before.
+// One block a tile: 128 rows by KILN_BN channels, over k in steps of 64 bytes (or, split-K,
+// its share of them, the cluster's blocks summing their accumulators in the epilogue). The
+// copies fill a STAGES-deep ring while the warps compute on the stage before; a barrier at
+// every step frees the stage read in the step before.
 #if IG_CLUSTER > 1
 #define IG_CLUSTER_DIMS __cluster_dims__(1, 1, IG_CLUSTER)
 #else
