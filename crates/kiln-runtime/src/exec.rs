@@ -534,3 +534,20 @@ impl Drop for ExecutionContext {
         let _ = self.stream.synchronize();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dependent_launches;
+
+    /// Programmatic dependent launch needs sm_90; later architectures keep it.
+    #[test]
+    fn dependent_launches_start_at_sm_90() {
+        if std::env::var("KILN_PDL").is_ok_and(|v| v == "0") {
+            return; // turned off for this run
+        }
+        for (arch, on) in [("sm_80", false), ("sm_86", false), ("sm_89", false), ("sm_90", true), ("sm_100", true)] {
+            assert_eq!(dependent_launches(arch), on, "{arch}");
+        }
+        assert!(!dependent_launches("nonsense"));
+    }
+}
