@@ -75,6 +75,10 @@ pub struct PrecisionArgs {
     /// without it.
     #[arg(long, value_name = "FILE")]
     pub calib_cache: Option<PathBuf>,
+    /// Where calibration runs the FP32 model: auto (the GPU where there is one, else the CPU
+    /// reference), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub calib_device: String,
     /// Keep a layer in another precision, as NODE=int8|fp16|fp32 (with --int8 or --fp16; with
     /// --fp16, NODE=fp32 keeps the node in FP32); may be repeated.
     #[arg(long = "precision", value_name = "NODE=PRECISION")]
@@ -91,7 +95,13 @@ impl PrecisionArgs {
             return Ok(None);
         }
         let algo = self.calib_algo.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-        Ok(Some(kiln::Int8Options { calib_dir: self.calib.clone(), calib_cache: self.calib_cache.clone(), algo }))
+        let calib_device = self.calib_device.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        Ok(Some(kiln::Int8Options {
+            calib_dir: self.calib.clone(),
+            calib_cache: self.calib_cache.clone(),
+            algo,
+            calib_device,
+        }))
     }
 
     /// The per-layer overrides of --precision.
@@ -170,6 +180,9 @@ pub fn run(a: Args) -> Result<()> {
     let done = kiln::build(model.graph, &opts).with_context(|| format!("building {name}"))?;
     warn_about(&done, &a.precision);
     if int8_on && !a.json {
+        if let Some(on) = &done.calibrated_on {
+            println!("calibrated on {on}");
+        }
         println!("{:<32} {:<8} {:<9} why", "layer", "op", "precision");
         for l in &done.precisions {
             // A fused layer goes by the nodes it covers (the Conv and the BatchNorm folded in).

@@ -19,6 +19,33 @@ pub struct Int8Options {
     pub calib_cache: Option<PathBuf>,
     /// The calibrator.
     pub algo: CalibAlgo,
+    /// Where calibration runs the FP32 model.
+    pub calib_device: CalibDevice,
+}
+
+/// Where calibration runs the FP32 model over its batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CalibDevice {
+    /// The GPU where there is one (with NVRTC), else the CPU reference; also the CPU
+    /// reference where the GPU cannot run the graph.
+    #[default]
+    Auto,
+    /// The CPU reference.
+    Cpu,
+    /// The GPU, or an error.
+    Cuda,
+}
+
+impl std::str::FromStr for CalibDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CalibDevice::Auto),
+            "cpu" => Ok(CalibDevice::Cpu),
+            "cuda" | "gpu" => Ok(CalibDevice::Cuda),
+            _ => Err(format!("unknown calibration device '{s}' (auto, cpu or cuda)")),
+        }
+    }
 }
 
 /// The precision of a build's float work.
@@ -62,19 +89,23 @@ pub struct Built {
     pub precisions: Vec<LayerPrecision>,
     /// The scales used, when INT8 was asked for.
     pub cache: Option<CalibCache>,
+    /// Where calibration ran the model (and why not on the GPU, where it fell back), when it
+    /// calibrated from data.
+    pub calibrated_on: Option<String>,
     /// What the FP16 conversion did, when FP16 was asked for.
     pub fp16: Option<Fp16Report>,
     /// Whether FP32 matrix work may use TF32 on the GPU.
     pub tf32: bool,
 }
 
-/// Builds a graph: shapes, IR passes, INT8 calibration and quantization (on the CPU
-/// reference), fusion, and FP16 conversion (after fusion, so that BatchNorm folding and
+/// Builds a graph: shapes, IR passes, INT8 calibration (on the GPU where there is one, see
+/// [`CalibDevice`]) and quantization, fusion, and FP16 conversion (after fusion, so that BatchNorm folding and
 /// constant work happen in FP32).
 pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
     crate::specialize(&mut graph, &opts.shapes)?;
     let passes_only = OptimizeOptions { fuse: false, ..opts.optimize.clone() };
     crate::optimize_with(&mut graph, &passes_only)?;
+    let mut calibrated_on = None;
     let (mut graph, precisions, cache) = match &opts.int8 {
         None => (graph, vec![], None),
         Some(q) => {
@@ -82,7 +113,8 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
             // quantized weights are the folded ones and no float BatchNorm is left between an
             // integer convolution and its epilogue.
             let graph = if opts.optimize.fuse { fold_batchnorm(&graph)? } else { graph };
-            let cache = scales(&graph, q)?;
+            let (cache, on) = scales(&graph, q)?;
+            calibrated_on = on;
             let (quantized, report) = kiln_quant::quantize(&graph, &cache, &opts.overrides)?;
             (quantized, report, Some(cache))
         }
@@ -105,7 +137,7 @@ pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
             Some(report)
         }
     };
-    Ok(Built { graph, fusion, precisions, cache, fp16, tf32: !opts.no_tf32 })
+    Ok(Built { graph, fusion, precisions, cache, calibrated_on, fp16, tf32: !opts.no_tf32 })
 }
 
 /// An FP16 build of an INT8 graph, with the casts FP16 conversion added fused into their
@@ -131,28 +163,60 @@ fn fold_batchnorm(graph: &Graph) -> Result<Graph, Error> {
     only_families(graph, &["cleanup", "conv_bn"], &Default::default())
 }
 
-/// The calibration scales: from data (then written to the cache file, if one is named), or
-/// from the cache file alone.
-fn scales(graph: &Graph, q: &Int8Options) -> Result<CalibCache, Error> {
+/// The calibration scales: from data (then written to the cache file, if one is named), with
+/// where the model ran; or from the cache file alone.
+fn scales(graph: &Graph, q: &Int8Options) -> Result<(CalibCache, Option<String>), Error> {
     let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
     match (&q.calib_dir, &q.calib_cache) {
         (Some(dir), cache_file) => {
             let batches = read_calibration_dir(dir, graph)?;
-            let run = |g: &Graph, ins: &[Tensor]| crate::run_cpu(g, ins).map_err(|e| e.to_string());
-            let cache = kiln_quant::calibrate(graph, &batches, CalibOptions { algo: q.algo, bins: 2048 }, &run)?;
+            let (cache, on) = calibrate(graph, &batches, q.algo, q.calib_device)?;
             if let Some(f) = cache_file {
                 std::fs::write(f, cache.to_text()?).map_err(|e| io(f, e))?;
             }
-            Ok(cache)
+            Ok((cache, Some(on)))
         }
         (None, Some(f)) => {
             let text = std::fs::read_to_string(f).map_err(|e| io(f, e))?;
-            Ok(CalibCache::parse(&text)?)
+            Ok((CalibCache::parse(&text)?, None))
         }
         (None, None) => Err(Error::Quant(kiln_quant::QuantError::Data(
             "INT8 needs calibration data (--calib DIR) or a calibration cache (--calib-cache FILE)".into(),
         ))),
     }
+}
+
+/// Calibrates `graph` over `batches` on `device` (see [`CalibDevice`]): the scales, and where
+/// the model ran, saying why not on the GPU where it fell back to the CPU reference.
+pub fn calibrate(
+    graph: &Graph,
+    batches: &[Vec<Tensor>],
+    algo: CalibAlgo,
+    device: CalibDevice,
+) -> Result<(CalibCache, String), Error> {
+    let opts = CalibOptions { algo, bins: 2048 };
+    let mut why_not = String::new();
+    if device != CalibDevice::Cpu {
+        let gpu = crate::gpu::CalibrationRunner::new(0);
+        let tried = gpu.map(|gpu| {
+            let run = |g: &Graph, ins: &[Tensor]| gpu.run(g, ins);
+            (kiln_quant::calibrate(graph, batches, opts, &run), gpu.arch().to_string())
+        });
+        match (tried, device) {
+            (Ok((Ok(cache), arch)), _) => return Ok((cache, format!("the GPU ({arch})"))),
+            (Ok((Err(e), _)), CalibDevice::Cuda) => return Err(e.into()),
+            (Err(e), CalibDevice::Cuda) => {
+                return Err(Error::Quant(kiln_quant::QuantError::Data(format!(
+                    "calibration on the GPU was asked for (--calib-device cuda), but {e}"
+                ))))
+            }
+            (Ok((Err(e), _)), _) => why_not = format!(": the GPU could not run it ({e})"),
+            (Err(e), _) => why_not = format!(" (no GPU: {e})"),
+        }
+    }
+    let run = |g: &Graph, ins: &[Tensor]| crate::run_cpu(g, ins).map_err(|e| e.to_string());
+    let cache = kiln_quant::calibrate(graph, batches, opts, &run)?;
+    Ok((cache, format!("the CPU reference{why_not}")))
 }
 
 /// Reads the batches of a calibration directory for `graph`'s inputs. A batch larger than

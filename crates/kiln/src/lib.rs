@@ -11,7 +11,7 @@ pub mod gpu;
 pub mod npy;
 pub mod random;
 
-pub use build::{build, BuildOptions, Built, FloatPrecision, Int8Options};
+pub use build::{build, BuildOptions, Built, CalibDevice, FloatPrecision, Int8Options};
 
 pub use kiln_cpu as cpu;
 pub use kiln_cuda as cuda;

@@ -414,7 +414,8 @@ fn engine_logits(ctx: &mut ExecutionContext, x: &Tensor, batch: usize) -> Vec<f6
 }
 
 /// INT8 engines of the two INT8 fixtures (entropy calibration on their `.calib.npy` through
-/// the facade's build, as `kiln build --int8 --calib` does) on the GPU keep held-out top-1
+/// the facade's build, as `kiln build --int8 --calib` does, running the FP32 model on the GPU
+/// where there is one) on the GPU keep held-out top-1
 /// within 0.5 points of FP32 on the CPU reference. The transformer's seven INT8 layers
 /// (projections, FFN, classifier; attention's two products stay float) become five integer
 /// products (Q, K and V packed into one, `attention-packed-int8`), and they and the CNN's
@@ -453,10 +454,14 @@ fn int8_engines_keep_their_accuracy_on_the_gpu() {
                 calib_dir: Some(dir),
                 calib_cache: None,
                 algo: kiln::quant::CalibAlgo::Entropy,
+                calib_device: kiln::CalibDevice::Auto,
             }),
             ..Default::default()
         };
         let built = kiln::build(g, &opts).unwrap();
+        // Calibration ran the FP32 model on the GPU where there is one.
+        let on = built.calibrated_on.clone().unwrap_or_default();
+        assert_eq!(on.starts_with("the GPU"), gpu, "{name}: calibrated on {on}");
         let plan = kiln::cuda::plan::plan(&built.graph).unwrap();
         let lt_int8 = plan
             .steps

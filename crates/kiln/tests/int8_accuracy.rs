@@ -111,7 +111,12 @@ fn counting_transformer_in_int8_fp16_runs_no_cast_alone() {
     let batch = 8;
     let opts = kiln::BuildOptions {
         shapes: HashMap::from([(input, vec![batch, test_x.shape()[1]])]),
-        int8: Some(kiln::Int8Options { calib_dir: Some(dir), calib_cache: None, algo: CalibAlgo::Entropy }),
+        int8: Some(kiln::Int8Options {
+            calib_dir: Some(dir),
+            calib_cache: None,
+            algo: CalibAlgo::Entropy,
+            calib_device: kiln::CalibDevice::Cpu,
+        }),
         precision: kiln::FloatPrecision::Fp16,
         ..Default::default()
     };
@@ -130,4 +135,39 @@ fn counting_transformer_in_int8_fp16_runs_no_cast_alone() {
     let logits = Tensor::from_vec(vec![labels.len(), classes], all).unwrap();
     let int8_fp16 = accuracy(&logits, &labels);
     assert!((fp32 - int8_fp16).abs() <= 0.005, "FP32 {fp32} vs INT8 with FP16 {int8_fp16}");
+}
+
+/// Calibration runs the FP32 model on the GPU where there is one (`CalibDevice::Auto`), else on
+/// the CPU reference with the same scales as asking for the CPU, and says where it ran; asked
+/// for the GPU where there is none, it fails and says why.
+#[test]
+fn calibration_says_where_it_ran() {
+    use kiln::build::calibrate as calibrate_on;
+    use kiln::CalibDevice;
+    let mut m = kiln::load(&fixture("digits_cnn.onnx")).unwrap();
+    kiln::optimize_with(&mut m.graph, &kiln::OptimizeOptions { fuse: false, ..Default::default() }).unwrap();
+    let calib = kiln::npy::read(&fixture("digits_cnn.calib.npy")).unwrap();
+    let batches: Vec<Vec<Tensor>> = (0..2).map(|b| vec![rows(&calib, b * 50, b * 50 + 50)]).collect();
+    let (on_cpu, where_cpu) = calibrate_on(&m.graph, &batches, CalibAlgo::Entropy, CalibDevice::Cpu).unwrap();
+    assert_eq!(where_cpu, "the CPU reference");
+    let (auto, where_auto) = calibrate_on(&m.graph, &batches, CalibAlgo::Entropy, CalibDevice::Auto).unwrap();
+    let gpu = kiln::cuda::driver::Gpu::new(0).is_ok();
+    if where_auto.starts_with("the GPU") {
+        assert!(gpu, "{where_auto}");
+        // The GPU's FP32 differs from the CPU's in the last bits: the scales agree closely.
+        for (name, s) in &on_cpu.scales {
+            let g = auto.scales[name];
+            assert!((g - s).abs() <= 0.02 * s, "{name}: {g} on the GPU, {s} on the CPU");
+        }
+    } else {
+        assert!(where_auto.starts_with("the CPU reference ("), "{where_auto}");
+        assert_eq!(auto.scales, on_cpu.scales);
+    }
+    match calibrate_on(&m.graph, &batches, CalibAlgo::Entropy, CalibDevice::Cuda) {
+        Ok((_, on)) => assert!(gpu && on.starts_with("the GPU"), "{on}"),
+        Err(e) => {
+            assert!(!gpu, "asked for the GPU, which is there: {e}");
+            eprintln!("calibration on the GPU without one: {e}");
+        }
+    }
 }
