@@ -171,3 +171,25 @@ fn calibration_says_where_it_ran() {
         }
     }
 }
+
+/// The graph calibration runs (the FP32 model with every calibrated activation an output, the
+/// model's input among them) plans for the GPU, as `CalibDevice::Auto` runs it there.
+#[test]
+fn calibration_graphs_plan_for_the_gpu() {
+    for name in ["digits_cnn", "count_transformer"] {
+        let mut m = kiln::load(&fixture(&format!("{name}.onnx"))).unwrap();
+        let input = m.graph.node(m.graph.inputs[0]).outputs[0].clone();
+        let mut dims: Vec<usize> = input.ty.shape.unwrap().iter().map(|d| d.known().unwrap_or(8)).collect();
+        dims[0] = 8;
+        kiln::specialize(&mut m.graph, &HashMap::from([(input.name.clone(), dims)])).unwrap();
+        kiln::optimize_with(&mut m.graph, &kiln::OptimizeOptions { fuse: false, ..Default::default() }).unwrap();
+        let mut g = m.graph.clone();
+        let values = kiln::quant::calibrated_values(&g);
+        assert!(!values.is_empty(), "{name}");
+        for (n, v) in &values {
+            g.add_output(format!("__calib__{n}"), *v);
+        }
+        let plan = kiln::cuda::plan::plan(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!plan.steps.is_empty(), "{name}");
+    }
+}
