@@ -515,7 +515,7 @@ fn row_stride(out: &[usize], strides: &[i64]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{row_stride, EpiRead, Shape};
+    use super::{row_stride, split_k, EpiRead, Shape};
 
     #[test]
     fn epilogue_inputs_are_read_by_their_strides() {
@@ -548,6 +548,27 @@ mod tests {
         // A product's rows are its images: only their stride counts.
         assert_eq!(mm.read(&[8, 0, 0, 1]), EpiRead::Dense);
         assert_eq!(mm.read(&[16, 0, 0, 1]), EpiRead::Strided);
+    }
+
+    /// Split-K takes the small grids of ResNet-50's last stages and classifier at batch 32,
+    /// and leaves a grid that fills the GPU (BERT-base's products, layer3's 196 blocks) and a
+    /// short reduction alone.
+    #[test]
+    fn small_grids_split_their_reduction() {
+        if std::env::var("KILN_IGEMM_SPLIT").is_ok() {
+            return; // capped for this run
+        }
+        // (blocks, block channels, reduction bytes, split)
+        for (blocks, bn, k, want) in [
+            (104, 64, 4608, 4),  // layer4's 3x3 convolutions: 72 steps, 18 a block
+            (104, 64, 2048, 2),  // layer4's 1x1 over 2048 channels: 32 steps, 16 a block
+            (8, 128, 2048, 8),   // the classifier: 8 blocks, each of 64 with 4 steps
+            (196, 64, 2304, 1),  // layer3's 3x3 convolutions: more blocks than SMs
+            (192, 128, 3072, 1), // BERT-base's FFN output product
+            (100, 64, 256, 1),   // 4 steps: too short to share
+        ] {
+            assert_eq!(split_k(blocks, bn, k), want, "{blocks} blocks of {bn} over {k} bytes");
+        }
     }
 
     #[test]
