@@ -99,8 +99,8 @@ pub struct Built {
 }
 
 /// Builds a graph: shapes, IR passes, INT8 calibration (on the GPU where there is one, see
-/// [`CalibDevice`]) and quantization, fusion, and FP16 conversion (after fusion, so that BatchNorm folding and
-/// constant work happen in FP32).
+/// [`CalibDevice`]) and quantization, fusion, and FP16 conversion (after fusion, so that
+/// BatchNorm folding and constant work happen in FP32).
 pub fn build(mut graph: Graph, opts: &BuildOptions) -> Result<Built, Error> {
     crate::specialize(&mut graph, &opts.shapes)?;
     let passes_only = OptimizeOptions { fuse: false, ..opts.optimize.clone() };
