@@ -23,21 +23,29 @@ struct PoolArgs {
     i64 count_include_pad;
 };
 
+// Calls f(q) for every cell of output (oy, ox)'s window inside the image, q the cell in the
+// image xp whose pixels lie `step` elements apart (1 for an NCHW plane, the channel count for
+// channels-last data, where q is the cell's channels).
+template <typename T, class F>
+__device__ __forceinline__ void pool_window(const T* xp, const PoolArgs& p, i64 step, i64 oy, i64 ox, F f) {
+    for (i64 ky = 0; ky < p.kh; ++ky) {
+        const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
+        if (yy < 0 || yy >= p.ih) continue;
+        for (i64 kx = 0; kx < p.kw; ++kx) {
+            const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
+            if (xx < 0 || xx >= p.iw) continue;
+            f(xp + (yy * p.iw + xx) * step);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void maxpool_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p) {
     KILN_GRID_STRIDE(i, p.planes * p.oh * p.ow) {
         const i64 ox = i % p.ow, oy = (i / p.ow) % p.oh, pl = i / (p.ow * p.oh);
         const T* xp = x + pl * p.ih * p.iw;
         float m = -__int_as_float(0x7f800000);
-        for (i64 ky = 0; ky < p.kh; ++ky) {
-            const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-            if (yy < 0 || yy >= p.ih) continue;
-            for (i64 kx = 0; kx < p.kw; ++kx) {
-                const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-                if (xx < 0 || xx >= p.iw) continue;
-                m = nan_max(m, to_f32(xp[yy * p.iw + xx]));
-            }
-        }
+        pool_window(xp, p, 1, oy, ox, [&](const T* q) { m = nan_max(m, to_f32(*q)); });
         y[i] = from_f32<T>(m);
     }
 }
@@ -237,24 +245,7 @@ extern "C" __global__ void maxpool2d_u8(const unsigned char* x, unsigned char* y
 // `planes` is N * C as above and `c` the channel count: consecutive threads take consecutive
 // channels of one output cell, so every load is coalesced. The global forms read [N, H*W, C]
 // and write [N, C], which is the same memory as NCHW's [N, C, 1, 1].
-// Calls f(q) for every cell of output (oy, ox)'s window inside the image, q the cell's
-// channels in the channels-last image xp (c channels a pixel).
-template <typename T, class F>
-__device__ __forceinline__ void pool_window_nhwc(const T* xp, const PoolArgs& p, i64 c, i64 oy, i64 ox, F f) {
-    for (i64 ky = 0; ky < p.kh; ++ky) {
-        const i64 yy = oy * p.sh - p.ph0 + ky * p.dh;
-        if (yy < 0 || yy >= p.ih) continue;
-        for (i64 kx = 0; kx < p.kw; ++kx) {
-            const i64 xx = ox * p.sw - p.pw0 + kx * p.dw;
-            if (xx < 0 || xx >= p.iw) continue;
-            f(xp + (yy * p.iw + xx) * c);
-        }
-    }
-}
 
-// MaxPool over channels-last data, V adjacent channels a thread: one, or 16 bytes of them (8
-// f16, 16 i8) moved as one vector per window cell, which needs the channels times the element
-// size to be a multiple of 16 (the planner checks).
 // The byte kernels' common case: a 3x3 window without dilation over fewer than 2^31 bytes
 // (ResNet's stem pool). Indices in 32 bits and the window unrolled, so a thread's nine loads
 // (predicated off outside the image) are all in flight at once; the general loop below
@@ -290,6 +281,9 @@ __device__ __forceinline__ void maxpool3x3_nhwc16_u8(const unsigned char* __rest
     }
 }
 
+// MaxPool over channels-last data, V adjacent channels a thread: one, or 16 bytes of them (8
+// f16, 16 i8) moved as one vector per window cell, which needs the channels times the element
+// size to be a multiple of 16 (the planner checks).
 template <typename T, int V>
 __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __restrict__ y, const PoolArgs p,
                                                   i64 c) {
@@ -314,7 +308,7 @@ __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __
             unsigned m[4];
 #pragma unroll
             for (int v = 0; v < 4; ++v) m[v] = is_signed ? 0x80808080u : 0u;
-            pool_window_nhwc(xp, p, c, oy, ox, [&](const T* q) {
+            pool_window(xp, p, c, oy, ox, [&](const T* q) {
                 const uint4 raw = *reinterpret_cast<const uint4*>(q);
                 const unsigned e[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -326,7 +320,7 @@ __device__ __forceinline__ void maxpool_nhwc_impl(const T* __restrict__ x, T* __
         float m[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) m[v] = -__int_as_float(0x7f800000);
-        pool_window_nhwc(xp, p, c, oy, ox, [&](const T* q) {
+        pool_window(xp, p, c, oy, ox, [&](const T* q) {
             T e[V];
             if constexpr (V == 1) {
                 e[0] = *q;

@@ -68,17 +68,8 @@ pub fn run(a: Args) -> Result<()> {
     let scales = built.cache.as_ref().map(|c| &c.scales);
     let (outs, layers) = if a.device == "cuda" {
         // One engine for every batch: the graph compared is the same each time.
-        let mut ctx: Option<kiln::runtime::exec::ExecutionContext> = None;
-        let mut on_gpu = |g: &kiln::ir::Graph, inputs: &[Tensor]| -> Result<Vec<Tensor>, kiln::Error> {
-            let c = match &mut ctx {
-                Some(c) => c,
-                None => {
-                    let engine = kiln::gpu::load_engine(g, &gpu_opts)?;
-                    ctx.insert(kiln::runtime::exec::ExecutionContext::new(engine)?)
-                }
-            };
-            Ok(c.run(inputs)?)
-        };
+        let runner = kiln::gpu::GraphRunner::new(gpu_opts)?;
+        let mut on_gpu = |g: &kiln::ir::Graph, inputs: &[Tensor]| runner.run(g, inputs);
         kiln::compare::compare_with(&reference, &built.graph, &batches, a.per_layer, scales, &mut on_gpu)?
     } else {
         kiln::compare::compare(&reference, &built.graph, &batches, a.per_layer, scales)?

@@ -197,9 +197,11 @@ pub fn calibrate(
     let opts = CalibOptions { algo, bins: 2048 };
     let mut why_not = String::new();
     if device != CalibDevice::Cpu {
-        let gpu = crate::gpu::CalibrationRunner::new(0);
+        // FP32 without TF32, as the CPU reference computes.
+        let exec = kiln_runtime::exec::ExecOptions { tf32: false, ..Default::default() };
+        let gpu = crate::gpu::GraphRunner::new(crate::gpu::GpuOptions { exec, ..Default::default() });
         let tried = gpu.map(|gpu| {
-            let run = |g: &Graph, ins: &[Tensor]| gpu.run(g, ins);
+            let run = |g: &Graph, ins: &[Tensor]| gpu.run(g, ins).map_err(|e| e.to_string());
             (kiln_quant::calibrate(graph, batches, opts, &run), gpu.arch().to_string())
         });
         match (tried, device) {

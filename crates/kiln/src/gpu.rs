@@ -111,27 +111,22 @@ pub fn engine_inputs(engine: &Engine, given: &mut HashMap<String, Tensor>, seed:
     ins.into_iter().map(|(_, t)| t).collect()
 }
 
-/// Runs calibration's FP32 graph on the GPU (`kiln_quant::calibrate`'s runner): the graph
-/// is planned, compiled and loaded once, in FP32 without TF32, and every batch runs in the
-/// same execution context; a different graph gets its own engine.
-pub struct CalibrationRunner {
+/// Runs graphs on the GPU, keeping the engine of the graph it ran last: calibration and
+/// `kiln compare` run one graph over many batches, which is planned, compiled and loaded once
+/// and runs every batch in the same execution context. A different graph gets its own engine.
+pub struct GraphRunner {
     opts: GpuOptions,
     arch: String,
     /// The graph the context runs (its address, nodes and outputs) and the context.
     ctx: std::cell::RefCell<Option<((usize, usize, usize), ExecutionContext)>>,
 }
 
-impl CalibrationRunner {
-    /// A runner on GPU `device`: fails without a GPU or without NVRTC.
-    pub fn new(device: usize) -> Result<CalibrationRunner, Error> {
-        let arch = Gpu::new(device)?.arch().to_string();
+impl GraphRunner {
+    /// A runner on GPU `opts.device`: fails without a GPU or without NVRTC.
+    pub fn new(opts: GpuOptions) -> Result<GraphRunner, Error> {
+        let arch = Gpu::new(opts.device)?.arch().to_string();
         Nvrtc::locate()?;
-        let exec = ExecOptions { tf32: false, ..ExecOptions::default() };
-        Ok(CalibrationRunner {
-            opts: GpuOptions { exec, device, ..GpuOptions::default() },
-            arch,
-            ctx: Default::default(),
-        })
+        Ok(GraphRunner { opts, arch, ctx: Default::default() })
     }
 
     /// The GPU's architecture (`sm_90`).
@@ -140,16 +135,15 @@ impl CalibrationRunner {
     }
 
     /// Runs `graph` on `inputs` (in graph-input order), returning every graph output.
-    pub fn run(&self, graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+    pub fn run(&self, graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         let key = (graph as *const Graph as usize, graph.node_count(), graph.outputs.len());
         let mut slot = self.ctx.borrow_mut();
-        if slot.as_ref().is_none_or(|(k, _)| *k != key) {
-            *slot = None;
-            let engine = load_engine(graph, &self.opts).map_err(|e| e.to_string())?;
-            *slot = Some((key, ExecutionContext::new(engine).map_err(|e| e.to_string())?));
-        }
-        let (_, ctx) = slot.as_mut().ok_or("no execution context")?;
-        ctx.run(inputs).map_err(|e| e.to_string())
+        let ctx = match slot.take() {
+            Some((k, ctx)) if k == key => ctx,
+            _ => ExecutionContext::new(load_engine(graph, &self.opts)?)?,
+        };
+        let (_, ctx) = slot.insert((key, ctx));
+        Ok(ctx.run(inputs)?)
     }
 }
 
