@@ -222,11 +222,12 @@ __device__ __forceinline__ void ig_wgmma_n128(int (&d)[64], unsigned long long d
 }
 #endif
 
-#if IG_CLUSTER > 1
+#if IG_CLUSTER > 1 || (defined(KILN_IG_LN) && IG_WGMMA)
 // sm_90a clusters: this block's rank, the cluster's barrier (every thread of every block;
 // release and acquire, so shared-memory writes before it are seen by all the blocks after
 // it), and a load from another block's shared memory (`mapa` turns a shared address of this
-// block into the same address in block `rank`).
+// block into the same address in block `rank`). The loads are volatile, so they stay after the
+// barrier, but clobber no memory, so that several of them are in flight at once.
 __device__ __forceinline__ int ig_cluster_rank() {
     unsigned r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
@@ -241,8 +242,14 @@ __device__ __forceinline__ int4 ig_ld_cluster(unsigned addr, int rank) {
     int4 v;
     asm volatile("ld.shared::cluster.v4.s32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(a)
-                 : "memory");
+                 : "r"(a));
+    return v;
+}
+__device__ __forceinline__ float ig_ld_cluster_f32(unsigned addr, int rank) {
+    unsigned a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(addr), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a));
     return v;
 }
 #endif
@@ -648,6 +655,134 @@ __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid,
     }
 }
 
+#ifdef KILN_IG_LN
+// LayerNormalization over the output channels in the epilogue (KILN_IG_LN, sm_90a): the
+// KILN_IG_LN blocks of 128 channels along the launch's y that make up a row's m channels are
+// one cluster. Each block computes its outputs as the plain kernel would store them (rounded
+// to kiln_out_t, `kiln_epi_vals`), sums each row's share in a warp (a warp takes one row's
+// 128 channels at a time), and reads the other blocks' sums from their shared memory: the mean
+// first, then the sum of squared deviations (two passes, as the LayerNorm kernels compute
+// them). It stores the normalized row in kiln_out_t and, with `q`, quantized to i8 as
+// QuantizeLinear would from the stored value. The plan takes this only for sm_90 engines
+// (`plan::Target`); elsewhere the kernel traps.
+struct LnArgs {
+    const void* gamma;
+    const void* beta;  // or null
+    signed char* q;    // or null
+    double eps, qc, qr;
+};
+
+#if IG_WGMMA
+// The cluster's totals of a warp's rows (lr0 + q * IG_EPI_STEP, q < 8) from the blocks' sums at
+// shared address `at` (one float a row): lane l reads row l / 4's from blocks l % 4 and
+// l % 4 + 4, and its quad adds them up, so lanes 4q to 4q + 3 hold row q's total.
+__device__ __forceinline__ float ig_ln_total(unsigned at, int lr0, int lane) {
+    const int b = lane & 3;
+    const unsigned row = at + (lr0 + (lane >> 2) * IG_EPI_STEP) * 4;
+    float t = b < KILN_IG_LN ? ig_ld_cluster_f32(row, b) : 0.0f;
+    if (b + 4 < KILN_IG_LN) t += ig_ld_cluster_f32(row, b + 4);
+    t += __shfl_xor_sync(0xffffffffu, t, 1);
+    return t + __shfl_xor_sync(0xffffffffu, t, 2);
+}
+
+__device__ __forceinline__ void ig_epilogue_ln(const IgAcc& acc, int* stg, int tid, i64 row0, int col0,
+                                               const IgemmArgs& g, const EpiArgs& e, const LnArgs& ln, void* out) {
+    static_assert(KILN_BN == 128 && IG_THREADS == 256 && IG_EPI_STEP == 8 && IG_EPI_ITERS == 8,
+                  "a warp takes a row's 128 channels, eight rows a pass");
+    static_assert(IG_SMEM_EPI + 2 * IG_EPI_ROWS * 4 <= IG_SMEM, "the row sums fit after the staging tile");
+    // The row sums of this block's channels, after the staging tile: the mean's, then the
+    // squared deviations'.
+    float* red = reinterpret_cast<float*>(stg + IG_EPI_ROWS * IG_EPI_LD);
+    const int lane = tid & 31, lr0 = tid >> 5, c = col0 + lane * 4;
+    const float n = (float)g.m, eps = (float)ln.eps, qc = (float)ln.qc, qr = (float)ln.qr;
+    EpiPre pre;
+    kiln_epi_pre(e, g, c, pre);
+    const kiln_out_t* G = (const kiln_out_t*)ln.gamma;
+    const kiln_out_t* B = (const kiln_out_t*)ln.beta;
+    const unsigned red_at = (unsigned)__cvta_generic_to_shared(red);
+    constexpr int CH = 4;
+#pragma unroll 1
+    for (int pass = 0; pass < IG_BM / IG_EPI_ROWS; ++pass) {
+        __syncthreads();
+        ig_stage(acc, stg, pass, tid >> 5, lane);
+        __syncthreads();
+        // The rows' values, then (after the mean) their deviations from it, replace the
+        // accumulators in the staging tile (each thread's own four), so that no row is held in
+        // registers across the cluster's barriers. The inputs are read CH rows at a time, all
+        // of a chunk's loads in flight together.
+#pragma unroll
+        for (int ch = 0; ch < IG_EPI_ITERS; ch += CH) {
+            EpiIn in[CH];
+#pragma unroll
+            for (int q = 0; q < CH; ++q) {
+                const i64 r = row0 + pass * IG_EPI_ROWS + lr0 + (ch + q) * IG_EPI_STEP;
+                kiln_epi_load(e, g, r < g.rows ? r : g.rows - 1, c, in[q]);
+            }
+#pragma unroll
+            for (int q = 0; q < CH; ++q) {
+                const int lr = lr0 + (ch + q) * IG_EPI_STEP;
+                int4* at = reinterpret_cast<int4*>(&stg[lr * IG_EPI_LD + lane * 4]);
+                const int4 a4 = *at;
+                const int a[4] = {a4.x, a4.y, a4.z, a4.w};
+                float y[4];
+                kiln_epi_vals(e, g, pre, in[q], a, y);
+                *reinterpret_cast<float4*>(at) = make_float4(y[0], y[1], y[2], y[3]);
+                const float s = warp_sum(y[0] + y[1] + y[2] + y[3]);
+                if (lane == 0) red[lr] = s;
+            }
+        }
+        ig_cluster_sync();
+        const float sum = ig_ln_total(red_at, lr0, lane);
+#pragma unroll
+        for (int q = 0; q < IG_EPI_ITERS; ++q) {
+            const int lr = lr0 + q * IG_EPI_STEP;
+            float4* at = reinterpret_cast<float4*>(&stg[lr * IG_EPI_LD + lane * 4]);
+            const float mean = __shfl_sync(0xffffffffu, sum, q * 4) / n;
+            float4 d = *at;
+            d.x -= mean;
+            d.y -= mean;
+            d.z -= mean;
+            d.w -= mean;
+            *at = d;
+            const float d2 = warp_sum(d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w);
+            if (lane == 0) red[IG_EPI_ROWS + lr] = d2;
+        }
+        ig_cluster_sync();
+        const float dev = ig_ln_total(red_at + IG_EPI_ROWS * 4, lr0, lane);
+        float gam[4], bet[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            gam[u] = to_f32(G[c + u]);
+            bet[u] = B ? to_f32(B[c + u]) : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < IG_EPI_ITERS; ++q) {
+            const int lr = lr0 + q * IG_EPI_STEP;
+            const i64 r = row0 + pass * IG_EPI_ROWS + lr;
+            const float4 d = *reinterpret_cast<const float4*>(&stg[lr * IG_EPI_LD + lane * 4]);
+            const float y[4] = {d.x, d.y, d.z, d.w};
+            const float inv = rsqrtf(__shfl_sync(0xffffffffu, dev, q * 4) / n + eps);
+            kiln_out_t o[4];
+            signed char qb[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                o[u] = from_f32<kiln_out_t>(y[u] * inv * gam[u] + bet[u]);
+                qb[u] = kiln_rni_sat_s8(kiln_div_k(to_f32(o[u]), qc, qr));
+            }
+            if (r < g.rows) {
+                ig_st4((kiln_out_t*)out + r * g.m + c, o);
+                if (ln.q) ig_st4(ln.q + r * g.m + c, qb);
+            }
+        }
+        // The next pass rewrites `red` only after its first cluster barrier, which every block
+        // reaches after reading this pass's sums.
+    }
+    // No block leaves while another may still read its sums.
+    ig_cluster_sync();
+}
+#endif
+#endif
+
 #ifndef KILN_IG_PP
 // One block a tile: 128 rows by KILN_BN channels, over k in steps of 64 bytes (or, split-K,
 // its share of them, the cluster's blocks summing their accumulators in the epilogue). The
@@ -655,12 +790,19 @@ __device__ __forceinline__ void ig_epilogue(const IgAcc& acc, int* stg, int tid,
 // every step frees the stage read in the step before.
 #if IG_CLUSTER > 1
 #define IG_CLUSTER_DIMS __cluster_dims__(1, 1, IG_CLUSTER)
+#elif defined(KILN_IG_LN) && IG_WGMMA
+#define IG_CLUSTER_DIMS __cluster_dims__(1, KILN_IG_LN, 1)
 #else
 #define IG_CLUSTER_DIMS
 #endif
 extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUSTER_DIMS
     KILN_KERNEL_NAME(const signed char* __restrict__ x, const signed char* __restrict__ wt, void* __restrict__ out,
-                     const IgemmArgs g, const EpiArgs e) {
+                     const IgemmArgs g, const EpiArgs e
+#ifdef KILN_IG_LN
+                     ,
+                     const LnArgs ln
+#endif
+    ) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
     // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
     __align__(1024) __shared__ signed char smem[IG_SMEM];
@@ -722,7 +864,12 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     }
     ig_cp_wait<0>();
     ig_pdl_trigger();
-#if IG_CLUSTER > 1
+#if defined(KILN_IG_LN) && IG_WGMMA
+    ig_epilogue_ln(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, ln, out);
+#elif defined(KILN_IG_LN)
+    // Never planned without clusters (`plan::Target`).
+    __trap();
+#elif IG_CLUSTER > 1
     ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { ig_cluster_sync(); });
     // No block leaves while another may still read its accumulators.
     ig_cluster_sync();

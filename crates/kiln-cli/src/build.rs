@@ -214,7 +214,9 @@ pub fn run(a: Args) -> Result<()> {
         std::fs::write(path, kiln::fuse::to_dot(g)).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.plan {
-        let plan = kiln::cuda::plan::plan(g).with_context(|| format!("planning {name} for CUDA"))?;
+        let arch = a.arch.clone().unwrap_or_else(kiln::gpu::default_arch);
+        let target = kiln::cuda::plan::Target::for_arch(&arch);
+        let plan = kiln::cuda::plan::plan_for(g, target).with_context(|| format!("planning {name} for CUDA"))?;
         std::fs::write(path, plan.to_string()).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.dump {

@@ -822,12 +822,17 @@ pub struct IgemmBlock {
     /// Split-K (`KILN_IG_SPLIT`): 1, or the 2, 4 or 8 blocks along the launch's z that share a
     /// tile's reduction as one cluster (sm_90a; elsewhere the first computes it all).
     pub split: usize,
+    /// LayerNormalization in the epilogue (`KILN_IG_LN`): 0 for none, else the 2 to 8 blocks
+    /// of 128 channels along the launch's y that hold a row's channels, one cluster (sm_90a
+    /// only: the plan takes it for sm_90 engines, see `plan::Target`). The kernel then takes
+    /// a third argument, `LnArgs`: the scale, bias, epsilon and an optional quantized copy.
+    pub ln: usize,
 }
 
 impl IgemmBlock {
     /// A one-tile kernel of `bn` by `wn` channels reading as `load`, not split.
     pub fn new(bn: usize, wn: usize, load: IgLoad) -> Self {
-        IgemmBlock { bn, wn, load, persistent: false, split: 1 }
+        IgemmBlock { bn, wn, load, persistent: false, split: 1, ln: 0 }
     }
 }
 
@@ -836,24 +841,26 @@ impl IgemmBlock {
 /// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
 /// [`EpiRead`]) applied to each accumulator, shaped as `block` says. With `vec` (the output
 /// channels a multiple of 4) the epilogue moves four channels at a time as one vector. The
-/// kernel is named `igemm<bn>w<wn>[p][d|n][s<split>]_<hash>_<output dtype>`.
+/// kernel is named `igemm<bn>w<wn>[p][d|n][s<split>][l<ln>]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
     block: IgemmBlock,
     vec: bool,
 ) -> Result<ElementwiseKernel> {
-    let IgemmBlock { bn, wn, load, persistent, split } = block;
+    let IgemmBlock { bn, wn, load, persistent, split, ln } = block;
     if !matches!(bn, 64 | 128)
         || !matches!(wn, 32 | 64)
         || wn > bn
         || (persistent && bn != 128)
         || !matches!(split, 1 | 2 | 4 | 8)
         || (persistent && split > 1)
+        || (ln != 0 && (!(2..=8).contains(&ln) || bn != 128 || wn != 32 || persistent || split > 1))
     {
         return Err(CudaError::Invalid(format!(
-            "an implicit-GEMM block of {bn} channels with warps of {wn}, split {split} (64 or 128, and 32 or 64; 128 and \
-             unsplit for the persistent kernel; split 1, 2, 4 or 8)"
+            "an implicit-GEMM block of {bn} channels with warps of {wn}, split {split}, LayerNorm over {ln} blocks (64 or \
+             128, and 32 or 64; 128 and unsplit for the persistent kernel; split 1, 2, 4 or 8; a LayerNorm over 2 to \
+             8 unsplit blocks of 128 by 32)"
         )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {
@@ -882,6 +889,9 @@ pub fn igemm_kernel(
     if split > 1 {
         writeln!(defs, "#define KILN_IG_SPLIT {split}").unwrap_or(());
     }
+    if ln > 0 {
+        writeln!(defs, "#define KILN_IG_LN {ln}").unwrap_or(());
+    }
     if persistent {
         let (stages, lag) = pp_depth();
         // The launch's shared memory, which the kernel checks its layout against.
@@ -898,11 +908,14 @@ pub fn igemm_kernel(
     defs.push_str(&e.code);
     let out_st = storage_type(out)?;
     writeln!(defs, "typedef {out_st} kiln_out_t;").unwrap_or(());
-    let body = igemm_epilogue(extra, out, vec)?;
+    if ln > 0 && !vec {
+        return Err(CudaError::Invalid("a LayerNorm epilogue moves four channels at a time".into()));
+    }
+    let body = igemm_epilogue(extra, out, vec, ln > 0)?;
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     let name = format!(
-        "igemm{bn}w{wn}{}{}{}_{hash}_{}",
+        "igemm{bn}w{wn}{}{}{}{}_{hash}_{}",
         if persistent { "p" } else { "" },
         match load {
             IgLoad::Conv => "",
@@ -910,6 +923,7 @@ pub fn igemm_kernel(
             IgLoad::Narrow => "n",
         },
         if split > 1 { format!("s{split}") } else { String::new() },
+        if ln > 0 { format!("l{ln}") } else { String::new() },
         dtype_suffix(out)?
     );
     let defs = format!("#define KILN_KERNEL_NAME {name}\n{defs}");
@@ -923,7 +937,9 @@ pub fn igemm_kernel(
 /// reads them at row `r`; and `kiln_epi_row`, which computes the row's four outputs from the
 /// accumulators `acc` and stores them if the row is `live` (past the last row it is computed
 /// from the last row's inputs and not stored, so that rows need no branch between them).
-fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<String> {
+/// With `vals` (a LayerNorm epilogue) also `kiln_epi_vals`, which gives the four outputs as
+/// stored (rounded to the output type) in f32 instead of storing them.
+fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool, vals: bool) -> Result<String> {
     // A vector moves four elements (of 1, 2, 4 or 8 bytes: every storage type is one).
     let vectorizable = |dt: DType| vec && matches!(storage_size(dt), 1 | 2 | 4 | 8);
     let mut pre = String::from("struct EpiPre {\n");
@@ -991,6 +1007,18 @@ fn igemm_epilogue(extra: &[(DType, EpiRead)], out: DType, vec: bool) -> Result<S
         );
     }
     row.push_str("}\n");
+    if vals {
+        row.push_str(
+            "__device__ __forceinline__ void kiln_epi_vals(const EpiArgs& e, const IgemmArgs& g, const EpiPre& p,\n\
+             \x20                                             const EpiIn& in, const int (&acc)[4], float (&y)[4]) {\n",
+        );
+        writeln!(
+            row,
+            "#pragma unroll\n    for (int u = 0; u < 4; ++u) y[u] = to_f32((kiln_out_t)({}));\n}}",
+            store_expr(out, &format!("kiln_expr({})", args.join(", ")))?
+        )
+        .unwrap_or(());
+    }
     Ok(format!("{pre}{pre_fn}{rin}{load}{row}"))
 }
 

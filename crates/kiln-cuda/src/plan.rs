@@ -358,10 +358,38 @@ struct Planner<'g> {
     nhwc_f32: bool,
     /// Nodes another node's step computes already (a quantize a LayerNorm writes too).
     absorbed: HashSet<NodeId>,
+    /// What the GPU the plan is for can do.
+    target: Target,
 }
 
-/// Plans `g`, or fails naming every node that has no GPU lowering.
+/// What the GPU a plan is for can do, where the plan takes kernels that need it, and the
+/// choices that depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// An INT8 matrix product computes the LayerNorm that alone reads it in its epilogue, its
+    /// channel blocks one cluster of Hopper's sm_90a (see `codegen::IgemmBlock::ln`). Off by
+    /// default: on an H100 it measured slower than the LayerNorm kernel after the product
+    /// (docs/int8.md). [`Target::for_arch`] turns it on for sm_90 with `KILN_IGEMM_LN=1`.
+    pub layernorm_epilogue: bool,
+}
+
+impl Target {
+    /// The target of an engine compiled for `arch` (`sm_80`, `sm_90`, ...), with the choices
+    /// the environment makes at build time (see the fields).
+    pub fn for_arch(arch: &str) -> Target {
+        let hopper = matches!(arch, "sm_90" | "sm_90a");
+        Target { layernorm_epilogue: hopper && std::env::var("KILN_IGEMM_LN").is_ok_and(|v| v == "1") }
+    }
+}
+
+/// Plans `g` for any GPU Kiln supports (no kernel that needs a [`Target`]), or fails naming
+/// every node that has no GPU lowering.
 pub fn plan(g: &Graph) -> Result<Plan> {
+    plan_for(g, Target::default())
+}
+
+/// Plans `g` for `target`, or fails naming every node that has no GPU lowering.
+pub fn plan_for(g: &Graph, target: Target) -> Result<Plan> {
     let order = g.topo_order().map_err(|e| CudaError::Invalid(e.to_string()))?;
     let nhwc_f32 = channels_last::half_convolutions(g);
     let mut p = Planner {
@@ -371,6 +399,7 @@ pub fn plan(g: &Graph) -> Result<Plan> {
         nhwc: HashMap::new(),
         nhwc_f32,
         absorbed: HashSet::new(),
+        target,
     };
     for (i, &id) in g.inputs.iter().enumerate() {
         p.buffer(Value { node: id, slot: 0 }, BufferKind::Input(i))?;

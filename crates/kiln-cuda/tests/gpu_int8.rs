@@ -12,7 +12,7 @@
 //! instead, so a GPU run can never pass by skipping.
 
 use kiln_cuda::library::KernelLibrary;
-use kiln_cuda::plan::{plan, Step, StepKind};
+use kiln_cuda::plan::{plan, plan_for, Step, StepKind, Target};
 use kiln_ir::ops::elementwise::BinaryOp;
 use kiln_ir::ops::linalg::ConvAttrs;
 use kiln_ir::ops::pool::AutoPad;
@@ -454,5 +454,99 @@ fn int8_max_pooling_matches_the_cpu_exactly() {
         assert!(pooled, "channels-last i8 pooling\n{p}");
         // The convolution's i8 result may round the other way where the GPU fuses a multiply-add.
         check(lib, &format!("conv then MaxPool i8 channels-last kernel {kernel:?}"), &g, &[x], 1, Some((1.0, 0.0)));
+    }
+}
+
+/// An INT8 product whose epilogue adds a bias and an f16 residual, read only by a LayerNorm
+/// over its channels whose output a quantize reads too (BERT's output projections in INT8):
+/// with `Target::layernorm_epilogue` (sm_90 only) one kernel computes it all, its channel
+/// blocks one cluster summing each row through distributed shared memory; by default the
+/// LayerNorm is a kernel of its own. On an sm_90 GPU the fused plan matches the CPU reference: the f16 output
+/// within f16 rounding, the quantized copy within one step (sums taken in another order may
+/// round a value across a step's midpoint).
+#[test]
+fn int8_products_compute_the_layernorm_that_reads_them() {
+    use kiln_ir::ops::NormOp;
+    use kiln_ir::{TypeInfo, Value, ValueInfo};
+    let lib = lib().filter(|l| {
+        let sm90 = l.gpu().arch() == "sm_90";
+        if !sm90 {
+            eprintln!("skipped on the GPU: clusters need sm_90, this is {}", l.gpu().arch());
+        }
+        sm90
+    });
+    let mut rng = Rng::new(37);
+    // (rows, k, n): 6, 2 and 8 blocks of 128 channels a row; a partial last row tile.
+    for (rows, k, n, beta) in [(300, 256, 768, true), (128, 128, 256, false), (200, 768, 1024, true)] {
+        let mut g = Graph::new("igemm_ln");
+        let x = g.add_input("x", TypeInfo::known(DType::I8, &[rows, k]));
+        let res = g.add_input("res", TypeInfo::known(DType::F16, &[rows, n]));
+        let konst = |g: &mut Graph, name: &str, t: Tensor| Some(g.add_const(name, t));
+        let w = konst(&mut g, "w", i8s(&mut rng, &[k, n]));
+        let scale = konst(&mut g, "scale", rand_tensor(&mut rng, &[n], 1e-3, 4e-3, DType::F32));
+        let bias = konst(&mut g, "bias", rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32));
+        let gamma = konst(&mut g, "gamma", rand_tensor(&mut rng, &[n], 0.5, 1.5, DType::F16));
+        let beta = if beta { konst(&mut g, "beta", rand_tensor(&mut rng, &[n], -0.5, 0.5, DType::F16)) } else { None };
+        // f16(f32(acc) * scale + bias + f32(res))
+        let mut nodes = dequant_bias().nodes;
+        nodes.extend([
+            ExprNode::Input(3),
+            ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F32, saturate: true }, args: vec![6] },
+            ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Add), args: vec![5, 7] },
+            ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F16, saturate: true }, args: vec![8] },
+        ]);
+        let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: Expr { nodes } });
+        let f16 = |name: &str| ValueInfo::tensor(name.to_string(), TypeInfo::known(DType::F16, &[rows, n]));
+        let mm = g.add_node("mm", op, &[Some(x), w, None, None, scale, bias, Some(res)], vec![f16("sum")]);
+        let sum = Value { node: mm, slot: 0 };
+        let norm = Op::Norm(NormOp::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+        let ln = g.add_node("ln", norm, &[Some(sum), gamma, beta], vec![f16("h")]);
+        let h = Value { node: ln, slot: 0 };
+        let quantize = Expr {
+            nodes: vec![
+                ExprNode::Input(0),
+                ExprNode::Op { op: ElementwiseOp::Cast { to: DType::F32, saturate: true }, args: vec![0] },
+                ExprNode::Scalar { value: 0.03, dtype: DType::F32 },
+                ExprNode::Op { op: ElementwiseOp::Binary(BinaryOp::Div), args: vec![1, 2] },
+                ExprNode::Op { op: ElementwiseOp::Unary(kiln_ir::ops::elementwise::UnaryOp::Round), args: vec![3] },
+                ExprNode::Op { op: ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, args: vec![4] },
+                ExprNode::Op { op: ElementwiseOp::Cast { to: DType::I8, saturate: true }, args: vec![5] },
+            ],
+        };
+        let qty = TypeInfo::known(DType::I8, &[rows, n]);
+        let q = g.add_node(
+            "q",
+            Op::Fused(FusedOp::Elementwise(quantize)),
+            &[Some(h)],
+            vec![ValueInfo::tensor("q".to_string(), qty)],
+        );
+        g.add_output("h", h);
+        g.add_output("q", Value { node: q, slot: 0 });
+        let what = format!("[{rows}, {k}] x [{k}, {n}] + residual, LayerNorm, quantize");
+        let kernels = |target: Target| -> Vec<String> {
+            let p = plan_for(&g, target).unwrap_or_else(|e| panic!("{what}: {e}"));
+            p.steps
+                .iter()
+                .filter_map(|s| if let StepKind::Kernel(k) = &s.kind { Some(k.kernel.clone()) } else { None })
+                .collect()
+        };
+        let fused = kernels(Target { layernorm_epilogue: true });
+        assert_eq!(fused.len(), 1, "{what}: {fused:?}");
+        assert!(fused[0].starts_with(&format!("igemm128w32dl{}_", n / 128)), "{what}: {fused:?}");
+        let plain = kernels(Target::default());
+        assert_eq!(plain.len(), 2, "{what}: {plain:?}");
+        assert_eq!(plain[1], "layernorm_warp_q_f16", "{what}: {plain:?}");
+        let Some(lib) = lib else { continue };
+        let x_t = i8s(&mut rng, &[rows, k]);
+        let res_t = rand_tensor(&mut rng, &[rows, n], -2.0, 2.0, DType::F16);
+        let inputs = [x_t, res_t];
+        let p = plan_for(&g, Target { layernorm_epilogue: true }).unwrap();
+        let got = lib.run_plan(&p, &inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = kiln_cpu::run_graph(&g, &inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_close(&format!("{what}: h"), &got[0], &want[0], 1e-2, 1e-2);
+        let (a, b) = (got[1].to_i64_vec(), want[1].to_i64_vec());
+        let off: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+        assert!(off.iter().all(|&i| (a[i] - b[i]).abs() <= 1), "{what}: q differs by more than one step");
+        assert!(off.len() * 200 <= a.len(), "{what}: q differs in {} of {} elements", off.len(), a.len());
     }
 }

@@ -113,6 +113,18 @@ fn generated_igemm_kernels_compile() {
             }
         }
     }
+    // LayerNorm epilogues over clusters of 2, 6 and 8 blocks (sm_80 compiles the trap).
+    for (to, ln) in [(DType::F16, 6), (DType::F32, 2), (DType::BF16, 8)] {
+        let block = IgemmBlock { ln, ..IgemmBlock::new(128, 32, IgLoad::Dense) };
+        let k = igemm_kernel(&dequant_bias_relu(to), &reads(true), block, true).expect("generates");
+        for arch in ARCHS {
+            match nv.compile(&k.name, &k.source, arch) {
+                Ok(c) if c.has_kernel(&k.name) => {}
+                Ok(_) => failures.push(format!("{arch}: CUBIN lacks {}", k.name)),
+                Err(err) => failures.push(format!("{}: {err}", k.name)),
+            }
+        }
+    }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 

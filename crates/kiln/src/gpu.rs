@@ -5,7 +5,7 @@ use crate::Error;
 use kiln_cuda::driver::Gpu;
 use kiln_cuda::library::KernelLibrary;
 use kiln_cuda::nvrtc::Nvrtc;
-use kiln_cuda::plan::ModuleRef;
+use kiln_cuda::plan::{ModuleRef, Target};
 use kiln_cuda::CudaError;
 use kiln_ir::{Graph, Tensor};
 use kiln_runtime::engine::{build_engine, EngineFile};
@@ -35,12 +35,17 @@ impl Default for GpuOptions {
 
 /// Plans `graph`, compiles what it launches for the device and loads it.
 pub fn load_engine(graph: &Graph, opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
-    load_plan(kiln_cuda::plan::plan(graph)?, opts)
+    let gpu = Arc::new(Gpu::new(opts.device)?);
+    let plan = kiln_cuda::plan::plan_for(graph, Target::for_arch(gpu.arch()))?;
+    load_plan_on(gpu, plan, opts)
 }
 
 /// Compiles what a launch plan launches for the device and loads it.
 pub fn load_plan(plan: kiln_cuda::plan::Plan, opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
-    let gpu = Arc::new(Gpu::new(opts.device)?);
+    load_plan_on(Arc::new(Gpu::new(opts.device)?), plan, opts)
+}
+
+fn load_plan_on(gpu: Arc<Gpu>, plan: kiln_cuda::plan::Plan, opts: &GpuOptions) -> Result<Arc<Engine>, Error> {
     let memory = kiln_runtime::memory::plan_memory(&plan, opts.workspace_bytes);
     let lib = KernelLibrary::new(gpu.clone(), Nvrtc::locate()?);
     let module = |m: &ModuleRef| match m {
@@ -61,7 +66,7 @@ pub fn default_arch() -> String {
 /// Plans an optimized graph and compiles every kernel it launches for `arch` (no GPU needed):
 /// the engine `kiln build -o` writes. `options` are recorded in the header.
 pub fn build_engine_file(graph: &Graph, arch: &str, options: Vec<(String, String)>) -> Result<EngineFile, Error> {
-    let plan = kiln_cuda::plan::plan(graph)?;
+    let plan = kiln_cuda::plan::plan_for(graph, Target::for_arch(arch))?;
     Ok(build_engine(plan, arch, &Nvrtc::locate()?, options)?)
 }
 

@@ -111,6 +111,17 @@ fn split_k(blocks: usize, bn: usize, k: usize) -> usize {
     [8, 4, 2].into_iter().find(|&s| s <= cap && fits(s)).unwrap_or(1)
 }
 
+/// A LayerNormalization computed in a matrix product's epilogue (see
+/// `Planner::layernorm_reader`): the node, its scale, bias and epsilon, and the quantize of
+/// its output (node, scale and reciprocal) that the kernel computes too.
+struct LnEpilogue {
+    node: NodeId,
+    scale: BufferId,
+    bias: Option<BufferId>,
+    epsilon: f32,
+    quantize: Option<(NodeId, f32, f32)>,
+}
+
 /// An implicit GEMM's launch: the kernel's shape and the launch configuration.
 struct IgemmLaunch {
     block: IgemmBlock,
@@ -301,7 +312,7 @@ impl Planner<'_> {
             (self.nhwc_input(id, 0)?, self.nhwc_filter(id)?)
         };
         let y = self.nhwc_out(id, 0)?;
-        self.launch_igemm(id, expr, [x, w, y], &shape, launch, extra)?;
+        self.launch_igemm(id, expr, [x, w, y], &shape, launch, extra, None)?;
         Ok(true)
     }
 
@@ -371,14 +382,109 @@ impl Planner<'_> {
         }
         let a = self.required(id, 0)?;
         let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
-        let y = self.out(id, 0)?;
-        self.launch_igemm(id, expr, [a, b_nk, y], &shape, launch, extra)?;
+        let mut launch = launch;
+        let ln = self.layernorm_reader(Value { node: id, slot: 0 }, &launch.block, &out_shape)?;
+        let (y, ln) = match ln {
+            None => (self.out(id, 0)?, None),
+            Some(ln) => {
+                // The product's own output is never stored: the LayerNorm is its only reader.
+                // Its channel blocks make the cluster, so the reduction is not split.
+                launch.block.ln = n / 128;
+                launch.block.split = 1;
+                launch.config.grid.2 = 1;
+                let y = self.out(ln.node, 0)?;
+                self.absorbed.insert(ln.node);
+                let q = match ln.quantize {
+                    Some((node, _, _)) => {
+                        self.absorbed.insert(node);
+                        Field::Ptr { buffer: self.out(node, 0)?, offset_bytes: 0 }
+                    }
+                    None => Field::Null,
+                };
+                let (c, r) = ln.quantize.map_or((1.0, 1.0), |(_, c, r)| (c, r));
+                let ptr = |b: Option<BufferId>| b.map_or(Field::Null, |buffer| Field::Ptr { buffer, offset_bytes: 0 });
+                let fields = vec![
+                    ptr(Some(ln.scale)),
+                    ptr(ln.bias),
+                    q,
+                    Field::F64(ln.epsilon as f64),
+                    Field::F64(c as f64),
+                    Field::F64(r as f64),
+                ];
+                (y, Some(fields))
+            }
+        };
+        self.launch_igemm(id, expr, [a, b_nk, y], &shape, launch, extra, ln)?;
         Ok(true)
+    }
+
+    /// The LayerNormalization an INT8 matrix product's epilogue can compute: where the plan's
+    /// target asks for it ([`Target::layernorm_epilogue`]), the product's 128-channel blocks
+    /// are 2 to 8 to a row (the reduction is then not split), and one LayerNormalization over
+    /// the last axis, whose mean and inverse standard deviation nothing reads, is the only
+    /// reader of the product's output `v` (BERT's output projections, whose epilogue adds the
+    /// residual). The scale and bias must be ready (constants are planned here) and of the
+    /// output's type; a QuantizeLinear of the LayerNorm's output (the next product's input) is
+    /// computed too.
+    fn layernorm_reader(&mut self, v: Value, block: &IgemmBlock, shape: &[usize]) -> Result<Option<LnEpilogue>> {
+        let m = shape.last().copied().unwrap_or(0);
+        if !self.target.layernorm_epilogue
+            || block.bn != 128
+            || block.wn != 32
+            || block.persistent
+            || !m.is_multiple_of(128)
+            || !(2..=8).contains(&(m / 128))
+            || self.g.is_output(v)
+        {
+            return Ok(None);
+        }
+        let [(u, 0)] = self.g.users(v)[..] else { return Ok(None) };
+        let node = self.g.node(u);
+        let Op::Norm(NormOp::LayerNormalization { axis, epsilon, .. }) = &node.op else { return Ok(None) };
+        let rank = shape.len() as i64;
+        let used = |slot: usize| node.outputs.get(slot).is_some_and(|o| !o.name.is_empty());
+        let dtype = self.g.value_info(v).ty.dtype;
+        let out = Value { node: u, slot: 0 };
+        if (if *axis < 0 { axis + rank } else { *axis }) != rank - 1
+            || used(1)
+            || used(2)
+            || !matches!(dtype, Some(DType::F16 | DType::BF16 | DType::F32))
+            || self.g.value_info(out).ty.dtype != dtype
+        {
+            return Ok(None);
+        }
+        let ins = self.g.inputs_of(u);
+        let (Some(Some(scale)), bias) = (ins.get(1).copied(), ins.get(2).copied().flatten()) else { return Ok(None) };
+        let mut params = vec![];
+        for p in std::iter::once(scale).chain(bias) {
+            let Some(b) = self.ready(p)? else { return Ok(None) };
+            let buf = &self.plan.buffers[b];
+            if Some(buf.dtype) != dtype || buf.shape.iter().product::<usize>() != m {
+                return Ok(None);
+            }
+            params.push(b);
+        }
+        let quantize = self.quantize_reader(out);
+        Ok(Some(LnEpilogue { node: u, scale: params[0], bias: params.get(1).copied(), epsilon: *epsilon, quantize }))
+    }
+
+    /// The buffer of `v` if it has one, planning it first if it is a constant's; none where it
+    /// is computed by a node not yet planned.
+    fn ready(&mut self, v: Value) -> Result<Option<BufferId>> {
+        if let Some(&b) = self.values.get(&v) {
+            return Ok(Some(b));
+        }
+        let Op::Const(t) = &self.g.node(v.node).op else { return Ok(None) };
+        let b = self.buffer(v, BufferKind::Const(t.clone()))?;
+        self.absorbed.insert(v.node);
+        Ok(Some(b))
     }
 
     /// Plans one implicit-GEMM launch over `[x, w, y]` with the epilogue `expr` over `extra`
     /// (each input with its strides over the output's image, row, column and channel), as
-    /// `launch` says, generating and registering the kernel.
+    /// `launch` says, generating and registering the kernel; `ln` is the `LnArgs` of a
+    /// LayerNorm epilogue (`launch.block.ln` blocks a row).
+    #[allow(clippy::too_many_arguments)]
     fn launch_igemm(
         &mut self,
         id: NodeId,
@@ -387,6 +493,7 @@ impl Planner<'_> {
         shape: &Shape,
         launch: IgemmLaunch,
         extra: Vec<(BufferId, Vec<i64>)>,
+        ln: Option<Vec<Field>>,
     ) -> Result<()> {
         let reads: Vec<(DType, EpiRead)> =
             extra.iter().map(|(b, st)| (self.plan.buffers[*b].dtype, shape.read(st))).collect();
@@ -407,7 +514,9 @@ impl Planner<'_> {
         }
         let kernel = k.name.clone();
         let index = self.generated_index(k);
-        let args = vec![Arg::Buffer(x), Arg::Buffer(w), Arg::Buffer(y), Arg::Struct(shape.fields()), Arg::Struct(epi)];
+        let mut args =
+            vec![Arg::Buffer(x), Arg::Buffer(w), Arg::Buffer(y), Arg::Struct(shape.fields()), Arg::Struct(epi)];
+        args.extend(ln.map(Arg::Struct));
         self.step(id, StepKind::Kernel(KernelStep { module: ModuleRef::Generated(index), kernel, config, args }));
         Ok(())
     }
