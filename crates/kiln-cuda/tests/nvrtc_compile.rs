@@ -83,6 +83,7 @@ fn generated_igemm_kernels_compile() {
     };
     // The plain-product and narrow loaders with each output type (the convolution's with the
     // others).
+    let mut cases = vec![];
     for (to, vec, load) in [
         (DType::F32, true, IgLoad::Conv),
         (DType::F16, false, IgLoad::Dense),
@@ -102,21 +103,15 @@ fn generated_igemm_kernels_compile() {
             (128, 32, true, 1),
             (128, 64, true, 1),
         ] {
-            let block = IgemmBlock { persistent, split, ..IgemmBlock::new(bn, wn, load) };
-            let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), block, vec).expect("generates");
-            for arch in ARCHS {
-                match nv.compile(&k.name, &k.source, arch) {
-                    Ok(c) if c.has_kernel(&k.name) => {}
-                    Ok(_) => failures.push(format!("{arch}: CUBIN lacks {}", k.name)),
-                    Err(err) => failures.push(format!("{}: {err}", k.name)),
-                }
-            }
+            cases.push((IgemmBlock { persistent, split, ..IgemmBlock::new(bn, wn, load) }, to, vec));
         }
     }
     // LayerNorm epilogues over clusters of 2, 6 and 8 blocks (sm_80 compiles the trap).
     for (to, ln) in [(DType::F16, 6), (DType::F32, 2), (DType::BF16, 8)] {
-        let block = IgemmBlock { ln, ..IgemmBlock::new(128, 32, IgLoad::Dense) };
-        let k = igemm_kernel(&dequant_bias_relu(to), &reads(true), block, true).expect("generates");
+        cases.push((IgemmBlock { ln, ..IgemmBlock::new(128, 32, IgLoad::Dense) }, to, true));
+    }
+    for (block, to, vec) in cases {
+        let k = igemm_kernel(&dequant_bias_relu(to), &reads(vec), block, vec).expect("generates");
         for arch in ARCHS {
             match nv.compile(&k.name, &k.source, arch) {
                 Ok(c) if c.has_kernel(&k.name) => {}
