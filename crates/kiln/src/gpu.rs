@@ -118,7 +118,11 @@ pub fn engine_inputs(engine: &Engine, given: &mut HashMap<String, Tensor>, seed:
 
 /// Runs graphs on the GPU, keeping the engine of the graph it ran last: calibration and
 /// `kiln compare` run one graph over many batches, which is planned, compiled and loaded once
-/// and runs every batch in the same execution context. A different graph gets its own engine.
+/// and runs every batch in the same execution context. A graph is recognised by its address,
+/// node count and output count (hashing its weights for every batch would cost more than the
+/// run), so another graph at another address, or of another size, gets its own engine; a
+/// caller that drops a graph and runs a new one must not keep the runner across the two,
+/// since the new graph may reuse the old one's address.
 pub struct GraphRunner {
     opts: GpuOptions,
     arch: String,
