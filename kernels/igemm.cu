@@ -3,8 +3,8 @@
 // epilogue (dequantization, bias, residual, activation, requantization) applied to the i32
 // accumulators on chip and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
-// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64 or 128), KILN_WN (a warp's
-// channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator),
+// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64, 128, or 256 for a plain
+// product's wide blocks, see IG_WIDE), KILN_WN (a warp's channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator),
 // KILN_IG_DENSE for a plain product (see below), KILN_IG_SPLIT for split-K (see below), the
 // output's storage type `kiln_out_t` and the expression; BODY defines what a thread does for
 // four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
@@ -79,17 +79,32 @@
 // IG_WG_N channels (64, or 128 for the block of four 64 x 64 warps).
 #define IG_WGS (IG_THREADS / 128)
 #define IG_WG_N (KILN_BN / IG_WGS)
-#define IG_STAGES (KILN_BN == 128 ? 3 : 4)
+// Wide blocks (KILN_BN 256, plain products): one block an SM of two warpgroups (eight warps of
+// 64 x 64 on mma.sync), its stages in dynamic shared memory. A step's 64-byte tiles of A and
+// B are 24 KiB for 2 M multiply-adds, against 32 KiB for two 128-channel blocks: the products
+// of 128-channel blocks are bound by what the L2 cache delivers (BERT-base's FFN output
+// product read it at 71% of its throughput). With one block an SM no other block's products
+// run while this one waits, so on sm_90a a step's products stay in flight across the next
+// barrier (IG_LAG) and the copies run IG_STAGES - 2 steps ahead.
+#define IG_WIDE (KILN_BN == 256)
+#define IG_STAGES (IG_WIDE ? 6 : KILN_BN == 128 ? 3 : 4)
+#if IG_WIDE && IG_WGMMA
+#define IG_LAG 1
+#else
+#define IG_LAG 0
+#endif
+// Steps the copies run ahead of the products.
+#define IG_AHEAD (IG_STAGES - 1 - IG_LAG)
 // 16-byte pieces of A and of B each thread copies per stage.
 #define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
 #define IG_B_PIECES (KILN_BN * 4 / IG_THREADS)
 #define IG_MAX_EXTRA 8
 // Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
 // KiB of shared memory each) or two 128-channel ones, 16 warps either way.
-#define IG_MIN_BLOCKS (KILN_BN == 64 ? 4 : 2)
+#define IG_MIN_BLOCKS (KILN_BN == 64 ? 4 : KILN_BN == 128 ? 2 : 1)
 // The epilogue's staging tile: rows per pass, and the row stride in ints (padded by 8 so that
 // the warps' 8-byte writes and the 16-byte reads fall in distinct banks).
-#define IG_EPI_ROWS (KILN_BN == 128 ? 64 : 128)
+#define IG_EPI_ROWS (KILN_BN == 64 ? 128 : 64)
 #define IG_EPI_LD (KILN_BN + 8)
 // A thread's rows in a pass: IG_EPI_ITERS of them, IG_EPI_STEP apart, loaded IG_EPI_CHUNK at
 // a time.
@@ -104,6 +119,14 @@ static_assert(IG_EPI_ITERS % IG_CLUSTER == 0, "a cluster's blocks share a pass's
 #define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
 #define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
 #define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
+#if IG_WIDE
+#if IG_CLUSTER > 1 || defined(KILN_IG_PP) || defined(KILN_IG_LN)
+#error "wide blocks are not split, persistent, or LayerNorm epilogues"
+#endif
+#ifdef KILN_IG_SMEM_LAUNCH
+static_assert(IG_SMEM + 1024 <= KILN_IG_SMEM_LAUNCH, "the launch gives the layout and 1024 bytes to align it");
+#endif
+#endif
 
 struct IgemmArgs {
     // Rows of the GEMM (n * oh * ow) and the input's n, h, w, c (NHWC).
@@ -804,8 +827,15 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
 #endif
     ) {
     // The stages of A, then those of B; the epilogue reuses it all as its staging tile.
-    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits.
+    // Aligned to the swizzle's 512-byte period, which wgmma takes from the address bits. Wide
+    // blocks take theirs from the launch's dynamic shared memory, which adds 1024 bytes to
+    // align it.
+#if IG_WIDE && !defined(KILN_HOST_EMU)
+    extern __shared__ __align__(16) signed char ig_dsm[];
+    signed char* smem = ig_dsm + ((1024 - ((unsigned)__cvta_generic_to_shared(ig_dsm) & 1023)) & 1023);
+#else
     __align__(1024) __shared__ signed char smem[IG_SMEM];
+#endif
     signed char* sa = smem;
     signed char* sb = smem + IG_STAGES * IG_BM * IG_BK;
     const int tid = threadIdx.x, warp = tid >> 5;
@@ -826,11 +856,11 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     // The first stages' filter tiles while the kernel before may still run, then (in the first
     // stage's copy group, so the waits below count as before) the input's.
 #pragma unroll
-    for (int s = 0; s < IG_STAGES - 1; ++s)
+    for (int s = 0; s < IG_AHEAD; ++s)
         if (s < tiles) ld.load_b(sb + s * KILN_BN * IG_BK, g, s);
     ig_pdl_wait();
 #pragma unroll
-    for (int s = 0; s < IG_STAGES - 1; ++s) {
+    for (int s = 0; s < IG_AHEAD; ++s) {
         if (s < tiles) ld.load<false>(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
         ig_cp_commit();
     }
@@ -843,25 +873,29 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     const IgFrag frag = ig_frag(warp, tid & 31);
 #endif
     for (int kt = 0; kt < tiles; ++kt) {
-        ig_cp_wait<IG_STAGES - 2>();
+        ig_cp_wait<IG_AHEAD - 1>();
 #if IG_WGMMA
         ig_fence_async();
 #endif
         __syncthreads();
-        // The stage read in the step before is free now that every warp has passed the barrier.
-        if (kt + IG_STAGES - 1 < tiles) {
-            const int s = (kt + IG_STAGES - 1) % IG_STAGES;
+        // The stage read IG_LAG + 1 steps before is free now that every warp has passed the
+        // barrier: each waited for its products of that step before it.
+        if (kt + IG_AHEAD < tiles) {
+            const int s = (kt + IG_AHEAD) % IG_STAGES;
             ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
         }
         ig_cp_commit();
         const int s = kt % IG_STAGES;
 #if IG_WGMMA
         ig_products(acc, sa0 + s * (IG_BM * IG_BK), sb0 + s * (KILN_BN * IG_BK));
-        ig_wgmma_wait<0>();
+        ig_wgmma_wait<IG_LAG>();
 #else
         ig_products(acc, sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, frag);
 #endif
     }
+#if IG_WGMMA && IG_LAG > 0
+    ig_wgmma_wait<0>();
+#endif
     ig_cp_wait<0>();
     ig_pdl_trigger();
 #if defined(KILN_IG_LN) && IG_WGMMA

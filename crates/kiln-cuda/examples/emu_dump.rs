@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock, WIDE_BN};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -72,6 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, IgemmBlock::new(bn, wn, load), vec)?));
         }
     }
+    // A wide block (a plain product's 128 x 256 tile).
+    let reads = [(DType::F32, EpiRead::Channels), (DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)];
+    let block = IgemmBlock::new(WIDE_BN, 64, IgLoad::Dense);
+    kernels.push(("igemm256w64d".to_string(), igemm_kernel(&dequant_bias_res_relu, &reads, block, true)?));
     // The persistent ping-pong kernel with both warp shapes, the same three ways.
     for wn in [32, 64] {
         for (vec, load, kind) in [(true, IgLoad::Conv, "v"), (false, IgLoad::Conv, "s"), (true, IgLoad::Dense, "d")] {

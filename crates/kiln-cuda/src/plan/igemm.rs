@@ -15,7 +15,9 @@
 //! of 16. Anything else takes the accumulator path of [`super::qlinear`].
 
 use super::*;
-use crate::codegen::{igemm_kernel, pp_shared_bytes, pp_threads, EpiRead, IgLoad, IgemmBlock, IGEMM_MAX_EXTRA};
+use crate::codegen::{
+    igemm_kernel, pp_shared_bytes, pp_threads, wide_shared_bytes, EpiRead, IgLoad, IgemmBlock, IGEMM_MAX_EXTRA, WIDE_BN,
+};
 use kiln_ir::ops::linalg::ConvAttrs;
 
 /// Rows of the GEMM (output positions) per block (`IG_BM`).
@@ -69,6 +71,14 @@ struct Shape {
     pw: usize,
     /// A narrow convolution: `c` is the input's channels padded to 4 (see [`IgLoad::Narrow`]).
     narrow: bool,
+}
+
+/// Which plain products take wide blocks (`WIDE_BN` channels, one block an SM): with
+/// `KILN_IGEMM_WIDE` at build time 0 none, 1 matrix products (the default), 2 also 1x1
+/// convolutions read as plain products, to compare them.
+fn wide_blocks(matmul: bool, load: IgLoad) -> bool {
+    let level = std::env::var("KILN_IGEMM_WIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    load == IgLoad::Dense && (level >= 2 || (level == 1 && matmul))
 }
 
 /// Whether 128-channel products take the persistent ping-pong kernel (`KILN_IGEMM_PP=1` at
@@ -131,17 +141,34 @@ struct IgemmLaunch {
 impl Shape {
     /// The launch: 128 rows by 64 or 128 channels a block (see [`FULL_WAVE`]; `matmul` for a
     /// matrix product), and a warp's channels (see [`warp_channels`]), split along the
-    /// reduction where the grid is small (see [`split_k`]); or, for 128-channel blocks with
-    /// [`persistent`], the persistent kernel's 128 x 128 tiles, a block an SM.
+    /// reduction where the grid is small (see [`split_k`]); wide blocks of 256 channels for the
+    /// plain products [`wide_blocks`] names with 256 channels or more and more than one step;
+    /// or, for 128-channel blocks with [`persistent`], the persistent kernel's 128 x 128
+    /// tiles, a block an SM.
     fn config(&self, matmul: bool) -> Result<IgemmLaunch> {
+        self.config_with(matmul, true)
+    }
+
+    /// [`Shape::config`] without wide blocks.
+    fn config_narrow(&self, matmul: bool) -> Result<IgemmLaunch> {
+        self.config_with(matmul, false)
+    }
+
+    fn config_with(&self, matmul: bool, allow_wide: bool) -> Result<IgemmLaunch> {
         let gx = self.rows.div_ceil(BM);
         // A reduction of one 64-byte step (ResNet-50's layer1 1x1 convolutions over 64
         // channels, mostly epilogue) takes 64-channel blocks, four an SM: at batch 32 on an H100
         // ResNet-50 ran 0.975 ms so against 0.984 with 128-channel ones (one run).
         let short = self.k() <= 64 && !persistent();
-        let bn = if short || self.m <= 64 || gx * self.m.div_ceil(128) < full_wave(matmul) { 64 } else { 128 };
+        let wide = allow_wide && !short && self.m >= WIDE_BN && !persistent() && wide_blocks(matmul, self.load());
+        let (bn, wn) = if wide {
+            (WIDE_BN, 64)
+        } else if short || self.m <= 64 || gx * self.m.div_ceil(128) < full_wave(matmul) {
+            (64, 32)
+        } else {
+            (128, warp_channels())
+        };
         let pp = bn == 128 && persistent();
-        let wn = if bn == 64 { 32 } else { warp_channels() };
         let gy = self.m.div_ceil(bn);
         // The kernel's row, input and filter offsets are 32-bit.
         let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
@@ -159,11 +186,12 @@ impl Shape {
             let blocks = (gx * gy).min(PERSISTENT_BLOCKS) as u32;
             LaunchConfig { grid: (blocks, 1, 1), block: (pp_threads(wn), 1, 1), shared_bytes: pp_shared_bytes() }
         } else {
-            if !self.narrow {
+            if !self.narrow && !wide {
                 block.split = split_k(gx * gy, bn, self.k());
             }
             let threads = (64 * bn / wn) as u32;
-            LaunchConfig { grid: (gx as u32, gy as u32, block.split as u32), block: (threads, 1, 1), shared_bytes: 0 }
+            let shared_bytes = if wide { wide_shared_bytes() } else { 0 };
+            LaunchConfig { grid: (gx as u32, gy as u32, block.split as u32), block: (threads, 1, 1), shared_bytes }
         };
         Ok(IgemmLaunch { block, config })
     }
@@ -382,7 +410,15 @@ impl Planner<'_> {
         }
         let a = self.required(id, 0)?;
         let Some(b_nk) = self.rewritten_const(id, 1, "nk", super::qlinear::swap_last_two)? else { return Ok(false) };
+        // A LayerNorm epilogue takes 128-channel blocks: where the plan's target asks for one,
+        // a product its LayerNorm reads takes them instead of wide ones.
         let mut launch = launch;
+        if launch.block.bn == WIDE_BN && self.target.layernorm_epilogue {
+            let Ok(narrow) = shape.config_narrow(true) else { return Ok(false) };
+            if self.layernorm_reader(Value { node: id, slot: 0 }, &narrow.block, &out_shape)?.is_some() {
+                launch = narrow;
+            }
+        }
         let ln = self.layernorm_reader(Value { node: id, slot: 0 }, &launch.block, &out_shape)?;
         let (y, ln) = match ln {
             None => (self.out(id, 0)?, None),
