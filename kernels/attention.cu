@@ -371,6 +371,14 @@ ATTN_KERNELS(__nv_bfloat16, bf16)
 // score accumulators into the A operand of P V (V read with ldmatrix.trans), and the output
 // rescaled in place. Lane l holds rows l / 4 and l / 4 + 8 of the warp's 16, and columns
 // (l % 4) * 2 and + 1 of every 8-wide tile (the PTX fragment layout of m16n8k16).
+//
+// The per-score work is what bounds these kernels (BERT-base: 128 keys, two tiles), so it is
+// kept small. Scores go to log2 units with the scale folded in (one multiply, or one multiply
+// and one FMA with an additive mask). An additive mask over all keys, with nothing else to add,
+// is read from row pointers computed once, two keys per 4-byte load where keys are contiguous,
+// and once for both of a lane's rows where it broadcasts over rows; any other bias (bool mask,
+// causal, key padding, softcap) goes through attn_bias as the other kernels do. Only the last
+// tile checks keys against sk. Rows past sq are computed, from zero Q, but never stored.
 
 // The host emulation (crates/kiln-cuda/emu) has no tensor cores for these: the GPU tests run
 // them (gpu_attention).
@@ -432,25 +440,39 @@ template <int N> __device__ __forceinline__ void attn_wait() { asm volatile("cp.
 template <typename T, int D, int W>
 __device__ __forceinline__ void attn_load_tile(T* tile, const T* X, i64 ss, i64 t0, i64 sk, bool vec) {
     constexpr int LD = D + 8, CH = D / 8;
-#pragma unroll 4
-    for (int c = threadIdx.x; c < ATTN_MMA_KT * CH; c += W * 32) {
-        const int r = c / CH, col = (c % CH) * 8;
-        const i64 key = t0 + r;
-        T* dst = &tile[r * LD + col];
-        if (vec) {
+    if (vec) {
+#pragma unroll
+        for (int c = threadIdx.x; c < ATTN_MMA_KT * CH; c += W * 32) {
+            const int r = c / CH, col = (c % CH) * 8;
+            const i64 key = t0 + r;
             const bool in = key < sk;
             const T* src = in ? X + key * ss + col : X;
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(attn_smem_addr(dst)), "l"(src),
-                         "r"(in ? 16 : 0));
-        } else {
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(attn_smem_addr(&tile[r * LD + col])),
+                         "l"(src), "r"(in ? 16 : 0));
+        }
+    } else {
+        // One piece at a time: unrolled, the loads of all of them would hold registers at once.
+#pragma unroll 1
+        for (int c = threadIdx.x; c < ATTN_MMA_KT * CH; c += W * 32) {
+            const int r = c / CH, col = (c % CH) * 8;
+            const i64 key = t0 + r;
             const unsigned short* p = (const unsigned short*)X + key * ss + col;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (key < sk)
                 v = make_uint4(p[0] | ((unsigned)p[1] << 16), p[2] | ((unsigned)p[3] << 16),
                                p[4] | ((unsigned)p[5] << 16), p[6] | ((unsigned)p[7] << 16));
-            *(uint4*)dst = v;
+            *(uint4*)&tile[r * LD + col] = v;
         }
     }
+}
+
+// Additive mask elements k and k + 1 of a row, `m` at the tile's first key and `ms` the key
+// stride, as one register with element k in the low half. Those at or past `lim` (keys past
+// sk) are not read and give 0.
+__device__ __forceinline__ unsigned attn_mask2(const unsigned short* m, i64 ms, int k, int lim) {
+    const unsigned lo = k < lim ? m[k * ms] : 0u;
+    const unsigned hi = k + 1 < lim ? m[(k + 1) * ms] : 0u;
+    return lo | hi << 16;
 }
 
 // QUANT: the output is also stored quantized (`a.oq`; the `attention_mma_q_*` kernels), a
@@ -462,7 +484,6 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     constexpr int NK = D / 16;  // k-steps of Q K^T
     constexpr int ND = D / 8;   // 8-wide column tiles of the output
     constexpr int NS = KT / 8;  // 8-wide key tiles of the scores
-    constexpr int CH = D / 8;   // 16-byte pieces of a K or V row
     __align__(16) __shared__ T ks[KT * LD];
     __align__(16) __shared__ T vs[KT * LD];
     const float ninf = attn_ninf();
@@ -482,6 +503,12 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     const bool kv_vec = (((unsigned long long)K | (unsigned long long)V) & 15) == 0 && a.k_ss % 8 == 0 &&
                         a.v_ss % 8 == 0;
     const bool q_pair = ((unsigned long long)Q & 3) == 0 && a.q_ss % 2 == 0;
+    // Causal without softcap: keys past the block's last row + offset weigh exactly 0.
+    i64 kend = a.sk;
+    if (a.is_causal && !(a.softcap > 0.0f)) {
+        const i64 last = ((i64)blockIdx.x + 1) * W * 16 - 1 + a.causal_offset + 1;
+        kend = last < kend ? (last < 0 ? 0 : last) : kend;
+    }
 
     // Tiles move with cp.async: K of the next tile loads while this one's softmax and P V
     // run, V while its scores are computed (groups in order: K0 V0 K1 V1 ...). The first
@@ -490,30 +517,60 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
     attn_commit();
     attn_load_tile<T, D, W>(vs, V, a.v_ss, 0, a.sk, kv_vec);
     attn_commit();
+    // Rows past sq are computed like the others, from zero Q, but never stored: no other row
+    // reads them. Where they address the mask they read the last row's, within bounds.
+    const bool in_a = row_a < a.sq, in_b = row_b < a.sq;
+    const i64 mrow_a = in_a ? row_a : a.sq - 1, mrow_b = in_b ? row_b : a.sq - 1;
     // The warp's Q rows as A fragments, for every k-step over the head dim.
+    const T* qa = Q + row_a * a.q_ss + q4 * 2;
+    const T* qb = Q + row_b * a.q_ss + q4 * 2;
     unsigned qf[NK][4];
 #pragma unroll
     for (int kk = 0; kk < NK; ++kk) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            const i64 row = (r & 1) ? row_b : row_a;
-            const int col = kk * 16 + (r >> 1) * 8 + q4 * 2;
-            qf[kk][r] = row < a.sq ? attn_ld2<T>(Q + row * a.q_ss + col, q_pair) : 0u;
+            const int col = kk * 16 + (r >> 1) * 8;
+            qf[kk][r] = (r & 1) ? (in_b ? attn_ld2<T>(qb + col, q_pair) : 0u)
+                                : (in_a ? attn_ld2<T>(qa + col, q_pair) : 0u);
         }
     }
     float o[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m_a = ninf, m_b = ninf, l_a = 0.0f, l_b = 0.0f;
-    // Causal without softcap: keys past the block's last row + offset weigh exactly 0.
-    i64 kend = a.sk;
-    if (a.is_causal && !(a.softcap > 0.0f)) {
-        const i64 last = ((i64)blockIdx.x + 1) * W * 16 - 1 + a.causal_offset + 1;
-        kend = last < kend ? (last < 0 ? 0 : last) : kend;
-    }
+    // The additive mask (add_only) of rows a and b, read two keys at a time as one word where
+    // keys are contiguous and pairs 4-byte aligned; one row's for both when it broadcasts over
+    // rows (BERT's padding mask).
+    const unsigned short* ma = (const unsigned short*)M + mrow_a * a.m_sq;
+    const unsigned short* mb = (const unsigned short*)M + mrow_b * a.m_sq;
+    const bool m_pair = a.m_sk == 1 && a.m_sq % 2 == 0 && ((unsigned long long)M & 3) == 0;
+    // Scores go to log2 units with the scale in one multiply: the exponentials are exp2.
+    const float scale2 = a.scale * ATTN_LOG2E;
 
     for (i64 t0 = 0; t0 < kend; t0 += KT) {
         const bool more = t0 + KT < kend;
+        // Keys of this tile below sk; only the last tile can have fewer than KT.
+        const int lim = a.sk - t0 < KT ? (int)(a.sk - t0) : KT;
+        // The mask loads start before the scores' tensor-core work, which hides their latency.
+        unsigned mka[NS] = {}, mkb[NS] = {};
+        if (add_only) {
+            const unsigned short* pa = ma + t0 * a.m_sk;
+            const unsigned short* pb = mb + t0 * a.m_sk;
+            if (m_pair && lim == KT) {
+#pragma unroll
+                for (int j = 0; j < NS; ++j) mka[j] = *(const unsigned*)(pa + j * 8 + q4 * 2);
+                if (a.m_sq != 0) {
+#pragma unroll
+                    for (int j = 0; j < NS; ++j) mkb[j] = *(const unsigned*)(pb + j * 8 + q4 * 2);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < NS; ++j) {
+                    mka[j] = attn_mask2(pa, a.m_sk, j * 8 + q4 * 2, lim);
+                    mkb[j] = attn_mask2(pb, a.m_sk, j * 8 + q4 * 2, lim);
+                }
+            }
+        }
         attn_wait<1>();  // K of this tile (V of it may still be on its way)
         __syncthreads();
         // S = Q K^T: key tile j's B fragments are rows j * 8.. of K, two k-steps per ldmatrix.
@@ -532,31 +589,58 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         __syncthreads();  // every warp has read this K tile
         if (more) attn_load_tile<T, D, W>(ks, K, a.k_ss, t0 + KT, a.sk, kv_vec);
         attn_commit();
-        // Scale and bias; the tile's maximum of rows a and b.
+        // Scale and bias. Lane l holds keys j * 8 + (l % 4) * 2 and + 1 of the tile, rows a (e < 2)
+        // and b.
+        if (add_only) {
+            if (m_pair && lim == KT && a.m_sq == 0) {
+#pragma unroll
+                for (int j = 0; j < NS; ++j) mkb[j] = mka[j];
+            }
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float mk = Vec16<T>::get(e < 2 ? mka[j] : mkb[j], e & 1);
+                    s[j][e] = fmaf(mk, ATTN_LOG2E, s[j][e] * scale2);
+                }
+            }
+        } else if (biased) {
+            // The scores rotate through s[0], so that the bias code (large, with the softcap's
+            // tanh) appears once and not for every score; this path is not BERT's.
+#pragma unroll 1
+            for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int k = j * 8 + q4 * 2 + (e & 1);
+                    float v = s[0][e] * a.scale;
+                    if (k < lim) v = attn_softcap(a, attn_bias<T>(a, M, b, e < 2 ? mrow_a : mrow_b, t0 + k) + v);
+                    v *= ATTN_LOG2E;
+#pragma unroll
+                    for (int jj = 0; jj + 1 < NS; ++jj) s[jj][e] = s[jj + 1][e];
+                    s[NS - 1][e] = v;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] *= scale2;
+            }
+        }
+        if (lim < KT) {
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (j * 8 + q4 * 2 + (e & 1) >= lim) s[j][e] = ninf;
+            }
+        }
+        // The tile's maximum of rows a and b, over the quad.
         float tmax_a = ninf, tmax_b = ninf;
 #pragma unroll
         for (int j = 0; j < NS; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const i64 key = t0 + j * 8 + q4 * 2 + (e & 1);
-                const i64 row = e < 2 ? row_a : row_b;
-                float v = s[j][e] * a.scale;
-                if (key >= a.sk || row >= a.sq) {
-                    v = ninf;
-                } else if (add_only) {
-                    v += to_f32(((const T*)M)[row * a.m_sq + key * a.m_sk]);
-                } else if (biased) {
-                    v = attn_softcap(a, attn_bias<T>(a, M, b, row, key) + v);
-                }
-                // In log2 units from here: the exponentials are exp2 (one MUFU.EX2 each).
-                v *= ATTN_LOG2E;
-                s[j][e] = v;
-                if (e < 2) {
-                    tmax_a = fmaxf(tmax_a, v);
-                } else {
-                    tmax_b = fmaxf(tmax_b, v);
-                }
-            }
+            tmax_a = fmaxf(tmax_a, fmaxf(s[j][0], s[j][1]));
+            tmax_b = fmaxf(tmax_b, fmaxf(s[j][2], s[j][3]));
         }
 #pragma unroll
         for (int x = 1; x < 4; x <<= 1) {
@@ -564,22 +648,19 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
             tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, x));
         }
         const float mn_a = fmaxf(m_a, tmax_a), mn_b = fmaxf(m_b, tmax_b);
-        const float al_a = mn_a == ninf ? 1.0f : exp2f(m_a - mn_a);
-        const float al_b = mn_b == ninf ? 1.0f : exp2f(m_b - mn_b);
+        // A row with no finite score yet subtracts 0 rather than -inf, so that its exponentials
+        // are exp2(-inf) = 0 rather than NaN; its output and sum are still all 0.
+        const float mz_a = mn_a == ninf ? 0.0f : mn_a, mz_b = mn_b == ninf ? 0.0f : mn_b;
+        const float al_a = exp2f(m_a - mz_a), al_b = exp2f(m_b - mz_b);
         float ps_a = 0.0f, ps_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < NS; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float mn = e < 2 ? mn_a : mn_b;
-                const float p = mn == ninf ? 0.0f : exp2f(s[j][e] - mn);
-                s[j][e] = p;
-                if (e < 2) {
-                    ps_a += p;
-                } else {
-                    ps_b += p;
-                }
-            }
+            s[j][0] = exp2f(s[j][0] - mz_a);
+            s[j][1] = exp2f(s[j][1] - mz_a);
+            s[j][2] = exp2f(s[j][2] - mz_b);
+            s[j][3] = exp2f(s[j][3] - mz_b);
+            ps_a += s[j][0] + s[j][1];
+            ps_b += s[j][2] + s[j][3];
         }
         // Each lane's share of its rows' sums; the quad adds them up at the end.
         l_a = l_a * al_a + ps_a;
@@ -622,53 +703,64 @@ __device__ __forceinline__ void attention_mma(const AttnArgs a) {
         l_a += __shfl_xor_sync(0xffffffffu, l_a, x);
         l_b += __shfl_xor_sync(0xffffffffu, l_b, x);
     }
-    // A row whose scores are all -inf has l = 0 and comes out NaN, as the reference does.
+    // A row whose scores are all -inf has l = 0 and comes out NaN (0 * inf), as the reference
+    // does.
     T* O = (T*)a.o + b * a.o_sb + h * a.o_sh;
     const bool o_pair = ((unsigned long long)O & 3) == 0 && a.o_ss % 2 == 0;
     signed char* OQ = a.oq + b * a.o_sb + h * a.o_sh;
+    const bool oq_pair = ((unsigned long long)OQ & 1) == 0 && a.o_ss % 2 == 0;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
+        if (!(half ? in_b : in_a)) continue;
         const i64 row = half ? row_b : row_a;
-        if (row >= a.sq) continue;
-        const float l = half ? l_b : l_a;
-        T* orow = O + row * a.o_ss;
+        const float r = 1.0f / (half ? l_b : l_a);
+        T* orow = O + row * a.o_ss + q4 * 2;
+        signed char* qrow = OQ + row * a.o_ss + q4 * 2;
 #pragma unroll
         for (int n = 0; n < ND; ++n) {
-            const int col = n * 8 + q4 * 2;
-            const float x = o[n][2 * half] / l, y = o[n][2 * half + 1] / l;
+            const float x = o[n][2 * half] * r, y = o[n][2 * half + 1] * r;
             if constexpr (QUANT) {
                 // The quantize reads the output as stored: rounded to T first.
-                signed char* qrow = OQ + row * a.o_ss;
-                qrow[col] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(x)), a.oq_c, a.oq_r));
-                qrow[col + 1] = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(y)), a.oq_c, a.oq_r));
+                const signed char qx = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(x)), a.oq_c, a.oq_r));
+                const signed char qy = kiln_rni_sat_s8(kiln_div_k(to_f32(from_f32<T>(y)), a.oq_c, a.oq_r));
+                if (oq_pair) {
+                    *(unsigned short*)(qrow + n * 8) =
+                        (unsigned short)((unsigned char)qx | (unsigned)(unsigned char)qy << 8);
+                } else {
+                    qrow[n * 8] = qx;
+                    qrow[n * 8 + 1] = qy;
+                }
                 if (!a.o) continue;
             }
             if (o_pair) {
-                *(unsigned*)(orow + col) = Vec16<T>::put(x, y);
+                *(unsigned*)(orow + n * 8) = Vec16<T>::put(x, y);
             } else {
-                orow[col] = from_f32<T>(x);
-                orow[col + 1] = from_f32<T>(y);
+                orow[n * 8] = from_f32<T>(x);
+                orow[n * 8 + 1] = from_f32<T>(y);
             }
         }
     }
 }
 
-#define ATTN_MMA_KERNELS(D, T, sfx)                                                                         \
-    extern "C" __global__ void __launch_bounds__(128) attention_mma_d##D##_##sfx(const AttnArgs a) {        \
-        attention_mma<T, D, 4, false>(a);                                                                   \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(32) attention_mma_w1_d##D##_##sfx(const AttnArgs a) {      \
-        attention_mma<T, D, 1, false>(a);                                                                   \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) attention_mma_q_d##D##_##sfx(const AttnArgs a) {      \
-        attention_mma<T, D, 4, true>(a);                                                                    \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(32) attention_mma_q_w1_d##D##_##sfx(const AttnArgs a) {    \
-        attention_mma<T, D, 1, true>(a);                                                                    \
+#define ATTN_MMA_KERNELS(D, T, sfx, MINB)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128, MINB) attention_mma_d##D##_##sfx(const AttnArgs a) {   \
+        attention_mma<T, D, 4, false>(a);                                                                    \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(32) attention_mma_w1_d##D##_##sfx(const AttnArgs a) {       \
+        attention_mma<T, D, 1, false>(a);                                                                    \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128, MINB) attention_mma_q_d##D##_##sfx(const AttnArgs a) { \
+        attention_mma<T, D, 4, true>(a);                                                                     \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(32) attention_mma_q_w1_d##D##_##sfx(const AttnArgs a) {     \
+        attention_mma<T, D, 1, true>(a);                                                                     \
     }
 
-ATTN_MMA_KERNELS(64, __half, f16)
-ATTN_MMA_KERNELS(128, __half, f16)
-ATTN_MMA_KERNELS(64, __nv_bfloat16, bf16)
-ATTN_MMA_KERNELS(128, __nv_bfloat16, bf16)
+// MINB: blocks of four warps an SM holds at least. Three for D = 64 caps a thread at 168
+// registers (left free, the compiler takes over 200, which fits only two; four would spill);
+// D = 128 needs about 250 and so fits two.
+ATTN_MMA_KERNELS(64, __half, f16, 3)
+ATTN_MMA_KERNELS(128, __half, f16, 2)
+ATTN_MMA_KERNELS(64, __nv_bfloat16, bf16, 3)
+ATTN_MMA_KERNELS(128, __nv_bfloat16, bf16, 2)
 #endif  // KILN_HOST_EMU
