@@ -79,14 +79,15 @@
 // IG_WG_N channels (64, or 128 for the block of four 64 x 64 warps).
 #define IG_WGS (IG_THREADS / 128)
 #define IG_WG_N (KILN_BN / IG_WGS)
-// Wide blocks (KILN_BN 256, plain products): one block an SM of two warpgroups (eight warps of
-// 64 x 64 on mma.sync), its stages in dynamic shared memory. A step's 64-byte tiles of A and
-// B are 24 KiB for 2 M multiply-adds, against 32 KiB for two 128-channel blocks: the products
-// of 128-channel blocks are bound by what the L2 cache delivers (BERT-base's FFN output
-// product read it at 71% of its throughput). With one block an SM no other block's products
-// run while this one waits, so on sm_90a a step's products stay in flight across the next
-// barrier (IG_LAG) and the copies run IG_STAGES - 2 steps ahead.
-#define IG_WIDE (KILN_BN == 256)
+// Wide blocks (KILN_BN 192 or 256, plain products only): one block an SM, 128 rows by 192
+// channels in three warpgroups of 64 channels (twelve warps of 64 x 32 on mma.sync), or by 256
+// in two of 128 (eight warps of 64 x 64), the stages in dynamic shared memory. They give the
+// planner tile widths that fill the SMs in whole rounds where 128 channels leave a partial
+// one (BERT-base's 768-channel products: 128 tiles of 192 channels for 132 SMs, against 192
+// of 128 channels, two an SM, on 60 SMs and one on 72). With one block an SM no other block's
+// products run while this one waits, so on sm_90a a step's products stay in flight across the
+// next barrier (IG_LAG) and the copies run IG_STAGES - 2 steps ahead.
+#define IG_WIDE (KILN_BN > 128)
 #define IG_STAGES (IG_WIDE ? 6 : KILN_BN == 128 ? 3 : 4)
 #if IG_WIDE && IG_WGMMA
 #define IG_LAG 1
@@ -95,9 +96,6 @@
 #endif
 // Steps the copies run ahead of the products.
 #define IG_AHEAD (IG_STAGES - 1 - IG_LAG)
-// 16-byte pieces of A and of B each thread copies per stage.
-#define IG_A_PIECES (IG_BM * 4 / IG_THREADS)
-#define IG_B_PIECES (KILN_BN * 4 / IG_THREADS)
 #define IG_MAX_EXTRA 8
 // Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
 // KiB of shared memory each) or two 128-channel ones, 16 warps either way.
@@ -345,7 +343,16 @@ __device__ __forceinline__ int ig_swz(int r, int c) { return r * IG_BK + ((c ^ (
 // rows and keeps where the next tile starts (input pixel offset and channel) incrementally,
 // so the copy loop divides nothing.
 template <int THREADS> struct IgLoader {
-    static constexpr int AP = IG_BM * 4 / THREADS, BP = KILN_BN * 4 / THREADS;
+    // Pieces of A and of B a thread copies per stage. Where THREADS does not divide A's 512
+    // pieces (the 384 threads of a 192-channel block) the first threads copy one more:
+    // `a_mine` says whether the last is a thread's.
+    static constexpr int AP = (IG_BM * 4 + THREADS - 1) / THREADS, BP = KILN_BN * 4 / THREADS;
+    static constexpr bool A_EVEN = IG_BM * 4 % THREADS == 0;
+    static_assert(KILN_BN * 4 % THREADS == 0, "the threads share B's pieces evenly");
+#ifndef KILN_IG_DENSE
+    static_assert(A_EVEN, "only the plain-product loader shares A's pieces unevenly");
+#endif
+    bool a_mine;
     const signed char* a_src[AP];
     const signed char* b_src[BP];
     int a_soff[AP], b_soff[BP];
@@ -370,13 +377,14 @@ template <int THREADS> struct IgLoader {
         // The host guarantees that the input and the filter have fewer than 2^31 bytes and
         // the GEMM fewer than 2^31 rows, so every offset and row here is 32-bit.
         const int K = (int)g.k, piece = tid & 3, kp = k0 + piece * 16;
+        a_mine = A_EVEN || (tid >> 2) + (AP - 1) * (THREADS / 4) < IG_BM;
 #pragma unroll
         for (int i = 0; i < AP; ++i) {
             const i64 r = row0 + (tid >> 2) + i * (THREADS / 4);
             a_soff[i] = ig_swz((tid >> 2) + i * (THREADS / 4), piece);
 #ifdef KILN_IG_DENSE
             // A plain product: row r of the reduction is the K bytes at x + r * K.
-            a_in[i] = r < g.rows;
+            a_in[i] = r < g.rows && (i < AP - 1 || a_mine);
             a_src[i] = x + (a_in[i] ? (int)r * K + kp : 0);
 #else
             if (r < g.rows) {
@@ -435,7 +443,8 @@ template <int THREADS> struct IgLoader {
 #ifdef KILN_IG_DENSE
 #pragma unroll
         for (int i = 0; i < AP; ++i) {
-            ig_cp_async16(sa_s + a_soff[i], a_src[i], kin && a_in[i] ? 16 : 0);
+            // A piece past the tile's rows is not copied at all: its offset lies past A's stage.
+            if (i < AP - 1 || a_mine) ig_cp_async16(sa_s + a_soff[i], a_src[i], kin && a_in[i] ? 16 : 0);
             a_src[i] += IG_BK;
         }
 #elif defined(KILN_IG_NARROW)

@@ -58,6 +58,11 @@ namespace D256 {
 }
 #undef KILN_IG_SMEM_LAUNCH
 #undef KILN_IG_DENSE
+namespace D192 {
+#include "igemm192w32d.inc"
+}
+#undef KILN_IG_SMEM_LAUNCH
+#undef KILN_IG_DENSE
 #undef KILN_IG_PP
 namespace N64 {
 #include "igemm64w32n.inc"
@@ -184,11 +189,15 @@ int main() {
         {3, 64, 7, 9, 136, 1, 1, 1, 1, 0, 0, 1, 1, 128, 32, true},
         {150, 96, 1, 1, 72, 1, 1, 1, 1, 0, 0, 1, 1, 128, 64, true},
         {200, 208, 1, 1, 40, 1, 1, 1, 1, 0, 0, 1, 1, 64, 32, true},
-        // Wide blocks (128 x 256): a channel tail in the second block, 11.25 steps (more than
-        // the six stages), three and a quarter, and one step (fewer than the copies run ahead).
+        // Wide blocks (128 x 256 and 128 x 192): a channel tail in the second block, 11.25
+        // steps (more than the six stages), three and a quarter, and one step (fewer than the
+        // copies run ahead).
         {300, 720, 1, 1, 300, 1, 1, 1, 1, 0, 0, 1, 1, 256, 64, true},
         {130, 208, 1, 1, 256, 1, 1, 1, 1, 0, 0, 1, 1, 256, 64, true},
         {150, 64, 1, 1, 520, 1, 1, 1, 1, 0, 0, 1, 1, 256, 64, true},
+        {300, 720, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
+        {130, 208, 1, 1, 192, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
+        {150, 64, 1, 1, 400, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
         // The persistent kernel: 9 tiles of 4.5 64-byte steps on 2 blocks (the ring of stages
         // wraps, each warpgroup takes turns more than once), an element-by-element epilogue,
         // and plain products with 2 and 1 steps a tile.
@@ -218,6 +227,7 @@ int main() {
         else if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });
         else if (k.pp && v) run<PV::IgemmArgs, PV::EpiArgs>(k, [](auto... a) { PV::kernel_igemm128w64pv(a...); });
         else if (k.pp) run<PS::IgemmArgs, PS::EpiArgs>(k, [](auto... a) { PS::kernel_igemm128w64ps(a...); });
+        else if (k.dense && k.bn == 192) run<D192::IgemmArgs, D192::EpiArgs>(k, [](auto... a) { D192::kernel_igemm192w32d(a...); });
         else if (k.dense && k.bn == 256) run<D256::IgemmArgs, D256::EpiArgs>(k, [](auto... a) { D256::kernel_igemm256w64d(a...); });
         else if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });
         else if (k.dense && k.wn == 32) run<D128::IgemmArgs, D128::EpiArgs>(k, [](auto... a) { D128::kernel_igemm128w32d(a...); });

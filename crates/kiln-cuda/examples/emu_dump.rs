@@ -1,7 +1,7 @@
 //! Writes the generated kernels that `emu/generated.cpp` runs on the host into a folder, with
 //! the CUDA headers taken out and each kernel renamed `kernel_<case>` (see `emu/run.sh`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock, WIDE_BN};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, wide_warp_channels, EpiRead, IgLoad, IgemmBlock, WIDE_BNS};
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode};
 use kiln_ir::DType;
@@ -72,10 +72,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, IgemmBlock::new(bn, wn, load), vec)?));
         }
     }
-    // A wide block (a plain product's 128 x 256 tile).
+    // The wide blocks (a plain product's 128 x 192 and 128 x 256 tiles).
     let reads = [(DType::F32, EpiRead::Channels), (DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)];
-    let block = IgemmBlock::new(WIDE_BN, 64, IgLoad::Dense);
-    kernels.push(("igemm256w64d".to_string(), igemm_kernel(&dequant_bias_res_relu, &reads, block, true)?));
+    for bn in WIDE_BNS {
+        let wn = wide_warp_channels(bn);
+        let block = IgemmBlock::new(bn, wn, IgLoad::Dense);
+        kernels.push((format!("igemm{bn}w{wn}d"), igemm_kernel(&dequant_bias_res_relu, &reads, block, true)?));
+    }
     // The persistent ping-pong kernel with both warp shapes, the same three ways.
     for wn in [32, 64] {
         for (vec, load, kind) in [(true, IgLoad::Conv, "v"), (false, IgLoad::Conv, "s"), (true, IgLoad::Dense, "d")] {

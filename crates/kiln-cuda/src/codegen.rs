@@ -781,14 +781,26 @@ pub fn pp_shared_bytes() -> u32 {
     stages * (128 + 128) * 64 + 2 * 64 * (128 + 8) * 4 + 8 * (2 * stages + 2) + 1024
 }
 
-/// The output channels of a wide implicit-GEMM block (`IG_WIDE` in `kernels/igemm.cu`): a
-/// plain product's 128 x 256 tile, one block an SM, launched with [`wide_shared_bytes`].
-pub const WIDE_BN: usize = 256;
+/// The output channels of the wide implicit-GEMM blocks (`IG_WIDE` in `kernels/igemm.cu`): a
+/// plain product's 128 x 192 or 128 x 256 tile, one block an SM, launched with
+/// [`wide_shared_bytes`] and [`wide_warp_channels`].
+pub const WIDE_BNS: [usize; 2] = [192, 256];
 
-/// The dynamic shared memory of a wide block: six stages of 128 + 256 rows of 64 bytes (the
-/// epilogue's staging tile of 64 rows by 264 ints fits in them), and 1024 bytes to align them.
-pub fn wide_shared_bytes() -> u32 {
-    6 * (128 + WIDE_BN as u32) * 64 + 1024
+/// A warp's channels in a wide block of `bn` channels: 32 for 192 (twelve warps, three
+/// warpgroups of 64 channels), 64 for 256 (eight warps, two warpgroups of 128).
+pub fn wide_warp_channels(bn: usize) -> usize {
+    if bn == 192 {
+        32
+    } else {
+        64
+    }
+}
+
+/// The dynamic shared memory of a wide block of `bn` channels: six stages of 128 + `bn` rows of
+/// 64 bytes (the epilogue's staging tile of 64 rows by `bn` + 8 ints fits in them), and 1024
+/// bytes to align them.
+pub fn wide_shared_bytes(bn: usize) -> u32 {
+    (6 * (128 + bn) * 64 + 1024) as u32
 }
 
 /// How an implicit-GEMM kernel's copies read the reduction (`kernels/igemm.cu`).
@@ -859,11 +871,11 @@ pub fn igemm_kernel(
     vec: bool,
 ) -> Result<ElementwiseKernel> {
     let IgemmBlock { bn, wn, load, persistent, split, ln } = block;
-    let wide = bn == WIDE_BN;
-    if !matches!(bn, 64 | 128 | WIDE_BN)
+    let wide = bn > 128;
+    if !matches!(bn, 64 | 128 | 192 | 256)
         || !matches!(wn, 32 | 64)
         || wn > bn
-        || (wide && (wn != 64 || load != IgLoad::Dense || persistent || split > 1 || ln != 0))
+        || (wide && (wn != wide_warp_channels(bn) || load != IgLoad::Dense || persistent || split > 1 || ln != 0))
         || (persistent && bn != 128)
         || !matches!(split, 1 | 2 | 4 | 8)
         || (persistent && split > 1)
@@ -872,7 +884,7 @@ pub fn igemm_kernel(
         return Err(CudaError::Invalid(format!(
             "an implicit-GEMM block of {bn} channels with warps of {wn}, split {split}, LayerNorm over {ln} blocks (64 or \
              128, and 32 or 64; 128 and unsplit for the persistent kernel; split 1, 2, 4 or 8; a LayerNorm over 2 to \
-             8 unsplit blocks of 128 by 32; or a plain product's unsplit wide block of 256 by 64)"
+             8 unsplit blocks of 128 by 32; or a plain product's unsplit wide block of 192 by 32 or 256 by 64)"
         )));
     }
     if extra.len() > IGEMM_MAX_EXTRA {
@@ -906,7 +918,7 @@ pub fn igemm_kernel(
     }
     if wide {
         // The launch's shared memory, which the kernel checks its layout against.
-        writeln!(defs, "#define KILN_IG_SMEM_LAUNCH {}", wide_shared_bytes()).unwrap_or(());
+        writeln!(defs, "#define KILN_IG_SMEM_LAUNCH {}", wide_shared_bytes(bn)).unwrap_or(());
     }
     if persistent {
         let (stages, lag) = pp_depth();

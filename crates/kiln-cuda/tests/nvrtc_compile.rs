@@ -4,7 +4,7 @@
 //! Runs without a GPU. Where NVRTC is absent the test prints why and passes, unless `CI` is
 //! set, where it fails: CI installs NVRTC (`cargo xtask fetch-nvrtc`).
 
-use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, EpiRead, IgLoad, IgemmBlock, WIDE_BN};
+use kiln_cuda::codegen::{elementwise_kernel, igemm_kernel, wide_warp_channels, EpiRead, IgLoad, IgemmBlock, WIDE_BNS};
 use kiln_cuda::kernels::KernelFamily;
 use kiln_cuda::nvrtc::Nvrtc;
 use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
@@ -108,7 +108,9 @@ fn generated_igemm_kernels_compile() {
     }
     // Wide blocks, for plain products only.
     for (to, vec) in [(DType::F16, true), (DType::I8, true), (DType::F32, false)] {
-        cases.push((IgemmBlock::new(WIDE_BN, 64, IgLoad::Dense), to, vec));
+        for bn in WIDE_BNS {
+            cases.push((IgemmBlock::new(bn, wide_warp_channels(bn), IgLoad::Dense), to, vec));
+        }
     }
     // LayerNorm epilogues over clusters of 2, 6 and 8 blocks (sm_80 compiles the trap).
     for (to, ln) in [(DType::F16, 6), (DType::F32, 2), (DType::BF16, 8)] {

@@ -16,7 +16,8 @@
 
 use super::*;
 use crate::codegen::{
-    igemm_kernel, pp_shared_bytes, pp_threads, wide_shared_bytes, EpiRead, IgLoad, IgemmBlock, IGEMM_MAX_EXTRA, WIDE_BN,
+    igemm_kernel, pp_shared_bytes, pp_threads, wide_shared_bytes, wide_warp_channels, EpiRead, IgLoad, IgemmBlock,
+    IGEMM_MAX_EXTRA, WIDE_BNS,
 };
 use kiln_ir::ops::linalg::ConvAttrs;
 
@@ -73,12 +74,24 @@ struct Shape {
     narrow: bool,
 }
 
-/// Which plain products take wide blocks (`WIDE_BN` channels, one block an SM): with
-/// `KILN_IGEMM_WIDE` at build time 0 none, 1 matrix products (the default), 2 also 1x1
-/// convolutions read as plain products, to compare them.
-fn wide_blocks(matmul: bool, load: IgLoad) -> bool {
+/// Which plain products may take wide blocks (see [`wide_width`]): with `KILN_IGEMM_WIDE` at
+/// build time 0 none, 1 matrix products (the default), 2 also 1x1 convolutions read as plain
+/// products, to compare them.
+fn wide_allowed(matmul: bool, load: IgLoad) -> bool {
     let level = std::env::var("KILN_IGEMM_WIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     load == IgLoad::Dense && (level >= 2 || (level == 1 && matmul))
+}
+
+/// The wide block width (one of [`WIDE_BNS`], a block an SM) for a plain product of `gx` row
+/// blocks by `m` channels where it gives an SM fewer channels to compute than 128-channel
+/// blocks do: an SM's blocks share its tensor cores, so its time goes with the channels it
+/// computes, `ceil(tiles / SMs) * width`. BERT-base's 768-channel products take 192 (128 tiles
+/// for 132 SMs: 192 channels an SM, against 256 for 192 tiles of 128 channels) and its QKV
+/// product too (576 against 640); its FFN input product (3072 channels) keeps 128, which ties.
+fn wide_width(gx: usize, m: usize) -> Option<usize> {
+    let cost = |bn: usize| (gx * m.div_ceil(bn)).div_ceil(FULL_WAVE) * bn;
+    let best = WIDE_BNS.into_iter().min_by_key(|&bn| (cost(bn), bn))?;
+    (cost(best) < cost(128)).then_some(best)
 }
 
 /// Whether 128-channel products take the persistent ping-pong kernel (`KILN_IGEMM_PP=1` at
@@ -141,8 +154,8 @@ struct IgemmLaunch {
 impl Shape {
     /// The launch: 128 rows by 64 or 128 channels a block (see [`FULL_WAVE`]; `matmul` for a
     /// matrix product), and a warp's channels (see [`warp_channels`]), split along the
-    /// reduction where the grid is small (see [`split_k`]); wide blocks of 256 channels for the
-    /// plain products [`wide_blocks`] names with 256 channels or more and more than one step;
+    /// reduction where the grid is small (see [`split_k`]); wide blocks where [`wide_width`]
+    /// finds one for the plain products [`wide_allowed`] names, of more than one step;
     /// or, for 128-channel blocks with [`persistent`], the persistent kernel's 128 x 128
     /// tiles, a block an SM.
     fn config(&self, matmul: bool) -> Result<IgemmLaunch> {
@@ -160,9 +173,14 @@ impl Shape {
         // channels, mostly epilogue) takes 64-channel blocks, four an SM: at batch 32 on an H100
         // ResNet-50 ran 0.975 ms so against 0.984 with 128-channel ones (one run).
         let short = self.k() <= 64 && !persistent();
-        let wide = allow_wide && !short && self.m >= WIDE_BN && !persistent() && wide_blocks(matmul, self.load());
-        let (bn, wn) = if wide {
-            (WIDE_BN, 64)
+        let wide_bn = if allow_wide && !short && !persistent() && wide_allowed(matmul, self.load()) {
+            wide_width(gx, self.m)
+        } else {
+            None
+        };
+        let wide = wide_bn.is_some();
+        let (bn, wn) = if let Some(bn) = wide_bn {
+            (bn, wide_warp_channels(bn))
         } else if short || self.m <= 64 || gx * self.m.div_ceil(128) < full_wave(matmul) {
             (64, 32)
         } else {
@@ -190,7 +208,7 @@ impl Shape {
                 block.split = split_k(gx * gy, bn, self.k());
             }
             let threads = (64 * bn / wn) as u32;
-            let shared_bytes = if wide { wide_shared_bytes() } else { 0 };
+            let shared_bytes = if wide { wide_shared_bytes(bn) } else { 0 };
             LaunchConfig { grid: (gx as u32, gy as u32, block.split as u32), block: (threads, 1, 1), shared_bytes }
         };
         Ok(IgemmLaunch { block, config })
@@ -413,7 +431,7 @@ impl Planner<'_> {
         // A LayerNorm epilogue takes 128-channel blocks: where the plan's target asks for one,
         // a product its LayerNorm reads takes them instead of wide ones.
         let mut launch = launch;
-        if launch.block.bn == WIDE_BN && self.target.layernorm_epilogue {
+        if launch.block.bn > 128 && self.target.layernorm_epilogue {
             let Ok(narrow) = shape.config_narrow(true) else { return Ok(false) };
             if self.layernorm_reader(Value { node: id, slot: 0 }, &narrow.block, &out_shape)?.is_some() {
                 launch = narrow;
@@ -660,7 +678,7 @@ fn row_stride(out: &[usize], strides: &[i64]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{row_stride, split_k, EpiRead, Shape};
+    use super::{row_stride, split_k, wide_width, EpiRead, Shape};
 
     #[test]
     fn epilogue_inputs_are_read_by_their_strides() {
@@ -698,6 +716,17 @@ mod tests {
     /// Split-K takes the small grids of ResNet-50's last stages and classifier at batch 32,
     /// and leaves a grid that fills the GPU (BERT-base's products, layer3's 196 blocks) and a
     /// short reduction alone.
+    #[test]
+    fn wide_blocks_fill_the_sms_in_whole_rounds() {
+        // BERT-base at batch 32 (32 row blocks): the QKV product (2304 channels) and the
+        // 768-channel products take 192 channels a block, the FFN input product (3072) keeps
+        // 128, which ties; a classifier's few tiles (ResNet-50's, at batch 32) keep 128.
+        assert_eq!(wide_width(32, 2304), Some(192));
+        assert_eq!(wide_width(32, 768), Some(192));
+        assert_eq!(wide_width(32, 3072), None);
+        assert_eq!(wide_width(1, 1000), None);
+    }
+
     #[test]
     fn small_grids_split_their_reduction() {
         if std::env::var("KILN_IGEMM_SPLIT").is_ok() {
