@@ -96,6 +96,13 @@
 #endif
 // Steps the copies run ahead of the products.
 #define IG_AHEAD (IG_STAGES - 1 - IG_LAG)
+// KILN_IG_LOOP (wide blocks only): a block an SM takes tile after tile, its epilogue staged
+// apart from the copies' stages so that the next tile's first copies run during it.
+#ifdef KILN_IG_LOOP
+#define IG_LOOP 1
+#else
+#define IG_LOOP 0
+#endif
 #define IG_MAX_EXTRA 8
 // Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
 // KiB of shared memory each) or two 128-channel ones, 16 warps either way.
@@ -116,7 +123,14 @@
 static_assert(IG_EPI_ITERS % IG_CLUSTER == 0, "a cluster's blocks share a pass's rows evenly");
 #define IG_SMEM_TILES (IG_STAGES * (IG_BM + KILN_BN) * IG_BK)
 #define IG_SMEM_EPI (IG_EPI_ROWS * IG_EPI_LD * 4)
+#if IG_LOOP
+#define IG_SMEM (IG_SMEM_TILES + IG_SMEM_EPI)
+#else
 #define IG_SMEM (IG_SMEM_TILES > IG_SMEM_EPI ? IG_SMEM_TILES : IG_SMEM_EPI)
+#endif
+#if IG_LOOP && !IG_WIDE
+#error "only wide blocks take tile after tile"
+#endif
 #if IG_WIDE
 #if IG_CLUSTER > 1 || defined(KILN_IG_PP) || defined(KILN_IG_LN)
 #error "wide blocks are not split, persistent, or LayerNorm epilogues"
@@ -848,8 +862,21 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     signed char* sa = smem;
     signed char* sb = smem + IG_STAGES * IG_BM * IG_BK;
     const int tid = threadIdx.x, warp = tid >> 5;
+#if IG_LOOP
+    // Tiles blockIdx.x, + gridDim.x, ..., down the rows first as a grid would run them; the
+    // epilogue stages its tile after the copies' stages, which the next tile's first copies
+    // fill meanwhile.
+    const int gx = (int)((g.rows + IG_BM - 1) / IG_BM), ntiles = gx * (int)((g.m + KILN_BN - 1) / KILN_BN);
+    int* const stg = reinterpret_cast<int*>(smem + IG_SMEM_TILES);
+    int tile = blockIdx.x;
+    if (tile >= ntiles) return;
+    i64 row0 = (i64)(tile % gx) * IG_BM;
+    int col0 = tile / gx * KILN_BN;
+#else
+    int* const stg = reinterpret_cast<int*>(smem);
     const i64 row0 = (i64)blockIdx.x * IG_BM;
     const int col0 = blockIdx.y * KILN_BN;
+#endif
     // The block's steps of the reduction: all of them, or its share of a cluster's.
     const int all = ((int)g.k + IG_BK - 1) / IG_BK;
 #if IG_CLUSTER > 1
@@ -881,6 +908,9 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
 #else
     const IgFrag frag = ig_frag(warp, tid & 31);
 #endif
+#if IG_LOOP
+    for (;;) {
+#endif
     for (int kt = 0; kt < tiles; ++kt) {
         ig_cp_wait<IG_AHEAD - 1>();
 #if IG_WGMMA
@@ -906,18 +936,47 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, IG_MIN_BLOCKS) IG_CLUST
     ig_wgmma_wait<0>();
 #endif
     ig_cp_wait<0>();
+#if IG_LOOP
+    // The next tile's first copies go out before this one's epilogue, which hides their
+    // latency; once every warp's products are done (the barrier) the stages are free.
+    const int next = tile + gridDim.x;
+    i64 next_row0 = 0;
+    int next_col0 = 0;
+    if (next < ntiles) {
+        next_row0 = (i64)(next % gx) * IG_BM;
+        next_col0 = next / gx * KILN_BN;
+        __syncthreads();
+        ld.begin(tid, x, wt, g, next_row0, next_col0);
+#pragma unroll
+        for (int s = 0; s < IG_AHEAD; ++s) {
+            if (s < tiles) ld.load(sa + s * IG_BM * IG_BK, sb + s * KILN_BN * IG_BK, g);
+            ig_cp_commit();
+        }
+    } else {
+        ig_pdl_trigger();
+    }
+#else
     ig_pdl_trigger();
+#endif
 #if defined(KILN_IG_LN) && IG_WGMMA
-    ig_epilogue_ln(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, ln, out);
+    ig_epilogue_ln(acc, stg, tid, row0, col0, g, e, ln, out);
 #elif defined(KILN_IG_LN)
     // Never planned without clusters (`plan::Target`).
     __trap();
 #elif IG_CLUSTER > 1
-    ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { ig_cluster_sync(); });
+    ig_epilogue(acc, stg, tid, row0, col0, g, e, out, [] { ig_cluster_sync(); });
     // No block leaves while another may still read its accumulators.
     ig_cluster_sync();
 #else
-    ig_epilogue(acc, reinterpret_cast<int*>(smem), tid, row0, col0, g, e, out, [] { __syncthreads(); });
+    ig_epilogue(acc, stg, tid, row0, col0, g, e, out, [] { __syncthreads(); });
+#endif
+#if IG_LOOP
+        if (next >= ntiles) break;
+        tile = next;
+        row0 = next_row0;
+        col0 = next_col0;
+        ig_zero(acc);
+    }
 #endif
 }
 #else

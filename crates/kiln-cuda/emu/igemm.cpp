@@ -63,6 +63,18 @@ namespace D192 {
 }
 #undef KILN_IG_SMEM_LAUNCH
 #undef KILN_IG_DENSE
+namespace T192 {
+#include "igemm192w32td.inc"
+}
+#undef KILN_IG_SMEM_LAUNCH
+#undef KILN_IG_LOOP
+#undef KILN_IG_DENSE
+namespace T256 {
+#include "igemm256w64td.inc"
+}
+#undef KILN_IG_SMEM_LAUNCH
+#undef KILN_IG_LOOP
+#undef KILN_IG_DENSE
 #undef KILN_IG_PP
 namespace N64 {
 #include "igemm64w32n.inc"
@@ -108,7 +120,8 @@ static int fails = 0;
 // `pp`: the persistent ping-pong kernel (128-channel tiles), on `pp` blocks. `narrow`: the
 // narrow loader (c at most 4, the input NHWC padded to 4 channels, the filter [m][k] with k
 // kh * kw * 4 rounded up to 16).
-struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; unsigned pp = 0; bool narrow = false; };
+// `loop`: a wide block taking tile after tile, on `loop` blocks.
+struct Case { i64 n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw; int bn, wn; bool dense = false; unsigned pp = 0; bool narrow = false; unsigned loop = 0; };
 
 template <class Args, class Epi, class Kernel>
 static void run(const Case& k, Kernel kernel) {
@@ -138,6 +151,7 @@ static void run(const Case& k, Kernel kernel) {
     e.st[0][3] = 1; e.st[1][3] = 1;
     e.st[2][0] = oh * ow * k.m; e.st[2][1] = ow * k.m; e.st[2][2] = k.m; e.st[2][3] = 1;
     dim3 grid{(unsigned)((rows + 127) / 128), (unsigned)((k.m + k.bn - 1) / k.bn)}, block{(unsigned)(64 * k.bn / k.wn)};
+    if (k.loop) grid = dim3{k.loop, 1};
     if (k.pp) {
         grid = dim3{k.pp, 1};
         block = dim3{(unsigned)(2 * 64 * 128 / k.wn + 128)};
@@ -161,7 +175,7 @@ static void run(const Case& k, Kernel kernel) {
                    b, oy, ox, oc, got, want);
     }
     fails += bad;
-    printf("igemm%dw%d%s%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.pp ? "p" : "", k.dense ? "d" : k.narrow ? "n" : k.m % 4 ? "s" : "v", k.n, k.c,
+    printf("igemm%dw%d%s%s%s n=%lld c=%lld %lldx%lld m=%lld k=%lldx%lld s=%lld p=%lld d=%lld: %s\n", k.bn, k.wn, k.pp ? "p" : "", k.loop ? "t" : "", k.dense ? "d" : k.narrow ? "n" : k.m % 4 ? "s" : "v", k.n, k.c,
            k.h, k.w, k.m, k.kh, k.kw, k.sh, k.ph, k.dh, bad ? "FAIL" : "ok");
 }
 
@@ -198,6 +212,11 @@ int main() {
         {300, 720, 1, 1, 200, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
         {130, 208, 1, 1, 192, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
         {150, 64, 1, 1, 400, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true},
+        // The same taking tile after tile: 12 tiles (the last channel block partial) on 2
+        // blocks, 6 of 11.25 steps on 4 (two take one tile more), 3 of one step on 2.
+        {300, 208, 1, 1, 600, 1, 1, 1, 1, 0, 0, 1, 1, 192, 32, true, 0, false, 2},
+        {300, 720, 1, 1, 300, 1, 1, 1, 1, 0, 0, 1, 1, 256, 64, true, 0, false, 4},
+        {150, 64, 1, 1, 520, 1, 1, 1, 1, 0, 0, 1, 1, 256, 64, true, 0, false, 2},
         // The persistent kernel: 9 tiles of 4.5 64-byte steps on 2 blocks (the ring of stages
         // wraps, each warpgroup takes turns more than once), an element-by-element epilogue,
         // and plain products with 2 and 1 steps a tile.
@@ -227,6 +246,8 @@ int main() {
         else if (k.pp && k.dense) run<PD::IgemmArgs, PD::EpiArgs>(k, [](auto... a) { PD::kernel_igemm128w64pd(a...); });
         else if (k.pp && v) run<PV::IgemmArgs, PV::EpiArgs>(k, [](auto... a) { PV::kernel_igemm128w64pv(a...); });
         else if (k.pp) run<PS::IgemmArgs, PS::EpiArgs>(k, [](auto... a) { PS::kernel_igemm128w64ps(a...); });
+        else if (k.loop && k.bn == 192) run<T192::IgemmArgs, T192::EpiArgs>(k, [](auto... a) { T192::kernel_igemm192w32td(a...); });
+        else if (k.loop) run<T256::IgemmArgs, T256::EpiArgs>(k, [](auto... a) { T256::kernel_igemm256w64td(a...); });
         else if (k.dense && k.bn == 192) run<D192::IgemmArgs, D192::EpiArgs>(k, [](auto... a) { D192::kernel_igemm192w32d(a...); });
         else if (k.dense && k.bn == 256) run<D256::IgemmArgs, D256::EpiArgs>(k, [](auto... a) { D256::kernel_igemm256w64d(a...); });
         else if (k.dense && k.bn == 64) run<D64::IgemmArgs, D64::EpiArgs>(k, [](auto... a) { D64::kernel_igemm64w32d(a...); });

@@ -72,12 +72,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, IgemmBlock::new(bn, wn, load), vec)?));
         }
     }
-    // The wide blocks (a plain product's 128 x 192 and 128 x 256 tiles).
+    // The wide blocks (a plain product's 128 x 192 and 128 x 256 tiles), each one tile a
+    // block, and taking tile after tile ("t").
     let reads = [(DType::F32, EpiRead::Channels), (DType::F32, EpiRead::Channels), (DType::F16, EpiRead::Dense)];
     for bn in WIDE_BNS {
         let wn = wide_warp_channels(bn);
-        let block = IgemmBlock::new(bn, wn, IgLoad::Dense);
-        kernels.push((format!("igemm{bn}w{wn}d"), igemm_kernel(&dequant_bias_res_relu, &reads, block, true)?));
+        for looped in [false, true] {
+            let block = IgemmBlock { looped, ..IgemmBlock::new(bn, wn, IgLoad::Dense) };
+            let name = format!("igemm{bn}w{wn}{}d", if looped { "t" } else { "" });
+            kernels.push((name, igemm_kernel(&dequant_bias_res_relu, &reads, block, true)?));
+        }
     }
     // The persistent ping-pong kernel with both warp shapes, the same three ways.
     for wn in [32, 64] {

@@ -797,10 +797,12 @@ pub fn wide_warp_channels(bn: usize) -> usize {
 }
 
 /// The dynamic shared memory of a wide block of `bn` channels: six stages of 128 + `bn` rows of
-/// 64 bytes (the epilogue's staging tile of 64 rows by `bn` + 8 ints fits in them), and 1024
-/// bytes to align them.
-pub fn wide_shared_bytes(bn: usize) -> u32 {
-    (6 * (128 + bn) * 64 + 1024) as u32
+/// 64 bytes, the epilogue's staging tile of 64 rows by `bn` + 8 ints (within the stages, or
+/// after them for a block that takes tile after tile, `looped`), and 1024 bytes to align them.
+pub fn wide_shared_bytes(bn: usize, looped: bool) -> u32 {
+    let stages = 6 * (128 + bn) * 64;
+    let staging = 64 * (bn + 8) * 4;
+    (if looped { stages + staging } else { stages.max(staging) } + 1024) as u32
 }
 
 /// How an implicit-GEMM kernel's copies read the reduction (`kernels/igemm.cu`).
@@ -849,12 +851,16 @@ pub struct IgemmBlock {
     /// only: the plan takes it for sm_90 engines, see `plan::Target`). The kernel then takes
     /// a third argument, `LnArgs`: the scale, bias, epsilon and an optional quantized copy.
     pub ln: usize,
+    /// Wide blocks only (`KILN_IG_LOOP`): a block an SM takes tile after tile (tile
+    /// `blockIdx.x`, then `gridDim.x` on), its epilogue staged apart so that the next tile's
+    /// first copies run during it; launched with `wide_shared_bytes(bn, true)`.
+    pub looped: bool,
 }
 
 impl IgemmBlock {
     /// A one-tile kernel of `bn` by `wn` channels reading as `load`, not split.
     pub fn new(bn: usize, wn: usize, load: IgLoad) -> Self {
-        IgemmBlock { bn, wn, load, persistent: false, split: 1, ln: 0 }
+        IgemmBlock { bn, wn, load, persistent: false, split: 1, ln: 0, looped: false }
     }
 }
 
@@ -863,19 +869,20 @@ impl IgemmBlock {
 /// accumulator (input 0) and `extra` (the other inputs, each with how it is read: see
 /// [`EpiRead`]) applied to each accumulator, shaped as `block` says. With `vec` (the output
 /// channels a multiple of 4) the epilogue moves four channels at a time as one vector. The
-/// kernel is named `igemm<bn>w<wn>[p][d|n][s<split>][l<ln>]_<hash>_<output dtype>`.
+/// kernel is named `igemm<bn>w<wn>[p][t][d|n][s<split>][l<ln>]_<hash>_<output dtype>`.
 pub fn igemm_kernel(
     expr: &Expr,
     extra: &[(DType, EpiRead)],
     block: IgemmBlock,
     vec: bool,
 ) -> Result<ElementwiseKernel> {
-    let IgemmBlock { bn, wn, load, persistent, split, ln } = block;
+    let IgemmBlock { bn, wn, load, persistent, split, ln, looped } = block;
     let wide = bn > 128;
     if !matches!(bn, 64 | 128 | 192 | 256)
         || !matches!(wn, 32 | 64)
         || wn > bn
         || (wide && (wn != wide_warp_channels(bn) || load != IgLoad::Dense || persistent || split > 1 || ln != 0))
+        || (looped && !wide)
         || (persistent && bn != 128)
         || !matches!(split, 1 | 2 | 4 | 8)
         || (persistent && split > 1)
@@ -918,7 +925,10 @@ pub fn igemm_kernel(
     }
     if wide {
         // The launch's shared memory, which the kernel checks its layout against.
-        writeln!(defs, "#define KILN_IG_SMEM_LAUNCH {}", wide_shared_bytes(bn)).unwrap_or(());
+        writeln!(defs, "#define KILN_IG_SMEM_LAUNCH {}", wide_shared_bytes(bn, looped)).unwrap_or(());
+    }
+    if looped {
+        defs.push_str("#define KILN_IG_LOOP 1\n");
     }
     if persistent {
         let (stages, lag) = pp_depth();
@@ -943,8 +953,9 @@ pub fn igemm_kernel(
     let generated = format!("{defs}\n{body}");
     let hash: String = Sha256::digest(generated.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     let name = format!(
-        "igemm{bn}w{wn}{}{}{}{}_{hash}_{}",
+        "igemm{bn}w{wn}{}{}{}{}{}_{hash}_{}",
         if persistent { "p" } else { "" },
+        if looped { "t" } else { "" },
         match load {
             IgLoad::Conv => "",
             IgLoad::Dense => "d",

@@ -113,9 +113,9 @@ fn int8_epilogues_dequantize_on_the_gpu() {
     // All run the INT8 implicit GEMM with the epilogue in registers (k is a multiple of 16).
     // The last two have more 128 x 128 tiles than two an SM (288 and 272) of one and of five
     // 64-byte steps: the persistent kernel's warpgroups take turns on several tiles each. The
-    // last is a classifier's: 8 blocks of 128 channels, each reduction split 8 ways. The one of
-    // 2900 rows takes wide blocks of 192 channels (92 tiles, one an SM, where 128 channels
-    // would give 60 SMs two of 138).
+    // last is a classifier's: 8 blocks of 128 channels, each reduction split 8 ways. The last
+    // two take wide blocks of 192 channels: 92 tiles, one a block (where 128 channels would
+    // give 60 SMs two of 138), and a QKV product's 384 tiles, 132 blocks taking tile after tile.
     for (m, k, n) in [
         (50, 64, 32),
         (3, 64, 10),
@@ -124,6 +124,7 @@ fn int8_epilogues_dequantize_on_the_gpu() {
         (2048, 320, 2176),
         (32, 2048, 1000),
         (2900, 256, 768),
+        (4096, 128, 2304),
     ] {
         let (x, w) = (i8s(&mut rng, &[m, k]), i8s(&mut rng, &[k, n]));
         let scale = rand_tensor(&mut rng, &[n], 1e-4, 1e-3, DType::F32);

@@ -106,10 +106,16 @@ fn generated_igemm_kernels_compile() {
             cases.push((IgemmBlock { persistent, split, ..IgemmBlock::new(bn, wn, load) }, to, vec));
         }
     }
-    // Wide blocks, for plain products only.
+    // Wide blocks, for plain products only, one tile a block and tile after tile.
     for (to, vec) in [(DType::F16, true), (DType::I8, true), (DType::F32, false)] {
         for bn in WIDE_BNS {
-            cases.push((IgemmBlock::new(bn, wide_warp_channels(bn), IgLoad::Dense), to, vec));
+            for looped in [false, true] {
+                cases.push((
+                    IgemmBlock { looped, ..IgemmBlock::new(bn, wide_warp_channels(bn), IgLoad::Dense) },
+                    to,
+                    vec,
+                ));
+            }
         }
     }
     // LayerNorm epilogues over clusters of 2, 6 and 8 blocks (sm_80 compiles the trap).

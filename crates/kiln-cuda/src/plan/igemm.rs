@@ -87,11 +87,19 @@ fn wide_allowed(matmul: bool, load: IgLoad) -> bool {
 /// blocks do: an SM's blocks share its tensor cores, so its time goes with the channels it
 /// computes, `ceil(tiles / SMs) * width`. BERT-base's 768-channel products take 192 (128 tiles
 /// for 132 SMs: 192 channels an SM, against 256 for 192 tiles of 128 channels) and its QKV
-/// product too (576 against 640); its FFN input product (3072 channels) keeps 128, which ties.
+/// product too (576 against 640); its FFN input product (3072 channels) keeps 128, which ties
+/// (`KILN_IGEMM_WIDE_TIES=1` at build time takes the wide block on a tie, to compare them).
 fn wide_width(gx: usize, m: usize) -> Option<usize> {
     let cost = |bn: usize| (gx * m.div_ceil(bn)).div_ceil(FULL_WAVE) * bn;
     let best = WIDE_BNS.into_iter().min_by_key(|&bn| (cost(bn), bn))?;
-    (cost(best) < cost(128)).then_some(best)
+    let ties = std::env::var("KILN_IGEMM_WIDE_TIES").is_ok_and(|v| v == "1");
+    (cost(best) < cost(128) || (ties && cost(best) == cost(128))).then_some(best)
+}
+
+/// Whether wide blocks take tile after tile, a block an SM (`IgemmBlock::looped`): yes unless
+/// `KILN_IGEMM_LOOP=0` at build time, to compare them.
+fn looped() -> bool {
+    !std::env::var("KILN_IGEMM_LOOP").is_ok_and(|v| v == "0")
 }
 
 /// Whether 128-channel products take the persistent ping-pong kernel (`KILN_IGEMM_PP=1` at
@@ -208,8 +216,14 @@ impl Shape {
                 block.split = split_k(gx * gy, bn, self.k());
             }
             let threads = (64 * bn / wn) as u32;
-            let shared_bytes = if wide { wide_shared_bytes(bn) } else { 0 };
-            LaunchConfig { grid: (gx as u32, gy as u32, block.split as u32), block: (threads, 1, 1), shared_bytes }
+            block.looped = wide && looped();
+            let shared_bytes = if wide { wide_shared_bytes(bn, block.looped) } else { 0 };
+            let grid = if block.looped {
+                ((gx * gy).min(FULL_WAVE) as u32, 1, 1)
+            } else {
+                (gx as u32, gy as u32, block.split as u32)
+            };
+            LaunchConfig { grid, block: (threads, 1, 1), shared_bytes }
         };
         Ok(IgemmLaunch { block, config })
     }
