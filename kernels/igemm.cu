@@ -3,11 +3,12 @@
 // epilogue (dequantization, bias, residual, activation, requantization) applied to the i32
 // accumulators on chip and the result stored in the output's type. Code generation
 // (`crates/kiln-cuda/src/codegen.rs`, `igemm_kernel`) replaces the two marked lines: DEFS
-// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64, 128, or 256 for a plain
-// product's wide blocks, see IG_WIDE), KILN_WN (a warp's channels: 32 or 64), KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator),
-// KILN_IG_DENSE for a plain product (see below), KILN_IG_SPLIT for split-K (see below), the
-// output's storage type `kiln_out_t` and the expression; BODY defines what a thread does for
-// four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
+// defines KILN_KERNEL_NAME, KILN_BN (output channels per block: 64, 128, or 192 or 256 for a
+// plain product's wide blocks, see IG_WIDE), KILN_WN (a warp's channels: 32 or 64),
+// KILN_NUM_EXTRA (the epilogue's inputs besides the accumulator), KILN_IG_DENSE for a plain
+// product (see below), KILN_IG_SPLIT for split-K (see below), KILN_IG_LOOP for a wide block
+// taking tile after tile, the output's storage type `kiln_out_t` and the expression; BODY
+// defines what a thread does for four adjacent channels: `kiln_epi_pre` reads the inputs constant along the rows once,
 // `kiln_epi_load` a row's other inputs, and `kiln_epi_row` computes and stores the row's four
 // outputs (see the epilogue at the end).
 //
@@ -105,7 +106,7 @@
 #endif
 #define IG_MAX_EXTRA 8
 // Blocks an SM holds at once: four 64-channel blocks (125 registers a thread, no spills, 48
-// KiB of shared memory each) or two 128-channel ones, 16 warps either way.
+// KiB of shared memory each) or two 128-channel ones, 16 warps either way; one wide block.
 #define IG_MIN_BLOCKS (KILN_BN == 64 ? 4 : KILN_BN == 128 ? 2 : 1)
 // The epilogue's staging tile: rows per pass, and the row stride in ints (padded by 8 so that
 // the warps' 8-byte writes and the 16-byte reads fall in distinct banks).

@@ -727,9 +727,6 @@ mod tests {
         assert_eq!(mm.read(&[16, 0, 0, 1]), EpiRead::Strided);
     }
 
-    /// Split-K takes the small grids of ResNet-50's last stages and classifier at batch 32,
-    /// and leaves a grid that fills the GPU (BERT-base's products, layer3's 196 blocks) and a
-    /// short reduction alone.
     #[test]
     fn wide_blocks_fill_the_sms_in_whole_rounds() {
         // BERT-base at batch 32 (32 row blocks): the QKV product (2304 channels) and the
@@ -741,6 +738,9 @@ mod tests {
         assert_eq!(wide_width(1, 1000), None);
     }
 
+    /// Split-K takes the small grids of ResNet-50's last stages and classifier at batch 32,
+    /// and leaves a grid that fills the GPU (BERT-base's products, layer3's 196 blocks) and a
+    /// short reduction alone.
     #[test]
     fn small_grids_split_their_reduction() {
         if std::env::var("KILN_IGEMM_SPLIT").is_ok() {
