@@ -131,7 +131,15 @@ fn int8_epilogues_dequantize_on_the_gpu() {
         let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32);
         let op = Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: dequant.clone() });
         let (g, ins) = one_node(op, &[&x], &[Some(w), None, None, Some(scale), Some(bias)], 1);
-        check(lib, &format!("MatMulIntegerEpilogue [{m}, {k}] x [{k}, {n}]"), &g, &ins, 1, Some((1e-5, 1e-6)));
+        let what = format!("MatMulIntegerEpilogue [{m}, {k}] x [{k}, {n}]");
+        // The default planning (no build-time variant set) takes the wide kernel where meant.
+        let variant = ["KILN_IGEMM_WIDE", "KILN_IGEMM_LOOP", "KILN_IGEMM_PP"].iter().any(|v| std::env::var(v).is_ok());
+        if (n == 768 || n == 2304) && !variant {
+            let p = plan(&g).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let wide = |s: &Step| matches!(&s.kind, StepKind::Kernel(k) if k.kernel.starts_with("igemm192w32td_"));
+            assert!(p.steps.iter().any(wide), "{what}: a wide kernel taking tile after tile in\n{p}");
+        }
+        check(lib, &what, &g, &ins, 1, Some((1e-5, 1e-6)));
     }
 }
 
