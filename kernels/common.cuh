@@ -36,14 +36,35 @@ __device__ __forceinline__ float kiln_div_k(float x, float c, float r) {
     return (e != 0.0f && isfinite(q)) ? fmaf(e, r, q) : q;
 }
 // erf(x) within 1e-6: Abramowitz and Stegun's 7.1.26 (1.5e-7) with the hardware's approximate
-// reciprocal and exp2, about half of erff's instructions. The INT8 implicit GEMM's epilogues
-// take it (codegen's ExprMath::Int8Epilogue): their results are rounded to 8 bits.
-__device__ __forceinline__ float kiln_erf_fast(float x) {
+// reciprocal and exp2, about half of erff's instructions and two of the SM's 16-a-cycle
+// special-function operations.
+__device__ __forceinline__ float kiln_erf_as(float x) {
     const float a = fabsf(x);
     const float t = __fdividef(1.0f, fmaf(0.3275911f, a, 1.0f));
     const float p =
         t * fmaf(t, fmaf(t, fmaf(t, fmaf(t, 1.061405429f, -1.453152027f), 1.421413741f), -0.284496736f), 0.254829592f);
     return copysignf(fmaf(-p, __expf(-a * a), 1.0f), x);
+}
+// The hardware's tanh (tanh.approx.f32: one special-function operation, relative error about
+// 2^-11); tanhf off the GPU (the host emulation).
+__device__ __forceinline__ float kiln_tanh_approx(float x) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#else
+    return tanhf(x);
+#endif
+}
+// erf(x) within 8e-4 from one hardware tanh: tanh(x (a + b x^2)), a and b fitted for the least
+// largest error over all x (2.8e-4 with an exact tanh; the tanh-form GELU's constants give
+// 3.6e-4), odd and monotonic as erf is. The INT8 implicit GEMM's epilogues take it (codegen's
+// ExprMath::Int8Epilogue): their results are rounded to 8 bits, and GELU's erf-form and
+// tanh-form differ by 5e-4 at most. Where an epilogue is bound by the special-function unit
+// (BERT's FFN input product: its erf, then the conversion to i8) it takes one operation of
+// kiln_erf_as's two.
+__device__ __forceinline__ float kiln_erf_fast(float x) {
+    return kiln_tanh_approx(x * fmaf(0.0997927f, x * x, 1.12967583f));
 }
 __device__ __forceinline__ float nan_min(float a, float b) { return (a < b || a != a) ? a : b; }
 // Cast<i8>(Clip<-128,127>(Round(x))) (and u8 over [0, 255]), a quantization's last steps, as

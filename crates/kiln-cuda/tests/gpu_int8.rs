@@ -13,7 +13,7 @@
 
 use kiln_cuda::library::KernelLibrary;
 use kiln_cuda::plan::{plan, plan_for, Step, StepKind, Target};
-use kiln_ir::ops::elementwise::BinaryOp;
+use kiln_ir::ops::elementwise::{BinaryOp, UnaryOp};
 use kiln_ir::ops::linalg::ConvAttrs;
 use kiln_ir::ops::pool::AutoPad;
 use kiln_ir::ops::{ElementwiseOp, Expr, ExprNode, FusedOp, LinalgOp};
@@ -141,6 +141,70 @@ fn int8_epilogues_dequantize_on_the_gpu() {
         }
         check(lib, &what, &g, &ins, 1, Some((1e-5, 1e-6)));
     }
+}
+
+/// BERT's FFN input product: GELU (erf form) of the dequantized sum, quantized to i8. The
+/// epilogue's erf is one hardware tanh (`kiln_erf_fast`, within 8e-4), so an element may round
+/// the other way from the CPU's exact erf, but only where the exact value lies within that
+/// error of a rounding midpoint: |q - v| <= 0.5 + 0.5 |x| 8e-4 / so, v = gelu(x) / so exactly
+/// (taken within f32 rounding).
+#[test]
+fn int8_gelu_epilogues_stay_within_their_erf_error() {
+    let lib = lib();
+    let mut rng = Rng::new(37);
+    let op = |op: ElementwiseOp, args: &[usize]| ExprNode::Op { op, args: args.to_vec() };
+    let bin = |b: BinaryOp, args: &[usize]| op(ElementwiseOp::Binary(b), args);
+    let f32k = |value: f64| ExprNode::Scalar { value, dtype: DType::F32 };
+    let so = 0.06;
+    let mut nodes = dequant_bias().nodes; // x: node 5
+    nodes.extend([
+        f32k(std::f64::consts::SQRT_2),
+        bin(BinaryOp::Div, &[5, 6]),
+        op(ElementwiseOp::Unary(UnaryOp::Erf), &[7]),
+        f32k(1.0),
+        bin(BinaryOp::Add, &[8, 9]),
+        bin(BinaryOp::Mul, &[5, 10]),
+        f32k(0.5),
+        bin(BinaryOp::Mul, &[11, 12]),
+        f32k(so),
+        bin(BinaryOp::Div, &[13, 14]), // v: node 15
+        op(ElementwiseOp::Unary(UnaryOp::Round), &[15]),
+        op(ElementwiseOp::Clip { min: Some(-128.0), max: Some(127.0) }, &[16]),
+        op(ElementwiseOp::Cast { to: DType::I8, saturate: false }, &[17]),
+    ]);
+    let upto = |n: usize| Expr { nodes: nodes[..n].to_vec() };
+    // 128-channel blocks over a 256-byte reduction; x = acc * scale + bias spans about
+    // [-8, 8], where GELU's output reaches the top step.
+    let (m, k, n) = (600, 256, 1536);
+    let (x, w) = (i8s(&mut rng, &[m, k]), i8s(&mut rng, &[k, n]));
+    let scale = rand_tensor(&mut rng, &[n], 2e-5, 5e-5, DType::F32);
+    let bias = rand_tensor(&mut rng, &[n], -1.0, 1.0, DType::F32);
+    let consts = [Some(w), None, None, Some(scale), Some(bias)];
+    let ep = |e: Expr| Op::Fused(FusedOp::Epilogue { base: LinalgOp::MatMulInteger, base_inputs: 4, expr: e });
+    let (g, ins) = one_node(ep(upto(nodes.len())), &[&x], &consts, 1);
+    let what = format!("MatMulIntegerEpilogue gelu, quantized [{m}, {k}] x [{k}, {n}]");
+    let p = plan(&g).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        p.steps.iter().any(|s| matches!(&s.kind, StepKind::Kernel(k) if k.kernel.starts_with("igemm"))),
+        "{what}: the implicit GEMM in\n{p}"
+    );
+    let Some(lib) = lib else { return };
+    let got = lib.run_plan(&p, &ins).unwrap_or_else(|e| panic!("{what}: {e}")).remove(0).to_f64_vec();
+    let cpu_of = |n: usize| {
+        let (g, ins) = one_node(ep(upto(n)), &[&x], &consts, 1);
+        kiln_cpu::run_graph(&g, &ins).unwrap_or_else(|e| panic!("{what}: {e}")).remove(0).to_f64_vec()
+    };
+    let (xs, vs) = (cpu_of(6), cpu_of(16));
+    let mut off = 0;
+    for (i, ((&q, &x), &v)) in got.iter().zip(&xs).zip(&vs).enumerate() {
+        let v = v.clamp(-128.0, 127.0);
+        let bound = 0.5 + 0.5 * x.abs() * 8e-4 / so + 1e-4 * v.abs().max(1.0);
+        assert!((q - v).abs() <= bound, "{what}: element {i} is {q}, exactly {v} (x = {x}, bound {bound})");
+        off += (q != v.round_ties_even()) as usize;
+    }
+    // Elements within the erf's error of a midpoint are few.
+    assert!(off * 20 < got.len(), "{what}: {off} of {} elements round the other way", got.len());
+    println!("{what}: {off} of {} elements round the other way from the exact erf", got.len());
 }
 
 /// y = f32(acc) * scale[c] + bias[c], as the qdq rules build an integer op's epilogue.
